@@ -1,0 +1,354 @@
+//! Gateway errors: small domain enums, one mapping to status + stable code, family-native bodies.
+//!
+//! Every error a client can see has a stable machine `code` (see DESIGN.md and section 4 of the
+//! reference specification) and a human message. [`GatewayError::render`] is the single place
+//! that turns an error into an HTTP response; it has no side effects (logging happens in the
+//! server middleware, recording in the record stage).
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+/// The API family whose error body shape a response must use, so each SDK parses it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// `{"error":{"code","message","type"}}` (also used by the unified and MCP endpoints).
+    OpenAi,
+    /// `{"type":"error","error":{"type","message","code"}}`.
+    Anthropic,
+    /// `{"error":{"code":<status>,"message","status","details":[{"reason":<code>}]}}`.
+    Gemini,
+}
+
+/// Authentication failures (401 on every endpoint family).
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum AuthError {
+    /// No key in any accepted header or query parameter.
+    #[error(
+        "missing API key: send it as 'Authorization: Bearer <key>', 'x-api-key', 'x-goog-api-key' or '?key='"
+    )]
+    Missing,
+    /// A key that is malformed or not known to the store.
+    #[error("invalid API key")]
+    Unknown,
+    /// A known key past its expiry.
+    #[error("API key has expired")]
+    Expired,
+    /// A known key that was revoked.
+    #[error("API key has been revoked")]
+    Revoked,
+}
+
+/// The request itself cannot be served as sent (400 / 413).
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum RequestError {
+    /// The body could not be read from the connection.
+    #[error("request body could not be read: {0}")]
+    UnreadableBody(String),
+    /// The body is larger than the configured limit.
+    #[error("request body exceeds the limit of {limit} bytes")]
+    TooLarge {
+        /// The configured limit in bytes.
+        limit: usize,
+    },
+    /// The body is not valid JSON or a field has the wrong type.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Authorization failures: the model, its provider, and the key's grants.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum AccessError {
+    /// No model with that name in the policy directory.
+    #[error("model not found: '{0}' is not configured in this gateway")]
+    ModelNotFound(String),
+    /// A native endpoint was called with a model of another provider family.
+    #[error(
+        "model '{model}' is served by a '{family}' provider and cannot be called on this endpoint"
+    )]
+    ProviderNotAllowed {
+        /// The requested model.
+        model: String,
+        /// The family of the model's provider.
+        family: String,
+    },
+    /// The key has no Model Access grant for the model.
+    #[error("model not allowed: this API key has no access to model '{0}'")]
+    ModelNotAllowed(String),
+    /// The model's provider is switched off.
+    #[error("provider '{0}' is disabled")]
+    ProviderDisabled(String),
+    /// The model's provider has no usable credential.
+    #[error("provider '{0}' has no usable credential configured")]
+    ProviderCredentialMissing(String),
+}
+
+/// Upstream failures after the request was accepted.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum UpstreamError {
+    /// The provider could not be reached (connect, TLS, reset).
+    #[error("provider '{provider}' is unreachable: {detail}")]
+    Unreachable {
+        /// Provider name.
+        provider: String,
+        /// What went wrong, without secrets.
+        detail: String,
+    },
+    /// The provider answered with a server error.
+    #[error("provider '{provider}' answered with status {status}")]
+    ServerError {
+        /// Provider name.
+        provider: String,
+        /// Upstream status code.
+        status: u16,
+    },
+    /// The provider answered with something that cannot be relayed.
+    #[error("provider '{provider}' sent an unusable response: {detail}")]
+    BadResponse {
+        /// Provider name.
+        provider: String,
+        /// What was wrong with it.
+        detail: String,
+    },
+    /// The provider did not answer within its timeout.
+    #[error("provider '{provider}' did not answer within {timeout_ms} ms")]
+    Timeout {
+        /// Provider name.
+        provider: String,
+        /// The timeout that elapsed.
+        timeout_ms: u64,
+    },
+}
+
+/// A store needed for a decision is unavailable: fail closed (503).
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[error("{what} is unavailable, refusing to serve ungoverned: {detail}")]
+pub struct UnavailableError {
+    /// Stable code, e.g. `auth_unavailable`.
+    pub code: &'static str,
+    /// Which capability is down.
+    pub what: &'static str,
+    /// Error detail (never secrets).
+    pub detail: String,
+}
+
+/// Everything the gateway itself can answer with instead of an upstream response.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum GatewayError {
+    /// 401.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// 400 / 413.
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    /// 400 / 403.
+    #[error(transparent)]
+    Access(#[from] AccessError),
+    /// 502 / 504.
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    /// 503.
+    #[error(transparent)]
+    Unavailable(#[from] UnavailableError),
+    /// 404 for an unknown route.
+    #[error("no route for {0}")]
+    NotFound(String),
+}
+
+impl GatewayError {
+    /// The HTTP status the client sees.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            GatewayError::Auth(_) => StatusCode::UNAUTHORIZED,
+            GatewayError::Request(RequestError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::Request(_) => StatusCode::BAD_REQUEST,
+            GatewayError::Access(e) => match e {
+                AccessError::ModelNotFound(_)
+                | AccessError::ProviderNotAllowed { .. }
+                | AccessError::ProviderCredentialMissing(_) => StatusCode::BAD_REQUEST,
+                AccessError::ModelNotAllowed(_) | AccessError::ProviderDisabled(_) => {
+                    StatusCode::FORBIDDEN
+                }
+            },
+            GatewayError::Upstream(UpstreamError::Timeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::Upstream(_) => StatusCode::BAD_GATEWAY,
+            GatewayError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::NotFound(_) => StatusCode::NOT_FOUND,
+        }
+    }
+
+    /// The stable machine code (also the low-cardinality `kind` for metrics).
+    pub fn code(&self) -> &'static str {
+        match self {
+            GatewayError::Auth(e) => match e {
+                AuthError::Missing | AuthError::Unknown => "unauthorized",
+                AuthError::Expired => "api_key_expired",
+                AuthError::Revoked => "api_key_revoked",
+            },
+            GatewayError::Request(e) => match e {
+                RequestError::UnreadableBody(_) => "invalid_request_body",
+                RequestError::TooLarge { .. } => "request_too_large",
+                RequestError::Invalid(_) => "invalid_request",
+            },
+            GatewayError::Access(e) => match e {
+                AccessError::ModelNotFound(_) => "model_not_found",
+                AccessError::ProviderNotAllowed { .. } => "provider_not_allowed",
+                AccessError::ModelNotAllowed(_) => "model_not_allowed",
+                AccessError::ProviderDisabled(_) => "provider_disabled",
+                AccessError::ProviderCredentialMissing(_) => "provider_api_key_not_configured",
+            },
+            GatewayError::Upstream(e) => match e {
+                UpstreamError::Timeout { .. } => "upstream_timeout",
+                _ => "upstream_error",
+            },
+            GatewayError::Unavailable(e) => e.code,
+            GatewayError::NotFound(_) => "not_found",
+        }
+    }
+
+    /// Whether trying another deployment could succeed (used by routing and failover).
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            GatewayError::Upstream(
+                UpstreamError::Unreachable { .. }
+                    | UpstreamError::ServerError { .. }
+                    | UpstreamError::Timeout { .. }
+            )
+        )
+    }
+
+    /// The OpenAI-style `type` field.
+    fn openai_type(&self) -> &'static str {
+        match self {
+            GatewayError::Auth(_) => "authentication_error",
+            GatewayError::Request(_) | GatewayError::NotFound(_) => "invalid_request_error",
+            GatewayError::Access(AccessError::ModelNotAllowed(_))
+            | GatewayError::Access(AccessError::ProviderDisabled(_)) => "permission_error",
+            GatewayError::Access(_) => "invalid_request_error",
+            GatewayError::Upstream(_) => "api_error",
+            GatewayError::Unavailable(_) => "service_unavailable",
+        }
+    }
+
+    /// The Anthropic-style `error.type` field.
+    fn anthropic_type(&self) -> &'static str {
+        match self.status().as_u16() {
+            401 => "authentication_error",
+            403 => "permission_error",
+            404 => "not_found_error",
+            413 => "request_too_large",
+            429 => "rate_limit_error",
+            503 => "overloaded_error",
+            400 => "invalid_request_error",
+            _ => "api_error",
+        }
+    }
+
+    /// The Gemini/Google RPC status name.
+    fn google_status(&self) -> &'static str {
+        match self.status().as_u16() {
+            400 | 413 => "INVALID_ARGUMENT",
+            401 => "UNAUTHENTICATED",
+            402 | 429 => "RESOURCE_EXHAUSTED",
+            403 => "PERMISSION_DENIED",
+            404 => "NOT_FOUND",
+            503 => "UNAVAILABLE",
+            504 => "DEADLINE_EXCEEDED",
+            _ => "INTERNAL",
+        }
+    }
+
+    /// The JSON body for `family`.
+    pub fn body(&self, family: Family) -> Value {
+        let message = self.to_string();
+        let code = self.code();
+        match family {
+            Family::OpenAi => json!({
+                "error": { "code": code, "message": message, "type": self.openai_type() }
+            }),
+            Family::Anthropic => json!({
+                "type": "error",
+                "error": { "type": self.anthropic_type(), "message": message, "code": code }
+            }),
+            Family::Gemini => json!({
+                "error": {
+                    "code": self.status().as_u16(),
+                    "message": message,
+                    "status": self.google_status(),
+                    "details": [{
+                        "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                        "reason": code,
+                        "domain": "tollgate"
+                    }]
+                }
+            }),
+        }
+    }
+
+    /// The full response for `family`. Pure: no logging, no recording.
+    pub fn render(&self, family: Family) -> Response {
+        let body = self.body(family).to_string();
+        let mut response = (self.status(), body).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_auth_failure_is_a_401_with_a_distinct_code() {
+        let codes: Vec<_> = [AuthError::Unknown, AuthError::Expired, AuthError::Revoked]
+            .into_iter()
+            .map(GatewayError::from)
+            .map(|e| {
+                assert_eq!(e.status(), StatusCode::UNAUTHORIZED);
+                e.code()
+            })
+            .collect();
+        assert_eq!(
+            codes,
+            ["unauthorized", "api_key_expired", "api_key_revoked"]
+        );
+    }
+
+    #[test]
+    fn model_not_found_is_a_400_not_a_404() {
+        let e = GatewayError::from(AccessError::ModelNotFound("x".into()));
+        assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(e.code(), "model_not_found");
+    }
+
+    #[test]
+    fn bodies_follow_each_family_shape() {
+        let e = GatewayError::from(AccessError::ModelNotAllowed("m".into()));
+        let openai = e.body(Family::OpenAi);
+        assert_eq!(openai["error"]["code"], "model_not_allowed");
+        assert_eq!(openai["error"]["type"], "permission_error");
+        let anthropic = e.body(Family::Anthropic);
+        assert_eq!(anthropic["type"], "error");
+        assert_eq!(anthropic["error"]["type"], "permission_error");
+        assert_eq!(anthropic["error"]["code"], "model_not_allowed");
+        let gemini = e.body(Family::Gemini);
+        assert_eq!(gemini["error"]["code"], 403);
+        assert_eq!(gemini["error"]["status"], "PERMISSION_DENIED");
+        assert_eq!(gemini["error"]["details"][0]["reason"], "model_not_allowed");
+    }
+
+    #[test]
+    fn only_upstream_failures_are_retryable() {
+        let timeout = GatewayError::from(UpstreamError::Timeout {
+            provider: "p".into(),
+            timeout_ms: 5,
+        });
+        assert!(timeout.is_retryable());
+        assert_eq!(timeout.status(), StatusCode::GATEWAY_TIMEOUT);
+        assert!(!GatewayError::from(AuthError::Revoked).is_retryable());
+    }
+}

@@ -1,0 +1,14 @@
+//! tollgate: a governed gateway for LLM and MCP traffic.
+//!
+//! The binary (`src/main.rs`) is a thin CLI over this library. The request lifecycle is
+//! documented once, on [`pipeline`].
+
+pub mod cli;
+pub mod clock;
+pub mod error;
+pub mod pipeline;
+pub mod policy;
+pub mod server;
+pub mod store;
+pub mod upstream;
+pub mod usage;

@@ -1,0 +1,265 @@
+//! Stage 6, call: send the authorized request to the provider and relay its answer.
+//!
+//! - 2xx JSON: buffered (up to `server.max_response_bytes`) to read usage, then relayed as is.
+//! - 2xx SSE: relayed event by event as it arrives, through the usage tap; the usage chunk is
+//!   hidden unless the client asked for it. A provider that goes silent for longer than its
+//!   timeout, or fails mid-stream, ends the stream with an OpenAI-style error event.
+//! - 4xx: the provider's body and status are passed through.
+//! - 5xx, unreachable, timeout: 502 `upstream_error` / 504 `upstream_timeout`.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::{Bytes, BytesMut};
+use futures_util::{Stream, StreamExt};
+use serde_json::{Value, json};
+use tokio::time::Sleep;
+
+use super::authorize::Authorized;
+use super::{Endpoint, Recorder, Stage};
+use crate::error::{GatewayError, UpstreamError};
+use crate::policy::ProviderFamily;
+use crate::server::AppState;
+use crate::upstream::sse::SseTap;
+use crate::upstream::{self, BodyStream, UpstreamReply, demo};
+
+/// Calls the provider and builds the client's response; the recorder finishes with it.
+pub async fn run(
+    app: &Arc<AppState>,
+    endpoint: Endpoint,
+    request: Authorized,
+    mut recorder: Recorder,
+) -> Response {
+    let family = endpoint.family();
+    let provider = request.model.provider.clone();
+    let sent = Instant::now();
+    let reply = match provider.family {
+        ProviderFamily::Demo => Ok(demo::respond(endpoint, &request.upstream_body)),
+        ProviderFamily::Openai => {
+            upstream::send(
+                &app.http,
+                &request.model,
+                endpoint,
+                request.upstream_body.clone(),
+                request.stream,
+            )
+            .await
+        }
+    };
+    let mut reply = match reply {
+        Ok(reply) => reply,
+        Err(e) => return recorder.deny(Stage::Call, &GatewayError::from(e), family),
+    };
+    recorder.set_upstream_latency(micros(sent.elapsed()), reply.provider_request_id.take());
+
+    if reply.status.is_server_error() {
+        let error = GatewayError::from(UpstreamError::ServerError {
+            provider: provider.name.clone(),
+            status: reply.status.as_u16(),
+        });
+        return recorder.deny(Stage::Call, &error, family);
+    }
+    if reply.status.is_success() && reply.is_event_stream() {
+        return relay_stream(
+            reply,
+            recorder,
+            request.client_wants_usage,
+            provider.timeout,
+        );
+    }
+
+    // Unary: buffer within the limit and the provider's timeout, then relay.
+    let limit = app.policies.snapshot().limits.max_response_bytes;
+    let remaining = provider.timeout.saturating_sub(sent.elapsed());
+    let status = reply.status;
+    let content_type = reply.content_type.take();
+    let body = match tokio::time::timeout(remaining, collect(reply.body, limit)).await {
+        Err(_) => {
+            let error = GatewayError::from(UpstreamError::Timeout {
+                provider: provider.name.clone(),
+                timeout_ms: u64::try_from(provider.timeout.as_millis()).unwrap_or(u64::MAX),
+            });
+            return recorder.deny(Stage::Call, &error, family);
+        }
+        Ok(Err(detail)) => {
+            let error = GatewayError::from(UpstreamError::BadResponse {
+                provider: provider.name.clone(),
+                detail,
+            });
+            return recorder.deny(Stage::Call, &error, family);
+        }
+        Ok(Ok(body)) => body,
+    };
+    if status.is_success()
+        && let Some(usage) = read_usage(&body)
+    {
+        recorder.set_usage(&usage);
+    }
+    recorder.mark_first_byte();
+    let error_code = (!status.is_success()).then_some("upstream_rejected");
+    recorder.finish(status.as_u16(), error_code);
+    let mut response = (status, body).into_response();
+    if let Some(content_type) = content_type {
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, content_type);
+    }
+    response
+}
+
+fn micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+async fn collect(mut body: BodyStream, limit: usize) -> Result<Bytes, String> {
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk?;
+        if buf.len() + chunk.len() > limit {
+            return Err(format!(
+                "response larger than server.max_response_bytes ({limit})"
+            ));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
+/// Reads only `usage` from a JSON body, without building the rest.
+fn read_usage(body: &[u8]) -> Option<Value> {
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        usage: Option<Value>,
+    }
+    serde_json::from_slice::<Probe>(body)
+        .ok()?
+        .usage
+        .filter(Value::is_object)
+}
+
+fn relay_stream(
+    reply: UpstreamReply,
+    recorder: Recorder,
+    client_wants_usage: bool,
+    idle: Duration,
+) -> Response {
+    let relay = Relay {
+        upstream: reply.body,
+        tap: SseTap::new(!client_wants_usage),
+        recorder: Some(recorder),
+        idle_timeout: idle,
+        idle: Box::pin(tokio::time::sleep(idle)),
+        done: false,
+    };
+    let mut response = Response::new(Body::from_stream(relay));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        reply
+            .content_type
+            .unwrap_or_else(|| HeaderValue::from_static("text/event-stream")),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    *response.status_mut() = StatusCode::OK;
+    response
+}
+
+/// The streamed body: upstream chunks through the tap, finishing the record at the end. If the
+/// client disconnects, hyper drops the body and the recorder's `Drop` records what was produced.
+struct Relay {
+    upstream: BodyStream,
+    tap: SseTap,
+    recorder: Option<Recorder>,
+    idle_timeout: Duration,
+    idle: Pin<Box<Sleep>>,
+    done: bool,
+}
+
+impl Relay {
+    fn finish(&mut self, stream_status: &str, error_code: Option<&str>) {
+        if let Some(mut recorder) = self.recorder.take() {
+            if let Some(usage) = self.tap.usage() {
+                recorder.set_usage(usage);
+            }
+            recorder.set_stream_status(stream_status);
+            recorder.finish(200, error_code);
+        }
+        self.done = true;
+    }
+
+    fn error_event(code: &str, message: &str) -> Bytes {
+        let event = json!({"error": {"code": code, "message": message, "type": "api_error"}});
+        Bytes::from(format!("data: {event}\n\n"))
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        // The client went away mid-stream: bill what was produced so far.
+        if let Some(recorder) = self.recorder.as_mut() {
+            if let Some(usage) = self.tap.usage() {
+                recorder.set_usage(usage);
+            }
+            recorder.set_stream_status("client_disconnected");
+        }
+    }
+}
+
+impl Stream for Relay {
+    type Item = Result<Bytes, std::io::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        loop {
+            if this.done {
+                return Poll::Ready(None);
+            }
+            match this.upstream.poll_next_unpin(cx) {
+                Poll::Ready(Some(Ok(chunk))) => {
+                    let deadline = tokio::time::Instant::now() + this.idle_timeout;
+                    this.idle.as_mut().reset(deadline);
+                    let out = this.tap.push(&chunk);
+                    if out.is_empty() {
+                        continue;
+                    }
+                    if let Some(recorder) = this.recorder.as_mut() {
+                        recorder.mark_first_byte();
+                    }
+                    return Poll::Ready(Some(Ok(out)));
+                }
+                Poll::Ready(Some(Err(detail))) => {
+                    tracing::warn!(error = %detail, "upstream stream failed");
+                    let mut out = BytesMut::from(&this.tap.finish()[..]);
+                    out.extend_from_slice(&Self::error_event(
+                        "upstream_error",
+                        "the provider's stream failed",
+                    ));
+                    this.finish("upstream_error", Some("upstream_error"));
+                    return Poll::Ready(Some(Ok(out.freeze())));
+                }
+                Poll::Ready(None) => {
+                    let rest = this.tap.finish();
+                    this.finish("completed", None);
+                    return Poll::Ready((!rest.is_empty()).then_some(Ok(rest)));
+                }
+                Poll::Pending => {
+                    if this.idle.as_mut().poll(cx).is_ready() {
+                        let mut out = BytesMut::from(&this.tap.finish()[..]);
+                        out.extend_from_slice(&Self::error_event(
+                            "upstream_timeout",
+                            "the provider's stream went silent for longer than its timeout",
+                        ));
+                        this.finish("idle_timeout", Some("upstream_timeout"));
+                        return Poll::Ready(Some(Ok(out.freeze())));
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! Stage 7, record: every request ends in exactly one usage record.
+//!
+//! A [`Recorder`] is created when the request enters the pipeline and travels with it, into the
+//! streamed response body if there is one. It is finished explicitly on every path the gateway
+//! controls; if it is dropped unfinished (the client went away, the handler was cancelled, a
+//! stream was cut) its `Drop` writes the record with what is known, so no call goes unrecorded.
+
+use std::time::Instant;
+
+use axum::response::Response;
+use serde_json::{Value, json};
+
+use super::{Inbound, Stage};
+use crate::clock::now_ms;
+use crate::error::{Family, GatewayError};
+use crate::policy::{Model, Snapshot};
+use crate::server::AppState;
+use crate::store::usage_writer::UsageSink;
+use crate::store::{KeyRecord, UsageRecord};
+use crate::usage::{Pricing, TokenUsage};
+
+/// Status recorded when the client disconnected before an answer (nginx's convention).
+pub const CLIENT_CLOSED: u16 = 499;
+
+/// The in-flight usage record of one request.
+pub struct Recorder {
+    sink: UsageSink,
+    started: Instant,
+    record: UsageRecord,
+    pricing: Option<Pricing>,
+    decisions: Vec<Value>,
+    finished: bool,
+}
+
+impl Recorder {
+    /// Starts the record of a request entering the pipeline.
+    pub fn start(app: &AppState, snapshot: &Snapshot, inbound: &Inbound, endpoint: &str) -> Self {
+        let received_at_ms = now_ms();
+        Self {
+            sink: app.usage.clone(),
+            started: Instant::now(),
+            record: UsageRecord {
+                id: uuid::Uuid::now_v7().simple().to_string(),
+                request_id: inbound.request_id.clone(),
+                received_at_ms,
+                method: inbound.method.to_string(),
+                endpoint: endpoint.to_string(),
+                user_agent: inbound
+                    .headers
+                    .get(axum::http::header::USER_AGENT)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string),
+                policy_generation: i64::try_from(snapshot.generation).unwrap_or(i64::MAX),
+                ..UsageRecord::default()
+            },
+            pricing: None,
+            decisions: Vec::new(),
+            finished: false,
+        }
+    }
+
+    /// Microseconds since the request entered the pipeline.
+    pub fn elapsed_us(&self) -> i64 {
+        i64::try_from(self.started.elapsed().as_micros()).unwrap_or(i64::MAX)
+    }
+
+    /// The authenticated key.
+    pub fn set_key(&mut self, key: &KeyRecord) {
+        self.record.key_id = Some(key.id.clone());
+        self.record.team = key.team.clone();
+        self.decisions
+            .push(json!({"stage": "authenticate", "outcome": "allow"}));
+    }
+
+    /// The model name the client sent.
+    pub fn set_requested_model(&mut self, name: &str) {
+        self.record.requested_model = Some(name.to_string());
+    }
+
+    /// Whether the client asked for a stream.
+    pub fn set_stream(&mut self, stream: bool) {
+        self.record.stream = stream;
+    }
+
+    /// The model that will answer.
+    pub fn set_model(&mut self, model: &Model) {
+        self.record.served_model = Some(model.name.clone());
+        self.record.upstream_model = Some(model.upstream_model.clone());
+        self.record.provider = Some(model.provider.name.clone());
+        self.pricing = Some(model.pricing);
+        self.decisions
+            .push(json!({"stage": "authorize", "outcome": "allow"}));
+    }
+
+    /// Upstream response headers arrived after `us` microseconds upstream.
+    pub fn set_upstream_latency(&mut self, us: i64, provider_request_id: Option<String>) {
+        self.record.upstream_latency_us = Some(us);
+        self.record.provider_request_id = provider_request_id;
+    }
+
+    /// The first byte went to the client now.
+    pub fn mark_first_byte(&mut self) {
+        if self.record.ttfb_us.is_none() {
+            self.record.ttfb_us = Some(self.elapsed_us());
+        }
+    }
+
+    /// The provider's usage object (raw), priced with the model's pricing.
+    pub fn set_usage(&mut self, usage: &Value) {
+        if let Some(tokens) = TokenUsage::from_openai(usage) {
+            self.record.tokens = tokens;
+            self.record.cost_nanos = self.pricing.map_or(0, |p| p.cost_nanos(&tokens));
+        }
+        self.record.provider_usage = Some(usage.to_string());
+    }
+
+    /// How a stream ended.
+    pub fn set_stream_status(&mut self, status: &str) {
+        self.record.stream_status = Some(status.to_string());
+    }
+
+    /// Finishes the record with the status the client got.
+    pub fn finish(mut self, status: u16, error_code: Option<&str>) {
+        self.complete(status, error_code);
+    }
+
+    /// Ends the request with a gateway error from `stage`: records it, and renders it.
+    pub fn deny(mut self, stage: Stage, error: &GatewayError, family: Family) -> Response {
+        self.record.denied_stage = Some(stage.as_str().to_string());
+        self.decisions.push(json!({
+            "stage": stage.as_str(), "outcome": "deny", "code": error.code()
+        }));
+        let response = error.render(family);
+        self.mark_first_byte();
+        self.complete(error.status().as_u16(), Some(error.code()));
+        response
+    }
+
+    fn complete(&mut self, status: u16, error_code: Option<&str>) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        let mut record = std::mem::take(&mut self.record);
+        record.status = status;
+        record.error_code = error_code.map(str::to_string);
+        record.latency_us = self.elapsed_us();
+        record.completed_at_ms = now_ms();
+        record.decisions = Value::from(std::mem::take(&mut self.decisions)).to_string();
+        self.sink.record(record);
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        if !self.finished {
+            if self.record.stream_status.is_some() {
+                // A stream that had started: the client saw a 200 and then went away.
+                self.complete(200, None);
+            } else {
+                self.complete(CLIENT_CLOSED, Some("client_closed_request"));
+            }
+        }
+    }
+}

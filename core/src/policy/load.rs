@@ -1,0 +1,361 @@
+//! Reads a policy directory into a [`Snapshot`], collecting every error with file, line and key.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use super::config::{CredentialSection, GatewayFile, ProviderFamily};
+use super::{Credential, Model, Provider, Secret, ServerLimits, Snapshot};
+use crate::usage::Pricing;
+
+/// The main configuration file inside a policy directory.
+pub const GATEWAY_FILE: &str = "gateway.toml";
+
+/// One problem found while loading a policy directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadError {
+    /// The file at fault.
+    pub file: PathBuf,
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    /// 1-based column, when known.
+    pub column: Option<usize>,
+    /// The dotted key at fault, when known.
+    pub key: Option<String>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+            if let Some(column) = self.column {
+                write!(f, ":{column}")?;
+            }
+        }
+        f.write_str(": ")?;
+        if let Some(key) = &self.key {
+            write!(f, "{key}: ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for LoadError {}
+
+/// Maps byte offsets of one file to line and column.
+struct SourceMap<'a> {
+    file: &'a Path,
+    text: &'a str,
+}
+
+impl SourceMap<'_> {
+    fn position(&self, offset: usize) -> (usize, usize) {
+        let before = &self.text[..offset.min(self.text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before
+            .rfind('\n')
+            .map_or(before.len(), |nl| before.len() - nl - 1)
+            + 1;
+        (line, column)
+    }
+
+    fn error(&self, span: Option<std::ops::Range<usize>>, key: &str, message: String) -> LoadError {
+        let (line, column) = match span {
+            Some(span) => {
+                let (l, c) = self.position(span.start);
+                (Some(l), Some(c))
+            }
+            None => (None, None),
+        };
+        LoadError {
+            file: self.file.to_path_buf(),
+            line,
+            column,
+            key: Some(key.to_string()),
+            message,
+        }
+    }
+}
+
+/// Loads and validates `dir` exactly as the gateway serves it.
+pub fn load_dir(dir: &Path, generation: u64) -> Result<Snapshot, Vec<LoadError>> {
+    let path = dir.join(GATEWAY_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        vec![LoadError {
+            file: path.clone(),
+            line: None,
+            column: None,
+            key: None,
+            message: format!("cannot read: {e}"),
+        }]
+    })?;
+    let map = SourceMap {
+        file: &path,
+        text: &text,
+    };
+    let file: GatewayFile = toml::from_str(&text).map_err(|e| {
+        let (line, column) = match e.span() {
+            Some(span) => {
+                let (l, c) = map.position(span.start);
+                (Some(l), Some(c))
+            }
+            None => (None, None),
+        };
+        vec![LoadError {
+            file: path.clone(),
+            line,
+            column,
+            key: None,
+            message: e.message().trim().to_string(),
+        }]
+    })?;
+
+    let mut errors = Vec::new();
+    let limits = ServerLimits {
+        max_body_bytes: file.server.max_body_bytes,
+        max_response_bytes: file.server.max_response_bytes,
+    };
+    if limits.max_body_bytes == 0 {
+        errors.push(map.error(
+            None,
+            "server.max_body_bytes",
+            "must be greater than 0".into(),
+        ));
+    }
+
+    let mut providers = BTreeMap::new();
+    for (name, section) in file.providers {
+        let key = format!("providers.{name}");
+        let base_url = match (&section.base_url, section.family) {
+            (Some(url), _) => {
+                let trimmed = url.get_ref().trim_end_matches('/').to_string();
+                match reqwest::Url::parse(&trimmed) {
+                    Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => Some(trimmed),
+                    Ok(parsed) => {
+                        errors.push(map.error(
+                            Some(url.span()),
+                            &format!("{key}.base_url"),
+                            format!("scheme '{}' is not http or https", parsed.scheme()),
+                        ));
+                        None
+                    }
+                    Err(e) => {
+                        errors.push(map.error(
+                            Some(url.span()),
+                            &format!("{key}.base_url"),
+                            format!("not a valid URL: {e}"),
+                        ));
+                        None
+                    }
+                }
+            }
+            (None, ProviderFamily::Demo) => None,
+            (None, family) => {
+                errors.push(map.error(
+                    None,
+                    &key,
+                    format!("a '{}' provider needs base_url", family.as_str()),
+                ));
+                None
+            }
+        };
+        if section.timeout_ms == 0 {
+            errors.push(map.error(
+                None,
+                &format!("{key}.timeout_ms"),
+                "must be greater than 0".into(),
+            ));
+        }
+        let credential = match &section.credential {
+            None => Credential::NotRequired,
+            Some(c) => match resolve_credential(dir, c) {
+                Ok(credential) => credential,
+                Err(message) => {
+                    errors.push(map.error(None, &format!("{key}.credential"), message));
+                    Credential::NotRequired
+                }
+            },
+        };
+        providers.insert(
+            name.clone(),
+            Arc::new(Provider {
+                name,
+                family: section.family,
+                base_url,
+                credential,
+                timeout: Duration::from_millis(section.timeout_ms),
+                enabled: section.enabled,
+            }),
+        );
+    }
+
+    let mut models = BTreeMap::new();
+    for (name, section) in file.models {
+        let key = format!("models.{name}");
+        let provider_name = section.provider.get_ref();
+        let Some(provider) = providers.get(provider_name) else {
+            let known: Vec<_> = providers.keys().map(String::as_str).collect();
+            errors.push(map.error(
+                Some(section.provider.span()),
+                &format!("{key}.provider"),
+                format!(
+                    "provider '{provider_name}' is not defined (defined: {})",
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            ));
+            continue;
+        };
+        let mut price = |value: &Option<toml::Spanned<f64>>, field: &str| -> Option<i64> {
+            let value = value.as_ref()?;
+            match Pricing::nanos_per_mtok(*value.get_ref()) {
+                Some(nanos) => Some(nanos),
+                None => {
+                    errors.push(map.error(
+                        Some(value.span()),
+                        &format!("{key}.pricing.{field}"),
+                        "must be a finite, non-negative number of USD per 1M tokens".into(),
+                    ));
+                    None
+                }
+            }
+        };
+        let input = price(&section.pricing.input_per_mtok, "input_per_mtok").unwrap_or(0);
+        let output = price(&section.pricing.output_per_mtok, "output_per_mtok").unwrap_or(0);
+        let cached = price(
+            &section.pricing.cached_input_per_mtok,
+            "cached_input_per_mtok",
+        )
+        .unwrap_or(input);
+        models.insert(
+            name.clone(),
+            Arc::new(Model {
+                upstream_model: section.upstream_model.unwrap_or_else(|| name.clone()),
+                name,
+                provider: provider.clone(),
+                pricing: Pricing {
+                    input_nanos_per_mtok: input,
+                    output_nanos_per_mtok: output,
+                    cached_input_nanos_per_mtok: cached,
+                },
+            }),
+        );
+    }
+
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(Snapshot {
+        generation,
+        loaded_at_ms: crate::clock::now_ms(),
+        content_hash: hex::encode(Sha256::digest(text.as_bytes())),
+        dir: dir.to_path_buf(),
+        limits,
+        providers,
+        models,
+    })
+}
+
+/// Reads a credential; a source that is configured but empty is not an error at load (the
+/// gateway keeps serving other providers) but makes the provider answer
+/// `provider_api_key_not_configured`.
+fn resolve_credential(dir: &Path, section: &CredentialSection) -> Result<Credential, String> {
+    match (&section.env, &section.file) {
+        (Some(var), None) => Ok(match std::env::var(var) {
+            Ok(value) if !value.trim().is_empty() => {
+                Credential::Present(Secret::new(value.trim().to_string()))
+            }
+            _ => Credential::Missing(format!("environment variable {var} is not set")),
+        }),
+        (None, Some(file)) => {
+            let path = dir.join(file);
+            Ok(match std::fs::read_to_string(&path) {
+                Ok(value) if !value.trim().is_empty() => {
+                    Credential::Present(Secret::new(value.trim().to_string()))
+                }
+                Ok(_) => {
+                    Credential::Missing(format!("credential file {} is empty", path.display()))
+                }
+                Err(e) => Credential::Missing(format!(
+                    "credential file {} cannot be read: {e}",
+                    path.display()
+                )),
+            })
+        }
+        _ => Err("set exactly one of 'env' or 'file'".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_text(text: &str) -> Result<Snapshot, Vec<LoadError>> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join(GATEWAY_FILE), text).expect("write");
+        load_dir(dir.path(), 1)
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_naming_line_and_key() {
+        let errors =
+            load_text("[providers.p]\nfamily = \"demo\"\ntimeout = 5\n").expect_err("must fail");
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].line, Some(3));
+        assert!(
+            errors[0].message.contains("unknown field `timeout`"),
+            "{}",
+            errors[0]
+        );
+    }
+
+    #[test]
+    fn model_with_missing_provider_names_the_provider_line() {
+        let text = "[providers.p]\nfamily = \"demo\"\n\n[models.m]\nprovider = \"nope\"\n";
+        let errors = load_text(text).expect_err("must fail");
+        assert_eq!(errors[0].line, Some(5));
+        assert_eq!(errors[0].key.as_deref(), Some("models.m.provider"));
+        assert!(
+            errors[0]
+                .to_string()
+                .contains("gateway.toml:5:12: models.m.provider: provider 'nope'")
+        );
+    }
+
+    #[test]
+    fn every_error_is_reported_not_only_the_first() {
+        let text = "[providers.p]\nfamily = \"openai\"\n\n[models.a]\nprovider = \"x\"\n[models.b]\nprovider = \"y\"\n";
+        let errors = load_text(text).expect_err("must fail");
+        assert_eq!(errors.len(), 3, "{errors:?}");
+    }
+
+    #[test]
+    fn pricing_is_converted_to_nanos_per_million() {
+        let text = "[providers.p]\nfamily = \"demo\"\n[models.m]\nprovider = \"p\"\npricing = { input_per_mtok = 0.15, output_per_mtok = 0.6 }\n";
+        let snapshot = load_text(text).expect("loads");
+        let pricing = &snapshot.models["m"].pricing;
+        assert_eq!(pricing.input_nanos_per_mtok, 150_000_000);
+        assert_eq!(pricing.output_nanos_per_mtok, 600_000_000);
+        assert_eq!(pricing.cached_input_nanos_per_mtok, 150_000_000);
+        assert_eq!(snapshot.models["m"].upstream_model, "m");
+    }
+
+    #[test]
+    fn unset_credential_variable_loads_but_marks_the_provider() {
+        let text = "[providers.p]\nfamily = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1/\"\ncredential = { env = \"TOLLGATE_TEST_SURELY_UNSET_VAR\" }\n";
+        let snapshot = load_text(text).expect("loads");
+        let provider = &snapshot.providers["p"];
+        assert!(matches!(provider.credential, Credential::Missing(_)));
+        assert_eq!(provider.base_url.as_deref(), Some("http://127.0.0.1:9/v1"));
+    }
+}

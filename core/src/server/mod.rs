@@ -1,0 +1,220 @@
+//! The HTTP server: shared state, the router, the request-id middleware and graceful shutdown.
+
+pub mod openai;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::Request;
+use axum::http::HeaderValue;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::error::{Family, GatewayError};
+use crate::policy::Policies;
+use crate::store::Store;
+use crate::store::key_cache::KeyCache;
+use crate::store::usage_writer::{self, UsageSink};
+
+/// State shared by every request.
+pub struct AppState {
+    /// The live policy set.
+    pub policies: Arc<Policies>,
+    /// The store.
+    pub store: Store,
+    /// Cached key lookups.
+    pub keys: Arc<KeyCache>,
+    /// Usage record hand-off.
+    pub usage: UsageSink,
+    /// The upstream HTTP client.
+    pub http: reqwest::Client,
+}
+
+/// The gateway request id, set by the middleware on every request.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+/// Builds the router.
+pub fn router(app: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/embeddings", post(openai::embeddings))
+        .route("/v1/responses", post(openai::responses))
+        .route("/v1/images/generations", post(openai::images_generations))
+        .route("/v1/models", get(openai::list_models))
+        .route("/healthz", get(|| async { "ok" }))
+        .method_not_allowed_fallback(method_not_allowed)
+        .fallback(not_found)
+        .layer(middleware::from_fn(request_id))
+        .with_state(app)
+}
+
+async fn not_found(request: Request) -> Response {
+    GatewayError::NotFound(format!("{} {}", request.method(), request.uri().path()))
+        .render(Family::OpenAi)
+}
+
+async fn method_not_allowed(request: Request) -> Response {
+    let mut response =
+        GatewayError::NotFound(format!("{} {}", request.method(), request.uri().path()))
+            .render(Family::OpenAi);
+    *response.status_mut() = axum::http::StatusCode::METHOD_NOT_ALLOWED;
+    response
+}
+
+/// Gives every request an id (32 hex chars), returns it as `x-request-id`, logs the outcome.
+async fn request_id(mut request: Request, next: Next) -> Response {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let started = Instant::now();
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    request.extensions_mut().insert(RequestId(id.clone()));
+    let mut response = next.run(request).await;
+    let status = response.status();
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    let elapsed_us = started.elapsed().as_micros();
+    if status.is_server_error() {
+        tracing::warn!(request_id = %id, %method, %path, status = status.as_u16(), elapsed_us, "request failed");
+    } else {
+        tracing::debug!(request_id = %id, %method, %path, status = status.as_u16(), elapsed_us, "request");
+    }
+    response
+}
+
+/// How long graceful shutdown waits for in-flight requests and streams.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// Options of `tollgate serve`.
+pub struct ServeOptions {
+    /// Policy directory.
+    pub policies: Arc<Policies>,
+    /// Store.
+    pub store: Store,
+    /// Listen address.
+    pub listen: SocketAddr,
+}
+
+/// Runs the gateway until SIGTERM / SIGINT, then drains requests and flushes usage records.
+pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
+    let ServeOptions {
+        policies,
+        store,
+        listen,
+    } = options;
+    let listener = TcpListener::bind(listen).await?;
+    let local = listener.local_addr()?;
+    let keys_version = store.keys_version().await?;
+    let keys = Arc::new(KeyCache::new(store.clone(), keys_version));
+    let instance_id = uuid::Uuid::now_v7().simple().to_string();
+    store
+        .register_instance(&instance_id, &local.to_string(), keys_version)
+        .await?;
+    let (usage, writer) = usage_writer::spawn(store.clone());
+    let app = Arc::new(AppState {
+        policies: policies.clone(),
+        store: store.clone(),
+        keys: keys.clone(),
+        usage,
+        http: crate::upstream::client()?,
+    });
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let watcher = tokio::spawn(keys.watch(instance_id.clone(), stop_rx.clone()));
+    let reloader = tokio::spawn(reload_on_sighup(policies.clone(), stop_rx.clone()));
+
+    let snapshot = policies.snapshot();
+    tracing::info!(
+        %local,
+        generation = snapshot.generation,
+        models = snapshot.models.len(),
+        providers = snapshot.providers.len(),
+        "tollgate serving"
+    );
+    // A machine-readable line on stdout for scripts and tests.
+    println!("tollgate listening on http://{local}");
+
+    let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(listener, router(app))
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            tracing::info!("shutting down: draining in-flight requests");
+            let _ = drained_tx.send(());
+        })
+        .into_future();
+    let mut server = Box::pin(server);
+    tokio::select! {
+        result = &mut server => result?,
+        _ = async {
+            let _ = drained_rx.await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => {
+            tracing::warn!("grace period over; abandoning connections still open");
+        }
+    }
+    // Dropping the server drops the router and with it the app state's usage sink.
+    drop(server);
+    let _ = stop_tx.send(true);
+    let _ = watcher.await;
+    let _ = reloader.await;
+    // Every sink clone lives in the app state and in-flight responses, all gone now.
+    let flushed = tokio::time::timeout(SHUTDOWN_GRACE, writer).await;
+    if flushed.is_err() {
+        tracing::error!("usage writer did not finish flushing within the grace period");
+    }
+    if let Err(e) = store.deregister_instance(&instance_id).await {
+        tracing::warn!(error = %e, "could not deregister this instance");
+    }
+    store.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
+
+/// `SIGHUP` reloads the policy directory; a set that fails to load is rejected whole.
+async fn reload_on_sighup(policies: Arc<Policies>, mut stop: watch::Receiver<bool>) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {}
+            _ = stop.changed() => return,
+        }
+        let policies = policies.clone();
+        match tokio::task::spawn_blocking(move || policies.reload()).await {
+            Ok(Ok(snapshot)) => {
+                tracing::info!(generation = snapshot.generation, hash = %snapshot.content_hash, "policies reloaded")
+            }
+            Ok(Err(errors)) => {
+                for e in errors {
+                    tracing::error!(error = %e, "policy reload rejected; the previous set keeps serving");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "policy reload task failed"),
+        }
+    }
+}

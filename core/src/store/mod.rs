@@ -1,0 +1,273 @@
+//! Persistent state: virtual keys, usage records and gateway instances, behind one interface.
+//!
+//! SQLite (one file, WAL) is the embedded default. The interface is backend-neutral (times are
+//! Unix ms, JSON is text) so the PostgreSQL store for multi-replica deployments slots in as a
+//! second backend with its own migrations.
+
+pub mod key_cache;
+pub mod keys;
+pub mod usage_writer;
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{QueryBuilder, Row, SqlitePool};
+
+pub use keys::{KeyRecord, ModelGrant};
+
+use crate::clock::now_ms;
+use crate::usage::TokenUsage;
+
+/// Errors of the store layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database URL cannot be used.
+    #[error(
+        "unsupported database URL '{0}': use sqlite://PATH (PostgreSQL arrives with the multi-replica store)"
+    )]
+    UnsupportedUrl(String),
+    /// The database failed.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Migrations failed.
+    #[error("migration error: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A stored value is not what the schema promises.
+    #[error("corrupt stored value in {what}: {detail}")]
+    Corrupt {
+        /// The column.
+        what: &'static str,
+        /// The problem.
+        detail: String,
+    },
+}
+
+/// One usage record: everything tollgate knows about one call, never prompts or secrets.
+#[derive(Debug, Clone, Default)]
+pub struct UsageRecord {
+    /// Record id.
+    pub id: String,
+    /// The `x-request-id` of the call.
+    pub request_id: String,
+    /// When the request arrived (Unix ms).
+    pub received_at_ms: i64,
+    /// When the call finished, including the end of a stream (Unix ms).
+    pub completed_at_ms: i64,
+    /// The virtual key, once authenticated.
+    pub key_id: Option<String>,
+    /// The key's team.
+    pub team: Option<String>,
+    /// HTTP method.
+    pub method: String,
+    /// Route path, e.g. `/v1/chat/completions`.
+    pub endpoint: String,
+    /// Whether the client asked for a stream.
+    pub stream: bool,
+    /// The model name the client sent.
+    pub requested_model: Option<String>,
+    /// The tollgate model that answered.
+    pub served_model: Option<String>,
+    /// The model id the provider saw.
+    pub upstream_model: Option<String>,
+    /// The provider that answered.
+    pub provider: Option<String>,
+    /// Final status returned to the client.
+    pub status: u16,
+    /// Stable error code when the gateway answered with an error.
+    pub error_code: Option<String>,
+    /// The lifecycle stage that stopped the request.
+    pub denied_stage: Option<String>,
+    /// Total wall-clock time in the gateway, stream included (µs).
+    pub latency_us: i64,
+    /// Time to the first response byte sent to the client (µs).
+    pub ttfb_us: Option<i64>,
+    /// Time from sending upstream to the upstream's response headers (µs).
+    pub upstream_latency_us: Option<i64>,
+    /// Normalized tokens.
+    pub tokens: TokenUsage,
+    /// Cost in nano-USD from the model's pricing.
+    pub cost_nanos: i64,
+    /// The raw provider usage JSON.
+    pub provider_usage: Option<String>,
+    /// The provider's own request id.
+    pub provider_request_id: Option<String>,
+    /// How a stream ended: `completed`, `client_disconnected`, `upstream_error`, `idle_timeout`.
+    pub stream_status: Option<String>,
+    /// JSON array of stage decisions.
+    pub decisions: String,
+    /// The client's user agent.
+    pub user_agent: Option<String>,
+    /// Generation of the policy snapshot that decided the request.
+    pub policy_generation: i64,
+}
+
+/// The store.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `url` and runs migrations.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        let Some(path) = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+        else {
+            return Err(StoreError::UnsupportedUrl(url.to_string()));
+        };
+        if let Some(parent) = Path::new(path).parent()
+            && !parent.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(parent).map_err(|e| {
+                StoreError::Database(sqlx::Error::Configuration(
+                    format!("cannot create {}: {e}", parent.display()).into(),
+                ))
+            })?;
+        }
+        let options = SqliteConnectOptions::from_str(&format!("sqlite://{path}"))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .min_connections(1)
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    /// The current version of the key table (bumped by every key change).
+    pub async fn keys_version(&self) -> Result<i64, StoreError> {
+        let row = sqlx::query("SELECT version FROM store_versions WHERE name = 'keys'")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get(0)?)
+    }
+
+    /// Registers a running gateway instance.
+    pub async fn register_instance(
+        &self,
+        id: &str,
+        listen: &str,
+        keys_version: i64,
+    ) -> Result<(), StoreError> {
+        let now = now_ms();
+        sqlx::query(
+            "INSERT INTO gateway_instances (id, pid, listen, started_at_ms, heartbeat_ms, keys_version_seen) \
+             VALUES ($1, $2, $3, $4, $4, $5)",
+        )
+        .bind(id)
+        .bind(i64::from(std::process::id()))
+        .bind(listen)
+        .bind(now)
+        .bind(keys_version)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Heartbeat plus the key version this instance has applied.
+    pub async fn instance_heartbeat(&self, id: &str, keys_version: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE gateway_instances SET heartbeat_ms = $1, keys_version_seen = $2 WHERE id = $3",
+        )
+        .bind(now_ms())
+        .bind(keys_version)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Removes an instance on graceful shutdown.
+    pub async fn deregister_instance(&self, id: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM gateway_instances WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Live instances (heartbeat within `fresh_ms`) that have not yet applied `keys_version`.
+    pub async fn instances_behind(
+        &self,
+        keys_version: i64,
+        fresh_ms: i64,
+    ) -> Result<i64, StoreError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) FROM gateway_instances WHERE heartbeat_ms > $1 AND keys_version_seen < $2",
+        )
+        .bind(now_ms() - fresh_ms)
+        .bind(keys_version)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get(0)?)
+    }
+
+    /// Writes a batch of usage records in one transaction.
+    pub async fn insert_usage(&self, records: &[UsageRecord]) -> Result<(), StoreError> {
+        // 31 columns; SQLite allows 32,766 bound parameters per statement.
+        const ROWS_PER_STATEMENT: usize = 1000;
+        let mut tx = self.pool.begin().await?;
+        for chunk in records.chunks(ROWS_PER_STATEMENT) {
+            let mut qb = QueryBuilder::new(
+                "INSERT INTO usage_records (id, request_id, received_at_ms, completed_at_ms, key_id, team, \
+                 method, endpoint, stream, requested_model, served_model, upstream_model, provider, status, \
+                 error_code, denied_stage, latency_us, ttfb_us, upstream_latency_us, input_tokens, \
+                 output_tokens, cached_input_tokens, reasoning_tokens, total_tokens, cost_nanos, \
+                 provider_usage, provider_request_id, stream_status, decisions, user_agent, policy_generation) ",
+            );
+            qb.push_values(chunk, |mut b, r| {
+                b.push_bind(&r.id)
+                    .push_bind(&r.request_id)
+                    .push_bind(r.received_at_ms)
+                    .push_bind(r.completed_at_ms)
+                    .push_bind(&r.key_id)
+                    .push_bind(&r.team)
+                    .push_bind(&r.method)
+                    .push_bind(&r.endpoint)
+                    .push_bind(r.stream)
+                    .push_bind(&r.requested_model)
+                    .push_bind(&r.served_model)
+                    .push_bind(&r.upstream_model)
+                    .push_bind(&r.provider)
+                    .push_bind(i64::from(r.status))
+                    .push_bind(&r.error_code)
+                    .push_bind(&r.denied_stage)
+                    .push_bind(r.latency_us)
+                    .push_bind(r.ttfb_us)
+                    .push_bind(r.upstream_latency_us)
+                    .push_bind(r.tokens.input)
+                    .push_bind(r.tokens.output)
+                    .push_bind(r.tokens.cached_input)
+                    .push_bind(r.tokens.reasoning)
+                    .push_bind(r.tokens.total())
+                    .push_bind(r.cost_nanos)
+                    .push_bind(&r.provider_usage)
+                    .push_bind(&r.provider_request_id)
+                    .push_bind(&r.stream_status)
+                    .push_bind(&r.decisions)
+                    .push_bind(&r.user_agent)
+                    .push_bind(r.policy_generation);
+            });
+            qb.build().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub(crate) fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    /// Closes the pool (after the usage writer has flushed).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}

@@ -1,0 +1,141 @@
+//! Talking to providers: the HTTP client, the built-in demo responder and the SSE usage tap.
+//!
+//! Every provider answers with an [`UpstreamReply`]: a status, the headers the relay needs and a
+//! body stream, so JSON and SSE relaying, usage extraction and recording are the same code for
+//! every provider family.
+
+pub mod demo;
+pub mod sse;
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use axum::http::{HeaderValue, StatusCode, header};
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+
+use crate::error::UpstreamError;
+use crate::pipeline::Endpoint;
+use crate::policy::{Credential, Model};
+
+/// A provider's body, chunk by chunk.
+pub type BodyStream = Pin<Box<dyn Stream<Item = Result<Bytes, String>> + Send>>;
+
+/// A provider's answer, before relaying.
+pub struct UpstreamReply {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// `content-type`, relayed to the client.
+    pub content_type: Option<HeaderValue>,
+    /// The provider's own request id (`x-request-id` upstream).
+    pub provider_request_id: Option<String>,
+    /// The body.
+    pub body: BodyStream,
+}
+
+impl UpstreamReply {
+    /// Whether the body is a server-sent event stream.
+    pub fn is_event_stream(&self) -> bool {
+        self.content_type
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim_start().starts_with("text/event-stream"))
+    }
+}
+
+/// Builds the shared upstream HTTP client (rustls with the ring provider, pooled connections).
+pub fn client() -> Result<reqwest::Client, reqwest::Error> {
+    // Installing twice is harmless (the first provider wins).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .user_agent(concat!("tollgate/", env!("CARGO_PKG_VERSION")))
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(256)
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(10))
+        .build()
+}
+
+/// Sends `body` to the model's provider on `endpoint` and waits for the response headers.
+///
+/// Only `content-type`, `accept` and the provider credential are sent: nothing the client sent
+/// in headers (its virtual key above all) reaches the provider.
+pub async fn send(
+    http: &reqwest::Client,
+    model: &Model,
+    endpoint: Endpoint,
+    body: Bytes,
+    stream: bool,
+) -> Result<UpstreamReply, UpstreamError> {
+    let provider = &model.provider;
+    let base = provider
+        .base_url
+        .as_deref()
+        .ok_or_else(|| UpstreamError::BadResponse {
+            provider: provider.name.clone(),
+            detail: "provider has no base_url".into(),
+        })?;
+    let mut request = http
+        .post(format!("{base}{}", endpoint.upstream_path()))
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(
+            header::ACCEPT,
+            if stream {
+                "text/event-stream"
+            } else {
+                "application/json"
+            },
+        )
+        .body(body);
+    if let Credential::Present(secret) = &provider.credential {
+        request = request.bearer_auth(secret.expose());
+    }
+    let timeout_ms = u64::try_from(provider.timeout.as_millis()).unwrap_or(u64::MAX);
+    let response = match tokio::time::timeout(provider.timeout, request.send()).await {
+        Err(_) => {
+            return Err(UpstreamError::Timeout {
+                provider: provider.name.clone(),
+                timeout_ms,
+            });
+        }
+        Ok(Err(e)) if e.is_timeout() => {
+            return Err(UpstreamError::Timeout {
+                provider: provider.name.clone(),
+                timeout_ms,
+            });
+        }
+        Ok(Err(e)) => {
+            return Err(UpstreamError::Unreachable {
+                provider: provider.name.clone(),
+                detail: describe(&e),
+            });
+        }
+        Ok(Ok(response)) => response,
+    };
+    let status = response.status();
+    let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
+    let provider_request_id = response
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let body = response.bytes_stream().map(|r| r.map_err(|e| describe(&e)));
+    Ok(UpstreamReply {
+        status,
+        content_type,
+        provider_request_id,
+        body: Box::pin(body),
+    })
+}
+
+/// An error description without the URL's query (which could carry secrets).
+fn describe(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

@@ -1,0 +1,223 @@
+//! A tap on a server-sent event stream: relays complete events as they arrive, reads the usage
+//! object from the stream, and hides the usage-only chunk from clients that did not ask for it.
+//!
+//! Only the unfinished tail of the stream (at most one event) is held back; every complete event
+//! is passed on in the same poll it arrived in.
+
+use bytes::{Bytes, BytesMut};
+use serde_json::Value;
+
+/// Largest incomplete event held back; beyond it bytes are relayed uninspected.
+const MAX_PENDING: usize = 1024 * 1024;
+
+/// The tap.
+#[derive(Debug, Default)]
+pub struct SseTap {
+    pending: BytesMut,
+    hide_usage_chunk: bool,
+    usage: Option<Value>,
+}
+
+impl SseTap {
+    /// A tap; `hide_usage_chunk` drops chat chunks that carry only usage (`choices: []`).
+    pub fn new(hide_usage_chunk: bool) -> Self {
+        Self {
+            hide_usage_chunk,
+            ..Self::default()
+        }
+    }
+
+    /// The last usage object seen.
+    pub fn usage(&self) -> Option<&Value> {
+        self.usage.as_ref()
+    }
+
+    /// Feeds a chunk; returns the bytes to relay now (possibly empty).
+    pub fn push(&mut self, chunk: &[u8]) -> Bytes {
+        self.pending.extend_from_slice(chunk);
+        let Some(end) = last_event_end(&self.pending) else {
+            if self.pending.len() > MAX_PENDING {
+                return self.pending.split().freeze();
+            }
+            return Bytes::new();
+        };
+        let complete = self.pending.split_to(end).freeze();
+        self.filter(complete)
+    }
+
+    /// The stream ended: whatever is left.
+    pub fn finish(&mut self) -> Bytes {
+        let rest = self.pending.split().freeze();
+        if rest.is_empty() {
+            rest
+        } else {
+            self.filter(rest)
+        }
+    }
+
+    fn filter(&mut self, complete: Bytes) -> Bytes {
+        let mut dropped: Option<Vec<(usize, usize)>> = None;
+        let mut start = 0;
+        while start < complete.len() {
+            let (event_end, next) = match find_boundary(&complete[start..]) {
+                Some((at, len)) => (start + at, start + at + len),
+                None => (complete.len(), complete.len()),
+            };
+            if self.inspect(&complete[start..event_end]) {
+                dropped.get_or_insert_with(Vec::new).push((start, next));
+            }
+            start = next;
+        }
+        match dropped {
+            None => complete,
+            Some(ranges) => {
+                let mut out = BytesMut::with_capacity(complete.len());
+                let mut at = 0;
+                for (from, to) in ranges {
+                    out.extend_from_slice(&complete[at..from]);
+                    at = to;
+                }
+                out.extend_from_slice(&complete[at..]);
+                out.freeze()
+            }
+        }
+    }
+
+    /// Reads usage from one event; returns whether the event must be hidden.
+    fn inspect(&mut self, event: &[u8]) -> bool {
+        if !has_usage_object(event) {
+            return false;
+        }
+        let mut data = Vec::new();
+        for line in event.split(|b| *b == b'\n') {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if let Some(rest) = line.strip_prefix(b"data:") {
+                if !data.is_empty() {
+                    data.push(b'\n');
+                }
+                data.extend_from_slice(rest.strip_prefix(b" ").unwrap_or(rest));
+            }
+        }
+        let Ok(value) = serde_json::from_slice::<Value>(&data) else {
+            return false;
+        };
+        // Chat Completions: `usage` on the chunk. Responses: `response.usage` on the
+        // `response.completed` (or incomplete/failed) event.
+        let usage = value.get("usage").filter(|u| u.is_object()).or_else(|| {
+            value
+                .get("response")
+                .and_then(|r| r.get("usage"))
+                .filter(|u| u.is_object())
+        });
+        let Some(usage) = usage else {
+            return false;
+        };
+        self.usage = Some(usage.clone());
+        self.hide_usage_chunk
+            && value
+                .get("choices")
+                .and_then(Value::as_array)
+                .is_some_and(Vec::is_empty)
+    }
+}
+
+/// Whether the event contains `"usage"` followed by an object (not `null`).
+fn has_usage_object(event: &[u8]) -> bool {
+    const NEEDLE: &[u8] = b"\"usage\"";
+    let mut from = 0;
+    while let Some(pos) = find(&event[from..], NEEDLE) {
+        let after = &event[from + pos + NEEDLE.len()..];
+        let mut rest = after.iter().skip_while(|b| b.is_ascii_whitespace());
+        if rest.next() == Some(&b':') && rest.find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
+            return true;
+        }
+        from += pos + NEEDLE.len();
+    }
+    false
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The first event boundary in `buf`: (offset, length of the separator).
+fn find_boundary(buf: &[u8]) -> Option<(usize, usize)> {
+    let mut i = 0;
+    while i + 1 < buf.len() {
+        if buf[i] == b'\n' {
+            if buf[i + 1] == b'\n' {
+                return Some((i, 2));
+            }
+            if buf[i + 1] == b'\r' && buf.get(i + 2) == Some(&b'\n') {
+                return Some((i, 3));
+            }
+        }
+        i += 1;
+    }
+    None
+}
+
+/// End (exclusive) of the last complete event in `buf`.
+fn last_event_end(buf: &[u8]) -> Option<usize> {
+    let mut end = None;
+    let mut start = 0;
+    while let Some((at, len)) = find_boundary(&buf[start..]) {
+        start += at + len;
+        end = Some(start);
+    }
+    end
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CHUNK: &str = "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}],\"usage\":null}\n\n";
+    const USAGE: &str =
+        "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2}}\n\n";
+    const DONE: &str = "data: [DONE]\n\n";
+
+    #[test]
+    fn complete_events_pass_through_unchanged() {
+        let mut tap = SseTap::new(true);
+        assert_eq!(tap.push(CHUNK.as_bytes()), Bytes::from(CHUNK));
+        assert!(tap.usage().is_none());
+    }
+
+    #[test]
+    fn events_split_across_chunks_are_held_until_complete() {
+        let mut tap = SseTap::new(false);
+        let (a, b) = USAGE.split_at(25);
+        assert!(tap.push(a.as_bytes()).is_empty());
+        assert_eq!(tap.push(b.as_bytes()), Bytes::from(USAGE));
+        assert_eq!(tap.usage().expect("usage")["prompt_tokens"], 3);
+    }
+
+    #[test]
+    fn usage_chunk_is_hidden_only_when_asked() {
+        let all = format!("{CHUNK}{USAGE}{DONE}");
+        let mut hiding = SseTap::new(true);
+        assert_eq!(
+            hiding.push(all.as_bytes()),
+            Bytes::from(format!("{CHUNK}{DONE}"))
+        );
+        assert_eq!(hiding.usage().expect("usage")["completion_tokens"], 2);
+        let mut showing = SseTap::new(false);
+        assert_eq!(showing.push(all.as_bytes()), Bytes::from(all.clone()));
+    }
+
+    #[test]
+    fn responses_api_usage_is_read_from_the_completed_event() {
+        let event = "event: response.completed\r\ndata: {\"type\":\"response.completed\",\"response\":{\"usage\": {\"input_tokens\":5,\"output_tokens\":1}}}\r\n\r\n";
+        let mut tap = SseTap::new(true);
+        assert_eq!(tap.push(event.as_bytes()), Bytes::from(event));
+        assert_eq!(tap.usage().expect("usage")["input_tokens"], 5);
+    }
+
+    #[test]
+    fn a_tail_without_boundary_is_flushed_at_the_end() {
+        let mut tap = SseTap::new(true);
+        assert!(tap.push(b"data: x").is_empty());
+        assert_eq!(tap.finish(), Bytes::from("data: x"));
+    }
+}
