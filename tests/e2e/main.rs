@@ -1,1 +1,4 @@
-fn main() {}
+//! End-to-end tests: the real `tollgate` binary, mock upstreams on loopback, real HTTP.
+
+mod cases;
+mod common;

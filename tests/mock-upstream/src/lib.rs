@@ -1,1 +1,335 @@
+//! A fast mock LLM provider for tollgate's end-to-end tests and benchmark.
+//!
+//! It serves OpenAI chat completions (JSON and SSE with usage), embeddings, responses (JSON and
+//! SSE) and image generations, Anthropic messages and Gemini `generateContent`, with optional
+//! artificial latency. Behaviour can be steered per request through the model id the gateway
+//! sends upstream:
+//!
+//! | upstream model id     | behaviour                                                     |
+//! |-----------------------|---------------------------------------------------------------|
+//! | `mock-500`            | 500 with an OpenAI-style error body                           |
+//! | `mock-400`            | 400 with an OpenAI-style error body (`code: mock_bad_param`)  |
+//! | `mock-slow`           | answers after 2 s                                             |
+//! | `mock-stall-stream`   | sends the first chunk of a stream, then goes silent for 30 s  |
+//! | `mock-slow-stream`    | streams with 50 ms between chunks                             |
+//! | anything else         | a normal answer                                               |
+//!
+//! When recording is on, every request (path, headers, JSON body) is kept for assertions.
 
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+
+/// Fixed usage the mock reports for chat completions.
+pub const CHAT_USAGE: (i64, i64, i64, i64) = (11, 7, 2, 3);
+
+/// One request the mock received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// Request path.
+    pub path: String,
+    /// Request headers.
+    pub headers: HeaderMap,
+    /// The JSON body (Null if not JSON).
+    pub body: Value,
+}
+
+/// Mock configuration.
+#[derive(Debug, Clone)]
+pub struct MockConfig {
+    /// Added before every answer.
+    pub latency: Duration,
+    /// Chunks in a chat stream (content chunks, before the final and usage chunks).
+    pub stream_chunks: usize,
+    /// Keep every request for assertions (off for benchmarks).
+    pub record: bool,
+}
+
+impl Default for MockConfig {
+    fn default() -> Self {
+        Self {
+            latency: Duration::ZERO,
+            stream_chunks: 20,
+            record: true,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Shared {
+    config: MockConfig,
+    received: Mutex<Vec<Received>>,
+}
+
+/// A running mock.
+#[derive(Debug, Clone)]
+pub struct MockHandle {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    shared: Arc<Shared>,
+}
+
+impl MockHandle {
+    /// `http://addr/v1`, the base URL to configure a provider with.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    /// Everything received so far.
+    pub fn received(&self) -> Vec<Received> {
+        self.shared.received.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    /// Number of requests received so far.
+    pub fn count(&self) -> usize {
+        self.shared.received.lock().map(|r| r.len()).unwrap_or(0)
+    }
+}
+
+/// Starts the mock on `addr` (use port 0 for a free one) in the current runtime.
+pub async fn start(addr: SocketAddr, config: MockConfig) -> std::io::Result<MockHandle> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let addr = listener.local_addr()?;
+    let shared = Arc::new(Shared {
+        config,
+        received: Mutex::new(Vec::new()),
+    });
+    let app = router(shared.clone());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(MockHandle { addr, shared })
+}
+
+fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/embeddings", post(embeddings))
+        .route("/v1/responses", post(responses))
+        .route("/v1/images/generations", post(images))
+        .route("/v1/messages", post(anthropic_messages))
+        .route("/v1beta/models/{target}", post(gemini))
+        .with_state(shared)
+}
+
+fn remember(shared: &Shared, path: &str, headers: &HeaderMap, body: &Bytes) -> Value {
+    let value: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    if shared.config.record
+        && let Ok(mut received) = shared.received.lock()
+    {
+        received.push(Received {
+            path: path.to_string(),
+            headers: headers.clone(),
+            body: value.clone(),
+        });
+    }
+    value
+}
+
+fn json_response(status: StatusCode, value: &Value) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], value.to_string()).into_response()
+}
+
+fn sse_response(events: Vec<String>, gap: Duration, stall_after_first: bool) -> Response {
+    let stream = futures_util::stream::iter(events.into_iter().enumerate()).then(move |(i, event)| async move {
+        if i > 0 && !gap.is_zero() {
+            tokio::time::sleep(gap).await;
+        }
+        if i == 1 && stall_after_first {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        }
+        Ok::<_, Infallible>(Bytes::from(event))
+    });
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// Applies model-steered failures; `None` means answer normally.
+async fn steer(shared: &Shared, model: &str) -> Option<Response> {
+    if !shared.config.latency.is_zero() {
+        tokio::time::sleep(shared.config.latency).await;
+    }
+    match model {
+        "mock-500" => Some(json_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &json!({"error": {"message": "mock internal error", "type": "server_error", "code": null}}),
+        )),
+        "mock-400" => Some(json_response(
+            StatusCode::BAD_REQUEST,
+            &json!({"error": {"message": "mock rejects this parameter", "type": "invalid_request_error", "param": "temperature", "code": "mock_bad_param"}}),
+        )),
+        "mock-slow" => {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            None
+        }
+        _ => None,
+    }
+}
+
+fn chat_usage() -> Value {
+    let (prompt, completion, cached, reasoning) = CHAT_USAGE;
+    json!({
+        "prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0},
+        "completion_tokens_details": {"reasoning_tokens": reasoning, "audio_tokens": 0,
+            "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}
+    })
+}
+
+async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    let request = remember(&shared, "/v1/chat/completions", &headers, &body);
+    let model = request.get("model").and_then(Value::as_str).unwrap_or("").to_string();
+    if let Some(response) = steer(&shared, &model).await {
+        return response;
+    }
+    let stream = request.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    if !stream {
+        return json_response(
+            StatusCode::OK,
+            &json!({
+                "id": "chatcmpl-mock", "object": "chat.completion", "created": 1_700_000_000, "model": model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "mock answer"}, "finish_reason": "stop"}],
+                "usage": chat_usage(),
+            }),
+        );
+    }
+    let include_usage = request
+        .pointer("/stream_options/include_usage")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let chunk = |delta: Value, finish: Value| {
+        let mut c = json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1_700_000_000,
+                           "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
+        if include_usage {
+            c["usage"] = Value::Null;
+        }
+        format!("data: {c}\n\n")
+    };
+    let mut events = vec![chunk(json!({"role": "assistant", "content": ""}), Value::Null)];
+    for i in 0..shared.config.stream_chunks {
+        events.push(chunk(json!({"content": format!("tok{i} ")}), Value::Null));
+    }
+    events.push(chunk(json!({}), json!("stop")));
+    if include_usage {
+        let c = json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1_700_000_000,
+                       "model": model, "choices": [], "usage": chat_usage()});
+        events.push(format!("data: {c}\n\n"));
+    }
+    events.push("data: [DONE]\n\n".to_string());
+    let gap = if model == "mock-slow-stream" { Duration::from_millis(50) } else { Duration::ZERO };
+    sse_response(events, gap, model == "mock-stall-stream")
+}
+
+async fn embeddings(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    let request = remember(&shared, "/v1/embeddings", &headers, &body);
+    let model = request.get("model").and_then(Value::as_str).unwrap_or("").to_string();
+    if let Some(response) = steer(&shared, &model).await {
+        return response;
+    }
+    json_response(
+        StatusCode::OK,
+        &json!({"object": "list", "model": model,
+                "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2, 0.3]}],
+                "usage": {"prompt_tokens": 5, "total_tokens": 5}}),
+    )
+}
+
+async fn responses(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    let request = remember(&shared, "/v1/responses", &headers, &body);
+    let model = request.get("model").and_then(Value::as_str).unwrap_or("").to_string();
+    if let Some(response) = steer(&shared, &model).await {
+        return response;
+    }
+    let usage = json!({"input_tokens": 13, "output_tokens": 4, "total_tokens": 17,
+                       "input_tokens_details": {"cached_tokens": 0}, "output_tokens_details": {"reasoning_tokens": 1}});
+    let done = json!({"id": "resp_mock", "object": "response", "status": "completed", "model": model,
+                      "output": [{"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "mock answer"}]}],
+                      "usage": usage});
+    if !request.get("stream").and_then(Value::as_bool).unwrap_or(false) {
+        return json_response(StatusCode::OK, &done);
+    }
+    let events = vec![
+        format!("event: response.created\ndata: {}\n\n", json!({"type": "response.created", "response": {"id": "resp_mock", "status": "in_progress"}})),
+        format!("event: response.output_text.delta\ndata: {}\n\n", json!({"type": "response.output_text.delta", "delta": "mock answer"})),
+        format!("event: response.completed\ndata: {}\n\n", json!({"type": "response.completed", "response": done})),
+    ];
+    sse_response(events, Duration::ZERO, false)
+}
+
+async fn images(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    let request = remember(&shared, "/v1/images/generations", &headers, &body);
+    let model = request.get("model").and_then(Value::as_str).unwrap_or("").to_string();
+    if let Some(response) = steer(&shared, &model).await {
+        return response;
+    }
+    json_response(
+        StatusCode::OK,
+        &json!({"created": 1_700_000_000, "data": [{"b64_json": "aGVsbG8="}],
+                "usage": {"input_tokens": 9, "output_tokens": 272, "total_tokens": 281}}),
+    )
+}
+
+async fn anthropic_messages(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    let request = remember(&shared, "/v1/messages", &headers, &body);
+    let model = request.get("model").and_then(Value::as_str).unwrap_or("").to_string();
+    if let Some(response) = steer(&shared, &model).await {
+        return response;
+    }
+    if request.get("stream").and_then(Value::as_bool).unwrap_or(false) {
+        let event = |kind: &str, data: Value| format!("event: {kind}\ndata: {data}\n\n");
+        let mut events = vec![event(
+            "message_start",
+            json!({"type": "message_start", "message": {"id": "msg_mock", "type": "message", "role": "assistant",
+                   "model": model, "content": [], "usage": {"input_tokens": 11, "output_tokens": 1}}}),
+        )];
+        events.push(event("content_block_start", json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})));
+        for i in 0..shared.config.stream_chunks {
+            events.push(event(
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": format!("tok{i} ")}}),
+            ));
+        }
+        events.push(event("content_block_stop", json!({"type": "content_block_stop", "index": 0})));
+        events.push(event("message_delta", json!({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 7}})));
+        events.push(event("message_stop", json!({"type": "message_stop"})));
+        return sse_response(events, Duration::ZERO, false);
+    }
+    json_response(
+        StatusCode::OK,
+        &json!({"id": "msg_mock", "type": "message", "role": "assistant", "model": model,
+                "content": [{"type": "text", "text": "mock answer"}], "stop_reason": "end_turn",
+                "usage": {"input_tokens": 11, "output_tokens": 7, "cache_read_input_tokens": 2}}),
+    )
+}
+
+async fn gemini(
+    State(shared): State<Arc<Shared>>,
+    Path(target): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    remember(&shared, &format!("/v1beta/models/{target}"), &headers, &body);
+    let model = target.split(':').next().unwrap_or_default().to_string();
+    if let Some(response) = steer(&shared, &model).await {
+        return response;
+    }
+    json_response(
+        StatusCode::OK,
+        &json!({"candidates": [{"content": {"role": "model", "parts": [{"text": "mock answer"}]}, "finishReason": "STOP", "index": 0}],
+                "usageMetadata": {"promptTokenCount": 11, "candidatesTokenCount": 7, "totalTokenCount": 18, "cachedContentTokenCount": 2},
+                "modelVersion": model}),
+    )
+}

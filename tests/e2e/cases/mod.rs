@@ -1,0 +1,10 @@
+//! Test cases, one file per area.
+
+mod check;
+mod errors;
+mod keys;
+mod passthrough;
+mod sdk;
+mod shutdown;
+mod streaming;
+mod usage;

@@ -1,0 +1,350 @@
+//! The end-to-end harness: the real `tollgate` binary on a free loopback port, a mock upstream
+//! provider in this process, the CLI for keys, and the SQLite store read back for assertions.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use mock_upstream::{MockConfig, MockHandle};
+use serde_json::Value;
+use sqlx::Row;
+use sqlx::sqlite::SqlitePoolOptions;
+
+/// The provider credential the gateway injects (from its environment).
+pub const PROVIDER_KEY: &str = "sk-provider-secret-for-tests-0001";
+
+/// The binary under test.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_tollgate"))
+}
+
+/// An HTTP client for calling the gateway.
+pub fn http() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("client")
+}
+
+/// Starts a mock upstream with `config`.
+pub async fn mock(config: MockConfig) -> MockHandle {
+    mock_upstream::start(SocketAddr::from(([127, 0, 0, 1], 0)), config)
+        .await
+        .expect("mock upstream")
+}
+
+/// The policy directory most tests use: a mock provider and models steering its behaviour.
+pub fn standard_policy(mock: &MockHandle) -> String {
+    let base = mock.base_url();
+    format!(
+        r#"
+[server]
+max_body_bytes = 65536
+
+[providers.mock]
+family = "openai"
+base_url = "{base}"
+credential = {{ env = "TG_TEST_PROVIDER_KEY" }}
+timeout_ms = 1000
+
+[providers.off]
+family = "openai"
+base_url = "{base}"
+enabled = false
+
+[providers.dead]
+family = "openai"
+base_url = "http://127.0.0.1:1/v1"
+
+[providers.nokey]
+family = "openai"
+base_url = "{base}"
+credential = {{ env = "TG_TEST_SURELY_UNSET_VARIABLE" }}
+
+[models.chat]
+provider = "mock"
+upstream_model = "upstream-chat-v1"
+pricing = {{ input_per_mtok = 2.5, output_per_mtok = 10.0, cached_input_per_mtok = 1.25 }}
+
+[models.other]
+provider = "mock"
+upstream_model = "upstream-other"
+
+[models.embed]
+provider = "mock"
+upstream_model = "upstream-embed"
+pricing = {{ input_per_mtok = 0.02 }}
+
+[models.fail-500]
+provider = "mock"
+upstream_model = "mock-500"
+
+[models.fail-400]
+provider = "mock"
+upstream_model = "mock-400"
+
+[models.slow]
+provider = "mock"
+upstream_model = "mock-slow"
+
+[models.stall]
+provider = "mock"
+upstream_model = "mock-stall-stream"
+
+[models.slow-stream]
+provider = "mock"
+upstream_model = "mock-slow-stream"
+pricing = {{ input_per_mtok = 2.5, output_per_mtok = 10.0, cached_input_per_mtok = 1.25 }}
+
+[models.disabled]
+provider = "off"
+
+[models.unreachable]
+provider = "dead"
+
+[models.keyless]
+provider = "nokey"
+"#
+    )
+}
+
+/// A running gateway.
+pub struct Gateway {
+    child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    /// The store URL.
+    pub db_url: String,
+    /// The policy directory and database live here.
+    pub dir: tempfile::TempDir,
+}
+
+impl Gateway {
+    /// Starts the gateway on a policy directory containing `gateway_toml`.
+    pub fn start(gateway_toml: &str) -> Gateway {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let policies = dir.path().join("policies");
+        std::fs::create_dir_all(&policies).expect("policies dir");
+        std::fs::write(policies.join("gateway.toml"), gateway_toml).expect("write gateway.toml");
+        Self::start_on(dir, &policies)
+    }
+
+    /// Starts the gateway on an existing policy directory, with its store in a new temp dir.
+    pub fn start_dir(policies: &Path) -> Gateway {
+        Self::start_on(tempfile::tempdir().expect("tempdir"), policies)
+    }
+
+    fn start_on(dir: tempfile::TempDir, policies: &Path) -> Gateway {
+        let db_url = format!("sqlite://{}", dir.path().join("tollgate.db").display());
+        let mut child = Command::new(bin())
+            .args(["serve", "--policies"])
+            .arg(policies)
+            .args(["--listen", "127.0.0.1:0", "--database", &db_url])
+            .env("TG_TEST_PROVIDER_KEY", PROVIDER_KEY)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn tollgate");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let base = loop {
+            assert!(Instant::now() < deadline, "gateway did not start");
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if let Some(url) = line.strip_prefix("tollgate listening on ") {
+                        break url.trim().to_string();
+                    }
+                }
+                _ => panic!("gateway exited before listening"),
+            }
+        };
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines.by_ref() {});
+        Gateway {
+            child,
+            base,
+            db_url,
+            dir,
+        }
+    }
+
+    /// `base` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Runs `tollgate keys ARGS --database DB`.
+    pub fn keys(&self, args: &[&str]) -> Output {
+        Command::new(bin())
+            .arg("keys")
+            .args(args)
+            .args(["--database", &self.db_url])
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("run tollgate keys")
+    }
+
+    /// Creates a key granted `models`; returns (id, secret).
+    pub fn create_key(&self, models: &str) -> (String, String) {
+        self.create_key_with(&["--models", models])
+    }
+
+    /// Creates a key with extra `keys create` arguments; returns (id, secret).
+    pub fn create_key_with(&self, extra: &[&str]) -> (String, String) {
+        let mut args = vec!["create", "--name", "test", "--json"];
+        args.extend_from_slice(extra);
+        let out = self.keys(&args);
+        assert!(out.status.success(), "keys create failed: {}", String::from_utf8_lossy(&out.stderr));
+        let v: Value = serde_json::from_slice(&out.stdout).expect("keys create --json output");
+        (
+            v["id"].as_str().expect("id").to_string(),
+            v["secret"].as_str().expect("secret").to_string(),
+        )
+    }
+
+    /// Sends SIGTERM.
+    pub fn sigterm(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "gateway did not exit within {within:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Every usage record, oldest first, as JSON objects.
+    pub async fn usage_rows(&self) -> Vec<Value> {
+        read_usage(&self.db_url).await
+    }
+
+    /// Waits until at least `n` usage rows exist (the writer is asynchronous), then returns all.
+    pub async fn wait_rows(&self, n: usize) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let rows = self.usage_rows().await;
+            if rows.len() >= n {
+                return rows;
+            }
+            assert!(Instant::now() < deadline, "only {} of {n} usage rows appeared", rows.len());
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// The usage row of one request id, waiting for it to be written.
+    pub async fn row_for(&self, request_id: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(row) = self
+                .usage_rows()
+                .await
+                .into_iter()
+                .find(|r| r["request_id"] == request_id)
+            {
+                return row;
+            }
+            assert!(Instant::now() < deadline, "no usage row for request {request_id}");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Reads every usage row of the store at `db_url`.
+pub async fn read_usage(db_url: &str) -> Vec<Value> {
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect(db_url)
+        .await
+        .expect("open store");
+    let rows = sqlx::query(
+        "SELECT request_id, key_id, team, method, endpoint, stream, requested_model, served_model, \
+         upstream_model, provider, status, error_code, denied_stage, latency_us, ttfb_us, input_tokens, \
+         output_tokens, cached_input_tokens, reasoning_tokens, total_tokens, cost_nanos, provider_usage, \
+         stream_status, decisions FROM usage_records ORDER BY received_at_ms, id",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("query usage");
+    pool.close().await;
+    rows.iter()
+        .map(|r| {
+            let text = |name: &str| -> Value {
+                r.try_get::<Option<String>, _>(name)
+                    .expect(name)
+                    .map_or(Value::Null, Value::String)
+            };
+            let int = |name: &str| -> Value {
+                r.try_get::<Option<i64>, _>(name)
+                    .expect(name)
+                    .map_or(Value::Null, Value::from)
+            };
+            serde_json::json!({
+                "request_id": text("request_id"), "key_id": text("key_id"), "team": text("team"),
+                "method": text("method"), "endpoint": text("endpoint"), "stream": int("stream"),
+                "requested_model": text("requested_model"), "served_model": text("served_model"),
+                "upstream_model": text("upstream_model"), "provider": text("provider"),
+                "status": int("status"), "error_code": text("error_code"), "denied_stage": text("denied_stage"),
+                "latency_us": int("latency_us"), "ttfb_us": int("ttfb_us"),
+                "input_tokens": int("input_tokens"), "output_tokens": int("output_tokens"),
+                "cached_input_tokens": int("cached_input_tokens"), "reasoning_tokens": int("reasoning_tokens"),
+                "total_tokens": int("total_tokens"), "cost_nanos": int("cost_nanos"),
+                "provider_usage": text("provider_usage"), "stream_status": text("stream_status"),
+                "decisions": text("decisions"),
+            })
+        })
+        .collect()
+}
+
+/// A chat request body for `model`.
+pub fn chat_body(model: &str) -> Value {
+    serde_json::json!({"model": model, "messages": [{"role": "user", "content": "hello"}]})
+}
+
+/// The request id header of a response.
+pub fn request_id(response: &reqwest::Response) -> String {
+    response
+        .headers()
+        .get("x-request-id")
+        .expect("x-request-id header")
+        .to_str()
+        .expect("ascii")
+        .to_string()
+}
+
+/// Asserts an OpenAI-shaped gateway error and returns the request id.
+pub async fn expect_error(response: reqwest::Response, status: u16, code: &str) -> String {
+    assert_eq!(response.status().as_u16(), status, "status for expected {code}");
+    let id = request_id(&response);
+    assert_eq!(id.len(), 32, "request id is 32 hex chars");
+    let body: Value = response.json().await.expect("JSON error body");
+    assert_eq!(body["error"]["code"], code, "body: {body}");
+    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "message: {body}");
+    id
+}
+
+/// Path of the repository root.
+pub fn repo_root() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+}
