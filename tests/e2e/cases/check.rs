@@ -6,7 +6,10 @@ use crate::common::{bin, repo_root};
 
 fn check(dir: &std::path::Path) -> (bool, String) {
     let out = Command::new(bin()).arg("check").arg(dir).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
 }
 
 #[test]
@@ -37,9 +40,16 @@ fn check_reports_every_error_with_file_line_and_key() {
     .unwrap();
     let (ok, out) = check(dir.path());
     assert!(!ok);
-    assert!(out.contains("gateway.toml:8:12: models.b.provider: provider 'missing' is not defined"), "{out}");
+    assert!(
+        out.contains("gateway.toml:8:12: models.b.provider: provider 'missing' is not defined"),
+        "{out}"
+    );
 
-    std::fs::write(dir.path().join("gateway.toml"), "[providers.p]\nfamily = \"demo\"\nenabeld = true\n").unwrap();
+    std::fs::write(
+        dir.path().join("gateway.toml"),
+        "[providers.p]\nfamily = \"demo\"\nenabeld = true\n",
+    )
+    .unwrap();
     let (ok, out) = check(dir.path());
     assert!(!ok);
     assert!(out.contains("gateway.toml:3:1"), "{out}");
@@ -53,11 +63,18 @@ fn check_reports_every_error_with_file_line_and_key() {
 #[test]
 fn serve_refuses_to_start_on_a_broken_policy_directory() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("gateway.toml"), "[models.m]\nprovider = \"x\"\n").unwrap();
+    std::fs::write(
+        dir.path().join("gateway.toml"),
+        "[models.m]\nprovider = \"x\"\n",
+    )
+    .unwrap();
     let out = Command::new(bin())
         .args(["serve", "--listen", "127.0.0.1:0", "--policies"])
         .arg(dir.path())
-        .args(["--database", &format!("sqlite://{}/db", dir.path().display())])
+        .args([
+            "--database",
+            &format!("sqlite://{}/db", dir.path().display()),
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());

@@ -26,12 +26,24 @@ async fn bad_requests_get_400_invalid_request_and_are_recorded() {
     let gw = Gateway::start(&standard_policy(&mock));
     let (key_id, secret) = gw.create_key("*");
     let cases: Vec<(reqwest::Body, &str)> = vec![
-        (reqwest::Body::from("{\"model\": \"chat\", "), "invalid_request"),
+        (
+            reqwest::Body::from("{\"model\": \"chat\", "),
+            "invalid_request",
+        ),
         (reqwest::Body::from("[1, 2]"), "invalid_request"),
-        (json_body(&json!({"model": 5, "messages": []})), "invalid_request"),
+        (
+            json_body(&json!({"model": 5, "messages": []})),
+            "invalid_request",
+        ),
         (json_body(&json!({"messages": []})), "invalid_request"),
-        (json_body(&json!({"model": "chat", "stream": "yes"})), "invalid_request"),
-        (json_body(&json!({"model": "chat", "stream": true, "stream_options": 3})), "invalid_request"),
+        (
+            json_body(&json!({"model": "chat", "stream": "yes"})),
+            "invalid_request",
+        ),
+        (
+            json_body(&json!({"model": "chat", "stream": true, "stream_options": 3})),
+            "invalid_request",
+        ),
     ];
     for (body, code) in cases {
         let id = expect_error(post(&gw, &secret, body).await, 400, code).await;
@@ -49,11 +61,18 @@ async fn body_over_the_limit_gets_413() {
     let mock = mock(MockConfig::default()).await;
     let gw = Gateway::start(&standard_policy(&mock));
     let (_, secret) = gw.create_key("*");
-    let big = json!({"model": "chat", "messages": [{"role": "user", "content": "x".repeat(70_000)}]});
-    let id = expect_error(post(&gw, &secret, json_body(&big)).await, 413, "request_too_large").await;
+    let big =
+        json!({"model": "chat", "messages": [{"role": "user", "content": "x".repeat(70_000)}]});
+    let id = expect_error(
+        post(&gw, &secret, json_body(&big)).await,
+        413,
+        "request_too_large",
+    )
+    .await;
     assert_eq!(gw.row_for(&id).await["status"], 413);
     // Just under the limit is fine.
-    let fits = json!({"model": "chat", "messages": [{"role": "user", "content": "x".repeat(60_000)}]});
+    let fits =
+        json!({"model": "chat", "messages": [{"role": "user", "content": "x".repeat(60_000)}]});
     assert_eq!(post(&gw, &secret, json_body(&fits)).await.status(), 200);
 }
 
@@ -69,7 +88,12 @@ async fn model_and_provider_checks_have_their_codes() {
         ("keyless", 400, "provider_api_key_not_configured"),
     ];
     for (model, status, code) in cases {
-        let id = expect_error(post(&gw, &secret, json_body(&chat_body(model))).await, status, code).await;
+        let id = expect_error(
+            post(&gw, &secret, json_body(&chat_body(model))).await,
+            status,
+            code,
+        )
+        .await;
         let row = gw.row_for(&id).await;
         assert_eq!(row["requested_model"], model);
         assert_eq!(row["denied_stage"], "authorize");
@@ -88,7 +112,12 @@ async fn upstream_failures_map_to_502_and_504() {
         ("slow", 504, "upstream_timeout"),
     ];
     for (model, status, code) in cases {
-        let id = expect_error(post(&gw, &secret, json_body(&chat_body(model))).await, status, code).await;
+        let id = expect_error(
+            post(&gw, &secret, json_body(&chat_body(model))).await,
+            status,
+            code,
+        )
+        .await;
         let row = gw.row_for(&id).await;
         assert_eq!(row["status"], status);
         assert_eq!(row["denied_stage"], "call");
@@ -118,7 +147,11 @@ async fn unknown_routes_and_methods_are_json_errors_with_request_ids() {
     let gw = Gateway::start(&standard_policy(&mock));
     let response = http().get(gw.url("/v1/nope")).send().await.unwrap();
     expect_error(response, 404, "not_found").await;
-    let response = http().get(gw.url("/v1/chat/completions")).send().await.unwrap();
+    let response = http()
+        .get(gw.url("/v1/chat/completions"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 405);
     assert_eq!(request_id(&response).len(), 32);
 }
@@ -138,7 +171,12 @@ async fn missing_and_unknown_keys_get_401_unauthorized() {
     assert_eq!(row["denied_stage"], "authenticate");
     assert_eq!(row["key_id"], Value::Null);
     for bad in ["sk-not-ours", "tg_0000000000000000000000000000000000000000"] {
-        expect_error(post(&gw, bad, json_body(&chat_body("chat"))).await, 401, "unauthorized").await;
+        expect_error(
+            post(&gw, bad, json_body(&chat_body("chat"))).await,
+            401,
+            "unauthorized",
+        )
+        .await;
     }
     let basic = http()
         .post(gw.url("/v1/chat/completions"))

@@ -22,9 +22,17 @@ async fn revoked_key_is_refused_on_the_next_request() {
     let mock = mock(MockConfig::default()).await;
     let gw = Gateway::start(&standard_policy(&mock));
     let (id, secret) = gw.create_key("*");
-    assert_eq!(call(&gw, &secret).await.status(), 200, "warms the key cache");
+    assert_eq!(
+        call(&gw, &secret).await.status(),
+        200,
+        "warms the key cache"
+    );
     let out = gw.keys(&["revoke", &id]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     expect_error(call(&gw, &secret).await, 401, "api_key_revoked").await;
     let listed: Value = serde_json::from_slice(&gw.keys(&["list", "--json"]).stdout).unwrap();
     assert_eq!(listed[0]["state"], "revoked");
@@ -46,7 +54,13 @@ async fn expired_key_gets_api_key_expired() {
 async fn past_expiry_is_rejected_at_creation() {
     let mock = mock(MockConfig::default()).await;
     let gw = Gateway::start(&standard_policy(&mock));
-    let out = gw.keys(&["create", "--name", "x", "--expires-at", "2020-01-01T00:00:00Z"]);
+    let out = gw.keys(&[
+        "create",
+        "--name",
+        "x",
+        "--expires-at",
+        "2020-01-01T00:00:00Z",
+    ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("in the past"));
     let out = gw.keys(&["create", "--name", "x", "--expires-at", "tomorrow"]);
@@ -60,7 +74,11 @@ async fn rotated_key_keeps_its_id_and_only_the_new_secret_works() {
     let (id, old) = gw.create_key("chat");
     assert_eq!(call(&gw, &old).await.status(), 200);
     let out = gw.keys(&["rotate", &id, "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let rotated: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(rotated["id"], id.as_str());
     assert_eq!(rotated["rotations"], 1);
@@ -70,7 +88,11 @@ async fn rotated_key_keeps_its_id_and_only_the_new_secret_works() {
     let response = call(&gw, new).await;
     assert_eq!(response.status(), 200);
     let row = gw.row_for(&crate::common::request_id(&response)).await;
-    assert_eq!(row["key_id"], id.as_str(), "usage stays attributed to the same key id");
+    assert_eq!(
+        row["key_id"],
+        id.as_str(),
+        "usage stays attributed to the same key id"
+    );
 }
 
 #[tokio::test]
@@ -94,6 +116,9 @@ async fn the_store_keeps_only_a_hash_of_the_secret() {
     let db = std::fs::read(gw.dir.path().join("tollgate.db")).unwrap();
     let wal = std::fs::read(gw.dir.path().join("tollgate.db-wal")).unwrap_or_default();
     for bytes in [db, wal] {
-        assert!(!bytes.windows(secret.len()).any(|w| w == secret.as_bytes()), "secret stored in clear");
+        assert!(
+            !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "secret stored in clear"
+        );
     }
 }

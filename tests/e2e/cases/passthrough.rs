@@ -31,18 +31,32 @@ async fn provider_key_is_injected_and_virtual_key_never_reaches_upstream() {
     let upstream = &received[0];
     assert_eq!(upstream.path, "/v1/chat/completions");
     assert_eq!(
-        upstream.headers.get("authorization").unwrap().to_str().unwrap(),
+        upstream
+            .headers
+            .get("authorization")
+            .unwrap()
+            .to_str()
+            .unwrap(),
         format!("Bearer {PROVIDER_KEY}")
     );
     for (name, value) in &upstream.headers {
         let value = value.to_str().unwrap_or("");
-        assert!(!value.contains(&secret), "virtual key leaked upstream in header {name}");
+        assert!(
+            !value.contains(&secret),
+            "virtual key leaked upstream in header {name}"
+        );
     }
     assert!(upstream.headers.get("x-api-key").is_none());
     assert!(upstream.headers.get("x-goog-api-key").is_none());
     assert!(!upstream.body.to_string().contains(&secret));
-    assert_eq!(upstream.body["model"], "upstream-chat-v1", "upstream sees the upstream model id");
-    assert_eq!(upstream.body["tollgate_unknown_field"], body["tollgate_unknown_field"], "unknown fields pass through");
+    assert_eq!(
+        upstream.body["model"], "upstream-chat-v1",
+        "upstream sees the upstream model id"
+    );
+    assert_eq!(
+        upstream.body["tollgate_unknown_field"], body["tollgate_unknown_field"],
+        "unknown fields pass through"
+    );
     assert_eq!(upstream.body["temperature"], 0.25);
     assert_eq!(upstream.body["messages"], body["messages"]);
 }
@@ -76,12 +90,33 @@ async fn every_openai_endpoint_is_relayed_with_its_usage() {
     let (_, secret) = gw.create_key("*");
     let client = http();
     let cases = [
-        ("/v1/embeddings", json!({"model": "embed", "input": "hello"}), 5, 0),
-        ("/v1/responses", json!({"model": "chat", "input": "hello"}), 13, 4),
-        ("/v1/images/generations", json!({"model": "chat", "prompt": "a cat"}), 9, 272),
+        (
+            "/v1/embeddings",
+            json!({"model": "embed", "input": "hello"}),
+            5,
+            0,
+        ),
+        (
+            "/v1/responses",
+            json!({"model": "chat", "input": "hello"}),
+            13,
+            4,
+        ),
+        (
+            "/v1/images/generations",
+            json!({"model": "chat", "prompt": "a cat"}),
+            9,
+            272,
+        ),
     ];
     for (path, body, input, output) in cases {
-        let response = client.post(gw.url(path)).bearer_auth(&secret).json(&body).send().await.unwrap();
+        let response = client
+            .post(gw.url(path))
+            .bearer_auth(&secret)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(response.status(), 200, "{path}");
         let id = request_id(&response);
         let _: Value = response.json().await.unwrap();
@@ -92,7 +127,10 @@ async fn every_openai_endpoint_is_relayed_with_its_usage() {
         assert!(row["provider_usage"].as_str().unwrap().starts_with('{'));
     }
     let paths: Vec<_> = mock.received().into_iter().map(|r| r.path).collect();
-    assert_eq!(paths, ["/v1/embeddings", "/v1/responses", "/v1/images/generations"]);
+    assert_eq!(
+        paths,
+        ["/v1/embeddings", "/v1/responses", "/v1/images/generations"]
+    );
     assert_eq!(mock.received()[0].body["model"], "upstream-embed");
 }
 
@@ -101,14 +139,32 @@ async fn models_list_shows_only_granted_models() {
     let mock = mock(MockConfig::default()).await;
     let gw = Gateway::start(&standard_policy(&mock));
     let (_, secret) = gw.create_key("chat,embed");
-    let response = http().get(gw.url("/v1/models")).bearer_auth(&secret).send().await.unwrap();
+    let response = http()
+        .get(gw.url("/v1/models"))
+        .bearer_auth(&secret)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(request_id(&response).len(), 32);
     let list: Value = response.json().await.unwrap();
-    let ids: Vec<_> = list["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap().to_string()).collect();
+    let ids: Vec<_> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(ids, ["chat", "embed"]);
     assert_eq!(list["object"], "list");
     let (_, all) = gw.create_key("*");
-    let list: Value = http().get(gw.url("/v1/models")).bearer_auth(&all).send().await.unwrap().json().await.unwrap();
+    let list: Value = http()
+        .get(gw.url("/v1/models"))
+        .bearer_auth(&all)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(list["data"].as_array().unwrap().len(), 11);
 }

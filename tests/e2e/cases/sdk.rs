@@ -12,8 +12,14 @@ fn demo_gateway() -> (Gateway, String) {
 
 #[test]
 fn the_openai_python_sdk_example_runs_against_the_demo() {
-    let have_sdk = Command::new("python3").args(["-c", "import openai"]).status().is_ok_and(|s| s.success());
-    assert!(have_sdk, "the openai Python SDK is missing: run ./scripts/test, which installs it");
+    let have_sdk = Command::new("python3")
+        .args(["-c", "import openai"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        have_sdk,
+        "the openai Python SDK is missing: run ./scripts/test, which installs it"
+    );
     let (gw, secret) = demo_gateway();
     let out = Command::new("python3")
         .arg(repo_root().join("examples/quickstart/openai_client.py"))
@@ -22,12 +28,25 @@ fn the_openai_python_sdk_example_runs_against_the_demo() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("chat: This answer comes from tollgate's offline demo provider"), "{stdout}");
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("chat: This answer comes from tollgate's offline demo provider"),
+        "{stdout}"
+    );
     assert!(stdout.contains("stream usage:"), "{stdout}");
-    assert!(stdout.contains("stream: This answer comes from"), "{stdout}");
+    assert!(
+        stdout.contains("stream: This answer comes from"),
+        "{stdout}"
+    );
     assert!(stdout.contains("embedding dimensions: 16"), "{stdout}");
-    assert!(stdout.contains("models: demo-chat, demo-embed, demo-image, gpt-4o-mini"), "{stdout}");
+    assert!(
+        stdout.contains("models: demo-chat, demo-embed, demo-image, gpt-4o-mini"),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -41,6 +60,9 @@ fn the_curl_example_runs_against_the_demo() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
-    assert!(stdout.contains("\"object\":\"chat.completion\""), "{stdout}");
+    assert!(
+        stdout.contains("\"object\":\"chat.completion\""),
+        "{stdout}"
+    );
     assert!(stdout.trim_end().ends_with("data: [DONE]"), "{stdout}");
 }

@@ -26,7 +26,13 @@ async fn sigterm_with_requests_in_flight_loses_no_usage_row() {
             tokio::time::sleep(Duration::from_millis(i * 5)).await;
             let mut body = chat_body("chat");
             body["stream"] = (i % 3 == 0).into();
-            match client.post(url).bearer_auth(secret).json(&body).send().await {
+            match client
+                .post(url)
+                .bearer_auth(secret)
+                .json(&body)
+                .send()
+                .await
+            {
                 Ok(response) => {
                     let status = response.status().as_u16();
                     response.bytes().await.ok().map(|_| status)
@@ -46,7 +52,10 @@ async fn sigterm_with_requests_in_flight_loses_no_usage_row() {
     }
     let status = gw.wait_exit(Duration::from_secs(20));
     assert!(status.success(), "graceful exit: {status:?}");
-    assert!(answered >= 25, "at least the requests in flight at the signal were answered ({answered})");
+    assert!(
+        answered >= 25,
+        "at least the requests in flight at the signal were answered ({answered})"
+    );
     let rows = read_usage(&gw.db_url).await;
     assert_eq!(rows.len(), answered, "one usage row per answered request");
     assert!(rows.iter().all(|r| r["status"] == 200));

@@ -18,7 +18,8 @@ async fn events(response: reqwest::Response) -> Vec<String> {
 }
 
 fn stream_body(model: &str, include_usage: Option<bool>) -> Value {
-    let mut body = json!({"model": model, "stream": true, "messages": [{"role": "user", "content": "count"}]});
+    let mut body =
+        json!({"model": model, "stream": true, "messages": [{"role": "user", "content": "count"}]});
     if let Some(include) = include_usage {
         body["stream_options"] = json!({"include_usage": include});
     }
@@ -38,7 +39,12 @@ async fn stream_is_relayed_intact_and_billed_from_the_usage_chunk_the_client_did
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
     let id = request_id(&response);
     let events = events(response).await;
     // role chunk + 20 content chunks + finish chunk + [DONE]; the usage chunk is hidden.
@@ -47,14 +53,22 @@ async fn stream_is_relayed_intact_and_billed_from_the_usage_chunk_the_client_did
     let content: String = events[..events.len() - 1]
         .iter()
         .map(|e| serde_json::from_str::<Value>(e).unwrap())
-        .map(|c| c["choices"][0]["delta"]["content"].as_str().unwrap_or("").to_string())
+        .map(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        })
         .collect();
     let expected: String = (0..20).map(|i| format!("tok{i} ")).collect();
     assert_eq!(content, expected);
     assert!(events.iter().all(|e| !e.contains("\"choices\":[]")));
 
     // The gateway asked upstream for usage even though the client did not.
-    assert_eq!(mock.received()[0].body["stream_options"]["include_usage"], true);
+    assert_eq!(
+        mock.received()[0].body["stream_options"]["include_usage"],
+        true
+    );
     let row = gw.row_for(&id).await;
     assert_eq!(row["stream"], 1);
     assert_eq!(row["stream_status"], "completed");
@@ -111,7 +125,10 @@ async fn chunks_arrive_as_the_upstream_produces_them() {
     }
     let total = started.elapsed();
     assert!(reads >= 10, "the stream arrived in {reads} reads");
-    assert!(total - first_at >= Duration::from_millis(500), "first chunk at {first_at:?}, end at {total:?}");
+    assert!(
+        total - first_at >= Duration::from_millis(500),
+        "first chunk at {first_at:?}, end at {total:?}"
+    );
 }
 
 #[tokio::test]
@@ -148,7 +165,9 @@ async fn a_silent_upstream_stream_ends_with_an_error_event_after_its_timeout() {
         .await
         .unwrap();
     let id = request_id(&response);
-    let events = tokio::time::timeout(Duration::from_secs(10), events(response)).await.unwrap();
+    let events = tokio::time::timeout(Duration::from_secs(10), events(response))
+        .await
+        .unwrap();
     let last: Value = serde_json::from_str(events.last().unwrap()).unwrap();
     assert_eq!(last["error"]["code"], "upstream_timeout");
     let row = gw.row_for(&id).await;

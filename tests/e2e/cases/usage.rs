@@ -21,7 +21,13 @@ async fn a_burst_of_200_concurrent_requests_leaves_200_exact_rows() {
         tasks.push(tokio::spawn(async move {
             let mut body = chat_body("chat");
             body["stream"] = stream.into();
-            let response = client.post(url).bearer_auth(secret).json(&body).send().await.unwrap();
+            let response = client
+                .post(url)
+                .bearer_auth(secret)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
             assert_eq!(response.status(), 200);
             let id = request_id(&response);
             response.bytes().await.unwrap();
@@ -70,10 +76,20 @@ async fn records_carry_the_raw_provider_usage_and_the_decision_trail() {
         .await
         .unwrap();
     let row = gw.row_for(&request_id(&response)).await;
-    let raw: serde_json::Value = serde_json::from_str(row["provider_usage"].as_str().unwrap()).unwrap();
-    assert_eq!(raw["completion_tokens_details"]["accepted_prediction_tokens"], 0);
-    let decisions: serde_json::Value = serde_json::from_str(row["decisions"].as_str().unwrap()).unwrap();
-    let stages: Vec<_> = decisions.as_array().unwrap().iter().map(|d| d["stage"].as_str().unwrap()).collect();
+    let raw: serde_json::Value =
+        serde_json::from_str(row["provider_usage"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        raw["completion_tokens_details"]["accepted_prediction_tokens"],
+        0
+    );
+    let decisions: serde_json::Value =
+        serde_json::from_str(row["decisions"].as_str().unwrap()).unwrap();
+    let stages: Vec<_> = decisions
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["stage"].as_str().unwrap())
+        .collect();
     assert_eq!(stages, ["authenticate", "authorize"]);
     assert_eq!(row["method"], "POST");
 }

@@ -199,7 +199,11 @@ impl Gateway {
         let mut args = vec!["create", "--name", "test", "--json"];
         args.extend_from_slice(extra);
         let out = self.keys(&args);
-        assert!(out.status.success(), "keys create failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "keys create failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let v: Value = serde_json::from_slice(&out.stdout).expect("keys create --json output");
         (
             v["id"].as_str().expect("id").to_string(),
@@ -223,7 +227,10 @@ impl Gateway {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
                 return status;
             }
-            assert!(Instant::now() < deadline, "gateway did not exit within {within:?}");
+            assert!(
+                Instant::now() < deadline,
+                "gateway did not exit within {within:?}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -241,7 +248,11 @@ impl Gateway {
             if rows.len() >= n {
                 return rows;
             }
-            assert!(Instant::now() < deadline, "only {} of {n} usage rows appeared", rows.len());
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {n} usage rows appeared",
+                rows.len()
+            );
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
@@ -258,7 +269,10 @@ impl Gateway {
             {
                 return row;
             }
-            assert!(Instant::now() < deadline, "no usage row for request {request_id}");
+            assert!(
+                Instant::now() < deadline,
+                "no usage row for request {request_id}"
+            );
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
@@ -335,12 +349,21 @@ pub fn request_id(response: &reqwest::Response) -> String {
 
 /// Asserts an OpenAI-shaped gateway error and returns the request id.
 pub async fn expect_error(response: reqwest::Response, status: u16, code: &str) -> String {
-    assert_eq!(response.status().as_u16(), status, "status for expected {code}");
+    assert_eq!(
+        response.status().as_u16(),
+        status,
+        "status for expected {code}"
+    );
     let id = request_id(&response);
     assert_eq!(id.len(), 32, "request id is 32 hex chars");
     let body: Value = response.json().await.expect("JSON error body");
     assert_eq!(body["error"]["code"], code, "body: {body}");
-    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "message: {body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "message: {body}"
+    );
     id
 }
 
