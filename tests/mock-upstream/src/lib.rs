@@ -87,7 +87,11 @@ impl MockHandle {
 
     /// Everything received so far.
     pub fn received(&self) -> Vec<Received> {
-        self.shared.received.lock().map(|r| r.clone()).unwrap_or_default()
+        self.shared
+            .received
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_default()
     }
 
     /// Number of requests received so far.
@@ -137,19 +141,26 @@ fn remember(shared: &Shared, path: &str, headers: &HeaderMap, body: &Bytes) -> V
 }
 
 fn json_response(status: StatusCode, value: &Value) -> Response {
-    (status, [(header::CONTENT_TYPE, "application/json")], value.to_string()).into_response()
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        value.to_string(),
+    )
+        .into_response()
 }
 
 fn sse_response(events: Vec<String>, gap: Duration, stall_after_first: bool) -> Response {
-    let stream = futures_util::stream::iter(events.into_iter().enumerate()).then(move |(i, event)| async move {
-        if i > 0 && !gap.is_zero() {
-            tokio::time::sleep(gap).await;
-        }
-        if i == 1 && stall_after_first {
-            tokio::time::sleep(Duration::from_secs(30)).await;
-        }
-        Ok::<_, Infallible>(Bytes::from(event))
-    });
+    let stream = futures_util::stream::iter(events.into_iter().enumerate()).then(
+        move |(i, event)| async move {
+            if i > 0 && !gap.is_zero() {
+                tokio::time::sleep(gap).await;
+            }
+            if i == 1 && stall_after_first {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            }
+            Ok::<_, Infallible>(Bytes::from(event))
+        },
+    );
     Response::builder()
         .header(header::CONTENT_TYPE, "text/event-stream")
         .header(header::CACHE_CONTROL, "no-cache")
@@ -191,11 +202,18 @@ fn chat_usage() -> Value {
 
 async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
     let request = remember(&shared, "/v1/chat/completions", &headers, &body);
-    let model = request.get("model").and_then(Value::as_str).unwrap_or("").to_string();
+    let model = request
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
     if let Some(response) = steer(&shared, &model).await {
         return response;
     }
-    let stream = request.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    let stream = request
+        .get("stream")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
     if !stream {
         return json_response(
             StatusCode::OK,
@@ -218,7 +236,10 @@ async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
         }
         format!("data: {c}\n\n")
     };
-    let mut events = vec![chunk(json!({"role": "assistant", "content": ""}), Value::Null)];
+    let mut events = vec![chunk(
+        json!({"role": "assistant", "content": ""}),
+        Value::Null,
+    )];
     for i in 0..shared.config.stream_chunks {
         events.push(chunk(json!({"content": format!("tok{i} ")}), Value::Null));
     }
@@ -229,13 +250,25 @@ async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
         events.push(format!("data: {c}\n\n"));
     }
     events.push("data: [DONE]\n\n".to_string());
-    let gap = if model == "mock-slow-stream" { Duration::from_millis(50) } else { Duration::ZERO };
+    let gap = if model == "mock-slow-stream" {
+        Duration::from_millis(50)
+    } else {
+        Duration::ZERO
+    };
     sse_response(events, gap, model == "mock-stall-stream")
 }
 
-async fn embeddings(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn embeddings(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let request = remember(&shared, "/v1/embeddings", &headers, &body);
-    let model = request.get("model").and_then(Value::as_str).unwrap_or("").to_string();
+    let model = request
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
     if let Some(response) = steer(&shared, &model).await {
         return response;
     }
@@ -249,7 +282,11 @@ async fn embeddings(State(shared): State<Arc<Shared>>, headers: HeaderMap, body:
 
 async fn responses(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
     let request = remember(&shared, "/v1/responses", &headers, &body);
-    let model = request.get("model").and_then(Value::as_str).unwrap_or("").to_string();
+    let model = request
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
     if let Some(response) = steer(&shared, &model).await {
         return response;
     }
@@ -258,20 +295,37 @@ async fn responses(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: 
     let done = json!({"id": "resp_mock", "object": "response", "status": "completed", "model": model,
                       "output": [{"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "mock answer"}]}],
                       "usage": usage});
-    if !request.get("stream").and_then(Value::as_bool).unwrap_or(false) {
+    if !request
+        .get("stream")
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
+    {
         return json_response(StatusCode::OK, &done);
     }
     let events = vec![
-        format!("event: response.created\ndata: {}\n\n", json!({"type": "response.created", "response": {"id": "resp_mock", "status": "in_progress"}})),
-        format!("event: response.output_text.delta\ndata: {}\n\n", json!({"type": "response.output_text.delta", "delta": "mock answer"})),
-        format!("event: response.completed\ndata: {}\n\n", json!({"type": "response.completed", "response": done})),
+        format!(
+            "event: response.created\ndata: {}\n\n",
+            json!({"type": "response.created", "response": {"id": "resp_mock", "status": "in_progress"}})
+        ),
+        format!(
+            "event: response.output_text.delta\ndata: {}\n\n",
+            json!({"type": "response.output_text.delta", "delta": "mock answer"})
+        ),
+        format!(
+            "event: response.completed\ndata: {}\n\n",
+            json!({"type": "response.completed", "response": done})
+        ),
     ];
     sse_response(events, Duration::ZERO, false)
 }
 
 async fn images(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
     let request = remember(&shared, "/v1/images/generations", &headers, &body);
-    let model = request.get("model").and_then(Value::as_str).unwrap_or("").to_string();
+    let model = request
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
     if let Some(response) = steer(&shared, &model).await {
         return response;
     }
@@ -282,13 +336,25 @@ async fn images(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byt
     )
 }
 
-async fn anthropic_messages(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn anthropic_messages(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let request = remember(&shared, "/v1/messages", &headers, &body);
-    let model = request.get("model").and_then(Value::as_str).unwrap_or("").to_string();
+    let model = request
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
     if let Some(response) = steer(&shared, &model).await {
         return response;
     }
-    if request.get("stream").and_then(Value::as_bool).unwrap_or(false) {
+    if request
+        .get("stream")
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
+    {
         let event = |kind: &str, data: Value| format!("event: {kind}\ndata: {data}\n\n");
         let mut events = vec![event(
             "message_start",
@@ -302,7 +368,10 @@ async fn anthropic_messages(State(shared): State<Arc<Shared>>, headers: HeaderMa
                 json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": format!("tok{i} ")}}),
             ));
         }
-        events.push(event("content_block_stop", json!({"type": "content_block_stop", "index": 0})));
+        events.push(event(
+            "content_block_stop",
+            json!({"type": "content_block_stop", "index": 0}),
+        ));
         events.push(event("message_delta", json!({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 7}})));
         events.push(event("message_stop", json!({"type": "message_stop"})));
         return sse_response(events, Duration::ZERO, false);
@@ -321,7 +390,12 @@ async fn gemini(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    remember(&shared, &format!("/v1beta/models/{target}"), &headers, &body);
+    remember(
+        &shared,
+        &format!("/v1beta/models/{target}"),
+        &headers,
+        &body,
+    );
     let model = target.split(':').next().unwrap_or_default().to_string();
     if let Some(response) = steer(&shared, &model).await {
         return response;

@@ -11,7 +11,10 @@ use mock_upstream::MockConfig;
 #[tokio::main]
 async fn main() {
     let mut listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 0));
-    let mut config = MockConfig { record: false, ..MockConfig::default() };
+    let mut config = MockConfig {
+        record: false,
+        ..MockConfig::default()
+    };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         let value = args.next().unwrap_or_default();
