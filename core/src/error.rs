@@ -81,6 +81,16 @@ pub enum AccessError {
     /// The model's provider has no usable credential.
     #[error("provider '{0}' has no usable credential configured")]
     ProviderCredentialMissing(String),
+    /// A CEL access rule denied the request (or failed to evaluate: fail closed).
+    #[error("denied by access rule '{rule}'{}", reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default())]
+    PolicyDenied {
+        /// The rule's name (its file stem).
+        rule: String,
+        /// The rule's reason, or the evaluation error.
+        reason: Option<String>,
+        /// The status the rule asked for (403 by default).
+        status: u16,
+    },
 }
 
 /// Upstream failures after the request was accepted.
@@ -153,6 +163,17 @@ pub enum GatewayError {
     /// 404 for an unknown route.
     #[error("no route for {0}")]
     NotFound(String),
+    /// A routing script failed and its failure mode is to fail closed (500).
+    #[error("{0}")]
+    Routing(String),
+    /// An admin endpoint was called without the admin token (401) or while disabled (404).
+    #[error("{message}")]
+    Admin {
+        /// 401 or 404.
+        status: u16,
+        /// What to do.
+        message: String,
+    },
 }
 
 impl GatewayError {
@@ -169,11 +190,18 @@ impl GatewayError {
                 AccessError::ModelNotAllowed(_) | AccessError::ProviderDisabled(_) => {
                     StatusCode::FORBIDDEN
                 }
+                AccessError::PolicyDenied { status, .. } => {
+                    StatusCode::from_u16(*status).unwrap_or(StatusCode::FORBIDDEN)
+                }
             },
             GatewayError::Upstream(UpstreamError::Timeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::Upstream(_) => StatusCode::BAD_GATEWAY,
             GatewayError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::NotFound(_) => StatusCode::NOT_FOUND,
+            GatewayError::Routing(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            GatewayError::Admin { status, .. } => {
+                StatusCode::from_u16(*status).unwrap_or(StatusCode::UNAUTHORIZED)
+            }
         }
     }
 
@@ -196,6 +224,7 @@ impl GatewayError {
                 AccessError::ModelNotAllowed(_) => "model_not_allowed",
                 AccessError::ProviderDisabled(_) => "provider_disabled",
                 AccessError::ProviderCredentialMissing(_) => "provider_api_key_not_configured",
+                AccessError::PolicyDenied { .. } => "policy_denied",
             },
             GatewayError::Upstream(e) => match e {
                 UpstreamError::Timeout { .. } => "upstream_timeout",
@@ -203,6 +232,9 @@ impl GatewayError {
             },
             GatewayError::Unavailable(e) => e.code,
             GatewayError::NotFound(_) => "not_found",
+            GatewayError::Routing(_) => "routing_error",
+            GatewayError::Admin { status: 404, .. } => "admin_disabled",
+            GatewayError::Admin { .. } => "unauthorized",
         }
     }
 
@@ -224,9 +256,11 @@ impl GatewayError {
             GatewayError::Auth(_) => "authentication_error",
             GatewayError::Request(_) | GatewayError::NotFound(_) => "invalid_request_error",
             GatewayError::Access(AccessError::ModelNotAllowed(_))
-            | GatewayError::Access(AccessError::ProviderDisabled(_)) => "permission_error",
+            | GatewayError::Access(AccessError::ProviderDisabled(_))
+            | GatewayError::Access(AccessError::PolicyDenied { .. }) => "permission_error",
             GatewayError::Access(_) => "invalid_request_error",
-            GatewayError::Upstream(_) => "api_error",
+            GatewayError::Upstream(_) | GatewayError::Routing(_) => "api_error",
+            GatewayError::Admin { .. } => "authentication_error",
             GatewayError::Unavailable(_) => "service_unavailable",
         }
     }

@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod clock;
 pub mod error;
+pub mod health;
 pub mod pipeline;
 pub mod policy;
 pub mod server;

@@ -31,6 +31,12 @@ pub enum KeysCommand {
         /// Owning team.
         #[arg(long)]
         team: Option<String>,
+        /// The person or service the key belongs to.
+        #[arg(long)]
+        owner: Option<String>,
+        /// An attribute shown to access rules as key.metadata.K (repeatable): K=V.
+        #[arg(long = "metadata", value_name = "K=V")]
+        metadata: Vec<String>,
         /// Model Access: `*` for every model, or a comma-separated list.
         #[arg(long, default_value = "*")]
         models: String,
@@ -77,6 +83,8 @@ fn key_json(key: &KeyRecord) -> Value {
         "id": key.id,
         "name": key.name,
         "team": key.team,
+        "owner": key.owner,
+        "metadata": key.metadata,
         "prefix": key.secret_prefix,
         "models": match &key.models {
             ModelGrant::All => json!(["*"]),
@@ -115,10 +123,20 @@ pub async fn run(command: KeysCommand, db: &DatabaseArgs) -> anyhow::Result<Exit
         KeysCommand::Create {
             name,
             team,
+            owner,
+            metadata,
             models,
             expires_at,
             json,
         } => {
+            let mut attributes = serde_json::Map::new();
+            for pair in metadata {
+                let (k, v) = pair
+                    .split_once('=')
+                    .with_context(|| format!("--metadata '{pair}' is not K=V"))?;
+                anyhow::ensure!(!k.trim().is_empty(), "--metadata '{pair}' has an empty key");
+                attributes.insert(k.trim().to_string(), Value::String(v.to_string()));
+            }
             let expires_at_ms = match expires_at {
                 None => None,
                 Some(text) => {
@@ -138,6 +156,8 @@ pub async fn run(command: KeysCommand, db: &DatabaseArgs) -> anyhow::Result<Exit
                 .create_key(&NewKey {
                     name,
                     team,
+                    owner,
+                    metadata: attributes,
                     models: grant,
                     expires_at_ms,
                 })

@@ -77,11 +77,22 @@ enum Command {
         /// Address to listen on.
         #[arg(long, env = "TOLLGATE_LISTEN", default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
+        /// Do not watch the policy directory; reload with SIGHUP or POST /admin/policies/reload.
+        #[arg(long)]
+        no_watch: bool,
+        /// Bearer token for the /admin endpoints (unset: they are disabled).
+        #[arg(long, env = "TOLLGATE_ADMIN_TOKEN", hide_env_values = true)]
+        admin_token: Option<String>,
         #[command(flatten)]
         db: DatabaseArgs,
     },
     /// Validate a policy directory exactly as `serve` loads it.
     Check {
+        /// The policy directory.
+        dir: PathBuf,
+    },
+    /// Run the policy test cases in DIR/tests/*.toml.
+    Test {
         /// The policy directory.
         dir: PathBuf,
     },
@@ -113,6 +124,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve {
             policies,
             listen,
+            no_watch,
+            admin_token,
             db,
         } => {
             let policies = match Policies::open(&policies) {
@@ -132,17 +145,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 policies,
                 store,
                 listen,
+                watch: !no_watch,
+                admin_token: admin_token.filter(|t| !t.is_empty()),
             })
             .await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { dir } => Ok(check(&dir)),
+        Command::Test { dir } => Ok(crate::policy::testing::run_dir(&dir)),
         Command::Keys { command, db } => keys::run(command, &db).await,
     }
 }
 
 fn check(dir: &std::path::Path) -> ExitCode {
-    match crate::policy::load_dir(dir, 1) {
+    match crate::policy::load_dir(dir, 1, None) {
         Ok(snapshot) => {
             for provider in snapshot.providers.values() {
                 if let crate::policy::Credential::Missing(why) = &provider.credential {
@@ -153,9 +169,12 @@ fn check(dir: &std::path::Path) -> ExitCode {
                 }
             }
             println!(
-                "ok: {} provider(s), {} model(s), content hash {}",
+                "ok: {} provider(s), {} model(s), {} group(s), {} access rule(s), {} routing script(s), content hash {}",
                 snapshot.providers.len(),
                 snapshot.models.len(),
+                snapshot.groups.len(),
+                snapshot.access_rules.len(),
+                snapshot.routing.len(),
                 &snapshot.content_hash[..12]
             );
             ExitCode::SUCCESS

@@ -1,33 +1,133 @@
-//! Stage 2, authorize: decode the body, resolve the model, check grants and provider state.
+//! Stage 2, authorize: decode the body, resolve the model, check grants, provider state and
+//! every CEL access rule.
 //!
-//! Order: body within the size limit → JSON object → `model` → the model exists → the key has
-//! Model Access → the endpoint family fits the provider → the provider is enabled and has a
-//! credential. The grant is checked before provider state so a key without access learns
-//! nothing about providers.
+//! Order: body within the size limit → JSON object → `model` → the model (or model group)
+//! exists → the key has Model Access → the provider is enabled and has a credential (for a
+//! group, the route stage drops deployments that fail these) → the access rules, in file-name
+//! order. The grant is checked before provider state so a key without access learns nothing
+//! about providers. Every rule runs and is recorded; the first enforced deny (or evaluation
+//! error: fail closed) decides. Shadow rules are recorded as `would_deny`, never enforced.
 
-use std::sync::Arc;
+use std::net::IpAddr;
 
 use axum::body::Body;
+use axum::http::HeaderMap;
 use bytes::Bytes;
-use serde_json::{Map, Value};
+use serde_json::{Map, Value, json};
 
 use super::{Endpoint, Flow, Recorder};
-use crate::error::{AccessError, RequestError};
-use crate::policy::{Credential, Model, ProviderFamily, Snapshot};
+use crate::error::{AccessError, GatewayError, RequestError};
+use crate::policy::cel::{Bindings, RuleMode, RuleOutcome, json_to_cel};
+use crate::policy::facts::{RequestFacts, key_json};
+use crate::policy::{Credential, ProviderFamily, Snapshot, Target};
 use crate::store::KeyRecord;
 
-/// A request that passed authorization, ready for the upstream.
+/// A request that passed authorization, ready for routing.
 #[derive(Debug)]
 pub struct Authorized {
-    /// The resolved model.
-    pub model: Arc<Model>,
-    /// The body the upstream receives: the client's, with `model` set to the upstream id and,
-    /// for chat streams, usage requested.
-    pub upstream_body: Bytes,
+    /// What the model name resolved to.
+    pub target: Target,
+    /// The decoded body; `model` is rewritten per attempt.
+    pub body: Map<String, Value>,
+    /// What policies saw.
+    pub facts: RequestFacts,
     /// Whether the client asked for a stream.
     pub stream: bool,
     /// Whether the client itself asked for the usage chunk of a chat stream.
     pub client_wants_usage: bool,
+}
+
+/// The outcome of the access decision, with its trail.
+#[derive(Debug)]
+pub struct AccessVerdict {
+    /// `Ok` to go on, or the denial.
+    pub result: Result<(), GatewayError>,
+    /// One entry per check and rule.
+    pub decisions: Vec<Value>,
+}
+
+/// Decides access for `key` calling `target` with `facts`: the grant, the provider state of a
+/// single model, then every access rule. Pure: used by the pipeline and by `tollgate test`.
+pub fn decide_access(
+    snapshot: &Snapshot,
+    key: &KeyRecord,
+    target: &Target,
+    facts: &RequestFacts,
+) -> AccessVerdict {
+    let mut decisions = Vec::new();
+    if !key.models.allows(target.name()) {
+        return AccessVerdict {
+            result: Err(AccessError::ModelNotAllowed(target.name().to_string()).into()),
+            decisions,
+        };
+    }
+    if let Target::Model(model) = target {
+        let provider = &model.provider;
+        match provider.family {
+            ProviderFamily::Openai | ProviderFamily::Demo => {}
+        }
+        if !provider.enabled {
+            return AccessVerdict {
+                result: Err(AccessError::ProviderDisabled(provider.name.clone()).into()),
+                decisions,
+            };
+        }
+        if let Credential::Missing(_) = provider.credential {
+            return AccessVerdict {
+                result: Err(AccessError::ProviderCredentialMissing(provider.name.clone()).into()),
+                decisions,
+            };
+        }
+    }
+    decisions.push(json!({"stage": "authorize", "check": "model_access", "outcome": "allow"}));
+    if snapshot.access_rules.is_empty() {
+        return AccessVerdict {
+            result: Ok(()),
+            decisions,
+        };
+    }
+    let uses = snapshot.access_uses;
+    let bindings = Bindings {
+        key: uses.key.then(|| json_to_cel(&key_json(key))),
+        request: uses.request.then(|| json_to_cel(&facts.to_json())),
+        model: uses.model.then(|| target.cel().clone()),
+        now: uses.now.then_some(facts.now),
+    };
+    let ctx = bindings.context();
+    let mut denial = None;
+    for rule in &snapshot.access_rules {
+        let outcome = rule.evaluate(&ctx);
+        let shadow = rule.mode == RuleMode::Shadow;
+        let (label, reason, status) = match &outcome {
+            RuleOutcome::Allow => ("allow", None, 403),
+            RuleOutcome::Deny { reason, status } => (
+                if shadow { "would_deny" } else { "deny" },
+                reason.clone(),
+                *status,
+            ),
+            RuleOutcome::Error(e) => (
+                if shadow { "would_deny" } else { "error" },
+                Some(format!("evaluation failed: {e}")),
+                403,
+            ),
+        };
+        let mut entry = json!({"stage": "authorize", "rule": rule.name, "mode": if shadow { "shadow" } else { "enforce" }, "outcome": label});
+        if let Some(r) = &reason {
+            entry["reason"] = Value::String(r.clone());
+        }
+        decisions.push(entry);
+        if !shadow && outcome != RuleOutcome::Allow && denial.is_none() {
+            denial = Some(AccessError::PolicyDenied {
+                rule: rule.name.clone(),
+                reason,
+                status,
+            });
+        }
+    }
+    AccessVerdict {
+        result: denial.map_or(Ok(()), |d| Err(d.into())),
+        decisions,
+    }
 }
 
 /// Reads the body, enforcing `limit`.
@@ -73,15 +173,27 @@ fn optional_bool(body: &Map<String, Value>, field: &str) -> Result<Option<bool>,
     }
 }
 
+/// What authorize needs from the inbound request.
+pub struct Input<'a> {
+    /// The endpoint.
+    pub endpoint: Endpoint,
+    /// The authenticated key.
+    pub key: &'a KeyRecord,
+    /// Request headers.
+    pub headers: &'a HeaderMap,
+    /// Peer address.
+    pub client_ip: Option<IpAddr>,
+    /// The unread body.
+    pub body: Body,
+}
+
 /// Authorizes the request.
 pub async fn run(
     snapshot: &Snapshot,
-    endpoint: Endpoint,
-    key: &KeyRecord,
-    body: Body,
+    input: Input<'_>,
     recorder: &mut Recorder,
 ) -> Flow<Authorized> {
-    match decide(snapshot, endpoint, key, body, recorder).await {
+    match decide(snapshot, input, recorder).await {
         Ok(authorized) => Flow::Continue(authorized),
         Err(error) => Flow::Respond(error),
     }
@@ -89,12 +201,10 @@ pub async fn run(
 
 async fn decide(
     snapshot: &Snapshot,
-    endpoint: Endpoint,
-    key: &KeyRecord,
-    body: Body,
+    input: Input<'_>,
     recorder: &mut Recorder,
-) -> Result<Authorized, crate::error::GatewayError> {
-    let bytes = read_body(body, snapshot.limits.max_body_bytes).await?;
+) -> Result<Authorized, GatewayError> {
+    let bytes = read_body(input.body, snapshot.limits.max_body_bytes).await?;
     let mut body = parse_object(&bytes)?;
     let requested = match body.get("model") {
         Some(Value::String(name)) if !name.is_empty() => name.clone(),
@@ -114,27 +224,23 @@ async fn decide(
         }
     } || optional_bool(&body, "include_usage")?.unwrap_or(false);
 
-    let model = snapshot
-        .model(&requested)
-        .ok_or_else(|| AccessError::ModelNotFound(requested.clone()))?
-        .clone();
-    if !key.models.allows(&model.name) {
-        return Err(AccessError::ModelNotAllowed(model.name.clone()).into());
-    }
-    let provider = &model.provider;
-    match provider.family {
-        ProviderFamily::Openai | ProviderFamily::Demo => {}
-    }
-    if !provider.enabled {
-        return Err(AccessError::ProviderDisabled(provider.name.clone()).into());
-    }
-    if let Credential::Missing(_) = provider.credential {
-        return Err(AccessError::ProviderCredentialMissing(provider.name.clone()).into());
-    }
-    recorder.set_model(&model);
+    let target = snapshot
+        .target(&requested)
+        .ok_or_else(|| AccessError::ModelNotFound(requested.clone()))?;
+    let facts = RequestFacts::from_body(
+        "openai",
+        input.endpoint.path(),
+        &requested,
+        &body,
+        bytes.len(),
+        input.headers,
+        input.client_ip,
+    );
+    let verdict = decide_access(snapshot, input.key, &target, &facts);
+    recorder.add_decisions(verdict.decisions);
+    verdict.result?;
 
-    body.insert("model".into(), Value::String(model.upstream_model.clone()));
-    if stream && endpoint == Endpoint::ChatCompletions {
+    if stream && input.endpoint == Endpoint::ChatCompletions {
         // Always ask for usage so streams can be billed; the relay hides the usage chunk from
         // clients that did not ask for it.
         let options = body
@@ -146,14 +252,21 @@ async fn decide(
     }
     // The unified endpoint's top-level `include_usage` is not an OpenAI field.
     body.remove("include_usage");
-    let upstream_body = serde_json::to_vec(&body)
-        .map_err(|e| RequestError::Invalid(format!("request cannot be re-encoded: {e}")))?;
     Ok(Authorized {
-        model,
-        upstream_body: Bytes::from(upstream_body),
+        target,
+        body,
+        facts,
         stream,
         client_wants_usage,
     })
+}
+
+/// The body the upstream receives for one attempt: the client's, with `model` set to `upstream`.
+pub fn upstream_body(body: &mut Map<String, Value>, upstream: &str) -> Result<Bytes, RequestError> {
+    body.insert("model".into(), Value::String(upstream.to_string()));
+    serde_json::to_vec(body)
+        .map(Bytes::from)
+        .map_err(|e| RequestError::Invalid(format!("request cannot be re-encoded: {e}")))
 }
 
 #[cfg(test)]

@@ -6,6 +6,10 @@
 //!   timeout, or fails mid-stream, ends the stream with an OpenAI-style error event.
 //! - 4xx: the provider's body and status are passed through.
 //! - 5xx, unreachable, timeout: 502 `upstream_error` / 504 `upstream_timeout`.
+//!
+//! When the route has several deployments, unreachable, 5xx, 429 and timeouts move on to the
+//! next one (nothing has reached the client yet); every attempt is recorded and feeds the
+//! deployment's health.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -20,7 +24,8 @@ use futures_util::{Stream, StreamExt};
 use serde_json::{Value, json};
 use tokio::time::Sleep;
 
-use super::authorize::Authorized;
+use super::authorize::{Authorized, upstream_body};
+use super::route::Route;
 use super::{Endpoint, Recorder, Stage};
 use crate::error::{GatewayError, UpstreamError};
 use crate::policy::ProviderFamily;
@@ -28,67 +33,145 @@ use crate::server::AppState;
 use crate::upstream::sse::SseTap;
 use crate::upstream::{self, BodyStream, UpstreamReply, demo};
 
-/// Calls the provider and builds the client's response; the recorder finishes with it.
+/// Whether an upstream status lets the next deployment be tried.
+fn failover_status(status: StatusCode) -> bool {
+    status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS
+}
+
+/// Calls the route's deployments in order and builds the client's response; the recorder
+/// finishes with it.
 pub async fn run(
     app: &Arc<AppState>,
     endpoint: Endpoint,
-    request: Authorized,
+    mut request: Authorized,
+    route: Route,
     mut recorder: Recorder,
 ) -> Response {
     let family = endpoint.family();
-    let provider = request.model.provider.clone();
-    let sent = Instant::now();
-    let reply = match provider.family {
-        ProviderFamily::Demo => Ok(demo::respond(endpoint, &request.upstream_body)),
-        ProviderFamily::Openai => {
-            upstream::send(
-                &app.http,
-                &request.model,
-                endpoint,
-                request.upstream_body.clone(),
-                request.stream,
-            )
-            .await
-        }
-    };
-    let mut reply = match reply {
-        Ok(reply) => reply,
-        Err(e) => return recorder.deny(Stage::Call, &GatewayError::from(e), family),
-    };
-    recorder.set_upstream_latency(micros(sent.elapsed()), reply.provider_request_id.take());
-
-    if reply.status.is_server_error() {
-        let error = GatewayError::from(UpstreamError::ServerError {
-            provider: provider.name.clone(),
-            status: reply.status.as_u16(),
-        });
+    let last = route.candidates.len().saturating_sub(1);
+    for (attempt, model) in route.candidates.iter().enumerate() {
+        recorder.set_model(model);
+        let provider = model.provider.clone();
+        let body = match upstream_body(&mut request.body, &model.upstream_model) {
+            Ok(body) => body,
+            Err(e) => return recorder.deny(Stage::Call, &GatewayError::from(e), family),
+        };
+        let sent = Instant::now();
+        let reply = match provider.family {
+            ProviderFamily::Demo => Ok(demo::respond(endpoint, &body)),
+            ProviderFamily::Openai => {
+                upstream::send(&app.http, model, endpoint, body, request.stream).await
+            }
+        };
+        let health = app.health.get(&model.name);
+        let elapsed = sent.elapsed();
+        let error = match reply {
+            Ok(reply) if failover_status(reply.status) => {
+                let status = reply.status;
+                if attempt < last {
+                    health.record(false, elapsed);
+                    recorder.add_attempt(json!({
+                        "model": model.name, "provider": provider.name, "status": status.as_u16(),
+                        "latency_us": micros(elapsed), "outcome": "failover",
+                    }));
+                    continue;
+                }
+                if status.is_server_error() {
+                    health.record(false, elapsed);
+                    recorder.add_attempt(json!({
+                        "model": model.name, "provider": provider.name, "status": status.as_u16(),
+                        "latency_us": micros(elapsed), "outcome": "upstream_error",
+                    }));
+                    GatewayError::from(UpstreamError::ServerError {
+                        provider: provider.name.clone(),
+                        status: status.as_u16(),
+                    })
+                } else {
+                    // A 429 from the last deployment is the provider's answer: pass it through.
+                    health.record(false, elapsed);
+                    recorder.add_attempt(json!({
+                        "model": model.name, "provider": provider.name, "status": status.as_u16(),
+                        "latency_us": micros(elapsed), "outcome": "relayed",
+                    }));
+                    return relay(
+                        app,
+                        reply,
+                        &request,
+                        provider.timeout,
+                        sent,
+                        recorder,
+                        family,
+                    )
+                    .await;
+                }
+            }
+            Ok(reply) => {
+                health.record(true, elapsed);
+                recorder.add_attempt(json!({
+                    "model": model.name, "provider": provider.name, "status": reply.status.as_u16(),
+                    "latency_us": micros(elapsed), "outcome": "relayed",
+                }));
+                return relay(
+                    app,
+                    reply,
+                    &request,
+                    provider.timeout,
+                    sent,
+                    recorder,
+                    family,
+                )
+                .await;
+            }
+            Err(e) => {
+                health.record(false, elapsed);
+                recorder.add_attempt(json!({
+                    "model": model.name, "provider": provider.name, "code": GatewayError::from(e.clone()).code(),
+                    "latency_us": micros(elapsed), "outcome": if attempt < last { "failover" } else { "failed" },
+                }));
+                if attempt < last {
+                    continue;
+                }
+                GatewayError::from(e)
+            }
+        };
         return recorder.deny(Stage::Call, &error, family);
     }
+    let error = GatewayError::Routing("the route has no deployments".into());
+    recorder.deny(Stage::Call, &error, family)
+}
+
+/// Relays one provider answer to the client.
+async fn relay(
+    app: &Arc<AppState>,
+    mut reply: UpstreamReply,
+    request: &Authorized,
+    timeout: Duration,
+    sent: Instant,
+    mut recorder: Recorder,
+    family: crate::error::Family,
+) -> Response {
+    let provider_name = recorder.provider_name();
+    recorder.set_upstream_latency(micros(sent.elapsed()), reply.provider_request_id.take());
     if reply.status.is_success() && reply.is_event_stream() {
-        return relay_stream(
-            reply,
-            recorder,
-            request.client_wants_usage,
-            provider.timeout,
-        );
+        return relay_stream(reply, recorder, request.client_wants_usage, timeout);
     }
 
     // Unary: buffer within the limit and the provider's timeout, then relay.
     let limit = app.policies.snapshot().limits.max_response_bytes;
-    let remaining = provider.timeout.saturating_sub(sent.elapsed());
+    let remaining = timeout.saturating_sub(sent.elapsed());
     let status = reply.status;
     let content_type = reply.content_type.take();
     let body = match tokio::time::timeout(remaining, collect(reply.body, limit)).await {
         Err(_) => {
             let error = GatewayError::from(UpstreamError::Timeout {
-                provider: provider.name.clone(),
-                timeout_ms: u64::try_from(provider.timeout.as_millis()).unwrap_or(u64::MAX),
+                provider: provider_name,
+                timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
             });
             return recorder.deny(Stage::Call, &error, family);
         }
         Ok(Err(detail)) => {
             let error = GatewayError::from(UpstreamError::BadResponse {
-                provider: provider.name.clone(),
+                provider: provider_name,
                 detail,
             });
             return recorder.deny(Stage::Call, &error, family);

@@ -9,16 +9,18 @@
 //!    `x-api-key`, `x-goog-api-key`, `?key=`), look it up through the key cache, refuse expired
 //!    or revoked keys with their distinct 401 codes.
 //! 2. **authorize** ([`authorize`]): read and decode the body within the size limit, resolve the
-//!    model in the snapshot, check the key's Model Access grant, the endpoint family and that
-//!    the provider is enabled and has a credential. CEL access rules join this stage.
+//!    model (or model group) in the snapshot, check the key's Model Access grant, that the
+//!    provider is enabled and has a credential, then every CEL access rule (`access/*.cel`).
 //! 3. **inspect**: WASM guardrail plugins bound to the model, key or team allow, deny or rewrite
 //!    the request (and later the response and stream). Not built yet: no stage code exists.
 //! 4. **reserve**: hold the worst-case cost on every applicable budget and check quotas before
 //!    anything goes upstream. Not built yet: no stage code exists.
-//! 5. **route**: a Rhai script orders the candidate deployments of a model group. Until model
-//!    groups exist, a model has exactly one deployment, which [`call`] uses directly.
+//! 5. **route** ([`route`]): a model is its own only deployment; a model group's deployments are
+//!    ordered by its Rhai script (`routing/*.rhai`) from their price, region, tags and health.
 //! 6. **call** ([`call`]): strip the virtual key, inject the provider credential, substitute the
-//!    upstream model id, and relay the answer (JSON, or SSE chunk by chunk).
+//!    upstream model id, try the route's deployments in order (failing over on unreachable,
+//!    5xx, 429 and timeouts before the client has seen a byte), and relay the answer (JSON, or
+//!    SSE chunk by chunk).
 //! 7. **record** ([`record`]): normalize tokens, price them, and hand the usage record to the
 //!    batched writer, after the last byte of a stream, on errors, and on client disconnect.
 
@@ -26,6 +28,7 @@ pub mod authenticate;
 pub mod authorize;
 pub mod call;
 pub mod record;
+pub mod route;
 
 use std::sync::Arc;
 
@@ -43,8 +46,10 @@ pub use record::Recorder;
 pub enum Stage {
     /// 1. Virtual key lookup.
     Authenticate,
-    /// 2. Body, model, grants, provider state.
+    /// 2. Body, model, grants, provider state, access rules.
     Authorize,
+    /// 5. Deployment order.
+    Route,
     /// 6. The upstream call.
     Call,
 }
@@ -55,6 +60,7 @@ impl Stage {
         match self {
             Stage::Authenticate => "authenticate",
             Stage::Authorize => "authorize",
+            Stage::Route => "route",
             Stage::Call => "call",
         }
     }
@@ -119,6 +125,8 @@ pub struct Inbound {
     pub headers: HeaderMap,
     /// Raw query string.
     pub query: Option<String>,
+    /// The peer address of the connection.
+    pub client_ip: Option<std::net::IpAddr>,
     /// The unread body.
     pub body: Body,
 }
@@ -137,14 +145,27 @@ pub async fn handle(app: &Arc<AppState>, endpoint: Endpoint, inbound: Inbound) -
     recorder.set_key(&key);
 
     // 2. authorize
-    let request = match authorize::run(&snapshot, endpoint, &key, inbound.body, &mut recorder).await
-    {
+    let input = authorize::Input {
+        endpoint,
+        key: &key,
+        headers: &inbound.headers,
+        client_ip: inbound.client_ip,
+        body: inbound.body,
+    };
+    let request = match authorize::run(&snapshot, input, &mut recorder).await {
         Flow::Continue(request) => request,
         Flow::Respond(error) => return recorder.deny(Stage::Authorize, &error, family),
     };
 
-    // 3. inspect and 4. reserve are not built yet; 5. route: the model's one deployment.
+    // 3. inspect and 4. reserve are not built yet.
+
+    // 5. route
+    let route = match route::run(&request.target, &request.facts, &key, &app.health) {
+        Flow::Continue(route) => route,
+        Flow::Respond(error) => return recorder.deny(Stage::Route, &error, family),
+    };
+    recorder.set_route(route.trace.clone());
 
     // 6. call (7. record runs when the relayed response finishes)
-    call::run(app, endpoint, request, recorder).await
+    call::run(app, endpoint, request, route, recorder).await
 }

@@ -29,6 +29,8 @@ pub struct Recorder {
     record: UsageRecord,
     pricing: Option<Pricing>,
     decisions: Vec<Value>,
+    route: Option<Value>,
+    attempts: Vec<Value>,
     finished: bool,
 }
 
@@ -55,6 +57,8 @@ impl Recorder {
             },
             pricing: None,
             decisions: Vec::new(),
+            route: None,
+            attempts: Vec::new(),
             finished: false,
         }
     }
@@ -88,8 +92,26 @@ impl Recorder {
         self.record.upstream_model = Some(model.upstream_model.clone());
         self.record.provider = Some(model.provider.name.clone());
         self.pricing = Some(model.pricing);
-        self.decisions
-            .push(json!({"stage": "authorize", "outcome": "allow"}));
+    }
+
+    /// The provider of the current attempt.
+    pub fn provider_name(&self) -> String {
+        self.record.provider.clone().unwrap_or_default()
+    }
+
+    /// Decisions of a stage (rules, checks).
+    pub fn add_decisions(&mut self, decisions: Vec<Value>) {
+        self.decisions.extend(decisions);
+    }
+
+    /// The routing trace.
+    pub fn set_route(&mut self, trace: Value) {
+        self.route = Some(trace);
+    }
+
+    /// One upstream attempt (model, provider, outcome, latency).
+    pub fn add_attempt(&mut self, attempt: Value) {
+        self.attempts.push(attempt);
     }
 
     /// Upstream response headers arrived after `us` microseconds upstream.
@@ -147,6 +169,12 @@ impl Recorder {
         record.latency_us = self.elapsed_us();
         record.completed_at_ms = now_ms();
         record.decisions = Value::from(std::mem::take(&mut self.decisions)).to_string();
+        if let Some(mut route) = self.route.take() {
+            if !self.attempts.is_empty() {
+                route["attempts"] = Value::from(std::mem::take(&mut self.attempts));
+            }
+            record.route = Some(route.to_string());
+        }
         self.sink.record(record);
     }
 }

@@ -21,6 +21,46 @@ pub struct GatewayFile {
     /// Models clients may call, by tollgate model name.
     #[serde(default)]
     pub models: BTreeMap<String, ModelSection>,
+    /// Model groups: an alias clients call, served by several deployments in script order.
+    #[serde(default)]
+    pub groups: BTreeMap<String, GroupSection>,
+}
+
+/// `[groups.NAME]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupSection {
+    /// Routing script (file stem in `routing/`); without one, deployments are tried by priority.
+    pub routing: Option<Spanned<String>>,
+    /// Tags shown to access rules as `model.tags`.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// The deployments.
+    pub deployments: Vec<DeploymentSection>,
+}
+
+/// One entry of `deployments = [...]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeploymentSection {
+    /// A model from `[models]`.
+    pub model: Spanned<String>,
+    /// Relative weight for weighted strategies.
+    #[serde(default = "default_weight")]
+    pub weight: i64,
+    /// Lower is preferred.
+    #[serde(default)]
+    pub priority: i64,
+    /// Region label.
+    #[serde(default)]
+    pub region: String,
+    /// Free-form tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+fn default_weight() -> i64 {
+    1
 }
 
 /// `[server]`.
@@ -120,6 +160,9 @@ pub struct ModelSection {
     /// Prices in USD per one million tokens.
     #[serde(default)]
     pub pricing: PricingSection,
+    /// Tags shown to access rules as `model.tags`.
+    #[serde(default)]
+    pub tags: Vec<String>,
 }
 
 /// `pricing = { input_per_mtok, output_per_mtok, cached_input_per_mtok }` in USD per 1M tokens.

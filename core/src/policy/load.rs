@@ -9,7 +9,9 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use super::config::{CredentialSection, GatewayFile, ProviderFamily};
-use super::{Credential, Model, Provider, Secret, ServerLimits, Snapshot};
+use super::{
+    Credential, Deployment, Model, ModelGroup, Provider, Secret, ServerLimits, Snapshot, cel, rhai,
+};
 use crate::usage::Pricing;
 
 /// The main configuration file inside a policy directory.
@@ -84,8 +86,77 @@ impl SourceMap<'_> {
     }
 }
 
-/// Loads and validates `dir` exactly as the gateway serves it.
-pub fn load_dir(dir: &Path, generation: u64) -> Result<Snapshot, Vec<LoadError>> {
+/// A policy source file found in the directory.
+struct SourceFile {
+    name: String,
+    path: PathBuf,
+    text: String,
+    hash: String,
+}
+
+/// Reads every `*.EXT` file of `dir/sub`, sorted by name; a missing folder has none.
+fn read_folder(dir: &Path, sub: &str, ext: &str, errors: &mut Vec<LoadError>) -> Vec<SourceFile> {
+    let folder = dir.join(sub);
+    let entries = match std::fs::read_dir(&folder) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+        Err(e) => {
+            errors.push(LoadError {
+                file: folder,
+                line: None,
+                column: None,
+                key: None,
+                message: format!("cannot read folder: {e}"),
+            });
+            return Vec::new();
+        }
+    };
+    let mut files: Vec<SourceFile> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == ext) && p.is_file())
+        .filter_map(|path| {
+            let name = path.file_stem()?.to_str()?.to_string();
+            match std::fs::read_to_string(&path) {
+                Ok(text) => Some(SourceFile {
+                    name,
+                    hash: hex::encode(Sha256::digest(text.as_bytes())),
+                    path,
+                    text,
+                }),
+                Err(e) => {
+                    errors.push(LoadError {
+                        file: path,
+                        line: None,
+                        column: None,
+                        key: None,
+                        message: format!("cannot read: {e}"),
+                    });
+                    None
+                }
+            }
+        })
+        .collect();
+    files.sort_by(|a, b| a.name.cmp(&b.name));
+    files
+}
+
+fn pricing_json(p: &Pricing) -> serde_json::Value {
+    let usd = |nanos: i64| nanos as f64 / 1e9;
+    serde_json::json!({
+        "input_per_mtok": usd(p.input_nanos_per_mtok),
+        "output_per_mtok": usd(p.output_nanos_per_mtok),
+        "cached_input_per_mtok": usd(p.cached_input_nanos_per_mtok),
+    })
+}
+
+/// Loads and validates `dir` exactly as the gateway serves it. Compiled rules and scripts of
+/// `previous` whose source is unchanged are reused.
+pub fn load_dir(
+    dir: &Path,
+    generation: u64,
+    previous: Option<&Snapshot>,
+) -> Result<Snapshot, Vec<LoadError>> {
     let path = dir.join(GATEWAY_FILE);
     let text = std::fs::read_to_string(&path).map_err(|e| {
         vec![LoadError {
@@ -237,17 +308,163 @@ pub fn load_dir(dir: &Path, generation: u64) -> Result<Snapshot, Vec<LoadError>>
             "cached_input_per_mtok",
         )
         .unwrap_or(input);
+        let pricing = Pricing {
+            input_nanos_per_mtok: input,
+            output_nanos_per_mtok: output,
+            cached_input_nanos_per_mtok: cached,
+        };
+        let view = serde_json::json!({
+            "name": name, "provider": provider.name, "family": provider.family.as_str(), "group": false,
+            "tags": section.tags, "pricing": pricing_json(&pricing),
+        });
         models.insert(
             name.clone(),
             Arc::new(Model {
                 upstream_model: section.upstream_model.unwrap_or_else(|| name.clone()),
                 name,
                 provider: provider.clone(),
-                pricing: Pricing {
-                    input_nanos_per_mtok: input,
-                    output_nanos_per_mtok: output,
-                    cached_input_nanos_per_mtok: cached,
-                },
+                pricing,
+                tags: section.tags,
+                cel: cel::json_to_cel(&view),
+            }),
+        );
+    }
+
+    let mut hasher = Sha256::new();
+    hasher.update(text.as_bytes());
+
+    // Access rules, reusing unchanged compiled programs.
+    let mut access_rules = Vec::new();
+    for file in read_folder(dir, "access", "cel", &mut errors) {
+        hasher.update(file.path.to_string_lossy().as_bytes());
+        hasher.update(file.hash.as_bytes());
+        let reused = previous.and_then(|p| {
+            p.access_rules
+                .iter()
+                .find(|r| r.name == file.name && r.source_hash == file.hash)
+                .cloned()
+        });
+        match reused {
+            Some(rule) => access_rules.push(rule),
+            None => match cel::compile_rule(&file.name, &file.path, &file.text, file.hash) {
+                Ok(rule) => access_rules.push(Arc::new(rule)),
+                Err(e) => errors.push(e),
+            },
+        }
+    }
+    let access_uses = access_rules
+        .iter()
+        .fold(cel::Uses::default(), |u, r| u.or(r.uses));
+
+    // Routing scripts.
+    let mut routing = BTreeMap::new();
+    for file in read_folder(dir, "routing", "rhai", &mut errors) {
+        hasher.update(file.path.to_string_lossy().as_bytes());
+        hasher.update(file.hash.as_bytes());
+        let reused = previous.and_then(|p| {
+            p.routing
+                .get(&file.name)
+                .filter(|s| s.source_hash == file.hash)
+                .cloned()
+        });
+        match reused {
+            Some(script) => {
+                routing.insert(file.name, script);
+            }
+            None => match rhai::compile_script(&file.name, &file.path, &file.text, file.hash) {
+                Ok(script) => {
+                    routing.insert(file.name, Arc::new(script));
+                }
+                Err(e) => errors.push(e),
+            },
+        }
+    }
+
+    // Model groups.
+    let mut groups = BTreeMap::new();
+    for (name, section) in file.groups {
+        let key = format!("groups.{name}");
+        if models.contains_key(&name) {
+            errors.push(map.error(None, &key, format!("'{name}' is already a model name")));
+            continue;
+        }
+        let script = match &section.routing {
+            None => None,
+            Some(script) => match routing.get(script.get_ref()) {
+                Some(s) => Some(Arc::clone(s)),
+                None => {
+                    errors.push(map.error(
+                        Some(script.span()),
+                        &format!("{key}.routing"),
+                        format!("no routing script 'routing/{}.rhai'", script.get_ref()),
+                    ));
+                    continue;
+                }
+            },
+        };
+        if section.deployments.is_empty() {
+            errors.push(map.error(
+                None,
+                &format!("{key}.deployments"),
+                "a group needs at least one deployment".into(),
+            ));
+            continue;
+        }
+        let mut deployments = Vec::new();
+        for d in section.deployments {
+            let Some(model) = models.get(d.model.get_ref()) else {
+                errors.push(map.error(
+                    Some(d.model.span()),
+                    &format!("{key}.deployments.model"),
+                    format!("model '{}' is not defined", d.model.get_ref()),
+                ));
+                continue;
+            };
+            if deployments
+                .iter()
+                .any(|x: &Deployment| x.model.name == model.name)
+            {
+                errors.push(map.error(
+                    Some(d.model.span()),
+                    &format!("{key}.deployments.model"),
+                    format!("model '{}' is listed twice", model.name),
+                ));
+                continue;
+            }
+            if d.weight < 0 {
+                errors.push(map.error(
+                    Some(d.model.span()),
+                    &format!("{key}.deployments.weight"),
+                    "must be >= 0".into(),
+                ));
+            }
+            deployments.push(Deployment {
+                model: model.clone(),
+                weight: d.weight,
+                priority: d.priority,
+                region: d.region,
+                tags: d.tags,
+            });
+        }
+        deployments.sort_by_key(|d| d.priority);
+        let worst = deployments
+            .iter()
+            .map(|d| d.model.pricing)
+            .max_by_key(|p| (p.output_nanos_per_mtok, p.input_nanos_per_mtok))
+            .unwrap_or_default();
+        let view = serde_json::json!({
+            "name": name, "provider": "", "family": "", "group": true,
+            "tags": section.tags, "pricing": pricing_json(&worst),
+            "deployments": deployments.iter().map(|d| d.model.name.clone()).collect::<Vec<_>>(),
+        });
+        groups.insert(
+            name.clone(),
+            Arc::new(ModelGroup {
+                name,
+                script,
+                deployments,
+                tags: section.tags,
+                cel: cel::json_to_cel(&view),
             }),
         );
     }
@@ -258,11 +475,15 @@ pub fn load_dir(dir: &Path, generation: u64) -> Result<Snapshot, Vec<LoadError>>
     Ok(Snapshot {
         generation,
         loaded_at_ms: crate::clock::now_ms(),
-        content_hash: hex::encode(Sha256::digest(text.as_bytes())),
+        content_hash: hex::encode(hasher.finalize()),
         dir: dir.to_path_buf(),
         limits,
         providers,
         models,
+        groups,
+        access_rules,
+        access_uses,
+        routing,
     })
 }
 
@@ -303,7 +524,7 @@ mod tests {
     fn load_text(text: &str) -> Result<Snapshot, Vec<LoadError>> {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join(GATEWAY_FILE), text).expect("write");
-        load_dir(dir.path(), 1)
+        load_dir(dir.path(), 1, None)
     }
 
     #[test]

@@ -4,13 +4,19 @@
 //! reloads) and shared through [`Policies`], an `ArcSwap`. A request takes the snapshot once at
 //! entry and keeps it until it is recorded, so a swap never changes a request mid-flight.
 
+pub mod cel;
 pub mod config;
+pub mod facts;
 pub mod load;
+pub mod rhai;
+pub mod testing;
+pub mod watch;
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -83,6 +89,67 @@ pub struct Model {
     pub upstream_model: String,
     /// Prices in nano-USD per one million tokens.
     pub pricing: Pricing,
+    /// Tags shown to access rules.
+    pub tags: Vec<String>,
+    /// The `model` variable access rules see for this model, built once per snapshot.
+    pub cel: ::cel::Value,
+}
+
+/// One deployment of a model group.
+#[derive(Debug)]
+pub struct Deployment {
+    /// The model serving it.
+    pub model: Arc<Model>,
+    /// Relative weight.
+    pub weight: i64,
+    /// Lower is preferred.
+    pub priority: i64,
+    /// Region label.
+    pub region: String,
+    /// Tags.
+    pub tags: Vec<String>,
+}
+
+/// A model group: an alias served by several deployments in the order a script decides.
+#[derive(Debug)]
+pub struct ModelGroup {
+    /// The alias clients call.
+    pub name: String,
+    /// The routing script; `None` means priority order.
+    pub script: Option<Arc<rhai::RoutingScript>>,
+    /// Deployments in configured (priority, then declared) order.
+    pub deployments: Vec<Deployment>,
+    /// Tags shown to access rules.
+    pub tags: Vec<String>,
+    /// The `model` variable access rules see for this group.
+    pub cel: ::cel::Value,
+}
+
+/// What a client's model name resolves to.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// A single model.
+    Model(Arc<Model>),
+    /// A model group.
+    Group(Arc<ModelGroup>),
+}
+
+impl Target {
+    /// The name clients use.
+    pub fn name(&self) -> &str {
+        match self {
+            Target::Model(m) => &m.name,
+            Target::Group(g) => &g.name,
+        }
+    }
+
+    /// The `model` variable for access rules.
+    pub fn cel(&self) -> &::cel::Value {
+        match self {
+            Target::Model(m) => &m.cel,
+            Target::Group(g) => &g.cel,
+        }
+    }
 }
 
 /// Server limits from `[server]`.
@@ -111,6 +178,14 @@ pub struct Snapshot {
     pub providers: BTreeMap<String, Arc<Provider>>,
     /// Models by tollgate name (sorted, so listings are stable).
     pub models: BTreeMap<String, Arc<Model>>,
+    /// Model groups by alias.
+    pub groups: BTreeMap<String, Arc<ModelGroup>>,
+    /// Access rules, in file-name order.
+    pub access_rules: Vec<Arc<cel::AccessRule>>,
+    /// The union of what the access rules read.
+    pub access_uses: cel::Uses,
+    /// Routing scripts by name.
+    pub routing: BTreeMap<String, Arc<rhai::RoutingScript>>,
 }
 
 impl Snapshot {
@@ -118,6 +193,48 @@ impl Snapshot {
     pub fn model(&self, name: &str) -> Option<&Arc<Model>> {
         self.models.get(name)
     }
+
+    /// Resolves a client's model name to a model or a group.
+    pub fn target(&self, name: &str) -> Option<Target> {
+        if let Some(model) = self.models.get(name) {
+            return Some(Target::Model(model.clone()));
+        }
+        self.groups.get(name).map(|g| Target::Group(g.clone()))
+    }
+
+    /// Every name a client may call: models and groups, sorted.
+    pub fn callable_names(&self) -> Vec<(&str, &str)> {
+        let mut names: Vec<(&str, &str)> = self
+            .models
+            .values()
+            .map(|m| (m.name.as_str(), m.provider.name.as_str()))
+            .chain(self.groups.keys().map(|g| (g.as_str(), "tollgate")))
+            .collect();
+        names.sort_unstable();
+        names
+    }
+}
+
+/// The outcome of the last reload attempt, for `/admin/policies` and metrics.
+#[derive(Debug, Clone, Default)]
+pub struct ReloadStatus {
+    /// Successful loads since start (the first included).
+    pub reloads_ok: u64,
+    /// Rejected loads since start.
+    pub reloads_failed: u64,
+    /// When the last rejected load happened (Unix ms).
+    pub last_error_at_ms: Option<i64>,
+    /// Its errors, `file:line:col: message`; cleared by the next successful load.
+    pub last_errors: Vec<String>,
+}
+
+/// The result of a reload.
+#[derive(Debug)]
+pub enum Reloaded {
+    /// A new snapshot is serving.
+    Swapped(Arc<Snapshot>),
+    /// The files are unchanged (same content hash); nothing was swapped.
+    Unchanged,
 }
 
 /// The live policy set: the swap point for reloads.
@@ -125,17 +242,30 @@ pub struct Policies {
     current: ArcSwap<Snapshot>,
     generation: AtomicU64,
     dir: PathBuf,
+    status: Mutex<ReloadStatus>,
+    /// Serializes reloads (watcher, SIGHUP) so generations stay ordered.
+    reloading: Mutex<()>,
 }
 
 impl Policies {
     /// Loads `dir` once; fails with every error found.
     pub fn open(dir: &Path) -> Result<Self, Vec<LoadError>> {
-        let snapshot = load_dir(dir, 1)?;
+        let snapshot = load_dir(dir, 1, None)?;
         Ok(Self {
             current: ArcSwap::from_pointee(snapshot),
             generation: AtomicU64::new(1),
             dir: dir.to_path_buf(),
+            status: Mutex::new(ReloadStatus {
+                reloads_ok: 1,
+                ..ReloadStatus::default()
+            }),
+            reloading: Mutex::new(()),
         })
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// The snapshot a new request should use.
@@ -143,12 +273,44 @@ impl Policies {
         self.current.load_full()
     }
 
-    /// Rebuilds from disk and swaps atomically; on error the current snapshot keeps serving.
-    pub fn reload(&self) -> Result<Arc<Snapshot>, Vec<LoadError>> {
+    /// The last reload outcome.
+    pub fn status(&self) -> ReloadStatus {
+        self.status.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Rebuilds from disk (off the request path: call it from a blocking task) and swaps
+    /// atomically. A set that fails to load is rejected whole; the current snapshot keeps
+    /// serving and the errors are kept for `/admin/policies`. Unchanged compiled artefacts are
+    /// reused.
+    pub fn reload(&self) -> Result<Reloaded, Vec<LoadError>> {
+        let _guard = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.snapshot();
         let next = self.generation.load(Ordering::Acquire) + 1;
-        let snapshot = Arc::new(load_dir(&self.dir, next)?);
-        self.generation.store(next, Ordering::Release);
-        self.current.store(snapshot.clone());
-        Ok(snapshot)
+        match load_dir(&self.dir, next, Some(&current)) {
+            Ok(snapshot) if snapshot.content_hash == current.content_hash => {
+                if let Ok(mut status) = self.status.lock() {
+                    status.last_errors.clear();
+                }
+                Ok(Reloaded::Unchanged)
+            }
+            Ok(snapshot) => {
+                let snapshot = Arc::new(snapshot);
+                self.generation.store(next, Ordering::Release);
+                self.current.store(snapshot.clone());
+                if let Ok(mut status) = self.status.lock() {
+                    status.reloads_ok += 1;
+                    status.last_errors.clear();
+                }
+                Ok(Reloaded::Swapped(snapshot))
+            }
+            Err(errors) => {
+                if let Ok(mut status) = self.status.lock() {
+                    status.reloads_failed += 1;
+                    status.last_error_at_ms = Some(crate::clock::now_ms());
+                    status.last_errors = errors.iter().map(ToString::to_string).collect();
+                }
+                Err(errors)
+            }
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! The HTTP server: shared state, the router, the request-id middleware and graceful shutdown.
 
+pub mod admin;
 pub mod openai;
 
 use std::net::SocketAddr;
@@ -16,7 +17,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::error::{Family, GatewayError};
+use crate::health::HealthRegistry;
 use crate::policy::Policies;
+use crate::policy::watch::{self as policy_watch, Trigger};
 use crate::store::Store;
 use crate::store::key_cache::KeyCache;
 use crate::store::usage_writer::{self, UsageSink};
@@ -33,6 +36,10 @@ pub struct AppState {
     pub usage: UsageSink,
     /// The upstream HTTP client.
     pub http: reqwest::Client,
+    /// Deployment health, fed by the call stage, read by routing.
+    pub health: HealthRegistry,
+    /// Bearer token for `/admin/*`; `None` disables the admin endpoints.
+    pub admin_token: Option<String>,
 }
 
 /// The gateway request id, set by the middleware on every request.
@@ -48,6 +55,9 @@ pub fn router(app: Arc<AppState>) -> Router {
         .route("/v1/images/generations", post(openai::images_generations))
         .route("/v1/models", get(openai::list_models))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(admin::metrics))
+        .route("/admin/policies", get(admin::policies))
+        .route("/admin/policies/reload", post(admin::reload))
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .layer(middleware::from_fn(request_id))
@@ -99,6 +109,10 @@ pub struct ServeOptions {
     pub store: Store,
     /// Listen address.
     pub listen: SocketAddr,
+    /// Watch the policy directory for changes (otherwise only SIGHUP and the admin API reload).
+    pub watch: bool,
+    /// Bearer token for `/admin/*`.
+    pub admin_token: Option<String>,
 }
 
 /// Runs the gateway until SIGTERM / SIGINT, then drains requests and flushes usage records.
@@ -107,6 +121,8 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         policies,
         store,
         listen,
+        watch: watch_files,
+        admin_token,
     } = options;
     let listener = TcpListener::bind(listen).await?;
     let local = listener.local_addr()?;
@@ -123,11 +139,15 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         keys: keys.clone(),
         usage,
         http: crate::upstream::client()?,
+        health: HealthRegistry::default(),
+        admin_token,
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let watcher = tokio::spawn(keys.watch(instance_id.clone(), stop_rx.clone()));
     let reloader = tokio::spawn(reload_on_sighup(policies.clone(), stop_rx.clone()));
+    let file_watcher = watch_files
+        .then(|| tokio::spawn(policy_watch::watch_dir(policies.clone(), stop_rx.clone())));
 
     let snapshot = policies.snapshot();
     tracing::info!(
@@ -141,7 +161,8 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     println!("tollgate listening on http://{local}");
 
     let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, router(app))
+    let service = router(app).into_make_service_with_connect_info::<SocketAddr>();
+    let server = axum::serve(listener, service)
         .with_graceful_shutdown(async move {
             shutdown_signal().await;
             tracing::info!("shutting down: draining in-flight requests");
@@ -163,6 +184,9 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     let _ = watcher.await;
     let _ = reloader.await;
+    if let Some(file_watcher) = file_watcher {
+        let _ = file_watcher.await;
+    }
     // Every sink clone lives in the app state and in-flight responses, all gone now.
     let flushed = tokio::time::timeout(SHUTDOWN_GRACE, writer).await;
     if flushed.is_err() {
@@ -204,17 +228,6 @@ async fn reload_on_sighup(policies: Arc<Policies>, mut stop: watch::Receiver<boo
             _ = hup.recv() => {}
             _ = stop.changed() => return,
         }
-        let policies = policies.clone();
-        match tokio::task::spawn_blocking(move || policies.reload()).await {
-            Ok(Ok(snapshot)) => {
-                tracing::info!(generation = snapshot.generation, hash = %snapshot.content_hash, "policies reloaded")
-            }
-            Ok(Err(errors)) => {
-                for e in errors {
-                    tracing::error!(error = %e, "policy reload rejected; the previous set keeps serving");
-                }
-            }
-            Err(e) => tracing::error!(error = %e, "policy reload task failed"),
-        }
+        policy_watch::reload(&policies, Trigger::Signal).await;
     }
 }

@@ -21,6 +21,10 @@ fn inbound(request: Request) -> Inbound {
             .map(|r| r.0.clone())
             .unwrap_or_default(),
         method: parts.method,
+        client_ip: parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip()),
         query: parts.uri.query().map(str::to_string),
         headers: parts.headers,
         body,
@@ -57,15 +61,15 @@ pub async fn list_models(State(app): State<Arc<AppState>>, request: Request) -> 
     let snapshot = app.policies.snapshot();
     let created = snapshot.loaded_at_ms / 1000;
     let data: Vec<Value> = snapshot
-        .models
-        .values()
-        .filter(|m| key.models.allows(&m.name))
-        .map(|m| {
+        .callable_names()
+        .into_iter()
+        .filter(|(name, _)| key.models.allows(name))
+        .map(|(name, owner)| {
             json!({
-                "id": m.name,
+                "id": name,
                 "object": "model",
                 "created": created,
-                "owned_by": m.provider.name,
+                "owned_by": owner,
             })
         })
         .collect();

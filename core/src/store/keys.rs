@@ -88,6 +88,10 @@ pub struct KeyRecord {
     pub name: String,
     /// Owning team.
     pub team: Option<String>,
+    /// The person or service the key belongs to.
+    pub owner: Option<String>,
+    /// Free-form attributes shown to access rules.
+    pub metadata: serde_json::Map<String, serde_json::Value>,
     /// The first characters of the current secret, for identification.
     pub secret_prefix: String,
     /// Model Access grant.
@@ -143,6 +147,16 @@ impl KeyRecord {
             id: row.try_get("id")?,
             name: row.try_get("name")?,
             team: row.try_get("team")?,
+            owner: row.try_get("owner")?,
+            metadata: match serde_json::from_str(&row.try_get::<String, _>("metadata")?) {
+                Ok(serde_json::Value::Object(map)) => map,
+                Ok(_) | Err(_) => {
+                    return Err(StoreError::Corrupt {
+                        what: "api_keys.metadata",
+                        detail: "not a JSON object".into(),
+                    });
+                }
+            },
             secret_prefix: row.try_get("secret_prefix")?,
             models: ModelGrant::from_json(&row.try_get::<String, _>("models")?)?,
             created_at_ms: row.try_get("created_at_ms")?,
@@ -200,6 +214,10 @@ pub struct NewKey {
     pub name: String,
     /// Owning team.
     pub team: Option<String>,
+    /// Owner.
+    pub owner: Option<String>,
+    /// Attributes shown to access rules.
+    pub metadata: serde_json::Map<String, serde_json::Value>,
     /// Model Access grant.
     pub models: ModelGrant,
     /// Expiry (Unix ms).
@@ -213,12 +231,14 @@ impl Store {
         let now = now_ms();
         let id = format!("key_{}", uuid::Uuid::now_v7().simple());
         sqlx::query(
-            "INSERT INTO api_keys (id, name, team, secret_hash, secret_prefix, models, created_at_ms, \
-             updated_at_ms, expires_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8)",
+            "INSERT INTO api_keys (id, name, team, owner, metadata, secret_hash, secret_prefix, models, \
+             created_at_ms, updated_at_ms, expires_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10)",
         )
         .bind(&id)
         .bind(&new.name)
         .bind(&new.team)
+        .bind(&new.owner)
+        .bind(serde_json::Value::Object(new.metadata.clone()).to_string())
         .bind(&minted.hash)
         .bind(&minted.prefix)
         .bind(new.models.to_json())
@@ -238,7 +258,7 @@ impl Store {
 
     /// Looks a key up by the hash of its secret.
     pub async fn key_by_hash(&self, hash: &str) -> Result<Option<KeyRecord>, StoreError> {
-        let sql = "SELECT id, name, team, secret_prefix, models, created_at_ms, updated_at_ms, \
+        let sql = "SELECT id, name, team, owner, metadata, secret_prefix, models, created_at_ms, updated_at_ms, \
                    expires_at_ms, revoked_at_ms, rotations FROM api_keys WHERE secret_hash = $1";
         let row = sqlx::query(sql)
             .bind(hash)
@@ -249,7 +269,7 @@ impl Store {
 
     /// Looks a key up by id.
     pub async fn key_by_id(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
-        let sql = "SELECT id, name, team, secret_prefix, models, created_at_ms, updated_at_ms, \
+        let sql = "SELECT id, name, team, owner, metadata, secret_prefix, models, created_at_ms, updated_at_ms, \
                    expires_at_ms, revoked_at_ms, rotations FROM api_keys WHERE id = $1";
         let row = sqlx::query(sql)
             .bind(id)
@@ -260,7 +280,7 @@ impl Store {
 
     /// Every key, oldest first.
     pub async fn list_keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
-        let sql = "SELECT id, name, team, secret_prefix, models, created_at_ms, updated_at_ms, \
+        let sql = "SELECT id, name, team, owner, metadata, secret_prefix, models, created_at_ms, updated_at_ms, \
                    expires_at_ms, revoked_at_ms, rotations FROM api_keys ORDER BY created_at_ms, id";
         let rows = sqlx::query(sql).fetch_all(self.pool()).await?;
         rows.iter().map(KeyRecord::from_row).collect()
@@ -329,6 +349,8 @@ mod tests {
             id: "k".into(),
             name: "n".into(),
             team: None,
+            owner: None,
+            metadata: serde_json::Map::new(),
             secret_prefix: "tg_abc".into(),
             models: ModelGrant::All,
             created_at_ms: 0,

@@ -97,6 +97,8 @@ pub struct UsageRecord {
     pub stream_status: Option<String>,
     /// JSON array of stage decisions.
     pub decisions: String,
+    /// JSON routing trace (target, script, order, attempts).
+    pub route: Option<String>,
     /// The client's user agent.
     pub user_agent: Option<String>,
     /// Generation of the policy snapshot that decided the request.
@@ -212,7 +214,7 @@ impl Store {
 
     /// Writes a batch of usage records in one transaction.
     pub async fn insert_usage(&self, records: &[UsageRecord]) -> Result<(), StoreError> {
-        // 31 columns; SQLite allows 32,766 bound parameters per statement.
+        // 32 columns; SQLite allows 32,766 bound parameters per statement.
         const ROWS_PER_STATEMENT: usize = 1000;
         let mut tx = self.pool.begin().await?;
         for chunk in records.chunks(ROWS_PER_STATEMENT) {
@@ -221,7 +223,7 @@ impl Store {
                  method, endpoint, stream, requested_model, served_model, upstream_model, provider, status, \
                  error_code, denied_stage, latency_us, ttfb_us, upstream_latency_us, input_tokens, \
                  output_tokens, cached_input_tokens, reasoning_tokens, total_tokens, cost_nanos, \
-                 provider_usage, provider_request_id, stream_status, decisions, user_agent, policy_generation) ",
+                 provider_usage, provider_request_id, stream_status, decisions, route, user_agent, policy_generation) ",
             );
             qb.push_values(chunk, |mut b, r| {
                 b.push_bind(&r.id)
@@ -253,6 +255,7 @@ impl Store {
                     .push_bind(&r.provider_request_id)
                     .push_bind(&r.stream_status)
                     .push_bind(&r.decisions)
+                    .push_bind(&r.route)
                     .push_bind(&r.user_agent)
                     .push_bind(r.policy_generation);
             });

@@ -1,0 +1,348 @@
+//! The real `tollgate` binary as a child process: policy directory and SQLite store in a temp
+//! dir, a bench key, `tollgate serve` on a free loopback port, RSS sampling from `/proc`, and a
+//! graceful SIGTERM stop.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde::Serialize;
+
+use crate::scenario::{PROVIDER_KEY_ENV, Scenario, Upstream};
+
+/// How long `tollgate serve` may take to print its listening line.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a SIGTERM'd gateway may take to drain and flush before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+/// RSS sampling period.
+const SAMPLE_EVERY: Duration = Duration::from_millis(200);
+
+/// Finds the `tollgate` binary: `$TOLLGATE_BIN`, else next to this executable (or one level up,
+/// for test executables in `target/<profile>/deps/`).
+pub fn locate_binary(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(path) = explicit {
+        anyhow::ensure!(
+            path.is_file(),
+            "tollgate binary {} does not exist",
+            path.display()
+        );
+        return Ok(path.to_path_buf());
+    }
+    if let Some(path) = std::env::var_os("TOLLGATE_BIN") {
+        let path = PathBuf::from(path);
+        anyhow::ensure!(
+            path.is_file(),
+            "TOLLGATE_BIN={} does not exist",
+            path.display()
+        );
+        return Ok(path);
+    }
+    let exe = std::env::current_exe().context("cannot find the bench executable")?;
+    let mut candidates = Vec::new();
+    if let Some(dir) = exe.parent() {
+        candidates.push(dir.join("tollgate"));
+        if let Some(up) = dir.parent() {
+            candidates.push(up.join("tollgate"));
+        }
+    }
+    candidates.into_iter().find(|p| p.is_file()).with_context(|| {
+        format!(
+            "no tollgate binary next to {}: build it first with `cargo build --release -p tollgate` \
+             (or `cargo build -p tollgate` for debug runs), or set TOLLGATE_BIN",
+            exe.display()
+        )
+    })
+}
+
+/// One RSS sample of the gateway process.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct RssSample {
+    /// Seconds since the gateway was started.
+    pub t_s: f64,
+    /// `VmRSS`, KiB.
+    pub rss_kb: u64,
+    /// `VmHWM` (peak RSS so far), KiB.
+    pub hwm_kb: u64,
+    #[serde(skip)]
+    at: Instant,
+}
+
+/// Reads `VmRSS` and `VmHWM` (KiB) of `pid`.
+pub fn read_rss(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse::<u64>().ok())
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// RSS samples taken every [`SAMPLE_EVERY`] by a background thread.
+struct Sampler {
+    samples: Arc<Mutex<Vec<RssSample>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Sampler {
+    fn start(pid: u32, origin: Instant) -> Self {
+        let samples = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let samples = samples.clone();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    if let Some((rss_kb, hwm_kb)) = read_rss(pid)
+                        && let Ok(mut samples) = samples.lock()
+                    {
+                        let at = Instant::now();
+                        samples.push(RssSample {
+                            t_s: at.duration_since(origin).as_secs_f64(),
+                            rss_kb,
+                            hwm_kb,
+                            at,
+                        });
+                    }
+                    std::thread::sleep(SAMPLE_EVERY);
+                }
+            })
+        };
+        Self {
+            samples,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn finish(mut self) -> Vec<RssSample> {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        self.samples.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+}
+
+/// What the gateway's memory did over its run.
+#[derive(Debug, Clone, Serialize)]
+pub struct GatewayStats {
+    /// `VmHWM` just before the stop: the peak RSS of the whole run, KiB.
+    pub peak_rss_kb: u64,
+    /// `VmRSS` at the last sample, KiB.
+    pub final_rss_kb: u64,
+    /// Every sample.
+    pub samples: Vec<RssSample>,
+    /// Whether the gateway exited by itself after SIGTERM (`false`: it had to be killed).
+    pub clean_exit: bool,
+    /// The exit status.
+    pub exit_status: String,
+}
+
+impl GatewayStats {
+    /// Mean `VmRSS` (KiB) of the samples taken between `from` and `to`.
+    pub fn mean_rss_between(&self, from: Instant, to: Instant) -> Option<u64> {
+        let within: Vec<u64> = self
+            .samples
+            .iter()
+            .filter(|s| s.at >= from && s.at <= to)
+            .map(|s| s.rss_kb)
+            .collect();
+        (!within.is_empty()).then(|| within.iter().sum::<u64>() / within.len() as u64)
+    }
+}
+
+/// A running gateway.
+pub struct Gateway {
+    child: Option<Child>,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// The bench key's secret.
+    pub secret: String,
+    sampler: Option<Sampler>,
+    stderr_path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Gateway {
+    /// Writes the scenario's policy directory, creates a key and starts `tollgate serve`.
+    pub fn start(bin: &Path, scenario: &dyn Scenario, upstream: &Upstream) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("tollgate-bench-")
+            .tempdir()
+            .context("cannot create a temp dir")?;
+        let policies = dir.path().join("policies");
+        for (relative, contents) in scenario.policy_files(upstream) {
+            let path = policies.join(&relative);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)
+                    .with_context(|| format!("cannot create {}", parent.display()))?;
+            }
+            std::fs::write(&path, contents)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+        let database = format!("sqlite://{}", dir.path().join("tollgate.db").display());
+
+        let created = Command::new(bin)
+            .args(["keys", "create", "--name", "bench", "--models"])
+            .arg(scenario.key_models())
+            .args(["--json", "--database", &database])
+            .env("RUST_LOG", "warn")
+            .output()
+            .with_context(|| format!("cannot run {}", bin.display()))?;
+        if !created.status.success() {
+            bail!(
+                "tollgate keys create failed ({}): {}",
+                created.status,
+                String::from_utf8_lossy(&created.stderr)
+            );
+        }
+        let key: serde_json::Value = serde_json::from_slice(&created.stdout)
+            .context("tollgate keys create --json printed no JSON")?;
+        let secret = key
+            .get("secret")
+            .and_then(serde_json::Value::as_str)
+            .context("tollgate keys create --json printed no secret")?
+            .to_string();
+
+        let stderr_path = dir.path().join("tollgate.stderr.log");
+        let stderr = std::fs::File::create(&stderr_path)
+            .with_context(|| format!("cannot create {}", stderr_path.display()))?;
+        let origin = Instant::now();
+        let mut child = Command::new(bin)
+            .arg("serve")
+            .arg("--policies")
+            .arg(&policies)
+            .args(["--listen", "127.0.0.1:0", "--database", &database])
+            .env("RUST_LOG", "info")
+            .env(PROVIDER_KEY_ENV, "sk-bench-provider-key")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(stderr))
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
+        let stdout = child
+            .stdout
+            .take()
+            .context("the gateway's stdout is not piped")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            // Keep draining stdout after the line so the gateway never blocks on the pipe.
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if !sent && let Some(url) = line.strip_prefix("tollgate listening on http://") {
+                    let _ = tx.send(url.trim().to_string());
+                    sent = true;
+                }
+            }
+        });
+        let mut gateway = Self {
+            child: Some(child),
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            secret,
+            sampler: None,
+            stderr_path,
+            _dir: dir,
+        };
+        let listening = match rx.recv_timeout(START_TIMEOUT) {
+            Ok(addr) => addr,
+            Err(_) => bail!(
+                "tollgate serve did not report listening within {START_TIMEOUT:?}; its log:\n{}",
+                gateway.log_tail()
+            ),
+        };
+        gateway.addr = listening
+            .parse()
+            .with_context(|| format!("tollgate printed an unparsable address '{listening}'"))?;
+        if let Some(pid) = gateway.pid() {
+            gateway.sampler = Some(Sampler::start(pid, origin));
+        }
+        Ok(gateway)
+    }
+
+    /// The gateway's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The last lines of the gateway's stderr.
+    pub fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(&self.stderr_path).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// SIGTERM, wait for the graceful exit (drain + usage flush), and report memory.
+    pub fn stop(mut self) -> anyhow::Result<GatewayStats> {
+        let mut child = self
+            .child
+            .take()
+            .context("the gateway was already stopped")?;
+        let pid = child.id();
+        let peak = read_rss(pid);
+        let samples = self.sampler.take().map(Sampler::finish).unwrap_or_default();
+        // `unsafe_code` is forbidden, so the signal goes through kill(1).
+        let signalled = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        let mut clean_exit = false;
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => {
+                    clean_exit = signalled;
+                    break status;
+                }
+                Ok(None) if Instant::now() < deadline && signalled => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                _ => {
+                    let _ = child.kill();
+                    break child.wait().context("cannot reap the gateway")?;
+                }
+            }
+        };
+        let (final_rss_kb, peak_from_samples) =
+            samples.last().map_or((0, 0), |s| (s.rss_kb, s.hwm_kb));
+        Ok(GatewayStats {
+            peak_rss_kb: peak.map_or(peak_from_samples, |(_, hwm)| hwm),
+            final_rss_kb,
+            samples,
+            clean_exit: clean_exit && status.success(),
+            exit_status: status.to_string(),
+        })
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if let Some(sampler) = self.sampler.take() {
+            sampler.finish();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rss_of_this_process_is_readable() {
+        let (rss, hwm) = read_rss(std::process::id()).expect("proc status");
+        assert!(rss > 0 && hwm >= rss);
+    }
+}

@@ -1,0 +1,325 @@
+//! tollgate-bench: measures what tollgate adds to a call, against the same mock provider called
+//! directly, in one process tree and one run.
+//!
+//! For every selected scenario: the mock (in-process, its own runtime) is measured directly
+//! under each of the scenario's loads; then the real `tollgate` binary is started on the
+//! scenario's policy directory with a fresh SQLite store and key, and measured under the same
+//! loads; its RSS is sampled throughout. The result is a [`Report`]: printed as a table and
+//! written as JSON so runs can be compared.
+
+pub mod driver;
+pub mod gateway;
+pub mod report;
+pub mod scenario;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use serde::Serialize;
+
+use driver::{Load, PhaseOptions, PhaseResult, Target};
+use gateway::Gateway;
+use report::{Comparison, Drift, ScenarioReport, ScenarioStatus};
+use scenario::{Entry, Scenario, Upstream};
+
+pub use report::Report;
+
+/// Everything one run needs.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchConfig {
+    /// Measured time of each phase.
+    pub duration: Duration,
+    /// Unrecorded time at the same load before each phase.
+    pub warmup: Duration,
+    /// Open-loop rate (requests per second).
+    pub rate: u32,
+    /// Open-loop rate of streaming scenarios; `None` uses `rate`.
+    pub stream_rate: Option<u32>,
+    /// Closed-loop concurrency.
+    pub concurrency: usize,
+    /// Measured requests per phase at most.
+    pub max_requests: u64,
+    /// Scenario names; empty means all.
+    pub scenarios: Vec<String>,
+    /// Where the JSON report goes.
+    pub out: PathBuf,
+    /// Long mode: the gateway's open-loop phases run for `long_duration`, and the first and
+    /// last window of latency and RSS are compared.
+    pub long: bool,
+    /// Measured time of the gateway's open-loop phases in long mode.
+    pub long_duration: Duration,
+    /// Width of the latency/RSS windows.
+    pub window: Duration,
+    /// Per-request timeout.
+    pub request_timeout: Duration,
+    /// The `tollgate` binary; `None` looks for it (see [`gateway::locate_binary`]).
+    pub tollgate_bin: Option<PathBuf>,
+    /// Worker threads of the load driver's runtime.
+    pub driver_threads: usize,
+    /// Worker threads of the in-process mock's runtime.
+    pub mock_threads: usize,
+    /// Print progress on stderr.
+    pub progress: bool,
+}
+
+impl Default for BenchConfig {
+    fn default() -> Self {
+        Self {
+            duration: Duration::from_secs(10),
+            warmup: Duration::from_secs(1),
+            rate: 1000,
+            stream_rate: None,
+            concurrency: 32,
+            max_requests: 1_000_000,
+            scenarios: Vec::new(),
+            out: PathBuf::from("target/bench/results.json"),
+            long: false,
+            long_duration: Duration::from_secs(60),
+            window: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(10),
+            tollgate_bin: None,
+            driver_threads: 1,
+            mock_threads: 1,
+            progress: true,
+        }
+    }
+}
+
+impl BenchConfig {
+    fn phase_options(&self, load: Load, through_gateway: bool) -> PhaseOptions {
+        let open = matches!(load, Load::Open { .. });
+        PhaseOptions {
+            duration: if self.long && through_gateway && open {
+                self.long_duration
+            } else {
+                self.duration
+            },
+            warmup: self.warmup,
+            max_requests: self.max_requests,
+            timeout: self.request_timeout,
+            window: if open { self.window } else { Duration::ZERO },
+        }
+    }
+
+    fn say(&self, message: impl AsRef<str>) {
+        if self.progress {
+            eprintln!("tollgate-bench: {}", message.as_ref());
+        }
+    }
+}
+
+/// Picks the scenarios named in `names` (all when empty), in table order.
+pub fn select(names: &[String]) -> anyhow::Result<Vec<Entry>> {
+    let all = scenario::all();
+    if names.is_empty() {
+        return Ok(all);
+    }
+    for name in names {
+        anyhow::ensure!(
+            all.iter().any(|e| e.name() == name),
+            "unknown scenario '{name}'; known: {}",
+            all.iter().map(Entry::name).collect::<Vec<_>>().join(", ")
+        );
+    }
+    Ok(all
+        .into_iter()
+        .filter(|e| names.iter().any(|n| n == e.name()))
+        .collect())
+}
+
+/// Runs the benchmark: builds its own runtimes, so call it from plain (non-async) code.
+pub fn run(config: &BenchConfig) -> anyhow::Result<Report> {
+    let entries = select(&config.scenarios)?;
+    let bin = gateway::locate_binary(config.tollgate_bin.as_deref())?;
+    let mock_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.mock_threads.max(1))
+        .thread_name("bench-mock")
+        .enable_all()
+        .build()
+        .context("cannot start the mock's runtime")?;
+    let driver_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.driver_threads.max(1))
+        .thread_name("bench-driver")
+        .enable_all()
+        .build()
+        .context("cannot start the driver's runtime")?;
+    let mock = mock_rt
+        .block_on(mock_upstream::start(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            mock_upstream::MockConfig {
+                latency: Duration::ZERO,
+                stream_chunks: 20,
+                record: false,
+            },
+        ))
+        .context("cannot start the mock upstream")?;
+    let upstream = Upstream {
+        base_url: mock.base_url(),
+    };
+    config.say(format!(
+        "mock upstream on {}, tollgate binary {}",
+        mock.addr,
+        bin.display()
+    ));
+
+    let mut scenarios = Vec::new();
+    for entry in entries {
+        match entry {
+            Entry::NotBuilt { name, summary } => scenarios.push(ScenarioReport {
+                name: name.to_string(),
+                summary: summary.to_string(),
+                status: ScenarioStatus::NotAvailable,
+                note: Some("not available yet (capability not built)".into()),
+                loads: Vec::new(),
+                gateway: None,
+                drift: Vec::new(),
+            }),
+            Entry::Ready(scenario) => {
+                let measured = run_scenario(
+                    config,
+                    &bin,
+                    scenario.as_ref(),
+                    mock.addr,
+                    &upstream,
+                    &driver_rt,
+                );
+                scenarios.push(measured.unwrap_or_else(|e| {
+                    config.say(format!("{}: failed: {e:#}", scenario.name()));
+                    ScenarioReport {
+                        name: scenario.name().to_string(),
+                        summary: scenario.summary().to_string(),
+                        status: ScenarioStatus::Failed,
+                        note: Some(format!("{e:#}")),
+                        loads: Vec::new(),
+                        gateway: None,
+                        drift: Vec::new(),
+                    }
+                }));
+            }
+        }
+    }
+    driver_rt.shutdown_timeout(Duration::from_secs(1));
+    mock_rt.shutdown_timeout(Duration::from_secs(1));
+
+    let report = Report::new(config, &bin, scenarios);
+    write_json(&report, &config.out)?;
+    Ok(report)
+}
+
+fn run_phase(
+    config: &BenchConfig,
+    rt: &tokio::runtime::Runtime,
+    target: &Arc<Target>,
+    load: Load,
+    label: &str,
+) -> anyhow::Result<PhaseResult> {
+    let options = config.phase_options(load, label.ends_with("tollgate"));
+    config.say(format!(
+        "{label} {} for {:?} (+{:?} warm-up)",
+        load.label(),
+        options.duration,
+        options.warmup
+    ));
+    let result = rt.block_on(driver::run_phase(target.clone(), load, options))?;
+    config.say(format!(
+        "{label} {}: {}/{} ok, {:.0} rps, p50 {:.3} ms, p99 {:.3} ms",
+        load.label(),
+        result.ok,
+        result.requests,
+        result.rps,
+        result.latency.p50_us as f64 / 1000.0,
+        result.latency.p99_us as f64 / 1000.0
+    ));
+    Ok(result)
+}
+
+fn run_scenario(
+    config: &BenchConfig,
+    bin: &Path,
+    scenario: &dyn Scenario,
+    mock: SocketAddr,
+    upstream: &Upstream,
+    rt: &tokio::runtime::Runtime,
+) -> anyhow::Result<ScenarioReport> {
+    let name = scenario.name();
+    let loads = scenario.loads(config);
+    let direct = Arc::new(Target::new(mock, scenario.direct_request(), None)?);
+    let mut direct_results = Vec::new();
+    for &load in &loads {
+        direct_results.push(run_phase(
+            config,
+            rt,
+            &direct,
+            load,
+            &format!("{name} direct"),
+        )?);
+    }
+
+    config.say(format!("{name}: starting tollgate"));
+    let gateway = Gateway::start(bin, scenario, upstream)?;
+    let through = Arc::new(Target::new(
+        gateway.addr,
+        scenario.gateway_request(),
+        Some(&gateway.secret),
+    )?);
+    let mut gateway_results = Vec::new();
+    for &load in &loads {
+        match run_phase(config, rt, &through, load, &format!("{name} tollgate")) {
+            Ok(result) => gateway_results.push(result),
+            Err(e) => {
+                let log = gateway.log_tail();
+                return Err(e.context(format!("tollgate's log:\n{log}")));
+            }
+        }
+    }
+    let log = gateway.log_tail();
+    let stats = gateway.stop()?;
+    if !stats.clean_exit {
+        config.say(format!(
+            "{name}: tollgate did not stop cleanly ({}); log:\n{log}",
+            stats.exit_status
+        ));
+    }
+
+    let drift = gateway_results
+        .iter()
+        .filter_map(|r| Drift::of(r, &stats))
+        .collect();
+    let comparisons = loads
+        .iter()
+        .zip(direct_results)
+        .zip(gateway_results)
+        .map(|((&load, direct), tollgate)| Comparison::new(load, direct, tollgate))
+        .collect();
+    Ok(ScenarioReport {
+        name: name.to_string(),
+        summary: scenario.summary().to_string(),
+        status: ScenarioStatus::Measured,
+        note: (!stats.clean_exit)
+            .then(|| format!("tollgate did not stop cleanly: {}", stats.exit_status)),
+        loads: comparisons,
+        gateway: Some(stats),
+        drift,
+    })
+}
+
+fn write_json(report: &Report, out: &Path) -> anyhow::Result<()> {
+    if let Some(parent) = out.parent()
+        && !parent.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    let json = serde_json::to_string_pretty(report).context("cannot encode the report")?;
+    std::fs::write(out, json + "\n").with_context(|| format!("cannot write {}", out.display()))
+}
+
+/// Milliseconds since the Unix epoch.
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}

@@ -1,0 +1,582 @@
+//! The report: per scenario and load, the direct and through-tollgate results, their
+//! differences, memory, drift over long runs, and the performance targets. Printed as a table,
+//! written as JSON.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::BenchConfig;
+use crate::driver::{Load, PhaseResult, Summary};
+use crate::gateway::GatewayStats;
+
+/// Passthrough p99 overhead target at 1,000 rps open loop, µs.
+pub const TARGET_P99_OVERHEAD_US: i64 = 300;
+/// Closed-loop throughput through tollgate, as a share of direct.
+pub const TARGET_THROUGHPUT_RATIO: f64 = 0.60;
+/// Streaming time-to-first-byte p99 overhead, µs.
+pub const TARGET_TTFB_P99_OVERHEAD_US: i64 = 300;
+/// Peak RSS of the gateway, KiB (100 MiB).
+pub const TARGET_PEAK_RSS_KB: u64 = 100 * 1024;
+
+/// Whether a scenario ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScenarioStatus {
+    /// Measured.
+    Measured,
+    /// The capability does not exist yet; nothing was measured.
+    NotAvailable,
+    /// The harness could not complete it (see the note).
+    Failed,
+}
+
+/// What tollgate added, `tollgate - direct`, µs.
+#[derive(Debug, Clone, Serialize)]
+pub struct Overhead {
+    /// Median total latency difference.
+    pub p50_us: i64,
+    /// 99th percentile total latency difference.
+    pub p99_us: i64,
+    /// Median time-to-first-byte difference (streams).
+    pub ttfb_p50_us: Option<i64>,
+    /// 99th percentile time-to-first-byte difference (streams).
+    pub ttfb_p99_us: Option<i64>,
+}
+
+fn diff(a: u64, b: u64) -> i64 {
+    i64::try_from(a).unwrap_or(i64::MAX) - i64::try_from(b).unwrap_or(i64::MAX)
+}
+
+/// One load, direct and through tollgate.
+#[derive(Debug, Clone, Serialize)]
+pub struct Comparison {
+    /// The load.
+    pub load: Load,
+    /// Straight to the mock.
+    pub direct: PhaseResult,
+    /// Through tollgate.
+    pub tollgate: PhaseResult,
+    /// `tollgate - direct`.
+    pub overhead: Overhead,
+    /// Closed loop: tollgate's throughput / direct throughput.
+    pub throughput_ratio: Option<f64>,
+}
+
+impl Comparison {
+    /// Compares two results of the same load.
+    pub fn new(load: Load, direct: PhaseResult, tollgate: PhaseResult) -> Self {
+        let ttfb = |f: fn(&Summary) -> u64| match (&tollgate.ttfb, &direct.ttfb) {
+            (Some(t), Some(d)) => Some(diff(f(t), f(d))),
+            _ => None,
+        };
+        let overhead = Overhead {
+            p50_us: diff(tollgate.latency.p50_us, direct.latency.p50_us),
+            p99_us: diff(tollgate.latency.p99_us, direct.latency.p99_us),
+            ttfb_p50_us: ttfb(|s| s.p50_us),
+            ttfb_p99_us: ttfb(|s| s.p99_us),
+        };
+        let throughput_ratio = (matches!(load, Load::Closed { .. }) && direct.rps > 0.0)
+            .then(|| tollgate.rps / direct.rps);
+        Self {
+            load,
+            direct,
+            tollgate,
+            overhead,
+            throughput_ratio,
+        }
+    }
+}
+
+/// Latency and RSS of one window.
+#[derive(Debug, Clone, Serialize)]
+pub struct WindowStats {
+    /// Window start, seconds into the measurement.
+    pub from_s: f64,
+    /// Window end.
+    pub to_s: f64,
+    /// Median latency, µs.
+    pub p50_us: u64,
+    /// 99th percentile latency, µs.
+    pub p99_us: u64,
+    /// Mean sampled VmRSS in the window, KiB.
+    pub rss_kb: Option<u64>,
+}
+
+/// First versus last window of one gateway phase: does anything grow with run length?
+#[derive(Debug, Clone, Serialize)]
+pub struct Drift {
+    /// The load.
+    pub load: Load,
+    /// The first window.
+    pub first: WindowStats,
+    /// The last window.
+    pub last: WindowStats,
+}
+
+impl Drift {
+    /// The drift of `result` (needs at least two windows).
+    pub fn of(result: &PhaseResult, gateway: &GatewayStats) -> Option<Self> {
+        let start = result.measure_start?;
+        if result.windows.len() < 2 {
+            return None;
+        }
+        let stats = |w: &crate::driver::WindowSummary| WindowStats {
+            from_s: w.from_s,
+            to_s: w.to_s,
+            p50_us: w.latency.p50_us,
+            p99_us: w.latency.p99_us,
+            rss_kb: gateway.mean_rss_between(
+                start + std::time::Duration::from_secs_f64(w.from_s),
+                start + std::time::Duration::from_secs_f64(w.to_s),
+            ),
+        };
+        Some(Self {
+            load: result.load,
+            first: stats(result.windows.first()?),
+            last: stats(result.windows.last()?),
+        })
+    }
+}
+
+/// One scenario's results.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScenarioReport {
+    /// Scenario name.
+    pub name: String,
+    /// What it exercises.
+    pub summary: String,
+    /// Whether it ran.
+    pub status: ScenarioStatus,
+    /// Why not, or what went wrong.
+    pub note: Option<String>,
+    /// One entry per load.
+    pub loads: Vec<Comparison>,
+    /// The gateway's memory.
+    pub gateway: Option<GatewayStats>,
+    /// First versus last window (long runs).
+    pub drift: Vec<Drift>,
+}
+
+/// One performance target and whether this run met it.
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetCheck {
+    /// What is measured.
+    pub what: String,
+    /// The target, as text.
+    pub target: String,
+    /// The measured value, as text.
+    pub measured: String,
+    /// Whether it was met.
+    pub met: bool,
+}
+
+/// The machine the run happened on.
+#[derive(Debug, Clone, Serialize)]
+pub struct Host {
+    /// Logical CPUs available.
+    pub cpus: usize,
+    /// `/proc/loadavg` at the end of the run.
+    pub loadavg: String,
+}
+
+/// The whole run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// `tollgate-bench`.
+    pub tool: &'static str,
+    /// Bench version.
+    pub version: &'static str,
+    /// When the report was made (Unix ms).
+    pub finished_unix_ms: u64,
+    /// The machine.
+    pub host: Host,
+    /// The gateway binary measured.
+    pub tollgate_bin: String,
+    /// The configuration.
+    pub config: BenchConfig,
+    /// Per scenario.
+    pub scenarios: Vec<ScenarioReport>,
+    /// The targets (informational: a slow machine is not a failure).
+    pub targets: Vec<TargetCheck>,
+}
+
+impl Report {
+    /// Assembles a report and checks the targets.
+    pub fn new(config: &BenchConfig, bin: &Path, scenarios: Vec<ScenarioReport>) -> Self {
+        let mut report = Self {
+            tool: "tollgate-bench",
+            version: env!("CARGO_PKG_VERSION"),
+            finished_unix_ms: crate::unix_ms(),
+            host: Host {
+                cpus: std::thread::available_parallelism().map_or(1, usize::from),
+                loadavg: std::fs::read_to_string("/proc/loadavg")
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string(),
+            },
+            tollgate_bin: bin.display().to_string(),
+            config: config.clone(),
+            scenarios,
+            targets: Vec::new(),
+        };
+        report.targets = report.check_targets();
+        report
+    }
+
+    /// Whether every measured request succeeded and no scenario failed.
+    pub fn all_succeeded(&self) -> bool {
+        self.scenarios.iter().all(|s| match s.status {
+            ScenarioStatus::NotAvailable => true,
+            ScenarioStatus::Failed => false,
+            ScenarioStatus::Measured => s
+                .loads
+                .iter()
+                .all(|c| c.direct.all_succeeded() && c.tollgate.all_succeeded()),
+        })
+    }
+
+    /// Every failure message, for diagnostics.
+    pub fn failures(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for s in &self.scenarios {
+            if s.status == ScenarioStatus::Failed {
+                out.push(format!(
+                    "{}: {}",
+                    s.name,
+                    s.note.clone().unwrap_or_default()
+                ));
+            }
+            for c in &s.loads {
+                for (path, r) in [("direct", &c.direct), ("tollgate", &c.tollgate)] {
+                    for (message, n) in &r.errors {
+                        out.push(format!(
+                            "{} {} {path}: {n} x {message}",
+                            s.name,
+                            c.load.label()
+                        ));
+                    }
+                    if r.ok == 0 {
+                        out.push(format!(
+                            "{} {} {path}: nothing measured",
+                            s.name,
+                            c.load.label()
+                        ));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn check_targets(&self) -> Vec<TargetCheck> {
+        let mut checks = Vec::new();
+        for s in &self.scenarios {
+            for c in &s.loads {
+                match (s.name.as_str(), c.load) {
+                    ("passthrough", Load::Open { rate }) => checks.push(TargetCheck {
+                        what: format!("passthrough p99 overhead at open {rate}/s"),
+                        target: format!("<= {:.3} ms", TARGET_P99_OVERHEAD_US as f64 / 1000.0),
+                        measured: format!("{:+.3} ms", c.overhead.p99_us as f64 / 1000.0),
+                        met: c.overhead.p99_us <= TARGET_P99_OVERHEAD_US,
+                    }),
+                    ("passthrough", Load::Closed { concurrency }) => {
+                        if let Some(ratio) = c.throughput_ratio {
+                            checks.push(TargetCheck {
+                                what: format!(
+                                    "passthrough closed-loop throughput vs direct (c={concurrency})"
+                                ),
+                                target: format!(">= {:.0}%", TARGET_THROUGHPUT_RATIO * 100.0),
+                                measured: format!("{:.1}%", ratio * 100.0),
+                                met: ratio >= TARGET_THROUGHPUT_RATIO,
+                            });
+                        }
+                    }
+                    ("streaming", Load::Open { rate }) => {
+                        if let Some(ttfb) = c.overhead.ttfb_p99_us {
+                            checks.push(TargetCheck {
+                                what: format!("streaming TTFB p99 overhead at open {rate}/s"),
+                                target: format!(
+                                    "<= {:.3} ms",
+                                    TARGET_TTFB_P99_OVERHEAD_US as f64 / 1000.0
+                                ),
+                                measured: format!("{:+.3} ms", ttfb as f64 / 1000.0),
+                                met: ttfb <= TARGET_TTFB_P99_OVERHEAD_US,
+                            });
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            if let Some(g) = &s.gateway {
+                checks.push(TargetCheck {
+                    what: format!("{} tollgate peak RSS (VmHWM)", s.name),
+                    target: format!("< {} MiB", TARGET_PEAK_RSS_KB / 1024),
+                    measured: mib(g.peak_rss_kb),
+                    met: g.peak_rss_kb < TARGET_PEAK_RSS_KB,
+                });
+            }
+        }
+        checks
+    }
+
+    /// The human-readable table.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let c = &self.config;
+        let _ = writeln!(
+            out,
+            "tollgate-bench: {} CPUs, {:?} per phase (+{:?} warm-up){}, mock in-process, tollgate {}",
+            self.host.cpus,
+            c.duration,
+            c.warmup,
+            if c.long {
+                format!(", long: gateway open loop {:?}", c.long_duration)
+            } else {
+                String::new()
+            },
+            self.tollgate_bin
+        );
+        let _ = writeln!(out);
+        let header = [
+            "scenario",
+            "load",
+            "metric",
+            "path",
+            "ok/sent",
+            "rps",
+            "p50",
+            "p90",
+            "p99",
+            "p99.9",
+            "Δp50",
+            "Δp99",
+            "thr/direct",
+            "peak RSS",
+        ];
+        let mut rows: Vec<Vec<String>> = Vec::new();
+        let ms = |us: u64| format!("{:.3}", us as f64 / 1000.0);
+        let delta = |us: i64| format!("{:+.3}", us as f64 / 1000.0);
+        for s in &self.scenarios {
+            if s.status != ScenarioStatus::Measured {
+                let note = s.note.clone().unwrap_or_default();
+                let note = note.lines().next().unwrap_or_default().to_string();
+                rows.push(vec![s.name.clone(), note]);
+                continue;
+            }
+            let peak = s
+                .gateway
+                .as_ref()
+                .map(|g| mib(g.peak_rss_kb))
+                .unwrap_or_default();
+            for comparison in &s.loads {
+                let mut metrics: Vec<(&str, fn(&PhaseResult) -> Option<&Summary>)> = Vec::new();
+                if comparison.direct.ttfb.is_some() {
+                    metrics.push(("ttfb", |r| r.ttfb.as_ref()));
+                }
+                metrics.push(("total", |r| Some(&r.latency)));
+                for (metric, pick) in metrics {
+                    for (path, r) in [
+                        ("direct", &comparison.direct),
+                        ("tollgate", &comparison.tollgate),
+                    ] {
+                        let Some(sum) = pick(r) else { continue };
+                        let through = path == "tollgate";
+                        let (d50, d99) = match (through, metric) {
+                            (false, _) => (String::new(), String::new()),
+                            (true, "ttfb") => (
+                                comparison
+                                    .overhead
+                                    .ttfb_p50_us
+                                    .map(delta)
+                                    .unwrap_or_default(),
+                                comparison
+                                    .overhead
+                                    .ttfb_p99_us
+                                    .map(delta)
+                                    .unwrap_or_default(),
+                            ),
+                            (true, _) => (
+                                delta(comparison.overhead.p50_us),
+                                delta(comparison.overhead.p99_us),
+                            ),
+                        };
+                        let ratio = match (through, comparison.throughput_ratio) {
+                            (true, Some(ratio)) => format!("{:.1}%", ratio * 100.0),
+                            _ => String::new(),
+                        };
+                        rows.push(vec![
+                            s.name.clone(),
+                            comparison.load.label(),
+                            metric.to_string(),
+                            path.to_string(),
+                            format!("{}/{}", r.ok, r.requests),
+                            format!("{:.0}", r.rps),
+                            ms(sum.p50_us),
+                            ms(sum.p90_us),
+                            ms(sum.p99_us),
+                            ms(sum.p999_us),
+                            d50,
+                            d99,
+                            ratio,
+                            if through { peak.clone() } else { String::new() },
+                        ]);
+                    }
+                }
+            }
+        }
+        out.push_str(&table(&header, &rows));
+        let _ = writeln!(
+            out,
+            "\nLatencies in ms (open loop: from each request's due time). Δ = tollgate − direct. \
+             thr/direct: closed-loop throughput ratio. peak RSS: tollgate's VmHWM."
+        );
+
+        for s in &self.scenarios {
+            if let Some(g) = &s.gateway {
+                let rss: Vec<u64> = g.samples.iter().map(|x| x.rss_kb).collect();
+                if let (Some(min), Some(max)) = (rss.iter().min(), rss.iter().max()) {
+                    let mean = rss.iter().sum::<u64>() / rss.len() as u64;
+                    let _ = writeln!(
+                        out,
+                        "{}: tollgate VmRSS sampled every 200 ms: min {} / mean {} / max {} ({} samples), peak (VmHWM) {}",
+                        s.name,
+                        mib(*min),
+                        mib(mean),
+                        mib(*max),
+                        rss.len(),
+                        mib(g.peak_rss_kb)
+                    );
+                }
+            }
+            for comparison in &s.loads {
+                for (path, r) in [
+                    ("direct", &comparison.direct),
+                    ("tollgate", &comparison.tollgate),
+                ] {
+                    if let Some(lag) = &r.dispatch_lag
+                        && lag.p99_us > 1000
+                    {
+                        let _ = writeln!(
+                            out,
+                            "warning: {} {} {path}: the driver dispatched late (lag p99 {:.3} ms); \
+                             the machine is saturated and latencies include that",
+                            s.name,
+                            comparison.load.label(),
+                            lag.p99_us as f64 / 1000.0
+                        );
+                    }
+                    for (message, n) in &r.errors {
+                        let _ = writeln!(
+                            out,
+                            "errors: {} {} {path}: {n} x {message}",
+                            s.name,
+                            comparison.load.label()
+                        );
+                    }
+                }
+            }
+        }
+
+        let drift: Vec<_> = self
+            .scenarios
+            .iter()
+            .flat_map(|s| s.drift.iter().map(move |d| (s, d)))
+            .collect();
+        if !drift.is_empty() {
+            let _ = writeln!(out, "\nDrift through tollgate, first vs last window:");
+            let header = [
+                "scenario",
+                "load",
+                "window",
+                "p50",
+                "p99",
+                "mean VmRSS",
+                "window",
+                "p50",
+                "p99",
+                "mean VmRSS",
+            ];
+            let window = |w: &WindowStats| {
+                vec![
+                    format!("{:.0}-{:.0}s", w.from_s, w.to_s),
+                    ms(w.p50_us),
+                    ms(w.p99_us),
+                    w.rss_kb.map(mib).unwrap_or_else(|| "-".into()),
+                ]
+            };
+            let rows: Vec<Vec<String>> = drift
+                .iter()
+                .map(|(s, d)| {
+                    let mut row = vec![s.name.clone(), d.load.label()];
+                    row.extend(window(&d.first));
+                    row.extend(window(&d.last));
+                    row
+                })
+                .collect();
+            out.push_str(&table(&header, &rows));
+        }
+
+        if !self.targets.is_empty() {
+            let _ = writeln!(out, "\nTargets (informational):");
+            for t in &self.targets {
+                let _ = writeln!(
+                    out,
+                    "  [{}] {}: {} (target {})",
+                    if t.met { "met" } else { "MISSED" },
+                    t.what,
+                    t.measured,
+                    t.target
+                );
+            }
+        }
+        out
+    }
+}
+
+fn mib(kb: u64) -> String {
+    format!("{:.1} MiB", kb as f64 / 1024.0)
+}
+
+/// Left-aligned text columns; a shorter row (a note) pads only its first cell.
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows.iter().filter(|r| r.len() == header.len()) {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let render = |cells: &[&str]| {
+        let full = cells.len() == widths.len();
+        let mut s = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            let pad = if full || i == 0 { widths[i] } else { 0 };
+            let _ = write!(s, "{cell:<pad$}  ");
+        }
+        s.trim_end().to_string() + "\n"
+    };
+    let mut out = render(header);
+    for row in rows {
+        let cells: Vec<&str> = row.iter().map(String::as_str).collect();
+        out.push_str(&render(&cells));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_rows_span_the_line() {
+        let t = table(
+            &["a", "bb", "c"],
+            &[
+                vec!["x".into(), "y".into(), "z".into()],
+                vec!["name".into(), "a long note".into()],
+            ],
+        );
+        assert_eq!(t, "a  bb  c\nx  y   z\nname  a long note\n");
+    }
+}

@@ -1,0 +1,259 @@
+//! Scenarios: what one benchmark row measures: a policy directory, the request sent through
+//! tollgate, the equivalent request sent straight to the mock, and the loads to apply.
+//!
+//! Adding a scenario is one `impl Scenario` plus one line in [`all`]. A scenario whose
+//! capability does not exist yet is an [`Entry::NotBuilt`]: listed in the table, never measured
+//! (and never faked).
+
+use bytes::Bytes;
+use serde_json::{Value, json};
+
+use crate::BenchConfig;
+use crate::driver::Load;
+
+/// The model name clients send to tollgate.
+pub const MODEL: &str = "bench-chat";
+/// The model id tollgate sends upstream (and the direct baseline sends to the mock).
+pub const UPSTREAM_MODEL: &str = "bench-chat-1";
+/// Environment variable the bench sets on the gateway for the provider credential.
+pub const PROVIDER_KEY_ENV: &str = "TOLLGATE_BENCH_PROVIDER_KEY";
+
+/// One HTTP request the driver sends over and over.
+#[derive(Debug, Clone)]
+pub struct RequestSpec {
+    /// Request path, e.g. `/v1/chat/completions`.
+    pub path: String,
+    /// The JSON body.
+    pub body: Bytes,
+    /// Whether the answer is a server-sent event stream (time to first byte is measured, and
+    /// the stream must end with `data: [DONE]`).
+    pub stream: bool,
+}
+
+impl RequestSpec {
+    /// A POST of `body` (JSON) to `path`.
+    pub fn json(path: &str, body: &Value, stream: bool) -> Self {
+        Self {
+            path: path.to_string(),
+            body: Bytes::from(body.to_string()),
+            stream,
+        }
+    }
+}
+
+/// Where the gateway's provider lives.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// The provider base URL, `http://127.0.0.1:PORT/v1`.
+    pub base_url: String,
+}
+
+/// A benchmark scenario.
+pub trait Scenario: Send + Sync {
+    /// Short name used by `--scenarios` and in the table.
+    fn name(&self) -> &'static str;
+
+    /// One line saying what the scenario exercises.
+    fn summary(&self) -> &'static str;
+
+    /// The policy directory: (relative path, contents) pairs. `gateway.toml` at least.
+    fn policy_files(&self, upstream: &Upstream) -> Vec<(String, String)>;
+
+    /// The Model Access grant of the bench key (`tollgate keys create --models`).
+    fn key_models(&self) -> &'static str {
+        "*"
+    }
+
+    /// The request sent through tollgate (the harness adds `Authorization: Bearer KEY`).
+    fn gateway_request(&self) -> RequestSpec;
+
+    /// The equivalent request sent straight to the mock: the baseline.
+    fn direct_request(&self) -> RequestSpec;
+
+    /// The loads to measure, each against the mock and through tollgate.
+    fn loads(&self, config: &BenchConfig) -> Vec<Load>;
+}
+
+/// A row of the table: a scenario that can run, or one whose capability is not built yet.
+pub enum Entry {
+    /// Measured.
+    Ready(Box<dyn Scenario>),
+    /// Listed as "not available yet (capability not built)", never measured.
+    NotBuilt {
+        /// Scenario name.
+        name: &'static str,
+        /// What it will measure.
+        summary: &'static str,
+    },
+}
+
+impl Entry {
+    /// The scenario name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Entry::Ready(scenario) => scenario.name(),
+            Entry::NotBuilt { name, .. } => name,
+        }
+    }
+}
+
+/// Every scenario, in table order. When a capability lands, its `NotBuilt` line becomes
+/// `Entry::Ready(Box::new(TheScenario))`.
+pub fn all() -> Vec<Entry> {
+    vec![
+        Entry::Ready(Box::new(Passthrough)),
+        Entry::Ready(Box::new(Streaming)),
+        Entry::NotBuilt {
+            name: "governed",
+            summary: "CEL access rules, Rhai routing, WASM guardrails and budget holds on the path",
+        },
+        Entry::NotBuilt {
+            name: "governed-postgres",
+            summary: "governed, with budget holds in the PostgreSQL store",
+        },
+        Entry::NotBuilt {
+            name: "mcp",
+            summary: "MCP tool calls through the MCP proxy",
+        },
+    ]
+}
+
+/// The `gateway.toml` with one OpenAI-family provider (the mock) and the bench model.
+pub fn basic_gateway_toml(upstream: &Upstream) -> String {
+    format!(
+        r#"# Written by tollgate-bench.
+[providers.mock]
+family = "openai"
+base_url = "{base}"
+credential = {{ env = "{PROVIDER_KEY_ENV}" }}
+
+[models."{MODEL}"]
+provider = "mock"
+upstream_model = "{UPSTREAM_MODEL}"
+pricing = {{ input_per_mtok = 0.15, output_per_mtok = 0.6 }}
+"#,
+        base = upstream.base_url
+    )
+}
+
+/// A chat completions body of about 1 KB (`model` + a system and a user message).
+pub fn chat_body(model: &str) -> Value {
+    let system = "You are a concise assistant for an internal engineering team. Answer in plain \
+                  English, cite the document section you used, and say so when you do not know.";
+    let mut user = String::from(
+        "Summarise the following incident notes in three bullet points and propose one follow-up \
+         action. Notes: ",
+    );
+    let notes = "at 09:12 the ingest queue backed up after a config push; consumers were \
+                 restarted at 09:31; lag recovered by 09:48; no data was lost. ";
+    while user.len() < 720 {
+        user.push_str(notes);
+    }
+    json!({
+        "model": model,
+        "messages": [
+            {"role": "system", "content": system},
+            {"role": "user", "content": user},
+        ],
+        "temperature": 0.2,
+        "max_tokens": 256,
+        "user": "bench-user-42",
+    })
+}
+
+/// `passthrough`: key auth + Model Access grant + usage record on a non-streaming ~1 KB chat
+/// request.
+#[derive(Debug)]
+pub struct Passthrough;
+
+impl Scenario for Passthrough {
+    fn name(&self) -> &'static str {
+        "passthrough"
+    }
+
+    fn summary(&self) -> &'static str {
+        "key auth + Model Access grant + usage record, non-streaming ~1 KB chat request"
+    }
+
+    fn policy_files(&self, upstream: &Upstream) -> Vec<(String, String)> {
+        vec![("gateway.toml".into(), basic_gateway_toml(upstream))]
+    }
+
+    fn gateway_request(&self) -> RequestSpec {
+        RequestSpec::json("/v1/chat/completions", &chat_body(MODEL), false)
+    }
+
+    fn direct_request(&self) -> RequestSpec {
+        RequestSpec::json("/v1/chat/completions", &chat_body(UPSTREAM_MODEL), false)
+    }
+
+    fn loads(&self, config: &BenchConfig) -> Vec<Load> {
+        vec![
+            Load::Open { rate: config.rate },
+            Load::Closed {
+                concurrency: config.concurrency,
+            },
+        ]
+    }
+}
+
+/// `streaming`: a chat stream of 20 content chunks; time to first byte and total time.
+///
+/// The client does not ask for the usage chunk, so tollgate requests it upstream and hides it
+/// (the default path). The direct baseline asks the mock for it, so the mock does the same work
+/// in both runs.
+#[derive(Debug)]
+pub struct Streaming;
+
+impl Scenario for Streaming {
+    fn name(&self) -> &'static str {
+        "streaming"
+    }
+
+    fn summary(&self) -> &'static str {
+        "SSE chat stream, 20 content chunks, usage read from the stream"
+    }
+
+    fn policy_files(&self, upstream: &Upstream) -> Vec<(String, String)> {
+        vec![("gateway.toml".into(), basic_gateway_toml(upstream))]
+    }
+
+    fn gateway_request(&self) -> RequestSpec {
+        let mut body = chat_body(MODEL);
+        body["stream"] = Value::Bool(true);
+        RequestSpec::json("/v1/chat/completions", &body, true)
+    }
+
+    fn direct_request(&self) -> RequestSpec {
+        let mut body = chat_body(UPSTREAM_MODEL);
+        body["stream"] = Value::Bool(true);
+        body["stream_options"] = json!({"include_usage": true});
+        RequestSpec::json("/v1/chat/completions", &body, true)
+    }
+
+    fn loads(&self, config: &BenchConfig) -> Vec<Load> {
+        vec![Load::Open {
+            rate: config.stream_rate.unwrap_or(config.rate),
+        }]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_chat_body_is_about_one_kilobyte() {
+        let len = chat_body(MODEL).to_string().len();
+        assert!((900..=1200).contains(&len), "{len}");
+    }
+
+    #[test]
+    fn scenario_names_are_unique() {
+        let names: Vec<_> = all().iter().map(Entry::name).collect();
+        let mut sorted = names.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), names.len());
+    }
+}

@@ -1,0 +1,686 @@
+//! CEL access rules (`access/*.cel`): compiled at load, evaluated per request without parsing.
+//!
+//! A rule evaluates to `true` (allow), `false` (deny with `policy_denied`), or a map
+//! `{"allow": bool, "reason": string, "status": int}`. Leading `//` lines document the rule;
+//! the directive `// @mode shadow` makes it a shadow rule (evaluated and recorded, never
+//! enforced). The variables (`key`, `request`, `model`, `now`) and the custom functions are
+//! documented in `docs/policy-guide.md`; a rule may use nothing else, which is checked at load
+//! because CEL itself has no type checker.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use cel::common::ast::{EntryExpr, Expr, IdedExpr};
+use cel::objects::{Key, Map as CelMap};
+use cel::{Context, Env, ExecutionError, Program, Value};
+use chrono::{DateTime, FixedOffset, NaiveTime, Utc};
+
+use super::LoadError;
+
+/// Variables a rule may reference.
+pub const VARIABLES: [&str; 4] = ["key", "request", "model", "now"];
+/// Functions tollgate adds to CEL's standard library.
+pub const CUSTOM_FUNCTIONS: [&str; 3] = ["cidr_contains", "glob_match", "time_between"];
+
+/// Whether a rule is enforced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuleMode {
+    /// A deny stops the request.
+    Enforce,
+    /// Evaluated and recorded; never stops a request.
+    Shadow,
+}
+
+/// Which variables a rule reads, so a request binds only those.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Uses {
+    /// `key`.
+    pub key: bool,
+    /// `request`.
+    pub request: bool,
+    /// `model`.
+    pub model: bool,
+    /// `now`.
+    pub now: bool,
+}
+
+impl Uses {
+    /// The union.
+    pub fn or(self, other: Uses) -> Uses {
+        Uses {
+            key: self.key || other.key,
+            request: self.request || other.request,
+            model: self.model || other.model,
+            now: self.now || other.now,
+        }
+    }
+}
+
+/// One compiled rule.
+pub struct AccessRule {
+    /// File stem.
+    pub name: String,
+    /// Source file.
+    pub file: PathBuf,
+    /// Enforce or shadow.
+    pub mode: RuleMode,
+    /// The leading comment lines.
+    pub description: String,
+    /// SHA-256 of the source, for reuse across reloads.
+    pub source_hash: String,
+    /// Variables read.
+    pub uses: Uses,
+    program: Program,
+}
+
+impl std::fmt::Debug for AccessRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccessRule")
+            .field("name", &self.name)
+            .field("mode", &self.mode)
+            .field("uses", &self.uses)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What one rule decided.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RuleOutcome {
+    /// Allowed.
+    Allow,
+    /// Denied, with an optional reason and a 4xx status (403 unless the rule says otherwise).
+    Deny {
+        /// The rule's reason.
+        reason: Option<String>,
+        /// HTTP status.
+        status: u16,
+    },
+    /// Evaluation failed (treated as a deny for enforced rules: fail closed).
+    Error(String),
+}
+
+/// The process-wide CEL environment: the standard library plus tollgate's functions.
+struct Engine {
+    env: Arc<Env>,
+    root: Context<'static, 'static>,
+}
+
+fn engine() -> &'static Engine {
+    static ENGINE: OnceLock<Engine> = OnceLock::new();
+    ENGINE.get_or_init(|| {
+        let env = Arc::new(Env::stdlib());
+        let mut root = Context::with_env(env.clone());
+        // Names are unique and not in the standard library, so registration cannot conflict.
+        let _ = root.add_function("cidr_contains", cidr_contains);
+        let _ = root.add_function("glob_match", glob_match);
+        let _ = root.add_function("time_between", time_between);
+        Engine { env, root }
+    })
+}
+
+/// `cidr_contains("10.0.0.0/8", request.client_ip)`: whether the address is in the network.
+fn cidr_contains(cidr: Arc<String>, ip: Arc<String>) -> Result<bool, ExecutionError> {
+    let net: ipnet::IpNet = cidr.parse().map_err(|e| {
+        ExecutionError::function_error("cidr_contains", format!("'{cidr}' is not a CIDR: {e}"))
+    })?;
+    let addr: IpAddr = ip.parse().map_err(|e| {
+        ExecutionError::function_error("cidr_contains", format!("'{ip}' is not an IP address: {e}"))
+    })?;
+    Ok(net.contains(&addr))
+}
+
+/// `glob_match("gpt-4*", model.name)`: `*` matches any run of characters, `?` exactly one.
+fn glob_match(pattern: Arc<String>, text: Arc<String>) -> bool {
+    glob(pattern.as_bytes(), text.as_bytes())
+}
+
+fn glob(pattern: &[u8], text: &[u8]) -> bool {
+    let (mut p, mut t) = (0, 0);
+    let (mut star, mut mark) = (None, 0);
+    while t < text.len() {
+        if p < pattern.len() && (pattern[p] == b'?' || pattern[p] == text[t]) {
+            p += 1;
+            t += 1;
+        } else if p < pattern.len() && pattern[p] == b'*' {
+            star = Some(p);
+            mark = t;
+            p += 1;
+        } else if let Some(s) = star {
+            p = s + 1;
+            mark += 1;
+            t = mark;
+        } else {
+            return false;
+        }
+    }
+    pattern[p..].iter().all(|b| *b == b'*')
+}
+
+/// `time_between(now, "09:00", "17:30", "Europe/Paris")`: whether `now`, in the time zone, is in
+/// the window `[start, end)`; a window whose end is before its start spans midnight.
+fn time_between(
+    now: DateTime<FixedOffset>,
+    start: Arc<String>,
+    end: Arc<String>,
+    tz: Arc<String>,
+) -> Result<bool, ExecutionError> {
+    let parse = |s: &str| {
+        NaiveTime::parse_from_str(s, "%H:%M").map_err(|e| {
+            ExecutionError::function_error("time_between", format!("'{s}' is not HH:MM: {e}"))
+        })
+    };
+    let (start, end) = (parse(&start)?, parse(&end)?);
+    let zone: chrono_tz::Tz = tz.parse().map_err(|_| {
+        ExecutionError::function_error("time_between", format!("'{tz}' is not an IANA time zone"))
+    })?;
+    let local = now.with_timezone(&zone).time();
+    Ok(if start <= end {
+        local >= start && local < end
+    } else {
+        local >= start || local < end
+    })
+}
+
+/// Free identifiers (not bound by a comprehension) and called function names of an expression.
+fn references(
+    expr: &IdedExpr,
+    bound: &mut Vec<String>,
+    idents: &mut BTreeSet<String>,
+    calls: &mut BTreeSet<String>,
+) {
+    match &expr.expr {
+        Expr::Ident(name) => {
+            if !bound.iter().any(|b| b == name) {
+                idents.insert(name.clone());
+            }
+        }
+        Expr::Call(call) => {
+            calls.insert(call.func_name.clone());
+            if let Some(target) = &call.target {
+                references(target, bound, idents, calls);
+            }
+            for arg in &call.args {
+                references(arg, bound, idents, calls);
+            }
+        }
+        Expr::Comprehension(comp) => {
+            references(&comp.iter_range, bound, idents, calls);
+            let before = bound.len();
+            bound.push(comp.iter_var.clone());
+            if let Some(v) = &comp.iter_var2 {
+                bound.push(v.clone());
+            }
+            bound.push(comp.accu_var.clone());
+            for e in [
+                &comp.accu_init,
+                &comp.loop_cond,
+                &comp.loop_step,
+                &comp.result,
+            ] {
+                references(e, bound, idents, calls);
+            }
+            bound.truncate(before);
+        }
+        Expr::List(list) => {
+            for e in &list.elements {
+                references(e, bound, idents, calls);
+            }
+        }
+        Expr::Map(map) => {
+            for entry in &map.entries {
+                if let EntryExpr::MapEntry(e) = &entry.expr {
+                    references(&e.key, bound, idents, calls);
+                    references(&e.value, bound, idents, calls);
+                }
+            }
+        }
+        Expr::Struct(st) => {
+            for entry in &st.entries {
+                match &entry.expr {
+                    EntryExpr::StructField(f) => references(&f.value, bound, idents, calls),
+                    EntryExpr::MapEntry(e) => {
+                        references(&e.key, bound, idents, calls);
+                        references(&e.value, bound, idents, calls);
+                    }
+                }
+            }
+        }
+        Expr::Select(select) => references(&select.operand, bound, idents, calls),
+        Expr::Literal(_) | Expr::Unspecified => {}
+    }
+}
+
+/// Whether `name` is a function CEL (or tollgate) knows: probed by calling it with no arguments
+/// and looking for "undeclared reference".
+fn is_known_function(name: &str) -> bool {
+    if CUSTOM_FUNCTIONS.contains(&name) || !name.starts_with(|c: char| c.is_ascii_alphabetic()) {
+        return true;
+    }
+    static KNOWN: OnceLock<std::sync::Mutex<std::collections::HashMap<String, bool>>> =
+        OnceLock::new();
+    let cache = KNOWN.get_or_init(Default::default);
+    if let Ok(cache) = cache.lock()
+        && let Some(known) = cache.get(name)
+    {
+        return *known;
+    }
+    let engine = engine();
+    // Global functions answer `name()`, member functions `''.name()`; both fail with something
+    // other than "undeclared reference" when the name exists.
+    let known = [format!("{name}()"), format!("''.{name}()")].iter().any(|probe| {
+        match engine.env.compile(probe) {
+            Ok(program) => !matches!(program.execute(&engine.root), Err(ExecutionError::UndeclaredReference(r)) if r.as_str() == name),
+            Err(_) => true,
+        }
+    });
+    if let Ok(mut cache) = cache.lock() {
+        cache.insert(name.to_string(), known);
+    }
+    known
+}
+
+/// Splits leading comment lines into description and directives.
+fn header(source: &str) -> Result<(RuleMode, String), (usize, String)> {
+    let mut mode = RuleMode::Enforce;
+    let mut description = Vec::new();
+    for (i, line) in source.lines().enumerate() {
+        let trimmed = line.trim();
+        let Some(comment) = trimmed.strip_prefix("//") else {
+            if trimmed.is_empty() {
+                continue;
+            }
+            break;
+        };
+        let comment = comment.trim();
+        if let Some(directive) = comment.strip_prefix('@') {
+            let mut parts = directive.split_whitespace();
+            match (parts.next(), parts.next(), parts.next()) {
+                (Some("mode"), Some("shadow"), None) => mode = RuleMode::Shadow,
+                (Some("mode"), Some("enforce"), None) => mode = RuleMode::Enforce,
+                _ => {
+                    return Err((
+                        i + 1,
+                        format!(
+                            "unknown directive '@{directive}' (expected '@mode shadow' or '@mode enforce')"
+                        ),
+                    ));
+                }
+            }
+        } else {
+            description.push(comment.to_string());
+        }
+    }
+    Ok((mode, description.join("\n").trim().to_string()))
+}
+
+fn load_error(
+    file: &Path,
+    line: Option<usize>,
+    column: Option<usize>,
+    message: String,
+) -> LoadError {
+    LoadError {
+        file: file.to_path_buf(),
+        line,
+        column,
+        key: None,
+        message,
+    }
+}
+
+/// Compiles one rule file and checks it against the documented context.
+pub fn compile_rule(
+    name: &str,
+    file: &Path,
+    source: &str,
+    source_hash: String,
+) -> Result<AccessRule, LoadError> {
+    let (mode, description) =
+        header(source).map_err(|(line, message)| load_error(file, Some(line), Some(1), message))?;
+    if source
+        .lines()
+        .all(|l| l.trim().is_empty() || l.trim().starts_with("//"))
+    {
+        return Err(load_error(
+            file,
+            None,
+            None,
+            "the rule has no expression".into(),
+        ));
+    }
+    let program = engine().env.compile(source).map_err(|errors| {
+        let first = errors.errors.first();
+        let (line, column) = first.map_or((None, None), |e| {
+            (
+                usize::try_from(e.pos.0).ok(),
+                usize::try_from(e.pos.1).ok().map(|c| c + 1),
+            )
+        });
+        let message = first.map_or_else(
+            || errors.to_string(),
+            |e| format!("syntax error: {}", e.msg),
+        );
+        load_error(file, line, column, message)
+    })?;
+    let (mut idents, mut calls) = (BTreeSet::new(), BTreeSet::new());
+    references(
+        program.expression(),
+        &mut Vec::new(),
+        &mut idents,
+        &mut calls,
+    );
+    for ident in &idents {
+        if !VARIABLES.contains(&ident.as_str()) {
+            return Err(load_error(
+                file,
+                None,
+                None,
+                format!(
+                    "unknown variable '{ident}' (rules can use: {})",
+                    VARIABLES.join(", ")
+                ),
+            ));
+        }
+    }
+    for call in &calls {
+        if !is_known_function(call) {
+            return Err(load_error(
+                file,
+                None,
+                None,
+                format!("unknown function '{call}'"),
+            ));
+        }
+    }
+    let uses = Uses {
+        key: idents.contains("key"),
+        request: idents.contains("request"),
+        model: idents.contains("model"),
+        now: idents.contains("now"),
+    };
+    let rule = AccessRule {
+        name: name.to_string(),
+        file: file.to_path_buf(),
+        mode,
+        description,
+        source_hash,
+        uses,
+        program,
+    };
+    // Dry run on a complete sample context: type errors and bad results surface at load.
+    let sample = Bindings::sample();
+    if let RuleOutcome::Error(message) = rule.evaluate(&sample.context())
+        && !message.starts_with("No such key")
+    {
+        return Err(load_error(
+            file,
+            None,
+            None,
+            format!("fails on a sample request: {message}"),
+        ));
+    }
+    Ok(rule)
+}
+
+/// The per-request variable values, built once and shared by every rule.
+#[derive(Default)]
+pub struct Bindings {
+    /// `key`.
+    pub key: Option<Value>,
+    /// `request`.
+    pub request: Option<Value>,
+    /// `model`.
+    pub model: Option<Value>,
+    /// `now`.
+    pub now: Option<DateTime<Utc>>,
+}
+
+impl Bindings {
+    /// A context over the process-wide functions with these variables.
+    pub fn context(&self) -> Context<'static, 'static> {
+        let root = &engine().root;
+        let mut ctx = root.new_inner_scope();
+        if let Some(v) = &self.key {
+            ctx.add_variable_from_value("key", v.clone());
+        }
+        if let Some(v) = &self.request {
+            ctx.add_variable_from_value("request", v.clone());
+        }
+        if let Some(v) = &self.model {
+            ctx.add_variable_from_value("model", v.clone());
+        }
+        if let Some(now) = self.now {
+            ctx.add_variable_from_value("now", Value::Timestamp(now.fixed_offset()));
+        }
+        ctx
+    }
+
+    /// A complete, realistic context for load-time dry runs.
+    fn sample() -> Bindings {
+        let key = serde_json::json!({
+            "id": "key_sample", "name": "sample", "team": "platform", "owner": "owner@example.com",
+            "models": ["*"], "metadata": {}, "created_at_ms": 0, "expires_at_ms": null
+        });
+        let request = serde_json::json!({
+            "endpoint": "openai", "path": "/v1/chat/completions", "model": "sample-model", "stream": false,
+            "max_tokens": 256, "estimated_input_tokens": 100, "temperature": 0.5, "tools": false,
+            "headers": {"user-agent": "sample"}, "client_ip": "127.0.0.1", "metadata": {}
+        });
+        let model = serde_json::json!({
+            "name": "sample-model", "provider": "sample", "family": "openai", "group": false, "tags": [],
+            "pricing": {"input_per_mtok": 1.0, "output_per_mtok": 2.0, "cached_input_per_mtok": 0.5}
+        });
+        Bindings {
+            key: Some(json_to_cel(&key)),
+            request: Some(json_to_cel(&request)),
+            model: Some(json_to_cel(&model)),
+            now: Some(Utc::now()),
+        }
+    }
+}
+
+/// Converts JSON to a CEL value (integers stay integers).
+pub fn json_to_cel(value: &serde_json::Value) -> Value {
+    match value {
+        serde_json::Value::Null => Value::Null,
+        serde_json::Value::Bool(b) => Value::Bool(*b),
+        serde_json::Value::Number(n) => n
+            .as_i64()
+            .map(Value::Int)
+            .or_else(|| n.as_u64().map(Value::UInt))
+            .unwrap_or_else(|| Value::Float(n.as_f64().unwrap_or(0.0))),
+        serde_json::Value::String(s) => Value::String(Arc::new(s.clone())),
+        serde_json::Value::Array(items) => {
+            Value::List(Arc::new(items.iter().map(json_to_cel).collect()))
+        }
+        serde_json::Value::Object(map) => Value::Map(CelMap {
+            map: Arc::new(
+                map.iter()
+                    .map(|(k, v)| (Key::String(Arc::new(k.clone())), json_to_cel(v)))
+                    .collect(),
+            ),
+        }),
+    }
+}
+
+impl AccessRule {
+    /// Evaluates the rule; never panics, errors are outcomes.
+    pub fn evaluate(&self, ctx: &Context<'_, '_>) -> RuleOutcome {
+        match self.program.execute(ctx) {
+            Ok(Value::Bool(true)) => RuleOutcome::Allow,
+            Ok(Value::Bool(false)) => RuleOutcome::Deny {
+                reason: None,
+                status: 403,
+            },
+            Ok(Value::Map(map)) => {
+                let get = |k: &str| map.map.get(&Key::String(Arc::new(k.to_string())));
+                let allow = match get("allow") {
+                    Some(Value::Bool(b)) => *b,
+                    _ => return RuleOutcome::Error("a map result needs a boolean 'allow'".into()),
+                };
+                if allow {
+                    return RuleOutcome::Allow;
+                }
+                let reason = match get("reason") {
+                    Some(Value::String(s)) => Some(s.to_string()),
+                    None | Some(Value::Null) => None,
+                    Some(_) => return RuleOutcome::Error("'reason' must be a string".into()),
+                };
+                let status = match get("status") {
+                    None | Some(Value::Null) => 403,
+                    Some(Value::Int(s)) if (400..500).contains(s) && *s != 401 && *s != 402 => {
+                        *s as u16
+                    }
+                    Some(Value::UInt(s)) if (400..500).contains(s) && *s != 401 && *s != 402 => {
+                        *s as u16
+                    }
+                    Some(_) => {
+                        return RuleOutcome::Error(
+                            "'status' must be a 4xx other than 401/402".into(),
+                        );
+                    }
+                };
+                RuleOutcome::Deny { reason, status }
+            }
+            Ok(other) => RuleOutcome::Error(format!(
+                "a rule must return a bool or a map, not {:?}",
+                other.type_of()
+            )),
+            Err(e) => RuleOutcome::Error(e.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(source: &str) -> Result<AccessRule, LoadError> {
+        compile_rule("r", Path::new("access/r.cel"), source, String::new())
+    }
+
+    fn eval(rule: &AccessRule, request: serde_json::Value) -> RuleOutcome {
+        let bindings = Bindings {
+            request: Some(json_to_cel(&request)),
+            now: Some(Utc::now()),
+            ..Bindings::default()
+        };
+        rule.evaluate(&bindings.context())
+    }
+
+    #[test]
+    fn bool_and_map_results_decide() {
+        let r = rule("request.stream").expect("compiles");
+        assert_eq!(
+            eval(&r, serde_json::json!({"stream": true})),
+            RuleOutcome::Allow
+        );
+        assert_eq!(
+            eval(&r, serde_json::json!({"stream": false})),
+            RuleOutcome::Deny {
+                reason: None,
+                status: 403
+            }
+        );
+        let r = rule(
+            r#"request.stream ? true : {"allow": false, "reason": "streams only", "status": 400}"#,
+        )
+        .expect("compiles");
+        assert_eq!(
+            eval(&r, serde_json::json!({"stream": false})),
+            RuleOutcome::Deny {
+                reason: Some("streams only".into()),
+                status: 400
+            }
+        );
+    }
+
+    #[test]
+    fn header_comments_describe_and_mark_shadow_rules() {
+        let r = rule("// Only streams.\n// @mode shadow\nrequest.stream").expect("compiles");
+        assert_eq!(r.mode, RuleMode::Shadow);
+        assert_eq!(r.description, "Only streams.");
+        assert!(r.uses.request && !r.uses.key);
+        let err = rule("// @frobnicate\ntrue").expect_err("bad directive");
+        assert_eq!(err.line, Some(1));
+    }
+
+    #[test]
+    fn syntax_errors_have_a_position() {
+        let err = rule("// comment\nrequest.model ==").expect_err("syntax error");
+        assert_eq!(err.line, Some(2), "{err}");
+        assert!(err.column.is_some());
+    }
+
+    #[test]
+    fn unknown_variables_and_functions_are_load_errors() {
+        assert!(
+            rule("requst.model == 'x'")
+                .expect_err("typo")
+                .message
+                .contains("unknown variable 'requst'")
+        );
+        assert!(
+            rule("frobnicate(request.model)")
+                .expect_err("fn")
+                .message
+                .contains("unknown function 'frobnicate'")
+        );
+        // Comprehension variables are not free variables.
+        rule("['a', 'b'].exists(m, m == request.model)").expect("comprehension compiles");
+        rule("request.model.startsWith('gpt') && size(key.models) > 0").expect("stdlib compiles");
+    }
+
+    #[test]
+    fn type_errors_and_non_boolean_results_surface_at_load() {
+        assert!(
+            rule("request.model > 5")
+                .expect_err("type error")
+                .message
+                .contains("sample request")
+        );
+        assert!(
+            rule("request.max_tokens")
+                .expect_err("int result")
+                .message
+                .contains("bool or a map")
+        );
+    }
+
+    #[test]
+    fn evaluation_errors_are_outcomes_not_panics() {
+        let r = rule("request.headers['x-team'] == 'a'")
+            .expect("compiles: missing keys are data-dependent");
+        assert!(matches!(
+            eval(&r, serde_json::json!({"headers": {}})),
+            RuleOutcome::Error(_)
+        ));
+    }
+
+    #[test]
+    fn custom_functions_work() {
+        let r = rule(
+            "cidr_contains('10.0.0.0/8', request.client_ip) && glob_match('gpt-4*', request.model)",
+        )
+        .expect("compiles");
+        assert_eq!(
+            eval(
+                &r,
+                serde_json::json!({"client_ip": "10.1.2.3", "model": "gpt-4o"})
+            ),
+            RuleOutcome::Allow
+        );
+        assert!(matches!(
+            eval(
+                &r,
+                serde_json::json!({"client_ip": "11.0.0.1", "model": "gpt-4o"})
+            ),
+            RuleOutcome::Deny { .. }
+        ));
+        let r = rule("time_between(now, '00:00', '23:59', 'UTC') || time_between(now, '23:59', '00:00', 'Europe/Paris')").expect("compiles");
+        assert_eq!(eval(&r, serde_json::json!({})), RuleOutcome::Allow);
+        assert!(glob(b"a*c?", b"abbbcd") && !glob(b"a*c", b"abd") && glob(b"*", b""));
+    }
+}

@@ -1,0 +1,405 @@
+//! Rhai routing scripts (`routing/*.rhai`): order the deployments of a model group.
+//!
+//! A script defines `fn route(request, candidates)` and returns the candidates to try, in order,
+//! as an array of candidate maps or of their `model` names; candidates it leaves out are not
+//! tried. Scripts run in a hardened engine: no file, network, module or `eval` access, bounded
+//! operations, call depth, string/array/map sizes, and a wall-clock deadline. What happens when a
+//! script fails is set per script with `// @on_error fail` (the default: the request fails closed)
+//! or `// @on_error fallback` (the group's configured order is used and the failure recorded).
+
+use std::cell::{Cell, RefCell};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rhai::{AST, Array, CallFnOptions, Dynamic, Engine, Map, Scope};
+
+use super::LoadError;
+
+/// Operations one `route` call may run.
+pub const MAX_OPERATIONS: u64 = 200_000;
+/// Wall-clock time one `route` call may take.
+pub const DEADLINE: Duration = Duration::from_millis(25);
+
+/// What a failing script does to the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnError {
+    /// The request fails closed (500 `routing_error`).
+    Fail,
+    /// The group's configured order is used; the failure is recorded.
+    Fallback,
+}
+
+/// One compiled script.
+pub struct RoutingScript {
+    /// File stem.
+    pub name: String,
+    /// Source file.
+    pub file: PathBuf,
+    /// Failure mode.
+    pub on_error: OnError,
+    /// SHA-256 of the source, for reuse across reloads.
+    pub source_hash: String,
+    ast: AST,
+}
+
+impl std::fmt::Debug for RoutingScript {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RoutingScript")
+            .field("name", &self.name)
+            .field("on_error", &self.on_error)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a script sees of one deployment.
+#[derive(Debug, Clone)]
+pub struct CandidateView {
+    /// The deployment's tollgate model name.
+    pub model: String,
+    /// Its provider.
+    pub provider: String,
+    /// Relative weight for weighted strategies.
+    pub weight: i64,
+    /// Lower is preferred.
+    pub priority: i64,
+    /// Region label.
+    pub region: String,
+    /// Free-form tags.
+    pub tags: Vec<String>,
+    /// USD per 1M input tokens.
+    pub price_input: f64,
+    /// USD per 1M output tokens.
+    pub price_output: f64,
+    /// Recent error rate, 0..1.
+    pub error_rate: f64,
+    /// Latency EWMA in ms.
+    pub latency_ms: f64,
+    /// Whether the deployment is cooling down after failures.
+    pub in_cooldown: bool,
+}
+
+impl CandidateView {
+    fn to_map(&self) -> Map {
+        let mut health = Map::new();
+        health.insert("error_rate".into(), self.error_rate.into());
+        health.insert("latency_ms".into(), self.latency_ms.into());
+        health.insert("in_cooldown".into(), self.in_cooldown.into());
+        let mut price = Map::new();
+        price.insert("input".into(), self.price_input.into());
+        price.insert("output".into(), self.price_output.into());
+        let mut map = Map::new();
+        map.insert("model".into(), self.model.clone().into());
+        map.insert("provider".into(), self.provider.clone().into());
+        map.insert("weight".into(), self.weight.into());
+        map.insert("priority".into(), self.priority.into());
+        map.insert("region".into(), self.region.clone().into());
+        map.insert(
+            "tags".into(),
+            Dynamic::from_array(self.tags.iter().cloned().map(Dynamic::from).collect()),
+        );
+        map.insert("price".into(), price.into());
+        map.insert("health".into(), health.into());
+        map
+    }
+}
+
+thread_local! {
+    static CALL_DEADLINE: Cell<Option<Instant>> = const { Cell::new(None) };
+    static RNG: RefCell<StdRng> = RefCell::new(StdRng::from_os_rng());
+}
+
+/// Makes `rand_float()` / `rand_int()` deterministic on this thread (used by `tollgate test`).
+pub fn seed_thread_rng(seed: u64) {
+    RNG.with(|r| *r.borrow_mut() = StdRng::seed_from_u64(seed));
+}
+
+fn engine() -> &'static Engine {
+    static ENGINE: OnceLock<Engine> = OnceLock::new();
+    ENGINE.get_or_init(|| {
+        let mut engine = Engine::new();
+        engine.set_module_resolver(rhai::module_resolvers::DummyModuleResolver::new());
+        engine.disable_symbol("eval");
+        engine.set_max_operations(MAX_OPERATIONS);
+        engine.set_max_call_levels(32);
+        engine.set_max_expr_depths(64, 32);
+        engine.set_max_string_size(64 * 1024);
+        engine.set_max_array_size(10_000);
+        engine.set_max_map_size(10_000);
+        engine.on_print(|text| tracing::debug!(target: "tollgate::routing", "{text}"));
+        engine.on_debug(|text, _, _| tracing::debug!(target: "tollgate::routing", "{text}"));
+        engine.on_progress(|ops| {
+            if ops % 512 == 0
+                && CALL_DEADLINE
+                    .with(Cell::get)
+                    .is_some_and(|deadline| Instant::now() > deadline)
+            {
+                return Some(Dynamic::from("deadline exceeded"));
+            }
+            None
+        });
+        engine.register_fn("rand_float", || {
+            RNG.with(|r| r.borrow_mut().random::<f64>())
+        });
+        engine.register_fn("rand_int", |low: i64, high: i64| {
+            if high <= low {
+                low
+            } else {
+                RNG.with(|r| r.borrow_mut().random_range(low..high))
+            }
+        });
+        engine
+    })
+}
+
+fn header(source: &str) -> Result<OnError, (usize, String)> {
+    let mut on_error = OnError::Fail;
+    for (i, line) in source.lines().enumerate() {
+        let trimmed = line.trim();
+        let Some(comment) = trimmed.strip_prefix("//") else {
+            if trimmed.is_empty() {
+                continue;
+            }
+            break;
+        };
+        if let Some(directive) = comment.trim().strip_prefix('@') {
+            let mut parts = directive.split_whitespace();
+            match (parts.next(), parts.next(), parts.next()) {
+                (Some("on_error"), Some("fail"), None) => on_error = OnError::Fail,
+                (Some("on_error"), Some("fallback"), None) => on_error = OnError::Fallback,
+                _ => {
+                    return Err((
+                        i + 1,
+                        format!(
+                            "unknown directive '@{directive}' (expected '@on_error fail' or '@on_error fallback')"
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(on_error)
+}
+
+/// Compiles a routing script and checks it defines `route(request, candidates)`.
+pub fn compile_script(
+    name: &str,
+    file: &Path,
+    source: &str,
+    source_hash: String,
+) -> Result<RoutingScript, LoadError> {
+    let error = |line: Option<usize>, column: Option<usize>, message: String| LoadError {
+        file: file.to_path_buf(),
+        line,
+        column,
+        key: None,
+        message,
+    };
+    let on_error = header(source).map_err(|(line, message)| error(Some(line), Some(1), message))?;
+    let ast = engine().compile(source).map_err(|e| {
+        let position = e.position();
+        error(
+            position.line(),
+            position.position(),
+            e.err_type().to_string(),
+        )
+    })?;
+    if !ast
+        .iter_functions()
+        .any(|f| f.name == "route" && f.params.len() == 2)
+    {
+        return Err(error(
+            None,
+            None,
+            "the script must define fn route(request, candidates)".into(),
+        ));
+    }
+    Ok(RoutingScript {
+        name: name.to_string(),
+        file: file.to_path_buf(),
+        on_error,
+        source_hash,
+        ast,
+    })
+}
+
+impl RoutingScript {
+    /// Runs `route`; returns indices into `candidates` in the order to try.
+    pub fn order(
+        &self,
+        request: &serde_json::Value,
+        candidates: &[CandidateView],
+    ) -> Result<Vec<usize>, String> {
+        let request: Dynamic = rhai::serde::to_dynamic(request).map_err(|e| e.to_string())?;
+        let list: Array = candidates
+            .iter()
+            .map(|c| Dynamic::from_map(c.to_map()))
+            .collect();
+        let mut scope = Scope::new();
+        CALL_DEADLINE.with(|d| d.set(Some(Instant::now() + DEADLINE)));
+        let result = engine().call_fn_with_options::<Dynamic>(
+            CallFnOptions::new().eval_ast(false).rewind_scope(true),
+            &mut scope,
+            &self.ast,
+            "route",
+            (request, list),
+        );
+        CALL_DEADLINE.with(|d| d.set(None));
+        let result = result.map_err(|e| match *e {
+            rhai::EvalAltResult::ErrorTerminated(_, position) => {
+                format!(
+                    "routing script '{}' exceeded its {} ms deadline at {position}",
+                    self.name,
+                    DEADLINE.as_millis()
+                )
+            }
+            rhai::EvalAltResult::ErrorTooManyOperations(position) => {
+                format!(
+                    "routing script '{}' exceeded {MAX_OPERATIONS} operations at {position}",
+                    self.name
+                )
+            }
+            other => format!("routing script '{}' failed: {other}", self.name),
+        })?;
+        let array = result
+            .try_cast::<Array>()
+            .ok_or_else(|| format!("routing script '{}' must return an array", self.name))?;
+        let mut order = Vec::with_capacity(array.len());
+        for item in array {
+            let name = if item.is_string() {
+                item.into_string()
+                    .map_err(|t| format!("bad array element: {t}"))?
+            } else if let Some(map) = item.try_cast::<Map>() {
+                map.get("model")
+                    .and_then(|m| m.clone().into_string().ok())
+                    .ok_or_else(|| {
+                        format!(
+                            "routing script '{}' returned a map without 'model'",
+                            self.name
+                        )
+                    })?
+            } else {
+                return Err(format!(
+                    "routing script '{}' must return candidate maps or model names",
+                    self.name
+                ));
+            };
+            let index = candidates
+                .iter()
+                .position(|c| c.model == name)
+                .ok_or_else(|| {
+                    format!(
+                        "routing script '{}' returned '{name}', which is not a candidate",
+                        self.name
+                    )
+                })?;
+            if !order.contains(&index) {
+                order.push(index);
+            }
+        }
+        Ok(order)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn candidates() -> Vec<CandidateView> {
+        ["a", "b", "c"]
+            .iter()
+            .enumerate()
+            .map(|(i, name)| CandidateView {
+                model: (*name).to_string(),
+                provider: "p".into(),
+                weight: 1,
+                priority: 2 - i as i64,
+                region: "eu".into(),
+                tags: vec![],
+                price_input: i as f64,
+                price_output: 1.0,
+                error_rate: 0.0,
+                latency_ms: 10.0 * (3 - i) as f64,
+                in_cooldown: false,
+            })
+            .collect()
+    }
+
+    fn script(source: &str) -> Result<RoutingScript, LoadError> {
+        compile_script("s", Path::new("routing/s.rhai"), source, String::new())
+    }
+
+    #[test]
+    fn route_orders_candidates_by_name_or_map() {
+        let s = script("fn route(request, candidates) { candidates.sort(|a, b| a.priority - b.priority); candidates }")
+            .expect("compiles");
+        assert_eq!(
+            s.order(&serde_json::json!({}), &candidates())
+                .expect("runs"),
+            [2, 1, 0]
+        );
+        let s =
+            script("fn route(request, candidates) { [\"b\", \"b\", \"a\"] }").expect("compiles");
+        assert_eq!(
+            s.order(&serde_json::json!({}), &candidates())
+                .expect("runs"),
+            [1, 0]
+        );
+    }
+
+    #[test]
+    fn runaway_scripts_are_stopped() {
+        let s = script("fn route(request, candidates) { loop {} }").expect("compiles");
+        let started = Instant::now();
+        let err = s
+            .order(&serde_json::json!({}), &candidates())
+            .expect_err("stopped");
+        assert!(err.contains("exceeded"), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(1));
+        let s = script("fn route(request, candidates) { let s = \"x\"; loop { s += s; } }")
+            .expect("compiles");
+        assert!(s.order(&serde_json::json!({}), &candidates()).is_err());
+    }
+
+    #[test]
+    fn scripts_cannot_reach_files_or_eval() {
+        let s = script("fn route(request, candidates) { import \"secrets\" as s; candidates }")
+            .expect("compiles");
+        let err = s
+            .order(&serde_json::json!({}), &candidates())
+            .expect_err("no modules");
+        assert!(err.contains("secrets"), "{err}");
+        assert!(script("fn route(request, candidates) { eval(\"1\") }").is_err());
+    }
+
+    #[test]
+    fn a_script_without_route_or_with_bad_syntax_is_a_load_error() {
+        assert!(
+            script("fn other() { 1 }")
+                .expect_err("no route")
+                .message
+                .contains("fn route")
+        );
+        let err = script("// header\nfn route(request, candidates) {\n  let x = ;\n}")
+            .expect_err("syntax");
+        assert_eq!(err.line, Some(3));
+        assert_eq!(
+            script("// @on_error fallback\nfn route(r, c) { c }")
+                .expect("ok")
+                .on_error,
+            OnError::Fallback
+        );
+    }
+
+    #[test]
+    fn unknown_names_are_errors() {
+        let s = script("fn route(request, candidates) { [\"zzz\"] }").expect("compiles");
+        assert!(
+            s.order(&serde_json::json!({}), &candidates())
+                .expect_err("bad")
+                .contains("not a candidate")
+        );
+    }
+}
