@@ -93,6 +93,8 @@ fn key_cache(c: &mut Criterion) {
             .create_key(&NewKey {
                 name: "bench".into(),
                 team: Some("platform".into()),
+                owner: None,
+                metadata: serde_json::Map::new(),
                 models: ModelGrant::All,
                 expires_at_ms: None,
             })

@@ -4,6 +4,7 @@ mod check;
 mod errors;
 mod keys;
 mod passthrough;
+mod policies;
 mod sdk;
 mod shutdown;
 mod streaming;

@@ -12,6 +12,9 @@ use serde_json::Value;
 use sqlx::Row;
 use sqlx::sqlite::SqlitePoolOptions;
 
+/// The admin token every test gateway is started with.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
 /// The provider credential the gateway injects (from its environment).
 pub const PROVIDER_KEY: &str = "sk-provider-secret-for-tests-0001";
 
@@ -125,25 +128,65 @@ pub struct Gateway {
 impl Gateway {
     /// Starts the gateway on a policy directory containing `gateway_toml`.
     pub fn start(gateway_toml: &str) -> Gateway {
+        Self::start_with(gateway_toml, &[], &[])
+    }
+
+    /// Starts the gateway on a policy directory with `gateway_toml` plus `files` (relative path,
+    /// content), passing `args` to `serve`.
+    pub fn start_with(gateway_toml: &str, files: &[(&str, &str)], args: &[&str]) -> Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let policies = dir.path().join("policies");
         std::fs::create_dir_all(&policies).expect("policies dir");
         std::fs::write(policies.join("gateway.toml"), gateway_toml).expect("write gateway.toml");
-        Self::start_on(dir, &policies)
+        for (path, content) in files {
+            let path = policies.join(path);
+            std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+            std::fs::write(path, content).expect("write policy file");
+        }
+        Self::start_on(dir, &policies, args)
     }
 
     /// Starts the gateway on an existing policy directory, with its store in a new temp dir.
     pub fn start_dir(policies: &Path) -> Gateway {
-        Self::start_on(tempfile::tempdir().expect("tempdir"), policies)
+        Self::start_on(tempfile::tempdir().expect("tempdir"), policies, &[])
     }
 
-    fn start_on(dir: tempfile::TempDir, policies: &Path) -> Gateway {
+    /// The policy directory of a gateway started with [`Gateway::start_with`].
+    pub fn policies(&self) -> PathBuf {
+        self.dir.path().join("policies")
+    }
+
+    /// Sends a signal by name (`HUP`, `TERM`).
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// `GET /admin/policies` with the admin token.
+    pub async fn admin_policies(&self) -> Value {
+        http()
+            .get(self.url("/admin/policies"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .expect("admin request")
+            .json()
+            .await
+            .expect("admin JSON")
+    }
+
+    fn start_on(dir: tempfile::TempDir, policies: &Path, args: &[&str]) -> Gateway {
         let db_url = format!("sqlite://{}", dir.path().join("tollgate.db").display());
         let mut child = Command::new(bin())
             .args(["serve", "--policies"])
             .arg(policies)
             .args(["--listen", "127.0.0.1:0", "--database", &db_url])
+            .args(args)
             .env("TG_TEST_PROVIDER_KEY", PROVIDER_KEY)
+            .env("TOLLGATE_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -213,11 +256,7 @@ impl Gateway {
 
     /// Sends SIGTERM.
     pub fn sigterm(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success());
+        self.signal("TERM");
     }
 
     /// Waits for the process to exit.
@@ -296,7 +335,7 @@ pub async fn read_usage(db_url: &str) -> Vec<Value> {
         "SELECT request_id, key_id, team, method, endpoint, stream, requested_model, served_model, \
          upstream_model, provider, status, error_code, denied_stage, latency_us, ttfb_us, input_tokens, \
          output_tokens, cached_input_tokens, reasoning_tokens, total_tokens, cost_nanos, provider_usage, \
-         stream_status, decisions FROM usage_records ORDER BY received_at_ms, id",
+         stream_status, decisions, route FROM usage_records ORDER BY received_at_ms, id",
     )
     .fetch_all(&pool)
     .await
@@ -325,7 +364,7 @@ pub async fn read_usage(db_url: &str) -> Vec<Value> {
                 "cached_input_tokens": int("cached_input_tokens"), "reasoning_tokens": int("reasoning_tokens"),
                 "total_tokens": int("total_tokens"), "cost_nanos": int("cost_nanos"),
                 "provider_usage": text("provider_usage"), "stream_status": text("stream_status"),
-                "decisions": text("decisions"),
+                "decisions": text("decisions"), "route": text("route"),
             })
         })
         .collect()
