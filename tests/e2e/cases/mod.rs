@@ -1,6 +1,7 @@
 //! Test cases, one file per area.
 
 mod check;
+mod docs;
 mod errors;
 mod keys;
 mod passthrough;
