@@ -157,7 +157,9 @@ pub async fn handle(app: &Arc<AppState>, endpoint: Endpoint, inbound: Inbound) -
         Flow::Respond(error) => return recorder.deny(Stage::Authorize, &error, family),
     };
 
-    // 3. inspect and 4. reserve are not built yet.
+    // 3. inspect: not built yet (WASM guardrails).
+
+    // 4. reserve: not built yet (budgets and quotas).
 
     // 5. route
     let route = match route::run(&request.target, &request.facts, &key, &app.health) {
