@@ -371,17 +371,22 @@ impl Report {
                 .map(|g| mib(g.peak_rss_kb))
                 .unwrap_or_default();
             for comparison in &s.loads {
-                let mut metrics: Vec<(&str, fn(&PhaseResult) -> Option<&Summary>)> = Vec::new();
+                let mut metrics = Vec::new();
                 if comparison.direct.ttfb.is_some() {
-                    metrics.push(("ttfb", |r| r.ttfb.as_ref()));
+                    metrics.push("ttfb");
                 }
-                metrics.push(("total", |r| Some(&r.latency)));
-                for (metric, pick) in metrics {
+                metrics.push("total");
+                for metric in metrics {
                     for (path, r) in [
                         ("direct", &comparison.direct),
                         ("tollgate", &comparison.tollgate),
                     ] {
-                        let Some(sum) = pick(r) else { continue };
+                        let picked = if metric == "ttfb" {
+                            r.ttfb.as_ref()
+                        } else {
+                            Some(&r.latency)
+                        };
+                        let Some(sum) = picked else { continue };
                         let through = path == "tollgate";
                         let (d50, d99) = match (through, metric) {
                             (false, _) => (String::new(), String::new()),

@@ -2,6 +2,9 @@
 //! `tollgate` binary and straight to the mock. Asserts only that every request succeeded and the
 //! JSON report was written; timings are never asserted (debug builds on a shared machine).
 
+// Harness helpers outside `#[test]` functions fail loudly by design.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::PathBuf;
 use std::time::Duration;
 

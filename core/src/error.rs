@@ -142,6 +142,75 @@ pub struct UnavailableError {
     pub detail: String,
 }
 
+/// A guardrail plugin refused the traffic (403): its own denial, or its failure when it fails
+/// closed. The message names the plugin and the finding categories, never the matched text.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[error("blocked by guardrail '{plugin}'{}: {reason}", if categories.is_empty() { String::new() } else { format!(" ({})", categories.join(", ")) })]
+pub struct GuardrailError {
+    /// The plugin's name (its manifest's file stem).
+    pub plugin: String,
+    /// `safety_blocked`, `plugin_blocked` (failed closed) or the plugin's own code.
+    pub code: String,
+    /// Finding categories (never content).
+    pub categories: Vec<String>,
+    /// The plugin's reason.
+    pub reason: String,
+}
+
+/// A budget could not hold the worst-case cost of the call (402).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BudgetExceeded {
+    /// The budget's id.
+    pub budget_id: String,
+    /// `organization`, `team`, `user`, `key`.
+    pub scope: &'static str,
+    /// Team, owner or key id.
+    pub subject: String,
+    /// `daily`, `weekly`, `monthly`, `lifetime`.
+    pub window: &'static str,
+    /// Limit (nano-USD).
+    pub limit_nanos: i64,
+    /// Settled spend in the window (nano-USD).
+    pub spent_nanos: i64,
+    /// Held by in-flight calls (nano-USD).
+    pub reserved_nanos: i64,
+    /// What this call needed to hold (nano-USD).
+    pub requested_nanos: i64,
+    /// When the window resets (Unix ms), if it does.
+    pub resets_at_ms: Option<i64>,
+}
+
+impl BudgetExceeded {
+    fn remaining_nanos(&self) -> i64 {
+        (self.limit_nanos - self.spent_nanos - self.reserved_nanos).max(0)
+    }
+}
+
+/// A quota or rate limit is full (429).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotaExceeded {
+    /// `quota_exceeded` or `rate_limit_exceeded`.
+    pub code: &'static str,
+    /// `organization`, `team`, `user`, `key`, `model`.
+    pub scope: &'static str,
+    /// The team, key, model... it counts for.
+    pub subject: String,
+    /// e.g. `requests_per_minute`, `concurrency`, `ip`.
+    pub limit_name: String,
+    /// The limit.
+    pub limit: i64,
+    /// Used in the window.
+    pub used: i64,
+    /// Held by in-flight calls.
+    pub reserved: i64,
+    /// Seconds until a retry can succeed (0: not a matter of time).
+    pub retry_after_secs: u64,
+}
+
+fn usd(nanos: i64) -> f64 {
+    nanos as f64 / 1e9
+}
+
 /// Everything the gateway itself can answer with instead of an upstream response.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum GatewayError {
@@ -160,12 +229,29 @@ pub enum GatewayError {
     /// 503.
     #[error(transparent)]
     Unavailable(#[from] UnavailableError),
+    /// 403 from a guardrail plugin.
+    #[error(transparent)]
+    Guardrail(#[from] GuardrailError),
     /// 404 for an unknown route.
     #[error("no route for {0}")]
     NotFound(String),
     /// A routing script failed and its failure mode is to fail closed (500).
     #[error("{0}")]
     Routing(String),
+    /// A budget cannot hold the call (402 `budget_exceeded`).
+    #[error(
+        "budget exceeded: the {} {} budget{} has {:.6} USD left of {:.6} USD and this call may cost up to {:.6} USD",
+        .0.window, .0.scope, if .0.subject.is_empty() { String::new() } else { format!(" of '{}'", .0.subject) },
+        usd(.0.remaining_nanos()), usd(.0.limit_nanos), usd(.0.requested_nanos)
+    )]
+    Budget(Box<BudgetExceeded>),
+    /// A quota or rate limit is full (429).
+    #[error(
+        "{} limit of {} reached for {} '{}'{}",
+        .0.limit_name, .0.limit, .0.scope, .0.subject,
+        if .0.retry_after_secs > 0 { format!("; retry in {} s", .0.retry_after_secs) } else { String::new() }
+    )]
+    Quota(Box<QuotaExceeded>),
     /// An admin endpoint was called without the admin token (401) or while disabled (404).
     #[error("{message}")]
     Admin {
@@ -197,16 +283,20 @@ impl GatewayError {
             GatewayError::Upstream(UpstreamError::Timeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::Upstream(_) => StatusCode::BAD_GATEWAY,
             GatewayError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::Guardrail(_) => StatusCode::FORBIDDEN,
             GatewayError::NotFound(_) => StatusCode::NOT_FOUND,
             GatewayError::Routing(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            GatewayError::Budget(_) => StatusCode::PAYMENT_REQUIRED,
+            GatewayError::Quota(_) => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::Admin { status, .. } => {
                 StatusCode::from_u16(*status).unwrap_or(StatusCode::UNAUTHORIZED)
             }
         }
     }
 
-    /// The stable machine code (also the low-cardinality `kind` for metrics).
-    pub fn code(&self) -> &'static str {
+    /// The stable machine code (also the low-cardinality `kind` for metrics). Guardrail
+    /// plugins may choose their own (`[a-z][a-z0-9_]*`), hence the borrow.
+    pub fn code(&self) -> &str {
         match self {
             GatewayError::Auth(e) => match e {
                 AuthError::Missing | AuthError::Unknown => "unauthorized",
@@ -231,8 +321,11 @@ impl GatewayError {
                 _ => "upstream_error",
             },
             GatewayError::Unavailable(e) => e.code,
+            GatewayError::Guardrail(e) => &e.code,
             GatewayError::NotFound(_) => "not_found",
             GatewayError::Routing(_) => "routing_error",
+            GatewayError::Budget(_) => "budget_exceeded",
+            GatewayError::Quota(q) => q.code,
             GatewayError::Admin { status: 404, .. } => "admin_disabled",
             GatewayError::Admin { .. } => "unauthorized",
         }
@@ -257,12 +350,45 @@ impl GatewayError {
             GatewayError::Request(_) | GatewayError::NotFound(_) => "invalid_request_error",
             GatewayError::Access(AccessError::ModelNotAllowed(_))
             | GatewayError::Access(AccessError::ProviderDisabled(_))
-            | GatewayError::Access(AccessError::PolicyDenied { .. }) => "permission_error",
+            | GatewayError::Access(AccessError::PolicyDenied { .. })
+            | GatewayError::Guardrail(_) => "permission_error",
             GatewayError::Access(_) => "invalid_request_error",
             GatewayError::Upstream(_) | GatewayError::Routing(_) => "api_error",
             GatewayError::Admin { .. } => "authentication_error",
             GatewayError::Unavailable(_) => "service_unavailable",
+            GatewayError::Budget(_) => "insufficient_quota",
+            GatewayError::Quota(_) => "rate_limit_error",
         }
+    }
+
+    /// Extra fields of the error object: which budget or limit, and when to retry.
+    fn extra(&self) -> Option<serde_json::Map<String, Value>> {
+        let value = match self {
+            GatewayError::Budget(b) => json!({
+                "scope": b.scope,
+                "budget": {
+                    "id": b.budget_id, "scope": b.scope, "subject": b.subject, "window": b.window,
+                    "limit_usd": usd(b.limit_nanos), "spent_usd": usd(b.spent_nanos),
+                    "reserved_usd": usd(b.reserved_nanos), "remaining_usd": usd(b.remaining_nanos()),
+                    "requested_usd": usd(b.requested_nanos),
+                    "limit_nanos": b.limit_nanos, "spent_nanos": b.spent_nanos,
+                    "reserved_nanos": b.reserved_nanos, "remaining_nanos": b.remaining_nanos(),
+                    "requested_nanos": b.requested_nanos, "resets_at_ms": b.resets_at_ms,
+                }
+            }),
+            GatewayError::Quota(q) => {
+                let mut v = json!({
+                    "scope": q.scope, "subject": q.subject, "limit": q.limit_name,
+                    "limit_value": q.limit, "used": q.used, "reserved": q.reserved,
+                });
+                if q.retry_after_secs > 0 {
+                    v["retry_after"] = json!(q.retry_after_secs);
+                }
+                v
+            }
+            _ => return None,
+        };
+        value.as_object().cloned()
     }
 
     /// The Anthropic-style `error.type` field.
@@ -297,7 +423,7 @@ impl GatewayError {
     pub fn body(&self, family: Family) -> Value {
         let message = self.to_string();
         let code = self.code();
-        match family {
+        let mut body = match family {
             Family::OpenAi => json!({
                 "error": { "code": code, "message": message, "type": self.openai_type() }
             }),
@@ -317,7 +443,21 @@ impl GatewayError {
                     }]
                 }
             }),
+        };
+        if let Some(extra) = self.extra()
+            && let Some(error) = body.get_mut("error").and_then(Value::as_object_mut)
+        {
+            if family == Family::Gemini {
+                if let Some(Value::Object(info)) =
+                    error.get_mut("details").and_then(|d| d.get_mut(0))
+                {
+                    info.insert("metadata".into(), Value::Object(extra));
+                }
+            } else {
+                error.extend(extra);
+            }
         }
+        body
     }
 
     /// The full response for `family`. Pure: no logging, no recording.
@@ -328,6 +468,12 @@ impl GatewayError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        if let GatewayError::Quota(q) = self
+            && q.retry_after_secs > 0
+            && let Ok(value) = HeaderValue::from_str(&q.retry_after_secs.to_string())
+        {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
         response
     }
 }
@@ -343,7 +489,7 @@ mod tests {
             .map(GatewayError::from)
             .map(|e| {
                 assert_eq!(e.status(), StatusCode::UNAUTHORIZED);
-                e.code()
+                e.code().to_string()
             })
             .collect();
         assert_eq!(

@@ -83,6 +83,10 @@ enum Command {
         /// Bearer token for the /admin endpoints (unset: they are disabled).
         #[arg(long, env = "TOLLGATE_ADMIN_TOKEN", hide_env_values = true)]
         admin_token: Option<String>,
+        /// Lets POST /admin/test/clock shift the gateway's clock. For tests of budget and quota
+        /// windows only; never in production.
+        #[arg(long, hide = true)]
+        unsafe_test_clock: bool,
         #[command(flatten)]
         db: DatabaseArgs,
     },
@@ -126,6 +130,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             listen,
             no_watch,
             admin_token,
+            unsafe_test_clock,
             db,
         } => {
             let policies = match Policies::open(&policies) {
@@ -147,6 +152,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 listen,
                 watch: !no_watch,
                 admin_token: admin_token.filter(|t| !t.is_empty()),
+                test_clock: unsafe_test_clock,
             })
             .await?;
             Ok(ExitCode::SUCCESS)

@@ -16,10 +16,11 @@ use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
 use super::{Endpoint, Flow, Recorder};
-use crate::error::{AccessError, GatewayError, RequestError};
+use crate::error::{AccessError, GatewayError, QuotaExceeded, RequestError};
 use crate::policy::cel::{Bindings, RuleMode, RuleOutcome, json_to_cel};
 use crate::policy::facts::{RequestFacts, key_json};
 use crate::policy::{Credential, ProviderFamily, Snapshot, Target};
+use crate::spend::Scope;
 use crate::store::KeyRecord;
 
 /// A request that passed authorization, ready for routing.
@@ -35,6 +36,8 @@ pub struct Authorized {
     pub stream: bool,
     /// Whether the client itself asked for the usage chunk of a chat stream.
     pub client_wants_usage: bool,
+    /// Guardrails bound for the answer (set by the inspect stage).
+    pub guards: super::inspect::Guards,
 }
 
 /// The outcome of the access decision, with its trail.
@@ -204,7 +207,31 @@ async fn decide(
     input: Input<'_>,
     recorder: &mut Recorder,
 ) -> Result<Authorized, GatewayError> {
-    let bytes = read_body(input.body, snapshot.limits.max_body_bytes).await?;
+    // Network and payload limits of the key, its team and the organization.
+    let mut max_body = snapshot.limits.max_body_bytes;
+    for limit in snapshot.limits_by_scope.iter().filter(|l| match l.scope {
+        Scope::Organization => true,
+        Scope::Team => input.key.team.as_deref() == Some(l.subject.as_str()),
+        Scope::Key => input.key.id == l.subject,
+        Scope::User | Scope::Model => false,
+    }) {
+        if !limit.ip_allowed(input.client_ip) {
+            return Err(GatewayError::Quota(Box::new(QuotaExceeded {
+                code: "rate_limit_exceeded",
+                scope: limit.scope.as_str(),
+                subject: limit.subject.clone(),
+                limit_name: "ip".into(),
+                limit: 0,
+                used: 0,
+                reserved: 0,
+                retry_after_secs: 0,
+            })));
+        }
+        if let Some(bytes) = limit.max_request_bytes {
+            max_body = max_body.min(bytes);
+        }
+    }
+    let bytes = read_body(input.body, max_body).await?;
     let mut body = parse_object(&bytes)?;
     let requested = match body.get("model") {
         Some(Value::String(name)) if !name.is_empty() => name.clone(),
@@ -258,6 +285,7 @@ async fn decide(
         facts,
         stream,
         client_wants_usage,
+        guards: super::inspect::Guards::default(),
     })
 }
 

@@ -25,6 +25,7 @@ use serde_json::{Value, json};
 use tokio::time::Sleep;
 
 use super::authorize::{Authorized, upstream_body};
+use super::inspect::{self, GuardOutput, StreamGuard};
 use super::route::Route;
 use super::{Endpoint, Recorder, Stage};
 use crate::error::{GatewayError, UpstreamError};
@@ -153,7 +154,8 @@ async fn relay(
     let provider_name = recorder.provider_name();
     recorder.set_upstream_latency(micros(sent.elapsed()), reply.provider_request_id.take());
     if reply.status.is_success() && reply.is_event_stream() {
-        return relay_stream(reply, recorder, request.client_wants_usage, timeout);
+        let guard = StreamGuard::new(&request.guards);
+        return relay_stream(reply, recorder, request.client_wants_usage, timeout, guard);
     }
 
     // Unary: buffer within the limit and the provider's timeout, then relay.
@@ -183,6 +185,15 @@ async fn relay(
     {
         recorder.set_usage(&usage);
     }
+    // 3. inspect, response phase: guardrails see the answer before the client does.
+    let body = if status.is_success() {
+        match inspect::inspect_response(&request.guards, body, &mut recorder).await {
+            Ok(body) => body,
+            Err(error) => return recorder.deny(Stage::Inspect, &error, family),
+        }
+    } else {
+        body
+    };
     recorder.mark_first_byte();
     let error_code = (!status.is_success()).then_some("upstream_rejected");
     recorder.finish(status.as_u16(), error_code);
@@ -230,6 +241,7 @@ fn relay_stream(
     recorder: Recorder,
     client_wants_usage: bool,
     idle: Duration,
+    guard: Option<StreamGuard>,
 ) -> Response {
     let relay = Relay {
         upstream: reply.body,
@@ -238,6 +250,8 @@ fn relay_stream(
         idle_timeout: idle,
         idle: Box::pin(tokio::time::sleep(idle)),
         done: false,
+        guard,
+        upstream_ended: false,
     };
     let mut response = Response::new(Body::from_stream(relay));
     let headers = response.headers_mut();
@@ -261,6 +275,10 @@ struct Relay {
     idle_timeout: Duration,
     idle: Pin<Box<Sleep>>,
     done: bool,
+    /// Stream-phase guardrails (3. inspect): complete events pass through it before the client.
+    guard: Option<StreamGuard>,
+    /// The upstream ended; the guard is inspecting the last events.
+    upstream_ended: bool,
 }
 
 impl Relay {
@@ -268,6 +286,9 @@ impl Relay {
         if let Some(mut recorder) = self.recorder.take() {
             if let Some(usage) = self.tap.usage() {
                 recorder.set_usage(usage);
+            }
+            if let Some(guard) = &self.guard {
+                recorder.add_decisions(guard.decisions());
             }
             recorder.set_stream_status(stream_status);
             recorder.finish(200, error_code);
@@ -288,6 +309,9 @@ impl Drop for Relay {
             if let Some(usage) = self.tap.usage() {
                 recorder.set_usage(usage);
             }
+            if let Some(guard) = &self.guard {
+                recorder.add_decisions(guard.decisions());
+            }
             recorder.set_stream_status("client_disconnected");
         }
     }
@@ -302,12 +326,40 @@ impl Stream for Relay {
             if this.done {
                 return Poll::Ready(None);
             }
+            if let Some(guard) = this.guard.as_mut()
+                && guard.is_busy()
+            {
+                let out = match guard.poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(GuardOutput::Pass(out)) => {
+                        if this.upstream_ended {
+                            this.finish("completed", None);
+                        }
+                        out
+                    }
+                    Poll::Ready(GuardOutput::Block { bytes, code }) => {
+                        this.finish("blocked", Some(code.as_str()));
+                        bytes
+                    }
+                };
+                if out.is_empty() {
+                    continue;
+                }
+                if let Some(recorder) = this.recorder.as_mut() {
+                    recorder.mark_first_byte();
+                }
+                return Poll::Ready(Some(Ok(out)));
+            }
             match this.upstream.poll_next_unpin(cx) {
                 Poll::Ready(Some(Ok(chunk))) => {
                     let deadline = tokio::time::Instant::now() + this.idle_timeout;
                     this.idle.as_mut().reset(deadline);
                     let out = this.tap.push(&chunk);
                     if out.is_empty() {
+                        continue;
+                    }
+                    if let Some(guard) = this.guard.as_mut() {
+                        guard.start(out, false);
                         continue;
                     }
                     if let Some(recorder) = this.recorder.as_mut() {
@@ -317,7 +369,13 @@ impl Stream for Relay {
                 }
                 Poll::Ready(Some(Err(detail))) => {
                     tracing::warn!(error = %detail, "upstream stream failed");
-                    let mut out = BytesMut::from(&this.tap.finish()[..]);
+                    // With guardrails, an unterminated tail was never inspected: drop it.
+                    let tail = this.tap.finish();
+                    let mut out = if this.guard.is_some() {
+                        BytesMut::new()
+                    } else {
+                        BytesMut::from(&tail[..])
+                    };
                     out.extend_from_slice(&Self::error_event(
                         "upstream_error",
                         "the provider's stream failed",
@@ -327,12 +385,23 @@ impl Stream for Relay {
                 }
                 Poll::Ready(None) => {
                     let rest = this.tap.finish();
+                    if let Some(guard) = this.guard.as_mut() {
+                        this.upstream_ended = true;
+                        guard.start(rest, true);
+                        continue;
+                    }
                     this.finish("completed", None);
                     return Poll::Ready((!rest.is_empty()).then_some(Ok(rest)));
                 }
                 Poll::Pending => {
                     if this.idle.as_mut().poll(cx).is_ready() {
-                        let mut out = BytesMut::from(&this.tap.finish()[..]);
+                        // With guardrails, an unterminated tail was never inspected: drop it.
+                        let tail = this.tap.finish();
+                        let mut out = if this.guard.is_some() {
+                            BytesMut::new()
+                        } else {
+                            BytesMut::from(&tail[..])
+                        };
                         out.extend_from_slice(&Self::error_event(
                             "upstream_timeout",
                             "the provider's stream went silent for longer than its timeout",

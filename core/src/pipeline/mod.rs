@@ -11,10 +11,11 @@
 //! 2. **authorize** ([`authorize`]): read and decode the body within the size limit, resolve the
 //!    model (or model group) in the snapshot, check the key's Model Access grant, that the
 //!    provider is enabled and has a credential, then every CEL access rule (`access/*.cel`).
-//! 3. **inspect**: WASM guardrail plugins bound to the model, key or team allow, deny or rewrite
-//!    the request (and later the response and stream). Not built yet: no stage code exists.
-//! 4. **reserve**: hold the worst-case cost on every applicable budget and check quotas before
-//!    anything goes upstream. Not built yet: no stage code exists.
+//! 3. **inspect** ([`inspect`]): WASM guardrail plugins bound to the model, key or team allow,
+//!    deny or rewrite (mask) the request before anything is held or sent; the same plugins can
+//!    inspect the non-streamed answer and, through a sliding window, the stream (in `call`).
+//! 4. **reserve** ([`reserve`]): hold the worst-case cost on every applicable budget and the
+//!    estimated usage on every quota, atomically, before anything goes upstream (402 / 429).
 //! 5. **route** ([`route`]): a model is its own only deployment; a model group's deployments are
 //!    ordered by its Rhai script (`routing/*.rhai`) from their price, region, tags and health.
 //! 6. **call** ([`call`]): strip the virtual key, inject the provider credential, substitute the
@@ -27,7 +28,9 @@
 pub mod authenticate;
 pub mod authorize;
 pub mod call;
+pub mod inspect;
 pub mod record;
+pub mod reserve;
 pub mod route;
 
 use std::sync::Arc;
@@ -48,6 +51,10 @@ pub enum Stage {
     Authenticate,
     /// 2. Body, model, grants, provider state, access rules.
     Authorize,
+    /// 3. Guardrail plugins.
+    Inspect,
+    /// 4. Budget and quota holds.
+    Reserve,
     /// 5. Deployment order.
     Route,
     /// 6. The upstream call.
@@ -60,6 +67,8 @@ impl Stage {
         match self {
             Stage::Authenticate => "authenticate",
             Stage::Authorize => "authorize",
+            Stage::Inspect => "inspect",
+            Stage::Reserve => "reserve",
             Stage::Route => "route",
             Stage::Call => "call",
         }
@@ -152,14 +161,23 @@ pub async fn handle(app: &Arc<AppState>, endpoint: Endpoint, inbound: Inbound) -
         client_ip: inbound.client_ip,
         body: inbound.body,
     };
-    let request = match authorize::run(&snapshot, input, &mut recorder).await {
+    let mut request = match authorize::run(&snapshot, input, &mut recorder).await {
         Flow::Continue(request) => request,
         Flow::Respond(error) => return recorder.deny(Stage::Authorize, &error, family),
     };
 
-    // 3. inspect: not built yet (WASM guardrails).
+    // 3. inspect
+    if let Flow::Respond(error) =
+        inspect::run(&snapshot, endpoint, &key, &mut request, &mut recorder).await
+    {
+        return recorder.deny(Stage::Inspect, &error, family);
+    }
 
-    // 4. reserve: not built yet (budgets and quotas).
+    // 4. reserve
+    if let Flow::Respond(error) = reserve::run(app, &snapshot, &key, &request, &mut recorder).await
+    {
+        return recorder.deny(Stage::Reserve, &error, family);
+    }
 
     // 5. route
     let route = match route::run(&request.target, &request.facts, &key, &app.health) {

@@ -5,6 +5,7 @@
 //! controls; if it is dropped unfinished (the client went away, the handler was cancelled, a
 //! stream was cut) its `Drop` writes the record with what is known, so no call goes unrecorded.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::response::Response;
@@ -15,6 +16,7 @@ use crate::clock::now_ms;
 use crate::error::{Family, GatewayError};
 use crate::policy::{Model, Snapshot};
 use crate::server::AppState;
+use crate::spend::ledger::{Ledger, Reservation};
 use crate::store::usage_writer::UsageSink;
 use crate::store::{KeyRecord, UsageRecord};
 use crate::usage::{Pricing, TokenUsage};
@@ -31,6 +33,7 @@ pub struct Recorder {
     decisions: Vec<Value>,
     route: Option<Value>,
     attempts: Vec<Value>,
+    reservation: Option<(Arc<Ledger>, Reservation)>,
     finished: bool,
 }
 
@@ -59,6 +62,7 @@ impl Recorder {
             decisions: Vec::new(),
             route: None,
             attempts: Vec::new(),
+            reservation: None,
             finished: false,
         }
     }
@@ -92,6 +96,16 @@ impl Recorder {
         self.record.upstream_model = Some(model.upstream_model.clone());
         self.record.provider = Some(model.provider.name.clone());
         self.pricing = Some(model.pricing);
+    }
+
+    /// The request id.
+    pub fn request_id(&self) -> &str {
+        &self.record.request_id
+    }
+
+    /// Budget and quota holds to settle when the request is recorded.
+    pub fn attach_reservation(&mut self, ledger: Arc<Ledger>, reservation: Reservation) {
+        self.reservation = Some((ledger, reservation));
     }
 
     /// The provider of the current attempt.
@@ -174,6 +188,9 @@ impl Recorder {
                 route["attempts"] = Value::from(std::mem::take(&mut self.attempts));
             }
             record.route = Some(route.to_string());
+        }
+        if let Some((ledger, reservation)) = self.reservation.take() {
+            ledger.settle(reservation, record.tokens, record.cost_nanos);
         }
         self.sink.record(record);
     }

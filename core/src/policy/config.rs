@@ -24,6 +24,93 @@ pub struct GatewayFile {
     /// Model groups: an alias clients call, served by several deployments in script order.
     #[serde(default)]
     pub groups: BTreeMap<String, GroupSection>,
+    /// Budgets declared in the policy directory (others are managed with the CLI / admin API).
+    #[serde(default)]
+    pub budgets: Vec<BudgetSection>,
+    /// Quotas: requests, tokens, cost and concurrency per window.
+    #[serde(default)]
+    pub quotas: Vec<QuotaSection>,
+    /// Network and payload limits per key or team.
+    #[serde(default)]
+    pub limits: Vec<LimitSection>,
+    /// Where budget threshold events go.
+    #[serde(default)]
+    pub notifications: NotificationsSection,
+}
+
+/// `[[budgets]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetSection {
+    /// `organization`, `team`, `user` or `key`.
+    pub scope: Spanned<String>,
+    /// Team name, owner or key id; omitted for `organization`.
+    #[serde(default)]
+    pub subject: String,
+    /// `daily`, `weekly`, `monthly` or `lifetime`.
+    pub window: Spanned<String>,
+    /// The limit in USD.
+    pub limit_usd: Spanned<f64>,
+    /// IANA time zone the windows are aligned in.
+    #[serde(default = "default_tz")]
+    pub timezone: Spanned<String>,
+    /// Percentages of the limit that emit a notification once per window.
+    #[serde(default = "default_thresholds")]
+    pub thresholds: Vec<u32>,
+}
+
+/// `[[quotas]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaSection {
+    /// `organization`, `team`, `key` or `model`.
+    pub scope: Spanned<String>,
+    /// The one team, key id or model it applies to; omitted: each one gets its own counter.
+    pub subject: Option<String>,
+    /// `requests`, `input_tokens`, `output_tokens`, `total_tokens`, `cost_usd` or `concurrency`.
+    pub metric: Spanned<String>,
+    /// The limit per window (USD for `cost_usd`, in-flight requests for `concurrency`).
+    pub limit: Spanned<f64>,
+    /// `second`, `minute`, `hour`, `day` or `month` (not for `concurrency`).
+    pub window: Option<Spanned<String>>,
+    /// IANA time zone for `day` and `month` windows.
+    #[serde(default = "default_tz")]
+    pub timezone: Spanned<String>,
+}
+
+/// `[[limits]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSection {
+    /// `organization`, `team` or `key`.
+    pub scope: Spanned<String>,
+    /// The team or key id; omitted for `organization`.
+    #[serde(default)]
+    pub subject: String,
+    /// If set, only these networks may call (CIDR or single addresses).
+    #[serde(default)]
+    pub ip_allow: Vec<Spanned<String>>,
+    /// These networks may not call.
+    #[serde(default)]
+    pub ip_deny: Vec<Spanned<String>>,
+    /// Largest request body.
+    pub max_request_bytes: Option<usize>,
+}
+
+/// `[notifications]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotificationsSection {
+    /// A URL that receives budget threshold events as JSON POSTs (retried off the hot path).
+    pub webhook_url: Option<Spanned<String>>,
+}
+
+fn default_tz() -> Spanned<String> {
+    Spanned::new(0..0, "UTC".to_string())
+}
+
+fn default_thresholds() -> Vec<u32> {
+    vec![50, 80, 100]
 }
 
 /// `[groups.NAME]`.
@@ -73,6 +160,14 @@ pub struct ServerSection {
     /// Largest non-streaming upstream response the gateway buffers to read usage from.
     #[serde(default = "default_max_response_bytes")]
     pub max_response_bytes: usize,
+    /// How long a budget or quota hold lives before any gateway reclaims it (the longest call,
+    /// stream included, that can still settle against its hold).
+    #[serde(default = "default_hold_ttl_secs")]
+    pub hold_ttl_secs: u64,
+}
+
+fn default_hold_ttl_secs() -> u64 {
+    900
 }
 
 impl Default for ServerSection {
@@ -80,6 +175,7 @@ impl Default for ServerSection {
         Self {
             max_body_bytes: default_max_body_bytes(),
             max_response_bytes: default_max_response_bytes(),
+            hold_ttl_secs: default_hold_ttl_secs(),
         }
     }
 }
@@ -163,6 +259,13 @@ pub struct ModelSection {
     /// Tags shown to access rules as `model.tags`.
     #[serde(default)]
     pub tags: Vec<String>,
+    /// The output bound used to reserve budget when a request sets no `max_tokens`.
+    #[serde(default = "default_max_output_tokens")]
+    pub max_output_tokens: i64,
+}
+
+fn default_max_output_tokens() -> i64 {
+    4096
 }
 
 /// `pricing = { input_per_mtok, output_per_mtok, cached_input_per_mtok }` in USD per 1M tokens.

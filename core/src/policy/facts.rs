@@ -88,7 +88,7 @@ impl RequestFacts {
                 .and_then(Value::as_object)
                 .cloned()
                 .unwrap_or_default(),
-            now: Utc::now(),
+            now: crate::clock::now_utc(),
         }
     }
 

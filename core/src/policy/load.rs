@@ -8,10 +8,13 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use super::config::{CredentialSection, GatewayFile, ProviderFamily};
+use super::config::{
+    BudgetSection, CredentialSection, GatewayFile, LimitSection, ProviderFamily, QuotaSection,
+};
 use super::{
     Credential, Deployment, Model, ModelGroup, Provider, Secret, ServerLimits, Snapshot, cel, rhai,
 };
+use crate::spend::{BudgetSpec, LimitSpec, Metric, QuotaSpec, Scope, Source, Window};
 use crate::usage::Pricing;
 
 /// The main configuration file inside a policy directory.
@@ -192,7 +195,15 @@ pub fn load_dir(
     let limits = ServerLimits {
         max_body_bytes: file.server.max_body_bytes,
         max_response_bytes: file.server.max_response_bytes,
+        hold_ttl: Duration::from_secs(file.server.hold_ttl_secs),
     };
+    if file.server.hold_ttl_secs == 0 {
+        errors.push(map.error(
+            None,
+            "server.hold_ttl_secs",
+            "must be greater than 0".into(),
+        ));
+    }
     if limits.max_body_bytes == 0 {
         errors.push(map.error(
             None,
@@ -325,6 +336,7 @@ pub fn load_dir(
                 provider: provider.clone(),
                 pricing,
                 tags: section.tags,
+                max_output_tokens: section.max_output_tokens.max(0),
                 cel: cel::json_to_cel(&view),
             }),
         );
@@ -379,6 +391,15 @@ pub fn load_dir(
             },
         }
     }
+
+    // Guardrail plugins, reusing unchanged compiled components and warm instances.
+    let loaded = crate::plugins::load_dir(dir, previous.map_or(&[][..], |p| p.plugins.as_slice()));
+    for (path, hash) in &loaded.hashes {
+        hasher.update(path.to_string_lossy().as_bytes());
+        hasher.update(hash.as_bytes());
+    }
+    errors.extend(loaded.errors);
+    let plugins = loaded.plugins;
 
     // Model groups.
     let mut groups = BTreeMap::new();
@@ -469,6 +490,23 @@ pub fn load_dir(
         );
     }
 
+    let (budgets, quotas, limits_by_scope) =
+        spend_specs(&map, file.budgets, file.quotas, file.limits, &mut errors);
+    let webhook_url = match file.notifications.webhook_url {
+        None => None,
+        Some(url) => match reqwest::Url::parse(url.get_ref()) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") => Some(url.into_inner()),
+            _ => {
+                errors.push(map.error(
+                    Some(url.span()),
+                    "notifications.webhook_url",
+                    "must be an http(s) URL".into(),
+                ));
+                None
+            }
+        },
+    };
+
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -484,7 +522,227 @@ pub fn load_dir(
         access_rules,
         access_uses,
         routing,
+        plugins,
+        budgets,
+        quotas,
+        limits_by_scope,
+        webhook_url,
     })
+}
+
+type SpendSpecs = (Vec<Arc<BudgetSpec>>, Vec<QuotaSpec>, Vec<LimitSpec>);
+
+/// Validates `[[budgets]]`, `[[quotas]]` and `[[limits]]`.
+fn spend_specs(
+    map: &SourceMap<'_>,
+    budget_sections: Vec<BudgetSection>,
+    quota_sections: Vec<QuotaSection>,
+    limit_sections: Vec<LimitSection>,
+    errors: &mut Vec<LoadError>,
+) -> SpendSpecs {
+    let tz = |errors: &mut Vec<LoadError>,
+              key: &str,
+              value: &toml::Spanned<String>|
+     -> Option<chrono_tz::Tz> {
+        match value.get_ref().parse::<chrono_tz::Tz>() {
+            Ok(tz) => Some(tz),
+            Err(_) => {
+                errors.push(map.error(
+                    Some(value.span()),
+                    key,
+                    format!("'{}' is not an IANA time zone", value.get_ref()),
+                ));
+                None
+            }
+        }
+    };
+    let mut budgets = Vec::new();
+    for (i, b) in budget_sections.into_iter().enumerate() {
+        let key = format!("budgets[{i}]");
+        let scope = match Scope::parse(b.scope.get_ref()) {
+            Some(s) if s != Scope::Model => s,
+            _ => {
+                errors.push(map.error(
+                    Some(b.scope.span()),
+                    &format!("{key}.scope"),
+                    "must be organization, team, user or key".into(),
+                ));
+                continue;
+            }
+        };
+        if (scope == Scope::Organization) != b.subject.is_empty() {
+            errors.push(map.error(
+                Some(b.scope.span()),
+                &format!("{key}.subject"),
+                "an organization budget has no subject; every other scope needs one".into(),
+            ));
+            continue;
+        }
+        let Some(window) = Window::parse_budget(b.window.get_ref()) else {
+            errors.push(map.error(
+                Some(b.window.span()),
+                &format!("{key}.window"),
+                "must be daily, weekly, monthly or lifetime".into(),
+            ));
+            continue;
+        };
+        let Some(limit_nanos) = Pricing::nanos_per_mtok(*b.limit_usd.get_ref()) else {
+            errors.push(map.error(
+                Some(b.limit_usd.span()),
+                &format!("{key}.limit_usd"),
+                "must be a non-negative amount".into(),
+            ));
+            continue;
+        };
+        let Some(tz) = tz(errors, &format!("{key}.timezone"), &b.timezone) else {
+            continue;
+        };
+        let id = format!(
+            "policy-{}-{}-{}",
+            scope.as_str(),
+            b.subject,
+            window.budget_name()
+        );
+        if budgets.iter().any(|x: &Arc<BudgetSpec>| x.id == id) {
+            errors.push(map.error(
+                Some(b.scope.span()),
+                &key,
+                format!(
+                    "a {} {} budget for '{}' is declared twice",
+                    window.budget_name(),
+                    scope.as_str(),
+                    b.subject
+                ),
+            ));
+            continue;
+        }
+        budgets.push(Arc::new(BudgetSpec {
+            id,
+            scope,
+            subject: b.subject,
+            window,
+            tz,
+            limit_nanos,
+            thresholds: b.thresholds,
+            source: Source::Policy,
+        }));
+    }
+    let mut quotas = Vec::new();
+    for (i, q) in quota_sections.into_iter().enumerate() {
+        let key = format!("quotas[{i}]");
+        let Some(scope) = Scope::parse(q.scope.get_ref()) else {
+            errors.push(map.error(
+                Some(q.scope.span()),
+                &format!("{key}.scope"),
+                "must be organization, team, user, key or model".into(),
+            ));
+            continue;
+        };
+        let Some(metric) = Metric::parse(q.metric.get_ref()) else {
+            errors.push(map.error(
+                Some(q.metric.span()),
+                &format!("{key}.metric"),
+                "must be requests, input_tokens, output_tokens, total_tokens, cost_usd or concurrency".into(),
+            ));
+            continue;
+        };
+        let window = match (&q.window, metric) {
+            (None, Metric::Concurrency) => None,
+            (Some(w), Metric::Concurrency) => {
+                errors.push(map.error(
+                    Some(w.span()),
+                    &format!("{key}.window"),
+                    "a concurrency quota has no window".into(),
+                ));
+                continue;
+            }
+            (None, _) => {
+                errors.push(map.error(
+                    Some(q.metric.span()),
+                    &format!("{key}.window"),
+                    "needs a window: second, minute, hour, day or month".into(),
+                ));
+                continue;
+            }
+            (Some(w), _) => match Window::parse_quota(w.get_ref()) {
+                Some(w) => Some(w),
+                None => {
+                    errors.push(map.error(
+                        Some(w.span()),
+                        &format!("{key}.window"),
+                        "must be second, minute, hour, day or month".into(),
+                    ));
+                    continue;
+                }
+            },
+        };
+        let raw = *q.limit.get_ref();
+        let limit = if metric == Metric::Cost {
+            Pricing::nanos_per_mtok(raw)
+        } else {
+            (raw.is_finite() && raw >= 0.0 && raw.fract() == 0.0).then_some(raw as i64)
+        };
+        let Some(limit) = limit else {
+            errors.push(map.error(
+                Some(q.limit.span()),
+                &format!("{key}.limit"),
+                "must be a non-negative whole number (USD for cost_usd)".into(),
+            ));
+            continue;
+        };
+        let Some(tz) = tz(errors, &format!("{key}.timezone"), &q.timezone) else {
+            continue;
+        };
+        quotas.push(QuotaSpec {
+            name: format!("q{i}-{}-{}", scope.as_str(), metric.as_str()),
+            scope,
+            subject: q.subject,
+            metric,
+            limit,
+            window,
+            tz,
+        });
+    }
+    let mut limits = Vec::new();
+    for (i, l) in limit_sections.into_iter().enumerate() {
+        let key = format!("limits[{i}]");
+        let scope = match Scope::parse(l.scope.get_ref()) {
+            Some(s @ (Scope::Organization | Scope::Team | Scope::Key)) => s,
+            _ => {
+                errors.push(map.error(
+                    Some(l.scope.span()),
+                    &format!("{key}.scope"),
+                    "must be organization, team or key".into(),
+                ));
+                continue;
+            }
+        };
+        let mut nets = |list: &[toml::Spanned<String>], field: &str| -> Vec<ipnet::IpNet> {
+            list.iter()
+                .filter_map(|n| match crate::spend::parse_net(n.get_ref()) {
+                    Some(net) => Some(net),
+                    None => {
+                        errors.push(map.error(
+                            Some(n.span()),
+                            &format!("{key}.{field}"),
+                            format!("'{}' is not an address or CIDR", n.get_ref()),
+                        ));
+                        None
+                    }
+                })
+                .collect()
+        };
+        let ip_allow = nets(&l.ip_allow, "ip_allow");
+        let ip_deny = nets(&l.ip_deny, "ip_deny");
+        limits.push(LimitSpec {
+            scope,
+            subject: l.subject,
+            ip_allow,
+            ip_deny,
+            max_request_bytes: l.max_request_bytes,
+        });
+    }
+    (budgets, quotas, limits)
 }
 
 /// Reads a credential; a source that is configured but empty is not an error at load (the

@@ -91,6 +91,8 @@ pub struct Model {
     pub pricing: Pricing,
     /// Tags shown to access rules.
     pub tags: Vec<String>,
+    /// Output bound for budget holds when a request sets no `max_tokens`.
+    pub max_output_tokens: i64,
     /// The `model` variable access rules see for this model, built once per snapshot.
     pub cel: ::cel::Value,
 }
@@ -150,6 +152,40 @@ impl Target {
             Target::Group(g) => &g.cel,
         }
     }
+
+    /// The highest prices any deployment can be billed at (what a budget hold assumes).
+    pub fn worst_pricing(&self) -> Pricing {
+        match self {
+            Target::Model(m) => m.pricing,
+            Target::Group(g) => g
+                .deployments
+                .iter()
+                .fold(Pricing::default(), |worst, d| Pricing {
+                    input_nanos_per_mtok: worst
+                        .input_nanos_per_mtok
+                        .max(d.model.pricing.input_nanos_per_mtok),
+                    output_nanos_per_mtok: worst
+                        .output_nanos_per_mtok
+                        .max(d.model.pricing.output_nanos_per_mtok),
+                    cached_input_nanos_per_mtok: worst
+                        .cached_input_nanos_per_mtok
+                        .max(d.model.pricing.cached_input_nanos_per_mtok),
+                }),
+        }
+    }
+
+    /// The largest default output bound of any deployment.
+    pub fn max_output_tokens(&self) -> i64 {
+        match self {
+            Target::Model(m) => m.max_output_tokens,
+            Target::Group(g) => g
+                .deployments
+                .iter()
+                .map(|d| d.model.max_output_tokens)
+                .max()
+                .unwrap_or(0),
+        }
+    }
 }
 
 /// Server limits from `[server]`.
@@ -159,6 +195,8 @@ pub struct ServerLimits {
     pub max_body_bytes: usize,
     /// Largest buffered non-streaming upstream response.
     pub max_response_bytes: usize,
+    /// Lifetime of budget and quota holds.
+    pub hold_ttl: Duration,
 }
 
 /// Everything derived from one consistent read of the policy directory.
@@ -186,6 +224,16 @@ pub struct Snapshot {
     pub access_uses: cel::Uses,
     /// Routing scripts by name.
     pub routing: BTreeMap<String, Arc<rhai::RoutingScript>>,
+    /// Guardrail plugins (`plugins/*.toml`), in manifest file-name order.
+    pub plugins: Vec<Arc<crate::plugins::Plugin>>,
+    /// Budgets declared in gateway.toml.
+    pub budgets: Vec<Arc<crate::spend::BudgetSpec>>,
+    /// Quotas declared in gateway.toml.
+    pub quotas: Vec<crate::spend::QuotaSpec>,
+    /// Network and payload limits.
+    pub limits_by_scope: Vec<crate::spend::LimitSpec>,
+    /// Where budget threshold events are POSTed.
+    pub webhook_url: Option<String>,
 }
 
 impl Snapshot {

@@ -61,6 +61,15 @@ fn status_json(app: &AppState) -> Value {
             "description": r.description,
         })).collect::<Vec<_>>(),
         "routing_scripts": snapshot.routing.keys().collect::<Vec<_>>(),
+        "plugins": snapshot.plugins.iter().map(|p| json!({
+            "name": p.name,
+            "description": p.description,
+            "phases": p.phases.iter().map(|ph| ph.as_str()).collect::<Vec<_>>(),
+            "failure_mode": p.failure_mode.as_str(),
+            "wasm": p.wasm_path.display().to_string(),
+            "wasm_sha256": p.wasm_hash,
+            "warm_instances": p.instances.idle(),
+        })).collect::<Vec<_>>(),
         "reloads_ok": status.reloads_ok,
         "reloads_failed": status.reloads_failed,
         "last_error": if status.last_errors.is_empty() { Value::Null } else {
@@ -151,10 +160,239 @@ pub async fn metrics(State(app): State<Arc<AppState>>) -> Response {
         "Failed usage flushes (each retried).",
         &[("", stats.failed_flushes.load(Ordering::Relaxed) as f64)],
     );
+    let ledger = &app.ledger.stats;
+    for (name, help, value) in [
+        (
+            "tollgate_budget_holds_total",
+            "Requests that took budget or quota holds.",
+            &ledger.held,
+        ),
+        (
+            "tollgate_budget_refusals_total",
+            "Requests refused by a budget (402).",
+            &ledger.budget_refusals,
+        ),
+        (
+            "tollgate_quota_refusals_total",
+            "Requests refused by a quota or rate limit (429).",
+            &ledger.quota_refusals,
+        ),
+        (
+            "tollgate_settlements_total",
+            "Holds settled with the real usage.",
+            &ledger.settled,
+        ),
+        (
+            "tollgate_settlement_failures_total",
+            "Settlement attempts that failed (each retried).",
+            &ledger.settle_failures,
+        ),
+        (
+            "tollgate_holds_reclaimed_total",
+            "Expired holds reclaimed by this gateway.",
+            &ledger.reclaimed,
+        ),
+        (
+            "tollgate_budget_threshold_events_total",
+            "Budget threshold crossings notified.",
+            &ledger.alerts,
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+            value.load(Ordering::Relaxed)
+        );
+    }
     let mut response = out.into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4"),
     );
     response
+}
+
+/// `GET /admin/budgets`: every budget (policy-declared and stored) with its current window.
+pub async fn list_budgets(State(app): State<Arc<AppState>>, request: Request) -> Response {
+    if let Err(e) = authorize(&app, &request) {
+        return e.render(Family::OpenAi);
+    }
+    let snapshot = app.policies.snapshot();
+    let stored = match app.store.list_budgets().await {
+        Ok(records) => records,
+        Err(e) => return store_down(e),
+    };
+    let mut specs: Vec<crate::spend::BudgetSpec> =
+        snapshot.budgets.iter().map(|b| (**b).clone()).collect();
+    specs.extend(stored.iter().filter_map(crate::spend::ledger::stored_spec));
+    let mut views = Vec::new();
+    for spec in &specs {
+        match crate::spend::ledger::budget_view(&app.store, spec).await {
+            Ok(v) => views.push(v),
+            Err(e) => return store_down(e),
+        }
+    }
+    Json(json!({"budgets": views})).into_response()
+}
+
+/// `GET /admin/budgets/{id}`.
+pub async fn show_budget(
+    State(app): State<Arc<AppState>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    request: Request,
+) -> Response {
+    if let Err(e) = authorize(&app, &request) {
+        return e.render(Family::OpenAi);
+    }
+    let snapshot = app.policies.snapshot();
+    let spec = match snapshot.budgets.iter().find(|b| b.id == id) {
+        Some(b) => Some((**b).clone()),
+        None => match app.store.list_budgets().await {
+            Ok(records) => records
+                .iter()
+                .find(|r| r.id == id)
+                .and_then(crate::spend::ledger::stored_spec),
+            Err(e) => return store_down(e),
+        },
+    };
+    let Some(spec) = spec else {
+        return GatewayError::NotFound(format!("budget {id}")).render(Family::OpenAi);
+    };
+    match crate::spend::ledger::budget_view(&app.store, &spec).await {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => store_down(e),
+    }
+}
+
+/// The body of `PUT /admin/budgets`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetBody {
+    scope: String,
+    #[serde(default)]
+    subject: String,
+    window: String,
+    limit_usd: f64,
+    #[serde(default = "utc")]
+    timezone: String,
+    #[serde(default = "thresholds")]
+    thresholds: Vec<u32>,
+}
+
+fn utc() -> String {
+    "UTC".into()
+}
+
+fn thresholds() -> Vec<u32> {
+    vec![50, 80, 100]
+}
+
+/// `PUT /admin/budgets`: creates or updates the budget for (scope, subject, window).
+pub async fn set_budget(State(app): State<Arc<AppState>>, request: Request) -> Response {
+    if let Err(e) = authorize(&app, &request) {
+        return e.render(Family::OpenAi);
+    }
+    let bytes = match axum::body::to_bytes(request.into_body(), 64 * 1024).await {
+        Ok(b) => b,
+        Err(e) => {
+            return GatewayError::from(crate::error::RequestError::UnreadableBody(e.to_string()))
+                .render(Family::OpenAi);
+        }
+    };
+    let body: BudgetBody = match serde_json::from_slice(&bytes) {
+        Ok(b) => b,
+        Err(e) => {
+            return GatewayError::from(crate::error::RequestError::Invalid(e.to_string()))
+                .render(Family::OpenAi);
+        }
+    };
+    let record = match crate::spend::ledger::budget_record(
+        &body.scope,
+        &body.subject,
+        &body.window,
+        body.limit_usd,
+        &body.timezone,
+        body.thresholds,
+    ) {
+        Ok(r) => r,
+        Err(message) => {
+            return GatewayError::from(crate::error::RequestError::Invalid(message))
+                .render(Family::OpenAi);
+        }
+    };
+    let saved = match app.store.set_budget(&record).await {
+        Ok(saved) => saved,
+        Err(e) => return store_down(e),
+    };
+    if let Err(e) = app.ledger.refresh_budgets().await {
+        return store_down(e);
+    }
+    match crate::spend::ledger::stored_spec(&saved) {
+        Some(spec) => match crate::spend::ledger::budget_view(&app.store, &spec).await {
+            Ok(v) => Json(v).into_response(),
+            Err(e) => store_down(e),
+        },
+        None => GatewayError::Routing("stored budget could not be read back".into())
+            .render(Family::OpenAi),
+    }
+}
+
+/// `DELETE /admin/budgets/{id}`.
+pub async fn delete_budget(
+    State(app): State<Arc<AppState>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    request: Request,
+) -> Response {
+    if let Err(e) = authorize(&app, &request) {
+        return e.render(Family::OpenAi);
+    }
+    match app.store.delete_budget(&id).await {
+        Ok(true) => {
+            let _ = app.ledger.refresh_budgets().await;
+            Json(json!({"deleted": id})).into_response()
+        }
+        Ok(false) => GatewayError::NotFound(format!(
+            "budget {id} (policy-declared budgets are removed from gateway.toml)"
+        ))
+        .render(Family::OpenAi),
+        Err(e) => store_down(e),
+    }
+}
+
+fn store_down(e: crate::store::StoreError) -> Response {
+    GatewayError::Unavailable(crate::error::UnavailableError {
+        code: "store_unavailable",
+        what: "the store",
+        detail: e.to_string(),
+    })
+    .render(Family::OpenAi)
+}
+
+/// `POST /admin/test/clock` `{"offset_ms": N}`: shifts the gateway clock (only with
+/// `--unsafe-test-clock`; for tests of budget and quota windows).
+pub async fn test_clock(State(app): State<Arc<AppState>>, request: Request) -> Response {
+    if let Err(e) = authorize(&app, &request) {
+        return e.render(Family::OpenAi);
+    }
+    if !app.test_clock {
+        return GatewayError::NotFound(
+            "POST /admin/test/clock (start with --unsafe-test-clock)".into(),
+        )
+        .render(Family::OpenAi);
+    }
+    let bytes = axum::body::to_bytes(request.into_body(), 1024)
+        .await
+        .unwrap_or_default();
+    let offset = serde_json::from_slice::<Value>(&bytes)
+        .ok()
+        .and_then(|v| v.get("offset_ms").and_then(Value::as_i64));
+    let Some(offset) = offset else {
+        return GatewayError::from(crate::error::RequestError::Invalid(
+            "expected {\"offset_ms\": N}".into(),
+        ))
+        .render(Family::OpenAi);
+    };
+    crate::clock::set_offset_ms(offset);
+    Json(json!({"offset_ms": crate::clock::offset_ms(), "now_ms": crate::clock::now_ms()}))
+        .into_response()
 }

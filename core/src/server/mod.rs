@@ -20,6 +20,7 @@ use crate::error::{Family, GatewayError};
 use crate::health::HealthRegistry;
 use crate::policy::Policies;
 use crate::policy::watch::{self as policy_watch, Trigger};
+use crate::spend::ledger::Ledger;
 use crate::store::Store;
 use crate::store::key_cache::KeyCache;
 use crate::store::usage_writer::{self, UsageSink};
@@ -40,6 +41,10 @@ pub struct AppState {
     pub health: HealthRegistry,
     /// Bearer token for `/admin/*`; `None` disables the admin endpoints.
     pub admin_token: Option<String>,
+    /// Budgets and quotas.
+    pub ledger: Arc<Ledger>,
+    /// Whether `POST /admin/test/clock` may shift the clock (tests only).
+    pub test_clock: bool,
 }
 
 /// The gateway request id, set by the middleware on every request.
@@ -58,6 +63,15 @@ pub fn router(app: Arc<AppState>) -> Router {
         .route("/metrics", get(admin::metrics))
         .route("/admin/policies", get(admin::policies))
         .route("/admin/policies/reload", post(admin::reload))
+        .route(
+            "/admin/budgets",
+            get(admin::list_budgets).put(admin::set_budget),
+        )
+        .route(
+            "/admin/budgets/{id}",
+            get(admin::show_budget).delete(admin::delete_budget),
+        )
+        .route("/admin/test/clock", post(admin::test_clock))
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .layer(middleware::from_fn(request_id))
@@ -113,6 +127,8 @@ pub struct ServeOptions {
     pub watch: bool,
     /// Bearer token for `/admin/*`.
     pub admin_token: Option<String>,
+    /// Allow `POST /admin/test/clock` (end-to-end tests of windows only).
+    pub test_clock: bool,
 }
 
 /// Runs the gateway until SIGTERM / SIGINT, then drains requests and flushes usage records.
@@ -123,6 +139,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         listen,
         watch: watch_files,
         admin_token,
+        test_clock,
     } = options;
     let listener = TcpListener::bind(listen).await?;
     let local = listener.local_addr()?;
@@ -133,18 +150,25 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         .register_instance(&instance_id, &local.to_string(), keys_version)
         .await?;
     let (usage, writer) = usage_writer::spawn(store.clone());
+    let http = crate::upstream::client()?;
+    let (ledger, settler) = Ledger::start(store.clone(), http.clone()).await?;
+    tokio::task::spawn_blocking(crate::spend::estimate::warm_up);
     let app = Arc::new(AppState {
         policies: policies.clone(),
         store: store.clone(),
         keys: keys.clone(),
         usage,
-        http: crate::upstream::client()?,
+        http,
         health: HealthRegistry::default(),
         admin_token,
+        ledger: ledger.clone(),
+        test_clock,
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let watcher = tokio::spawn(keys.watch(instance_id.clone(), stop_rx.clone()));
+    let ledger_watcher = tokio::spawn(ledger.clone().watch(stop_rx.clone()));
+    drop(ledger);
     let reloader = tokio::spawn(reload_on_sighup(policies.clone(), stop_rx.clone()));
     let file_watcher = watch_files
         .then(|| tokio::spawn(policy_watch::watch_dir(policies.clone(), stop_rx.clone())));
@@ -183,6 +207,13 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     drop(server);
     let _ = stop_tx.send(true);
     let _ = watcher.await;
+    let _ = ledger_watcher.await;
+    // The last ledger handle went with the app state: pending settlements drain now.
+    if tokio::time::timeout(SHUTDOWN_GRACE, settler).await.is_err() {
+        tracing::error!(
+            "settlements did not finish within the grace period; their holds will be reclaimed at expiry"
+        );
+    }
     let _ = reloader.await;
     if let Some(file_watcher) = file_watcher {
         let _ = file_watcher.await;

@@ -1,19 +1,19 @@
 //! Persistent state: virtual keys, usage records and gateway instances, behind one interface.
 //!
-//! SQLite (one file, WAL) is the embedded default. The interface is backend-neutral (times are
-//! Unix ms, JSON is text) so the PostgreSQL store for multi-replica deployments slots in as a
-//! second backend with its own migrations.
+//! SQLite (one file, WAL) is the embedded default; PostgreSQL is the store for several gateway
+//! replicas. Both run the same queries through sqlx's `Any` driver (times are Unix ms, JSON is
+//! text, `$n` placeholders), each with its own migrations folder for the DDL.
 
 pub mod key_cache;
 pub mod keys;
+pub mod ledger;
 pub mod usage_writer;
 
 use std::path::Path;
-use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{QueryBuilder, Row, SqlitePool};
+use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::{AnyPool, Executor, QueryBuilder, Row};
 
 pub use keys::{KeyRecord, ModelGrant};
 
@@ -105,48 +105,92 @@ pub struct UsageRecord {
     pub policy_generation: i64,
 }
 
+/// Which database a store runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Embedded, one file.
+    Sqlite,
+    /// Shared by several gateway replicas.
+    Postgres,
+}
+
 /// The store.
 #[derive(Clone, Debug)]
 pub struct Store {
-    pool: SqlitePool,
+    pool: AnyPool,
+    backend: Backend,
 }
 
 impl Store {
-    /// Opens (creating if needed) the database at `url` and runs migrations.
+    /// Opens (creating if needed) the database at `url` and runs its migrations.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
-        let Some(path) = url
+        static DRIVERS: std::sync::Once = std::sync::Once::new();
+        DRIVERS.call_once(install_default_drivers);
+        if let Some(path) = url
             .strip_prefix("sqlite://")
             .or_else(|| url.strip_prefix("sqlite:"))
-        else {
-            return Err(StoreError::UnsupportedUrl(url.to_string()));
-        };
-        if let Some(parent) = Path::new(path).parent()
-            && !parent.as_os_str().is_empty()
         {
-            std::fs::create_dir_all(parent).map_err(|e| {
-                StoreError::Database(sqlx::Error::Configuration(
-                    format!("cannot create {}: {e}", parent.display()).into(),
-                ))
-            })?;
+            let path = path.split('?').next().unwrap_or(path);
+            if let Some(parent) = Path::new(path).parent()
+                && !parent.as_os_str().is_empty()
+            {
+                std::fs::create_dir_all(parent).map_err(|e| {
+                    StoreError::Database(sqlx::Error::Configuration(
+                        format!("cannot create {}: {e}", parent.display()).into(),
+                    ))
+                })?;
+            }
+            let pool = AnyPoolOptions::new()
+                .max_connections(4)
+                .min_connections(1)
+                .after_connect(|conn, _| {
+                    Box::pin(async move {
+                        conn.execute(
+                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                             PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
+                        )
+                        .await?;
+                        Ok(())
+                    })
+                })
+                .connect(&format!("sqlite://{path}?mode=rwc"))
+                .await?;
+            sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+            Ok(Self {
+                pool,
+                backend: Backend::Sqlite,
+            })
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let pool = AnyPoolOptions::new()
+                .max_connections(16)
+                .min_connections(1)
+                .acquire_timeout(Duration::from_secs(5))
+                .connect(url)
+                .await?;
+            sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+            Ok(Self {
+                pool,
+                backend: Backend::Postgres,
+            })
+        } else {
+            Err(StoreError::UnsupportedUrl(url.to_string()))
         }
-        let options = SqliteConnectOptions::from_str(&format!("sqlite://{path}"))?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(10))
-            .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .min_connections(1)
-            .connect_with(options)
-            .await?;
-        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-        Ok(Self { pool })
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> Backend {
+        self.backend
     }
 
     /// The current version of the key table (bumped by every key change).
     pub async fn keys_version(&self) -> Result<i64, StoreError> {
-        let row = sqlx::query("SELECT version FROM store_versions WHERE name = 'keys'")
+        self.version("keys").await
+    }
+
+    /// The current version of a change counter (`keys`, `budgets`).
+    pub async fn version(&self, name: &str) -> Result<i64, StoreError> {
+        let row = sqlx::query("SELECT version FROM store_versions WHERE name = $1")
+            .bind(name)
             .fetch_one(&self.pool)
             .await?;
         Ok(row.try_get(0)?)
@@ -234,7 +278,7 @@ impl Store {
                     .push_bind(&r.team)
                     .push_bind(&r.method)
                     .push_bind(&r.endpoint)
-                    .push_bind(r.stream)
+                    .push_bind(i64::from(r.stream))
                     .push_bind(&r.requested_model)
                     .push_bind(&r.served_model)
                     .push_bind(&r.upstream_model)
@@ -265,7 +309,7 @@ impl Store {
         Ok(())
     }
 
-    pub(crate) fn pool(&self) -> &SqlitePool {
+    pub(crate) fn pool(&self) -> &AnyPool {
         &self.pool
     }
 

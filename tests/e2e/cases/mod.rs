@@ -5,6 +5,7 @@ mod docs;
 mod errors;
 mod keys;
 mod passthrough;
+mod plugins;
 mod policies;
 mod sdk;
 mod shutdown;

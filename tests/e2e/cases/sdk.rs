@@ -44,7 +44,8 @@ fn the_openai_python_sdk_example_runs_against_the_demo() {
     );
     assert!(stdout.contains("embedding dimensions: 16"), "{stdout}");
     assert!(
-        stdout.contains("models: demo-chat, demo-embed, demo-image, gpt-4o-mini"),
+        stdout.contains("models: chat-cheap, chat-eu, chat-failover")
+            && stdout.contains("demo-chat, demo-chat-eu"),
         "{stdout}"
     );
 }

@@ -12,6 +12,7 @@
 //! | `mock-slow`           | answers after 2 s                                             |
 //! | `mock-stall-stream`   | sends the first chunk of a stream, then goes silent for 30 s  |
 //! | `mock-slow-stream`    | streams with 50 ms between chunks                             |
+//! | `mock-secret`         | answers [`SECRET_CHUNKS`] (a cloud key and an email split across chunks) |
 //! | anything else         | a normal answer                                               |
 //!
 //! When recording is on, every request (path, headers, JSON body) is kept for assertions.
@@ -32,6 +33,14 @@ use serde_json::{Value, json};
 
 /// Fixed usage the mock reports for chat completions.
 pub const CHAT_USAGE: (i64, i64, i64, i64) = (11, 7, 2, 3);
+
+/// The answer of model `mock-secret`: as stream chunks, with an AWS access key id and an email
+/// address each split across two chunks; as one message when not streamed.
+pub const SECRET_CHUNKS: &[&str] = &[
+    "Here is the key AKIAIOSF",
+    "ODNN7EXAMPLE and the contact jane.d",
+    "oe@example.com, nothing else.",
+];
 
 /// One request the mock received.
 #[derive(Debug, Clone)]
@@ -214,12 +223,18 @@ async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
         .get("stream")
         .and_then(Value::as_bool)
         .unwrap_or(false);
+    let secret = model == "mock-secret";
     if !stream {
+        let content = if secret {
+            SECRET_CHUNKS.concat()
+        } else {
+            "mock answer".to_string()
+        };
         return json_response(
             StatusCode::OK,
             &json!({
                 "id": "chatcmpl-mock", "object": "chat.completion", "created": 1_700_000_000, "model": model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": "mock answer"}, "finish_reason": "stop"}],
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
                 "usage": chat_usage(),
             }),
         );
@@ -240,8 +255,14 @@ async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
         json!({"role": "assistant", "content": ""}),
         Value::Null,
     )];
-    for i in 0..shared.config.stream_chunks {
-        events.push(chunk(json!({"content": format!("tok{i} ")}), Value::Null));
+    if secret {
+        for piece in SECRET_CHUNKS {
+            events.push(chunk(json!({"content": piece}), Value::Null));
+        }
+    } else {
+        for i in 0..shared.config.stream_chunks {
+            events.push(chunk(json!({"content": format!("tok{i} ")}), Value::Null));
+        }
     }
     events.push(chunk(json!({}), json!("stop")));
     if include_usage {

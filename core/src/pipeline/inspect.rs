@@ -1,0 +1,936 @@
+//! Stage 3, inspect: guardrail plugins on the request, the answer and the stream.
+//!
+//! - **request** ([`run`]): every plugin of the snapshot whose `applies_to` matches the model
+//!   name and key runs in manifest file-name order, before any budget is held or the provider
+//!   sees anything. `allow` goes on, `rewrite` replaces the texts it names in the body the
+//!   provider receives (masking), `deny` ends the request with 403 (`safety_blocked` or the
+//!   plugin's own code) naming the plugin and the finding categories, never the text.
+//! - **response** ([`inspect_response`]): non-streamed answers, before the client sees them.
+//! - **stream** ([`StreamGuard`]): SSE answers through a sliding window per choice: the last
+//!   `stream_window` bytes of text are held back and shown again with the next chunk, so a value
+//!   split across two chunks is seen whole, without buffering the stream.
+//!
+//! A plugin that traps, runs out of time or memory, or answers garbage is handled by its
+//! failure mode: closed (403 `plugin_blocked` naming it) or open (the traffic passes, the
+//! failure is recorded). Every plugin's decision, time and findings (categories and counts,
+//! never content) go into the usage record's decision trail.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use serde_json::{Map, Value, json};
+
+use super::authorize::Authorized;
+use super::{Endpoint, Flow, Recorder};
+use crate::error::{GatewayError, GuardrailError};
+use crate::plugins::host::{Failure, elapsed_us, wit};
+use crate::plugins::views::{self, TextMap};
+use crate::plugins::{FailureMode, Phase, Plugin};
+use crate::policy::Snapshot;
+use crate::store::KeyRecord;
+
+/// The plugins bound to one request for its answer, carried to the call stage.
+#[derive(Debug, Clone, Default)]
+pub struct Guards {
+    /// Plugins with a `response` or `stream` phase that apply to this request.
+    pub plugins: Vec<Arc<Plugin>>,
+    /// The calling key as plugins see it.
+    pub caller: Option<wit::Caller>,
+    /// The model name the client sent.
+    pub model: String,
+    /// The endpoint path.
+    pub endpoint: &'static str,
+}
+
+impl Guards {
+    /// Whether any bound plugin has `phase`.
+    pub fn has(&self, phase: Phase) -> bool {
+        self.plugins.iter().any(|p| p.has_phase(phase))
+    }
+}
+
+/// One plugin's answer after validation.
+enum Outcome {
+    Allow,
+    Rewrite(Vec<wit::Edit>),
+    Deny { code: String, reason: String },
+}
+
+/// Validates a verdict against the parts shown.
+fn validate(verdict: wit::Verdict, map: &TextMap) -> Result<(Outcome, wit::Verdict), Failure> {
+    let outcome = match &verdict.action {
+        wit::Action::Allow => Outcome::Allow,
+        wit::Action::Rewrite(edits) => {
+            views::check_edits(map, edits).map_err(Failure::Invalid)?;
+            Outcome::Rewrite(edits.clone())
+        }
+        wit::Action::Deny(denial) => {
+            let code = if denial.code.is_empty() {
+                "safety_blocked".to_string()
+            } else if denial.code.len() <= 64
+                && denial.code.starts_with(|c: char| c.is_ascii_lowercase())
+                && denial
+                    .code
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            {
+                denial.code.clone()
+            } else {
+                return Err(Failure::Invalid(
+                    "deny code must match [a-z][a-z0-9_]{0,63}".into(),
+                ));
+            };
+            let reason: String = denial.reason.chars().take(300).collect();
+            Outcome::Deny { code, reason }
+        }
+    };
+    if verdict.findings.len() > 256 {
+        return Err(Failure::Invalid("more than 256 findings".into()));
+    }
+    Ok((outcome, verdict))
+}
+
+fn findings_json(findings: &[wit::Finding]) -> Value {
+    let mut map = Map::new();
+    for f in findings {
+        let category: String = f.category.chars().take(64).collect();
+        let entry = map.entry(category).or_insert(Value::from(0u64));
+        *entry = Value::from(entry.as_u64().unwrap_or(0) + u64::from(f.count));
+    }
+    Value::Object(map)
+}
+
+fn categories(findings: &[wit::Finding]) -> Vec<String> {
+    let mut names: Vec<String> = findings
+        .iter()
+        .map(|f| f.category.chars().take(64).collect())
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+fn denial(
+    plugin: &Plugin,
+    code: String,
+    reason: String,
+    findings: &[wit::Finding],
+) -> GatewayError {
+    GatewayError::Guardrail(GuardrailError {
+        plugin: plugin.name.clone(),
+        code,
+        categories: categories(findings),
+        reason,
+    })
+}
+
+fn failed(plugin: &Plugin, failure: &Failure) -> GatewayError {
+    GatewayError::Guardrail(GuardrailError {
+        plugin: plugin.name.clone(),
+        code: "plugin_blocked".into(),
+        categories: Vec::new(),
+        reason: format!("the plugin failed ({}) and fails closed", failure.kind()),
+    })
+}
+
+fn decision(plugin: &Plugin, phase: Phase, outcome: &str, elapsed: i64) -> Value {
+    json!({
+        "stage": "inspect", "plugin": plugin.name, "phase": phase.as_str(),
+        "outcome": outcome, "elapsed_us": elapsed,
+    })
+}
+
+fn with_verdict(mut entry: Value, verdict: &wit::Verdict) -> Value {
+    if !verdict.findings.is_empty() {
+        entry["findings"] = findings_json(&verdict.findings);
+    }
+    if let Some(score) = verdict.score.filter(|s| s.is_finite()) {
+        entry["score"] = json!(score);
+    }
+    entry
+}
+
+fn with_failure(mut entry: Value, plugin: &Plugin, failure: &Failure) -> Value {
+    entry["failure"] = Value::from(failure.kind());
+    entry["failure_mode"] = Value::from(plugin.failure_mode.as_str());
+    entry
+}
+
+/// Runs the request phase of every plugin bound to this request; rewrites change `request.body`.
+pub async fn run(
+    snapshot: &Snapshot,
+    endpoint: Endpoint,
+    key: &KeyRecord,
+    request: &mut Authorized,
+    recorder: &mut Recorder,
+) -> Flow<()> {
+    let model = request.target.name().to_string();
+    let bound: Vec<Arc<Plugin>> = snapshot
+        .plugins
+        .iter()
+        .filter(|p| p.applies(&model, key))
+        .cloned()
+        .collect();
+    if bound.is_empty() {
+        return Flow::Continue(());
+    }
+    let caller = views::caller(key);
+    let mut view = None;
+    let mut decisions = Vec::new();
+    let mut result = Flow::Continue(());
+    for plugin in bound.iter().filter(|p| p.has_phase(Phase::Request)) {
+        let (shown, map) = view.get_or_insert_with(|| {
+            views::request_view(
+                endpoint.path(),
+                &model,
+                request.stream,
+                &request.body,
+                &caller,
+            )
+        });
+        let started = Instant::now();
+        let answer = plugin.instances.check_request(shown).await;
+        let elapsed = elapsed_us(started);
+        match answer.and_then(|v| validate(v, map)) {
+            Ok((Outcome::Allow, verdict)) => {
+                decisions.push(with_verdict(
+                    decision(plugin, Phase::Request, "allow", elapsed),
+                    &verdict,
+                ));
+            }
+            Ok((Outcome::Rewrite(edits), verdict)) => {
+                views::apply_edits_to_body(&mut request.body, map, &edits);
+                view = None;
+                decisions.push(with_verdict(
+                    decision(plugin, Phase::Request, "rewrite", elapsed),
+                    &verdict,
+                ));
+            }
+            Ok((Outcome::Deny { code, reason }, verdict)) => {
+                decisions.push(with_verdict(
+                    decision(plugin, Phase::Request, "deny", elapsed),
+                    &verdict,
+                ));
+                result = Flow::Respond(denial(plugin, code, reason, &verdict.findings));
+                break;
+            }
+            Err(failure) => {
+                tracing::warn!(plugin = %plugin.name, phase = "request", error = %failure, "guardrail plugin failed");
+                let outcome = match plugin.failure_mode {
+                    FailureMode::Closed => "error",
+                    FailureMode::Open => "fail_open",
+                };
+                decisions.push(with_failure(
+                    decision(plugin, Phase::Request, outcome, elapsed),
+                    plugin,
+                    &failure,
+                ));
+                if plugin.failure_mode == FailureMode::Closed {
+                    result = Flow::Respond(failed(plugin, &failure));
+                    break;
+                }
+            }
+        }
+    }
+    recorder.add_decisions(decisions);
+    request.guards = Guards {
+        plugins: bound
+            .into_iter()
+            .filter(|p| p.has_phase(Phase::Response) || p.has_phase(Phase::Stream))
+            .collect(),
+        caller: Some(caller),
+        model,
+        endpoint: endpoint.path(),
+    };
+    result
+}
+
+/// Runs the response phase on a non-streamed 2xx answer; returns the body to relay (rewritten
+/// if a plugin masked it) or the error to answer with instead.
+pub async fn inspect_response(
+    guards: &Guards,
+    body: Bytes,
+    recorder: &mut Recorder,
+) -> Result<Bytes, GatewayError> {
+    if !guards.has(Phase::Response) {
+        return Ok(body);
+    }
+    let Some(caller) = &guards.caller else {
+        return Ok(body);
+    };
+    let Ok(mut value) = serde_json::from_slice::<Value>(&body) else {
+        return Ok(body);
+    };
+    let mut changed = false;
+    let mut decisions = Vec::new();
+    let mut result = Ok(());
+    for plugin in guards
+        .plugins
+        .iter()
+        .filter(|p| p.has_phase(Phase::Response))
+    {
+        let Some((shown, map)) =
+            views::response_view(guards.endpoint, &guards.model, &value, caller)
+        else {
+            break;
+        };
+        let started = Instant::now();
+        let answer = plugin.instances.check_response(&shown).await;
+        let elapsed = elapsed_us(started);
+        match answer.and_then(|v| validate(v, &map)) {
+            Ok((Outcome::Allow, verdict)) => {
+                decisions.push(with_verdict(
+                    decision(plugin, Phase::Response, "allow", elapsed),
+                    &verdict,
+                ));
+            }
+            Ok((Outcome::Rewrite(edits), verdict)) => {
+                views::apply_edits(&mut value, &map, &edits);
+                changed = true;
+                decisions.push(with_verdict(
+                    decision(plugin, Phase::Response, "rewrite", elapsed),
+                    &verdict,
+                ));
+            }
+            Ok((Outcome::Deny { code, reason }, verdict)) => {
+                decisions.push(with_verdict(
+                    decision(plugin, Phase::Response, "deny", elapsed),
+                    &verdict,
+                ));
+                result = Err(denial(plugin, code, reason, &verdict.findings));
+                break;
+            }
+            Err(failure) => {
+                tracing::warn!(plugin = %plugin.name, phase = "response", error = %failure, "guardrail plugin failed");
+                let outcome = match plugin.failure_mode {
+                    FailureMode::Closed => "error",
+                    FailureMode::Open => "fail_open",
+                };
+                decisions.push(with_failure(
+                    decision(plugin, Phase::Response, outcome, elapsed),
+                    plugin,
+                    &failure,
+                ));
+                if plugin.failure_mode == FailureMode::Closed {
+                    result = Err(failed(plugin, &failure));
+                    break;
+                }
+            }
+        }
+    }
+    recorder.add_decisions(decisions);
+    result?;
+    if !changed {
+        return Ok(body);
+    }
+    serde_json::to_vec(&value)
+        .map(Bytes::from)
+        .map_err(|e| GatewayError::Routing(format!("masked answer cannot be re-encoded: {e}")))
+}
+
+/// Per-plugin totals over one stream, for the usage record.
+#[derive(Debug, Default)]
+struct PluginStats {
+    calls: u64,
+    elapsed_us: i64,
+    findings: BTreeMap<String, u64>,
+    outcome: &'static str,
+    failure: Option<&'static str>,
+    max_score: Option<f64>,
+}
+
+fn rank(outcome: &str) -> u8 {
+    match outcome {
+        "deny" | "error" => 3,
+        "fail_open" => 2,
+        "rewrite" => 1,
+        _ => 0,
+    }
+}
+
+/// What the stream guard produced for one input.
+#[derive(Debug)]
+pub enum GuardOutput {
+    /// Relay these bytes (possibly empty).
+    Pass(Bytes),
+    /// Relay these bytes (the error event), then end the stream; `code` is recorded.
+    Block {
+        /// The final bytes.
+        bytes: Bytes,
+        /// The error code.
+        code: String,
+    },
+}
+
+/// A sliding window over one choice of the answer.
+#[derive(Debug, Default)]
+struct Window {
+    held: String,
+    /// The last event that carried text for this window, to re-emit held text at the end.
+    template: Option<Value>,
+}
+
+/// The state that moves into each inspection future.
+struct Core {
+    plugins: Vec<Arc<Plugin>>,
+    /// Plugins that failed open in this stream and are skipped for the rest of it.
+    skipped: Vec<bool>,
+    caller: wit::Caller,
+    model: String,
+    endpoint: &'static str,
+    window_bytes: usize,
+    pending: BytesMut,
+    windows: BTreeMap<u32, Window>,
+    responses_api: bool,
+    stats: Arc<Mutex<Vec<PluginStats>>>,
+}
+
+/// A blocked stream: the error to end it with.
+struct Blocked {
+    code: String,
+    message: String,
+}
+
+type Busy = Pin<Box<dyn Future<Output = (Box<Core>, Result<Bytes, Blocked>)> + Send>>;
+
+/// The stream phase: inspects complete SSE events on their way to the client.
+pub struct StreamGuard {
+    core: Option<Box<Core>>,
+    busy: Option<Busy>,
+    names: Vec<String>,
+    stats: Arc<Mutex<Vec<PluginStats>>>,
+}
+
+impl std::fmt::Debug for StreamGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamGuard")
+            .field("plugins", &self.names)
+            .field("busy", &self.busy.is_some())
+            .finish()
+    }
+}
+
+impl StreamGuard {
+    /// A guard for the stream of this request, if any bound plugin has the stream phase.
+    pub fn new(guards: &Guards) -> Option<Self> {
+        let plugins: Vec<Arc<Plugin>> = guards
+            .plugins
+            .iter()
+            .filter(|p| p.has_phase(Phase::Stream))
+            .cloned()
+            .collect();
+        if plugins.is_empty() {
+            return None;
+        }
+        let caller = guards.caller.clone()?;
+        let stats = Arc::new(Mutex::new(
+            plugins
+                .iter()
+                .map(|_| PluginStats {
+                    outcome: "allow",
+                    ..PluginStats::default()
+                })
+                .collect(),
+        ));
+        let names = plugins.iter().map(|p| p.name.clone()).collect();
+        let window_bytes = plugins
+            .iter()
+            .map(|p| p.limits.stream_window)
+            .max()
+            .unwrap_or(256);
+        Some(StreamGuard {
+            core: Some(Box::new(Core {
+                skipped: vec![false; plugins.len()],
+                plugins,
+                caller,
+                model: guards.model.clone(),
+                endpoint: guards.endpoint,
+                window_bytes,
+                pending: BytesMut::new(),
+                windows: BTreeMap::new(),
+                responses_api: guards.endpoint == Endpoint::Responses.path(),
+                stats: stats.clone(),
+            })),
+            busy: None,
+            names,
+            stats,
+        })
+    }
+
+    /// Whether an inspection is in flight (poll it before reading upstream again).
+    pub fn is_busy(&self) -> bool {
+        self.busy.is_some()
+    }
+
+    /// Starts inspecting `events` (complete SSE events); `end` when the upstream finished.
+    pub fn start(&mut self, events: Bytes, end: bool) {
+        if let Some(mut core) = self.core.take() {
+            self.busy = Some(Box::pin(async move {
+                let result = core.process(events, end).await;
+                (core, result)
+            }));
+        }
+    }
+
+    /// Drives the inspection started last.
+    pub fn poll(&mut self, cx: &mut Context<'_>) -> Poll<GuardOutput> {
+        let Some(busy) = self.busy.as_mut() else {
+            return Poll::Ready(GuardOutput::Pass(Bytes::new()));
+        };
+        match busy.as_mut().poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready((core, result)) => {
+                self.busy = None;
+                self.core = Some(core);
+                Poll::Ready(match result {
+                    Ok(bytes) => GuardOutput::Pass(bytes),
+                    Err(blocked) => {
+                        self.core = None;
+                        let event = json!({"error": {"code": blocked.code, "message": blocked.message, "type": "permission_error"}});
+                        GuardOutput::Block {
+                            bytes: Bytes::from(format!("data: {event}\n\n")),
+                            code: blocked.code,
+                        }
+                    }
+                })
+            }
+        }
+    }
+
+    /// One decision entry per stream plugin: calls, time, findings, the strongest outcome.
+    pub fn decisions(&self) -> Vec<Value> {
+        let Ok(stats) = self.stats.lock() else {
+            return Vec::new();
+        };
+        self.names
+            .iter()
+            .zip(stats.iter())
+            .map(|(name, s)| {
+                let mut entry = json!({
+                    "stage": "inspect", "plugin": name, "phase": "stream", "outcome": s.outcome,
+                    "calls": s.calls, "elapsed_us": s.elapsed_us,
+                });
+                if !s.findings.is_empty() {
+                    entry["findings"] = json!(s.findings);
+                }
+                if let Some(failure) = s.failure {
+                    entry["failure"] = Value::from(failure);
+                }
+                if let Some(score) = s.max_score {
+                    entry["score"] = json!(score);
+                }
+                entry
+            })
+            .collect()
+    }
+}
+
+/// A parsed SSE event: its non-data lines and its data.
+struct Event<'a> {
+    other: Vec<&'a str>,
+    data: String,
+}
+
+fn parse_event(raw: &str) -> Event<'_> {
+    let mut other = Vec::new();
+    let mut data: Option<String> = None;
+    for line in raw.split('\n') {
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        if let Some(rest) = line.strip_prefix("data:") {
+            let rest = rest.strip_prefix(' ').unwrap_or(rest);
+            match &mut data {
+                Some(d) => {
+                    d.push('\n');
+                    d.push_str(rest);
+                }
+                None => data = Some(rest.to_string()),
+            }
+        } else if !line.is_empty() {
+            other.push(line);
+        }
+    }
+    Event {
+        other,
+        data: data.unwrap_or_default(),
+    }
+}
+
+fn render_event(other: &[&str], data: &Value, out: &mut BytesMut) {
+    for line in other {
+        out.extend_from_slice(line.as_bytes());
+        out.extend_from_slice(b"\n");
+    }
+    out.extend_from_slice(b"data: ");
+    out.extend_from_slice(data.to_string().as_bytes());
+    out.extend_from_slice(b"\n\n");
+}
+
+/// The end of the first event in `buf` (after its blank line).
+fn event_end(buf: &[u8]) -> Option<usize> {
+    let mut i = 0;
+    while i + 1 < buf.len() {
+        if buf[i] == b'\n' {
+            if buf[i + 1] == b'\n' {
+                return Some(i + 2);
+            }
+            if buf[i + 1] == b'\r' && buf.get(i + 2) == Some(&b'\n') {
+                return Some(i + 3);
+            }
+        }
+        i += 1;
+    }
+    None
+}
+
+/// The largest char boundary of `s` at or below `at`.
+fn floor_boundary(s: &str, at: usize) -> usize {
+    let mut at = at.min(s.len());
+    while !s.is_char_boundary(at) {
+        at -= 1;
+    }
+    at
+}
+
+impl Core {
+    async fn process(&mut self, input: Bytes, end: bool) -> Result<Bytes, Blocked> {
+        self.pending.extend_from_slice(&input);
+        let mut out = BytesMut::with_capacity(self.pending.len() + 64);
+        while let Some(len) = event_end(&self.pending) {
+            let raw = self.pending.split_to(len).freeze();
+            self.event(&raw, &mut out).await?;
+        }
+        if end {
+            // An unterminated tail was never inspected: it is dropped, not relayed.
+            self.pending.clear();
+            self.flush_all(&mut out);
+        }
+        Ok(out.freeze())
+    }
+
+    async fn event(&mut self, raw: &[u8], out: &mut BytesMut) -> Result<(), Blocked> {
+        let Ok(text) = std::str::from_utf8(raw) else {
+            out.extend_from_slice(raw);
+            return Ok(());
+        };
+        let event = parse_event(text);
+        if event.data.trim() == "[DONE]" {
+            self.flush_all(out);
+            out.extend_from_slice(raw);
+            return Ok(());
+        }
+        let Ok(mut value) = serde_json::from_str::<Value>(&event.data) else {
+            out.extend_from_slice(raw);
+            return Ok(());
+        };
+        if self.responses_api {
+            self.responses_event(&event.other, &mut value, out).await
+        } else {
+            self.chat_event(&event.other, &mut value, out).await
+        }
+    }
+
+    async fn chat_event(
+        &mut self,
+        other: &[&str],
+        value: &mut Value,
+        out: &mut BytesMut,
+    ) -> Result<(), Blocked> {
+        let count = value
+            .get("choices")
+            .and_then(Value::as_array)
+            .map_or(0, Vec::len);
+        for c in 0..count {
+            let choice = &value["choices"][c];
+            let index = choice
+                .get("index")
+                .and_then(Value::as_u64)
+                .unwrap_or(c as u64) as u32;
+            let last = choice.get("finish_reason").is_some_and(|f| !f.is_null());
+            let text = choice
+                .get("delta")
+                .and_then(|d| d.get("content"))
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            let released = match text {
+                Some(text) => {
+                    self.windows.entry(index).or_default().template = Some(value.clone());
+                    Some(self.advance(index, &text, last).await?)
+                }
+                None if last => {
+                    let held = self
+                        .windows
+                        .get_mut(&index)
+                        .map(|w| std::mem::take(&mut w.held))
+                        .unwrap_or_default();
+                    (!held.is_empty()).then_some(held)
+                }
+                None => None,
+            };
+            if let Some(released) = released
+                && let Some(delta) = value["choices"][c]
+                    .get_mut("delta")
+                    .and_then(Value::as_object_mut)
+            {
+                delta.insert("content".into(), Value::String(released));
+            }
+        }
+        render_event(other, value, out);
+        Ok(())
+    }
+
+    async fn responses_event(
+        &mut self,
+        other: &[&str],
+        value: &mut Value,
+        out: &mut BytesMut,
+    ) -> Result<(), Blocked> {
+        let kind = value
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        let index = value
+            .get("output_index")
+            .and_then(Value::as_u64)
+            .unwrap_or(0) as u32;
+        if kind == "response.output_text.delta" {
+            let text = value
+                .get("delta")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
+            self.windows.entry(index).or_default().template = Some(value.clone());
+            let released = self.advance(index, &text, false).await?;
+            value["delta"] = Value::String(released);
+            render_event(other, value, out);
+            return Ok(());
+        }
+        if kind == "response.output_text.done" {
+            self.flush(index, out);
+        }
+        // Events that repeat a complete text are inspected whole, like a last window.
+        for (text, path) in views::event_full_texts(value) {
+            let checked = self.inspect(index, text, 0, true).await?;
+            views::set_text(value, &path, checked);
+        }
+        render_event(other, value, out);
+        Ok(())
+    }
+
+    /// Adds `text` to window `index`, inspects it, and returns what may be released now.
+    async fn advance(&mut self, index: u32, text: &str, last: bool) -> Result<String, Blocked> {
+        let held = self
+            .windows
+            .get_mut(&index)
+            .map(|w| std::mem::take(&mut w.held))
+            .unwrap_or_default();
+        let seen = held.len();
+        let mut buf = held;
+        buf.push_str(text);
+        let buf = self.inspect(index, buf, seen, last).await?;
+        if last {
+            return Ok(buf);
+        }
+        let cut = floor_boundary(&buf, buf.len().saturating_sub(self.window_bytes));
+        let (release, keep) = buf.split_at(cut);
+        let window = self.windows.entry(index).or_default();
+        window.held = keep.to_string();
+        Ok(release.to_string())
+    }
+
+    /// Runs every stream plugin over one window; returns the (possibly masked) text.
+    async fn inspect(
+        &mut self,
+        index: u32,
+        text: String,
+        seen: usize,
+        last: bool,
+    ) -> Result<String, Blocked> {
+        let mut view = wit::StreamView {
+            model: self.model.clone(),
+            endpoint: self.endpoint.to_string(),
+            index,
+            window: wit::TextPart { id: 0, text },
+            seen: u32::try_from(seen).unwrap_or(u32::MAX),
+            last,
+            caller: self.caller.clone(),
+        };
+        let one_part = one_part_map();
+        for (i, plugin) in self.plugins.iter().enumerate() {
+            if self.skipped[i] {
+                continue;
+            }
+            let started = Instant::now();
+            let answer = plugin.instances.check_stream(&view).await;
+            let elapsed = elapsed_us(started);
+            let validated = answer.and_then(|v| validate(v, &one_part));
+            let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+            let s = &mut stats[i];
+            s.calls += 1;
+            s.elapsed_us += elapsed;
+            let outcome = match validated {
+                Ok((outcome, verdict)) => {
+                    for f in &verdict.findings {
+                        *s.findings
+                            .entry(f.category.chars().take(64).collect())
+                            .or_insert(0) += u64::from(f.count);
+                    }
+                    if let Some(score) = verdict.score.filter(|x| x.is_finite()) {
+                        s.max_score = Some(s.max_score.map_or(score, |m: f64| m.max(score)));
+                    }
+                    match outcome {
+                        Outcome::Allow => "allow",
+                        Outcome::Rewrite(edits) => {
+                            if let Some(edit) = edits.into_iter().last() {
+                                view.window.text = edit.text;
+                            }
+                            "rewrite"
+                        }
+                        Outcome::Deny { code, reason } => {
+                            set_outcome(s, "deny");
+                            let cats = categories(&verdict.findings);
+                            return Err(Blocked {
+                                message: GuardrailError {
+                                    plugin: plugin.name.clone(),
+                                    code: code.clone(),
+                                    categories: cats,
+                                    reason,
+                                }
+                                .to_string(),
+                                code,
+                            });
+                        }
+                    }
+                }
+                Err(failure) => {
+                    tracing::warn!(plugin = %plugin.name, phase = "stream", error = %failure, "guardrail plugin failed");
+                    s.failure = Some(failure.kind());
+                    if plugin.failure_mode == FailureMode::Closed {
+                        set_outcome(s, "error");
+                        let error = failed(plugin, &failure);
+                        return Err(Blocked {
+                            code: error.code().to_string(),
+                            message: error.to_string(),
+                        });
+                    }
+                    self.skipped[i] = true;
+                    "fail_open"
+                }
+            };
+            set_outcome(s, outcome);
+        }
+        Ok(view.window.text)
+    }
+
+    /// Releases the held text of window `index` as a synthesized event.
+    fn flush(&mut self, index: u32, out: &mut BytesMut) {
+        let Some(window) = self.windows.get_mut(&index) else {
+            return;
+        };
+        if window.held.is_empty() {
+            return;
+        }
+        let held = std::mem::take(&mut window.held);
+        let Some(mut event) = window.template.clone() else {
+            return;
+        };
+        if self.responses_api {
+            event["delta"] = Value::String(held);
+            let line = format!(
+                "event: {}",
+                event
+                    .get("type")
+                    .and_then(Value::as_str)
+                    .unwrap_or("response.output_text.delta")
+            );
+            render_event(&[line.as_str()], &event, out);
+        } else {
+            event["choices"] =
+                json!([{"index": index, "delta": {"content": held}, "finish_reason": null}]);
+            if event.get("usage").is_some() {
+                event["usage"] = Value::Null;
+            }
+            render_event(&[], &event, out);
+        }
+    }
+
+    fn flush_all(&mut self, out: &mut BytesMut) {
+        let indexes: Vec<u32> = self.windows.keys().copied().collect();
+        for index in indexes {
+            self.flush(index, out);
+        }
+    }
+}
+
+fn set_outcome(s: &mut PluginStats, outcome: &'static str) {
+    if rank(outcome) >= rank(s.outcome) {
+        s.outcome = outcome;
+    }
+}
+
+/// The text map of a stream window: one part, id 0.
+fn one_part_map() -> TextMap {
+    TextMap::single()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_are_split_on_blank_lines_of_either_style() {
+        assert_eq!(event_end(b"data: a\n\ndata: b"), Some(9));
+        assert_eq!(event_end(b"data: a\r\n\r\n"), Some(11));
+        assert_eq!(event_end(b"data: a\n"), None);
+    }
+
+    #[test]
+    fn parsed_events_keep_their_other_lines() {
+        let e = parse_event("event: response.output_text.delta\ndata: {\"a\":1}\n\n");
+        assert_eq!(e.other, vec!["event: response.output_text.delta"]);
+        assert_eq!(e.data, "{\"a\":1}");
+        let mut out = BytesMut::new();
+        render_event(&e.other, &json!({"a": 2}), &mut out);
+        assert_eq!(
+            &out[..],
+            b"event: response.output_text.delta\ndata: {\"a\":2}\n\n"
+        );
+    }
+
+    #[test]
+    fn window_cuts_never_split_a_character() {
+        assert_eq!(floor_boundary("aé", 2), 1);
+        assert_eq!(floor_boundary("abc", 10), 3);
+    }
+
+    #[test]
+    fn the_one_part_map_has_exactly_part_zero() {
+        let map = one_part_map();
+        assert_eq!(map.len(), 1);
+        assert!(
+            views::check_edits(
+                &map,
+                &[wit::Edit {
+                    part: 0,
+                    text: String::new()
+                }]
+            )
+            .is_ok()
+        );
+        assert!(
+            views::check_edits(
+                &map,
+                &[wit::Edit {
+                    part: 1,
+                    text: String::new()
+                }]
+            )
+            .is_err()
+        );
+    }
+}

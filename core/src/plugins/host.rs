@@ -1,0 +1,508 @@
+//! The wasmtime host: one engine, components compiled once, warm instance pools, limits.
+//!
+//! - One [`Engine`] per process (component model, epoch interruption), with a ticker thread
+//!   advancing the epoch every [`TICK`]; a call that runs past its manifest's `time_ms` traps.
+//! - A plugin's component is compiled once per content hash and reused across reloads.
+//! - Each plugin has an `InstancePre` (imports resolved once) and a small pool of warm
+//!   instances, each already configured: a call takes one, runs, and gives it back. An instance
+//!   that trapped, ran out of time or memory, or answered garbage is dropped, never reused.
+//! - Memory is capped per instance by a [`ResourceLimiter`]; WASI p2 is linked with an empty
+//!   context (no environment, arguments, files or network; stdio discarded) unless the
+//!   manifest grants a capability.
+
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Engine, ResourceLimiter, Store, Trap};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
+
+use super::manifest::{Capabilities, Limits};
+
+/// The guest bindings, generated from the SDK's WIT (the single source of truth).
+pub mod bindings {
+    wasmtime::component::bindgen!({
+        world: "guardrail",
+        path: "../sdk/wit",
+        exports: { default: async },
+    });
+}
+
+pub use bindings::tollgate::plugin::types as wit;
+use bindings::{Guardrail, GuardrailPre};
+
+/// The WIT package version this gateway loads (`tollgate:plugin@0.1.x`).
+pub const WIT_VERSION: &str = "0.1.0";
+
+/// How often the epoch advances: the granularity of time limits.
+pub const TICK: Duration = Duration::from_millis(1);
+
+/// Time allowed for instantiation plus `configure` (guests compile their patterns there).
+const CONFIGURE_TIME: Duration = Duration::from_secs(2);
+
+/// Why a plugin call did not produce a verdict.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Failure {
+    /// The call ran past the manifest's `time_ms`.
+    #[error("exceeded its time limit of {0} ms")]
+    Timeout(u64),
+    /// The guest tried to grow its memory past the manifest's `memory_mb`.
+    #[error("exceeded its memory limit of {0} MiB")]
+    Memory(u64),
+    /// The guest trapped (a panic, an out-of-bounds access, `unreachable`).
+    #[error("trapped: {0}")]
+    Trap(String),
+    /// The verdict is unusable (an edit for a part that does not exist, a bad code).
+    #[error("returned an invalid verdict: {0}")]
+    Invalid(String),
+    /// A fresh instance could not be created or configured.
+    #[error("could not be instantiated: {0}")]
+    Instantiate(String),
+}
+
+impl Failure {
+    /// A short, stable name for records and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Failure::Timeout(_) => "timeout",
+            Failure::Memory(_) => "memory_limit",
+            Failure::Trap(_) => "trap",
+            Failure::Invalid(_) => "invalid_verdict",
+            Failure::Instantiate(_) => "instantiate",
+        }
+    }
+}
+
+/// Caps linear memory and tables of one instance, remembering whether the cap was hit.
+struct Limiter {
+    max_memory: usize,
+    hit: bool,
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.max_memory {
+            self.hit = true;
+            return Err(wasmtime::Error::msg(format!(
+                "memory limit of {} bytes exceeded",
+                self.max_memory
+            )));
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+/// What one store holds.
+pub struct GuestState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limiter: Limiter,
+}
+
+impl WasiView for GuestState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// The process-wide engine and linker.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<GuestState>,
+}
+
+static RUNTIME: OnceLock<Result<Runtime, String>> = OnceLock::new();
+
+/// The shared runtime, created (with its epoch ticker) on first use.
+pub fn runtime() -> Result<&'static Runtime, String> {
+    RUNTIME
+        .get_or_init(|| {
+            let mut config = wasmtime::Config::new();
+            config.wasm_component_model(true);
+            config.epoch_interruption(true);
+            let engine = Engine::new(&config).map_err(|e| format!("wasmtime engine: {e}"))?;
+            let mut linker = Linker::new(&engine);
+            wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+                .map_err(|e| format!("WASI linker: {e}"))?;
+            let ticker = engine.weak();
+            std::thread::Builder::new()
+                .name("wasm-epoch".into())
+                .spawn(move || {
+                    while let Some(engine) = ticker.upgrade() {
+                        engine.increment_epoch();
+                        drop(engine);
+                        std::thread::sleep(TICK);
+                    }
+                })
+                .map_err(|e| format!("epoch ticker: {e}"))?;
+            Ok(Runtime { engine, linker })
+        })
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+impl Runtime {
+    /// Compiles a component (≈1 s for a release-built guardrail; callers reuse the result by
+    /// content hash) and checks it was built for a WIT version this gateway loads.
+    pub fn compile(&self, wasm: &[u8]) -> Result<Component, String> {
+        let component = Component::new(&self.engine, wasm).map_err(|e| {
+            let text = format!("{e:#}");
+            if wasm.starts_with(b"\0asm\x01\0\0\0") {
+                format!(
+                    "this is a core WebAssembly module, not a component: build it for wasm32-wasip2 ({text})"
+                )
+            } else {
+                format!("not a valid WebAssembly component: {text}")
+            }
+        })?;
+        check_world(&self.engine, &component)?;
+        Ok(component)
+    }
+
+    /// Resolves the imports of a guardrail component once.
+    pub fn prepare(&self, component: &Component) -> Result<GuardrailPre<GuestState>, String> {
+        let pre = self.linker.instantiate_pre(component).map_err(|e| {
+            format!(
+                "imports something this gateway does not provide (only WASI 0.2 is linked): {e:#}"
+            )
+        })?;
+        GuardrailPre::new(pre).map_err(|e| {
+            format!("does not match the guardrail world of tollgate:plugin@{WIT_VERSION}: {e:#}")
+        })
+    }
+}
+
+/// Refuses components that are not `tollgate:plugin` guardrails of a compatible version,
+/// naming what they are.
+fn check_world(engine: &Engine, component: &Component) -> Result<(), String> {
+    let ty = component.component_type();
+    let exports: Vec<String> = ty.exports(engine).map(|(n, _)| n.to_string()).collect();
+    let ours: Vec<&String> = exports
+        .iter()
+        .filter(|e| e.starts_with("tollgate:plugin/"))
+        .collect();
+    let Some(export) = ours.first() else {
+        return Err(format!(
+            "not a tollgate plugin: it exports {} instead of tollgate:plugin/guard@{WIT_VERSION}",
+            if exports.is_empty() {
+                "nothing".to_string()
+            } else {
+                exports.join(", ")
+            }
+        ));
+    };
+    let (interface, version) = export
+        .trim_start_matches("tollgate:plugin/")
+        .split_once('@')
+        .unwrap_or((export.as_str(), ""));
+    if !compatible(version) {
+        return Err(format!(
+            "built for tollgate:plugin@{version}, but this gateway loads tollgate:plugin@{WIT_VERSION} \
+             (0.1.x); rebuild the plugin with tollgate-plugin-sdk 0.1"
+        ));
+    }
+    if interface != "guard" {
+        return Err(format!(
+            "exports tollgate:plugin/{interface}, not the guardrail interface \
+             (provider-adapter plugins are not loaded by this gateway version)"
+        ));
+    }
+    Ok(())
+}
+
+/// Same major, and for 0.x the same minor (Cargo's semver rules).
+fn compatible(version: &str) -> bool {
+    let parse = |v: &str| -> Option<(u64, u64)> {
+        let mut it = v.split(['.', '-', '+']);
+        Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+    };
+    match (parse(version), parse(WIT_VERSION)) {
+        (Some((0, a)), Some((0, b))) => a == b,
+        (Some((a, _)), Some((b, _))) => a == b,
+        _ => false,
+    }
+}
+
+/// A live, configured instance.
+struct Warm {
+    store: Store<GuestState>,
+    guard: Guardrail,
+}
+
+/// The instances of one plugin: its pre-linked component, configuration and warm pool.
+pub struct Instances {
+    pre: GuardrailPre<GuestState>,
+    config: String,
+    limits: Limits,
+    capabilities: Capabilities,
+    base_dir: std::path::PathBuf,
+    idle: Mutex<Vec<Warm>>,
+}
+
+impl std::fmt::Debug for Instances {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Instances")
+            .field("limits", &self.limits)
+            .field("idle", &self.idle.lock().map(|i| i.len()).unwrap_or(0))
+            .finish()
+    }
+}
+
+fn ticks(d: Duration) -> u64 {
+    (d.as_micros() / TICK.as_micros()).max(1) as u64 + 1
+}
+
+impl Instances {
+    /// Prepares the pool; call [`Instances::warm_up`] to create (and validate) the first one.
+    pub fn new(
+        pre: GuardrailPre<GuestState>,
+        config: String,
+        limits: Limits,
+        capabilities: Capabilities,
+        base_dir: std::path::PathBuf,
+    ) -> Self {
+        Instances {
+            pre,
+            config,
+            limits,
+            capabilities,
+            base_dir,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn wasi(&self) -> Result<WasiCtx, String> {
+        let mut builder = WasiCtx::builder();
+        for name in &self.capabilities.env {
+            if let Ok(value) = std::env::var(name) {
+                builder.env(name, &value);
+            }
+        }
+        if self.capabilities.stderr {
+            builder.inherit_stderr();
+        }
+        if let Some(dir) = &self.capabilities.read_dir {
+            builder
+                .preopened_dir(self.base_dir.join(dir), "/data", FsPerms::ReadOnly)
+                .map_err(|e| format!("capabilities.read_dir: {e:#}"))?;
+        }
+        Ok(builder.build())
+    }
+
+    async fn instantiate(&self) -> Result<Warm, Failure> {
+        let state = GuestState {
+            wasi: self.wasi().map_err(Failure::Instantiate)?,
+            table: ResourceTable::new(),
+            limiter: Limiter {
+                max_memory: self.limits.memory_bytes(),
+                hit: false,
+            },
+        };
+        let mut store = Store::new(self.pre.engine(), state);
+        store.limiter(|s| &mut s.limiter);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(ticks(CONFIGURE_TIME));
+        let guard = self
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| self.classify(&e, &store, true))?;
+        match guard
+            .tollgate_plugin_guard()
+            .call_configure(&mut store, &self.config)
+            .await
+        {
+            Ok(Ok(())) => Ok(Warm { store, guard }),
+            Ok(Err(message)) => Err(Failure::Instantiate(format!(
+                "configure refused the config: {message}"
+            ))),
+            Err(e) => Err(self.classify(&e, &store, true)),
+        }
+    }
+
+    /// Creates one configured instance and keeps it warm. Used at load time: a plugin whose
+    /// `configure` refuses its config is refused with the set.
+    pub async fn warm_up(&self) -> Result<(), Failure> {
+        let warm = self.instantiate().await?;
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.push(warm);
+        }
+        Ok(())
+    }
+
+    fn classify(
+        &self,
+        error: &wasmtime::Error,
+        store: &Store<GuestState>,
+        configuring: bool,
+    ) -> Failure {
+        if store.data().limiter.hit {
+            return Failure::Memory(self.limits.memory_mb);
+        }
+        if let Some(Trap::Interrupt) = error.downcast_ref::<Trap>() {
+            let limit = if configuring {
+                u64::try_from(CONFIGURE_TIME.as_millis()).unwrap_or(u64::MAX)
+            } else {
+                self.limits.time_ms
+            };
+            return Failure::Timeout(limit);
+        }
+        let text = match error.downcast_ref::<Trap>() {
+            Some(trap) => trap.to_string(),
+            None => error.root_cause().to_string(),
+        };
+        let first: String = text
+            .lines()
+            .next()
+            .unwrap_or("")
+            .trim()
+            .chars()
+            .take(200)
+            .collect();
+        if configuring {
+            Failure::Instantiate(first)
+        } else {
+            Failure::Trap(first)
+        }
+    }
+
+    async fn take(&self) -> Result<Warm, Failure> {
+        let pooled = self.idle.lock().ok().and_then(|mut idle| idle.pop());
+        match pooled {
+            Some(warm) => Ok(warm),
+            None => self.instantiate().await,
+        }
+    }
+
+    fn give_back(&self, warm: Warm) {
+        if let Ok(mut idle) = self.idle.lock()
+            && idle.len() < self.limits.instances
+        {
+            idle.push(warm);
+        }
+    }
+
+    async fn call<R>(
+        &self,
+        run: impl AsyncFnOnce(&Guardrail, &mut Store<GuestState>) -> wasmtime::Result<R>,
+    ) -> Result<R, Failure> {
+        let Warm { mut store, guard } = self.take().await?;
+        store.set_epoch_deadline(ticks(Duration::from_millis(self.limits.time_ms)));
+        match run(&guard, &mut store).await {
+            Ok(result) => {
+                self.give_back(Warm { store, guard });
+                Ok(result)
+            }
+            // The instance may be in any state after a trap: drop it.
+            Err(e) => Err(self.classify(&e, &store, false)),
+        }
+    }
+
+    /// The `request` phase.
+    pub async fn check_request(&self, view: &wit::RequestView) -> Result<wit::Verdict, Failure> {
+        self.call(async |g, store| {
+            g.tollgate_plugin_guard()
+                .call_check_request(store, view)
+                .await
+        })
+        .await
+    }
+
+    /// The `response` phase.
+    pub async fn check_response(&self, view: &wit::ResponseView) -> Result<wit::Verdict, Failure> {
+        self.call(async |g, store| {
+            g.tollgate_plugin_guard()
+                .call_check_response(store, view)
+                .await
+        })
+        .await
+    }
+
+    /// The `stream` phase.
+    pub async fn check_stream(&self, view: &wit::StreamView) -> Result<wit::Verdict, Failure> {
+        self.call(async |g, store| {
+            g.tollgate_plugin_guard()
+                .call_check_stream(store, view)
+                .await
+        })
+        .await
+    }
+
+    /// Warm instances right now (for tests and status).
+    pub fn idle(&self) -> usize {
+        self.idle.lock().map(|i| i.len()).unwrap_or(0)
+    }
+}
+
+/// Runs `future` to completion on a private current-thread runtime on its own thread, so load
+/// code (sync, possibly called from inside the gateway's runtime) can warm instances.
+pub fn block_on<F>(future: F) -> Result<F::Output, String>
+where
+    F: std::future::Future + Send,
+    F::Output: Send,
+{
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map(|rt| rt.block_on(future))
+                    .map_err(|e| format!("cannot start a runtime for plugin loading: {e}"))
+            })
+            .join()
+            .map_err(|_| "plugin loading thread panicked".to_string())?
+    })
+}
+
+/// Measures a call.
+pub fn elapsed_us(started: Instant) -> i64 {
+    i64::try_from(started.elapsed().as_micros()).unwrap_or(i64::MAX)
+}
+
+/// Shared handle to a plugin's instances.
+pub type SharedInstances = Arc<Instances>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wit_versions_follow_cargo_semver() {
+        assert!(compatible("0.1.0"));
+        assert!(compatible("0.1.7"));
+        assert!(!compatible("0.2.0"));
+        assert!(!compatible("1.0.0"));
+        assert!(!compatible("garbage"));
+    }
+
+    #[test]
+    fn a_core_module_is_refused_as_not_a_component() {
+        let rt = runtime().expect("runtime");
+        let err = rt.compile(b"\0asm\x01\0\0\0").expect_err("refused");
+        assert!(err.contains("not a component"), "{err}");
+    }
+
+    #[test]
+    fn ticks_round_up_and_never_reach_zero() {
+        assert_eq!(ticks(Duration::from_millis(0)), 2);
+        assert_eq!(ticks(Duration::from_millis(50)), 51);
+    }
+}

@@ -1,0 +1,298 @@
+//! WASM plugins: manifests in the policy directory, the wasmtime host, and the JSON views
+//! guardrails see.
+//!
+//! A policy directory's `plugins/*.toml` manifests are loaded with the rest of the snapshot
+//! ([`load_dir`]): each names a component built with the plugin SDK (`sdk/`, WIT package
+//! `tollgate:plugin@0.1.0`). Components are compiled once per content hash and reused across
+//! reloads; a plugin whose manifest and component are unchanged keeps its warm instances. The
+//! inspect stage (`pipeline::inspect`) runs them.
+
+pub mod host;
+pub mod manifest;
+pub mod views;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::Component;
+
+pub use host::Failure;
+use host::Instances;
+pub use manifest::{AppliesTo, FailureMode, Limits, Phase};
+
+use crate::policy::LoadError;
+use crate::store::KeyRecord;
+
+/// The folder of plugin manifests inside a policy directory.
+pub const FOLDER: &str = "plugins";
+
+/// A loaded guardrail plugin.
+#[derive(Debug)]
+pub struct Plugin {
+    /// The manifest's file stem (`plugins/pii-guard.toml` is `pii-guard`).
+    pub name: String,
+    /// The manifest's description.
+    pub description: Option<String>,
+    /// The component file.
+    pub wasm_path: PathBuf,
+    /// SHA-256 of the component.
+    pub wasm_hash: String,
+    /// SHA-256 of the manifest text and the component: unchanged means reusable as is.
+    pub source_hash: String,
+    /// When it runs.
+    pub phases: Vec<Phase>,
+    /// Scope.
+    pub applies_to: AppliesTo,
+    /// Failure handling.
+    pub failure_mode: FailureMode,
+    /// Limits.
+    pub limits: Limits,
+    component: Component,
+    /// The warm instances.
+    pub instances: Instances,
+}
+
+impl Plugin {
+    /// Whether it runs in `phase`.
+    pub fn has_phase(&self, phase: Phase) -> bool {
+        self.phases.contains(&phase)
+    }
+
+    /// Whether it applies to a request for `model` by `key`.
+    pub fn applies(&self, model: &str, key: &KeyRecord) -> bool {
+        self.applies_to
+            .matches(model, &key.id, &key.name, key.team.as_deref())
+    }
+}
+
+/// What loading the manifests produced.
+#[derive(Default)]
+pub struct Loaded {
+    /// Plugins in manifest file-name order (the order they run in).
+    pub plugins: Vec<Arc<Plugin>>,
+    /// (path, content hash) of every file read, for the snapshot's content hash.
+    pub hashes: Vec<(PathBuf, String)>,
+    /// Every problem found.
+    pub errors: Vec<LoadError>,
+}
+
+fn error(
+    file: &Path,
+    text: Option<&str>,
+    span: Option<std::ops::Range<usize>>,
+    key: Option<&str>,
+    message: String,
+) -> LoadError {
+    let (line, column) = match (text, span) {
+        (Some(text), Some(span)) if span.end > 0 => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before
+                .rfind('\n')
+                .map_or(before.len(), |nl| before.len() - nl - 1)
+                + 1;
+            (Some(line), Some(column))
+        }
+        _ => (None, None),
+    };
+    LoadError {
+        file: file.to_path_buf(),
+        line,
+        column,
+        key: key.map(str::to_string),
+        message,
+    }
+}
+
+/// Loads `dir/plugins/*.toml`, reusing `previous` plugins whose manifest and component are
+/// unchanged and compiled components whose bytes are unchanged.
+pub fn load_dir(dir: &Path, previous: &[Arc<Plugin>]) -> Loaded {
+    let mut loaded = Loaded::default();
+    let folder = dir.join(FOLDER);
+    let entries = match std::fs::read_dir(&folder) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return loaded,
+        Err(e) => {
+            loaded.errors.push(error(
+                &folder,
+                None,
+                None,
+                None,
+                format!("cannot read folder: {e}"),
+            ));
+            return loaded;
+        }
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
+        .collect();
+    files.sort();
+    for path in files {
+        match load_one(dir, &path, previous, &mut loaded.hashes) {
+            Ok(Some(plugin)) => loaded.plugins.push(plugin),
+            Ok(None) => {}
+            Err(e) => loaded.errors.push(e),
+        }
+    }
+    loaded
+}
+
+fn load_one(
+    dir: &Path,
+    path: &Path,
+    previous: &[Arc<Plugin>],
+    hashes: &mut Vec<(PathBuf, String)>,
+) -> Result<Option<Arc<Plugin>>, LoadError> {
+    let name = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or_default()
+        .to_string();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| error(path, None, None, None, format!("cannot read: {e}")))?;
+    hashes.push((
+        path.to_path_buf(),
+        hex::encode(Sha256::digest(text.as_bytes())),
+    ));
+    let manifest: manifest::ManifestFile = toml::from_str(&text).map_err(|e| {
+        error(
+            path,
+            Some(&text),
+            e.span(),
+            None,
+            e.message().trim().to_string(),
+        )
+    })?;
+    if !manifest.enabled {
+        return Ok(None);
+    }
+    let at = |span: std::ops::Range<usize>, key: &str, message: String| {
+        error(path, Some(&text), Some(span), Some(key), message)
+    };
+    match manifest.world.get_ref().as_str() {
+        "guardrail" => {}
+        "provider-adapter" => {
+            return Err(at(
+                manifest.world.span(),
+                "world",
+                "provider-adapter plugins are designed (WIT tollgate:plugin@0.1.0) but not loaded by this gateway version".into(),
+            ));
+        }
+        other => {
+            return Err(at(
+                manifest.world.span(),
+                "world",
+                format!("unknown world '{other}' (expected \"guardrail\")"),
+            ));
+        }
+    }
+    if manifest.phases.get_ref().is_empty() {
+        return Err(at(
+            manifest.phases.span(),
+            "phases",
+            "name at least one phase: request, response, stream".into(),
+        ));
+    }
+    if let Some((key, message)) = manifest.limits.validate().into_iter().next() {
+        return Err(error(path, None, None, Some(key), message));
+    }
+    if let Some(read_dir) = &manifest.capabilities.read_dir
+        && !dir.join(read_dir).is_dir()
+    {
+        return Err(error(
+            path,
+            None,
+            None,
+            Some("capabilities.read_dir"),
+            format!("'{read_dir}' is not a directory under the policy directory"),
+        ));
+    }
+    let wasm_path = dir.join(manifest.wasm.get_ref());
+    let wasm = std::fs::read(&wasm_path).map_err(|e| {
+        at(
+            manifest.wasm.span(),
+            "wasm",
+            format!(
+                "cannot read the component {}: {e} (build the plugins with ./scripts/build-plugins)",
+                wasm_path.display()
+            ),
+        )
+    })?;
+    let wasm_hash = hex::encode(Sha256::digest(&wasm));
+    hashes.push((wasm_path.clone(), wasm_hash.clone()));
+    let mut hasher = Sha256::new();
+    hasher.update(text.as_bytes());
+    hasher.update(wasm_hash.as_bytes());
+    let source_hash = hex::encode(hasher.finalize());
+
+    if let Some(same) = previous
+        .iter()
+        .find(|p| p.name == name && p.source_hash == source_hash)
+    {
+        return Ok(Some(same.clone()));
+    }
+
+    let runtime = host::runtime().map_err(|e| at(manifest.wasm.span(), "wasm", e))?;
+    let component = match previous.iter().find(|p| p.wasm_hash == wasm_hash) {
+        Some(p) => p.component.clone(),
+        None => runtime.compile(&wasm).map_err(|e| {
+            at(
+                manifest.wasm.span(),
+                "wasm",
+                format!("plugin '{name}' ({}) is refused: {e}", wasm_path.display()),
+            )
+        })?,
+    };
+    let pre = runtime.prepare(&component).map_err(|e| {
+        at(
+            manifest.wasm.span(),
+            "wasm",
+            format!("plugin '{name}' is refused: {e}"),
+        )
+    })?;
+    let config = serde_json::to_string(&manifest.config).map_err(|e| {
+        error(
+            path,
+            None,
+            None,
+            Some("config"),
+            format!("cannot be encoded: {e}"),
+        )
+    })?;
+    let instances = Instances::new(
+        pre,
+        config,
+        manifest.limits.clone(),
+        manifest.capabilities.clone(),
+        dir.to_path_buf(),
+    );
+    match host::block_on(instances.warm_up()) {
+        Ok(Ok(())) => {}
+        Ok(Err(failure)) => {
+            return Err(error(
+                path,
+                None,
+                None,
+                Some("config"),
+                format!("plugin '{name}' {failure}"),
+            ));
+        }
+        Err(e) => return Err(error(path, None, None, None, e)),
+    }
+    Ok(Some(Arc::new(Plugin {
+        name,
+        description: manifest.description,
+        wasm_path,
+        wasm_hash,
+        source_hash,
+        phases: manifest.phases.into_inner(),
+        applies_to: manifest.applies_to,
+        failure_mode: manifest.failure_mode,
+        limits: manifest.limits,
+        component,
+        instances,
+    })))
+}

@@ -1,0 +1,145 @@
+//! The worst-case estimate a hold is taken for, before anything goes upstream.
+//!
+//! Input tokens are counted with OpenAI's `o200k_base` tokenizer (exact for current OpenAI
+//! models; for other families a close estimate) over every string in the prompt-bearing fields
+//! (`messages`, `input`, `instructions`, `prompt`, `tools`, `system`), plus 4 tokens per message
+//! and 3 for the reply's priming, as OpenAI bills them. Output is the request's `max_tokens`
+//! (`max_completion_tokens`, `max_output_tokens`) or the model's `max_output_tokens`. The cost
+//! prices all input at the full input price (no cache discount) and all output at the output
+//! price: the most the call can cost.
+
+use serde_json::{Map, Value};
+
+use crate::usage::{Pricing, TokenUsage};
+
+/// Fields whose strings are prompt text.
+const PROMPT_FIELDS: [&str; 6] = [
+    "messages",
+    "input",
+    "instructions",
+    "prompt",
+    "tools",
+    "system",
+];
+
+/// A worst-case token estimate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Estimate {
+    /// Input tokens.
+    pub input_tokens: i64,
+    /// Output tokens at most.
+    pub output_tokens: i64,
+}
+
+impl Estimate {
+    /// The most this call can cost at `pricing`.
+    pub fn cost_nanos(&self, pricing: &Pricing) -> i64 {
+        pricing.cost_nanos(&TokenUsage {
+            input: self.input_tokens,
+            output: self.output_tokens,
+            cached_input: 0,
+            reasoning: 0,
+        })
+    }
+}
+
+/// Loads the tokenizer (≈ 0.2 s once); call at startup so no request pays for it.
+pub fn warm_up() {
+    let _ = tiktoken_rs::o200k_base_singleton();
+}
+
+fn count_strings(value: &Value, tokens: &mut i64) {
+    match value {
+        Value::String(text) => {
+            let n = tiktoken_rs::o200k_base_singleton()
+                .encode_ordinary(text)
+                .len();
+            *tokens += i64::try_from(n).unwrap_or(i64::MAX);
+        }
+        Value::Array(items) => items.iter().for_each(|v| count_strings(v, tokens)),
+        Value::Object(map) => map.values().for_each(|v| count_strings(v, tokens)),
+        _ => {}
+    }
+}
+
+/// Estimates a request body.
+pub fn estimate(body: &Map<String, Value>, default_max_output: i64) -> Estimate {
+    let mut input = 0;
+    for field in PROMPT_FIELDS {
+        if let Some(value) = body.get(field) {
+            count_strings(value, &mut input);
+        }
+    }
+    let messages = body
+        .get("messages")
+        .and_then(Value::as_array)
+        .map_or(0, |m| i64::try_from(m.len()).unwrap_or(0));
+    input += 4 * messages + 3;
+    let requested = ["max_tokens", "max_completion_tokens", "max_output_tokens"]
+        .iter()
+        .find_map(|f| body.get(*f).and_then(Value::as_i64))
+        .filter(|n| *n >= 0);
+    let images = body.get("n").and_then(Value::as_i64).unwrap_or(1).max(1);
+    let output =
+        requested
+            .unwrap_or(default_max_output)
+            .saturating_mul(if body.contains_key("prompt") {
+                images
+            } else {
+                1
+            });
+    Estimate {
+        input_tokens: input,
+        output_tokens: output,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn map(v: Value) -> Map<String, Value> {
+        v.as_object().cloned().unwrap_or_default()
+    }
+
+    #[test]
+    fn counts_prompt_text_with_message_overhead() {
+        let body = map(json!({"model": "m", "max_tokens": 50, "messages": [
+            {"role": "system", "content": "You are terse."},
+            {"role": "user", "content": "hello world"}
+        ]}));
+        let e = estimate(&body, 4096);
+        assert_eq!(e.output_tokens, 50);
+        // "system" "You are terse." "user" "hello world" + 2 * 4 + 3.
+        assert!(
+            e.input_tokens >= 2 * 4 + 3 + 6 && e.input_tokens <= 2 * 4 + 3 + 12,
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn without_max_tokens_the_model_bound_applies() {
+        let e = estimate(&map(json!({"input": "x"})), 1234);
+        assert_eq!(e.output_tokens, 1234);
+        let pricing = Pricing {
+            input_nanos_per_mtok: 1_000_000_000,
+            output_nanos_per_mtok: 2_000_000_000,
+            cached_input_nanos_per_mtok: 0,
+        };
+        assert_eq!(e.cost_nanos(&pricing), e.input_tokens * 1000 + 1234 * 2000);
+    }
+
+    #[test]
+    fn a_long_prompt_counts_more_than_a_short_one() {
+        let short = estimate(
+            &map(json!({"messages": [{"role": "user", "content": "hi"}]})),
+            0,
+        );
+        let long = estimate(
+            &map(json!({"messages": [{"role": "user", "content": "word ".repeat(500)}]})),
+            0,
+        );
+        assert!(long.input_tokens > short.input_tokens + 400);
+    }
+}

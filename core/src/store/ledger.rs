@@ -1,0 +1,344 @@
+//! Budgets and the counters behind budgets and quotas: atomic holds, settlement, reclamation.
+//!
+//! A hold raises a counter's `reserved` only if `used + reserved + amount <= limit`, in one
+//! conditional `UPDATE`, inside one transaction for every counter a request needs (taken in
+//! counter-id order, so concurrent transactions never deadlock). Any counter short of capacity
+//! rolls the whole transaction back. Because the check and the increment are one statement,
+//! concurrent requests — from one gateway or from many replicas on one PostgreSQL — can never
+//! hold more than the limit together. Settlement deletes the hold and moves the actual amount
+//! into `used` in one transaction; a hold that expired (its gateway died) is reclaimed by any
+//! gateway, and a late settlement of a reclaimed hold still records the spend.
+
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use super::{Store, StoreError};
+use crate::clock::now_ms;
+
+/// One counter a request must hold capacity on.
+#[derive(Debug, Clone)]
+pub struct HoldRequest {
+    /// The counter (`budget:<id>`, `quota:<name>:<subject>`).
+    pub counter_id: String,
+    /// Start of the current window.
+    pub window_start_ms: i64,
+    /// What to hold.
+    pub amount: i64,
+    /// The limit of the counter.
+    pub limit: i64,
+}
+
+/// A counter's state in one window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CounterState {
+    /// Settled amount.
+    pub used: i64,
+    /// Held by in-flight requests.
+    pub reserved: i64,
+}
+
+/// The result of a hold attempt.
+#[derive(Debug)]
+pub enum HoldOutcome {
+    /// Every counter holds it.
+    Held,
+    /// The counter at this index (of the sorted request) lacks capacity; nothing was held.
+    Refused {
+        /// Index into the (sorted) hold requests.
+        index: usize,
+        /// The counter's state when refused.
+        state: CounterState,
+    },
+}
+
+/// The actual amount to settle on one counter.
+#[derive(Debug, Clone)]
+pub struct Settlement {
+    /// The counter.
+    pub counter_id: String,
+    /// Its window.
+    pub window_start_ms: i64,
+    /// What the request really used (0 releases the whole hold).
+    pub actual: i64,
+}
+
+/// A budget managed in the store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BudgetRecord {
+    /// Id.
+    pub id: String,
+    /// `organization`, `team`, `user`, `key`.
+    pub scope: String,
+    /// Team, owner or key id; empty for organization.
+    pub subject: String,
+    /// `daily`, `weekly`, `monthly`, `lifetime`.
+    pub window: String,
+    /// Limit in nano-USD.
+    pub limit_nanos: i64,
+    /// IANA time zone.
+    pub timezone: String,
+    /// Notification thresholds in percent.
+    pub thresholds: Vec<u32>,
+    /// Unix ms.
+    pub updated_at_ms: i64,
+}
+
+impl BudgetRecord {
+    fn from_row(row: &AnyRow) -> Result<Self, StoreError> {
+        let thresholds: String = row.try_get("thresholds")?;
+        Ok(Self {
+            id: row.try_get("id")?,
+            scope: row.try_get("scope")?,
+            subject: row.try_get("subject")?,
+            window: row.try_get("window_kind")?,
+            limit_nanos: row.try_get("limit_nanos")?,
+            timezone: row.try_get("timezone")?,
+            thresholds: serde_json::from_str(&thresholds).map_err(|e| StoreError::Corrupt {
+                what: "budgets.thresholds",
+                detail: e.to_string(),
+            })?,
+            updated_at_ms: row.try_get("updated_at_ms")?,
+        })
+    }
+}
+
+impl Store {
+    /// Holds `requests` atomically (all or nothing). `requests` must be sorted by counter id.
+    pub async fn hold(
+        &self,
+        hold_id: &str,
+        requests: &[HoldRequest],
+        expires_at_ms: i64,
+    ) -> Result<HoldOutcome, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        for (index, h) in requests.iter().enumerate() {
+            sqlx::query("INSERT INTO counters (counter_id, window_start_ms, used, reserved) VALUES ($1, $2, 0, 0) ON CONFLICT (counter_id, window_start_ms) DO NOTHING")
+                .bind(&h.counter_id)
+                .bind(h.window_start_ms)
+                .execute(&mut *tx)
+                .await?;
+            let held = sqlx::query(
+                "UPDATE counters SET reserved = reserved + $1 \
+                 WHERE counter_id = $2 AND window_start_ms = $3 AND used + reserved + $1 <= $4",
+            )
+            .bind(h.amount)
+            .bind(&h.counter_id)
+            .bind(h.window_start_ms)
+            .bind(h.limit)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if held == 0 {
+                let state = counter_state_in(&mut tx, &h.counter_id, h.window_start_ms).await?;
+                tx.rollback().await?;
+                return Ok(HoldOutcome::Refused { index, state });
+            }
+            sqlx::query(
+                "INSERT INTO holds (id, counter_id, window_start_ms, amount, expires_at_ms) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(hold_id)
+            .bind(&h.counter_id)
+            .bind(h.window_start_ms)
+            .bind(h.amount)
+            .bind(expires_at_ms)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(HoldOutcome::Held)
+    }
+
+    /// Settles a request's holds: each hold is removed and its counter's `used` raised by the
+    /// actual amount. Returns each counter's state afterwards (for threshold notifications).
+    pub async fn settle(
+        &self,
+        hold_id: &str,
+        settlements: &[Settlement],
+    ) -> Result<Vec<CounterState>, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let mut states = Vec::with_capacity(settlements.len());
+        for s in settlements {
+            let removed =
+                sqlx::query("DELETE FROM holds WHERE id = $1 AND counter_id = $2 RETURNING amount")
+                    .bind(hold_id)
+                    .bind(&s.counter_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            let released: i64 = match removed {
+                Some(row) => row.try_get(0)?,
+                // Reclaimed after expiry: the spend still counts, there is nothing to release.
+                None => 0,
+            };
+            sqlx::query(
+                "UPDATE counters SET reserved = reserved - $1, used = used + $2 WHERE counter_id = $3 AND window_start_ms = $4",
+            )
+            .bind(released)
+            .bind(s.actual)
+            .bind(&s.counter_id)
+            .bind(s.window_start_ms)
+            .execute(&mut *tx)
+            .await?;
+            states.push(counter_state_in(&mut tx, &s.counter_id, s.window_start_ms).await?);
+        }
+        tx.commit().await?;
+        Ok(states)
+    }
+
+    /// Reclaims holds that expired before `now_ms`; returns how many.
+    pub async fn reclaim_expired_holds(&self, now_ms: i64) -> Result<u64, StoreError> {
+        let expired =
+            sqlx::query("SELECT id, counter_id FROM holds WHERE expires_at_ms < $1 LIMIT 1000")
+                .bind(now_ms)
+                .fetch_all(self.pool())
+                .await?;
+        let mut reclaimed = 0;
+        for row in expired {
+            let id: String = row.try_get(0)?;
+            let counter: String = row.try_get(1)?;
+            let mut tx = self.pool().begin().await?;
+            let removed = sqlx::query(
+                "DELETE FROM holds WHERE id = $1 AND counter_id = $2 RETURNING window_start_ms, amount",
+            )
+            .bind(&id)
+            .bind(&counter)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(row) = removed {
+                let window: i64 = row.try_get(0)?;
+                let amount: i64 = row.try_get(1)?;
+                sqlx::query("UPDATE counters SET reserved = reserved - $1 WHERE counter_id = $2 AND window_start_ms = $3")
+                    .bind(amount)
+                    .bind(&counter)
+                    .bind(window)
+                    .execute(&mut *tx)
+                    .await?;
+                reclaimed += 1;
+            }
+            tx.commit().await?;
+        }
+        Ok(reclaimed)
+    }
+
+    /// Outstanding holds (for tests and the admin API).
+    pub async fn outstanding_holds(&self) -> Result<i64, StoreError> {
+        let row = sqlx::query("SELECT COUNT(*) FROM holds")
+            .fetch_one(self.pool())
+            .await?;
+        Ok(row.try_get(0)?)
+    }
+
+    /// A counter's state in one window (zero if it never held anything).
+    pub async fn counter_state(
+        &self,
+        counter_id: &str,
+        window_start_ms: i64,
+    ) -> Result<CounterState, StoreError> {
+        let row = sqlx::query(
+            "SELECT used, reserved FROM counters WHERE counter_id = $1 AND window_start_ms = $2",
+        )
+        .bind(counter_id)
+        .bind(window_start_ms)
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(match row {
+            Some(row) => CounterState {
+                used: row.try_get(0)?,
+                reserved: row.try_get(1)?,
+            },
+            None => CounterState::default(),
+        })
+    }
+
+    /// Records that a threshold was crossed in a window; `true` the first time only.
+    pub async fn record_alert(
+        &self,
+        counter_id: &str,
+        window_start_ms: i64,
+        threshold: u32,
+    ) -> Result<bool, StoreError> {
+        let inserted = sqlx::query(
+            "INSERT INTO budget_alerts (counter_id, window_start_ms, threshold, at_ms) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (counter_id, window_start_ms, threshold) DO NOTHING",
+        )
+        .bind(counter_id)
+        .bind(window_start_ms)
+        .bind(i64::from(threshold))
+        .bind(now_ms())
+        .execute(self.pool())
+        .await?
+        .rows_affected();
+        Ok(inserted == 1)
+    }
+
+    /// Creates or updates the budget for (scope, subject, window).
+    pub async fn set_budget(&self, budget: &BudgetRecord) -> Result<BudgetRecord, StoreError> {
+        let now = now_ms();
+        let thresholds = serde_json::Value::from(budget.thresholds.clone()).to_string();
+        sqlx::query(
+            "INSERT INTO budgets (id, scope, subject, window_kind, limit_nanos, timezone, thresholds, created_at_ms, updated_at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) \
+             ON CONFLICT (scope, subject, window_kind) DO UPDATE SET limit_nanos = $5, timezone = $6, thresholds = $7, updated_at_ms = $8",
+        )
+        .bind(&budget.id)
+        .bind(&budget.scope)
+        .bind(&budget.subject)
+        .bind(&budget.window)
+        .bind(budget.limit_nanos)
+        .bind(&budget.timezone)
+        .bind(thresholds)
+        .bind(now)
+        .execute(self.pool())
+        .await?;
+        let row = sqlx::query(
+            "SELECT id, scope, subject, window_kind, limit_nanos, timezone, thresholds, updated_at_ms FROM budgets \
+             WHERE scope = $1 AND subject = $2 AND window_kind = $3",
+        )
+        .bind(&budget.scope)
+        .bind(&budget.subject)
+        .bind(&budget.window)
+        .fetch_one(self.pool())
+        .await?;
+        BudgetRecord::from_row(&row)
+    }
+
+    /// Every stored budget.
+    pub async fn list_budgets(&self) -> Result<Vec<BudgetRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, scope, subject, window_kind, limit_nanos, timezone, thresholds, updated_at_ms FROM budgets ORDER BY scope, subject, window_kind",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(BudgetRecord::from_row).collect()
+    }
+
+    /// Deletes a budget; `false` if it did not exist.
+    pub async fn delete_budget(&self, id: &str) -> Result<bool, StoreError> {
+        let deleted = sqlx::query("DELETE FROM budgets WHERE id = $1")
+            .bind(id)
+            .execute(self.pool())
+            .await?
+            .rows_affected();
+        Ok(deleted == 1)
+    }
+}
+
+async fn counter_state_in(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    counter_id: &str,
+    window_start_ms: i64,
+) -> Result<CounterState, StoreError> {
+    let row = sqlx::query(
+        "SELECT used, reserved FROM counters WHERE counter_id = $1 AND window_start_ms = $2",
+    )
+    .bind(counter_id)
+    .bind(window_start_ms)
+    .fetch_optional(&mut **tx)
+    .await?;
+    Ok(match row {
+        Some(row) => CounterState {
+            used: row.try_get(0)?,
+            reserved: row.try_get(1)?,
+        },
+        None => CounterState::default(),
+    })
+}
