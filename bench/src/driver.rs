@@ -197,8 +197,13 @@ pub struct PhaseResult {
     pub ok: u64,
     /// Measured requests that failed.
     pub failed: u64,
-    /// Warm-up requests that failed (warm-up latencies are not recorded).
+    /// Warm-up requests sent (their latencies are not recorded).
+    pub warmup_requests: u64,
+    /// Warm-up requests that failed.
     pub warmup_failed: u64,
+    /// CPU time (user + system) the gateway process used per request during the phase,
+    /// warm-up included (µs); filled in by the harness for gateway phases.
+    pub gateway_cpu_us_per_request: Option<f64>,
     /// Failure messages and their counts (warm-up included).
     pub errors: BTreeMap<String, u64>,
     /// Successful answers per second.
@@ -245,6 +250,7 @@ struct Tally {
     requests: u64,
     ok: u64,
     failed: u64,
+    warmup_requests: u64,
     warmup_failed: u64,
     errors: BTreeMap<String, u64>,
     last_end: Option<Instant>,
@@ -261,6 +267,7 @@ impl Tally {
             requests: 0,
             ok: 0,
             failed: 0,
+            warmup_requests: 0,
             warmup_failed: 0,
             errors: BTreeMap::new(),
             last_end: None,
@@ -286,6 +293,9 @@ impl Tally {
         offset: Duration,
         outcome: Result<Timing, String>,
     ) {
+        if !measured {
+            self.warmup_requests += 1;
+        }
         match outcome {
             Err(message) => {
                 if measured {
@@ -327,6 +337,7 @@ impl Tally {
         self.requests += other.requests;
         self.ok += other.ok;
         self.failed += other.failed;
+        self.warmup_requests += other.warmup_requests;
         self.warmup_failed += other.warmup_failed;
         for (message, n) in other.errors {
             self.error(message, n);
@@ -347,7 +358,9 @@ impl Tally {
             requests: self.requests,
             ok: self.ok,
             failed: self.failed,
+            warmup_requests: self.warmup_requests,
             warmup_failed: self.warmup_failed,
+            gateway_cpu_us_per_request: None,
             errors: self.errors,
             rps: if elapsed > 0.0 {
                 self.ok as f64 / elapsed

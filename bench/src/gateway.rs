@@ -86,6 +86,20 @@ pub fn read_rss(pid: u32) -> Option<(u64, u64)> {
     Some((field("VmRSS:")?, field("VmHWM:")?))
 }
 
+/// CPU time (user + system) `pid` has used so far, from `/proc/PID/stat`.
+pub fn read_cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may contain spaces) start at field 3 (state);
+    // utime and stime are fields 14 and 15, in USER_HZ (100 per second on Linux).
+    let mut fields = stat
+        .get(stat.rfind(')')? + 1..)?
+        .split_whitespace()
+        .skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(Duration::from_millis((utime + stime) * 10))
+}
+
 /// RSS samples taken every [`SAMPLE_EVERY`] by a background thread.
 struct Sampler {
     samples: Arc<Mutex<Vec<RssSample>>>,
@@ -274,6 +288,11 @@ impl Gateway {
         self.child.as_ref().map(Child::id)
     }
 
+    /// CPU time the gateway has used so far.
+    pub fn cpu_time(&self) -> Option<Duration> {
+        read_cpu_time(self.pid()?)
+    }
+
     /// The last lines of the gateway's stderr.
     pub fn log_tail(&self) -> String {
         let log = std::fs::read_to_string(&self.stderr_path).unwrap_or_default();
@@ -344,5 +363,15 @@ mod tests {
     fn rss_of_this_process_is_readable() {
         let (rss, hwm) = read_rss(std::process::id()).expect("proc status");
         assert!(rss > 0 && hwm >= rss);
+    }
+
+    #[test]
+    fn cpu_time_of_this_process_is_readable() {
+        let mut x = 0u64;
+        for i in 0..20_000_000u64 {
+            x = x.wrapping_mul(31).wrapping_add(i);
+        }
+        std::hint::black_box(x);
+        assert!(read_cpu_time(std::process::id()).is_some());
     }
 }

@@ -267,8 +267,18 @@ fn run_scenario(
     )?);
     let mut gateway_results = Vec::new();
     for &load in &loads {
+        let cpu_before = gateway.cpu_time();
         match run_phase(config, rt, &through, load, &format!("{name} tollgate")) {
-            Ok(result) => gateway_results.push(result),
+            Ok(mut result) => {
+                let sent = result.requests + result.warmup_requests;
+                if let (Some(before), Some(after)) = (cpu_before, gateway.cpu_time())
+                    && sent > 0
+                {
+                    let used = after.saturating_sub(before).as_secs_f64() * 1e6;
+                    result.gateway_cpu_us_per_request = Some(used / sent as f64);
+                }
+                gateway_results.push(result);
+            }
             Err(e) => {
                 let log = gateway.log_tail();
                 return Err(e.context(format!("tollgate's log:\n{log}")));

@@ -353,6 +353,7 @@ impl Report {
             "Δp50",
             "Δp99",
             "thr/direct",
+            "CPU/req",
             "peak RSS",
         ];
         let mut rows: Vec<Vec<String>> = Vec::new();
@@ -425,6 +426,9 @@ impl Report {
                             d50,
                             d99,
                             ratio,
+                            r.gateway_cpu_us_per_request
+                                .map(|us| format!("{us:.0} µs"))
+                                .unwrap_or_default(),
                             if through { peak.clone() } else { String::new() },
                         ]);
                     }
@@ -435,7 +439,8 @@ impl Report {
         let _ = writeln!(
             out,
             "\nLatencies in ms (open loop: from each request's due time). Δ = tollgate − direct. \
-             thr/direct: closed-loop throughput ratio. peak RSS: tollgate's VmHWM."
+             thr/direct: closed-loop throughput ratio. CPU/req: tollgate's CPU time per request \
+             (user + system). peak RSS: tollgate's VmHWM."
         );
 
         for s in &self.scenarios {

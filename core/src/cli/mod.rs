@@ -1,5 +1,6 @@
 //! The command line: `serve`, `check` and `keys`.
 
+mod budgets;
 mod keys;
 
 use std::net::SocketAddr;
@@ -107,6 +108,13 @@ enum Command {
         #[command(flatten)]
         db: DatabaseArgs,
     },
+    /// Manage budgets stored in the database (works while the gateway runs).
+    Budgets {
+        #[command(subcommand)]
+        command: budgets::BudgetsCommand,
+        #[command(flatten)]
+        db: DatabaseArgs,
+    },
 }
 
 /// Sets up logging to stderr (`RUST_LOG` filters, default `info`).
@@ -160,6 +168,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check { dir } => Ok(check(&dir)),
         Command::Test { dir } => Ok(crate::policy::testing::run_dir(&dir)),
         Command::Keys { command, db } => keys::run(command, &db).await,
+        Command::Budgets { command, db } => budgets::run(command, &db).await,
     }
 }
 

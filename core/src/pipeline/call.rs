@@ -50,6 +50,12 @@ pub async fn run(
 ) -> Response {
     let family = endpoint.family();
     let last = route.candidates.len().saturating_sub(1);
+    if request.stream && !recorder.has_input_estimate() {
+        // A stream cut before the provider's usage arrives is billed from this and the
+        // produced text.
+        recorder
+            .set_input_estimate(crate::spend::estimate::estimate(&request.body, 0).input_tokens);
+    }
     for (attempt, model) in route.candidates.iter().enumerate() {
         recorder.set_model(model);
         let provider = model.provider.clone();
@@ -286,6 +292,8 @@ impl Relay {
         if let Some(mut recorder) = self.recorder.take() {
             if let Some(usage) = self.tap.usage() {
                 recorder.set_usage(usage);
+            } else {
+                recorder.bill_produced(self.tap.produced_tokens());
             }
             if let Some(guard) = &self.guard {
                 recorder.add_decisions(guard.decisions());
@@ -308,6 +316,8 @@ impl Drop for Relay {
         if let Some(recorder) = self.recorder.as_mut() {
             if let Some(usage) = self.tap.usage() {
                 recorder.set_usage(usage);
+            } else {
+                recorder.bill_produced(self.tap.produced_tokens());
             }
             if let Some(guard) = &self.guard {
                 recorder.add_decisions(guard.decisions());

@@ -34,6 +34,7 @@ pub struct Recorder {
     route: Option<Value>,
     attempts: Vec<Value>,
     reservation: Option<(Arc<Ledger>, Reservation)>,
+    input_estimate: Option<i64>,
     finished: bool,
 }
 
@@ -63,6 +64,7 @@ impl Recorder {
             route: None,
             attempts: Vec::new(),
             reservation: None,
+            input_estimate: None,
             finished: false,
         }
     }
@@ -105,7 +107,39 @@ impl Recorder {
 
     /// Budget and quota holds to settle when the request is recorded.
     pub fn attach_reservation(&mut self, ledger: Arc<Ledger>, reservation: Reservation) {
+        self.input_estimate = Some(reservation.estimate.input_tokens);
         self.reservation = Some((ledger, reservation));
+    }
+
+    /// Whether the prompt's token count is known.
+    pub fn has_input_estimate(&self) -> bool {
+        self.input_estimate.is_some()
+    }
+
+    /// The prompt's token count (counted before the call).
+    pub fn set_input_estimate(&mut self, tokens: i64) {
+        self.input_estimate = Some(tokens);
+    }
+
+    /// Bills a stream that ended without the provider's usage (client disconnect, provider
+    /// failure): the counted prompt plus the tokens of the text produced so far.
+    pub fn bill_produced(&mut self, output_tokens: i64) {
+        let input = self.input_estimate.unwrap_or(0);
+        if input == 0 && output_tokens == 0 {
+            return;
+        }
+        let tokens = TokenUsage {
+            input,
+            output: output_tokens,
+            cached_input: 0,
+            reasoning: 0,
+        };
+        self.record.tokens = tokens;
+        self.record.cost_nanos = self.pricing.map_or(0, |p| p.cost_nanos(&tokens));
+        self.decisions.push(json!({
+            "stage": "record", "usage": "counted",
+            "reason": "the stream ended before the provider reported usage; billed the counted prompt and produced text",
+        }));
     }
 
     /// The provider of the current attempt.

@@ -16,6 +16,7 @@ pub struct SseTap {
     pending: BytesMut,
     hide_usage_chunk: bool,
     usage: Option<Value>,
+    produced_tokens: i64,
 }
 
 impl SseTap {
@@ -83,21 +84,21 @@ impl SseTap {
         }
     }
 
+    /// Output tokens counted from the streamed text so far (what the provider produced), for
+    /// billing a stream whose usage never arrived (client disconnect, provider failure).
+    pub fn produced_tokens(&self) -> i64 {
+        self.produced_tokens
+    }
+
     /// Reads usage from one event; returns whether the event must be hidden.
     fn inspect(&mut self, event: &[u8]) -> bool {
         if !has_usage_object(event) {
+            if self.usage.is_none() && find(event, b"\"delta\"").is_some() {
+                self.count_produced(&data_of(event));
+            }
             return false;
         }
-        let mut data = Vec::new();
-        for line in event.split(|b| *b == b'\n') {
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            if let Some(rest) = line.strip_prefix(b"data:") {
-                if !data.is_empty() {
-                    data.push(b'\n');
-                }
-                data.extend_from_slice(rest.strip_prefix(b" ").unwrap_or(rest));
-            }
-        }
+        let data = data_of(event);
         let Ok(value) = serde_json::from_slice::<Value>(&data) else {
             return false;
         };
@@ -118,6 +119,66 @@ impl SseTap {
                 .get("choices")
                 .and_then(Value::as_array)
                 .is_some_and(Vec::is_empty)
+    }
+}
+
+/// The `data:` payload of one event.
+fn data_of(event: &[u8]) -> Vec<u8> {
+    let mut data = Vec::new();
+    for line in event.split(|b| *b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if let Some(rest) = line.strip_prefix(b"data:") {
+            if !data.is_empty() {
+                data.push(b'\n');
+            }
+            data.extend_from_slice(rest.strip_prefix(b" ").unwrap_or(rest));
+        }
+    }
+    data
+}
+
+/// The text of a chat chunk (`choices[].delta.content`) or a Responses delta event.
+#[derive(serde::Deserialize)]
+struct DeltaProbe<'a> {
+    #[serde(default, borrow)]
+    choices: Vec<ChoiceProbe<'a>>,
+    #[serde(default, borrow)]
+    delta: Option<std::borrow::Cow<'a, str>>,
+}
+
+#[derive(serde::Deserialize)]
+struct ChoiceProbe<'a> {
+    #[serde(default, borrow)]
+    delta: Option<ContentProbe<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct ContentProbe<'a> {
+    #[serde(default, borrow)]
+    content: Option<std::borrow::Cow<'a, str>>,
+}
+
+impl SseTap {
+    fn count_produced(&mut self, data: &[u8]) {
+        let Ok(probe) = serde_json::from_slice::<DeltaProbe<'_>>(data) else {
+            return;
+        };
+        let count = |text: &str| {
+            i64::try_from(
+                tiktoken_rs::o200k_base_singleton()
+                    .encode_ordinary(text)
+                    .len(),
+            )
+            .unwrap_or(0)
+        };
+        for choice in &probe.choices {
+            if let Some(text) = choice.delta.as_ref().and_then(|d| d.content.as_deref()) {
+                self.produced_tokens += count(text);
+            }
+        }
+        if let Some(text) = probe.delta.as_deref() {
+            self.produced_tokens += count(text);
+        }
     }
 }
 
@@ -212,6 +273,14 @@ mod tests {
         let mut tap = SseTap::new(true);
         assert_eq!(tap.push(event.as_bytes()), Bytes::from(event));
         assert_eq!(tap.usage().expect("usage")["input_tokens"], 5);
+    }
+
+    #[test]
+    fn produced_text_is_counted_until_usage_arrives() {
+        let mut tap = SseTap::new(true);
+        tap.push(CHUNK.as_bytes());
+        tap.push(b"data: {\"type\":\"response.output_text.delta\",\"delta\":\"hello there\"}\n\n");
+        assert_eq!(tap.produced_tokens(), 1 + 2);
     }
 
     #[test]

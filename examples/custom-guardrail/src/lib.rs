@@ -54,7 +54,11 @@ impl Guardrail for TicketGuard {
         }
         Ok(TicketGuard {
             prefixes: settings.prefixes,
-            restricted: settings.restricted.iter().map(|r| r.to_lowercase()).collect(),
+            restricted: settings
+                .restricted
+                .iter()
+                .map(|r| r.to_lowercase())
+                .collect(),
         })
     }
 
@@ -93,13 +97,15 @@ mod tests {
     use tollgate_plugin_sdk::Role;
 
     fn guard() -> TicketGuard {
-        let config = Config::from_value(json!({"prefixes": ["ACME"], "restricted": ["Project Nightjar"]}));
+        let config =
+            Config::from_value(json!({"prefixes": ["ACME"], "restricted": ["Project Nightjar"]}));
         TicketGuard::new(&config).unwrap()
     }
 
     #[test]
     fn ticket_ids_are_masked() {
-        let request = Request::new("demo-chat").with_message(Role::User, "Summarize ACME-1234 and ACME-7.");
+        let request =
+            Request::new("demo-chat").with_message(Role::User, "Summarize ACME-1234 and ACME-7.");
         let verdict = guard().check_request(&request);
         assert_eq!(verdict.edited(0), Some("Summarize [TICKET] and [TICKET]."));
         assert_eq!(verdict.count("ticket_id"), 2);
@@ -107,7 +113,8 @@ mod tests {
 
     #[test]
     fn restricted_projects_are_blocked_without_echoing_them() {
-        let request = Request::new("demo-chat").with_message(Role::User, "Status of project NIGHTJAR?");
+        let request =
+            Request::new("demo-chat").with_message(Role::User, "Status of project NIGHTJAR?");
         let verdict = guard().check_request(&request);
         assert_eq!(verdict.deny_code(), Some("project_restricted"));
     }

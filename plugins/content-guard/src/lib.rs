@@ -92,8 +92,16 @@ pub struct ContentGuard {
 fn keyword_pattern(keyword: &str) -> String {
     let escaped = regex::escape(keyword);
     let word = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');
-    let start = if word(keyword.chars().next()) { r"\b" } else { "" };
-    let end = if word(keyword.chars().last()) { r"\b" } else { "" };
+    let start = if word(keyword.chars().next()) {
+        r"\b"
+    } else {
+        ""
+    };
+    let end = if word(keyword.chars().last()) {
+        r"\b"
+    } else {
+        ""
+    };
     format!("{start}{escaped}{end}")
 }
 
@@ -134,9 +142,16 @@ impl ContentGuard {
                 keywords: rule.keywords.clone(),
                 patterns: rule.patterns.clone(),
             };
-            let Some(regex) = compile(&format!("deny '{}'", rule.name), &list, settings.case_sensitive)?
+            let Some(regex) = compile(
+                &format!("deny '{}'", rule.name),
+                &list,
+                settings.case_sensitive,
+            )?
             else {
-                return Err(format!("deny rule '{}' has no keywords or patterns", rule.name));
+                return Err(format!(
+                    "deny rule '{}' has no keywords or patterns",
+                    rule.name
+                ));
             };
             rules.push(Rule {
                 label: settings
@@ -255,7 +270,10 @@ mod tests {
             "deny": [{"name": "internal_urls", "patterns": ["https?://[a-z0-9.-]+\\.corp\\.example"]}],
             "allow": {"keywords": ["https://status.corp.example"]},
         }));
-        let v = ask(&mut g, "see https://wiki.corp.example and https://status.corp.example");
+        let v = ask(
+            &mut g,
+            "see https://wiki.corp.example and https://status.corp.example",
+        );
         assert_eq!(
             v.edited(0),
             Some("see [INTERNAL_URLS] and https://status.corp.example")
@@ -265,7 +283,8 @@ mod tests {
 
     #[test]
     fn responses_and_streams_are_inspected_too() {
-        let mut g = guard(json!({"action": "mask", "deny": [{"name": "x", "keywords": ["blue falcon"]}]}));
+        let mut g =
+            guard(json!({"action": "mask", "deny": [{"name": "x", "keywords": ["blue falcon"]}]}));
         let v = g.check_response(&Response::new("m").with_text("the Blue Falcon launches"));
         assert_eq!(v.edited(0), Some("the [X] launches"));
         let v = g.check_stream(&StreamWindow::new("m", "blue falcon"));
@@ -277,10 +296,18 @@ mod tests {
         for (config, needle) in [
             (json!({}), "at least one"),
             (json!({"deny": [{"name": "x"}]}), "no keywords"),
-            (json!({"deny": [{"name": "x", "patterns": ["("]}]}), "invalid pattern"),
-            (json!({"deny": [{"name": "x", "keywords": ["a"]}], "acton": "mask"}), "acton"),
+            (
+                json!({"deny": [{"name": "x", "patterns": ["("]}]}),
+                "invalid pattern",
+            ),
+            (
+                json!({"deny": [{"name": "x", "keywords": ["a"]}], "acton": "mask"}),
+                "acton",
+            ),
         ] {
-            let err = ContentGuard::new(&Config::from_value(config)).err().expect("refused");
+            let err = ContentGuard::new(&Config::from_value(config))
+                .err()
+                .expect("refused");
             assert!(err.contains(needle), "{err}");
         }
     }

@@ -126,7 +126,10 @@ fn builtin(category: &str) -> Vec<(&'static str, Check)> {
             Check::None,
         )],
         "api_key" => vec![
-            (r"\bsk-(?:proj-|ant-[a-z]+[0-9]{2}-|svcacct-)?[A-Za-z0-9_-]{20,}", Check::None),
+            (
+                r"\bsk-(?:proj-|ant-[a-z]+[0-9]{2}-|svcacct-)?[A-Za-z0-9_-]{20,}",
+                Check::None,
+            ),
             (r"\bAIza[0-9A-Za-z_-]{35}", Check::None),
             (r"\bgh[pousr]_[A-Za-z0-9]{36,255}\b", Check::None),
             (r"\bgithub_pat_[A-Za-z0-9_]{50,}", Check::None),
@@ -161,12 +164,18 @@ fn builtin(category: &str) -> Vec<(&'static str, Check)> {
             ),
         ],
         "phone" => vec![
-            (r"\+[1-9][0-9]{0,3}(?:[ .-]?\(?[0-9]{1,4}\)?){2,5}", Check::Phone),
+            (
+                r"\+[1-9][0-9]{0,3}(?:[ .-]?\(?[0-9]{1,4}\)?){2,5}",
+                Check::Phone,
+            ),
             (
                 r"(?:\([2-9][0-9]{2}\) ?|\b[2-9][0-9]{2}[ .-])[2-9][0-9]{2}[ .-][0-9]{4}\b",
                 Check::Phone,
             ),
-            (r"\b0[1-9][0-9]{1,3}[ -][0-9]{3,4}[ -]?[0-9]{3,4}\b", Check::Phone),
+            (
+                r"\b0[1-9][0-9]{1,3}[ -][0-9]{3,4}[ -]?[0-9]{3,4}\b",
+                Check::Phone,
+            ),
         ],
         "high_entropy_token" => vec![(r"[A-Za-z0-9+/_=-]{24,}", Check::Entropy)],
         _ => Vec::new(),
@@ -185,7 +194,7 @@ fn luhn(digits: &[u8]) -> bool {
         }
         sum += v;
     }
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 fn digits_of(s: &str) -> Vec<u8> {
@@ -197,9 +206,7 @@ fn digits_of(s: &str) -> Vec<u8> {
 
 fn card_ok(s: &str) -> bool {
     let digits = digits_of(s);
-    (13..=19).contains(&digits.len())
-        && digits.iter().any(|d| *d != digits[0])
-        && luhn(&digits)
+    (13..=19).contains(&digits.len()) && digits.iter().any(|d| *d != digits[0]) && luhn(&digits)
 }
 
 fn iban_ok(s: &str) -> bool {
@@ -287,9 +294,8 @@ impl PiiGuard {
             }
             if *category == "national_id" {
                 for id in &settings.national_ids {
-                    let regex = Regex::new(&id.pattern).map_err(|e| {
-                        format!("national_ids '{}': invalid pattern: {e}", id.name)
-                    })?;
+                    let regex = Regex::new(&id.pattern)
+                        .map_err(|e| format!("national_ids '{}': invalid pattern: {e}", id.name))?;
                     detectors.push(Detector {
                         category: "national_id",
                         regex,
@@ -468,14 +474,30 @@ mod tests {
     #[test]
     fn masks_every_builtin_category() {
         let cases = [
-            ("mail me at jane.doe+x@example.co.uk today", "[EMAIL]", "email"),
+            (
+                "mail me at jane.doe+x@example.co.uk today",
+                "[EMAIL]",
+                "email",
+            ),
             ("call +44 20 7946 0958 now", "[PHONE]", "phone"),
             ("or (415) 555-0132 please", "[PHONE]", "phone"),
-            ("card 4111 1111 1111 1111 ok", "[PAYMENT_CARD]", "payment_card"),
+            (
+                "card 4111 1111 1111 1111 ok",
+                "[PAYMENT_CARD]",
+                "payment_card",
+            ),
             ("iban DE89 3704 0044 0532 0130 00 ok", "[IBAN]", "iban"),
             ("server 10.1.2.3 down", "[IP_ADDRESS]", "ip_address"),
-            ("v6 2001:db8::8a2e:370:7334 down", "[IP_ADDRESS]", "ip_address"),
-            ("key sk-proj-abcdefghijklmnopqrstuvwxyz012345", "[API_KEY]", "api_key"),
+            (
+                "v6 2001:db8::8a2e:370:7334 down",
+                "[IP_ADDRESS]",
+                "ip_address",
+            ),
+            (
+                "key sk-proj-abcdefghijklmnopqrstuvwxyz012345",
+                "[API_KEY]",
+                "api_key",
+            ),
             ("aws AKIAIOSFODNN7EXAMPLE here", "[CLOUD_KEY]", "cloud_key"),
             (
                 "token eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
@@ -487,18 +509,30 @@ mod tests {
                 "[PRIVATE_KEY]",
                 "private_key",
             ),
-            ("secret Zx8Qp2Lm9Rt4Vb7Nc1Kd6Wf3Hj5Gs0Ya", "[HIGH_ENTROPY_TOKEN]", "high_entropy_token"),
+            (
+                "secret Zx8Qp2Lm9Rt4Vb7Nc1Kd6Wf3Hj5Gs0Ya",
+                "[HIGH_ENTROPY_TOKEN]",
+                "high_entropy_token",
+            ),
         ];
         for (text, label, category) in cases {
             let (out, verdict) = masked(json!({}), text);
             assert!(out.contains(label), "{text:?} -> {out:?}");
-            assert_eq!(verdict.count(category), 1, "{text:?}: {:?}", verdict.findings);
+            assert_eq!(
+                verdict.count(category),
+                1,
+                "{text:?}: {:?}",
+                verdict.findings
+            );
         }
     }
 
     #[test]
     fn numbers_that_fail_their_checksum_are_not_cards_or_ibans() {
-        let (out, verdict) = masked(json!({}), "order 4111 1111 1111 1112 and DE89 3704 0044 0532 0130 01");
+        let (out, verdict) = masked(
+            json!({}),
+            "order 4111 1111 1111 1112 and DE89 3704 0044 0532 0130 01",
+        );
         assert_eq!(verdict.count("payment_card"), 0, "{out}");
         assert_eq!(verdict.count("iban"), 0, "{out}");
     }

@@ -1,5 +1,6 @@
 //! Test cases, one file per area.
 
+mod budgets;
 mod check;
 mod docs;
 mod errors;

@@ -146,6 +146,28 @@ impl Gateway {
         Self::start_on(dir, &policies, args)
     }
 
+    /// Like [`Gateway::start_with`], on the store at `db_url` (e.g. a PostgreSQL database shared
+    /// by several gateways).
+    pub fn start_db(
+        gateway_toml: &str,
+        files: &[(&str, &str)],
+        args: &[&str],
+        db_url: &str,
+    ) -> Gateway {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let policies = dir.path().join("policies");
+        std::fs::create_dir_all(&policies).expect("policies dir");
+        std::fs::write(policies.join("gateway.toml"), gateway_toml).expect("write gateway.toml");
+        for (path, content) in files {
+            let path = policies.join(path);
+            std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+            std::fs::write(path, content).expect("write policy file");
+        }
+        let mut gw = Self::start_on_db(dir, &policies, args, db_url.to_string());
+        gw.db_url = db_url.to_string();
+        gw
+    }
+
     /// Starts the gateway on an existing policy directory, with its store in a new temp dir.
     pub fn start_dir(policies: &Path) -> Gateway {
         Self::start_on(tempfile::tempdir().expect("tempdir"), policies, &[])
@@ -180,6 +202,15 @@ impl Gateway {
 
     fn start_on(dir: tempfile::TempDir, policies: &Path, args: &[&str]) -> Gateway {
         let db_url = format!("sqlite://{}", dir.path().join("tollgate.db").display());
+        Self::start_on_db(dir, policies, args, db_url)
+    }
+
+    fn start_on_db(
+        dir: tempfile::TempDir,
+        policies: &Path,
+        args: &[&str],
+        db_url: String,
+    ) -> Gateway {
         let mut child = Command::new(bin())
             .args(["serve", "--policies"])
             .arg(policies)
@@ -252,6 +283,54 @@ impl Gateway {
             v["id"].as_str().expect("id").to_string(),
             v["secret"].as_str().expect("secret").to_string(),
         )
+    }
+
+    /// Runs `tollgate budgets ARGS --database DB`.
+    pub fn budgets(&self, args: &[&str]) -> Output {
+        Command::new(bin())
+            .arg("budgets")
+            .args(args)
+            .args(["--database", &self.db_url])
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("run tollgate budgets")
+    }
+
+    /// An admin GET returning JSON.
+    pub async fn admin_get(&self, path: &str) -> Value {
+        http()
+            .get(self.url(path))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .expect("admin request")
+            .json()
+            .await
+            .expect("admin JSON")
+    }
+
+    /// An admin request with a JSON body, returning (status, JSON).
+    pub async fn admin_send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: &Value,
+    ) -> (u16, Value) {
+        let response = http()
+            .request(method, self.url(path))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(body)
+            .send()
+            .await
+            .expect("admin request");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Kills the process without letting it clean up (SIGKILL).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Sends SIGTERM.
@@ -409,4 +488,118 @@ pub async fn expect_error(response: reqwest::Response, status: u16, code: &str) 
 /// Path of the repository root.
 pub fn repo_root() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+}
+
+/// Prints a skip notice that `cargo test` shows even for passing tests.
+pub fn skip(test: &str, reason: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {reason}");
+}
+
+/// A PostgreSQL database created for one test and dropped after it.
+pub struct PgDatabase {
+    /// Connection URL.
+    pub url: String,
+    name: String,
+}
+
+const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+fn psql(sql: &str) -> Result<(), String> {
+    let out = Command::new("psql")
+        .args([PG_ADMIN, "-v", "ON_ERROR_STOP=1", "-q", "-c", sql])
+        .output()
+        .map_err(|e| format!("psql is not available: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
+}
+
+impl PgDatabase {
+    /// Creates a fresh database, or explains why PostgreSQL is not usable here.
+    pub fn create() -> Result<PgDatabase, String> {
+        let name = format!("tg_test_{}", uuid::Uuid::new_v4().simple());
+        psql(&format!("CREATE DATABASE {name}"))?;
+        Ok(PgDatabase {
+            url: format!("postgres://postgres@127.0.0.1:5432/{name}"),
+            name,
+        })
+    }
+
+    /// The same database reached through another host:port (a proxy).
+    pub fn url_via(&self, addr: SocketAddr) -> String {
+        format!("postgres://postgres@{addr}/{}", self.name)
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let _ = psql(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ));
+    }
+}
+
+/// A TCP proxy that can be cut and restored, to take a store away from a running gateway.
+pub struct TcpProxy {
+    /// Where clients connect.
+    pub addr: SocketAddr,
+    down: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    connections: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl TcpProxy {
+    /// Proxies a free loopback port to `target`.
+    pub async fn start(target: SocketAddr) -> TcpProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy addr");
+        let down = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let connections = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (d, c) = (down.clone(), connections.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if d.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue;
+                }
+                let task = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                c.lock().expect("lock").push(task.abort_handle());
+            }
+        });
+        TcpProxy {
+            addr,
+            down,
+            connections,
+            accept,
+        }
+    }
+
+    /// Drops every connection and refuses new ones.
+    pub fn cut(&self) {
+        self.down.store(true, std::sync::atomic::Ordering::SeqCst);
+        for task in self.connections.lock().expect("lock").drain(..) {
+            task.abort();
+        }
+    }
+
+    /// Accepts connections again.
+    pub fn restore(&self) {
+        self.down.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.cut();
+        self.accept.abort();
+    }
 }
