@@ -184,12 +184,13 @@ fn check(dir: &std::path::Path) -> ExitCode {
                 }
             }
             println!(
-                "ok: {} provider(s), {} model(s), {} group(s), {} access rule(s), {} routing script(s), content hash {}",
+                "ok: {} provider(s), {} model(s), {} group(s), {} access rule(s), {} routing script(s), {} plugin(s), content hash {}",
                 snapshot.providers.len(),
                 snapshot.models.len(),
                 snapshot.groups.len(),
                 snapshot.access_rules.len(),
                 snapshot.routing.len(),
+                snapshot.plugins.len(),
                 &snapshot.content_hash[..12]
             );
             ExitCode::SUCCESS

@@ -51,11 +51,15 @@ pub struct AccessVerdict {
 
 /// Decides access for `key` calling `target` with `facts`: the grant, the provider state of a
 /// single model, then every access rule. Pure: used by the pipeline and by `tollgate test`.
+///
+/// `spend` is the `budget` variable (remaining budget and quota state); callers build it only
+/// when a rule uses `budget` ([`crate::spend::ledger::Ledger::spend_view`]).
 pub fn decide_access(
     snapshot: &Snapshot,
     key: &KeyRecord,
     target: &Target,
     facts: &RequestFacts,
+    spend: Option<&serde_json::Value>,
 ) -> AccessVerdict {
     let mut decisions = Vec::new();
     if !key.models.allows(target.name()) {
@@ -95,6 +99,9 @@ pub fn decide_access(
         request: uses.request.then(|| json_to_cel(&facts.to_json())),
         model: uses.model.then(|| target.cel().clone()),
         now: uses.now.then_some(facts.now),
+        budget: uses
+            .budget
+            .then(|| json_to_cel(spend.unwrap_or(&serde_json::Value::Null))),
     };
     let ctx = bindings.context();
     let mut denial = None;
@@ -188,6 +195,8 @@ pub struct Input<'a> {
     pub client_ip: Option<IpAddr>,
     /// The unread body.
     pub body: Body,
+    /// Budgets and quotas (for the `budget` variable of access rules).
+    pub ledger: &'a crate::spend::ledger::Ledger,
 }
 
 /// Authorizes the request.
@@ -263,7 +272,23 @@ async fn decide(
         input.headers,
         input.client_ip,
     );
-    let verdict = decide_access(snapshot, input.key, &target, &facts);
+    let spend = if snapshot.access_uses.budget {
+        let view = input
+            .ledger
+            .spend_view(snapshot, input.key, &target)
+            .await
+            .map_err(|e| {
+                GatewayError::Unavailable(crate::error::UnavailableError {
+                    code: "budget_unavailable",
+                    what: "the budget store",
+                    detail: e.to_string(),
+                })
+            })?;
+        Some(view)
+    } else {
+        None
+    };
+    let verdict = decide_access(snapshot, input.key, &target, &facts, spend.as_ref());
     recorder.add_decisions(verdict.decisions);
     verdict.result?;
 

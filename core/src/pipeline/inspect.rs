@@ -710,8 +710,13 @@ impl Core {
             render_event(other, value, out);
             return Ok(());
         }
-        if kind == "response.output_text.done" {
-            self.flush(index, out);
+        // Held text goes out before the events that close its item or the response.
+        match kind.as_str() {
+            "response.output_text.done"
+            | "response.content_part.done"
+            | "response.output_item.done" => self.flush(index, out),
+            "response.completed" | "response.incomplete" | "response.failed" => self.flush_all(out),
+            _ => {}
         }
         // Events that repeat a complete text are inspected whole, like a last window.
         for (text, path) in views::event_full_texts(value) {

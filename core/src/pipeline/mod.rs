@@ -160,6 +160,7 @@ pub async fn handle(app: &Arc<AppState>, endpoint: Endpoint, inbound: Inbound) -
         headers: &inbound.headers,
         client_ip: inbound.client_ip,
         body: inbound.body,
+        ledger: &app.ledger,
     };
     let mut request = match authorize::run(&snapshot, input, &mut recorder).await {
         Flow::Continue(request) => request,

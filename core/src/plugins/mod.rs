@@ -11,6 +11,7 @@ pub mod host;
 pub mod manifest;
 pub mod views;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -130,8 +131,14 @@ pub fn load_dir(dir: &Path, previous: &[Arc<Plugin>]) -> Loaded {
         .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
         .collect();
     files.sort();
+    // Compiled components by content hash: those of the previous snapshot, then each new one,
+    // so a component is compiled once even when several manifests use it.
+    let mut compiled: HashMap<String, Component> = previous
+        .iter()
+        .map(|p| (p.wasm_hash.clone(), p.component.clone()))
+        .collect();
     for path in files {
-        match load_one(dir, &path, previous, &mut loaded.hashes) {
+        match load_one(dir, &path, previous, &mut compiled, &mut loaded.hashes) {
             Ok(Some(plugin)) => loaded.plugins.push(plugin),
             Ok(None) => {}
             Err(e) => loaded.errors.push(e),
@@ -144,6 +151,7 @@ fn load_one(
     dir: &Path,
     path: &Path,
     previous: &[Arc<Plugin>],
+    compiled: &mut HashMap<String, Component>,
     hashes: &mut Vec<(PathBuf, String)>,
 ) -> Result<Option<Arc<Plugin>>, LoadError> {
     let name = path
@@ -236,15 +244,19 @@ fn load_one(
     }
 
     let runtime = host::runtime().map_err(|e| at(manifest.wasm.span(), "wasm", e))?;
-    let component = match previous.iter().find(|p| p.wasm_hash == wasm_hash) {
-        Some(p) => p.component.clone(),
-        None => runtime.compile(&wasm).map_err(|e| {
-            at(
-                manifest.wasm.span(),
-                "wasm",
-                format!("plugin '{name}' ({}) is refused: {e}", wasm_path.display()),
-            )
-        })?,
+    let component = match compiled.get(&wasm_hash) {
+        Some(component) => component.clone(),
+        None => {
+            let component = runtime.compile(&wasm).map_err(|e| {
+                at(
+                    manifest.wasm.span(),
+                    "wasm",
+                    format!("plugin '{name}' ({}) is refused: {e}", wasm_path.display()),
+                )
+            })?;
+            compiled.insert(wasm_hash.clone(), component.clone());
+            component
+        }
     };
     let pre = runtime.prepare(&component).map_err(|e| {
         at(
@@ -295,4 +307,95 @@ fn load_one(
         component,
         instances,
     })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A policy directory with `manifests` (file stem, extra TOML) for the built `pii-guard`.
+    fn dir_with(manifests: &[(&str, &str)]) -> tempfile::TempDir {
+        let wasm = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/dist/pii-guard.wasm");
+        assert!(
+            wasm.is_file(),
+            "{} is missing: run ./scripts/test (it builds the plugins with ./scripts/build-plugins)",
+            wasm.display()
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join(FOLDER)).expect("mkdir");
+        for (name, extra) in manifests {
+            std::fs::write(
+                dir.path().join(FOLDER).join(format!("{name}.toml")),
+                format!(
+                    "wasm = {:?}\nphases = [\"request\"]\n{extra}\n",
+                    wasm.display().to_string()
+                ),
+            )
+            .expect("write manifest");
+        }
+        dir
+    }
+
+    #[test]
+    fn components_are_compiled_once_and_unchanged_plugins_reused_across_reloads() {
+        let dir = dir_with(&[("a", ""), ("b", "[config]\nmode = \"block\"")]);
+        let before = host::compilations();
+        let first = load_dir(dir.path(), &[]);
+        assert!(first.errors.is_empty(), "{:?}", first.errors);
+        assert_eq!(first.plugins.len(), 2);
+        assert_eq!(
+            host::compilations() - before,
+            1,
+            "two manifests, one component: compiled once"
+        );
+        assert_eq!(first.plugins[0].instances.idle(), 1, "warmed at load");
+
+        // Reload with `b` changed: `a` is the same plugin (warm pool kept), `b` is new but
+        // its component is not compiled again.
+        std::fs::write(
+            dir.path().join("plugins/b.toml"),
+            std::fs::read_to_string(dir.path().join("plugins/b.toml"))
+                .expect("read")
+                .replace("block", "observe"),
+        )
+        .expect("write");
+        let before = host::compilations();
+        let second = load_dir(dir.path(), &first.plugins);
+        assert!(second.errors.is_empty(), "{:?}", second.errors);
+        assert!(Arc::ptr_eq(&first.plugins[0], &second.plugins[0]));
+        assert!(!Arc::ptr_eq(&first.plugins[1], &second.plugins[1]));
+        assert_eq!(host::compilations(), before, "nothing recompiled");
+    }
+
+    #[test]
+    fn disabled_manifests_load_nothing_and_scopes_apply() {
+        let dir = dir_with(&[
+            ("off", "enabled = false"),
+            (
+                "scoped",
+                "[applies_to]\nmodels = [\"demo-*\"]\nteams = [\"research\"]",
+            ),
+        ]);
+        let loaded = load_dir(dir.path(), &[]);
+        assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+        assert_eq!(loaded.plugins.len(), 1);
+        let plugin = &loaded.plugins[0];
+        assert_eq!(plugin.name, "scoped");
+        assert!(plugin.has_phase(Phase::Request) && !plugin.has_phase(Phase::Stream));
+        assert!(
+            plugin
+                .applies_to
+                .matches("demo-chat", "key_1", "k", Some("research"))
+        );
+        assert!(
+            !plugin
+                .applies_to
+                .matches("demo-chat", "key_1", "k", Some("sales"))
+        );
+        assert!(
+            !plugin
+                .applies_to
+                .matches("gpt-4o", "key_1", "k", Some("research"))
+        );
+    }
 }

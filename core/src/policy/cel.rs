@@ -20,7 +20,7 @@ use chrono::{DateTime, FixedOffset, NaiveTime, Utc};
 use super::LoadError;
 
 /// Variables a rule may reference.
-pub const VARIABLES: [&str; 4] = ["key", "request", "model", "now"];
+pub const VARIABLES: [&str; 5] = ["key", "request", "model", "now", "budget"];
 /// Functions tollgate adds to CEL's standard library.
 pub const CUSTOM_FUNCTIONS: [&str; 3] = ["cidr_contains", "glob_match", "time_between"];
 
@@ -44,6 +44,8 @@ pub struct Uses {
     pub model: bool,
     /// `now`.
     pub now: bool,
+    /// `budget` (read from the store per request, only when a rule uses it).
+    pub budget: bool,
 }
 
 impl Uses {
@@ -54,6 +56,7 @@ impl Uses {
             request: self.request || other.request,
             model: self.model || other.model,
             now: self.now || other.now,
+            budget: self.budget || other.budget,
         }
     }
 }
@@ -399,6 +402,7 @@ pub fn compile_rule(
         request: idents.contains("request"),
         model: idents.contains("model"),
         now: idents.contains("now"),
+        budget: idents.contains("budget"),
     };
     let rule = AccessRule {
         name: name.to_string(),
@@ -435,6 +439,8 @@ pub struct Bindings {
     pub model: Option<Value>,
     /// `now`.
     pub now: Option<DateTime<Utc>>,
+    /// `budget`.
+    pub budget: Option<Value>,
 }
 
 impl Bindings {
@@ -454,6 +460,9 @@ impl Bindings {
         if let Some(now) = self.now {
             ctx.add_variable_from_value("now", Value::Timestamp(now.fixed_offset()));
         }
+        if let Some(v) = &self.budget {
+            ctx.add_variable_from_value("budget", v.clone());
+        }
         ctx
     }
 
@@ -472,11 +481,19 @@ impl Bindings {
             "name": "sample-model", "provider": "sample", "family": "openai", "group": false, "tags": [],
             "pricing": {"input_per_mtok": 1.0, "output_per_mtok": 2.0, "cached_input_per_mtok": 0.5}
         });
+        let budget = serde_json::json!({
+            "remaining_usd": 10.0, "percent_used": 50.0,
+            "budgets": [{"id": "b", "scope": "team", "subject": "platform", "window": "monthly",
+                         "limit_usd": 20.0, "spent_usd": 10.0, "reserved_usd": 0.0, "remaining_usd": 10.0, "percent_used": 50.0}],
+            "quotas": [{"scope": "key", "subject": "key_sample", "limit": "requests_per_minute",
+                        "limit_value": 60, "used": 1, "reserved": 0, "remaining": 59, "percent_used": 1.6}]
+        });
         Bindings {
             key: Some(json_to_cel(&key)),
             request: Some(json_to_cel(&request)),
             model: Some(json_to_cel(&model)),
             now: Some(Utc::now()),
+            budget: Some(json_to_cel(&budget)),
         }
     }
 }

@@ -38,6 +38,8 @@ struct Case {
     key: KeySpec,
     request: RequestSpec,
     expect: Expect,
+    /// The `budget` variable access rules see (remaining budget and quota state).
+    budget: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -203,7 +205,11 @@ fn run_case(snapshot: &Snapshot, case: &Case) -> Result<(), String> {
             None,
         ),
         Some(target) => {
-            let verdict = decide_access(snapshot, &key, &target, &facts);
+            // Without a `budget` in the case: no budget or quota applies.
+            let spend = case.budget.clone().unwrap_or_else(|| {
+                serde_json::json!({"remaining_usd": null, "percent_used": 0.0, "budgets": [], "quotas": []})
+            });
+            let verdict = decide_access(snapshot, &key, &target, &facts, Some(&spend));
             match verdict.result {
                 Err(e) => (Err(e), verdict.decisions, None),
                 Ok(()) => match route::plan(&target, &facts, &key, &HealthRegistry::default()) {

@@ -369,6 +369,67 @@ impl Ledger {
         }
     }
 
+    /// The `budget` variable of access rules: every applicable budget and quota with its state
+    /// in the current window, plus the tightest remaining budget and the highest use.
+    pub async fn spend_view(
+        &self,
+        snapshot: &Snapshot,
+        key: &KeyRecord,
+        target: &Target,
+    ) -> Result<Value, StoreError> {
+        let now = now_ms();
+        let mut budgets = Vec::new();
+        let (mut remaining_usd, mut percent_used): (Option<f64>, f64) = (None, 0.0);
+        for b in self.budgets_for(snapshot, key) {
+            let (start, _) = b.window.bounds(now, b.tz);
+            let state = self.store.counter_state(&b.counter_id(), start).await?;
+            let remaining = (b.limit_nanos - state.used - state.reserved).max(0) as f64 / 1e9;
+            let percent = if b.limit_nanos > 0 {
+                state.used as f64 * 100.0 / b.limit_nanos as f64
+            } else {
+                100.0
+            };
+            remaining_usd = Some(remaining_usd.map_or(remaining, |r| r.min(remaining)));
+            percent_used = percent_used.max(percent);
+            budgets.push(json!({
+                "id": b.id, "scope": b.scope.as_str(), "subject": b.subject, "window": b.window.budget_name(),
+                "limit_usd": b.limit_nanos as f64 / 1e9, "spent_usd": state.used as f64 / 1e9,
+                "reserved_usd": state.reserved as f64 / 1e9, "remaining_usd": remaining, "percent_used": percent,
+            }));
+        }
+        let mut quotas = Vec::new();
+        for q in &snapshot.quotas {
+            let subject = match q.scope {
+                Scope::Organization => Some(String::new()),
+                Scope::Team => key.team.clone(),
+                Scope::User => key.owner.clone(),
+                Scope::Key => Some(key.id.clone()),
+                Scope::Model => Some(target.name().to_string()),
+            };
+            let Some(subject) = subject.filter(|s| q.subject.as_ref().is_none_or(|only| only == s))
+            else {
+                continue;
+            };
+            let start = q.window.map_or(0, |w| w.bounds(now, q.tz).0);
+            let state = self
+                .store
+                .counter_state(&format!("quota:{}:{}", q.name, subject), start)
+                .await?;
+            let remaining = (q.limit - state.used - state.reserved).max(0);
+            quotas.push(json!({
+                "scope": q.scope.as_str(), "subject": subject, "limit": q.limit_name(), "limit_value": q.limit,
+                "used": state.used, "reserved": state.reserved, "remaining": remaining,
+                "percent_used": if q.limit > 0 { state.used as f64 * 100.0 / q.limit as f64 } else { 100.0 },
+            }));
+        }
+        Ok(json!({
+            "remaining_usd": remaining_usd,
+            "percent_used": percent_used,
+            "budgets": budgets,
+            "quotas": quotas,
+        }))
+    }
+
     /// Queues the settlement of `reservation` with what the call really used. Never blocks;
     /// the worker retries until the store takes it.
     pub fn settle(&self, reservation: Reservation, tokens: TokenUsage, cost_nanos: i64) {

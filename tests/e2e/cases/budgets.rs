@@ -663,3 +663,102 @@ async fn a_store_outage_fails_closed_with_503_and_recovers() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test]
+async fn access_rules_see_the_remaining_budget() {
+    let mock = mock(MockConfig::default()).await;
+    let budget = "[[budgets]]\nscope = \"organization\"\nwindow = \"daily\"\nlimit_usd = 0.014\n";
+    let rule = "// Stop at half the budget.\nbudget.percent_used < 50.0 ? true : {\"allow\": false, \"reason\": \"half the budget is spent\"}\n";
+    let gw = Gateway::start_with(
+        &policy(&mock, "", budget),
+        &[("access/half.cel", rule)],
+        &[],
+    );
+    let (_, secret) = gw.create_key("*");
+    assert_eq!(
+        call(&gw, &secret, &call_body("metered")).await.status(),
+        200
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let response = call(&gw, &secret, &call_body("metered")).await;
+        if response.status() == 403 {
+            let body: Value = response.json().await.unwrap();
+            assert_eq!(body["error"]["code"], "policy_denied");
+            assert!(
+                body["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("half the budget is spent")
+            );
+            break;
+        }
+        // Until the first settlement lands the rule still sees 0% used.
+        assert_eq!(response.status(), 200);
+        assert!(Instant::now() < deadline, "the rule never saw the spend");
+    }
+}
+
+#[tokio::test]
+async fn budget_thresholds_notify_a_webhook_once_per_window() {
+    let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Value>::new()));
+    let sink = events.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |axum::Json(event): axum::Json<Value>| {
+            let sink = sink.clone();
+            async move {
+                sink.lock().unwrap().push(event);
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let mock = mock(MockConfig::default()).await;
+    let extra = format!(
+        "[notifications]\nwebhook_url = \"{hook}\"\n\n[[budgets]]\nscope = \"organization\"\nwindow = \"monthly\"\nlimit_usd = 0.028\nthresholds = [50, 100]\n"
+    );
+    let gw = Gateway::start(&policy(&mock, "", &extra));
+    let (_, secret) = gw.create_key("*");
+    for _ in 0..4 {
+        assert_eq!(
+            call(&gw, &secret, &call_body("metered")).await.status(),
+            200
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while events.lock().unwrap().len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "threshold events: {:?}",
+            events.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut thresholds: Vec<i64> = events
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|e| e["threshold_percent"].as_i64().unwrap())
+        .collect();
+    thresholds.sort_unstable();
+    assert_eq!(thresholds, [50, 100], "each threshold once");
+    let first = events.lock().unwrap()[0].clone();
+    assert_eq!(first["event"], "budget_threshold");
+    assert_eq!(first["scope"], "organization");
+    let metrics = http()
+        .get(gw.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("tollgate_budget_threshold_events_total 2"),
+        "{metrics}"
+    );
+}

@@ -707,3 +707,73 @@ async fn the_demo_policy_masks_personal_data_on_demo_chat() {
     assert!(answer.contains("My email is [EMAIL], call me."), "{answer}");
     assert!(!answer.contains("jane.doe"), "{answer}");
 }
+
+#[tokio::test]
+async fn chat_and_responses_streams_are_masked_in_deltas_and_complete_texts() {
+    let toml = "[providers.demo]\nfamily = \"demo\"\n[models.demo-chat]\nprovider = \"demo\"\n";
+    let files = [(
+        "plugins/pii.toml",
+        // Stream phase only: the provider receives (and echoes) the raw address.
+        manifest("pii-guard", "[\"stream\"]", "[limits]\nstream_window = 32"),
+    )];
+    let files: Vec<(&str, &str)> = files.iter().map(|(p, c)| (*p, c.as_str())).collect();
+    let gw = Gateway::start_with(toml, &files, &[]);
+    let (_, secret) = gw.create_key("*");
+    let prompt = "Please write to jane.doe@example.com about the launch";
+
+    let mut body = say("demo-chat", prompt);
+    body["stream"] = json!(true);
+    let text = chat(&gw, &secret, &body).await.text().await.unwrap();
+    let (content, pieces, errors) = stream_text(&text);
+    assert!(errors.is_empty(), "{text}");
+    assert!(
+        content.contains("Please write to [EMAIL] about the launch"),
+        "{content}"
+    );
+    assert!(!text.contains("jane.doe"), "{text}");
+    assert!(pieces > 3, "streamed in pieces");
+
+    let response = http()
+        .post(gw.url("/v1/responses"))
+        .bearer_auth(&secret)
+        .json(&json!({"model": "demo-chat", "input": prompt, "stream": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    assert!(!text.contains("jane.doe"), "{text}");
+    let mut deltas = String::new();
+    let mut completed_text = None;
+    let mut last_delta_before_completed = true;
+    for event in text.split("\n\n") {
+        let Some(data) = event.lines().find_map(|l| l.strip_prefix("data: ")) else {
+            continue;
+        };
+        let value: Value = serde_json::from_str(data).unwrap();
+        match value["type"].as_str().unwrap_or("") {
+            "response.output_text.delta" => {
+                if completed_text.is_some() {
+                    last_delta_before_completed = false;
+                }
+                deltas.push_str(value["delta"].as_str().unwrap());
+            }
+            "response.completed" => {
+                completed_text = Some(
+                    value["response"]["output"][0]["content"][0]["text"]
+                        .as_str()
+                        .unwrap()
+                        .to_string(),
+                );
+            }
+            _ => {}
+        }
+    }
+    let completed_text = completed_text.expect("response.completed");
+    assert!(deltas.contains("[EMAIL]"), "{deltas}");
+    assert_eq!(deltas, completed_text, "deltas and the complete text agree");
+    assert!(
+        last_delta_before_completed,
+        "held text is released before completion: {text}"
+    );
+}
