@@ -22,7 +22,7 @@ async fn sigterm_with_requests_in_flight_loses_no_usage_row() {
         let secret = secret.clone();
         tokio::spawn(async move {
             let mut body = chat_body("chat");
-            body["stream"] = (i % 3 == 0).into();
+            body["stream"] = i.is_multiple_of(3).into();
             match client
                 .post(url)
                 .bearer_auth(secret)
