@@ -130,14 +130,6 @@ pub struct Runtime {
 
 static RUNTIME: OnceLock<Result<Runtime, String>> = OnceLock::new();
 
-/// Components compiled by this process (reuse by content hash keeps this low).
-static COMPILATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-/// How many components this process has compiled.
-pub fn compilations() -> u64 {
-    COMPILATIONS.load(std::sync::atomic::Ordering::Relaxed)
-}
-
 /// The shared runtime, created (with its epoch ticker) on first use.
 pub fn runtime() -> Result<&'static Runtime, String> {
     RUNTIME
@@ -170,7 +162,6 @@ impl Runtime {
     /// Compiles a component (≈1 s for a release-built guardrail; callers reuse the result by
     /// content hash) and checks it was built for a WIT version this gateway loads.
     pub fn compile(&self, wasm: &[u8]) -> Result<Component, String> {
-        COMPILATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let component = Component::new(&self.engine, wasm).map_err(|e| {
             let text = format!("{e:#}");
             if wasm.starts_with(b"\0asm\x01\0\0\0") {
