@@ -346,7 +346,10 @@ mod tests {
         let first = load_dir(dir.path(), &[]);
         assert!(first.errors.is_empty(), "{:?}", first.errors);
         assert_eq!(first.plugins.len(), 2);
-        assert_eq!(first.compiled, 1, "two manifests, one component: compiled once");
+        assert_eq!(
+            first.compiled, 1,
+            "two manifests, one component: compiled once"
+        );
         assert_eq!(first.plugins[0].instances.idle(), 1, "warmed at load");
 
         // Reload with `b` changed: `a` is the same plugin (warm pool kept), `b` is new but
