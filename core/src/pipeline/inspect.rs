@@ -30,7 +30,7 @@ use super::{Endpoint, Flow, Recorder};
 use crate::error::{GatewayError, GuardrailError};
 use crate::plugins::host::{Failure, elapsed_us, wit};
 use crate::plugins::views::{self, TextMap};
-use crate::plugins::{FailureMode, Phase, Plugin};
+use crate::plugins::{FailureMode, Phase, Plugin, metrics};
 use crate::policy::Snapshot;
 use crate::store::KeyRecord;
 
@@ -138,7 +138,8 @@ fn failed(plugin: &Plugin, failure: &Failure) -> GatewayError {
     })
 }
 
-fn decision(plugin: &Plugin, phase: Phase, outcome: &str, elapsed: i64) -> Value {
+fn decision(plugin: &Plugin, phase: Phase, outcome: &'static str, elapsed: i64) -> Value {
+    metrics::record(&plugin.name, phase.as_str(), outcome, 1, elapsed);
     json!({
         "stage": "inspect", "plugin": plugin.name, "phase": phase.as_str(),
         "outcome": outcome, "elapsed_us": elapsed,
@@ -156,6 +157,7 @@ fn with_verdict(mut entry: Value, verdict: &wit::Verdict) -> Value {
 }
 
 fn with_failure(mut entry: Value, plugin: &Plugin, failure: &Failure) -> Value {
+    metrics::failure(&plugin.name, failure.kind());
     entry["failure"] = Value::from(failure.kind());
     entry["failure_mode"] = Value::from(plugin.failure_mode.as_str());
     entry
@@ -530,6 +532,18 @@ impl StreamGuard {
     }
 }
 
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        // One decision per stream plugin, like the usage record's.
+        let Ok(stats) = self.stats.lock() else {
+            return;
+        };
+        for (name, s) in self.names.iter().zip(stats.iter()) {
+            metrics::record(name, "stream", s.outcome, s.calls, s.elapsed_us);
+        }
+    }
+}
+
 /// A parsed SSE event: its non-data lines and its data.
 struct Event<'a> {
     other: Vec<&'a str>,
@@ -815,6 +829,7 @@ impl Core {
                 Err(failure) => {
                     tracing::warn!(plugin = %plugin.name, phase = "stream", error = %failure, "guardrail plugin failed");
                     s.failure = Some(failure.kind());
+                    metrics::failure(&plugin.name, failure.kind());
                     if plugin.failure_mode == FailureMode::Closed {
                         set_outcome(s, "error");
                         let error = failed(plugin, &failure);

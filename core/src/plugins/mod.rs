@@ -9,6 +9,7 @@
 
 pub mod host;
 pub mod manifest;
+pub mod metrics;
 pub mod views;
 
 use std::collections::HashMap;

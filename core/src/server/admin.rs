@@ -204,6 +204,7 @@ pub async fn metrics(State(app): State<Arc<AppState>>) -> Response {
             value.load(Ordering::Relaxed)
         );
     }
+    crate::plugins::metrics::render(&mut out);
     let mut response = out.into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
