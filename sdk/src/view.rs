@@ -89,7 +89,7 @@ pub struct Caller {
     pub key_name: String,
     /// The key's team.
     pub team: Option<String>,
-    /// The key's metadata, values as JSON text.
+    /// The key's metadata: strings as they are, other values as JSON text.
     pub metadata: Vec<(String, String)>,
 }
 
@@ -106,7 +106,8 @@ pub struct Request {
     pub messages: Vec<Message>,
     /// Tools offered to the model.
     pub tools: Vec<Tool>,
-    /// The request's `metadata` object and `user` field, values as JSON text.
+    /// The request's `metadata` object and `user` field: strings as they are, other values as
+    /// JSON text.
     pub metadata: Vec<(String, String)>,
     /// The calling key.
     pub caller: Caller,

@@ -254,6 +254,8 @@ pub struct Instances {
     capabilities: Capabilities,
     base_dir: std::path::PathBuf,
     idle: Mutex<Vec<Warm>>,
+    /// One permit per live instance (`limits.max_instances`).
+    permits: tokio::sync::Semaphore,
 }
 
 impl std::fmt::Debug for Instances {
@@ -278,6 +280,7 @@ impl Instances {
         capabilities: Capabilities,
         base_dir: std::path::PathBuf,
     ) -> Self {
+        let permits = tokio::sync::Semaphore::new(limits.max_instances);
         Instances {
             pre,
             config,
@@ -285,6 +288,7 @@ impl Instances {
             capabilities,
             base_dir,
             idle: Mutex::new(Vec::new()),
+            permits,
         }
     }
 
@@ -403,6 +407,12 @@ impl Instances {
         &self,
         run: impl AsyncFnOnce(&Guardrail, &mut Store<GuestState>) -> wasmtime::Result<R>,
     ) -> Result<R, Failure> {
+        // Bounded concurrency: at most `max_instances` instances exist for this plugin.
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| Failure::Instantiate("the plugin is shutting down".into()))?;
         let Warm { mut store, guard } = self.take().await?;
         store.set_epoch_deadline(ticks(Duration::from_millis(self.limits.time_ms)));
         match run(&guard, &mut store).await {

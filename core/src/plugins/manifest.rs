@@ -16,7 +16,8 @@
 //! [limits]
 //! memory_mb = 64
 //! time_ms = 50
-//! instances = 4
+//! instances = 4                              # kept warm
+//! max_instances = 32                         # live at most; more concurrent calls wait
 //! stream_window = 256
 //!
 //! [capabilities]                             # nothing unless granted
@@ -128,6 +129,8 @@ pub struct Limits {
     pub time_ms: u64,
     /// Warm instances kept (concurrent calls beyond it get fresh instances).
     pub instances: usize,
+    /// Live instances at most: further concurrent calls wait for one to be free.
+    pub max_instances: usize,
     /// Bytes of a streamed answer held back so a value split across chunks is seen whole.
     pub stream_window: usize,
 }
@@ -138,6 +141,7 @@ impl Default for Limits {
             memory_mb: 64,
             time_ms: 50,
             instances: 4,
+            max_instances: 32,
             stream_window: 256,
         }
     }
@@ -160,6 +164,12 @@ impl Limits {
         }
         if !(1..=64).contains(&self.instances) {
             problems.push(("limits.instances", "must be between 1 and 64".to_string()));
+        }
+        if !(self.instances.max(1)..=1024).contains(&self.max_instances) {
+            problems.push((
+                "limits.max_instances",
+                "must be between limits.instances and 1024".to_string(),
+            ));
         }
         if !(16..=65_536).contains(&self.stream_window) {
             problems.push((

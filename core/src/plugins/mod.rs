@@ -212,14 +212,18 @@ fn load_one(
         return Err(error(path, None, None, Some(key), message));
     }
     if let Some(read_dir) = &manifest.capabilities.read_dir
-        && !dir.join(read_dir).is_dir()
+        && (Path::new(read_dir).is_absolute()
+            || Path::new(read_dir)
+                .components()
+                .any(|c| matches!(c, std::path::Component::ParentDir))
+            || !dir.join(read_dir).is_dir())
     {
         return Err(error(
             path,
             None,
             None,
             Some("capabilities.read_dir"),
-            format!("'{read_dir}' is not a directory under the policy directory"),
+            format!("'{read_dir}' is not a directory inside the policy directory"),
         ));
     }
     let wasm_path = dir.join(manifest.wasm.get_ref());
@@ -367,6 +371,47 @@ mod tests {
         assert!(Arc::ptr_eq(&first.plugins[0], &second.plugins[0]));
         assert!(!Arc::ptr_eq(&first.plugins[1], &second.plugins[1]));
         assert_eq!(second.compiled, 0, "nothing recompiled");
+    }
+
+    #[test]
+    fn concurrent_calls_beyond_max_instances_wait_instead_of_failing() {
+        let dir = dir_with(&[("one", "[limits]\ninstances = 1\nmax_instances = 1")]);
+        let loaded = load_dir(dir.path(), &[]);
+        assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+        let plugin = loaded.plugins[0].clone();
+        let caller = host::wit::Caller {
+            key_id: "key_1".into(),
+            key_name: "k".into(),
+            team: None,
+            metadata: Vec::new(),
+        };
+        let Ok(serde_json::Value::Object(body)) = serde_json::from_str::<serde_json::Value>(
+            r#"{"messages": [{"role": "user", "content": "mail a@b.io"}]}"#,
+        ) else {
+            panic!("body");
+        };
+        let (view, _) = views::request_view("/v1/chat/completions", "m", false, &body, &caller);
+        let results = host::block_on(async {
+            let calls = (0..8).map(|_| plugin.instances.check_request(&view));
+            futures_util::future::join_all(calls).await
+        })
+        .expect("runtime");
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        assert_eq!(plugin.instances.idle(), 1, "one instance served all eight");
+    }
+
+    #[test]
+    fn read_dir_must_stay_inside_the_policy_directory() {
+        let dir = dir_with(&[("p", "[capabilities]\nread_dir = \"../\"")]);
+        let loaded = load_dir(dir.path(), &[]);
+        assert_eq!(loaded.errors.len(), 1);
+        assert!(
+            loaded.errors[0]
+                .to_string()
+                .contains("capabilities.read_dir"),
+            "{}",
+            loaded.errors[0]
+        );
     }
 
     #[test]
