@@ -627,18 +627,21 @@ impl Core {
     }
 
     async fn event(&mut self, raw: &[u8], out: &mut BytesMut) -> Result<(), Blocked> {
-        let Ok(text) = std::str::from_utf8(raw) else {
+        let text = String::from_utf8_lossy(raw);
+        let event = parse_event(&text);
+        if event.data.trim().is_empty() {
+            // Comments and keep-alives carry no text.
             out.extend_from_slice(raw);
             return Ok(());
-        };
-        let event = parse_event(text);
+        }
         if event.data.trim() == "[DONE]" {
             self.flush_all(out);
             out.extend_from_slice(raw);
             return Ok(());
         }
         let Ok(mut value) = serde_json::from_str::<Value>(&event.data) else {
-            out.extend_from_slice(raw);
+            // Data the guardrails cannot read is not relayed uninspected.
+            tracing::debug!("dropping a stream event that is not JSON");
             return Ok(());
         };
         if self.responses_api {
