@@ -1,6 +1,7 @@
 //! Per-call cost of each first-party guardrail on 1 KB and 16 KB prompts, through the real
 //! host (warm pooled instance, epoch deadline, memory limiter, WIT lowering), and of the whole
-//! request phase of the inspect stage with `pii-guard` (view building + call + masking).
+//! request phase of the inspect stage with `pii-guard` (view building + call + masking), and of
+//! one stream-phase call on a default-sized window.
 //!
 //! Needs the components: run `./scripts/build-plugins` first. Then
 //! `cargo bench -p tollgate --bench guardrails`.
@@ -151,5 +152,36 @@ fn guardrails(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, guardrails);
+/// One stream-phase call: a 256-byte window (the default `stream_window`) plus a 32-byte chunk.
+fn stream_window(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = load(dir.path(), &["pii-guard", "content-guard"]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let text: String = prompt(1024).chars().take(288).collect();
+    let view = wit::StreamView {
+        model: "m".into(),
+        endpoint: "/v1/chat/completions".into(),
+        index: 0,
+        window: wit::TextPart { id: 0, text },
+        seen: 256,
+        last: false,
+        caller: caller(),
+    };
+    let mut group = c.benchmark_group("guardrail_stream_window");
+    group.measurement_time(Duration::from_secs(3));
+    for plugin in &plugins {
+        group.bench_function(format!("{}/288B", plugin.name), |b| {
+            b.iter(|| {
+                rt.block_on(plugin.instances.check_stream(black_box(&view)))
+                    .unwrap()
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, guardrails, stream_window);
 criterion_main!(benches);

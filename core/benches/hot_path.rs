@@ -1,5 +1,6 @@
 //! Micro-benchmarks of the per-request pieces on tollgate's hot path: the warm key cache, secret
-//! hashing, the SSE usage tap, usage normalization and pricing, and request body parsing.
+//! hashing, the SSE usage tap, usage normalization and pricing, request body parsing, and the
+//! prompt token estimate.
 //!
 //! Run with `cargo bench -p tollgate --bench hot_path`; measurement times are short so the
 //! whole file finishes in well under a minute. The end-to-end overhead is measured by
@@ -16,6 +17,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use serde_json::{Value, json};
 
 use tollgate::pipeline::authorize::parse_object;
+use tollgate::spend::estimate::{estimate, warm_up};
 use tollgate::store::key_cache::KeyCache;
 use tollgate::store::keys::{NewKey, hash_secret};
 use tollgate::store::{ModelGrant, Store};
@@ -155,6 +157,12 @@ fn parse(c: &mut Criterion) {
     group.throughput(Throughput::Bytes(body.len() as u64));
     group.bench_function("parse_object_1kb_chat", |b| {
         b.iter(|| parse_object(black_box(&body)).unwrap());
+    });
+    let object = parse_object(&body).unwrap();
+    // The tokenizer loads once (at gateway start in production), not inside the measurement.
+    warm_up();
+    group.bench_function("estimate_tokens_1kb_chat", |b| {
+        b.iter(|| estimate(black_box(&object), 256).input_tokens);
     });
     group.finish();
 }

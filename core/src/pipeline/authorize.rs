@@ -36,6 +36,8 @@ pub struct Authorized {
     pub stream: bool,
     /// Whether the client itself asked for the usage chunk of a chat stream.
     pub client_wants_usage: bool,
+    /// The request's snapshot limit on buffered provider answers.
+    pub max_response_bytes: usize,
     /// Guardrails bound for the answer (set by the inspect stage).
     pub guards: super::inspect::Guards,
 }
@@ -310,6 +312,7 @@ async fn decide(
         facts,
         stream,
         client_wants_usage,
+        max_response_bytes: snapshot.limits.max_response_bytes,
         guards: super::inspect::Guards::default(),
     })
 }

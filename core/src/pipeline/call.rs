@@ -50,12 +50,6 @@ pub async fn run(
 ) -> Response {
     let family = endpoint.family();
     let last = route.candidates.len().saturating_sub(1);
-    if request.stream && !recorder.has_input_estimate() {
-        // A stream cut before the provider's usage arrives is billed from this and the
-        // produced text.
-        recorder
-            .set_input_estimate(crate::spend::estimate::estimate(&request.body, 0).input_tokens);
-    }
     for (attempt, model) in route.candidates.iter().enumerate() {
         recorder.set_model(model);
         let provider = model.provider.clone();
@@ -63,6 +57,11 @@ pub async fn run(
             Ok(body) => body,
             Err(e) => return recorder.deny(Stage::Call, &GatewayError::from(e), family),
         };
+        if request.stream && !recorder.has_input_estimate() {
+            // A stream cut before the provider's usage arrives is billed from the prompt
+            // (tokenized only then) and the produced text. `Bytes` clones are reference counts.
+            recorder.keep_prompt(body.clone());
+        }
         let sent = Instant::now();
         let reply = match provider.family {
             ProviderFamily::Demo => Ok(demo::respond(endpoint, &body)),
@@ -100,16 +99,7 @@ pub async fn run(
                         "model": model.name, "provider": provider.name, "status": status.as_u16(),
                         "latency_us": micros(elapsed), "outcome": "relayed",
                     }));
-                    return relay(
-                        app,
-                        reply,
-                        &request,
-                        provider.timeout,
-                        sent,
-                        recorder,
-                        family,
-                    )
-                    .await;
+                    return relay(reply, &request, provider.timeout, sent, recorder, family).await;
                 }
             }
             Ok(reply) => {
@@ -118,16 +108,7 @@ pub async fn run(
                     "model": model.name, "provider": provider.name, "status": reply.status.as_u16(),
                     "latency_us": micros(elapsed), "outcome": "relayed",
                 }));
-                return relay(
-                    app,
-                    reply,
-                    &request,
-                    provider.timeout,
-                    sent,
-                    recorder,
-                    family,
-                )
-                .await;
+                return relay(reply, &request, provider.timeout, sent, recorder, family).await;
             }
             Err(e) => {
                 health.record(false, elapsed);
@@ -149,7 +130,6 @@ pub async fn run(
 
 /// Relays one provider answer to the client.
 async fn relay(
-    app: &Arc<AppState>,
     mut reply: UpstreamReply,
     request: &Authorized,
     timeout: Duration,
@@ -165,7 +145,7 @@ async fn relay(
     }
 
     // Unary: buffer within the limit and the provider's timeout, then relay.
-    let limit = app.policies.snapshot().limits.max_response_bytes;
+    let limit = request.max_response_bytes;
     let remaining = timeout.saturating_sub(sent.elapsed());
     let status = reply.status;
     let content_type = reply.content_type.take();

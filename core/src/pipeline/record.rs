@@ -35,6 +35,7 @@ pub struct Recorder {
     attempts: Vec<Value>,
     reservation: Option<(Arc<Ledger>, Reservation)>,
     input_estimate: Option<i64>,
+    prompt: Option<bytes::Bytes>,
     finished: bool,
 }
 
@@ -65,6 +66,7 @@ impl Recorder {
             attempts: Vec::new(),
             reservation: None,
             input_estimate: None,
+            prompt: None,
             finished: false,
         }
     }
@@ -121,10 +123,22 @@ impl Recorder {
         self.input_estimate = Some(tokens);
     }
 
+    /// The body sent upstream, tokenized only if a stream ends without the provider's usage.
+    pub fn keep_prompt(&mut self, body: bytes::Bytes) {
+        self.prompt = Some(body);
+    }
+
     /// Bills a stream that ended without the provider's usage (client disconnect, provider
     /// failure): the counted prompt plus the tokens of the text produced so far.
     pub fn bill_produced(&mut self, output_tokens: i64) {
-        let input = self.input_estimate.unwrap_or(0);
+        let input = self.input_estimate.unwrap_or_else(|| {
+            self.prompt
+                .as_ref()
+                .and_then(|b| serde_json::from_slice::<serde_json::Map<String, Value>>(b).ok())
+                .map_or(0, |body| {
+                    crate::spend::estimate::estimate(&body, 0).input_tokens
+                })
+        });
         if input == 0 && output_tokens == 0 {
             return;
         }

@@ -13,6 +13,7 @@ use axum::http::HeaderValue;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -152,7 +153,14 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     let (usage, writer) = usage_writer::spawn(store.clone());
     let http = crate::upstream::client()?;
     let (ledger, settler) = Ledger::start(store.clone(), http.clone()).await?;
-    tokio::task::spawn_blocking(crate::spend::estimate::warm_up);
+    let snapshot_now = policies.snapshot();
+    if !snapshot_now.budgets.is_empty()
+        || !snapshot_now.quotas.is_empty()
+        || ledger.has_stored_budgets()
+    {
+        // Budgets apply: load the tokenizer now rather than on the first budgeted request.
+        tokio::task::spawn_blocking(crate::spend::estimate::warm_up);
+    }
     let app = Arc::new(AppState {
         policies: policies.clone(),
         store: store.clone(),
@@ -186,6 +194,10 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
 
     let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
     let service = router(app).into_make_service_with_connect_info::<SocketAddr>();
+    // Streams are written event by event: do not let Nagle hold them back.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let server = axum::serve(listener, service)
         .with_graceful_shutdown(async move {
             shutdown_signal().await;

@@ -147,7 +147,8 @@ impl Store {
                     Box::pin(async move {
                         conn.execute(
                             "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-                             PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
+                             PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; \
+                             PRAGMA temp_store = MEMORY;",
                         )
                         .await?;
                         Ok(())
@@ -303,7 +304,8 @@ impl Store {
                     .push_bind(&r.user_agent)
                     .push_bind(r.policy_generation);
             });
-            qb.build().execute(&mut *tx).await?;
+            // Batch sizes vary: do not fill the statement cache with one statement per size.
+            qb.build().persistent(false).execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())

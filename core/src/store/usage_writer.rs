@@ -2,7 +2,7 @@
 //!
 //! Requests hand records to a bounded channel ([`UsageSink::record`] never blocks the caller:
 //! when the channel is momentarily full the hand-off moves to its own task). One writer task
-//! drains whatever has queued (up to [`BATCH`] rows) into one transaction, retrying with backoff
+//! drains whatever has queued (up to [`BATCH`] rows, waiting at most [`LINGER`] for more) into one transaction, retrying with backoff
 //! while the database is unavailable. The writer exits after every sink is dropped and the queue
 //! is empty, so awaiting its handle on shutdown flushes everything.
 
@@ -17,6 +17,8 @@ use super::{Store, UsageRecord};
 
 /// Rows per transaction at most.
 pub const BATCH: usize = 500;
+/// How long the writer waits for more rows before committing a partial batch.
+pub const LINGER: Duration = Duration::from_millis(50);
 /// Queue capacity before hand-offs wait.
 const QUEUE: usize = 65_536;
 
@@ -75,6 +77,15 @@ pub fn spawn(store: Store) -> (UsageSink, JoinHandle<()>) {
 async fn run(store: Store, mut rx: mpsc::Receiver<UsageRecord>, stats: Arc<WriterStats>) {
     let mut batch = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut batch, BATCH).await > 0 {
+        // Linger briefly so a moderate rate still writes many rows per transaction.
+        let linger = tokio::time::Instant::now() + LINGER;
+        while batch.len() < BATCH {
+            let room = BATCH - batch.len();
+            match tokio::time::timeout_at(linger, rx.recv_many(&mut batch, room)).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
         let mut backoff = Duration::from_millis(50);
         loop {
             match store.insert_usage(&batch).await {

@@ -9,6 +9,9 @@ use serde_json::Value;
 
 /// Largest incomplete event held back; beyond it bytes are relayed uninspected.
 const MAX_PENDING: usize = 1024 * 1024;
+/// Streamed delta payloads kept for billing a stream that ends without usage; beyond it only
+/// their size is counted (4 bytes a token).
+const MAX_PRODUCED: usize = 4 * 1024 * 1024;
 
 /// The tap.
 #[derive(Debug, Default)]
@@ -16,7 +19,8 @@ pub struct SseTap {
     pending: BytesMut,
     hide_usage_chunk: bool,
     usage: Option<Value>,
-    produced_tokens: i64,
+    produced: Vec<u8>,
+    produced_overflow: usize,
 }
 
 impl SseTap {
@@ -84,17 +88,32 @@ impl SseTap {
         }
     }
 
-    /// Output tokens counted from the streamed text so far (what the provider produced), for
-    /// billing a stream whose usage never arrived (client disconnect, provider failure).
+    /// Output tokens of the text streamed so far (what the provider produced), for billing a
+    /// stream whose usage never arrived (client disconnect, provider failure). The text is kept
+    /// raw while the stream runs and tokenized only here, so ordinary streams never pay for it.
     pub fn produced_tokens(&self) -> i64 {
-        self.produced_tokens
+        let mut tokens = i64::try_from(self.produced_overflow.div_ceil(4)).unwrap_or(i64::MAX);
+        for payload in self
+            .produced
+            .split(|b| *b == b'\n')
+            .filter(|p| !p.is_empty())
+        {
+            tokens += count_delta_tokens(payload);
+        }
+        tokens
     }
 
     /// Reads usage from one event; returns whether the event must be hidden.
     fn inspect(&mut self, event: &[u8]) -> bool {
         if !has_usage_object(event) {
             if self.usage.is_none() && find(event, b"\"delta\"").is_some() {
-                self.count_produced(&data_of(event));
+                let data = data_of(event);
+                if self.produced.len() + data.len() < MAX_PRODUCED {
+                    self.produced.extend_from_slice(&data);
+                    self.produced.push(b'\n');
+                } else {
+                    self.produced_overflow += data.len();
+                }
             }
             return false;
         }
@@ -158,28 +177,29 @@ struct ContentProbe<'a> {
     content: Option<std::borrow::Cow<'a, str>>,
 }
 
-impl SseTap {
-    fn count_produced(&mut self, data: &[u8]) {
-        let Ok(probe) = serde_json::from_slice::<DeltaProbe<'_>>(data) else {
-            return;
-        };
-        let count = |text: &str| {
-            i64::try_from(
-                tiktoken_rs::o200k_base_singleton()
-                    .encode_ordinary(text)
-                    .len(),
-            )
-            .unwrap_or(0)
-        };
-        for choice in &probe.choices {
-            if let Some(text) = choice.delta.as_ref().and_then(|d| d.content.as_deref()) {
-                self.produced_tokens += count(text);
-            }
-        }
-        if let Some(text) = probe.delta.as_deref() {
-            self.produced_tokens += count(text);
+/// Tokens of the text in one chat chunk or Responses delta payload.
+fn count_delta_tokens(data: &[u8]) -> i64 {
+    let Ok(probe) = serde_json::from_slice::<DeltaProbe<'_>>(data) else {
+        return 0;
+    };
+    let count = |text: &str| {
+        i64::try_from(
+            tiktoken_rs::o200k_base_singleton()
+                .encode_ordinary(text)
+                .len(),
+        )
+        .unwrap_or(0)
+    };
+    let mut tokens = 0;
+    for choice in &probe.choices {
+        if let Some(text) = choice.delta.as_ref().and_then(|d| d.content.as_deref()) {
+            tokens += count(text);
         }
     }
+    if let Some(text) = probe.delta.as_deref() {
+        tokens += count(text);
+    }
+    tokens
 }
 
 /// Whether the event contains `"usage"` followed by an object (not `null`).

@@ -119,6 +119,9 @@ pub async fn start(addr: SocketAddr, config: MockConfig) -> std::io::Result<Mock
     });
     let app = router(shared.clone());
     tokio::spawn(async move {
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let _ = axum::serve(listener, app).await;
     });
     Ok(MockHandle { addr, shared })
