@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde::Serialize;
 
-use crate::scenario::{PROVIDER_KEY_ENV, Scenario, Upstream};
+use crate::scenario::{PROVIDER_KEY_ENV, Scenario, StoreKind, Upstream};
 
 /// How long `tollgate serve` may take to print its listening line.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -185,6 +185,55 @@ pub struct Gateway {
     sampler: Option<Sampler>,
     stderr_path: PathBuf,
     _dir: tempfile::TempDir,
+    /// Dropped after the gateway (fields drop in order).
+    _postgres: Option<PgDatabase>,
+}
+
+/// A PostgreSQL database created for one scenario and dropped after it.
+pub struct PgDatabase {
+    /// Connection URL.
+    pub url: String,
+    name: String,
+}
+
+const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+fn psql(sql: &str) -> anyhow::Result<()> {
+    let out = Command::new("psql")
+        .args([PG_ADMIN, "-v", "ON_ERROR_STOP=1", "-q", "-c", sql])
+        .output()
+        .context("psql is not available (PostgreSQL scenarios need it)")?;
+    if !out.status.success() {
+        bail!(
+            "PostgreSQL is not usable at 127.0.0.1:5432: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+impl PgDatabase {
+    /// Creates a fresh database.
+    pub fn create() -> anyhow::Result<PgDatabase> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let name = format!("tg_bench_{}_{nanos}", std::process::id());
+        psql(&format!("CREATE DATABASE {name}"))?;
+        Ok(PgDatabase {
+            url: format!("postgres://postgres@127.0.0.1:5432/{name}"),
+            name,
+        })
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let _ = psql(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ));
+    }
 }
 
 impl Gateway {
@@ -204,7 +253,16 @@ impl Gateway {
             std::fs::write(&path, contents)
                 .with_context(|| format!("cannot write {}", path.display()))?;
         }
-        let database = format!("sqlite://{}", dir.path().join("tollgate.db").display());
+        let (database, postgres) = match scenario.store() {
+            StoreKind::Sqlite => (
+                format!("sqlite://{}", dir.path().join("tollgate.db").display()),
+                None,
+            ),
+            StoreKind::Postgres => {
+                let db = PgDatabase::create()?;
+                (db.url.clone(), Some(db))
+            }
+        };
 
         let created = Command::new(bin)
             .args(["keys", "create", "--name", "bench", "--models"])
@@ -266,6 +324,7 @@ impl Gateway {
             sampler: None,
             stderr_path,
             _dir: dir,
+            _postgres: postgres,
         };
         let listening = match rx.recv_timeout(START_TIMEOUT) {
             Ok(addr) => addr,

@@ -72,6 +72,20 @@ pub trait Scenario: Send + Sync {
 
     /// The loads to measure, each against the mock and through tollgate.
     fn loads(&self, config: &BenchConfig) -> Vec<Load>;
+
+    /// The store the gateway runs on.
+    fn store(&self) -> StoreKind {
+        StoreKind::Sqlite
+    }
+}
+
+/// The store a scenario's gateway runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    /// An SQLite file in the scenario's temp dir (the embedded default).
+    Sqlite,
+    /// A fresh database on the PostgreSQL at 127.0.0.1:5432, dropped afterwards.
+    Postgres,
 }
 
 /// A row of the table: a scenario that can run, or one whose capability is not built yet.
@@ -103,14 +117,8 @@ pub fn all() -> Vec<Entry> {
     vec![
         Entry::Ready(Box::new(Passthrough)),
         Entry::Ready(Box::new(Streaming)),
-        Entry::NotBuilt {
-            name: "governed",
-            summary: "CEL access rules, Rhai routing, WASM guardrails and budget holds on the path",
-        },
-        Entry::NotBuilt {
-            name: "governed-postgres",
-            summary: "governed, with budget holds in the PostgreSQL store",
-        },
+        Entry::Ready(Box::new(Governed { postgres: false })),
+        Entry::Ready(Box::new(Governed { postgres: true })),
         Entry::NotBuilt {
             name: "mcp",
             summary: "MCP tool calls through the MCP proxy",
@@ -235,6 +243,172 @@ impl Scenario for Streaming {
         vec![Load::Open {
             rate: config.stream_rate.unwrap_or(config.rate),
         }]
+    }
+}
+
+/// Where `./scripts/build-plugins` puts the built guardrails.
+pub fn plugin_dist() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/dist")
+}
+
+/// `governed`: everything on the path at once — key auth, three CEL access rules, a Rhai
+/// routing script over a three-deployment model group, the `pii-guard` WASM guardrail scanning
+/// the ~1 KB prompt, a budget hold + settle, a request quota, and the usage record.
+/// `governed-postgres` is the same with the PostgreSQL store.
+#[derive(Debug)]
+pub struct Governed {
+    /// Run on PostgreSQL instead of SQLite.
+    pub postgres: bool,
+}
+
+impl Scenario for Governed {
+    fn name(&self) -> &'static str {
+        if self.postgres {
+            "governed-postgres"
+        } else {
+            "governed"
+        }
+    }
+
+    fn summary(&self) -> &'static str {
+        if self.postgres {
+            "governed, with budget and quota holds in the PostgreSQL store"
+        } else {
+            "3 CEL rules, Rhai routing over 3 deployments, pii-guard on 1 KB, budget hold+settle, quota"
+        }
+    }
+
+    fn policy_files(&self, upstream: &Upstream) -> Vec<(String, String)> {
+        let base = &upstream.base_url;
+        let gateway = format!(
+            r#"# Written by tollgate-bench: the governed scenario.
+[providers.mock-a]
+family = "openai"
+base_url = "{base}"
+credential = {{ env = "{PROVIDER_KEY_ENV}" }}
+
+[providers.mock-b]
+family = "openai"
+base_url = "{base}"
+credential = {{ env = "{PROVIDER_KEY_ENV}" }}
+
+[providers.mock-c]
+family = "openai"
+base_url = "{base}"
+credential = {{ env = "{PROVIDER_KEY_ENV}" }}
+
+[models."bench-a"]
+provider = "mock-a"
+upstream_model = "{UPSTREAM_MODEL}"
+pricing = {{ input_per_mtok = 0.15, output_per_mtok = 0.6 }}
+tags = ["chat"]
+
+[models."bench-b"]
+provider = "mock-b"
+upstream_model = "{UPSTREAM_MODEL}"
+pricing = {{ input_per_mtok = 0.2, output_per_mtok = 0.8 }}
+tags = ["chat"]
+
+[models."bench-c"]
+provider = "mock-c"
+upstream_model = "{UPSTREAM_MODEL}"
+pricing = {{ input_per_mtok = 2.5, output_per_mtok = 10.0 }}
+tags = ["chat", "premium"]
+
+[groups."{MODEL}"]
+routing = "cheapest-healthy"
+tags = ["chat"]
+deployments = [
+  {{ model = "bench-a", priority = 0, region = "us", weight = 3 }},
+  {{ model = "bench-b", priority = 1, region = "eu", weight = 1 }},
+  {{ model = "bench-c", priority = 2, region = "us", weight = 1 }},
+]
+
+[[budgets]]
+scope = "organization"
+window = "monthly"
+limit_usd = 1000000.0
+
+[[quotas]]
+scope = "key"
+metric = "requests"
+limit = 1000000000
+window = "minute"
+"#
+        );
+        let pii = format!(
+            r#"description = "pii-guard on the bench group"
+wasm = "{}"
+world = "guardrail"
+phases = ["request"]
+failure_mode = "closed"
+
+[applies_to]
+models = ["{MODEL}"]
+
+[config]
+mode = "mask"
+"#,
+            plugin_dist().join("pii-guard.wasm").display()
+        );
+        vec![
+            ("gateway.toml".into(), gateway),
+            (
+                "access/max-tokens.cel".into(),
+                "request.max_tokens == null || request.max_tokens <= 4096\n".into(),
+            ),
+            (
+                "access/loopback-only.cel".into(),
+                r#"request.client_ip == null || cidr_contains("127.0.0.0/8", request.client_ip)"#
+                    .into(),
+            ),
+            (
+                "access/no-premium-groups.cel".into(),
+                r#"!("premium" in model.tags) || key.team == "research""#.into(),
+            ),
+            (
+                "routing/cheapest-healthy.rhai".into(),
+                r#"fn route(request, candidates) {
+    candidates.sort(|a, b| {
+        if a.health.in_cooldown != b.health.in_cooldown {
+            return if a.health.in_cooldown { 1 } else { -1 };
+        }
+        let x = a.price.input + a.price.output;
+        let y = b.price.input + b.price.output;
+        if x < y { -1 } else if x > y { 1 } else { a.priority - b.priority }
+    });
+    candidates
+}
+"#
+                .into(),
+            ),
+            ("plugins/pii-guard.toml".into(), pii),
+        ]
+    }
+
+    fn gateway_request(&self) -> RequestSpec {
+        RequestSpec::json("/v1/chat/completions", &chat_body(MODEL), false)
+    }
+
+    fn direct_request(&self) -> RequestSpec {
+        RequestSpec::json("/v1/chat/completions", &chat_body(UPSTREAM_MODEL), false)
+    }
+
+    fn loads(&self, config: &BenchConfig) -> Vec<Load> {
+        vec![
+            Load::Open { rate: config.rate },
+            Load::Closed {
+                concurrency: config.concurrency,
+            },
+        ]
+    }
+
+    fn store(&self) -> StoreKind {
+        if self.postgres {
+            StoreKind::Postgres
+        } else {
+            StoreKind::Sqlite
+        }
     }
 }
 
