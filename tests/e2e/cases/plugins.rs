@@ -533,7 +533,13 @@ async fn garbage_verdicts_are_failures_not_rewrites() {
 #[tokio::test]
 async fn a_plugin_added_changed_and_removed_while_serving() {
     let mock = mock(MockConfig::default()).await;
-    let gw = Gateway::start(&policy(&mock));
+    // The folder exists from the start (with no manifest in it), as in a deployed policy
+    // directory; creating the folder and its files in one go is the watcher's business.
+    let gw = Gateway::start_with(
+        &policy(&mock),
+        &[("plugins/README.md", "Guardrail manifests go here.\n")],
+        &[],
+    );
     let (_, secret) = gw.create_key("*");
     assert_eq!(
         chat(&gw, &secret, &say("chat", "titan status"))
@@ -557,7 +563,7 @@ async fn a_plugin_added_changed_and_removed_while_serving() {
         &plugins.join("content.toml"),
         with_keyword("titan").as_bytes(),
     );
-    until(Duration::from_secs(10), async || {
+    until(Duration::from_secs(20), async || {
         chat(&gw, &secret, &say("chat", "titan status"))
             .await
             .status()
