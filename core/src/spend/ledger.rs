@@ -462,48 +462,83 @@ impl Ledger {
     }
 }
 
+/// Settlements per transaction at most.
+const SETTLE_BATCH: usize = 256;
+
 async fn settle_worker(
     store: Store,
     mut rx: mpsc::Receiver<SettleJob>,
     stats: Arc<LedgerStats>,
     http: reqwest::Client,
 ) {
-    while let Some(job) = rx.recv().await {
-        let settlements: Vec<Settlement> = job
-            .reservation
-            .held
+    let mut jobs = Vec::with_capacity(SETTLE_BATCH);
+    while rx.recv_many(&mut jobs, SETTLE_BATCH).await > 0 {
+        let batch: Vec<(String, Vec<Settlement>)> = jobs
             .iter()
-            .map(|h| Settlement {
-                counter_id: h.counter_id.clone(),
-                window_start_ms: h.window_start_ms,
-                actual: match &h.kind {
-                    HeldFor::Budget(_) | HeldFor::Quota(Metric::Cost) => job.cost_nanos,
-                    HeldFor::Quota(Metric::Requests) => 1,
-                    HeldFor::Quota(Metric::Concurrency) => 0,
-                    HeldFor::Quota(Metric::InputTokens) => job.tokens.input,
-                    HeldFor::Quota(Metric::OutputTokens) => job.tokens.output,
-                    HeldFor::Quota(Metric::TotalTokens) => job.tokens.total(),
-                },
+            .map(|job| {
+                let settlements = job
+                    .reservation
+                    .held
+                    .iter()
+                    .map(|h| Settlement {
+                        counter_id: h.counter_id.clone(),
+                        window_start_ms: h.window_start_ms,
+                        actual: match &h.kind {
+                            HeldFor::Budget(_) | HeldFor::Quota(Metric::Cost) => job.cost_nanos,
+                            HeldFor::Quota(Metric::Requests) => 1,
+                            HeldFor::Quota(Metric::Concurrency) => 0,
+                            HeldFor::Quota(Metric::InputTokens) => job.tokens.input,
+                            HeldFor::Quota(Metric::OutputTokens) => job.tokens.output,
+                            HeldFor::Quota(Metric::TotalTokens) => job.tokens.total(),
+                        },
+                    })
+                    .collect();
+                (job.reservation.hold_id.clone(), settlements)
             })
             .collect();
         let mut backoff = Duration::from_millis(50);
         let states = loop {
-            match store.settle(&job.reservation.hold_id, &settlements).await {
+            match store.settle_batch(&batch).await {
                 Ok(states) => break states,
                 Err(e) => {
                     stats.settle_failures.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(hold = %job.reservation.hold_id, error = %e, "settlement failed; retrying");
+                    tracing::warn!(settlements = batch.len(), error = %e, "settlement failed; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
         };
-        stats.settled.fetch_add(1, Ordering::Relaxed);
-        for (held, state) in job.reservation.held.iter().zip(states) {
+        stats
+            .settled
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        // Threshold events: once per budget window and threshold, checked on the state after
+        // the batch, for budgets this batch charged.
+        let mut charged: Vec<(&Held, Option<String>)> = Vec::new();
+        for job in &jobs {
+            if job.cost_nanos == 0 {
+                continue;
+            }
+            for held in &job.reservation.held {
+                if matches!(held.kind, HeldFor::Budget(_))
+                    && !charged.iter().any(|(h, _)| {
+                        h.counter_id == held.counter_id && h.window_start_ms == held.window_start_ms
+                    })
+                {
+                    charged.push((held, job.reservation.webhook.clone()));
+                }
+            }
+        }
+        for (held, webhook) in charged {
             let HeldFor::Budget(budget) = &held.kind else {
                 continue;
             };
-            if budget.limit_nanos <= 0 || job.cost_nanos == 0 {
+            let Some((_, state)) = states
+                .iter()
+                .find(|((c, w), _)| *c == held.counter_id && *w == held.window_start_ms)
+            else {
+                continue;
+            };
+            if budget.limit_nanos <= 0 {
                 continue;
             }
             let percent = i128::from(state.used) * 100 / i128::from(budget.limit_nanos);
@@ -530,7 +565,7 @@ async fn settle_worker(
                             "at_ms": now_ms(),
                         });
                         tracing::warn!(budget = %budget.id, threshold, spent_nanos = state.used, limit_nanos = budget.limit_nanos, "budget threshold crossed");
-                        if let Some(url) = job.reservation.webhook.clone() {
+                        if let Some(url) = webhook.clone() {
                             tokio::spawn(deliver(http.clone(), url, event));
                         }
                     }
@@ -539,6 +574,7 @@ async fn settle_worker(
                 }
             }
         }
+        jobs.clear();
     }
     tracing::debug!("settlement worker drained");
 }

@@ -112,18 +112,17 @@ impl Store {
     ) -> Result<HoldOutcome, StoreError> {
         let mut tx = self.pool().begin().await?;
         for (index, h) in requests.iter().enumerate() {
-            sqlx::query("INSERT INTO counters (counter_id, window_start_ms, used, reserved) VALUES ($1, $2, 0, 0) ON CONFLICT (counter_id, window_start_ms) DO NOTHING")
-                .bind(&h.counter_id)
-                .bind(h.window_start_ms)
-                .execute(&mut *tx)
-                .await?;
+            // One statement per counter: create it holding `amount`, or raise `reserved` only
+            // if `used + reserved + amount` stays within the limit.
             let held = sqlx::query(
-                "UPDATE counters SET reserved = reserved + $1 \
-                 WHERE counter_id = $2 AND window_start_ms = $3 AND used + reserved + $1 <= $4",
+                "INSERT INTO counters (counter_id, window_start_ms, used, reserved) \
+                 SELECT $1, $2, 0, $3 WHERE $3 <= $4 \
+                 ON CONFLICT (counter_id, window_start_ms) DO UPDATE SET reserved = counters.reserved + $3 \
+                 WHERE counters.used + counters.reserved + $3 <= $4",
             )
-            .bind(h.amount)
             .bind(&h.counter_id)
             .bind(h.window_start_ms)
+            .bind(h.amount)
             .bind(h.limit)
             .execute(&mut *tx)
             .await?
@@ -133,52 +132,78 @@ impl Store {
                 tx.rollback().await?;
                 return Ok(HoldOutcome::Refused { index, state });
             }
-            sqlx::query(
-                "INSERT INTO holds (id, counter_id, window_start_ms, amount, expires_at_ms) VALUES ($1, $2, $3, $4, $5)",
-            )
-            .bind(hold_id)
-            .bind(&h.counter_id)
-            .bind(h.window_start_ms)
-            .bind(h.amount)
-            .bind(expires_at_ms)
-            .execute(&mut *tx)
-            .await?;
         }
+        let sql = super::values_sql(
+            "INSERT INTO holds (id, counter_id, window_start_ms, amount, expires_at_ms)",
+            requests.len(),
+            5,
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
+        for h in requests {
+            query = query
+                .bind(hold_id.to_string())
+                .bind(h.counter_id.clone())
+                .bind(h.window_start_ms)
+                .bind(h.amount)
+                .bind(expires_at_ms);
+        }
+        query.execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(HoldOutcome::Held)
     }
 
-    /// Settles a request's holds: each hold is removed and its counter's `used` raised by the
-    /// actual amount. Returns each counter's state afterwards (for threshold notifications).
-    pub async fn settle(
+    /// Settles many requests' holds in one transaction: each hold is removed, and each counter
+    /// is adjusted once by the sum of what its holds released and what the requests really
+    /// used. A hold already reclaimed (expired) releases nothing, but its spend still counts.
+    /// Returns each touched counter's state afterwards (for threshold notifications).
+    pub async fn settle_batch(
         &self,
-        hold_id: &str,
-        settlements: &[Settlement],
-    ) -> Result<Vec<CounterState>, StoreError> {
+        batch: &[(String, Vec<Settlement>)],
+    ) -> Result<Vec<((String, i64), CounterState)>, StoreError> {
+        use std::collections::BTreeMap;
         let mut tx = self.pool().begin().await?;
-        let mut states = Vec::with_capacity(settlements.len());
-        for s in settlements {
-            let removed =
-                sqlx::query("DELETE FROM holds WHERE id = $1 AND counter_id = $2 RETURNING amount")
-                    .bind(hold_id)
-                    .bind(&s.counter_id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            let released: i64 = match removed {
-                Some(row) => row.try_get(0)?,
-                // Reclaimed after expiry: the spend still counts, there is nothing to release.
-                None => 0,
-            };
-            sqlx::query(
-                "UPDATE counters SET reserved = reserved - $1, used = used + $2 WHERE counter_id = $3 AND window_start_ms = $4",
+        // (counter, window) -> (released, used)
+        let mut deltas: BTreeMap<(String, i64), (i64, i64)> = BTreeMap::new();
+        for (hold_id, settlements) in batch {
+            let removed = sqlx::query(
+                "DELETE FROM holds WHERE id = $1 RETURNING counter_id, window_start_ms, amount",
+            )
+            .bind(hold_id)
+            .fetch_all(&mut *tx)
+            .await?;
+            for row in removed {
+                let counter: String = row.try_get(0)?;
+                let window: i64 = row.try_get(1)?;
+                let amount: i64 = row.try_get(2)?;
+                deltas.entry((counter, window)).or_default().0 += amount;
+            }
+            for s in settlements {
+                deltas
+                    .entry((s.counter_id.clone(), s.window_start_ms))
+                    .or_default()
+                    .1 += s.actual;
+            }
+        }
+        let mut states = Vec::with_capacity(deltas.len());
+        for ((counter, window), (released, used)) in deltas {
+            let row = sqlx::query(
+                "UPDATE counters SET reserved = reserved - $1, used = used + $2 \
+                 WHERE counter_id = $3 AND window_start_ms = $4 RETURNING used, reserved",
             )
             .bind(released)
-            .bind(s.actual)
-            .bind(&s.counter_id)
-            .bind(s.window_start_ms)
-            .execute(&mut *tx)
+            .bind(used)
+            .bind(&counter)
+            .bind(window)
+            .fetch_optional(&mut *tx)
             .await?;
-            states.push(counter_state_in(&mut tx, &s.counter_id, s.window_start_ms).await?);
+            let state = match row {
+                Some(row) => CounterState {
+                    used: row.try_get(0)?,
+                    reserved: row.try_get(1)?,
+                },
+                None => CounterState::default(),
+            };
+            states.push(((counter, window), state));
         }
         tx.commit().await?;
         Ok(states)
@@ -217,6 +242,14 @@ impl Store {
             tx.commit().await?;
         }
         Ok(reclaimed)
+    }
+
+    /// Usage records stored (for tests and operators).
+    pub async fn usage_count(&self) -> Result<i64, StoreError> {
+        let row = sqlx::query("SELECT COUNT(*) FROM usage_records")
+            .fetch_one(self.pool())
+            .await?;
+        Ok(row.try_get(0)?)
     }
 
     /// Outstanding holds (for tests and the admin API).

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
-use sqlx::{AnyPool, Executor, QueryBuilder, Row};
+use sqlx::{AnyPool, Executor, Row};
 
 pub use keys::{KeyRecord, ModelGrant};
 
@@ -103,6 +103,26 @@ pub struct UsageRecord {
     pub user_agent: Option<String>,
     /// Generation of the policy snapshot that decided the request.
     pub policy_generation: i64,
+}
+
+/// `PREFIX VALUES ($1, ..., $cols), ...` for `rows` rows: numbered placeholders work on SQLite
+/// and PostgreSQL alike (sqlx's query builder for `Any` emits `?`, which PostgreSQL rejects).
+pub(crate) fn values_sql(prefix: &str, rows: usize, cols: usize) -> String {
+    use std::fmt::Write as _;
+    let mut sql = String::with_capacity(prefix.len() + rows * cols * 5);
+    sql.push_str(prefix);
+    sql.push_str(" VALUES ");
+    for row in 0..rows {
+        sql.push_str(if row == 0 { "(" } else { ", (" });
+        for col in 0..cols {
+            if col > 0 {
+                sql.push_str(", ");
+            }
+            let _ = write!(sql, "${}", row * cols + col + 1);
+        }
+        sql.push(')');
+    }
+    sql
 }
 
 /// Which database a store runs on.
@@ -263,49 +283,53 @@ impl Store {
         const ROWS_PER_STATEMENT: usize = 1000;
         let mut tx = self.pool.begin().await?;
         for chunk in records.chunks(ROWS_PER_STATEMENT) {
-            let mut qb = QueryBuilder::new(
+            let sql = values_sql(
                 "INSERT INTO usage_records (id, request_id, received_at_ms, completed_at_ms, key_id, team, \
                  method, endpoint, stream, requested_model, served_model, upstream_model, provider, status, \
                  error_code, denied_stage, latency_us, ttfb_us, upstream_latency_us, input_tokens, \
                  output_tokens, cached_input_tokens, reasoning_tokens, total_tokens, cost_nanos, \
-                 provider_usage, provider_request_id, stream_status, decisions, route, user_agent, policy_generation) ",
+                 provider_usage, provider_request_id, stream_status, decisions, route, user_agent, policy_generation)",
+                chunk.len(),
+                32,
             );
-            qb.push_values(chunk, |mut b, r| {
-                b.push_bind(&r.id)
-                    .push_bind(&r.request_id)
-                    .push_bind(r.received_at_ms)
-                    .push_bind(r.completed_at_ms)
-                    .push_bind(&r.key_id)
-                    .push_bind(&r.team)
-                    .push_bind(&r.method)
-                    .push_bind(&r.endpoint)
-                    .push_bind(i64::from(r.stream))
-                    .push_bind(&r.requested_model)
-                    .push_bind(&r.served_model)
-                    .push_bind(&r.upstream_model)
-                    .push_bind(&r.provider)
-                    .push_bind(i64::from(r.status))
-                    .push_bind(&r.error_code)
-                    .push_bind(&r.denied_stage)
-                    .push_bind(r.latency_us)
-                    .push_bind(r.ttfb_us)
-                    .push_bind(r.upstream_latency_us)
-                    .push_bind(r.tokens.input)
-                    .push_bind(r.tokens.output)
-                    .push_bind(r.tokens.cached_input)
-                    .push_bind(r.tokens.reasoning)
-                    .push_bind(r.tokens.total())
-                    .push_bind(r.cost_nanos)
-                    .push_bind(&r.provider_usage)
-                    .push_bind(&r.provider_request_id)
-                    .push_bind(&r.stream_status)
-                    .push_bind(&r.decisions)
-                    .push_bind(&r.route)
-                    .push_bind(&r.user_agent)
-                    .push_bind(r.policy_generation);
-            });
             // Batch sizes vary: do not fill the statement cache with one statement per size.
-            qb.build().persistent(false).execute(&mut *tx).await?;
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
+            for r in chunk {
+                query = query
+                    .bind(r.id.clone())
+                    .bind(r.request_id.clone())
+                    .bind(r.received_at_ms)
+                    .bind(r.completed_at_ms)
+                    .bind(r.key_id.clone())
+                    .bind(r.team.clone())
+                    .bind(r.method.clone())
+                    .bind(r.endpoint.clone())
+                    .bind(i64::from(r.stream))
+                    .bind(r.requested_model.clone())
+                    .bind(r.served_model.clone())
+                    .bind(r.upstream_model.clone())
+                    .bind(r.provider.clone())
+                    .bind(i64::from(r.status))
+                    .bind(r.error_code.clone())
+                    .bind(r.denied_stage.clone())
+                    .bind(r.latency_us)
+                    .bind(r.ttfb_us)
+                    .bind(r.upstream_latency_us)
+                    .bind(r.tokens.input)
+                    .bind(r.tokens.output)
+                    .bind(r.tokens.cached_input)
+                    .bind(r.tokens.reasoning)
+                    .bind(r.tokens.total())
+                    .bind(r.cost_nanos)
+                    .bind(r.provider_usage.clone())
+                    .bind(r.provider_request_id.clone())
+                    .bind(r.stream_status.clone())
+                    .bind(r.decisions.clone())
+                    .bind(r.route.clone())
+                    .bind(r.user_agent.clone())
+                    .bind(r.policy_generation);
+            }
+            query.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -318,5 +342,18 @@ impl Store {
     /// Closes the pool (after the usage writer has flushed).
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::values_sql;
+
+    #[test]
+    fn values_use_numbered_placeholders_for_every_backend() {
+        assert_eq!(
+            values_sql("INSERT INTO t (a, b)", 2, 2),
+            "INSERT INTO t (a, b) VALUES ($1, $2), ($3, $4)"
+        );
     }
 }

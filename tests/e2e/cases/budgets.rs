@@ -183,6 +183,17 @@ async fn two_replicas_on_one_postgres_never_overspend_together() {
     let view = budget_view(&b).await;
     assert_eq!(view["current_window"]["spent_nanos"], 50 * CALL_NANOS);
     assert_eq!(view["current_window"]["reserved_nanos"], 0);
+    // Both replicas wrote every usage record into the shared store.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while store.usage_count().await.unwrap() < 500 {
+        assert!(
+            Instant::now() < deadline,
+            "usage rows: {}",
+            store.usage_count().await.unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(store.usage_count().await.unwrap(), 500);
 }
 
 #[tokio::test]
