@@ -39,3 +39,24 @@ impl Config {
         serde_json::from_value(self.0.clone()).map_err(|e| format!("invalid config: {e}"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Settings {
+        #[allow(dead_code)]
+        mode: String,
+    }
+
+    #[test]
+    fn empty_json_is_an_empty_table_and_typos_name_the_field() {
+        assert_eq!(Config::from_json("").expect("empty"), Config::empty());
+        let config = Config::from_json(r#"{"mdoe": "mask"}"#).expect("json");
+        let err = config.parse::<Settings>().err().expect("typo refused");
+        assert!(err.contains("mdoe"), "{err}");
+        assert!(Config::from_json("{").is_err());
+    }
+}

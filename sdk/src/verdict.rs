@@ -181,3 +181,50 @@ impl Findings {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rewrite_without_edits_is_an_allow() {
+        assert!(Verdict::rewrite(Vec::new()).is_allow());
+    }
+
+    #[test]
+    fn empty_deny_codes_mean_safety_blocked() {
+        assert_eq!(Verdict::deny("", "r").deny_code(), Some(SAFETY_BLOCKED));
+        assert_eq!(Verdict::deny("mine", "r").deny_code(), Some("mine"));
+        assert_eq!(Verdict::allow().deny_code(), None);
+    }
+
+    #[test]
+    fn the_last_edit_of_a_part_wins_and_findings_are_summed() {
+        let verdict = Verdict::rewrite(vec![
+            Edit {
+                part: 1,
+                text: "a".into(),
+            },
+            Edit {
+                part: 1,
+                text: "b".into(),
+            },
+        ])
+        .with_finding("email", 2)
+        .with_finding("email", 1);
+        assert_eq!(verdict.edited(1), Some("b"));
+        assert_eq!(verdict.edited(0), None);
+        assert_eq!(verdict.count("email"), 3);
+    }
+
+    #[test]
+    fn findings_are_counted_and_sorted_by_category() {
+        let mut findings = Findings::new();
+        findings.add("phone");
+        findings.add("email");
+        findings.add("phone");
+        let list = findings.into_vec();
+        assert_eq!(list[0].category, "email");
+        assert_eq!(list[1].count, 2);
+    }
+}

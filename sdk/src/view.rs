@@ -258,3 +258,36 @@ impl StreamWindow {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builder_parts_get_unique_ids_in_order() {
+        let request = Request::new("m")
+            .with_message(Role::System, "s")
+            .with_message(Role::User, "u")
+            .with_tool("f", "d")
+            .with_team("t");
+        let ids: Vec<u32> = request.parts().map(|(_, p)| p.id).collect();
+        assert_eq!(ids, [0, 1]);
+        assert_eq!(request.part(1), Some("u"));
+        assert_eq!(request.caller.team.as_deref(), Some("t"));
+        assert_eq!(Response::new("m").with_text("a").part(0), Some("a"));
+    }
+
+    #[test]
+    fn roles_round_trip_their_names() {
+        for role in [
+            Role::System,
+            Role::Developer,
+            Role::User,
+            Role::Assistant,
+            Role::Tool,
+        ] {
+            assert_eq!(Role::parse(role.as_str()), role);
+        }
+        assert_eq!(Role::parse("narrator"), Role::Other);
+    }
+}
