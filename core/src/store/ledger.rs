@@ -137,6 +137,7 @@ impl Store {
             "INSERT INTO holds (id, counter_id, window_start_ms, amount, expires_at_ms)",
             requests.len(),
             5,
+            self.backend(),
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
         for h in requests {

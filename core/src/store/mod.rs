@@ -105,9 +105,11 @@ pub struct UsageRecord {
     pub policy_generation: i64,
 }
 
-/// `PREFIX VALUES ($1, ..., $cols), ...` for `rows` rows: numbered placeholders work on SQLite
-/// and PostgreSQL alike (sqlx's query builder for `Any` emits `?`, which PostgreSQL rejects).
-pub(crate) fn values_sql(prefix: &str, rows: usize, cols: usize) -> String {
+/// `PREFIX VALUES (..), (..)` for `rows` rows of `cols` parameters, in the backend's own
+/// placeholder style: `$n` for PostgreSQL (sqlx's query builder for `Any` emits `?`, which
+/// PostgreSQL rejects) and `?` for SQLite (sqlx resolves `$n` there by scanning every parameter
+/// name, quadratic in a 16,000-parameter batch insert).
+pub(crate) fn values_sql(prefix: &str, rows: usize, cols: usize, backend: Backend) -> String {
     use std::fmt::Write as _;
     let mut sql = String::with_capacity(prefix.len() + rows * cols * 5);
     sql.push_str(prefix);
@@ -118,7 +120,12 @@ pub(crate) fn values_sql(prefix: &str, rows: usize, cols: usize) -> String {
             if col > 0 {
                 sql.push_str(", ");
             }
-            let _ = write!(sql, "${}", row * cols + col + 1);
+            match backend {
+                Backend::Postgres => {
+                    let _ = write!(sql, "${}", row * cols + col + 1);
+                }
+                Backend::Sqlite => sql.push('?'),
+            }
         }
         sql.push(')');
     }
@@ -291,6 +298,7 @@ impl Store {
                  provider_usage, provider_request_id, stream_status, decisions, route, user_agent, policy_generation)",
                 chunk.len(),
                 32,
+                self.backend,
             );
             // Batch sizes vary: do not fill the statement cache with one statement per size.
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);

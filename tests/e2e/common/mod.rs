@@ -51,6 +51,13 @@ max_body_bytes = 65536
 family = "openai"
 base_url = "{base}"
 credential = {{ env = "TG_TEST_PROVIDER_KEY" }}
+timeout_ms = 10000
+
+# The same mock with a short timeout, for the timeout tests (the mock's slow models take 2 s).
+[providers.mock-short]
+family = "openai"
+base_url = "{base}"
+credential = {{ env = "TG_TEST_PROVIDER_KEY" }}
 timeout_ms = 1000
 
 [providers.off]
@@ -90,11 +97,11 @@ provider = "mock"
 upstream_model = "mock-400"
 
 [models.slow]
-provider = "mock"
+provider = "mock-short"
 upstream_model = "mock-slow"
 
 [models.stall]
-provider = "mock"
+provider = "mock-short"
 upstream_model = "mock-stall-stream"
 
 [models.slow-stream]
