@@ -1,6 +1,8 @@
 //! Micro-benchmarks of the per-request pieces on tollgate's hot path: the warm key cache, secret
-//! hashing, the SSE usage tap, usage normalization and pricing, request body parsing, and the
-//! prompt token estimate.
+//! hashing, the SSE usage tap, usage normalization and pricing, request body parsing, the
+//! prompt token estimate, a CEL access rule with its variable binding, a Rhai route over three
+//! deployments, and a budget + quota hold and settlement on SQLite. (Guardrail calls: the
+//! `guardrails` bench.)
 //!
 //! Run with `cargo bench -p tollgate --bench hot_path`; measurement times are short so the
 //! whole file finishes in well under a minute. The end-to-end overhead is measured by
@@ -167,6 +169,121 @@ fn parse(c: &mut Criterion) {
     group.finish();
 }
 
+fn policy_engines(c: &mut Criterion) {
+    use tollgate::policy::cel::{Bindings, compile_rule, json_to_cel};
+    use tollgate::policy::rhai::{CandidateView, compile_script};
+    let mut group = c.benchmark_group("policy");
+    let rule = compile_rule(
+        "bench",
+        std::path::Path::new("access/bench.cel"),
+        r#"(request.max_tokens == null || request.max_tokens <= 4096) && !("premium" in model.tags && key.team == "interns") && cidr_contains("127.0.0.0/8", request.client_ip)"#,
+        String::new(),
+    )
+    .unwrap();
+    let key = json!({"id": "key_1", "name": "bench", "team": "platform", "owner": null, "models": ["*"], "metadata": {}});
+    let request = json!({"endpoint": "openai", "path": "/v1/chat/completions", "model": "bench-chat", "stream": false,
+        "max_tokens": 256, "estimated_input_tokens": 250, "temperature": 0.2, "tools": false,
+        "headers": {"user-agent": "bench"}, "client_ip": "127.0.0.1", "metadata": {}});
+    let model = json!({"name": "bench-chat", "provider": "mock", "family": "openai", "group": false, "tags": ["chat"],
+        "pricing": {"input_per_mtok": 0.15, "output_per_mtok": 0.6, "cached_input_per_mtok": 0.075}});
+    let model_value = json_to_cel(&model);
+    group.bench_function("cel_rule_with_binding", |b| {
+        b.iter(|| {
+            let bindings = Bindings {
+                key: Some(json_to_cel(&key)),
+                request: Some(json_to_cel(&request)),
+                model: Some(model_value.clone()),
+                now: None,
+                budget: None,
+            };
+            black_box(rule.evaluate(&bindings.context()))
+        });
+    });
+    let script = compile_script(
+        "bench",
+        std::path::Path::new("routing/bench.rhai"),
+        "fn route(request, candidates) { candidates.sort(|a, b| a.priority - b.priority); candidates.filter(|c| !c.health.in_cooldown) }",
+        String::new(),
+    )
+    .unwrap();
+    let candidates: Vec<CandidateView> = (0..3)
+        .map(|i| CandidateView {
+            model: format!("bench-{i}"),
+            provider: "mock".into(),
+            weight: 1,
+            priority: 2 - i,
+            region: "us".into(),
+            tags: vec!["chat".into()],
+            price_input: 0.15,
+            price_output: 0.6,
+            error_rate: 0.0,
+            latency_ms: 1.0,
+            in_cooldown: false,
+        })
+        .collect();
+    group.bench_function("rhai_route_3_deployments", |b| {
+        b.iter(|| {
+            script
+                .order(black_box(&request), black_box(&candidates))
+                .unwrap()
+        });
+    });
+    group.finish();
+}
+
+fn budget_hold_settle(c: &mut Criterion) {
+    use tollgate::store::ledger::{HoldRequest, Settlement};
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("ledger.db").display());
+    let store = runtime.block_on(Store::open(&url)).unwrap();
+    let mut group = c.benchmark_group("ledger");
+    let mut n = 0u64;
+    group.bench_function("sqlite_hold_and_settle_budget_and_quota", |b| {
+        b.iter(|| {
+            n += 1;
+            let id = format!("req-{n}");
+            let holds = [
+                HoldRequest {
+                    counter_id: "budget:org".into(),
+                    window_start_ms: 0,
+                    amount: 1_000,
+                    limit: i64::MAX,
+                },
+                HoldRequest {
+                    counter_id: "quota:rpm:key".into(),
+                    window_start_ms: 0,
+                    amount: 1,
+                    limit: i64::MAX,
+                },
+            ];
+            runtime.block_on(async {
+                store.hold(&id, &holds, i64::MAX).await.unwrap();
+                let settle = vec![(
+                    id.clone(),
+                    vec![
+                        Settlement {
+                            counter_id: "budget:org".into(),
+                            window_start_ms: 0,
+                            actual: 700,
+                        },
+                        Settlement {
+                            counter_id: "quota:rpm:key".into(),
+                            window_start_ms: 0,
+                            actual: 1,
+                        },
+                    ],
+                )];
+                store.settle_batch(&settle).await.unwrap();
+            });
+        });
+    });
+    group.finish();
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .warm_up_time(Duration::from_millis(500))
@@ -176,6 +293,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = hot_path;
     config = config();
-    targets = key_cache, sse_tap, usage, parse
+    targets = key_cache, sse_tap, usage, parse, policy_engines, budget_hold_settle
 }
 criterion_main!(hot_path);

@@ -355,13 +355,17 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use super::values_sql;
+    use super::{Backend, values_sql};
 
     #[test]
-    fn values_use_numbered_placeholders_for_every_backend() {
+    fn values_use_each_backends_placeholders() {
         assert_eq!(
-            values_sql("INSERT INTO t (a, b)", 2, 2),
+            values_sql("INSERT INTO t (a, b)", 2, 2, Backend::Postgres),
             "INSERT INTO t (a, b) VALUES ($1, $2), ($3, $4)"
+        );
+        assert_eq!(
+            values_sql("INSERT INTO t (a, b)", 2, 2, Backend::Sqlite),
+            "INSERT INTO t (a, b) VALUES (?, ?), (?, ?)"
         );
     }
 }
