@@ -128,7 +128,7 @@ impl Store {
             .await?
             .rows_affected();
             if held == 0 {
-                let state = counter_state_in(&mut tx, &h.counter_id, h.window_start_ms).await?;
+                let state = counter_state_on(&mut tx, &h.counter_id, h.window_start_ms).await?;
                 tx.rollback().await?;
                 return Ok(HoldOutcome::Refused { index, state });
             }
@@ -267,20 +267,8 @@ impl Store {
         counter_id: &str,
         window_start_ms: i64,
     ) -> Result<CounterState, StoreError> {
-        let row = sqlx::query(
-            "SELECT used, reserved FROM counters WHERE counter_id = $1 AND window_start_ms = $2",
-        )
-        .bind(counter_id)
-        .bind(window_start_ms)
-        .fetch_optional(self.pool())
-        .await?;
-        Ok(match row {
-            Some(row) => CounterState {
-                used: row.try_get(0)?,
-                reserved: row.try_get(1)?,
-            },
-            None => CounterState::default(),
-        })
+        let mut conn = self.pool().acquire().await?;
+        counter_state_on(&mut conn, counter_id, window_start_ms).await
     }
 
     /// Records that a threshold was crossed in a window; `true` the first time only.
@@ -356,8 +344,9 @@ impl Store {
     }
 }
 
-async fn counter_state_in(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+/// A counter's state, read on `conn` (a pooled connection or an open transaction).
+async fn counter_state_on(
+    conn: &mut sqlx::AnyConnection,
     counter_id: &str,
     window_start_ms: i64,
 ) -> Result<CounterState, StoreError> {
@@ -366,7 +355,7 @@ async fn counter_state_in(
     )
     .bind(counter_id)
     .bind(window_start_ms)
-    .fetch_optional(&mut **tx)
+    .fetch_optional(&mut *conn)
     .await?;
     Ok(match row {
         Some(row) => CounterState {

@@ -121,6 +121,20 @@ provider = "nokey"
     )
 }
 
+/// A temp dir holding `policies/gateway.toml` plus `files` (relative path, content).
+fn policy_dir(gateway_toml: &str, files: &[(&str, &str)]) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policies = dir.path().join("policies");
+    std::fs::create_dir_all(&policies).expect("policies dir");
+    std::fs::write(policies.join("gateway.toml"), gateway_toml).expect("write gateway.toml");
+    for (path, content) in files {
+        let path = policies.join(path);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(path, content).expect("write policy file");
+    }
+    (dir, policies)
+}
+
 /// A running gateway.
 pub struct Gateway {
     child: Child,
@@ -141,15 +155,7 @@ impl Gateway {
     /// Starts the gateway on a policy directory with `gateway_toml` plus `files` (relative path,
     /// content), passing `args` to `serve`.
     pub fn start_with(gateway_toml: &str, files: &[(&str, &str)], args: &[&str]) -> Gateway {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let policies = dir.path().join("policies");
-        std::fs::create_dir_all(&policies).expect("policies dir");
-        std::fs::write(policies.join("gateway.toml"), gateway_toml).expect("write gateway.toml");
-        for (path, content) in files {
-            let path = policies.join(path);
-            std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
-            std::fs::write(path, content).expect("write policy file");
-        }
+        let (dir, policies) = policy_dir(gateway_toml, files);
         Self::start_on(dir, &policies, args)
     }
 
@@ -161,15 +167,7 @@ impl Gateway {
         args: &[&str],
         db_url: &str,
     ) -> Gateway {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let policies = dir.path().join("policies");
-        std::fs::create_dir_all(&policies).expect("policies dir");
-        std::fs::write(policies.join("gateway.toml"), gateway_toml).expect("write gateway.toml");
-        for (path, content) in files {
-            let path = policies.join(path);
-            std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
-            std::fs::write(path, content).expect("write policy file");
-        }
+        let (dir, policies) = policy_dir(gateway_toml, files);
         let mut gw = Self::start_on_db(dir, &policies, args, db_url.to_string());
         gw.db_url = db_url.to_string();
         gw
