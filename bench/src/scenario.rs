@@ -169,6 +169,21 @@ pub fn chat_body(model: &str) -> Value {
     })
 }
 
+/// A non-streaming ~1 KB chat request for `model`.
+fn unary_chat(model: &str) -> RequestSpec {
+    RequestSpec::json("/v1/chat/completions", &chat_body(model), false)
+}
+
+/// The fixed rate (open loop) and the fixed concurrency (closed loop) of `config`.
+fn open_and_closed(config: &BenchConfig) -> Vec<Load> {
+    vec![
+        Load::Open { rate: config.rate },
+        Load::Closed {
+            concurrency: config.concurrency,
+        },
+    ]
+}
+
 /// `passthrough`: key auth + Model Access grant + usage record on a non-streaming ~1 KB chat
 /// request.
 #[derive(Debug)]
@@ -188,20 +203,15 @@ impl Scenario for Passthrough {
     }
 
     fn gateway_request(&self) -> RequestSpec {
-        RequestSpec::json("/v1/chat/completions", &chat_body(MODEL), false)
+        unary_chat(MODEL)
     }
 
     fn direct_request(&self) -> RequestSpec {
-        RequestSpec::json("/v1/chat/completions", &chat_body(UPSTREAM_MODEL), false)
+        unary_chat(UPSTREAM_MODEL)
     }
 
     fn loads(&self, config: &BenchConfig) -> Vec<Load> {
-        vec![
-            Load::Open { rate: config.rate },
-            Load::Closed {
-                concurrency: config.concurrency,
-            },
-        ]
+        open_and_closed(config)
     }
 }
 
@@ -387,20 +397,15 @@ mode = "mask"
     }
 
     fn gateway_request(&self) -> RequestSpec {
-        RequestSpec::json("/v1/chat/completions", &chat_body(MODEL), false)
+        unary_chat(MODEL)
     }
 
     fn direct_request(&self) -> RequestSpec {
-        RequestSpec::json("/v1/chat/completions", &chat_body(UPSTREAM_MODEL), false)
+        unary_chat(UPSTREAM_MODEL)
     }
 
     fn loads(&self, config: &BenchConfig) -> Vec<Load> {
-        vec![
-            Load::Open { rate: config.rate },
-            Load::Closed {
-                concurrency: config.concurrency,
-            },
-        ]
+        open_and_closed(config)
     }
 
     fn store(&self) -> StoreKind {

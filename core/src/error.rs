@@ -235,6 +235,9 @@ pub enum GatewayError {
     /// 404 for an unknown route.
     #[error("no route for {0}")]
     NotFound(String),
+    /// 405 for a known route called with another method.
+    #[error("method not allowed: {0}")]
+    MethodNotAllowed(String),
     /// A routing script failed and its failure mode is to fail closed (500).
     #[error("{0}")]
     Routing(String),
@@ -285,6 +288,7 @@ impl GatewayError {
             GatewayError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Guardrail(_) => StatusCode::FORBIDDEN,
             GatewayError::NotFound(_) => StatusCode::NOT_FOUND,
+            GatewayError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::Routing(_) => StatusCode::INTERNAL_SERVER_ERROR,
             GatewayError::Budget(_) => StatusCode::PAYMENT_REQUIRED,
             GatewayError::Quota(_) => StatusCode::TOO_MANY_REQUESTS,
@@ -323,6 +327,7 @@ impl GatewayError {
             GatewayError::Unavailable(e) => e.code,
             GatewayError::Guardrail(e) => &e.code,
             GatewayError::NotFound(_) => "not_found",
+            GatewayError::MethodNotAllowed(_) => "method_not_allowed",
             GatewayError::Routing(_) => "routing_error",
             GatewayError::Budget(_) => "budget_exceeded",
             GatewayError::Quota(q) => q.code,
@@ -347,7 +352,9 @@ impl GatewayError {
     fn openai_type(&self) -> &'static str {
         match self {
             GatewayError::Auth(_) => "authentication_error",
-            GatewayError::Request(_) | GatewayError::NotFound(_) => "invalid_request_error",
+            GatewayError::Request(_)
+            | GatewayError::NotFound(_)
+            | GatewayError::MethodNotAllowed(_) => "invalid_request_error",
             GatewayError::Access(AccessError::ModelNotAllowed(_))
             | GatewayError::Access(AccessError::ProviderDisabled(_))
             | GatewayError::Access(AccessError::PolicyDenied { .. })

@@ -271,7 +271,7 @@ async fn decide(
         &requested,
         &body,
         bytes.len(),
-        input.headers,
+        headers_read_by_policies(snapshot, &target).then_some(input.headers),
         input.client_ip,
     );
     let spend = if snapshot.access_uses.budget {
@@ -315,6 +315,11 @@ async fn decide(
         max_response_bytes: snapshot.limits.max_response_bytes,
         guards: super::inspect::Guards::default(),
     })
+}
+
+/// Whether an access rule or the target's routing script can read `request.headers`.
+fn headers_read_by_policies(snapshot: &Snapshot, target: &Target) -> bool {
+    snapshot.access_uses.request || matches!(target, Target::Group(g) if g.script.is_some())
 }
 
 /// The body the upstream receives for one attempt: the client's, with `model` set to `upstream`.

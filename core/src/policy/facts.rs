@@ -48,14 +48,15 @@ pub struct RequestFacts {
 }
 
 impl RequestFacts {
-    /// Facts from a decoded OpenAI-style body.
+    /// Facts from a decoded OpenAI-style body; `headers` only when an access rule or routing
+    /// script may read them.
     pub fn from_body(
         endpoint: &str,
         path: &str,
         model: &str,
         body: &Map<String, Value>,
         body_len: usize,
-        headers: &axum::http::HeaderMap,
+        headers: Option<&axum::http::HeaderMap>,
         client_ip: Option<IpAddr>,
     ) -> Self {
         let max_tokens = ["max_tokens", "max_completion_tokens", "max_output_tokens"]
@@ -65,8 +66,10 @@ impl RequestFacts {
             .get("tools")
             .and_then(Value::as_array)
             .is_some_and(|t| !t.is_empty());
+        // Copied only when a policy can read them (`None`: no rule or script does).
         let headers = headers
-            .iter()
+            .into_iter()
+            .flat_map(|h| h.iter())
             .filter(|(name, _)| !HIDDEN_HEADERS.contains(&name.as_str()))
             .filter_map(|(name, value)| {
                 Some((name.as_str().to_string(), value.to_str().ok()?.to_string()))

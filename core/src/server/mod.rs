@@ -85,11 +85,8 @@ async fn not_found(request: Request) -> Response {
 }
 
 async fn method_not_allowed(request: Request) -> Response {
-    let mut response =
-        GatewayError::NotFound(format!("{} {}", request.method(), request.uri().path()))
-            .render(Family::OpenAi);
-    *response.status_mut() = axum::http::StatusCode::METHOD_NOT_ALLOWED;
-    response
+    GatewayError::MethodNotAllowed(format!("{} {}", request.method(), request.uri().path()))
+        .render(Family::OpenAi)
 }
 
 /// Gives every request an id (32 hex chars), returns it as `x-request-id`, logs the outcome.

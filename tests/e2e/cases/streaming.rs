@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use mock_upstream::MockConfig;
+use mock_upstream::{MockConfig, MockHandle};
 use serde_json::{Value, json};
 
 use crate::common::{Gateway, http, mock, request_id, standard_policy};
@@ -17,6 +17,24 @@ async fn events(response: reqwest::Response) -> Vec<String> {
         .collect()
 }
 
+/// A gateway on the standard policy (and its mock), and a chat stream for `model` through it.
+async fn stream_through(
+    model: &str,
+    include_usage: Option<bool>,
+) -> (MockHandle, Gateway, reqwest::Response) {
+    let mock = mock(MockConfig::default()).await;
+    let gw = Gateway::start(&standard_policy(&mock));
+    let (_, secret) = gw.create_key("*");
+    let response = http()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(&secret)
+        .json(&stream_body(model, include_usage))
+        .send()
+        .await
+        .unwrap();
+    (mock, gw, response)
+}
+
 fn stream_body(model: &str, include_usage: Option<bool>) -> Value {
     let mut body =
         json!({"model": model, "stream": true, "messages": [{"role": "user", "content": "count"}]});
@@ -28,16 +46,7 @@ fn stream_body(model: &str, include_usage: Option<bool>) -> Value {
 
 #[tokio::test]
 async fn stream_is_relayed_intact_and_billed_from_the_usage_chunk_the_client_did_not_ask_for() {
-    let mock = mock(MockConfig::default()).await;
-    let gw = Gateway::start(&standard_policy(&mock));
-    let (_, secret) = gw.create_key("*");
-    let response = http()
-        .post(gw.url("/v1/chat/completions"))
-        .bearer_auth(&secret)
-        .json(&stream_body("chat", None))
-        .send()
-        .await
-        .unwrap();
+    let (mock, gw, response) = stream_through("chat", None).await;
     assert_eq!(response.status(), 200);
     assert!(
         response.headers()["content-type"]
@@ -82,16 +91,7 @@ async fn stream_is_relayed_intact_and_billed_from_the_usage_chunk_the_client_did
 
 #[tokio::test]
 async fn usage_chunk_is_forwarded_when_the_client_asked_for_it() {
-    let mock = mock(MockConfig::default()).await;
-    let gw = Gateway::start(&standard_policy(&mock));
-    let (_, secret) = gw.create_key("*");
-    let response = http()
-        .post(gw.url("/v1/chat/completions"))
-        .bearer_auth(&secret)
-        .json(&stream_body("chat", Some(true)))
-        .send()
-        .await
-        .unwrap();
+    let (_mock, _gw, response) = stream_through("chat", Some(true)).await;
     let events = events(response).await;
     assert_eq!(events.len(), 24);
     let usage: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
@@ -101,18 +101,9 @@ async fn usage_chunk_is_forwarded_when_the_client_asked_for_it() {
 
 #[tokio::test]
 async fn chunks_arrive_as_the_upstream_produces_them() {
-    let mock = mock(MockConfig::default()).await;
-    let gw = Gateway::start(&standard_policy(&mock));
-    let (_, secret) = gw.create_key("*");
     // The upstream waits 50 ms between chunks: a buffering gateway would deliver everything at
     // the end, a relaying one delivers the first chunk long before the last.
-    let response = http()
-        .post(gw.url("/v1/chat/completions"))
-        .bearer_auth(&secret)
-        .json(&stream_body("slow-stream", None))
-        .send()
-        .await
-        .unwrap();
+    let (_mock, _gw, response) = stream_through("slow-stream", None).await;
     let started = std::time::Instant::now();
     let mut body = response.bytes_stream();
     let first = body.next().await.unwrap().unwrap();
@@ -133,16 +124,7 @@ async fn chunks_arrive_as_the_upstream_produces_them() {
 
 #[tokio::test]
 async fn client_disconnect_mid_stream_still_writes_the_record() {
-    let mock = mock(MockConfig::default()).await;
-    let gw = Gateway::start(&standard_policy(&mock));
-    let (_, secret) = gw.create_key("*");
-    let response = http()
-        .post(gw.url("/v1/chat/completions"))
-        .bearer_auth(&secret)
-        .json(&stream_body("stall", None))
-        .send()
-        .await
-        .unwrap();
+    let (_mock, gw, response) = stream_through("stall", None).await;
     let id = request_id(&response);
     let mut body = response.bytes_stream();
     body.next().await.unwrap().unwrap();
@@ -154,16 +136,7 @@ async fn client_disconnect_mid_stream_still_writes_the_record() {
 
 #[tokio::test]
 async fn a_silent_upstream_stream_ends_with_an_error_event_after_its_timeout() {
-    let mock = mock(MockConfig::default()).await;
-    let gw = Gateway::start(&standard_policy(&mock));
-    let (_, secret) = gw.create_key("*");
-    let response = http()
-        .post(gw.url("/v1/chat/completions"))
-        .bearer_auth(&secret)
-        .json(&stream_body("stall", None))
-        .send()
-        .await
-        .unwrap();
+    let (_mock, gw, response) = stream_through("stall", None).await;
     let id = request_id(&response);
     let events = tokio::time::timeout(Duration::from_secs(10), events(response))
         .await

@@ -180,6 +180,26 @@ fn sse_response(events: Vec<String>, gap: Duration, stall_after_first: bool) -> 
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
+/// Records a request and applies its model-steered behaviour: `Ok((body, model))` to answer
+/// normally, `Err(response)` when the model id asks for a failure.
+async fn admit(
+    shared: &Shared,
+    path: &str,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<(Value, String), Response> {
+    let request = remember(shared, path, headers, body);
+    let model = request
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    match steer(shared, &model).await {
+        Some(response) => Err(response),
+        None => Ok((request, model)),
+    }
+}
+
 /// Applies model-steered failures; `None` means answer normally.
 async fn steer(shared: &Shared, model: &str) -> Option<Response> {
     if !shared.config.latency.is_zero() {
@@ -213,15 +233,10 @@ fn chat_usage() -> Value {
 }
 
 async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
-    let request = remember(&shared, "/v1/chat/completions", &headers, &body);
-    let model = request
-        .get("model")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
-    if let Some(response) = steer(&shared, &model).await {
-        return response;
-    }
+    let (request, model) = match admit(&shared, "/v1/chat/completions", &headers, &body).await {
+        Ok(admitted) => admitted,
+        Err(response) => return response,
+    };
     let stream = request
         .get("stream")
         .and_then(Value::as_bool)
@@ -287,15 +302,10 @@ async fn embeddings(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let request = remember(&shared, "/v1/embeddings", &headers, &body);
-    let model = request
-        .get("model")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
-    if let Some(response) = steer(&shared, &model).await {
-        return response;
-    }
+    let (_, model) = match admit(&shared, "/v1/embeddings", &headers, &body).await {
+        Ok(admitted) => admitted,
+        Err(response) => return response,
+    };
     json_response(
         StatusCode::OK,
         &json!({"object": "list", "model": model,
@@ -305,15 +315,10 @@ async fn embeddings(
 }
 
 async fn responses(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
-    let request = remember(&shared, "/v1/responses", &headers, &body);
-    let model = request
-        .get("model")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
-    if let Some(response) = steer(&shared, &model).await {
-        return response;
-    }
+    let (request, model) = match admit(&shared, "/v1/responses", &headers, &body).await {
+        Ok(admitted) => admitted,
+        Err(response) => return response,
+    };
     let usage = json!({"input_tokens": 13, "output_tokens": 4, "total_tokens": 17,
                        "input_tokens_details": {"cached_tokens": 0}, "output_tokens_details": {"reasoning_tokens": 1}});
     let done = json!({"id": "resp_mock", "object": "response", "status": "completed", "model": model,
@@ -344,13 +349,7 @@ async fn responses(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: 
 }
 
 async fn images(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
-    let request = remember(&shared, "/v1/images/generations", &headers, &body);
-    let model = request
-        .get("model")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
-    if let Some(response) = steer(&shared, &model).await {
+    if let Err(response) = admit(&shared, "/v1/images/generations", &headers, &body).await {
         return response;
     }
     json_response(
@@ -365,15 +364,10 @@ async fn anthropic_messages(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let request = remember(&shared, "/v1/messages", &headers, &body);
-    let model = request
-        .get("model")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
-    if let Some(response) = steer(&shared, &model).await {
-        return response;
-    }
+    let (request, model) = match admit(&shared, "/v1/messages", &headers, &body).await {
+        Ok(admitted) => admitted,
+        Err(response) => return response,
+    };
     if request
         .get("stream")
         .and_then(Value::as_bool)
