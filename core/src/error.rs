@@ -9,16 +9,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-/// The API family whose error body shape a response must use, so each SDK parses it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Family {
-    /// `{"error":{"code","message","type"}}` (also used by the unified and MCP endpoints).
-    OpenAi,
-    /// `{"type":"error","error":{"type","message","code"}}`.
-    Anthropic,
-    /// `{"error":{"code":<status>,"message","status","details":[{"reason":<code>}]}}`.
-    Gemini,
-}
+pub use crate::family::Family;
 
 /// Authentication failures (401 on every endpoint family).
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]

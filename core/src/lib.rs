@@ -5,13 +5,16 @@
 
 pub mod cli;
 pub mod clock;
+pub mod diagnostic;
 pub mod error;
+pub mod family;
 pub mod health;
 pub mod pipeline;
 pub mod plugins;
 pub mod policy;
 pub mod server;
 pub mod spend;
+pub mod state;
 pub mod store;
 pub mod upstream;
 pub mod usage;

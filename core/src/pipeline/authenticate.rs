@@ -7,7 +7,7 @@ use axum::http::{HeaderMap, header};
 use super::Flow;
 use crate::clock::now_ms;
 use crate::error::{AuthError, GatewayError, UnavailableError};
-use crate::server::AppState;
+use crate::state::AppState;
 use crate::store::KeyRecord;
 use crate::store::keys::{KeyState, looks_like_secret};
 

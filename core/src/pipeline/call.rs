@@ -30,7 +30,7 @@ use super::route::Route;
 use super::{Endpoint, Recorder, Stage};
 use crate::error::{GatewayError, UpstreamError};
 use crate::policy::ProviderFamily;
-use crate::server::AppState;
+use crate::state::AppState;
 use crate::upstream::sse::SseTap;
 use crate::upstream::{self, BodyStream, UpstreamReply, demo};
 

@@ -39,8 +39,8 @@ use axum::body::Body;
 use axum::http::{HeaderMap, Method};
 use axum::response::Response;
 
-use crate::error::{Family, GatewayError};
-use crate::server::AppState;
+use crate::error::GatewayError;
+use crate::state::AppState;
 
 pub use record::Recorder;
 
@@ -84,45 +84,7 @@ pub enum Flow<T> {
     Respond(GatewayError),
 }
 
-/// The OpenAI-compatible endpoints tollgate serves natively.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Endpoint {
-    /// `POST /v1/chat/completions`.
-    ChatCompletions,
-    /// `POST /v1/embeddings`.
-    Embeddings,
-    /// `POST /v1/responses`.
-    Responses,
-    /// `POST /v1/images/generations`.
-    ImagesGenerations,
-}
-
-impl Endpoint {
-    /// The path clients call.
-    pub fn path(self) -> &'static str {
-        match self {
-            Endpoint::ChatCompletions => "/v1/chat/completions",
-            Endpoint::Embeddings => "/v1/embeddings",
-            Endpoint::Responses => "/v1/responses",
-            Endpoint::ImagesGenerations => "/v1/images/generations",
-        }
-    }
-
-    /// The path appended to the provider's base URL (which carries the version prefix).
-    pub fn upstream_path(self) -> &'static str {
-        match self {
-            Endpoint::ChatCompletions => "/chat/completions",
-            Endpoint::Embeddings => "/embeddings",
-            Endpoint::Responses => "/responses",
-            Endpoint::ImagesGenerations => "/images/generations",
-        }
-    }
-
-    /// The error body family of this endpoint.
-    pub fn family(self) -> Family {
-        Family::OpenAi
-    }
-}
+pub use crate::family::Endpoint;
 
 /// What the server hands the pipeline.
 pub struct Inbound {

@@ -14,8 +14,8 @@ use std::sync::Arc;
 use super::authorize::Authorized;
 use super::{Flow, Recorder};
 use crate::policy::Snapshot;
-use crate::server::AppState;
 use crate::spend::estimate::estimate;
+use crate::state::AppState;
 use crate::store::KeyRecord;
 
 /// Runs the reserve stage; on success the holds are attached to `recorder`.

@@ -23,7 +23,7 @@ pub use host::Failure;
 use host::Instances;
 pub use manifest::{AppliesTo, FailureMode, Limits, Phase};
 
-use crate::policy::LoadError;
+use crate::diagnostic::LoadError;
 use crate::store::KeyRecord;
 
 /// The folder of plugin manifests inside a policy directory.

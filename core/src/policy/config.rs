@@ -188,25 +188,7 @@ fn default_max_response_bytes() -> usize {
     64 * 1024 * 1024
 }
 
-/// The API family a provider speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ProviderFamily {
-    /// The OpenAI API (and compatible servers).
-    Openai,
-    /// tollgate's built-in offline demo responder: answers deterministically, OpenAI-shaped.
-    Demo,
-}
-
-impl ProviderFamily {
-    /// The lower-case name used in configs, errors and records.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ProviderFamily::Openai => "openai",
-            ProviderFamily::Demo => "demo",
-        }
-    }
-}
+pub use crate::family::ProviderFamily;
 
 /// `[providers.NAME]`.
 #[derive(Debug, Deserialize)]

@@ -1,7 +1,6 @@
 //! Reads a policy directory into a [`Snapshot`], collecting every error with file, line and key.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,39 +19,7 @@ use crate::usage::Pricing;
 /// The main configuration file inside a policy directory.
 pub const GATEWAY_FILE: &str = "gateway.toml";
 
-/// One problem found while loading a policy directory.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LoadError {
-    /// The file at fault.
-    pub file: PathBuf,
-    /// 1-based line, when known.
-    pub line: Option<usize>,
-    /// 1-based column, when known.
-    pub column: Option<usize>,
-    /// The dotted key at fault, when known.
-    pub key: Option<String>,
-    /// What is wrong.
-    pub message: String,
-}
-
-impl fmt::Display for LoadError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.file.display())?;
-        if let Some(line) = self.line {
-            write!(f, ":{line}")?;
-            if let Some(column) = self.column {
-                write!(f, ":{column}")?;
-            }
-        }
-        f.write_str(": ")?;
-        if let Some(key) = &self.key {
-            write!(f, "{key}: ")?;
-        }
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for LoadError {}
+pub use crate::diagnostic::LoadError;
 
 /// Maps byte offsets of one file to line and column.
 struct SourceMap<'a> {

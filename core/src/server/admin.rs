@@ -10,9 +10,9 @@ use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::AppState;
 use crate::error::{Family, GatewayError};
 use crate::policy::watch::{self as policy_watch, Trigger};
+use crate::state::AppState;
 
 /// Checks the admin bearer token in constant time.
 fn authorize(app: &AppState, request: &Request) -> Result<(), GatewayError> {

@@ -1,4 +1,4 @@
-//! The HTTP server: shared state, the router, the request-id middleware and graceful shutdown.
+//! The HTTP server: the router, the request-id middleware and graceful shutdown.
 
 pub mod admin;
 pub mod openai;
@@ -22,35 +22,10 @@ use crate::health::HealthRegistry;
 use crate::policy::Policies;
 use crate::policy::watch::{self as policy_watch, Trigger};
 use crate::spend::ledger::Ledger;
+use crate::state::{AppState, RequestId};
 use crate::store::Store;
 use crate::store::key_cache::KeyCache;
-use crate::store::usage_writer::{self, UsageSink};
-
-/// State shared by every request.
-pub struct AppState {
-    /// The live policy set.
-    pub policies: Arc<Policies>,
-    /// The store.
-    pub store: Store,
-    /// Cached key lookups.
-    pub keys: Arc<KeyCache>,
-    /// Usage record hand-off.
-    pub usage: UsageSink,
-    /// The upstream HTTP client.
-    pub http: reqwest::Client,
-    /// Deployment health, fed by the call stage, read by routing.
-    pub health: HealthRegistry,
-    /// Bearer token for `/admin/*`; `None` disables the admin endpoints.
-    pub admin_token: Option<String>,
-    /// Budgets and quotas.
-    pub ledger: Arc<Ledger>,
-    /// Whether `POST /admin/test/clock` may shift the clock (tests only).
-    pub test_clock: bool,
-}
-
-/// The gateway request id, set by the middleware on every request.
-#[derive(Debug, Clone)]
-pub struct RequestId(pub String);
+use crate::store::usage_writer;
 
 /// Builds the router.
 pub fn router(app: Arc<AppState>) -> Router {

@@ -8,9 +8,9 @@ use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::{AppState, RequestId};
 use crate::error::Family;
 use crate::pipeline::{self, Endpoint, Flow, Inbound, authenticate};
+use crate::state::{AppState, RequestId};
 
 fn inbound(request: Request) -> Inbound {
     let (parts, body) = request.into_parts();

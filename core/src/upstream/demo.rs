@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 
 use super::UpstreamReply;
 use crate::clock::now_ms;
-use crate::pipeline::Endpoint;
+use crate::family::Endpoint;
 
 /// A 1x1 transparent PNG, for image generation.
 const PIXEL_PNG_B64: &str = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==";

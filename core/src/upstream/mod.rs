@@ -15,7 +15,7 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 
 use crate::error::UpstreamError;
-use crate::pipeline::Endpoint;
+use crate::family::Endpoint;
 use crate::policy::{Credential, Model};
 
 /// A provider's body, chunk by chunk.

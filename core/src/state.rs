@@ -1,0 +1,38 @@
+//! The state every request shares: the live policy set, the store, caches, the usage sink, the
+//! upstream client, deployment health and the ledger. The server builds it, the pipeline reads
+//! it; it imports neither.
+
+use std::sync::Arc;
+
+use crate::health::HealthRegistry;
+use crate::policy::Policies;
+use crate::spend::ledger::Ledger;
+use crate::store::Store;
+use crate::store::key_cache::KeyCache;
+use crate::store::usage_writer::UsageSink;
+
+/// State shared by every request.
+pub struct AppState {
+    /// The live policy set.
+    pub policies: Arc<Policies>,
+    /// The store.
+    pub store: Store,
+    /// Cached key lookups.
+    pub keys: Arc<KeyCache>,
+    /// Usage record hand-off.
+    pub usage: UsageSink,
+    /// The upstream HTTP client.
+    pub http: reqwest::Client,
+    /// Deployment health, fed by the call stage, read by routing.
+    pub health: HealthRegistry,
+    /// Bearer token for `/admin/*`; `None` disables the admin endpoints.
+    pub admin_token: Option<String>,
+    /// Budgets and quotas.
+    pub ledger: Arc<Ledger>,
+    /// Whether `POST /admin/test/clock` may shift the clock (tests only).
+    pub test_clock: bool,
+}
+
+/// The gateway request id, set by the middleware on every request.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
