@@ -9,6 +9,7 @@
 
 pub mod driver;
 pub mod gateway;
+pub mod nginx;
 pub mod report;
 pub mod scenario;
 
@@ -258,6 +259,33 @@ fn run_scenario(
         )?);
     }
 
+    // The pure-proxy floor, for the scenarios a plain proxy can serve (no governance to do).
+    let mut nginx_results = Vec::new();
+    if scenario.nginx_baseline() {
+        match nginx::Nginx::start(mock)? {
+            Some(nginx) => {
+                let target = Arc::new(Target::new(nginx.addr, scenario.direct_request(), None)?);
+                for &load in &loads {
+                    let cpu_before = nginx.cpu_time();
+                    let mut result =
+                        run_phase(config, rt, &target, load, &format!("{name} nginx"))?;
+                    let sent = result.requests + result.warmup_requests;
+                    if let (Some(before), Some(after)) = (cpu_before, nginx.cpu_time())
+                        && sent > 0
+                    {
+                        let used = after.saturating_sub(before).as_secs_f64() * 1e6;
+                        result.gateway_cpu_us_per_request = Some(used / sent as f64);
+                    }
+                    nginx_results.push(Some(result));
+                }
+            }
+            None => config.say(format!(
+                "{name}: nginx is not installed (scripts/bench installs it): no nginx baseline"
+            )),
+        }
+    }
+    nginx_results.resize_with(loads.len(), || None);
+
     config.say(format!("{name}: starting tollgate"));
     let gateway = Gateway::start(bin, scenario, upstream)?;
     let through = Arc::new(Target::new(
@@ -302,7 +330,10 @@ fn run_scenario(
         .iter()
         .zip(direct_results)
         .zip(gateway_results)
-        .map(|((&load, direct), tollgate)| Comparison::new(load, direct, tollgate))
+        .zip(nginx_results)
+        .map(|(((&load, direct), tollgate), nginx)| {
+            Comparison::new(load, direct, tollgate).with_nginx(nginx)
+        })
         .collect();
     Ok(ScenarioReport {
         name: name.to_string(),

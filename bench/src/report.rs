@@ -17,6 +17,20 @@ pub const TARGET_P99_OVERHEAD_US: i64 = 300;
 pub const TARGET_THROUGHPUT_RATIO: f64 = 0.60;
 /// Streaming time-to-first-byte p99 overhead, µs.
 pub const TARGET_TTFB_P99_OVERHEAD_US: i64 = 300;
+/// Passthrough CPU per request, as a multiple of nginx `proxy_pass`'s in the same run.
+pub const TARGET_CPU_VS_NGINX: f64 = 3.0;
+/// Passthrough p99 overhead at concurrency 1 (closed loop), µs.
+pub const TARGET_C1_P99_OVERHEAD_US: i64 = 300;
+/// Passthrough peak RSS, KiB (60 MiB).
+pub const TARGET_PASSTHROUGH_RSS_KB: u64 = 60 * 1024;
+/// Governed CPU per request, µs.
+pub const TARGET_GOVERNED_CPU_US: f64 = 100.0;
+/// Governed p99 overhead at concurrency 16 (closed loop), µs.
+pub const TARGET_GOVERNED_C16_P99_OVERHEAD_US: i64 = 3000;
+/// Streaming TTFB p50 overhead, µs.
+pub const TARGET_TTFB_P50_OVERHEAD_US: i64 = 300;
+/// Governed-on-PostgreSQL CPU per request and p99 overhead, as a multiple of governed-on-SQLite.
+pub const TARGET_POSTGRES_VS_SQLITE: f64 = 1.5;
 /// Driver dispatch lag (p99, µs) above which open-loop latencies are reported as unreliable.
 pub const MAX_DISPATCH_LAG_US: u64 = 1000;
 /// Peak RSS of the gateway, KiB (100 MiB).
@@ -64,6 +78,12 @@ pub struct Comparison {
     pub overhead: Overhead,
     /// Closed loop: tollgate's throughput / direct throughput.
     pub throughput_ratio: Option<f64>,
+    /// The same direct request through nginx `proxy_pass` (the pure-proxy floor), when
+    /// nginx is installed and the scenario is plain proxying; its `gateway_cpu_us_per_request`
+    /// is nginx's CPU (master + workers) per request.
+    pub nginx: Option<PhaseResult>,
+    /// tollgate's CPU per request / nginx's.
+    pub cpu_vs_nginx: Option<f64>,
 }
 
 impl Comparison {
@@ -87,7 +107,20 @@ impl Comparison {
             tollgate,
             overhead,
             throughput_ratio,
+            nginx: None,
+            cpu_vs_nginx: None,
         }
+    }
+
+    /// Adds the nginx baseline of the same load.
+    pub fn with_nginx(mut self, nginx: Option<PhaseResult>) -> Self {
+        self.cpu_vs_nginx = nginx.as_ref().and_then(|n| {
+            let theirs = n.gateway_cpu_us_per_request?;
+            let ours = self.tollgate.gateway_cpu_us_per_request?;
+            (theirs > 0.0).then(|| ours / theirs)
+        });
+        self.nginx = nginx;
+        self
     }
 }
 
@@ -326,17 +359,116 @@ impl Report {
                     _ => {}
                 }
             }
+            for c in &s.loads {
+                self.issue10_targets(s, c, &mut checks);
+            }
             if let Some(g) = &s.gateway {
+                let limit = if s.name == "passthrough" {
+                    TARGET_PASSTHROUGH_RSS_KB
+                } else {
+                    TARGET_PEAK_RSS_KB
+                };
                 checks.push(TargetCheck {
                     what: format!("{} tollgate peak RSS (VmHWM)", s.name),
-                    target: format!("< {} MiB", TARGET_PEAK_RSS_KB / 1024),
+                    target: format!("< {} MiB", limit / 1024),
                     measured: mib(g.peak_rss_kb),
-                    met: g.peak_rss_kb < TARGET_PEAK_RSS_KB,
+                    met: g.peak_rss_kb < limit,
                     conclusive: true,
                 });
             }
         }
         checks
+    }
+
+    /// The targets of issue 10 (CPU against nginx, latency at low concurrency, governed CPU,
+    /// PostgreSQL against SQLite, streaming TTFB medians).
+    fn issue10_targets(&self, s: &ScenarioReport, c: &Comparison, checks: &mut Vec<TargetCheck>) {
+        let cpu = c.tollgate.gateway_cpu_us_per_request;
+        match (s.name.as_str(), c.load) {
+            ("passthrough", Load::Closed { concurrency }) => {
+                if let (Some(ratio), Some(nginx)) = (c.cpu_vs_nginx, c.nginx.as_ref()) {
+                    checks.push(TargetCheck {
+                        what: format!(
+                            "passthrough CPU/request vs nginx proxy_pass (c={concurrency})"
+                        ),
+                        target: format!("<= {TARGET_CPU_VS_NGINX:.1}x"),
+                        measured: format!(
+                            "{ratio:.2}x ({:.0} µs vs {:.0} µs)",
+                            cpu.unwrap_or_default(),
+                            nginx.gateway_cpu_us_per_request.unwrap_or_default()
+                        ),
+                        met: ratio <= TARGET_CPU_VS_NGINX,
+                        conclusive: true,
+                    });
+                }
+                if concurrency == 1 {
+                    checks.push(TargetCheck {
+                        what: "passthrough p99 overhead at concurrency 1".into(),
+                        target: format!("<= {:.3} ms", TARGET_C1_P99_OVERHEAD_US as f64 / 1000.0),
+                        measured: format!("{:+.3} ms", c.overhead.p99_us as f64 / 1000.0),
+                        met: c.overhead.p99_us <= TARGET_C1_P99_OVERHEAD_US,
+                        conclusive: true,
+                    });
+                }
+            }
+            ("governed", Load::Closed { concurrency }) => {
+                if let Some(cpu) = cpu {
+                    checks.push(TargetCheck {
+                        what: format!("governed CPU/request (c={concurrency})"),
+                        target: format!("<= {TARGET_GOVERNED_CPU_US:.0} µs"),
+                        measured: format!("{cpu:.0} µs"),
+                        met: cpu <= TARGET_GOVERNED_CPU_US,
+                        conclusive: true,
+                    });
+                }
+                if concurrency == 16 {
+                    checks.push(TargetCheck {
+                        what: "governed p99 overhead at concurrency 16".into(),
+                        target: format!(
+                            "<= {:.3} ms",
+                            TARGET_GOVERNED_C16_P99_OVERHEAD_US as f64 / 1000.0
+                        ),
+                        measured: format!("{:+.3} ms", c.overhead.p99_us as f64 / 1000.0),
+                        met: c.overhead.p99_us <= TARGET_GOVERNED_C16_P99_OVERHEAD_US,
+                        conclusive: true,
+                    });
+                }
+            }
+            ("governed-postgres", Load::Closed { concurrency }) => {
+                let sqlite = self
+                    .scenarios
+                    .iter()
+                    .find(|o| o.name == "governed")
+                    .and_then(|o| o.loads.iter().find(|l| l.load == c.load));
+                if let (Some(pg), Some(lite)) = (
+                    cpu,
+                    sqlite.and_then(|l| l.tollgate.gateway_cpu_us_per_request),
+                ) && lite > 0.0
+                {
+                    checks.push(TargetCheck {
+                        what: format!(
+                            "governed-postgres CPU/request vs governed (c={concurrency})"
+                        ),
+                        target: format!("<= {TARGET_POSTGRES_VS_SQLITE:.1}x"),
+                        measured: format!("{:.2}x ({pg:.0} µs vs {lite:.0} µs)", pg / lite),
+                        met: pg / lite <= TARGET_POSTGRES_VS_SQLITE,
+                        conclusive: true,
+                    });
+                }
+            }
+            ("streaming", Load::Open { rate }) => {
+                if let Some(ttfb) = c.overhead.ttfb_p50_us {
+                    checks.push(TargetCheck {
+                        what: format!("streaming TTFB p50 overhead at open {rate}/s"),
+                        target: format!("<= {:.3} ms", TARGET_TTFB_P50_OVERHEAD_US as f64 / 1000.0),
+                        measured: format!("{:+.3} ms", ttfb as f64 / 1000.0),
+                        met: ttfb <= TARGET_TTFB_P50_OVERHEAD_US,
+                        conclusive: on_schedule(c),
+                    });
+                }
+            }
+            _ => {}
+        }
     }
 
     /// The human-readable table.
@@ -396,10 +528,12 @@ impl Report {
                 }
                 metrics.push("total");
                 for metric in metrics {
-                    for (path, r) in [
-                        ("direct", &comparison.direct),
-                        ("tollgate", &comparison.tollgate),
-                    ] {
+                    let mut paths = vec![("direct", &comparison.direct)];
+                    if let Some(nginx) = &comparison.nginx {
+                        paths.push(("nginx", nginx));
+                    }
+                    paths.push(("tollgate", &comparison.tollgate));
+                    for (path, r) in paths {
                         let picked = if metric == "ttfb" {
                             r.ttfb.as_ref()
                         } else {
@@ -457,8 +591,9 @@ impl Report {
         let _ = writeln!(
             out,
             "\nLatencies in ms (open loop: from each request's due time). Δ = tollgate − direct. \
-             thr/direct: closed-loop throughput ratio. CPU/req: tollgate's CPU time per request \
-             (user + system). peak RSS: tollgate's VmHWM."
+             thr/direct: closed-loop throughput ratio. CPU/req: the proxy's CPU time per request \
+             (user + system; nginx: master + workers). nginx: the same direct request through \
+             nginx proxy_pass, the pure-proxy floor. peak RSS: tollgate's VmHWM."
         );
 
         for s in &self.scenarios {

@@ -77,6 +77,12 @@ pub trait Scenario: Send + Sync {
     fn store(&self) -> StoreKind {
         StoreKind::Sqlite
     }
+
+    /// Whether nginx `proxy_pass` in front of the mock is a meaningful floor for this scenario
+    /// (it is for plain proxying; it governs nothing).
+    fn nginx_baseline(&self) -> bool {
+        false
+    }
 }
 
 /// The store a scenario's gateway runs on.
@@ -175,13 +181,17 @@ fn unary_chat(model: &str) -> RequestSpec {
 }
 
 /// The fixed rate (open loop) and the fixed concurrency (closed loop) of `config`.
-fn open_and_closed(config: &BenchConfig) -> Vec<Load> {
-    vec![
-        Load::Open { rate: config.rate },
-        Load::Closed {
-            concurrency: config.concurrency,
-        },
-    ]
+fn open_and_closed(config: &BenchConfig, extra_concurrency: usize) -> Vec<Load> {
+    let mut loads = vec![Load::Open { rate: config.rate }];
+    if extra_concurrency != config.concurrency {
+        loads.push(Load::Closed {
+            concurrency: extra_concurrency,
+        });
+    }
+    loads.push(Load::Closed {
+        concurrency: config.concurrency,
+    });
+    loads
 }
 
 /// `passthrough`: key auth + Model Access grant + usage record on a non-streaming ~1 KB chat
@@ -211,7 +221,11 @@ impl Scenario for Passthrough {
     }
 
     fn loads(&self, config: &BenchConfig) -> Vec<Load> {
-        open_and_closed(config)
+        open_and_closed(config, 1)
+    }
+
+    fn nginx_baseline(&self) -> bool {
+        true
     }
 }
 
@@ -247,6 +261,10 @@ impl Scenario for Streaming {
         body["stream"] = Value::Bool(true);
         body["stream_options"] = json!({"include_usage": true});
         RequestSpec::json("/v1/chat/completions", &body, true)
+    }
+
+    fn nginx_baseline(&self) -> bool {
+        true
     }
 
     fn loads(&self, config: &BenchConfig) -> Vec<Load> {
@@ -405,7 +423,7 @@ mode = "mask"
     }
 
     fn loads(&self, config: &BenchConfig) -> Vec<Load> {
-        open_and_closed(config)
+        open_and_closed(config, 16)
     }
 
     fn store(&self) -> StoreKind {

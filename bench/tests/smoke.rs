@@ -96,7 +96,23 @@ fn harness_measures_every_runnable_scenario_and_writes_the_report() {
         .iter()
         .find(|s| s["name"] == "passthrough")
         .expect("passthrough");
-    assert_eq!(passthrough["loads"].as_array().map(Vec::len), Some(2));
+    // open loop, closed c=1, closed c=concurrency
+    assert_eq!(passthrough["loads"].as_array().map(Vec::len), Some(3));
+    if tollgate_bench::nginx::locate().is_some() {
+        for load in passthrough["loads"].as_array().into_iter().flatten() {
+            assert!(
+                load["nginx"]["ok"].as_u64().unwrap_or(0) > 0,
+                "nginx baseline not measured: {load}"
+            );
+        }
+        assert!(report.render().contains(" nginx "));
+    } else {
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED the nginx baseline in the bench smoke run: nginx is not installed (scripts/bench installs it)"
+        );
+    }
     assert!(passthrough["gateway"]["peak_rss_kb"].as_u64().unwrap_or(0) > 0);
     assert!(
         report
