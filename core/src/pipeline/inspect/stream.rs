@@ -1,19 +1,5 @@
-//! Stage 3, inspect: guardrail plugins on the request, the answer and the stream.
-//!
-//! - **request** ([`run`]): every plugin of the snapshot whose `applies_to` matches the model
-//!   name and key runs in manifest file-name order, before any budget is held or the provider
-//!   sees anything. `allow` goes on, `rewrite` replaces the texts it names in the body the
-//!   provider receives (masking), `deny` ends the request with 403 (`safety_blocked` or the
-//!   plugin's own code) naming the plugin and the finding categories, never the text.
-//! - **response** ([`inspect_response`]): non-streamed answers, before the client sees them.
-//! - **stream** ([`StreamGuard`]): SSE answers through a sliding window per choice: the last
-//!   `stream_window` bytes of text are held back and shown again with the next chunk, so a value
-//!   split across two chunks is seen whole, without buffering the stream.
-//!
-//! A plugin that traps, runs out of time or memory, or answers garbage is handled by its
-//! failure mode: closed (403 `plugin_blocked` naming it) or open (the traffic passes, the
-//! failure is recorded). Every plugin's decision, time and findings (categories and counts,
-//! never content) go into the usage record's decision trail.
+//! The stream phase: a sliding window per choice over SSE answers, so a value split across
+//! two chunks is seen whole without buffering the stream.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -23,321 +9,20 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
-use super::authorize::Authorized;
-use super::{Endpoint, Flow, Recorder};
-use crate::error::{GatewayError, GuardrailError};
-use crate::plugins::host::{Failure, elapsed_us, wit};
+use super::Guards;
+use super::sse::{event_end, floor_boundary, parse_event, render_event};
+use super::verdict::{Outcome, categories, failed, validate};
+use crate::error::GuardrailError;
+use crate::pipeline::Endpoint;
+use crate::plugins::host::{elapsed_us, wit};
 use crate::plugins::views::{self, TextMap};
 use crate::plugins::{FailureMode, Phase, Plugin, metrics};
-use crate::policy::Snapshot;
-use crate::store::KeyRecord;
-
-/// The plugins bound to one request for its answer, carried to the call stage.
-#[derive(Debug, Clone, Default)]
-pub struct Guards {
-    /// Plugins with a `response` or `stream` phase that apply to this request.
-    pub plugins: Vec<Arc<Plugin>>,
-    /// The calling key as plugins see it.
-    pub caller: Option<wit::Caller>,
-    /// The model name the client sent.
-    pub model: String,
-    /// The endpoint path.
-    pub endpoint: &'static str,
-}
-
-impl Guards {
-    /// Whether any bound plugin has `phase`.
-    pub fn has(&self, phase: Phase) -> bool {
-        self.plugins.iter().any(|p| p.has_phase(phase))
-    }
-}
-
-/// One plugin's answer after validation.
-enum Outcome {
-    Allow,
-    Rewrite(Vec<wit::Edit>),
-    Deny { code: String, reason: String },
-}
-
-/// Validates a verdict against the parts shown.
-fn validate(verdict: wit::Verdict, map: &TextMap) -> Result<(Outcome, wit::Verdict), Failure> {
-    let outcome = match &verdict.action {
-        wit::Action::Allow => Outcome::Allow,
-        wit::Action::Rewrite(edits) => {
-            views::check_edits(map, edits).map_err(Failure::Invalid)?;
-            Outcome::Rewrite(edits.clone())
-        }
-        wit::Action::Deny(denial) => {
-            let code = if denial.code.is_empty() {
-                "safety_blocked".to_string()
-            } else if denial.code.len() <= 64
-                && denial.code.starts_with(|c: char| c.is_ascii_lowercase())
-                && denial
-                    .code
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-            {
-                denial.code.clone()
-            } else {
-                return Err(Failure::Invalid(
-                    "deny code must match [a-z][a-z0-9_]{0,63}".into(),
-                ));
-            };
-            let reason: String = denial.reason.chars().take(300).collect();
-            Outcome::Deny { code, reason }
-        }
-    };
-    if verdict.findings.len() > 256 {
-        return Err(Failure::Invalid("more than 256 findings".into()));
-    }
-    Ok((outcome, verdict))
-}
-
-fn findings_json(findings: &[wit::Finding]) -> Value {
-    let mut map = Map::new();
-    for f in findings {
-        let category: String = f.category.chars().take(64).collect();
-        let entry = map.entry(category).or_insert(Value::from(0u64));
-        *entry = Value::from(entry.as_u64().unwrap_or(0) + u64::from(f.count));
-    }
-    Value::Object(map)
-}
-
-fn categories(findings: &[wit::Finding]) -> Vec<String> {
-    let mut names: Vec<String> = findings
-        .iter()
-        .map(|f| f.category.chars().take(64).collect())
-        .collect();
-    names.sort();
-    names.dedup();
-    names
-}
-
-fn denial(
-    plugin: &Plugin,
-    code: String,
-    reason: String,
-    findings: &[wit::Finding],
-) -> GatewayError {
-    GatewayError::Guardrail(GuardrailError {
-        plugin: plugin.name.clone(),
-        code,
-        categories: categories(findings),
-        reason,
-    })
-}
-
-fn failed(plugin: &Plugin, failure: &Failure) -> GatewayError {
-    GatewayError::Guardrail(GuardrailError {
-        plugin: plugin.name.clone(),
-        code: "plugin_blocked".into(),
-        categories: Vec::new(),
-        reason: format!("the plugin failed ({}) and fails closed", failure.kind()),
-    })
-}
-
-fn decision(plugin: &Plugin, phase: Phase, outcome: &'static str, elapsed: i64) -> Value {
-    metrics::record(&plugin.name, phase.as_str(), outcome, 1, elapsed);
-    json!({
-        "stage": "inspect", "plugin": plugin.name, "phase": phase.as_str(),
-        "outcome": outcome, "elapsed_us": elapsed,
-    })
-}
-
-fn with_verdict(mut entry: Value, verdict: &wit::Verdict) -> Value {
-    if !verdict.findings.is_empty() {
-        entry["findings"] = findings_json(&verdict.findings);
-    }
-    if let Some(score) = verdict.score.filter(|s| s.is_finite()) {
-        entry["score"] = json!(score);
-    }
-    entry
-}
-
-fn with_failure(mut entry: Value, plugin: &Plugin, failure: &Failure) -> Value {
-    metrics::failure(&plugin.name, failure.kind());
-    entry["failure"] = Value::from(failure.kind());
-    entry["failure_mode"] = Value::from(plugin.failure_mode.as_str());
-    entry
-}
-
-/// Runs the request phase of every plugin bound to this request; rewrites change `request.body`.
-pub async fn run(
-    snapshot: &Snapshot,
-    endpoint: Endpoint,
-    key: &KeyRecord,
-    request: &mut Authorized,
-    recorder: &mut Recorder,
-) -> Flow<()> {
-    let model = request.target.name().to_string();
-    let bound: Vec<Arc<Plugin>> = snapshot
-        .plugins
-        .iter()
-        .filter(|p| p.applies(&model, key))
-        .cloned()
-        .collect();
-    if bound.is_empty() {
-        return Flow::Continue(());
-    }
-    let caller = views::caller(key);
-    let mut view = None;
-    let mut decisions = Vec::new();
-    let mut result = Flow::Continue(());
-    for plugin in bound.iter().filter(|p| p.has_phase(Phase::Request)) {
-        let (shown, map) = view.get_or_insert_with(|| {
-            views::request_view(
-                endpoint.path(),
-                &model,
-                request.stream,
-                &request.body,
-                &caller,
-            )
-        });
-        let started = Instant::now();
-        let answer = plugin.instances.check_request(shown).await;
-        let elapsed = elapsed_us(started);
-        match answer.and_then(|v| validate(v, map)) {
-            Ok((Outcome::Allow, verdict)) => {
-                decisions.push(with_verdict(
-                    decision(plugin, Phase::Request, "allow", elapsed),
-                    &verdict,
-                ));
-            }
-            Ok((Outcome::Rewrite(edits), verdict)) => {
-                views::apply_edits_to_body(&mut request.body, map, &edits);
-                view = None;
-                decisions.push(with_verdict(
-                    decision(plugin, Phase::Request, "rewrite", elapsed),
-                    &verdict,
-                ));
-            }
-            Ok((Outcome::Deny { code, reason }, verdict)) => {
-                decisions.push(with_verdict(
-                    decision(plugin, Phase::Request, "deny", elapsed),
-                    &verdict,
-                ));
-                result = Flow::Respond(denial(plugin, code, reason, &verdict.findings));
-                break;
-            }
-            Err(failure) => {
-                tracing::warn!(plugin = %plugin.name, phase = "request", error = %failure, "guardrail plugin failed");
-                let outcome = match plugin.failure_mode {
-                    FailureMode::Closed => "error",
-                    FailureMode::Open => "fail_open",
-                };
-                decisions.push(with_failure(
-                    decision(plugin, Phase::Request, outcome, elapsed),
-                    plugin,
-                    &failure,
-                ));
-                if plugin.failure_mode == FailureMode::Closed {
-                    result = Flow::Respond(failed(plugin, &failure));
-                    break;
-                }
-            }
-        }
-    }
-    recorder.add_decisions(decisions);
-    request.guards = Guards {
-        plugins: bound
-            .into_iter()
-            .filter(|p| p.has_phase(Phase::Response) || p.has_phase(Phase::Stream))
-            .collect(),
-        caller: Some(caller),
-        model,
-        endpoint: endpoint.path(),
-    };
-    result
-}
-
-/// Runs the response phase on a non-streamed 2xx answer; returns the body to relay (rewritten
-/// if a plugin masked it) or the error to answer with instead.
-pub async fn inspect_response(
-    guards: &Guards,
-    body: Bytes,
-    recorder: &mut Recorder,
-) -> Result<Bytes, GatewayError> {
-    if !guards.has(Phase::Response) {
-        return Ok(body);
-    }
-    let Some(caller) = &guards.caller else {
-        return Ok(body);
-    };
-    let Ok(mut value) = serde_json::from_slice::<Value>(&body) else {
-        return Ok(body);
-    };
-    let mut changed = false;
-    let mut decisions = Vec::new();
-    let mut result = Ok(());
-    for plugin in guards
-        .plugins
-        .iter()
-        .filter(|p| p.has_phase(Phase::Response))
-    {
-        let Some((shown, map)) =
-            views::response_view(guards.endpoint, &guards.model, &value, caller)
-        else {
-            break;
-        };
-        let started = Instant::now();
-        let answer = plugin.instances.check_response(&shown).await;
-        let elapsed = elapsed_us(started);
-        match answer.and_then(|v| validate(v, &map)) {
-            Ok((Outcome::Allow, verdict)) => {
-                decisions.push(with_verdict(
-                    decision(plugin, Phase::Response, "allow", elapsed),
-                    &verdict,
-                ));
-            }
-            Ok((Outcome::Rewrite(edits), verdict)) => {
-                views::apply_edits(&mut value, &map, &edits);
-                changed = true;
-                decisions.push(with_verdict(
-                    decision(plugin, Phase::Response, "rewrite", elapsed),
-                    &verdict,
-                ));
-            }
-            Ok((Outcome::Deny { code, reason }, verdict)) => {
-                decisions.push(with_verdict(
-                    decision(plugin, Phase::Response, "deny", elapsed),
-                    &verdict,
-                ));
-                result = Err(denial(plugin, code, reason, &verdict.findings));
-                break;
-            }
-            Err(failure) => {
-                tracing::warn!(plugin = %plugin.name, phase = "response", error = %failure, "guardrail plugin failed");
-                let outcome = match plugin.failure_mode {
-                    FailureMode::Closed => "error",
-                    FailureMode::Open => "fail_open",
-                };
-                decisions.push(with_failure(
-                    decision(plugin, Phase::Response, outcome, elapsed),
-                    plugin,
-                    &failure,
-                ));
-                if plugin.failure_mode == FailureMode::Closed {
-                    result = Err(failed(plugin, &failure));
-                    break;
-                }
-            }
-        }
-    }
-    recorder.add_decisions(decisions);
-    result?;
-    if !changed {
-        return Ok(body);
-    }
-    serde_json::to_vec(&value)
-        .map(Bytes::from)
-        .map_err(|e| GatewayError::Routing(format!("masked answer cannot be re-encoded: {e}")))
-}
 
 /// Per-plugin totals over one stream, for the usage record.
 #[derive(Debug, Default)]
-struct PluginStats {
+pub(super) struct PluginStats {
     calls: u64,
     elapsed_us: i64,
     findings: BTreeMap<String, u64>,
@@ -346,7 +31,7 @@ struct PluginStats {
     max_score: Option<f64>,
 }
 
-fn rank(outcome: &str) -> u8 {
+pub(super) fn rank(outcome: &str) -> u8 {
     match outcome {
         "deny" | "error" => 3,
         "fail_open" => 2,
@@ -371,14 +56,14 @@ pub enum GuardOutput {
 
 /// A sliding window over one choice of the answer.
 #[derive(Debug, Default)]
-struct Window {
+pub(super) struct Window {
     held: String,
     /// The last event that carried text for this window, to re-emit held text at the end.
     template: Option<Value>,
 }
 
 /// The state that moves into each inspection future.
-struct Core {
+pub(super) struct Core {
     plugins: Vec<Arc<Plugin>>,
     /// Plugins that failed open in this stream and are skipped for the rest of it.
     skipped: Vec<bool>,
@@ -393,12 +78,12 @@ struct Core {
 }
 
 /// A blocked stream: the error to end it with.
-struct Blocked {
+pub(super) struct Blocked {
     code: String,
     message: String,
 }
 
-type Busy = Pin<Box<dyn Future<Output = (Box<Core>, Result<Bytes, Blocked>)> + Send>>;
+pub(super) type Busy = Pin<Box<dyn Future<Output = (Box<Core>, Result<Bytes, Blocked>)> + Send>>;
 
 /// The stream phase: inspects complete SSE events on their way to the client.
 pub struct StreamGuard {
@@ -542,72 +227,6 @@ impl Drop for StreamGuard {
             metrics::record(name, "stream", s.outcome, s.calls, s.elapsed_us);
         }
     }
-}
-
-/// A parsed SSE event: its non-data lines and its data.
-struct Event<'a> {
-    other: Vec<&'a str>,
-    data: String,
-}
-
-fn parse_event(raw: &str) -> Event<'_> {
-    let mut other = Vec::new();
-    let mut data: Option<String> = None;
-    for line in raw.split('\n') {
-        let line = line.strip_suffix('\r').unwrap_or(line);
-        if let Some(rest) = line.strip_prefix("data:") {
-            let rest = rest.strip_prefix(' ').unwrap_or(rest);
-            match &mut data {
-                Some(d) => {
-                    d.push('\n');
-                    d.push_str(rest);
-                }
-                None => data = Some(rest.to_string()),
-            }
-        } else if !line.is_empty() {
-            other.push(line);
-        }
-    }
-    Event {
-        other,
-        data: data.unwrap_or_default(),
-    }
-}
-
-fn render_event(other: &[&str], data: &Value, out: &mut BytesMut) {
-    for line in other {
-        out.extend_from_slice(line.as_bytes());
-        out.extend_from_slice(b"\n");
-    }
-    out.extend_from_slice(b"data: ");
-    out.extend_from_slice(data.to_string().as_bytes());
-    out.extend_from_slice(b"\n\n");
-}
-
-/// The end of the first event in `buf` (after its blank line).
-fn event_end(buf: &[u8]) -> Option<usize> {
-    let mut i = 0;
-    while i + 1 < buf.len() {
-        if buf[i] == b'\n' {
-            if buf[i + 1] == b'\n' {
-                return Some(i + 2);
-            }
-            if buf[i + 1] == b'\r' && buf.get(i + 2) == Some(&b'\n') {
-                return Some(i + 3);
-            }
-        }
-        i += 1;
-    }
-    None
-}
-
-/// The largest char boundary of `s` at or below `at`.
-fn floor_boundary(s: &str, at: usize) -> usize {
-    let mut at = at.min(s.len());
-    while !s.is_char_boundary(at) {
-        at -= 1;
-    }
-    at
 }
 
 impl Core {
@@ -890,46 +509,20 @@ impl Core {
     }
 }
 
-fn set_outcome(s: &mut PluginStats, outcome: &'static str) {
+pub(super) fn set_outcome(s: &mut PluginStats, outcome: &'static str) {
     if rank(outcome) >= rank(s.outcome) {
         s.outcome = outcome;
     }
 }
 
 /// The text map of a stream window: one part, id 0.
-fn one_part_map() -> TextMap {
+pub(super) fn one_part_map() -> TextMap {
     TextMap::single()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn events_are_split_on_blank_lines_of_either_style() {
-        assert_eq!(event_end(b"data: a\n\ndata: b"), Some(9));
-        assert_eq!(event_end(b"data: a\r\n\r\n"), Some(11));
-        assert_eq!(event_end(b"data: a\n"), None);
-    }
-
-    #[test]
-    fn parsed_events_keep_their_other_lines() {
-        let e = parse_event("event: response.output_text.delta\ndata: {\"a\":1}\n\n");
-        assert_eq!(e.other, vec!["event: response.output_text.delta"]);
-        assert_eq!(e.data, "{\"a\":1}");
-        let mut out = BytesMut::new();
-        render_event(&e.other, &json!({"a": 2}), &mut out);
-        assert_eq!(
-            &out[..],
-            b"event: response.output_text.delta\ndata: {\"a\":2}\n\n"
-        );
-    }
-
-    #[test]
-    fn window_cuts_never_split_a_character() {
-        assert_eq!(floor_boundary("aé", 2), 1);
-        assert_eq!(floor_boundary("abc", 10), 3);
-    }
 
     #[test]
     fn the_one_part_map_has_exactly_part_zero() {
