@@ -72,10 +72,12 @@ fn message_of(value: &Value) -> Option<String> {
 /// The upstream's own machine code or type, kept for OpenAI clients.
 fn code_of(value: &Value) -> Option<String> {
     let error = error_object(value)?;
-    ["code", "type", "status"].iter().find_map(|key| match error.get(*key) {
-        Some(Value::String(s)) => Some(s.clone()),
-        _ => None,
-    })
+    ["code", "type", "status"]
+        .iter()
+        .find_map(|key| match error.get(*key) {
+            Some(Value::String(s)) => Some(s.clone()),
+            _ => None,
+        })
 }
 
 fn text_message(status: u16, body: &[u8]) -> String {

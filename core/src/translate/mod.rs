@@ -124,7 +124,9 @@ pub fn request(
     opts: &RequestOptions,
 ) -> Result<TranslatedRequest, TranslateError> {
     if !body.is_object() {
-        return Err(TranslateError::new("the request body must be a JSON object"));
+        return Err(TranslateError::new(
+            "the request body must be a JSON object",
+        ));
     }
     let mut names = ToolNames::default();
     if from == to {

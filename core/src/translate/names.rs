@@ -72,7 +72,8 @@ fn shorten(name: &str, dialect: Dialect) -> String {
         })
         .take(MAX_LEN - 9)
         .collect();
-    if dialect == Dialect::Gemini && !clean.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+    if dialect == Dialect::Gemini
+        && !clean.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
     {
         clean.insert(0, '_');
         clean.truncate(MAX_LEN - 9);
@@ -107,7 +108,10 @@ mod unit {
     #[test]
     fn names_gemini_refuses_are_shortened_only_for_gemini() {
         let mut names = ToolNames::default();
-        assert_eq!(names.to_upstream("get_weather", Dialect::Gemini), "get_weather");
+        assert_eq!(
+            names.to_upstream("get_weather", Dialect::Gemini),
+            "get_weather"
+        );
         assert_eq!(names.to_upstream("ns.tool", Dialect::Gemini), "ns.tool");
         let digit = names.to_upstream("1st-tool", Dialect::Gemini);
         assert!(digit.starts_with("_1st-tool_"));

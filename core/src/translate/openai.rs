@@ -8,7 +8,9 @@ use super::{Dialect, RequestOptions, ResponseContext, ToolNames, TranslateError}
 
 /// Hub-only fields removed before a request goes to an OpenAI upstream.
 const HUB_MESSAGE_EXTENSIONS: [&str; 3] = ["thinking_blocks", "reasoning_content", "is_error"];
-const HUB_REQUEST_EXTENSIONS: [&str; 1] = ["top_k"];
+/// `top_k` is not OpenAI's; `reasoning_effort` (mapped from a thinking budget) is refused by
+/// OpenAI's non-reasoning models, so thinking settings do not cross into OpenAI requests.
+const HUB_REQUEST_EXTENSIONS: [&str; 2] = ["top_k", "reasoning_effort"];
 
 /// A same-family request: the client's body with the upstream model and output cap.
 pub(crate) fn same_family_request(dialect: Dialect, body: &Value, opts: &RequestOptions) -> Value {
@@ -56,12 +58,16 @@ pub(crate) fn request_from_hub(
 ) -> Result<Value, TranslateError> {
     let cap = opts.max_tokens.or_else(|| hub_max_tokens(&hub));
     let Some(body) = hub.as_object_mut() else {
-        return Err(TranslateError::new("the request body must be a JSON object"));
+        return Err(TranslateError::new(
+            "the request body must be a JSON object",
+        ));
     };
-    for key in HUB_REQUEST_EXTENSIONS
-        .iter()
-        .chain(&["max_tokens", "max_completion_tokens", "stream", "stream_options"])
-    {
+    for key in HUB_REQUEST_EXTENSIONS.iter().chain(&[
+        "max_tokens",
+        "max_completion_tokens",
+        "stream",
+        "stream_options",
+    ]) {
         body.remove(*key);
     }
     body.insert("model".into(), json!(opts.upstream_model));
@@ -79,6 +85,13 @@ pub(crate) fn request_from_hub(
             };
             for key in HUB_MESSAGE_EXTENSIONS {
                 message.remove(key);
+            }
+            message.remove("cache_control");
+            // OpenAI refuses unknown keys in content parts (Anthropic's cache_control).
+            if let Some(parts) = message.get_mut("content").and_then(Value::as_array_mut) {
+                for part in parts.iter_mut().filter_map(Value::as_object_mut) {
+                    part.remove("cache_control");
+                }
             }
             if let Some(calls) = message.get_mut("tool_calls").and_then(Value::as_array_mut) {
                 for call in calls {

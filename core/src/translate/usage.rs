@@ -139,7 +139,13 @@ mod unit {
         let u = usage(Dialect::Anthropic, &answer).unwrap();
         assert_eq!(
             u,
-            Usage { input: 10007, output: 50, cache_read: 9000, cache_creation: 1000, reasoning: 0 }
+            Usage {
+                input: 10007,
+                output: 50,
+                cache_read: 9000,
+                cache_creation: 1000,
+                reasoning: 0
+            }
         );
         let openai = to_openai(&u);
         assert_eq!(openai["prompt_tokens"], 10007);
@@ -156,7 +162,13 @@ mod unit {
         let u = usage(Dialect::Gemini, &answer).unwrap();
         assert_eq!(
             u,
-            Usage { input: 100, output: 50, cache_read: 60, cache_creation: 0, reasoning: 30 }
+            Usage {
+                input: 100,
+                output: 50,
+                cache_read: 60,
+                cache_creation: 0,
+                reasoning: 30
+            }
         );
         assert_eq!(from_gemini(&to_gemini(&u)), u);
         assert_eq!(usage(Dialect::OpenAiChat, &json!({"usage": null})), None);

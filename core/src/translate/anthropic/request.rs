@@ -15,7 +15,9 @@ pub(crate) fn from_hub(
     names: &mut ToolNames,
 ) -> Result<Value, TranslateError> {
     if hub.get("n").and_then(Value::as_u64).unwrap_or(1) > 1 {
-        return Err(TranslateError::new("Anthropic models cannot return several choices (n > 1)"));
+        return Err(TranslateError::new(
+            "Anthropic models cannot return several choices (n > 1)",
+        ));
     }
     let messages = hub
         .get("messages")
@@ -28,11 +30,20 @@ pub(crate) fn from_hub(
         match role {
             "system" | "developer" => system.extend(user_blocks(message)?),
             "user" => push_turn(&mut turns, "user", "content", user_blocks(message)?),
-            "assistant" => push_turn(&mut turns, "assistant", "content", assistant_blocks(message, names)?),
+            "assistant" => push_turn(
+                &mut turns,
+                "assistant",
+                "content",
+                assistant_blocks(message, names)?,
+            ),
             "tool" | "function" => {
                 push_turn(&mut turns, "user", "content", vec![tool_result(message)?]);
             }
-            other => return Err(TranslateError::new(format!("unknown message role '{other}'"))),
+            other => {
+                return Err(TranslateError::new(format!(
+                    "unknown message role '{other}'"
+                )));
+            }
         }
     }
 
@@ -68,13 +79,30 @@ pub(crate) fn from_hub(
     if let Some(user) = str_of(hub, "user") {
         out.insert("metadata".into(), json!({"user_id": user}));
     }
-    if let Some(budget) = str_of(hub, "reasoning_effort").and_then(crate::translate::content::effort_budget)
+    // Thinking needs 1024 <= budget < max_tokens, refuses a forced tool choice, and allows no
+    // temperature but 1, no top_k and top_p only from 0.95: drop what would make it a 400.
+    let forced = out
+        .get("tool_choice")
+        .and_then(|c| str_of(c, "type"))
+        .is_some_and(|t| t == "any" || t == "tool");
+    if let Some(budget) =
+        str_of(hub, "reasoning_effort").and_then(crate::translate::content::effort_budget)
         && max_tokens > 1024
+        && !forced
     {
         out.insert(
             "thinking".into(),
             json!({"type": "enabled", "budget_tokens": budget.min(max_tokens - 1)}),
         );
+        out.remove("temperature");
+        out.remove("top_k");
+        if out
+            .get("top_p")
+            .and_then(Value::as_f64)
+            .is_some_and(|p| p < 0.95)
+        {
+            out.remove("top_p");
+        }
     }
     match hub.get("response_format").and_then(|f| str_of(f, "type")) {
         None | Some("text") => {}
@@ -166,8 +194,14 @@ fn part_block(part: &Value) -> Result<Option<Value>, TranslateError> {
 fn url_block(url: &str) -> Result<Value, TranslateError> {
     if url.starts_with("data:") {
         let (media_type, data) = parse_data_url(url)?;
-        let kind = if media_type == "application/pdf" { "document" } else { "image" };
-        return Ok(json!({"type": kind, "source": {"type": "base64", "media_type": media_type, "data": data}}));
+        let kind = if media_type == "application/pdf" {
+            "document"
+        } else {
+            "image"
+        };
+        return Ok(
+            json!({"type": kind, "source": {"type": "base64", "media_type": media_type, "data": data}}),
+        );
     }
     if url.starts_with("https://") || url.starts_with("http://") {
         return Ok(json!({"type": "image", "source": {"type": "url", "url": url}}));
@@ -192,7 +226,12 @@ fn assistant_blocks(message: &Value, names: &mut ToolNames) -> Result<Vec<Value>
     if let Some(refusal) = str_of(message, "refusal").filter(|r| !r.is_empty()) {
         blocks.push(json!({"type": "text", "text": refusal}));
     }
-    for call in message.get("tool_calls").and_then(Value::as_array).into_iter().flatten() {
+    for call in message
+        .get("tool_calls")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         let function = call.get("function").unwrap_or(&Value::Null);
         let name = str_of(function, "name").unwrap_or("");
         blocks.push(json!({
@@ -215,7 +254,9 @@ fn tool_result(message: &Value) -> Result<Value, TranslateError> {
     }
     let content = match blocks.as_slice() {
         [] => json!(""),
-        [only] if only.get("cache_control").is_none() && only["type"] == "text" => only["text"].clone(),
+        [only] if only.get("cache_control").is_none() && only["type"] == "text" => {
+            only["text"].clone()
+        }
         _ => Value::Array(blocks),
     };
     let mut block = json!({
@@ -231,12 +272,15 @@ fn tool_result(message: &Value) -> Result<Value, TranslateError> {
 
 fn tool(tool: &Value, names: &mut ToolNames) -> Result<Value, TranslateError> {
     if str_of(tool, "type").unwrap_or("function") != "function" {
-        return Err(TranslateError::new("only function tools can be translated to Anthropic"));
+        return Err(TranslateError::new(
+            "only function tools can be translated to Anthropic",
+        ));
     }
     let function = tool
         .get("function")
         .ok_or_else(|| TranslateError::new("a function tool needs a 'function' object"))?;
-    let name = str_of(function, "name").ok_or_else(|| TranslateError::new("a tool needs a name"))?;
+    let name =
+        str_of(function, "name").ok_or_else(|| TranslateError::new("a tool needs a name"))?;
     let mut out = json!({"name": names.to_upstream(name, Dialect::Anthropic)});
     if let Some(description) = str_of(function, "description") {
         out["description"] = json!(description);
@@ -287,7 +331,10 @@ pub(crate) fn to_hub(body: &Value, opts: &RequestOptions) -> Result<Value, Trans
             messages.push(json!({"role": "system", "content": s}));
         }
         Some(Value::Array(blocks)) if !blocks.is_empty() => {
-            let parts = blocks.iter().map(block_part).collect::<Result<Vec<_>, _>>()?;
+            let parts = blocks
+                .iter()
+                .map(block_part)
+                .collect::<Result<Vec<_>, _>>()?;
             messages.push(json!({"role": "system", "content": hub_content(parts)}));
         }
         _ => {}
@@ -328,7 +375,9 @@ pub(crate) fn to_hub(body: &Value, opts: &RequestOptions) -> Result<Value, Trans
         let mapped = match str_of(choice, "type") {
             Some("any") => json!("required"),
             Some("none") => json!("none"),
-            Some("tool") => json!({"type": "function", "function": {"name": str_of(choice, "name").unwrap_or("")}}),
+            Some("tool") => {
+                json!({"type": "function", "function": {"name": str_of(choice, "name").unwrap_or("")}})
+            }
             _ => json!("auto"),
         };
         hub.insert("tool_choice".into(), mapped);
@@ -339,7 +388,10 @@ pub(crate) fn to_hub(body: &Value, opts: &RequestOptions) -> Result<Value, Trans
     if let Some(thinking) = body.get("thinking")
         && str_of(thinking, "type") == Some("enabled")
     {
-        let budget = thinking.get("budget_tokens").and_then(Value::as_i64).unwrap_or(1024);
+        let budget = thinking
+            .get("budget_tokens")
+            .and_then(Value::as_i64)
+            .unwrap_or(1024);
         hub.insert(
             "reasoning_effort".into(),
             json!(crate::translate::content::budget_effort(budget)),
@@ -374,7 +426,9 @@ fn block_part(block: &Value) -> Result<Value, TranslateError> {
                 }
                 (Some("base64"), _) => json!({"type": "file", "file": {"file_data":
                     data_url(str_of(source, "media_type").unwrap_or("application/pdf"), str_of(source, "data").unwrap_or(""))}}),
-                (Some("text"), _) => json!({"type": "text", "text": str_of(source, "data").unwrap_or("")}),
+                (Some("text"), _) => {
+                    json!({"type": "text", "text": str_of(source, "data").unwrap_or("")})
+                }
                 _ => {
                     return Err(TranslateError::new(format!(
                         "this {kind} source cannot be translated from Anthropic Messages"

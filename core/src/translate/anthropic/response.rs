@@ -116,7 +116,8 @@ pub(crate) fn from_hub(hub: &Value, ctx: &ResponseContext) -> Result<Value, Tran
     match message.get("thinking_blocks").and_then(Value::as_array) {
         Some(blocks) => content.extend(blocks.iter().cloned()),
         None => {
-            if let Some(reasoning) = str_of(message, "reasoning_content").filter(|r| !r.is_empty()) {
+            if let Some(reasoning) = str_of(message, "reasoning_content").filter(|r| !r.is_empty())
+            {
                 content.push(json!({"type": "thinking", "thinking": reasoning, "signature": ""}));
             }
         }
@@ -128,7 +129,12 @@ pub(crate) fn from_hub(hub: &Value, ctx: &ResponseContext) -> Result<Value, Tran
     if let Some(refusal) = str_of(message, "refusal").filter(|r| !r.is_empty()) {
         content.push(json!({"type": "text", "text": refusal}));
     }
-    for call in message.get("tool_calls").and_then(Value::as_array).into_iter().flatten() {
+    for call in message
+        .get("tool_calls")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         let function = call.get("function").unwrap_or(&Value::Null);
         content.push(json!({
             "type": "tool_use",

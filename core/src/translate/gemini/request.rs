@@ -5,7 +5,7 @@ use std::collections::{HashMap, VecDeque};
 use serde_json::{Map, Value, json};
 
 use super::schema;
-use super::{THOUGHT_SEPARATOR, split_call_id};
+use super::split_call_id;
 use crate::translate::content::{
     arguments_to_object, budget_effort, content_parts, content_text, data_url, effort_budget,
     hub_max_tokens, object_to_arguments, parse_data_url, push_turn, stop_list, str_of,
@@ -29,9 +29,10 @@ pub(crate) fn from_hub(
     for message in messages {
         match str_of(message, "role").unwrap_or("user") {
             "system" | "developer" => {
-                let text = content_text(message.get("content"));
-                if !text.is_empty() {
-                    system.push(json!({"text": text}));
+                for part in content_parts(message.get("content")) {
+                    if let Some(text) = str_of(&part, "text").filter(|t| !t.is_empty()) {
+                        system.push(json!({"text": text}));
+                    }
                 }
             }
             "user" => push_turn(&mut contents, "user", "parts", user_parts(message)?),
@@ -41,9 +42,15 @@ pub(crate) fn from_hub(
                 if !text.is_empty() {
                     parts.push(json!({"text": text}));
                 }
-                for call in message.get("tool_calls").and_then(Value::as_array).into_iter().flatten() {
+                for call in message
+                    .get("tool_calls")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
                     let function = call.get("function").unwrap_or(&Value::Null);
-                    let name = names.to_upstream(str_of(function, "name").unwrap_or(""), Dialect::Gemini);
+                    let name =
+                        names.to_upstream(str_of(function, "name").unwrap_or(""), Dialect::Gemini);
                     let id = str_of(call, "id").unwrap_or("");
                     call_names.insert(id.to_string(), name.clone());
                     let mut part = json!({"functionCall": {
@@ -62,9 +69,13 @@ pub(crate) fn from_hub(
                 let name = call_names
                     .get(id)
                     .cloned()
-                    .or_else(|| str_of(message, "name").map(|n| names.to_upstream(n, Dialect::Gemini)))
+                    .or_else(|| {
+                        str_of(message, "name").map(|n| names.to_upstream(n, Dialect::Gemini))
+                    })
                     .ok_or_else(|| {
-                        TranslateError::new(format!("tool result '{id}' answers no known tool call"))
+                        TranslateError::new(format!(
+                            "tool result '{id}' answers no known tool call"
+                        ))
                     })?;
                 let text = content_text(message.get("content"));
                 let value = match serde_json::from_str::<Value>(&text) {
@@ -80,7 +91,11 @@ pub(crate) fn from_hub(
                 let part = json!({"functionResponse": {"name": name, "response": response}});
                 push_turn(&mut contents, "user", "parts", vec![part]);
             }
-            other => return Err(TranslateError::new(format!("unknown message role '{other}'"))),
+            other => {
+                return Err(TranslateError::new(format!(
+                    "unknown message role '{other}'"
+                )));
+            }
         }
     }
 
@@ -93,10 +108,13 @@ pub(crate) fn from_hub(
         let mut declarations = Vec::new();
         for tool in tools {
             if str_of(tool, "type").unwrap_or("function") != "function" {
-                return Err(TranslateError::new("only function tools can be translated to Gemini"));
+                return Err(TranslateError::new(
+                    "only function tools can be translated to Gemini",
+                ));
             }
             let function = tool.get("function").unwrap_or(&Value::Null);
-            let name = str_of(function, "name").ok_or_else(|| TranslateError::new("a tool needs a name"))?;
+            let name = str_of(function, "name")
+                .ok_or_else(|| TranslateError::new("a tool needs a name"))?;
             let mut declaration = json!({"name": names.to_upstream(name, Dialect::Gemini)});
             if let Some(description) = str_of(function, "description") {
                 declaration["description"] = json!(description);
@@ -107,7 +125,10 @@ pub(crate) fn from_hub(
             declarations.push(declaration);
         }
         if !declarations.is_empty() {
-            out.insert("tools".into(), json!([{"functionDeclarations": declarations}]));
+            out.insert(
+                "tools".into(),
+                json!([{"functionDeclarations": declarations}]),
+            );
         }
     }
     let mode = match hub.get("tool_choice") {
@@ -115,8 +136,13 @@ pub(crate) fn from_hub(
         Some(Value::String(s)) if s == "none" => Some(json!({"mode": "NONE"})),
         Some(Value::String(s)) if s == "auto" => Some(json!({"mode": "AUTO"})),
         Some(Value::Object(o)) => {
-            let name = o.get("function").and_then(|f| str_of(f, "name")).unwrap_or("");
-            Some(json!({"mode": "ANY", "allowedFunctionNames": [names.to_upstream(name, Dialect::Gemini)]}))
+            let name = o
+                .get("function")
+                .and_then(|f| str_of(f, "name"))
+                .unwrap_or("");
+            Some(
+                json!({"mode": "ANY", "allowedFunctionNames": [names.to_upstream(name, Dialect::Gemini)]}),
+            )
         }
         _ => None,
     };
@@ -130,7 +156,10 @@ pub(crate) fn from_hub(
     Ok(Value::Object(out))
 }
 
-fn generation_config(hub: &Value, opts: &RequestOptions) -> Result<Map<String, Value>, TranslateError> {
+fn generation_config(
+    hub: &Value,
+    opts: &RequestOptions,
+) -> Result<Map<String, Value>, TranslateError> {
     let mut config = Map::new();
     let pairs = [
         ("temperature", "temperature"),
@@ -157,7 +186,11 @@ fn generation_config(hub: &Value, opts: &RequestOptions) -> Result<Map<String, V
             }
             Some("json_schema") => {
                 config.insert("responseMimeType".into(), json!("application/json"));
-                if let Some(s) = format.get("json_schema").and_then(|j| j.get("schema")).and_then(schema::clean) {
+                if let Some(s) = format
+                    .get("json_schema")
+                    .and_then(|j| j.get("schema"))
+                    .and_then(schema::clean)
+                {
                     config.insert("responseSchema".into(), s);
                 }
             }
@@ -165,7 +198,10 @@ fn generation_config(hub: &Value, opts: &RequestOptions) -> Result<Map<String, V
         }
     }
     if let Some(budget) = str_of(hub, "reasoning_effort").and_then(effort_budget) {
-        config.insert("thinkingConfig".into(), json!({"thinkingBudget": budget, "includeThoughts": true}));
+        config.insert(
+            "thinkingConfig".into(),
+            json!({"thinkingBudget": budget, "includeThoughts": true}),
+        );
     } else if str_of(hub, "reasoning_effort") == Some("none") {
         config.insert("thinkingConfig".into(), json!({"thinkingBudget": 0}));
     }
@@ -192,8 +228,9 @@ fn user_parts(message: &Value) -> Result<Vec<Value>, TranslateError> {
             }
             "file" => {
                 let file = part.get("file").unwrap_or(&Value::Null);
-                let data = str_of(file, "file_data")
-                    .ok_or_else(|| TranslateError::new("file parts need inline 'file_data' to reach Gemini"))?;
+                let data = str_of(file, "file_data").ok_or_else(|| {
+                    TranslateError::new("file parts need inline 'file_data' to reach Gemini")
+                })?;
                 parts.push(url_part(data)?);
             }
             "input_audio" => {
@@ -246,7 +283,10 @@ fn mime_from_extension(url: &str) -> &'static str {
 /// Gemini generateContent request -> hub request.
 pub(crate) fn to_hub(body: &Value, opts: &RequestOptions) -> Result<Value, TranslateError> {
     let mut messages = Vec::new();
-    if let Some(system) = body.get("systemInstruction").or_else(|| body.get("system_instruction")) {
+    if let Some(system) = body
+        .get("systemInstruction")
+        .or_else(|| body.get("system_instruction"))
+    {
         let text = parts_of(system)
             .iter()
             .filter_map(|p| str_of(p, "text"))
@@ -272,14 +312,16 @@ pub(crate) fn to_hub(body: &Value, opts: &RequestOptions) -> Result<Value, Trans
             for part in &parts {
                 if let Some(call) = part.get("functionCall") {
                     let name = str_of(call, "name").unwrap_or("").to_string();
-                    let mut id = str_of(call, "id").map(str::to_string).unwrap_or_else(|| {
+                    // A thoughtSignature only matters to Gemini itself: it is not carried to
+                    // another family (whose ids refuse its characters).
+                    let id = str_of(call, "id").map(str::to_string).unwrap_or_else(|| {
                         counter += 1;
                         format!("call_{counter}")
                     });
-                    if let Some(signature) = str_of(part, "thoughtSignature") {
-                        id = format!("{id}{THOUGHT_SEPARATOR}{signature}");
-                    }
-                    pending.entry(name.clone()).or_default().push_back(id.clone());
+                    pending
+                        .entry(name.clone())
+                        .or_default()
+                        .push_back(id.clone());
                     calls.push(json!({"id": id, "type": "function",
                         "function": {"name": name, "arguments": object_to_arguments(call.get("args"))}}));
                 } else if part.get("thought") == Some(&json!(true)) {
@@ -308,11 +350,16 @@ pub(crate) fn to_hub(body: &Value, opts: &RequestOptions) -> Result<Value, Trans
                     .or_else(|| pending.get_mut(name).and_then(VecDeque::pop_front))
                     .unwrap_or_else(|| format!("call_{name}"));
                 let content = response.get("response").cloned().unwrap_or(json!({}));
-                messages.push(json!({"role": "tool", "tool_call_id": id, "content": content.to_string()}));
+                messages.push(
+                    json!({"role": "tool", "tool_call_id": id, "content": content.to_string()}),
+                );
             } else if let Some(text) = str_of(part, "text") {
                 user.push(json!({"type": "text", "text": text}));
-            } else if let Some(inline) = part.get("inlineData").or_else(|| part.get("inline_data")) {
-                let mime = str_of(inline, "mimeType").or_else(|| str_of(inline, "mime_type")).unwrap_or("");
+            } else if let Some(inline) = part.get("inlineData").or_else(|| part.get("inline_data"))
+            {
+                let mime = str_of(inline, "mimeType")
+                    .or_else(|| str_of(inline, "mime_type"))
+                    .unwrap_or("");
                 let url = data_url(mime, str_of(inline, "data").unwrap_or(""));
                 user.push(if mime.starts_with("image/") {
                     json!({"type": "image_url", "image_url": {"url": url}})
@@ -322,10 +369,14 @@ pub(crate) fn to_hub(body: &Value, opts: &RequestOptions) -> Result<Value, Trans
                     json!({"type": "file", "file": {"file_data": url}})
                 });
             } else if let Some(file) = part.get("fileData").or_else(|| part.get("file_data")) {
-                let uri = str_of(file, "fileUri").or_else(|| str_of(file, "file_uri")).unwrap_or("");
+                let uri = str_of(file, "fileUri")
+                    .or_else(|| str_of(file, "file_uri"))
+                    .unwrap_or("");
                 user.push(json!({"type": "image_url", "image_url": {"url": uri}}));
             } else {
-                return Err(TranslateError::new("a Gemini part of this kind cannot be translated"));
+                return Err(TranslateError::new(
+                    "a Gemini part of this kind cannot be translated",
+                ));
             }
         }
         if !user.is_empty() {
@@ -347,7 +398,9 @@ pub(crate) fn to_hub(body: &Value, opts: &RequestOptions) -> Result<Value, Trans
                 .get("functionDeclarations")
                 .or_else(|| tool.get("function_declarations"))
                 .and_then(Value::as_array)
-                .ok_or_else(|| TranslateError::new("only Gemini function declarations can be translated"))?;
+                .ok_or_else(|| {
+                    TranslateError::new("only Gemini function declarations can be translated")
+                })?;
             for d in declarations {
                 let mut function = json!({"name": str_of(d, "name").unwrap_or("")});
                 if let Some(description) = str_of(d, "description") {
@@ -364,7 +417,10 @@ pub(crate) fn to_hub(body: &Value, opts: &RequestOptions) -> Result<Value, Trans
         }
         hub.insert("tools".into(), Value::Array(out));
     }
-    if let Some(config) = body.get("toolConfig").and_then(|t| t.get("functionCallingConfig")) {
+    if let Some(config) = body
+        .get("toolConfig")
+        .and_then(|t| t.get("functionCallingConfig"))
+    {
         let allowed = config.get("allowedFunctionNames").and_then(Value::as_array);
         let choice = match str_of(config, "mode") {
             Some("ANY") => match allowed.map(Vec::as_slice) {
@@ -392,14 +448,29 @@ pub(crate) fn to_hub(body: &Value, opts: &RequestOptions) -> Result<Value, Trans
         crate::translate::content::copy(&config, from, &mut hub, to);
     }
     if str_of(&config, "responseMimeType") == Some("application/json") {
-        let format = match config.get("responseSchema").or_else(|| config.get("responseJsonSchema")) {
-            Some(schema) => json!({"type": "json_schema", "json_schema": {"name": "response", "schema": lower_types(schema.clone())}}),
+        let format = match config
+            .get("responseSchema")
+            .or_else(|| config.get("responseJsonSchema"))
+        {
+            Some(schema) => {
+                json!({"type": "json_schema", "json_schema": {"name": "response", "schema": lower_types(schema.clone())}})
+            }
             None => json!({"type": "json_object"}),
         };
         hub.insert("response_format".into(), format);
     }
-    if let Some(budget) = config.get("thinkingConfig").and_then(|t| t.get("thinkingBudget")).and_then(Value::as_i64) {
-        let effort = if budget == 0 { "none" } else if budget < 0 { "medium" } else { budget_effort(budget) };
+    if let Some(budget) = config
+        .get("thinkingConfig")
+        .and_then(|t| t.get("thinkingBudget"))
+        .and_then(Value::as_i64)
+    {
+        let effort = if budget == 0 {
+            "none"
+        } else if budget < 0 {
+            "medium"
+        } else {
+            budget_effort(budget)
+        };
         hub.insert("reasoning_effort".into(), json!(effort));
     }
     hub.insert("stream".into(), json!(opts.stream));
@@ -408,7 +479,11 @@ pub(crate) fn to_hub(body: &Value, opts: &RequestOptions) -> Result<Value, Trans
 
 /// The `parts` array of a Gemini content object.
 fn parts_of(content: &Value) -> Vec<Value> {
-    content.get("parts").and_then(Value::as_array).cloned().unwrap_or_default()
+    content
+        .get("parts")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default()
 }
 
 /// Gemini's OpenAPI upper-case types (`STRING`, `OBJECT`) -> JSON Schema lower-case types.

@@ -41,7 +41,10 @@ pub(crate) fn to_hub(body: &Value, ctx: &ResponseContext) -> Result<Value, Trans
         let mut text = String::new();
         let mut reasoning = String::new();
         let mut calls = Vec::new();
-        let parts = candidate.get("content").and_then(|c| c.get("parts")).and_then(Value::as_array);
+        let parts = candidate
+            .get("content")
+            .and_then(|c| c.get("parts"))
+            .and_then(Value::as_array);
         for part in parts.into_iter().flatten() {
             if let Some(call) = part.get("functionCall") {
                 let id = str_of(call, "id").map(str::to_string).unwrap_or_else(|| {
@@ -83,7 +86,9 @@ pub(crate) fn to_hub(body: &Value, ctx: &ResponseContext) -> Result<Value, Trans
     }
     if choices.is_empty() {
         // A blocked prompt has no candidates: say so, never an empty `stop`.
-        let blocked = body.get("promptFeedback").and_then(|f| str_of(f, "blockReason"));
+        let blocked = body
+            .get("promptFeedback")
+            .and_then(|f| str_of(f, "blockReason"));
         choices.push(json!({
             "index": 0,
             "message": {"role": "assistant", "content": ""},
@@ -91,7 +96,10 @@ pub(crate) fn to_hub(body: &Value, ctx: &ResponseContext) -> Result<Value, Trans
             "finish_reason": if blocked.is_some() { "content_filter" } else { "stop" },
         }));
     }
-    let usage = body.get("usageMetadata").map(from_gemini).unwrap_or_default();
+    let usage = body
+        .get("usageMetadata")
+        .map(from_gemini)
+        .unwrap_or_default();
     Ok(json!({
         "id": completion_id(ctx),
         "object": "chat.completion",
@@ -119,7 +127,12 @@ pub(crate) fn from_hub(hub: &Value, ctx: &ResponseContext) -> Result<Value, Tran
         if !text.is_empty() {
             parts.push(json!({"text": text}));
         }
-        for call in message.get("tool_calls").and_then(Value::as_array).into_iter().flatten() {
+        for call in message
+            .get("tool_calls")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             parts.push(function_call_part(call));
         }
         if parts.is_empty() {

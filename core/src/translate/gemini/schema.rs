@@ -89,7 +89,9 @@ fn clean_node(node: &Value, defs: &Value, depth: usize) -> Value {
             }
             Value::Object(out)
         }
-        Value::Array(items) => Value::Array(items.iter().map(|v| clean_node(v, defs, depth)).collect()),
+        Value::Array(items) => {
+            Value::Array(items.iter().map(|v| clean_node(v, defs, depth)).collect())
+        }
         other => other.clone(),
     }
 }

@@ -55,7 +55,11 @@ impl Decoder {
         self.usage
     }
 
-    pub(super) fn push(&mut self, event: &SseEvent, out: &mut Vec<HubEvent>) -> Result<(), TranslateError> {
+    pub(super) fn push(
+        &mut self,
+        event: &SseEvent,
+        out: &mut Vec<HubEvent>,
+    ) -> Result<(), TranslateError> {
         let data = event.data.trim();
         if data.is_empty() {
             return Ok(());
@@ -64,8 +68,9 @@ impl Decoder {
             self.complete = true;
             return Ok(());
         }
-        let value: Value = serde_json::from_str(data)
-            .map_err(|e| TranslateError::new(format!("the upstream sent an unreadable stream event: {e}")))?;
+        let value: Value = serde_json::from_str(data).map_err(|e| {
+            TranslateError::new(format!("the upstream sent an unreadable stream event: {e}"))
+        })?;
         match self.dialect {
             Dialect::OpenAiChat => self.openai(&value, out),
             Dialect::Anthropic => self.anthropic(event.event.as_deref(), &value, out),
@@ -89,12 +94,16 @@ impl Decoder {
         let Some(choice) = chunk
             .get("choices")
             .and_then(Value::as_array)
-            .and_then(|c| c.iter().find(|c| c.get("index").and_then(Value::as_u64).unwrap_or(0) == 0))
+            .and_then(|c| {
+                c.iter()
+                    .find(|c| c.get("index").and_then(Value::as_u64).unwrap_or(0) == 0)
+            })
         else {
             return;
         };
         let delta = choice.get("delta").unwrap_or(&Value::Null);
-        if let Some(reasoning) = str_of(delta, "reasoning_content").or_else(|| str_of(delta, "reasoning"))
+        if let Some(reasoning) =
+            str_of(delta, "reasoning_content").or_else(|| str_of(delta, "reasoning"))
             && !reasoning.is_empty()
         {
             out.push(HubEvent::Reasoning(reasoning.to_string()));
@@ -102,8 +111,17 @@ impl Decoder {
         if let Some(text) = str_of(delta, "content").filter(|t| !t.is_empty()) {
             out.push(HubEvent::Text(text.to_string()));
         }
-        for (position, call) in delta.get("tool_calls").and_then(Value::as_array).into_iter().flatten().enumerate() {
-            let key = call.get("index").and_then(Value::as_u64).unwrap_or(position as u64);
+        for (position, call) in delta
+            .get("tool_calls")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            let key = call
+                .get("index")
+                .and_then(Value::as_u64)
+                .unwrap_or(position as u64);
             let function = call.get("function").unwrap_or(&Value::Null);
             let index = match self.openai_tools.get(&key) {
                 Some(index) => *index,
@@ -114,13 +132,19 @@ impl Decoder {
                     out.push(HubEvent::ToolStart {
                         index,
                         id: str_of(call, "id").unwrap_or("").to_string(),
-                        name: self.ctx.names.to_client(str_of(function, "name").unwrap_or("")),
+                        name: self
+                            .ctx
+                            .names
+                            .to_client(str_of(function, "name").unwrap_or("")),
                     });
                     index
                 }
             };
             if let Some(fragment) = str_of(function, "arguments").filter(|a| !a.is_empty()) {
-                out.push(HubEvent::ToolArgs { index, fragment: fragment.to_string() });
+                out.push(HubEvent::ToolArgs {
+                    index,
+                    fragment: fragment.to_string(),
+                });
             }
         }
         if let Some(reason) = str_of(choice, "finish_reason") {
@@ -136,7 +160,9 @@ impl Decoder {
         let kind = str_of(event, "type").or(name).unwrap_or("");
         match kind {
             "message_start" => {
-                if let Some(Value::Object(usage)) = event.get("message").and_then(|m| m.get("usage")) {
+                if let Some(Value::Object(usage)) =
+                    event.get("message").and_then(|m| m.get("usage"))
+                {
                     self.anthropic_usage = usage.clone();
                     self.usage = from_anthropic(&Value::Object(usage.clone()));
                     out.push(HubEvent::Usage(self.usage));
@@ -157,7 +183,10 @@ impl Decoder {
                         if !text.is_empty() {
                             out.push(HubEvent::Reasoning(text.clone()));
                         }
-                        Block::Thinking { text, signature: str_of(block, "signature").unwrap_or("").to_string() }
+                        Block::Thinking {
+                            text,
+                            signature: str_of(block, "signature").unwrap_or("").to_string(),
+                        }
                     }
                     Some("redacted_thinking") => {
                         out.push(HubEvent::ThinkingBlock(block.clone()));
@@ -169,14 +198,25 @@ impl Decoder {
                         out.push(HubEvent::ToolStart {
                             index: tool,
                             id: str_of(block, "id").unwrap_or("").to_string(),
-                            name: self.ctx.names.to_client(str_of(block, "name").unwrap_or("")),
+                            name: self
+                                .ctx
+                                .names
+                                .to_client(str_of(block, "name").unwrap_or("")),
                         });
                         // A block that starts with its whole input (no deltas follow).
-                        let input = block.get("input").filter(|i| i.as_object().is_some_and(|m| !m.is_empty()));
+                        let input = block
+                            .get("input")
+                            .filter(|i| i.as_object().is_some_and(|m| !m.is_empty()));
                         if let Some(input) = input {
-                            out.push(HubEvent::ToolArgs { index: tool, fragment: object_to_arguments(Some(input)) });
+                            out.push(HubEvent::ToolArgs {
+                                index: tool,
+                                fragment: object_to_arguments(Some(input)),
+                            });
                         }
-                        Block::Tool { index: tool, args_seen: input.is_some() }
+                        Block::Tool {
+                            index: tool,
+                            args_seen: input.is_some(),
+                        }
                     }
                     _ => Block::Other,
                 };
@@ -204,9 +244,14 @@ impl Decoder {
                         signature.push_str(str_of(delta, "signature").unwrap_or(""));
                     }
                     (Some("input_json_delta"), Some(Block::Tool { index, args_seen })) => {
-                        if let Some(fragment) = str_of(delta, "partial_json").filter(|f| !f.is_empty()) {
+                        if let Some(fragment) =
+                            str_of(delta, "partial_json").filter(|f| !f.is_empty())
+                        {
                             *args_seen = true;
-                            out.push(HubEvent::ToolArgs { index: *index, fragment: fragment.to_string() });
+                            out.push(HubEvent::ToolArgs {
+                                index: *index,
+                                fragment: fragment.to_string(),
+                            });
                         }
                     }
                     _ => {}
@@ -215,8 +260,14 @@ impl Decoder {
             "content_block_stop" => {
                 let index = event.get("index").and_then(Value::as_u64).unwrap_or(0);
                 match self.blocks.remove(&index) {
-                    Some(Block::Tool { index, args_seen: false }) => {
-                        out.push(HubEvent::ToolArgs { index, fragment: "{}".to_string() });
+                    Some(Block::Tool {
+                        index,
+                        args_seen: false,
+                    }) => {
+                        out.push(HubEvent::ToolArgs {
+                            index,
+                            fragment: "{}".to_string(),
+                        });
                     }
                     Some(Block::Thinking { text, signature }) => {
                         out.push(HubEvent::ThinkingBlock(serde_json::json!({
@@ -263,7 +314,10 @@ impl Decoder {
             out.push(HubEvent::Usage(self.usage));
         }
         let candidate = chunk.get("candidates").and_then(|c| c.get(0));
-        let parts = candidate.and_then(|c| c.get("content")).and_then(|c| c.get("parts")).and_then(Value::as_array);
+        let parts = candidate
+            .and_then(|c| c.get("content"))
+            .and_then(|c| c.get("parts"))
+            .and_then(Value::as_array);
         for part in parts.into_iter().flatten() {
             if let Some(call) = part.get("functionCall") {
                 let index = self.tools;
@@ -280,7 +334,10 @@ impl Decoder {
                     id,
                     name: self.ctx.names.to_client(str_of(call, "name").unwrap_or("")),
                 });
-                out.push(HubEvent::ToolArgs { index, fragment: object_to_arguments(call.get("args")) });
+                out.push(HubEvent::ToolArgs {
+                    index,
+                    fragment: object_to_arguments(call.get("args")),
+                });
             } else if let Some(text) = str_of(part, "text").filter(|t| !t.is_empty()) {
                 if part.get("thought") == Some(&Value::Bool(true)) {
                     out.push(HubEvent::Reasoning(text.to_string()));
@@ -289,11 +346,19 @@ impl Decoder {
                 }
             }
         }
-        let reason = candidate.and_then(|c| str_of(c, "finishReason")).map(|r| gemini::finish_reason(r, self.tools > 0));
-        let blocked = chunk.get("promptFeedback").and_then(|f| str_of(f, "blockReason")).map(|_| "content_filter".to_string());
+        let reason = candidate
+            .and_then(|c| str_of(c, "finishReason"))
+            .map(|r| gemini::finish_reason(r, self.tools > 0));
+        let blocked = chunk
+            .get("promptFeedback")
+            .and_then(|f| str_of(f, "blockReason"))
+            .map(|_| "content_filter".to_string());
         if let Some(reason) = reason.or(blocked) {
             self.complete = true;
-            out.push(HubEvent::Finish { reason, stop_sequence: None });
+            out.push(HubEvent::Finish {
+                reason,
+                stop_sequence: None,
+            });
         }
     }
 }
@@ -306,6 +371,8 @@ fn error_message(value: &Value) -> Option<String> {
     }
     Some(match error {
         Value::String(s) => s.clone(),
-        other => str_of(other, "message").unwrap_or("the upstream stream failed").to_string(),
+        other => str_of(other, "message")
+            .unwrap_or("the upstream stream failed")
+            .to_string(),
     })
 }

@@ -66,7 +66,10 @@ impl AnthropicEncoder {
 
     fn close(&mut self, out: &mut Vec<SseEvent>) {
         if let Some((_, index)) = self.open.take() {
-            out.push(event("content_block_stop", json!({"type": "content_block_stop", "index": index})));
+            out.push(event(
+                "content_block_stop",
+                json!({"type": "content_block_stop", "index": index}),
+            ));
         }
     }
 
@@ -110,13 +113,21 @@ impl AnthropicEncoder {
                     json!({"type": "thinking", "thinking": "", "signature": ""}),
                     out,
                 );
-                Self::delta(out, index, json!({"type": "thinking_delta", "thinking": text}));
+                Self::delta(
+                    out,
+                    index,
+                    json!({"type": "thinking_delta", "thinking": text}),
+                );
             }
             HubEvent::ThinkingBlock(block) => {
                 if let (Some((Open::Thinking, index)), Some(signature)) =
                     (self.open, block.get("signature").and_then(Value::as_str))
                 {
-                    Self::delta(out, index, json!({"type": "signature_delta", "signature": signature}));
+                    Self::delta(
+                        out,
+                        index,
+                        json!({"type": "signature_delta", "signature": signature}),
+                    );
                 } else if block.get("type").and_then(Value::as_str) == Some("redacted_thinking") {
                     self.start(out);
                     self.close(out);
@@ -126,7 +137,10 @@ impl AnthropicEncoder {
                         "content_block_start",
                         json!({"type": "content_block_start", "index": index, "content_block": block}),
                     ));
-                    out.push(event("content_block_stop", json!({"type": "content_block_stop", "index": index})));
+                    out.push(event(
+                        "content_block_stop",
+                        json!({"type": "content_block_stop", "index": index}),
+                    ));
                 }
             }
             HubEvent::ToolStart { index, id, name } => {
@@ -138,10 +152,17 @@ impl AnthropicEncoder {
             }
             HubEvent::ToolArgs { index, fragment } => {
                 if let Some(block) = self.tools.get(index) {
-                    Self::delta(out, *block, json!({"type": "input_json_delta", "partial_json": fragment}));
+                    Self::delta(
+                        out,
+                        *block,
+                        json!({"type": "input_json_delta", "partial_json": fragment}),
+                    );
                 }
             }
-            HubEvent::Finish { reason, stop_sequence } => {
+            HubEvent::Finish {
+                reason,
+                stop_sequence,
+            } => {
                 self.start(out);
                 self.close(out);
                 self.stop = Some((reason.clone(), stop_sequence.clone()));
@@ -153,7 +174,10 @@ impl AnthropicEncoder {
         self.usage = *usage;
         self.start(out);
         self.close(out);
-        let (reason, sequence) = self.stop.take().unwrap_or_else(|| ("stop".to_string(), None));
+        let (reason, sequence) = self
+            .stop
+            .take()
+            .unwrap_or_else(|| ("stop".to_string(), None));
         out.push(event(
             "message_delta",
             json!({"type": "message_delta",

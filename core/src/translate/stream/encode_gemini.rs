@@ -47,7 +47,9 @@ impl GeminiEncoder {
         std::mem::take(&mut self.tools)
             .into_values()
             .map(|(id, name, arguments)| {
-                function_call_part(&json!({"id": id, "function": {"name": name, "arguments": arguments}}))
+                function_call_part(
+                    &json!({"id": id, "function": {"name": name, "arguments": arguments}}),
+                )
             })
             .collect()
     }
@@ -60,7 +62,8 @@ impl GeminiEncoder {
                 out.push(self.chunk(vec![json!({"text": text, "thought": true})], None, None));
             }
             HubEvent::ToolStart { index, id, name } => {
-                self.tools.insert(*index, (id.clone(), name.clone(), String::new()));
+                self.tools
+                    .insert(*index, (id.clone(), name.clone(), String::new()));
             }
             HubEvent::ToolArgs { index, fragment } => {
                 if let Some((_, _, arguments)) = self.tools.get_mut(index) {

@@ -66,7 +66,10 @@ impl OpenAiEncoder {
                 json!({"tool_calls": [{"index": index, "function": {"arguments": fragment}}]}),
                 out,
             ),
-            HubEvent::Finish { reason, stop_sequence } => {
+            HubEvent::Finish {
+                reason,
+                stop_sequence,
+            } => {
                 if self.finished {
                     return;
                 }
@@ -74,7 +77,8 @@ impl OpenAiEncoder {
                 if !self.role_sent {
                     self.delta(json!({"content": ""}), out);
                 }
-                let mut choice = json!({"index": 0, "delta": {}, "logprobs": null, "finish_reason": reason});
+                let mut choice =
+                    json!({"index": 0, "delta": {}, "logprobs": null, "finish_reason": reason});
                 if let Some(sequence) = stop_sequence {
                     choice["stop_reason"] = json!(sequence);
                 }
@@ -85,7 +89,13 @@ impl OpenAiEncoder {
 
     pub(super) fn finish(&mut self, usage: &Usage, out: &mut Vec<SseEvent>) {
         if !self.finished {
-            self.push(&HubEvent::Finish { reason: "stop".into(), stop_sequence: None }, out);
+            self.push(
+                &HubEvent::Finish {
+                    reason: "stop".into(),
+                    stop_sequence: None,
+                },
+                out,
+            );
         }
         if self.include_usage {
             out.push(self.chunk(json!([]), Some(to_openai(usage))));

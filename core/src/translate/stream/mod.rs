@@ -32,11 +32,18 @@ pub(crate) enum HubEvent {
     /// A complete Anthropic thinking block (with its signature) or redacted_thinking block.
     ThinkingBlock(Value),
     /// A tool call starts: `index` counts calls from 0 in stream order.
-    ToolStart { index: usize, id: String, name: String },
+    ToolStart {
+        index: usize,
+        id: String,
+        name: String,
+    },
     /// A fragment of a tool call's JSON arguments.
     ToolArgs { index: usize, fragment: String },
     /// The answer ended: OpenAI finish reason and the matched stop sequence.
-    Finish { reason: String, stop_sequence: Option<String> },
+    Finish {
+        reason: String,
+        stop_sequence: Option<String>,
+    },
     /// The upstream reported an error mid-stream.
     Error(String),
 }

@@ -13,12 +13,18 @@ pub struct SseEvent {
 impl SseEvent {
     /// An event with only data.
     pub fn data(data: impl Into<String>) -> Self {
-        SseEvent { event: None, data: data.into() }
+        SseEvent {
+            event: None,
+            data: data.into(),
+        }
     }
 
     /// A named event.
     pub fn named(event: &str, data: impl Into<String>) -> Self {
-        SseEvent { event: Some(event.to_string()), data: data.into() }
+        SseEvent {
+            event: Some(event.to_string()),
+            data: data.into(),
+        }
     }
 
     /// The event on the wire, ending with the blank line.

@@ -50,23 +50,69 @@ fn upstream_errors_become_each_family_envelope_with_the_type_following_the_statu
 #[test]
 fn error_types_follow_the_status_for_every_client_family() {
     let cases = [
-        (400, "invalid_request_error", "invalid_request_error", "INVALID_ARGUMENT"),
-        (401, "authentication_error", "authentication_error", "UNAUTHENTICATED"),
-        (402, "insufficient_quota", "billing_error", "RESOURCE_EXHAUSTED"),
-        (403, "permission_error", "permission_error", "PERMISSION_DENIED"),
-        (429, "rate_limit_error", "rate_limit_error", "RESOURCE_EXHAUSTED"),
+        (
+            400,
+            "invalid_request_error",
+            "invalid_request_error",
+            "INVALID_ARGUMENT",
+        ),
+        (
+            401,
+            "authentication_error",
+            "authentication_error",
+            "UNAUTHENTICATED",
+        ),
+        (
+            402,
+            "insufficient_quota",
+            "billing_error",
+            "RESOURCE_EXHAUSTED",
+        ),
+        (
+            403,
+            "permission_error",
+            "permission_error",
+            "PERMISSION_DENIED",
+        ),
+        (
+            429,
+            "rate_limit_error",
+            "rate_limit_error",
+            "RESOURCE_EXHAUSTED",
+        ),
         (502, "api_error", "api_error", "INTERNAL"),
         (529, "api_error", "overloaded_error", "UNAVAILABLE"),
     ];
     for (status, openai, anthropic, gemini) in cases {
         let body = b"{\"error\":{\"message\":\"m\"}}";
-        assert_eq!(error(Dialect::Gemini, Dialect::OpenAiChat, status, body)["error"]["type"], openai, "{status}");
-        assert_eq!(error(Dialect::OpenAiChat, Dialect::Anthropic, status, body)["error"]["type"], anthropic, "{status}");
-        assert_eq!(error(Dialect::Anthropic, Dialect::Gemini, status, body)["error"]["status"], gemini, "{status}");
-        assert_eq!(error(Dialect::OpenAiChat, Dialect::Anthropic, status, body)["error"]["message"], "m");
+        assert_eq!(
+            error(Dialect::Gemini, Dialect::OpenAiChat, status, body)["error"]["type"],
+            openai,
+            "{status}"
+        );
+        assert_eq!(
+            error(Dialect::OpenAiChat, Dialect::Anthropic, status, body)["error"]["type"],
+            anthropic,
+            "{status}"
+        );
+        assert_eq!(
+            error(Dialect::Anthropic, Dialect::Gemini, status, body)["error"]["status"],
+            gemini,
+            "{status}"
+        );
+        assert_eq!(
+            error(Dialect::OpenAiChat, Dialect::Anthropic, status, body)["error"]["message"],
+            "m"
+        );
     }
-    assert_eq!(client_status(Dialect::Anthropic, Dialect::OpenAiChat, 529), 503);
-    assert_eq!(client_status(Dialect::Anthropic, Dialect::Anthropic, 529), 529);
+    assert_eq!(
+        client_status(Dialect::Anthropic, Dialect::OpenAiChat, 529),
+        503
+    );
+    assert_eq!(
+        client_status(Dialect::Anthropic, Dialect::Anthropic, 529),
+        529
+    );
 }
 
 #[test]

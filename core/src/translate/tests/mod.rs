@@ -51,7 +51,10 @@ fn events(name: &str) -> Vec<SseEvent> {
     items
         .iter()
         .map(|item| SseEvent {
-            event: item.get("event").and_then(Value::as_str).map(str::to_string),
+            event: item
+                .get("event")
+                .and_then(Value::as_str)
+                .map(str::to_string),
             data: match &item["data"] {
                 Value::String(s) => s.clone(),
                 other => other.to_string(),
@@ -77,7 +80,12 @@ fn render(events: &[SseEvent]) -> Value {
 }
 
 /// Runs a whole upstream stream through a translator: every event, then `finish`.
-fn translate_stream(from: Dialect, to: Dialect, ctx: ResponseContext, input: &[SseEvent]) -> (Vec<SseEvent>, StreamTranslator) {
+fn translate_stream(
+    from: Dialect,
+    to: Dialect,
+    ctx: ResponseContext,
+    input: &[SseEvent],
+) -> (Vec<SseEvent>, StreamTranslator) {
     let mut translator = StreamTranslator::new(from, to, ctx);
     let mut out = Vec::new();
     for event in input {
