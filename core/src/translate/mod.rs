@@ -13,7 +13,17 @@
 //!   field) and `thinking_blocks` (Anthropic thinking / redacted_thinking blocks, replayed
 //!   byte-identical when a conversation goes back to Anthropic);
 //! - a choice carries `stop_reason` with the matched stop sequence (vLLM's convention);
-//! - usage `prompt_tokens_details.cache_creation_tokens` counts Anthropic cache writes.
+//! - usage `prompt_tokens_details.cache_creation_tokens` counts Anthropic cache writes;
+//! - a tool message may carry `is_error` (Anthropic `tool_result.is_error`).
+//!
+//! Conventions visible to clients:
+//! - tool arguments that are not a JSON object (malformed, truncated) are kept, not dropped:
+//!   Anthropic `input` / Gemini `args` get `{"__raw_arguments": "<the string>"}`, which maps back
+//!   to the same string; `""` becomes `{}`;
+//! - Gemini function calls get ids `call_<request_id>_<n>`; a Gemini `thoughtSignature` rides in
+//!   the id after `__thought__` and goes back to its own field on the next Gemini request;
+//! - unknown stop reasons stay visible (`pause_turn`, `malformed_function_call`), the matched
+//!   stop sequence is kept (`choices[].stop_reason` in the hub, `stop_sequence` for Anthropic).
 //!
 //! # Contract (what the endpoints call)
 //!
@@ -31,6 +41,8 @@
 //!   then reports it as an error too.
 //! - [`error`]: an upstream error body -> the client family's envelope; [`client_status`] the
 //!   status to send with it.
+//! - [`unified_answer`]: a hub answer (what [`response`] returns for `to = OpenAiChat`) -> the
+//!   unified endpoint's normalised object (reference spec 2.3).
 //! - [`JsonArrayFramer`] frames Gemini's default (no `alt=sse`) streamed JSON array; [`SseParser`]
 //!   splits upstream bytes into [`SseEvent`]s and [`SseEvent::encode`] writes them.
 //!
@@ -45,6 +57,7 @@ mod gemini;
 mod names;
 mod openai;
 mod stream;
+mod unified;
 mod usage;
 
 #[cfg(test)]
@@ -55,6 +68,7 @@ use serde_json::Value;
 pub use error::{client_status, error};
 pub use names::ToolNames;
 pub use stream::{JsonArrayFramer, SseEvent, SseParser, StreamTranslator};
+pub use unified::unified_answer;
 pub use usage::{Usage, usage};
 
 /// The API shapes tollgate translates between.

@@ -83,8 +83,8 @@ impl Decoder {
     }
 
     fn openai(&mut self, chunk: &Value, out: &mut Vec<HubEvent>) {
-        if let Some(message) = error_message(chunk) {
-            out.push(HubEvent::Error(message));
+        if let Some((message, status)) = error_message(chunk) {
+            out.push(HubEvent::Error { message, status });
             return;
         }
         if let Some(usage) = chunk.get("usage").filter(|u| u.is_object()) {
@@ -296,16 +296,18 @@ impl Decoder {
                 }
             }
             "message_stop" => self.complete = true,
-            "error" => out.push(HubEvent::Error(
-                error_message(event).unwrap_or_else(|| "the upstream stream failed".to_string()),
-            )),
+            "error" => {
+                let (message, status) = error_message(event)
+                    .unwrap_or_else(|| ("the upstream stream failed".to_string(), 500));
+                out.push(HubEvent::Error { message, status });
+            }
             _ => {}
         }
     }
 
     fn gemini(&mut self, chunk: &Value, out: &mut Vec<HubEvent>) {
-        if let Some(message) = error_message(chunk) {
-            out.push(HubEvent::Error(message));
+        if let Some((message, status)) = error_message(chunk) {
+            out.push(HubEvent::Error { message, status });
             return;
         }
         if let Some(usage) = chunk.get("usageMetadata").filter(|u| u.is_object()) {
@@ -363,16 +365,36 @@ impl Decoder {
     }
 }
 
-/// The message of an `{"error": ...}` object or an Anthropic `error` event.
-fn error_message(value: &Value) -> Option<String> {
+/// The message and HTTP-like status of an `{"error": ...}` object or an Anthropic `error`
+/// event (the status picks the client family's error type).
+fn error_message(value: &Value) -> Option<(String, u16)> {
     let error = value.get("error")?;
     if error.is_null() {
         return None;
     }
-    Some(match error {
+    let message = match error {
         Value::String(s) => s.clone(),
         other => str_of(other, "message")
             .unwrap_or("the upstream stream failed")
             .to_string(),
-    })
+    };
+    let status = match (
+        error.get("code").and_then(Value::as_u64),
+        str_of(error, "type"),
+    ) {
+        (Some(code), _) if (400..600).contains(&code) => code as u16,
+        (_, Some(kind)) => match kind {
+            "invalid_request_error" => 400,
+            "authentication_error" => 401,
+            "permission_error" => 403,
+            "not_found_error" => 404,
+            "request_too_large" => 413,
+            "rate_limit_error" => 429,
+            "overloaded_error" => 529,
+            "timeout_error" => 504,
+            _ => 500,
+        },
+        _ => 500,
+    };
+    Some((message, status))
 }

@@ -102,7 +102,7 @@ impl AnthropicEncoder {
     pub(super) fn push(&mut self, hub: &HubEvent, out: &mut Vec<SseEvent>) {
         match hub {
             HubEvent::Usage(usage) => self.usage = *usage,
-            HubEvent::Error(_) => {}
+            HubEvent::Error { .. } => {}
             HubEvent::Text(text) => {
                 let index = self.open(Open::Text, json!({"type": "text", "text": ""}), out);
                 Self::delta(out, index, json!({"type": "text_delta", "text": text}));

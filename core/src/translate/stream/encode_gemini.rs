@@ -56,7 +56,7 @@ impl GeminiEncoder {
 
     pub(super) fn push(&mut self, event: &HubEvent, out: &mut Vec<SseEvent>) {
         match event {
-            HubEvent::Usage(_) | HubEvent::Error(_) | HubEvent::ThinkingBlock(_) => {}
+            HubEvent::Usage(_) | HubEvent::Error { .. } | HubEvent::ThinkingBlock(_) => {}
             HubEvent::Text(text) => out.push(self.chunk(vec![json!({"text": text})], None, None)),
             HubEvent::Reasoning(text) => {
                 out.push(self.chunk(vec![json!({"text": text, "thought": true})], None, None));

@@ -53,7 +53,7 @@ impl OpenAiEncoder {
 
     pub(super) fn push(&mut self, event: &HubEvent, out: &mut Vec<SseEvent>) {
         match event {
-            HubEvent::Usage(_) | HubEvent::Error(_) => {}
+            HubEvent::Usage(_) | HubEvent::Error { .. } => {}
             HubEvent::Text(text) => self.delta(json!({"content": text}), out),
             HubEvent::Reasoning(text) => self.delta(json!({"reasoning_content": text}), out),
             HubEvent::ThinkingBlock(block) => self.delta(json!({"thinking_blocks": [block]}), out),

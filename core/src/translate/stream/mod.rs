@@ -10,10 +10,11 @@ mod encode_gemini;
 mod encode_openai;
 mod sse;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
 pub use sse::{JsonArrayFramer, SseEvent, SseParser};
 
+use super::error::envelope;
 use super::{Dialect, ResponseContext, TranslateError, Usage};
 use decode::Decoder;
 use encode_anthropic::AnthropicEncoder;
@@ -44,8 +45,8 @@ pub(crate) enum HubEvent {
         reason: String,
         stop_sequence: Option<String>,
     },
-    /// The upstream reported an error mid-stream.
-    Error(String),
+    /// The upstream reported an error mid-stream (status: what its type means in HTTP terms).
+    Error { message: String, status: u16 },
 }
 
 enum Encoder {
@@ -100,7 +101,7 @@ impl StreamTranslator {
         self.decoder.push(event, &mut self.hub)?;
         let mut out = Vec::new();
         if matches!(self.encoder, Encoder::Passthrough) {
-            if self.hub.iter().any(|e| matches!(e, HubEvent::Error(_))) {
+            if self.hub.iter().any(|e| matches!(e, HubEvent::Error { .. })) {
                 self.failed = true;
                 self.ended = true;
             }
@@ -109,9 +110,9 @@ impl StreamTranslator {
         }
         let hub = std::mem::take(&mut self.hub);
         for item in &hub {
-            if let HubEvent::Error(message) = item {
+            if let HubEvent::Error { message, status } = item {
                 self.failed = true;
-                out.extend(self.fail(message));
+                out.extend(self.fail_with(message, *status));
                 break;
             }
             match &mut self.encoder {
@@ -151,11 +152,15 @@ impl StreamTranslator {
     /// The upstream stream failed (mid-stream error event or a cut): the client family's error
     /// event(s), never a clean end (no `[DONE]`, no `message_stop`). Only the first call emits.
     pub fn fail(&mut self, message: &str) -> Vec<SseEvent> {
+        self.fail_with(message, 502)
+    }
+
+    fn fail_with(&mut self, message: &str, status: u16) -> Vec<SseEvent> {
         if self.ended {
             return Vec::new();
         }
         self.ended = true;
-        vec![error_event(self.to, message)]
+        vec![error_event(self.to, message, status)]
     }
 
     /// Usage seen so far (for billing on a cut or error).
@@ -169,19 +174,11 @@ impl StreamTranslator {
     }
 }
 
-/// The client family's mid-stream error event.
-fn error_event(to: Dialect, message: &str) -> SseEvent {
+/// The client family's mid-stream error event: its error envelope as one SSE event.
+fn error_event(to: Dialect, message: &str, status: u16) -> SseEvent {
+    let body = envelope(to, status, message, Some("upstream_error")).to_string();
     match to {
-        Dialect::OpenAiChat => SseEvent::data(
-            json!({"error": {"message": message, "type": "api_error", "param": null, "code": "upstream_error"}})
-                .to_string(),
-        ),
-        Dialect::Anthropic => SseEvent::named(
-            "error",
-            json!({"type": "error", "error": {"type": "api_error", "message": message}}).to_string(),
-        ),
-        Dialect::Gemini => SseEvent::data(
-            json!({"error": {"code": 500, "message": message, "status": "INTERNAL"}}).to_string(),
-        ),
+        Dialect::Anthropic => SseEvent::named("error", body),
+        Dialect::OpenAiChat | Dialect::Gemini => SseEvent::data(body),
     }
 }
