@@ -50,8 +50,11 @@ pub(crate) enum HubEvent {
 }
 
 enum Encoder {
-    /// Same family: upstream events go out unchanged.
-    Passthrough,
+    /// Same family: upstream events go out unchanged, except the OpenAI usage chunk when the
+    /// client did not ask for it (tollgate always asks the upstream, to bill).
+    Passthrough {
+        drop_usage_chunk: bool,
+    },
     OpenAi(OpenAiEncoder),
     Anthropic(AnthropicEncoder),
     Gemini(GeminiEncoder),
@@ -73,7 +76,9 @@ impl StreamTranslator {
     /// A translator for one stream from an upstream in `from` to a client in `to`.
     pub fn new(from: Dialect, to: Dialect, ctx: ResponseContext) -> Self {
         let encoder = if from == to {
-            Encoder::Passthrough
+            Encoder::Passthrough {
+                drop_usage_chunk: to == Dialect::OpenAiChat && !ctx.include_usage,
+            }
         } else {
             match to {
                 Dialect::OpenAiChat => Encoder::OpenAi(OpenAiEncoder::new(&ctx)),
@@ -100,12 +105,21 @@ impl StreamTranslator {
         self.hub.clear();
         self.decoder.push(event, &mut self.hub)?;
         let mut out = Vec::new();
-        if matches!(self.encoder, Encoder::Passthrough) {
+        if let Encoder::Passthrough { drop_usage_chunk } = self.encoder {
             if self.hub.iter().any(|e| matches!(e, HubEvent::Error { .. })) {
                 self.failed = true;
                 self.ended = true;
             }
-            out.push(event.clone());
+            let usage_only = drop_usage_chunk
+                && self.hub.iter().any(|e| matches!(e, HubEvent::Usage(_)))
+                && serde_json::from_str::<Value>(&event.data).is_ok_and(|v| {
+                    v.get("choices")
+                        .and_then(Value::as_array)
+                        .is_some_and(Vec::is_empty)
+                });
+            if !usage_only {
+                out.push(event.clone());
+            }
             return Ok(out);
         }
         let hub = std::mem::take(&mut self.hub);
@@ -116,7 +130,7 @@ impl StreamTranslator {
                 break;
             }
             match &mut self.encoder {
-                Encoder::Passthrough => {}
+                Encoder::Passthrough { .. } => {}
                 Encoder::OpenAi(e) => e.push(item, &mut out),
                 Encoder::Anthropic(e) => e.push(item, &mut out),
                 Encoder::Gemini(e) => e.push(item, &mut out),
@@ -141,7 +155,7 @@ impl StreamTranslator {
         let usage = self.decoder.usage();
         let mut out = Vec::new();
         match &mut self.encoder {
-            Encoder::Passthrough => {}
+            Encoder::Passthrough { .. } => {}
             Encoder::OpenAi(e) => e.finish(&usage, &mut out),
             Encoder::Anthropic(e) => e.finish(&usage, &mut out),
             Encoder::Gemini(e) => e.finish(&usage, &mut out),

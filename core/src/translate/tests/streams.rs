@@ -322,3 +322,31 @@ fn same_family_streams_pass_through_and_still_count_usage() {
     );
     assert!(translator.failed());
 }
+
+#[test]
+fn same_family_openai_streams_drop_the_usage_chunk_the_client_did_not_ask_for() {
+    let input = events("openai_stream_tools");
+    let (out, translator) =
+        translate_stream(Dialect::OpenAiChat, Dialect::OpenAiChat, ctx(false), &input);
+    assert_eq!(out.len(), input.len() - 1);
+    assert!(datas(&out).iter().all(|c| c["choices"] != json!([])));
+    assert_eq!(out.last().unwrap().data, "[DONE]");
+    assert_eq!(translator.usage().input, 1200, "still counted for billing");
+    let (out, _) = translate_stream(Dialect::OpenAiChat, Dialect::OpenAiChat, ctx(true), &input);
+    assert_eq!(out, input);
+}
+
+#[test]
+fn each_upstream_event_is_translated_as_it_arrives() {
+    let input = events("anthropic_stream_text_tool_text_tool");
+    let mut translator = StreamTranslator::new(Dialect::Anthropic, Dialect::OpenAiChat, ctx(false));
+    let mut seen = Vec::new();
+    for event in &input[..4] {
+        seen.push(translator.push(event).unwrap());
+    }
+    // message_start, content_block_start and ping produce nothing; the first text delta is out
+    // at once, before the upstream stream has ended.
+    assert!(seen[..3].iter().all(Vec::is_empty));
+    let first: Value = serde_json::from_str(&seen[3][0].data).unwrap();
+    assert_eq!(first["choices"][0]["delta"]["content"], "Paris first.");
+}
