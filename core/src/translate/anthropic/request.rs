@@ -73,7 +73,10 @@ pub(crate) fn from_hub(
     if let Some(stop) = stop_list(hub.get("stop")) {
         out.insert("stop_sequences".into(), Value::Array(stop));
     }
-    copy(hub, "temperature", &mut out, "temperature");
+    // OpenAI and Gemini sample with temperature 0..2, Anthropic with 0..1.
+    if let Some(t) = hub.get("temperature").and_then(Value::as_f64) {
+        out.insert("temperature".into(), json!(t.clamp(0.0, 1.0)));
+    }
     copy(hub, "top_p", &mut out, "top_p");
     copy(hub, "top_k", &mut out, "top_k");
     if let Some(user) = str_of(hub, "user") {
