@@ -449,3 +449,28 @@ fn server_tools_and_unsupported_parts_are_refused_with_a_clear_error() {
         .is_err()
     );
 }
+
+#[test]
+fn thinking_stays_off_when_the_last_tool_turn_has_no_thinking_block_to_replay() {
+    let mut body = fixture("openai_tool_history");
+    body["reasoning_effort"] = json!("low");
+    body["max_tokens"] = json!(4000);
+    let out = request(Dialect::OpenAiChat, Dialect::Anthropic, &body, &opts(false))
+        .unwrap()
+        .body;
+    assert!(
+        out.get("thinking").is_none(),
+        "Anthropic would refuse the unsigned tool turn"
+    );
+    // the same history with the thinking block echoed back keeps thinking on
+    let block = json!({"type": "thinking", "thinking": "t", "signature": "sig"});
+    body["messages"][4]["thinking_blocks"] = json!([block]);
+    let out = request(Dialect::OpenAiChat, Dialect::Anthropic, &body, &opts(false))
+        .unwrap()
+        .body;
+    assert_eq!(
+        out["thinking"],
+        json!({"type": "enabled", "budget_tokens": 1024})
+    );
+    assert_eq!(out["messages"][3]["content"][0], block);
+}
