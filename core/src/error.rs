@@ -529,4 +529,31 @@ mod tests {
         assert_eq!(timeout.status(), StatusCode::GATEWAY_TIMEOUT);
         assert!(!GatewayError::from(AuthError::Revoked).is_retryable());
     }
+
+    #[test]
+    fn client_bodies_carry_no_upstream_url_nor_database_error() {
+        let errors = [
+            GatewayError::from(UpstreamError::Unreachable {
+                provider: "p".into(),
+                detail: "error sending request for url (http://10.9.8.7:8080/v1/chat/completions): tcp connect error".into(),
+            }),
+            GatewayError::from(UpstreamError::BadResponse {
+                provider: "p".into(),
+                detail: "error decoding response body from http://10.9.8.7:8080/v1".into(),
+            }),
+            GatewayError::from(UnavailableError {
+                code: "auth_unavailable",
+                what: "the key store",
+                detail: "error returned from database: password authentication failed for user \"tollgate\" at db.internal:5432".into(),
+            }),
+        ];
+        for error in errors {
+            for family in [Family::OpenAi, Family::Anthropic, Family::Gemini] {
+                let body = error.body(family).to_string();
+                for leak in ["10.9.8.7", "http://", "db.internal", "password", "tcp connect"] {
+                    assert!(!body.contains(leak), "{leak:?} leaked: {body}");
+                }
+            }
+        }
+    }
 }

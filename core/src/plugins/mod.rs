@@ -445,4 +445,67 @@ mod tests {
                 .matches("gpt-4o", "key_1", "k", Some("research"))
         );
     }
+
+    /// A policy directory whose one manifest `p` names `wasm` with `extra` TOML appended.
+    fn dir_with_wasm(wasm: &str, extra: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join(FOLDER)).expect("mkdir");
+        std::fs::write(
+            dir.path().join(FOLDER).join("p.toml"),
+            format!("wasm = {wasm:?}\nphases = [\"request\"]\n{extra}\n"),
+        )
+        .expect("write manifest");
+        dir
+    }
+
+    fn built() -> PathBuf {
+        let wasm = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/dist/pii-guard.wasm");
+        assert!(wasm.is_file(), "{} is missing: run ./scripts/build-plugins", wasm.display());
+        wasm
+    }
+
+    #[test]
+    fn a_read_dir_symlink_that_leaves_the_policy_directory_is_refused() {
+        let outside = tempfile::tempdir().expect("tempdir");
+        let dir = dir_with_wasm("plugins/g.wasm", "[capabilities]\nread_dir = \"data\"");
+        std::fs::copy(built(), dir.path().join("plugins/g.wasm")).expect("copy");
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("data")).expect("symlink");
+        let loaded = load_dir(dir.path(), &[]);
+        assert_eq!(loaded.errors.len(), 1, "{:?}", loaded.errors);
+        let error = loaded.errors[0].to_string();
+        assert!(error.contains("capabilities.read_dir"), "{error}");
+        assert!(error.contains("outside the policy directory"), "{error}");
+    }
+
+    #[test]
+    fn a_component_outside_the_policy_directory_is_refused_even_through_a_symlink() {
+        let outside = tempfile::tempdir().expect("tempdir");
+        let component = outside.path().join("g.wasm");
+        std::fs::copy(built(), &component).expect("copy");
+        let direct = dir_with_wasm(&component.display().to_string(), "");
+        let linked = dir_with_wasm("plugins/g.wasm", "");
+        std::os::unix::fs::symlink(&component, linked.path().join("plugins/g.wasm"))
+            .expect("symlink");
+        for dir in [&direct, &linked] {
+            let loaded = load_dir(dir.path(), &[]);
+            assert_eq!(loaded.errors.len(), 1, "{:?}", loaded.errors);
+            let error = loaded.errors[0].to_string();
+            assert!(error.contains("wasm"), "{error}");
+            assert!(error.contains("outside the policy directory"), "{error}");
+        }
+    }
+
+    #[test]
+    fn gateway_secrets_are_never_granted_to_a_plugin() {
+        let dir = dir_with_wasm(
+            "plugins/g.wasm",
+            "[capabilities]\nenv = [\"LANG\", \"TOLLGATE_ADMIN_TOKEN\"]",
+        );
+        std::fs::copy(built(), dir.path().join("plugins/g.wasm")).expect("copy");
+        let loaded = load_dir(dir.path(), &[]);
+        assert_eq!(loaded.errors.len(), 1, "{:?}", loaded.errors);
+        let error = loaded.errors[0].to_string();
+        assert!(error.contains("capabilities.env"), "{error}");
+        assert!(error.contains("TOLLGATE_ADMIN_TOKEN"), "{error}");
+    }
 }

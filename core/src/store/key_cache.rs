@@ -28,15 +28,22 @@ pub struct KeyCache {
     store: Store,
     entries: RwLock<HashMap<String, Option<Arc<KeyRecord>>>>,
     version: AtomicI64,
+    max_entries: usize,
 }
 
 impl KeyCache {
     /// An empty cache at the store's current key version.
     pub fn new(store: Store, version: i64) -> Self {
+        Self::with_capacity(store, version, MAX_ENTRIES)
+    }
+
+    /// An empty cache holding at most `max_entries` lookups.
+    pub fn with_capacity(store: Store, version: i64, max_entries: usize) -> Self {
         Self {
             store,
             entries: RwLock::new(HashMap::new()),
             version: AtomicI64::new(version),
+            max_entries,
         }
     }
 
@@ -59,7 +66,7 @@ impl KeyCache {
             // Only cache what was read under the version still in force; a concurrent
             // invalidation may have made this read stale.
             if self.version() == seen {
-                if entries.len() >= MAX_ENTRIES {
+                if entries.len() >= self.max_entries {
                     entries.clear();
                 }
                 entries.insert(hash, found.clone());
@@ -105,5 +112,45 @@ impl KeyCache {
                 Err(e) => tracing::warn!(error = %e, "key version poll failed"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::keys::{ModelGrant, NewKey};
+
+    async fn store_with_key() -> (tempfile::TempDir, Store, String) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let store = Store::open(&url).await.expect("store");
+        let (_, secret) = store
+            .create_key(&NewKey {
+                name: "k".into(),
+                team: None,
+                owner: None,
+                metadata: serde_json::Map::new(),
+                models: ModelGrant::parse("*"),
+                expires_at_ms: None,
+            })
+            .await
+            .expect("key");
+        (dir, store, secret)
+    }
+
+    #[tokio::test]
+    async fn random_unknown_keys_cannot_flush_a_cached_valid_key() {
+        let (_dir, store, secret) = store_with_key().await;
+        let version = store.keys_version().await.expect("version");
+        let cache = KeyCache::with_capacity(store.clone(), version, 8);
+        assert!(cache.lookup(&secret).await.expect("lookup").is_some());
+        for i in 0..100 {
+            let unknown = format!("tg_guess{i:040}");
+            assert!(cache.lookup(&unknown).await.expect("lookup").is_none());
+        }
+        // With the store gone, only the cache can answer: the valid key is still there.
+        store.close().await;
+        let cached = cache.lookup(&secret).await.expect("served from the cache");
+        assert!(cached.is_some());
     }
 }

@@ -4,6 +4,7 @@ mod budgets;
 mod check;
 mod docs;
 mod errors;
+mod hardening;
 mod keys;
 mod passthrough;
 mod plugins;

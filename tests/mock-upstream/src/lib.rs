@@ -13,6 +13,9 @@
 //! | `mock-stall-stream`   | sends the first chunk of a stream, then goes silent for 30 s  |
 //! | `mock-slow-stream`    | streams with 50 ms between chunks                             |
 //! | `mock-secret`         | answers [`SECRET_CHUNKS`] (a cloud key and an email split across chunks) |
+//! | `mock-429`            | 429 with `Retry-After: 7` and an OpenAI-style error body      |
+//! | `mock-401`            | 401 `invalid_api_key` (the gateway's provider credential is refused) |
+//! | `mock-403`            | 403 (the provider credential lacks the permission)            |
 //! | anything else         | a normal answer                                               |
 //!
 //! When recording is on, every request (path, headers, JSON body) is kept for assertions.
@@ -218,6 +221,24 @@ async fn steer(shared: &Shared, model: &str) -> Option<Response> {
             tokio::time::sleep(Duration::from_secs(2)).await;
             None
         }
+        "mock-429" => {
+            let mut response = json_response(
+                StatusCode::TOO_MANY_REQUESTS,
+                &json!({"error": {"message": "mock rate limit", "type": "rate_limit_error", "code": "rate_limit_exceeded"}}),
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("7"));
+            Some(response)
+        }
+        "mock-401" => Some(json_response(
+            StatusCode::UNAUTHORIZED,
+            &json!({"error": {"message": "Incorrect API key provided", "type": "invalid_request_error", "code": "invalid_api_key"}}),
+        )),
+        "mock-403" => Some(json_response(
+            StatusCode::FORBIDDEN,
+            &json!({"error": {"message": "this key may not use the model", "type": "permission_error", "code": "model_not_permitted"}}),
+        )),
         _ => None,
     }
 }
