@@ -11,7 +11,8 @@ use mock_upstream::{MockConfig, MockHandle};
 use serde_json::{Value, json};
 
 use crate::common::{
-    ADMIN_TOKEN, Gateway, bin, chat_body, expect_error, http, mock, request_id, standard_policy,
+    ADMIN_TOKEN, Gateway, PgDatabase, TcpProxy, bin, chat_body, expect_error, http, mock,
+    request_id, skip, standard_policy,
 };
 
 /// Models and a group steering the mock into rate limits and credential refusals.
@@ -490,4 +491,82 @@ async fn a_refused_credential_on_the_last_deployment_is_a_502_not_the_providers_
         let row = gw.row_for(&id).await;
         assert_eq!(row["denied_stage"], "call");
     }
+}
+
+#[tokio::test]
+async fn a_key_revoked_while_the_store_is_away_is_refused_soon_after_it_returns() {
+    let test = "a_key_revoked_while_the_store_is_away_is_refused_soon_after_it_returns";
+    let db = match PgDatabase::create() {
+        Ok(db) => db,
+        Err(why) => return skip(test, &why),
+    };
+    let proxy = TcpProxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let mock = mock(MockConfig::default()).await;
+    let gw = Gateway::start_db(&policy(&mock), &[], &[], &db.url_via(proxy.addr));
+    let (id, secret) = gw.create_key("*");
+    assert_eq!(chat(&gw, &secret, &chat_body("chat")).await.status(), 200, "cached");
+    // The gateway loses its store; the key is revoked meanwhile (straight on the database).
+    proxy.cut();
+    let revoke = Command::new(bin())
+        .args(["keys", "revoke", &id, "--database", &db.url])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(revoke.status.success(), "{}", String::from_utf8_lossy(&revoke.stderr));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    proxy.restore();
+    let restored = Instant::now();
+    // Stated bound: one key-version poll once the store answers, plus the pool's 5 s
+    // connection acquire timeout of a poll that was already waiting when it came back.
+    loop {
+        let response = chat(&gw, &secret, &chat_body("chat")).await;
+        if response.status() == 401 {
+            expect_error(response, 401, "api_key_revoked").await;
+            break;
+        }
+        assert!(
+            restored.elapsed() < Duration::from_secs(7),
+            "a revoked key is still served {:?} after the store returned",
+            restored.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!(
+        "revocation honoured {:?} after the store returned",
+        restored.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn http2_streams_beyond_the_limit_wait_for_a_free_one() {
+    let mock = mock(MockConfig {
+        latency: Duration::from_millis(400),
+        ..MockConfig::default()
+    })
+    .await;
+    let gw = Gateway::start_with(&policy(&mock), &[], &["--http2-max-streams", "1"]);
+    let (_, secret) = gw.create_key("*");
+    let client = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let calls = (0..3).map(|_| {
+        client
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth(&secret)
+            .json(&chat_body("chat"))
+            .send()
+    });
+    for response in futures_util::future::join_all(calls).await {
+        let response = response.unwrap();
+        assert_eq!(response.version(), reqwest::Version::HTTP_2);
+        assert_eq!(response.status(), 200);
+    }
+    // One stream at a time on the one connection: the three calls ran one after another.
+    assert!(
+        started.elapsed() >= Duration::from_millis(1100),
+        "{:?}",
+        started.elapsed()
+    );
 }

@@ -3,6 +3,7 @@
 mod budgets;
 mod check;
 mod docs;
+mod faults;
 mod errors;
 mod hardening;
 mod keys;
