@@ -493,7 +493,8 @@ async fn a_refused_credential_on_the_last_deployment_is_a_502_not_the_providers_
     }
 }
 
-#[tokio::test]
+// The proxy runs in this runtime while the harness blocks on the gateway's start: two workers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_revoked_while_the_store_is_away_is_refused_soon_after_it_returns() {
     let test = "a_key_revoked_while_the_store_is_away_is_refused_soon_after_it_returns";
     let db = match PgDatabase::create() {
