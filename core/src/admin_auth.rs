@@ -155,7 +155,10 @@ mod tests {
     #[test]
     fn short_tokens_and_metrics_protection_without_a_token_are_refused() {
         let err = AdminAuth::new(Some("short-secret"), false).expect_err("too short");
-        assert!(err.contains("at least 24") && !err.contains("short-secret"), "{err}");
+        assert!(
+            err.contains("at least 24") && !err.contains("short-secret"),
+            "{err}"
+        );
         assert!(AdminAuth::new(None, true).is_err());
         assert!(AdminAuth::new(Some(TOKEN), true).is_ok());
         let off = AdminAuth::new(Some(""), false).expect("empty means off");
@@ -181,13 +184,19 @@ mod tests {
             assert_eq!(auth.check_at(attacker, Some("guess"), start), Check::Denied);
         }
         // Locked: even the right token is not checked.
-        assert_eq!(auth.check_at(attacker, Some(TOKEN), start), Check::Backoff(2));
+        assert_eq!(
+            auth.check_at(attacker, Some(TOKEN), start),
+            Check::Backoff(2)
+        );
         // Another client is not affected.
         assert_eq!(auth.check_at(operator, Some(TOKEN), start), Check::Allowed);
         // After the backoff, one more failure doubles it.
         let later = start + Duration::from_secs(2);
         assert_eq!(auth.check_at(attacker, Some("guess"), later), Check::Denied);
-        assert_eq!(auth.check_at(attacker, Some(TOKEN), later), Check::Backoff(4));
+        assert_eq!(
+            auth.check_at(attacker, Some(TOKEN), later),
+            Check::Backoff(4)
+        );
         // A success clears the record.
         let after = later + Duration::from_secs(4);
         assert_eq!(auth.check_at(attacker, Some(TOKEN), after), Check::Allowed);

@@ -407,6 +407,9 @@ impl GatewayError {
                     "requested_nanos": b.requested_nanos, "resets_at_ms": b.resets_at_ms,
                 }
             }),
+            GatewayError::Access(AccessError::IpNotAllowed { scope, subject }) => json!({
+                "scope": scope, "subject": subject, "limit": "ip",
+            }),
             GatewayError::Quota(q) => {
                 let mut v = json!({
                     "scope": q.scope, "subject": q.subject, "limit": q.limit_name,
@@ -607,7 +610,13 @@ mod tests {
             assert!(error.to_string().len() > error.client_message().len());
             for family in [Family::OpenAi, Family::Anthropic, Family::Gemini] {
                 let body = error.body(family).to_string();
-                for leak in ["10.9.8.7", "http://", "db.internal", "password", "tcp connect"] {
+                for leak in [
+                    "10.9.8.7",
+                    "http://",
+                    "db.internal",
+                    "password",
+                    "tcp connect",
+                ] {
                     assert!(!body.contains(leak), "{leak:?} leaked: {body}");
                 }
             }

@@ -40,7 +40,11 @@ pub enum LogFormat {
 pub struct HttpLimitArgs {
     /// Milliseconds a client has to send a request's headers (also the longest idle
     /// keep-alive wait).
-    #[arg(long, env = "TOLLGATE_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
+    #[arg(
+        long,
+        env = "TOLLGATE_HEADER_READ_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
     header_read_timeout_ms: u64,
     /// Milliseconds a client has to send a request's whole body once its headers are in.
     #[arg(long, env = "TOLLGATE_BODY_READ_TIMEOUT_MS", default_value_t = 30_000)]
@@ -100,14 +104,12 @@ impl DatabaseArgs {
     /// Opens the store.
     pub async fn open(&self) -> anyhow::Result<Store> {
         let url = self.url();
-        Store::open(&url)
-            .await
-            .with_context(|| {
-                format!(
-                    "opening the store at {}",
-                    crate::store::redact::redact_urls(&url)
-                )
-            })
+        Store::open(&url).await.with_context(|| {
+            format!(
+                "opening the store at {}",
+                crate::store::redact::redact_urls(&url)
+            )
+        })
     }
 }
 

@@ -38,7 +38,9 @@ use crate::upstream::{self, BodyStream, UpstreamReply, demo};
 
 /// Whether an upstream status lets the next deployment be tried.
 fn failover_status(status: StatusCode) -> bool {
-    status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS || credential_refused(status)
+    status.is_server_error()
+        || status == StatusCode::TOO_MANY_REQUESTS
+        || credential_refused(status)
 }
 
 /// A 401 / 403 from a provider refuses the credential the gateway injected.
@@ -94,7 +96,9 @@ pub async fn run(
                 } else if status == StatusCode::TOO_MANY_REQUESTS
                     && let Some(secs) = retry_after_secs(reply.retry_after.as_ref())
                 {
-                    health.cool_down(Duration::from_secs(secs.min(crate::health::MAX_RETRY_AFTER_SECS)));
+                    health.cool_down(Duration::from_secs(
+                        secs.min(crate::health::MAX_RETRY_AFTER_SECS),
+                    ));
                 }
                 if attempt < last {
                     recorder.add_attempt(json!({

@@ -142,7 +142,14 @@ pub fn load_dir(dir: &Path, previous: &[Arc<Plugin>], confinement: &Confinement)
         .map(|p| (p.wasm_hash.clone(), p.component.clone()))
         .collect();
     for path in files {
-        match load_one(dir, &path, previous, confinement, &mut compiled, &mut loaded) {
+        match load_one(
+            dir,
+            &path,
+            previous,
+            confinement,
+            &mut compiled,
+            &mut loaded,
+        ) {
             Ok(Some(plugin)) => loaded.plugins.push(plugin),
             Ok(None) => {}
             Err(e) => loaded.errors.push(e),
@@ -233,9 +240,7 @@ fn load_one(
     if let Some(read_dir) = &manifest.capabilities.read_dir {
         let read_dir_error =
             |message: String| error(path, None, None, Some("capabilities.read_dir"), message);
-        let resolved = confinement
-            .resolve(dir, read_dir)
-            .map_err(read_dir_error)?;
+        let resolved = confinement.resolve(dir, read_dir).map_err(read_dir_error)?;
         if !resolved.is_dir() {
             return Err(read_dir_error(format!("'{read_dir}' is not a directory")));
         }
@@ -352,8 +357,11 @@ mod tests {
 
     /// Loads with the built components' folder allowed besides the policy directory.
     fn load(dir: &Path, previous: &[Arc<Plugin>]) -> Loaded {
-        let (confinement, problems) =
-            Confinement::new(dir, &[dist().display().to_string()], ["SECRET_PROVIDER_KEY".into()]);
+        let (confinement, problems) = Confinement::new(
+            dir,
+            &[dist().display().to_string()],
+            ["SECRET_PROVIDER_KEY".into()],
+        );
         assert!(problems.is_empty(), "{problems:?}");
         load_dir(dir, previous, &confinement)
     }
@@ -496,7 +504,11 @@ mod tests {
 
     fn built() -> PathBuf {
         let wasm = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/dist/pii-guard.wasm");
-        assert!(wasm.is_file(), "{} is missing: run ./scripts/build-plugins", wasm.display());
+        assert!(
+            wasm.is_file(),
+            "{} is missing: run ./scripts/build-plugins",
+            wasm.display()
+        );
         wasm
     }
 

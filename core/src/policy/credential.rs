@@ -88,6 +88,9 @@ mod tests {
         assert_eq!(secret.expose(), "sk-two");
         std::fs::write(&key, "sk-one\n").expect("write");
         let third = load_dir(dir.path(), 3, Some(&second)).expect("loads");
-        assert_eq!(first.content_hash, third.content_hash, "same files, same hash");
+        assert_eq!(
+            first.content_hash, third.content_hash,
+            "same files, same hash"
+        );
     }
 }

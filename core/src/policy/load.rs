@@ -7,9 +7,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use super::config::{
-    BudgetSection, GatewayFile, LimitSection, ProviderFamily, QuotaSection,
-};
+use super::config::{BudgetSection, GatewayFile, LimitSection, ProviderFamily, QuotaSection};
 use super::{
     Credential, Deployment, Model, ModelGroup, Provider, ServerLimits, Snapshot, cel, rhai,
 };

@@ -78,7 +78,12 @@ fn parse_hop(hop: &str) -> Option<IpAddr> {
         return Some(ip.to_canonical());
     }
     if let Some(rest) = hop.strip_prefix('[') {
-        return rest.split(']').next()?.parse::<IpAddr>().ok().map(|ip| ip.to_canonical());
+        return rest
+            .split(']')
+            .next()?
+            .parse::<IpAddr>()
+            .ok()
+            .map(|ip| ip.to_canonical());
     }
     let (host, port) = hop.rsplit_once(':')?;
     port.parse::<u16>().ok()?;

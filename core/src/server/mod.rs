@@ -130,7 +130,8 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         http_limits,
         trusted_proxies,
     } = options;
-    let admin = AdminAuth::new(admin_token.as_deref(), protect_metrics).map_err(anyhow::Error::msg)?;
+    let admin =
+        AdminAuth::new(admin_token.as_deref(), protect_metrics).map_err(anyhow::Error::msg)?;
     drop(admin_token);
     let listener = TcpListener::bind(listen).await?;
     let local = listener.local_addr()?;

@@ -10,7 +10,9 @@ pub fn redact_urls(text: &str) -> String {
         out.push_str(before);
         // The authority ends at the first '/', '?', '#', whitespace or quote.
         let end = after
-            .find(|c: char| matches!(c, '/' | '?' | '#' | '"' | '\'' | '`' | ')') || c.is_whitespace())
+            .find(|c: char| {
+                matches!(c, '/' | '?' | '#' | '"' | '\'' | '`' | ')') || c.is_whitespace()
+            })
             .unwrap_or(after.len());
         let authority = &after[..end];
         match authority.rfind('@') {

@@ -151,7 +151,13 @@ async fn every_fault_ends_in_a_clean_error_or_a_failover_with_its_row_and_no_hol
         }
         // With a healthy deployment behind it, a fault before the headers is invisible.
         if BEFORE_HEADERS.contains(fault) {
-            let response = chat(&gw, &secret, &format!("{}-then-healthy", name(fault)), false).await;
+            let response = chat(
+                &gw,
+                &secret,
+                &format!("{}-then-healthy", name(fault)),
+                false,
+            )
+            .await;
             assert_eq!(response.status(), 200, "{fault} fails over");
             ids.push(request_id(&response));
             let body: Value = response.json().await.unwrap();
@@ -188,11 +194,7 @@ async fn stream_faults_end_with_an_error_event_and_a_row_and_no_hold() {
             "{model}: {:?}",
             started.elapsed()
         );
-        assert_eq!(
-            text.contains("\"error\""),
-            error_event,
-            "{model}: {text}"
-        );
+        assert_eq!(text.contains("\"error\""), error_event, "{model}: {text}");
         let row = gw.row_for(&id).await;
         assert_eq!(row["stream_status"], stream_status, "{model}");
         assert_eq!(

@@ -99,7 +99,12 @@ async fn a_502_names_the_provider_but_not_its_url_nor_the_client_error_chain() {
     assert_eq!(body["error"]["code"], "upstream_error");
     let message = body["error"]["message"].as_str().unwrap();
     assert!(message.contains("'dead'"), "names the provider: {message}");
-    for leak in ["127.0.0.1", "http://", "error sending request", "Connection refused"] {
+    for leak in [
+        "127.0.0.1",
+        "http://",
+        "error sending request",
+        "Connection refused",
+    ] {
         assert!(!text.contains(leak), "the body leaks {leak:?}: {text}");
     }
     let row = gw.row_for(&id).await;
@@ -287,11 +292,7 @@ fn read_until_closed(stream: &mut TcpStream) -> (bool, String) {
 #[tokio::test]
 async fn a_client_that_never_finishes_its_headers_is_disconnected() {
     let mock = mock(MockConfig::default()).await;
-    let gw = Gateway::start_with(
-        &policy(&mock),
-        &[],
-        &["--header-read-timeout-ms", "300"],
-    );
+    let gw = Gateway::start_with(&policy(&mock), &[], &["--header-read-timeout-ms", "300"]);
     let mut stream = connect(&gw);
     stream
         .write_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n")
@@ -375,7 +376,15 @@ async fn an_ip_denial_is_a_403_with_its_own_code_and_ignores_untrusted_forwardin
     let mock = mock(MockConfig::default()).await;
     let gw = Gateway::start(&ip_policy(&mock));
     let (_, secret) = gw.create_key("*");
-    let id = expect_error(chat_from(&gw, &secret, None).await, 403, "ip_not_allowed").await;
+    let response = chat_from(&gw, &secret, None).await;
+    assert_eq!(response.status(), 403);
+    assert!(response.headers().get("retry-after").is_none());
+    let id = request_id(&response);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "ip_not_allowed");
+    assert_eq!(body["error"]["type"], "permission_error");
+    assert_eq!(body["error"]["scope"], "organization");
+    assert_eq!(body["error"]["limit"], "ip");
     let row = gw.row_for(&id).await;
     assert_eq!(row["denied_stage"], "authorize");
     assert_eq!(row["error_code"], "ip_not_allowed");
@@ -505,7 +514,11 @@ async fn a_key_revoked_while_the_store_is_away_is_refused_soon_after_it_returns(
     let mock = mock(MockConfig::default()).await;
     let gw = Gateway::start_db(&policy(&mock), &[], &[], &db.url_via(proxy.addr));
     let (id, secret) = gw.create_key("*");
-    assert_eq!(chat(&gw, &secret, &chat_body("chat")).await.status(), 200, "cached");
+    assert_eq!(
+        chat(&gw, &secret, &chat_body("chat")).await.status(),
+        200,
+        "cached"
+    );
     // The gateway loses its store; the key is revoked meanwhile (straight on the database).
     proxy.cut();
     let revoke = Command::new(bin())
@@ -513,7 +526,11 @@ async fn a_key_revoked_while_the_store_is_away_is_refused_soon_after_it_returns(
         .env("RUST_LOG", "warn")
         .output()
         .unwrap();
-    assert!(revoke.status.success(), "{}", String::from_utf8_lossy(&revoke.stderr));
+    assert!(
+        revoke.status.success(),
+        "{}",
+        String::from_utf8_lossy(&revoke.stderr)
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
     proxy.restore();
     let restored = Instant::now();

@@ -3,8 +3,8 @@
 mod budgets;
 mod check;
 mod docs;
-mod faults;
 mod errors;
+mod faults;
 mod hardening;
 mod keys;
 mod passthrough;

@@ -275,13 +275,20 @@ async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
             };
             let parts: Vec<Result<Bytes, std::io::Error>> = vec![
                 Ok(Bytes::from_static(first.as_bytes())),
-                Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "mock cuts the body")),
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "mock cuts the body",
+                )),
             ];
             let body = futures_util::stream::iter(parts).then(|part| async move {
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 part
             });
-            let content_type = if stream { "text/event-stream" } else { "application/json" };
+            let content_type = if stream {
+                "text/event-stream"
+            } else {
+                "application/json"
+            };
             return Response::builder()
                 .header(header::CONTENT_TYPE, content_type)
                 .body(Body::from_stream(body))
