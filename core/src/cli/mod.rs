@@ -43,7 +43,7 @@ pub struct HttpLimitArgs {
     #[arg(
         long,
         env = "TOLLGATE_HEADER_READ_TIMEOUT_MS",
-        default_value_t = 10_000
+        default_value_t = 30_000
     )]
     header_read_timeout_ms: u64,
     /// Milliseconds a client has to send a request's whole body once its headers are in.

@@ -30,7 +30,8 @@ use super::client_ip::TrustedProxies;
 #[derive(Debug, Clone)]
 pub struct HttpLimits {
     /// Time a client has to send a request's headers, also the longest idle keep-alive wait
-    /// (10 s). A client that dribbles its headers is disconnected.
+    /// (30 s; keep it above the idle timeout of a load balancer in front). A client that
+    /// dribbles its headers is disconnected.
     pub header_read_timeout: Duration,
     /// Time a client has to send a request's whole body, from its headers on (30 s); a late
     /// body answers 400 `invalid_request_body`.
@@ -44,7 +45,7 @@ pub struct HttpLimits {
 impl Default for HttpLimits {
     fn default() -> Self {
         Self {
-            header_read_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(30),
             body_read_timeout: Duration::from_secs(30),
             max_connections: 4096,
             http2_max_concurrent_streams: 128,

@@ -128,6 +128,8 @@ async fn every_fault_ends_in_a_clean_error_or_a_failover_with_its_row_and_no_hol
     let mock = mock(MockConfig::default()).await;
     let gw = Gateway::start(&policy(&mock));
     let (_, secret) = gw.create_key("*");
+    // The first budgeted call may wait for the tokenizer to load: not part of any fault's time.
+    assert_eq!(chat(&gw, &secret, "healthy", false).await.status(), 200);
     let mut ids = Vec::new();
     for (fault, expect) in FAULTS {
         let started = Instant::now();
@@ -176,6 +178,7 @@ async fn stream_faults_end_with_an_error_event_and_a_row_and_no_hold() {
     let mock = mock(MockConfig::default()).await;
     let gw = Gateway::start(&policy(&mock));
     let (_, secret) = gw.create_key("*");
+    assert_eq!(chat(&gw, &secret, "healthy", false).await.status(), 200);
     // (model, stream_status, whether the client sees an error event, whether text was produced)
     let cases = [
         ("stall", "idle_timeout", true, false),

@@ -531,7 +531,20 @@ async fn a_key_revoked_while_the_store_is_away_is_refused_soon_after_it_returns(
         "{}",
         String::from_utf8_lossy(&revoke.stderr)
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A key the cache has never seen needs the store: 503, without the database's error.
+    let unknown = chat(
+        &gw,
+        "tg_0000000000000000000000000000000000000000",
+        &chat_body("chat"),
+    )
+    .await;
+    assert_eq!(unknown.status(), 503);
+    let text = unknown.text().await.unwrap();
+    let body: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(body["error"]["code"], "auth_unavailable", "{text}");
+    for leak in ["database", "communicating", "127.0.0.1", "pool", "os error"] {
+        assert!(!text.contains(leak), "the 503 leaks {leak:?}: {text}");
+    }
     proxy.restore();
     let restored = Instant::now();
     // Stated bound: one key-version poll once the store answers, plus the pool's 5 s
