@@ -1,6 +1,7 @@
 //! Providers that misbehave, on command of the mock (the model id): for each fault the client
 //! gets a failover answer or a clean error within the configured time, every request has its
-//! usage row and no budget hold is left behind.
+//! usage row and no budget hold is left behind; rounds of faults leave the gateway's file
+//! descriptors, threads and memory where they were.
 
 use std::time::{Duration, Instant};
 
@@ -109,6 +110,22 @@ async fn chat(gw: &Gateway, secret: &str, model: &str, stream: bool) -> reqwest:
         .unwrap()
 }
 
+/// (open file descriptors, threads, resident KiB) of the gateway process.
+fn footprint(gw: &Gateway) -> (usize, usize, usize) {
+    let proc = format!("/proc/{}", gw.pid());
+    let fds = std::fs::read_dir(format!("{proc}/fd")).unwrap().count();
+    let status = std::fs::read_to_string(format!("{proc}/status")).unwrap();
+    let field = |name: &str| -> usize {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap()
+    };
+    (fds, field("Threads:"), field("VmRSS:"))
+}
+
 async fn wait_no_holds(gw: &Gateway) {
     let store = Store::open(&gw.db_url).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -170,6 +187,48 @@ async fn every_fault_ends_in_a_clean_error_or_a_failover_with_its_row_and_no_hol
         let row = gw.row_for(id).await;
         assert_eq!(&row["request_id"], id);
     }
+    wait_no_holds(&gw).await;
+}
+
+#[tokio::test]
+async fn repeated_faults_leak_no_connections_threads_or_memory() {
+    let mock = mock(MockConfig::default()).await;
+    let gw = Gateway::start(&policy(&mock));
+    let (_, secret) = gw.create_key("*");
+    let round = || async {
+        for (fault, _) in FAULTS {
+            if *fault != "mock-slow" {
+                let _ = chat(&gw, &secret, &name(fault), false).await.bytes().await;
+            }
+        }
+        for model in ["reset-stream", "truncated", "healthy"] {
+            let _ = chat(&gw, &secret, model, true).await.bytes().await;
+        }
+    };
+    round().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (fds, threads, rss_kib) = footprint(&gw);
+    for _ in 0..10 {
+        round().await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (fds_after, threads_after, rss_after) = footprint(&gw);
+    println!(
+        "after 10 rounds of faults: fds {fds} -> {fds_after}, threads {threads} -> {threads_after}, RSS {rss_kib} -> {rss_after} KiB"
+    );
+    // Pooled upstream connections may differ by a few; a leak grows with every round.
+    assert!(
+        fds_after <= fds + 4,
+        "file descriptors {fds} -> {fds_after}"
+    );
+    assert!(
+        threads_after <= threads + 4,
+        "threads {threads} -> {threads_after}"
+    );
+    assert!(
+        rss_after <= rss_kib + 16 * 1024,
+        "resident memory {rss_kib} -> {rss_after} KiB"
+    );
     wait_no_holds(&gw).await;
 }
 
