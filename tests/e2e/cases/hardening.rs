@@ -29,6 +29,12 @@ upstream_model = "mock-401"
 provider = "mock"
 upstream_model = "mock-403"
 
+[groups.rate-limited-failover]
+deployments = [
+  { model = "rate-limited", priority = 0 },
+  { model = "chat", priority = 1 },
+]
+
 [groups.credential-failover]
 deployments = [
   { model = "bad-credential", priority = 0 },
@@ -599,5 +605,31 @@ async fn http2_streams_beyond_the_limit_wait_for_a_free_one() {
         started.elapsed() >= Duration::from_millis(1100),
         "{:?}",
         started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_provider_429_with_retry_after_cools_its_deployment_down_for_that_long() {
+    let mock = mock(MockConfig::default()).await;
+    let gw = Gateway::start(&policy(&mock));
+    let (_, secret) = gw.create_key("*");
+    for _ in 0..2 {
+        let response = chat(&gw, &secret, &chat_body("rate-limited-failover")).await;
+        assert_eq!(response.status(), 200);
+    }
+    // The first call met the 429 (Retry-After: 7) and failed over; the second went to the
+    // healthy deployment first.
+    let models: Vec<Value> = mock
+        .received()
+        .iter()
+        .map(|r| r.body["model"].clone())
+        .collect();
+    assert_eq!(
+        models,
+        [
+            json!("mock-429"),
+            json!("upstream-chat-v1"),
+            json!("upstream-chat-v1")
+        ]
     );
 }
