@@ -86,6 +86,7 @@ fn json_reply(value: Value) -> UpstreamReply {
         status: StatusCode::OK,
         content_type: Some(HeaderValue::from_static("application/json")),
         provider_request_id: None,
+        retry_after: None,
         body: Box::pin(futures_util::stream::iter([Ok(bytes)])),
     }
 }
@@ -97,6 +98,7 @@ fn sse_reply(events: Vec<String>) -> UpstreamReply {
         status: StatusCode::OK,
         content_type: Some(HeaderValue::from_static("text/event-stream")),
         provider_request_id: None,
+        retry_after: None,
         body: Box::pin(futures_util::stream::iter(chunks)),
     }
 }

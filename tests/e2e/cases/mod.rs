@@ -4,6 +4,8 @@ mod budgets;
 mod check;
 mod docs;
 mod errors;
+mod faults;
+mod hardening;
 mod keys;
 mod passthrough;
 mod plugins;
