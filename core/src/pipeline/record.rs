@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use super::{Inbound, Stage};
 use crate::clock::now_ms;
 use crate::error::{Family, GatewayError};
+use crate::family::Api;
 use crate::policy::{Model, Snapshot};
 use crate::spend::ledger::{Ledger, Reservation};
 use crate::state::AppState;
@@ -147,6 +148,7 @@ impl Recorder {
             output: output_tokens,
             cached_input: 0,
             reasoning: 0,
+            cache_creation: 0,
         };
         self.record.tokens = tokens;
         self.record.cost_nanos = self.pricing.map_or(0, |p| p.cost_nanos(&tokens));
@@ -189,9 +191,9 @@ impl Recorder {
         }
     }
 
-    /// The provider's usage object (raw), priced with the model's pricing.
-    pub fn set_usage(&mut self, usage: &Value) {
-        if let Some(tokens) = TokenUsage::from_openai(usage) {
+    /// The provider's usage object (raw, in `api`'s shape), priced with the model's pricing.
+    pub fn set_usage(&mut self, api: Api, usage: &Value) {
+        if let Some(tokens) = TokenUsage::from_api(api, usage) {
             self.record.tokens = tokens;
             self.record.cost_nanos = self.pricing.map_or(0, |p| p.cost_nanos(&tokens));
         }
