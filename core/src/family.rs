@@ -214,6 +214,9 @@ pub enum Endpoint {
     GeminiCountTokens,
     /// `POST /{v1beta,v1}/models/{model}:embedContent`.
     GeminiEmbed,
+    /// `POST /{v1beta,v1}/models/{model}:batchEmbedContents` (what google-genai's
+    /// `embed_content` calls).
+    GeminiBatchEmbed,
     /// `/v1/vllm/...`: one allow-listed vLLM route.
     Vllm(&'static VllmRoute),
     /// `POST /v1/llm/chat`: OpenAI-shaped, any family upstream.
@@ -235,6 +238,7 @@ impl Endpoint {
             Endpoint::GeminiStream => "/v1beta/models/{model}:streamGenerateContent",
             Endpoint::GeminiCountTokens => "/v1beta/models/{model}:countTokens",
             Endpoint::GeminiEmbed => "/v1beta/models/{model}:embedContent",
+            Endpoint::GeminiBatchEmbed => "/v1beta/models/{model}:batchEmbedContents",
             Endpoint::Vllm(route) => route.path,
             Endpoint::Unified => "/v1/llm/chat",
         }
@@ -256,6 +260,7 @@ impl Endpoint {
             Endpoint::GeminiStream => ":streamGenerateContent",
             Endpoint::GeminiCountTokens => ":countTokens",
             Endpoint::GeminiEmbed => ":embedContent",
+            Endpoint::GeminiBatchEmbed => ":batchEmbedContents",
             Endpoint::Vllm(route) => route.upstream,
         }
     }
@@ -267,7 +272,8 @@ impl Endpoint {
             Endpoint::GeminiGenerate
             | Endpoint::GeminiStream
             | Endpoint::GeminiCountTokens
-            | Endpoint::GeminiEmbed => Api::Gemini,
+            | Endpoint::GeminiEmbed
+            | Endpoint::GeminiBatchEmbed => Api::Gemini,
             Endpoint::Vllm(_) => Api::Vllm,
             _ => Api::OpenAi,
         }
@@ -346,7 +352,8 @@ impl Endpoint {
             Endpoint::Embeddings
             | Endpoint::CountTokens
             | Endpoint::GeminiCountTokens
-            | Endpoint::GeminiEmbed => false,
+            | Endpoint::GeminiEmbed
+            | Endpoint::GeminiBatchEmbed => false,
             Endpoint::Vllm(route) => route.kind == VllmKind::Generate,
             _ => true,
         }

@@ -63,6 +63,7 @@ impl Authorized {
             ("systemInstruction", "system"),
             ("tools", "tools"),
             ("content", "input"),
+            ("requests", "input"),
         ] {
             if let Some(v) = self.body.get(from) {
                 view.insert(to.into(), v.clone());
@@ -433,6 +434,12 @@ pub fn upstream_body(
 ) -> Result<Bytes, RequestError> {
     if api == Api::Gemini {
         body.remove("model");
+        // batchEmbedContents names the model in each request, as `models/{id}`.
+        if let Some(Value::Array(requests)) = body.get_mut("requests") {
+            for request in requests.iter_mut().filter_map(Value::as_object_mut) {
+                request.insert("model".into(), Value::String(format!("models/{upstream}")));
+            }
+        }
     } else {
         body.insert("model".into(), Value::String(upstream.to_string()));
     }

@@ -362,6 +362,9 @@ impl Relay {
         if let Some(mut recorder) = self.recorder.take() {
             if let Some(usage) = self.tap.usage() {
                 recorder.set_usage(self.shape.upstream, usage);
+                if self.tap.failed() {
+                    recorder.bill_at_least_output(self.tap.produced_tokens());
+                }
             } else {
                 recorder.bill_produced(self.tap.produced_tokens());
             }

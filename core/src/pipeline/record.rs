@@ -200,6 +200,17 @@ impl Recorder {
         self.record.provider_usage = Some(usage.to_string());
     }
 
+    /// A stream that failed after its usage was reported (an error event after Anthropic's
+    /// `message_start`): bill at least the `produced` output tokens.
+    pub fn bill_at_least_output(&mut self, produced: i64) {
+        if produced > self.record.tokens.output {
+            self.record.tokens.output = produced;
+            self.record.cost_nanos = self
+                .pricing
+                .map_or(0, |p| p.cost_nanos(&self.record.tokens));
+        }
+    }
+
     /// How a stream ended.
     pub fn set_stream_status(&mut self, status: &str) {
         self.record.stream_status = Some(status.to_string());

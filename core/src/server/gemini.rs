@@ -1,6 +1,7 @@
 //! The Gemini-compatible endpoint family under `/v1beta/models/` and `/v1/models/` (the
 //! google-genai 3.x SDK calls `/v1/`): `{model}:generateContent`, `:streamGenerateContent`
-//! (`?alt=sse`, or by default one streamed JSON array), `:countTokens` and `:embedContent`.
+//! (`?alt=sse`, or by default one streamed JSON array), `:countTokens`, `:embedContent` and
+//! `:batchEmbedContents`.
 //! `{model}` is the tollgate model name. The key comes from `x-goog-api-key` or `?key=`; every
 //! gateway error is in Google's envelope.
 
@@ -23,6 +24,7 @@ pub fn parse_target(target: &str) -> Option<(&str, Endpoint)> {
         "streamGenerateContent" => Endpoint::GeminiStream,
         "countTokens" => Endpoint::GeminiCountTokens,
         "embedContent" => Endpoint::GeminiEmbed,
+        "batchEmbedContents" => Endpoint::GeminiBatchEmbed,
         _ => return None,
     };
     (!model.is_empty()).then_some((model, endpoint))
@@ -37,7 +39,7 @@ pub async fn dispatch(
     let Some((model, endpoint)) = parse_target(&target) else {
         let path = request.uri().path().to_string();
         return GatewayError::NotFound(format!(
-            "POST {path} (Gemini methods: generateContent, streamGenerateContent, countTokens, embedContent)"
+            "POST {path} (Gemini methods: generateContent, streamGenerateContent, countTokens, embedContent, batchEmbedContents)"
         ))
         .render(Family::Gemini);
     };

@@ -141,6 +141,7 @@ pub fn respond(endpoint: Endpoint, body: &[u8], upstream_model: &str) -> Upstrea
         Endpoint::GeminiStream => demo_native::gemini(&body, &model, true),
         Endpoint::GeminiCountTokens => demo_native::gemini_count_tokens(&body),
         Endpoint::GeminiEmbed => demo_native::gemini_embed(&body),
+        Endpoint::GeminiBatchEmbed => demo_native::gemini_batch_embed(&body),
         Endpoint::Vllm(route) => match route.upstream {
             "/v1/chat/completions" => chat(&body, &model, stream, created, &id),
             "/v1/completions" => demo_native::completions(&body, &model, stream, created, &id),

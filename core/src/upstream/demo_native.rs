@@ -196,11 +196,29 @@ pub fn gemini_count_tokens(body: &Value) -> UpstreamReply {
     json_reply(json!({"totalTokens": tokens(&all)}))
 }
 
+/// `:batchEmbedContents`: one embedding per request.
+pub fn gemini_batch_embed(body: &Value) -> UpstreamReply {
+    let Some(requests) = body.get("requests").and_then(Value::as_array) else {
+        return gemini_error(StatusCode::BAD_REQUEST, "requests is required");
+    };
+    let embeddings: Vec<Value> = requests
+        .iter()
+        .map(|r| json!({"values": embed_values(r)}))
+        .collect();
+    json_reply(json!({"embeddings": embeddings}))
+}
+
 /// `:embedContent`.
 pub fn gemini_embed(body: &Value) -> UpstreamReply {
-    let Some(content) = body.get("content") else {
+    if body.get("content").is_none() {
         return gemini_error(StatusCode::BAD_REQUEST, "content is required");
-    };
+    }
+    json_reply(json!({"embedding": {"values": embed_values(body)}}))
+}
+
+/// The demo vector of one embed request (`content`, `outputDimensionality`).
+fn embed_values(body: &Value) -> Vec<f64> {
+    let content = body.get("content").unwrap_or(&Value::Null);
     let text: String = content
         .get("parts")
         .and_then(Value::as_array)
@@ -213,7 +231,7 @@ pub fn gemini_embed(body: &Value) -> UpstreamReply {
         .get("outputDimensionality")
         .and_then(Value::as_u64)
         .map_or(16, |d| d.clamp(1, 3072) as usize);
-    json_reply(json!({"embedding": {"values": vector(&text, dimensions)}}))
+    vector(&text, dimensions)
 }
 
 /// OpenAI legacy `POST /v1/completions`.

@@ -1,9 +1,11 @@
 //! Test cases, one file per area.
 
+mod anthropic;
 mod budgets;
 mod check;
 mod docs;
 mod errors;
+mod gemini;
 mod keys;
 mod passthrough;
 mod plugins;
@@ -12,3 +14,4 @@ mod sdk;
 mod shutdown;
 mod streaming;
 mod usage;
+mod vllm;
