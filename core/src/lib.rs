@@ -16,5 +16,6 @@ pub mod server;
 pub mod spend;
 pub mod state;
 pub mod store;
+pub mod translate;
 pub mod upstream;
 pub mod usage;
