@@ -27,8 +27,8 @@ use tokio::time::Sleep;
 use super::authorize::{Authorized, upstream_body};
 use super::inspect::{self, GuardOutput, StreamGuard};
 use super::route::Route;
-use super::{Endpoint, Recorder, ServeMode, Stage};
-use crate::error::{Family, GatewayError, UpstreamError};
+use super::{Endpoint, Recorder, ServeMode, Stage, translated};
+use crate::error::{Family, GatewayError, RequestError, UpstreamError};
 use crate::family::Api;
 use crate::policy::{ProviderFamily, Target};
 use crate::state::AppState;
@@ -74,6 +74,18 @@ pub async fn run(
 ) -> Response {
     let family = endpoint.family();
     let opted_in = matches!(&request.target, Target::Group(g) if g.translate);
+    // The unified endpoint's `provider` pin keeps only deployments of that family.
+    let pin = match (endpoint == Endpoint::Unified)
+        .then(|| request.body.remove("provider"))
+        .flatten()
+    {
+        None | Some(Value::Null) => None,
+        Some(Value::String(pin)) => Some(pin),
+        Some(_) => {
+            let error = RequestError::Invalid("'provider' must be a string".into());
+            return recorder.deny(Stage::Call, &error.into(), family);
+        }
+    };
     // Deployments the endpoint cannot reach (another family, not opted in) are skipped.
     let candidates: Vec<_> = route
         .candidates
@@ -81,27 +93,35 @@ pub async fn run(
         .filter(|m| {
             endpoint.serve_mode(m.provider.family, opted_in || m.translate) != ServeMode::Refused
         })
+        .filter(|m| pin.as_deref().is_none_or(|p| pinned(m.provider.family, p)))
         .collect();
+    if let (Some(pin), true) = (&pin, candidates.is_empty()) {
+        let error = RequestError::Invalid(format!(
+            "provider pin '{pin}' matches no deployment of model '{}'",
+            request.target.name()
+        ));
+        return recorder.deny(Stage::Call, &error.into(), family);
+    }
     let last = candidates.len().saturating_sub(1);
     for (attempt, model) in candidates.into_iter().enumerate() {
         recorder.set_model(model);
         let provider = model.provider.clone();
         let mode = endpoint.serve_mode(provider.family, true);
-        if mode == ServeMode::Translate {
-            // The translation core is wired in `translated.rs`.
-            let error = GatewayError::from(crate::error::RequestError::Invalid(format!(
-                "model '{}' needs translation from {} to {}, which this build does not do yet",
-                model.name,
-                endpoint.api().as_str(),
-                provider.family.as_str()
-            )));
-            return recorder.deny(Stage::Call, &error, family);
-        }
-        let upstream_api = provider.family.api().unwrap_or(endpoint.api());
-        let body = match upstream_body(&mut request.body, &model.upstream_model, upstream_api) {
-            Ok(body) => body,
-            Err(e) => return recorder.deny(Stage::Call, &GatewayError::from(e), family),
-        };
+        // Across families (and always on the unified endpoint): through the translation core.
+        let (call_endpoint, body, translation) =
+            if mode == ServeMode::Translate || endpoint == Endpoint::Unified {
+                match translated::prepare(&request, model) {
+                    Ok((call_endpoint, body, t)) => (call_endpoint, body, Some(t)),
+                    Err(e) => return recorder.deny(Stage::Call, &e, family),
+                }
+            } else {
+                let api = provider.family.api().unwrap_or(endpoint.api());
+                match upstream_body(&mut request.body, &model.upstream_model, api) {
+                    Ok(body) => (endpoint, body, None),
+                    Err(e) => return recorder.deny(Stage::Call, &GatewayError::from(e), family),
+                }
+            };
+        let upstream_api = provider.family.api().unwrap_or(call_endpoint.api());
         if request.stream && !recorder.has_input_estimate() {
             // A stream cut before the provider's usage arrives is billed from the prompt
             // (tokenized only then) and the produced text. `Bytes` clones are reference counts.
@@ -109,13 +129,17 @@ pub async fn run(
         }
         let sent = Instant::now();
         let reply = match provider.family {
-            ProviderFamily::Demo => Ok(demo::respond(endpoint, &body, &model.upstream_model)),
+            ProviderFamily::Demo => Ok(demo::respond(call_endpoint, &body, &model.upstream_model)),
             _ => {
                 let out = Outbound {
-                    endpoint,
+                    endpoint: call_endpoint,
                     body,
                     stream: request.stream,
-                    forward: &request.forward,
+                    forward: if translation.is_some() {
+                        &[]
+                    } else {
+                        &request.forward
+                    },
                 };
                 upstream::send(&app.http, model, out).await
             }
@@ -150,6 +174,17 @@ pub async fn run(
                         "model": model.name, "provider": provider.name, "status": status.as_u16(),
                         "latency_us": micros(elapsed), "outcome": "relayed",
                     }));
+                    if let Some(t) = translation {
+                        return translated::relay(
+                            reply,
+                            &request,
+                            provider.timeout,
+                            sent,
+                            recorder,
+                            t,
+                        )
+                        .await;
+                    }
                     let shape = Shape::of(&request, upstream_api);
                     return relay(reply, &request, provider.timeout, sent, recorder, shape).await;
                 }
@@ -160,6 +195,10 @@ pub async fn run(
                     "model": model.name, "provider": provider.name, "status": reply.status.as_u16(),
                     "latency_us": micros(elapsed), "outcome": "relayed",
                 }));
+                if let Some(t) = translation {
+                    return translated::relay(reply, &request, provider.timeout, sent, recorder, t)
+                        .await;
+                }
                 let shape = Shape::of(&request, upstream_api);
                 return relay(reply, &request, provider.timeout, sent, recorder, shape).await;
             }
@@ -179,6 +218,11 @@ pub async fn run(
     }
     let error = GatewayError::Routing("the route has no deployments".into());
     recorder.deny(Stage::Call, &error, family)
+}
+
+/// Whether a unified-endpoint `provider` pin names this family (Azure serves `openai`).
+fn pinned(family: ProviderFamily, pin: &str) -> bool {
+    family.as_str() == pin || (pin == "openai" && family == ProviderFamily::Azure)
 }
 
 /// Relays one provider answer to the client.
@@ -261,11 +305,11 @@ async fn relay(
     response
 }
 
-fn micros(d: Duration) -> i64 {
+pub(super) fn micros(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
 
-async fn collect(mut body: BodyStream, limit: usize) -> Result<Bytes, String> {
+pub(super) async fn collect(mut body: BodyStream, limit: usize) -> Result<Bytes, String> {
     let mut buf = BytesMut::new();
     while let Some(chunk) = body.next().await {
         let chunk = chunk?;

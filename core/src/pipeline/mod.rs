@@ -32,6 +32,7 @@ pub mod inspect;
 pub mod record;
 pub mod reserve;
 pub mod route;
+pub mod translated;
 
 use std::sync::Arc;
 

@@ -200,6 +200,15 @@ impl Recorder {
         self.record.provider_usage = Some(usage.to_string());
     }
 
+    /// Normalized tokens (from the translation core) and, when known, the raw usage payload.
+    pub fn set_tokens(&mut self, tokens: TokenUsage, raw: Option<Value>) {
+        self.record.tokens = tokens;
+        self.record.cost_nanos = self.pricing.map_or(0, |p| p.cost_nanos(&tokens));
+        if let Some(raw) = raw {
+            self.record.provider_usage = Some(raw.to_string());
+        }
+    }
+
     /// A stream that failed after its usage was reported (an error event after Anthropic's
     /// `message_start`): bill at least the `produced` output tokens.
     pub fn bill_at_least_output(&mut self, produced: i64) {

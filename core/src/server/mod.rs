@@ -4,6 +4,7 @@ pub mod admin;
 pub mod anthropic;
 pub mod gemini;
 pub mod openai;
+pub mod unified;
 pub mod vllm;
 
 use std::net::SocketAddr;
@@ -35,6 +36,7 @@ pub fn router(app: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/completions", post(openai::completions))
+        .route("/v1/llm/chat", post(unified::chat))
         .route("/v1/embeddings", post(openai::embeddings))
         .route("/v1/responses", post(openai::responses))
         .route("/v1/images/generations", post(openai::images_generations))
