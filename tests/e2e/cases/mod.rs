@@ -13,5 +13,7 @@ mod policies;
 mod sdk;
 mod shutdown;
 mod streaming;
+mod translation;
+mod unified;
 mod usage;
 mod vllm;
