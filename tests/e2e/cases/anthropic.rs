@@ -4,7 +4,9 @@
 use mock_upstream::MockConfig;
 use serde_json::{Value, json};
 
-use crate::common::{Gateway, PROVIDER_KEY, family_policy, http, mock, request_id, run_python};
+use crate::common::{
+    Gateway, PROVIDER_KEY, family_policy, http, mock, repo_root, request_id, run_python,
+};
 
 /// Budgets, quotas and a group for the error cases.
 const GOVERNANCE: &str = r#"
@@ -234,4 +236,28 @@ async fn gateway_errors_on_messages_use_the_anthropic_envelope_for_curl_style_ke
     assert_eq!(body["error"]["type"], "authentication_error");
     assert_eq!(body["error"]["code"], "unauthorized");
     assert_eq!(mock.count(), 0);
+}
+
+#[tokio::test]
+async fn the_readme_anthropic_sdk_example_runs_against_the_demo() {
+    let gw = Gateway::start_dir(&repo_root().join("policies"));
+    let (_, secret) = gw.create_key("*");
+    let script = repo_root().join("examples/quickstart/anthropic_client.py");
+    let script = std::fs::read_to_string(script).unwrap();
+    let out = run_python(
+        "anthropic",
+        &script,
+        &[
+            ("TOLLGATE_API_KEY", &secret),
+            ("TOLLGATE_BASE_URL", &gw.base),
+        ],
+    )
+    .await;
+    assert!(
+        out.contains("message: This answer comes from tollgate's offline demo provider"),
+        "{out}"
+    );
+    assert!(out.contains("stream: This answer comes from"), "{out}");
+    assert!(out.contains("stream stop: end_turn"), "{out}");
+    assert!(out.contains("count: "), "{out}");
 }

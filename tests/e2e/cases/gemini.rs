@@ -4,7 +4,9 @@
 use mock_upstream::MockConfig;
 use serde_json::{Value, json};
 
-use crate::common::{Gateway, PROVIDER_KEY, family_policy, http, mock, request_id, run_python};
+use crate::common::{
+    Gateway, PROVIDER_KEY, family_policy, http, mock, repo_root, request_id, run_python,
+};
 
 const SDK_CALLS: &str = r#"
 import os
@@ -191,4 +193,27 @@ attempt("provider429", os.environ["KEY"], "gemini-429")
         "only the provider 429 call went upstream"
     );
     assert_eq!(forwarded[0].path, "/models/mock-429:generateContent");
+}
+
+#[tokio::test]
+async fn the_readme_google_genai_sdk_example_runs_against_the_demo() {
+    let gw = Gateway::start_dir(&repo_root().join("policies"));
+    let (_, secret) = gw.create_key("*");
+    let script = repo_root().join("examples/quickstart/gemini_client.py");
+    let script = std::fs::read_to_string(script).unwrap();
+    let out = run_python(
+        "google.genai",
+        &script,
+        &[
+            ("TOLLGATE_API_KEY", &secret),
+            ("TOLLGATE_BASE_URL", &gw.base),
+        ],
+    )
+    .await;
+    assert!(
+        out.contains("content: This answer comes from tollgate's offline demo provider"),
+        "{out}"
+    );
+    assert!(out.contains("stream: This answer comes from"), "{out}");
+    assert!(out.contains("embedding dimensions: 16"), "{out}");
 }
