@@ -279,6 +279,14 @@ impl Endpoint {
         }
     }
 
+    /// The family name recorded on usage rows: the endpoint's API, or `unified`.
+    pub fn family_name(self) -> &'static str {
+        match self {
+            Endpoint::Unified => "unified",
+            other => other.api().as_str(),
+        }
+    }
+
     /// The error body family of this endpoint.
     pub fn family(self) -> Family {
         match self.api() {

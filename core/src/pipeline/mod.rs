@@ -110,6 +110,7 @@ pub async fn handle(app: &Arc<AppState>, endpoint: Endpoint, inbound: Inbound) -
     let snapshot = app.policies.snapshot();
     let family = endpoint.family();
     let mut recorder = Recorder::start(app, &snapshot, &inbound, endpoint.path());
+    recorder.set_endpoint_family(endpoint.family_name());
 
     // 1. authenticate
     let key = match authenticate::run(app, &inbound.headers, inbound.query.as_deref()).await {

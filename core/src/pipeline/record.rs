@@ -90,6 +90,11 @@ impl Recorder {
         self.record.requested_model = Some(name.to_string());
     }
 
+    /// The API family of the endpoint the client called.
+    pub fn set_endpoint_family(&mut self, family: &str) {
+        self.record.endpoint_family = Some(family.to_string());
+    }
+
     /// Whether the client asked for a stream.
     pub fn set_stream(&mut self, stream: bool) {
         self.record.stream = stream;
@@ -100,6 +105,7 @@ impl Recorder {
         self.record.served_model = Some(model.name.clone());
         self.record.upstream_model = Some(model.upstream_model.clone());
         self.record.provider = Some(model.provider.name.clone());
+        self.record.upstream_family = Some(model.provider.family.as_str().to_string());
         self.pricing = Some(model.pricing);
     }
 

@@ -186,6 +186,9 @@ async fn cache_reads_and_writes_are_counted_once_and_priced_each_at_its_price() 
     assert_eq!(row["cached_input_tokens"], 9000);
     assert_eq!(row["output_tokens"], 50);
     assert_eq!(row["total_tokens"], 10_057);
+    assert_eq!(row["cache_creation_tokens"], 1000);
+    assert_eq!(row["endpoint_family"], "anthropic");
+    assert_eq!(row["upstream_family"], "anthropic");
     // 7 × $3 + 9000 × $0.30 + 1000 × $3.75 + 50 × $15 per million tokens, in nano-USD.
     assert_eq!(row["cost_nanos"], 21_000 + 2_700_000 + 3_750_000 + 750_000);
 }

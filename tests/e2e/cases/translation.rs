@@ -157,7 +157,11 @@ async fn cache_classes_survive_translation_and_are_priced_each_at_its_price() {
     let row = gw.row_for(&id).await;
     assert_eq!(row["input_tokens"], 10_007);
     assert_eq!(row["cached_input_tokens"], 9000);
+    assert_eq!(row["cache_creation_tokens"], 1000);
     assert_eq!(row["cost_nanos"], 21_000 + 2_700_000 + 3_750_000 + 750_000);
+    // The row names both families.
+    assert_eq!(row["endpoint_family"], "openai");
+    assert_eq!(row["upstream_family"], "anthropic");
 }
 
 #[tokio::test]

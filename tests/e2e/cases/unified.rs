@@ -154,6 +154,8 @@ async fn a_mixed_family_group_fails_over_from_a_failing_anthropic_to_openai_in_o
     assert_eq!(paths, ["/v1/messages", "/v1/chat/completions"]);
     let row = gw.row_for(&id).await;
     assert_eq!(row["served_model"], "gpt");
+    assert_eq!(row["endpoint_family"], "unified");
+    assert_eq!(row["upstream_family"], "openai");
     let route: Value = serde_json::from_str(row["route"].as_str().unwrap()).unwrap();
     let attempts = route["attempts"].as_array().unwrap();
     assert_eq!(attempts[0]["outcome"], "failover");

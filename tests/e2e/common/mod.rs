@@ -419,7 +419,8 @@ pub async fn read_usage(db_url: &str) -> Vec<Value> {
         "SELECT request_id, key_id, team, method, endpoint, stream, requested_model, served_model, \
          upstream_model, provider, status, error_code, denied_stage, latency_us, ttfb_us, input_tokens, \
          output_tokens, cached_input_tokens, reasoning_tokens, total_tokens, cost_nanos, provider_usage, \
-         stream_status, decisions, route FROM usage_records ORDER BY received_at_ms, id",
+         stream_status, decisions, route, endpoint_family, upstream_family, cache_creation_tokens \
+         FROM usage_records ORDER BY received_at_ms, id",
     )
     .fetch_all(&pool)
     .await
@@ -449,6 +450,8 @@ pub async fn read_usage(db_url: &str) -> Vec<Value> {
                 "total_tokens": int("total_tokens"), "cost_nanos": int("cost_nanos"),
                 "provider_usage": text("provider_usage"), "stream_status": text("stream_status"),
                 "decisions": text("decisions"), "route": text("route"),
+                "endpoint_family": text("endpoint_family"), "upstream_family": text("upstream_family"),
+                "cache_creation_tokens": int("cache_creation_tokens"),
             })
         })
         .collect()
