@@ -1,10 +1,12 @@
 //! Test cases, one file per area.
 
+mod anthropic;
 mod budgets;
 mod check;
 mod docs;
 mod errors;
 mod faults;
+mod gemini;
 mod hardening;
 mod keys;
 mod passthrough;
@@ -13,4 +15,7 @@ mod policies;
 mod sdk;
 mod shutdown;
 mod streaming;
+mod translation;
+mod unified;
 mod usage;
+mod vllm;
