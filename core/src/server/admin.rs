@@ -159,6 +159,12 @@ pub async fn metrics(State(app): State<Arc<AppState>>, request: Request) -> Resp
         )],
     );
     metric(
+        "tollgate_key_cache_store_lookups_total",
+        "counter",
+        "Key lookups that reached the store (cache misses; concurrent misses of one key share one).",
+        &[("", app.keys.store_lookups() as f64)],
+    );
+    metric(
         "tollgate_usage_records_enqueued_total",
         "counter",
         "Usage records handed to the writer.",

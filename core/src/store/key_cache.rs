@@ -14,11 +14,11 @@
 //! version and clears the cache).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{OnceCell, watch};
 
 use super::keys::hash_secret;
 use super::{KeyRecord, Store, StoreError};
@@ -93,12 +93,21 @@ impl Entries {
     }
 }
 
+/// One store lookup in flight, shared by every request presenting the same key meanwhile.
+type Flight = Arc<OnceCell<Option<Arc<KeyRecord>>>>;
+
 /// The cache.
 #[derive(Debug)]
 pub struct KeyCache {
     store: Store,
     entries: RwLock<Entries>,
     version: AtomicI64,
+    /// Lookups in flight by key hash: a burst of requests with one uncached key (a cold start,
+    /// a cache cleared by a key change) makes one store query, not one per request, so it
+    /// cannot exhaust the store's connection pool and fail closed with 503.
+    inflight: Mutex<HashMap<String, Flight>>,
+    /// Store queries made (cache misses that reached the store).
+    store_lookups: AtomicU64,
 }
 
 impl KeyCache {
@@ -116,7 +125,14 @@ impl KeyCache {
                 unknown: Generations::new(max_misses),
             }),
             version: AtomicI64::new(version),
+            inflight: Mutex::new(HashMap::new()),
+            store_lookups: AtomicU64::new(0),
         }
+    }
+
+    /// Store queries made so far for keys not in the cache.
+    pub fn store_lookups(&self) -> u64 {
+        self.store_lookups.load(Ordering::Relaxed)
     }
 
     /// The key version this cache reflects.
@@ -134,16 +150,33 @@ impl KeyCache {
             }
             return Ok(found);
         }
+        let flight = match self.inflight.lock() {
+            Ok(mut inflight) => inflight.entry(hash.clone()).or_default().clone(),
+            Err(_) => Flight::default(),
+        };
         let seen = self.version();
-        let found = self.store.key_by_hash(&hash).await?.map(Arc::new);
-        if let Ok(mut entries) = self.entries.write() {
-            // Only cache what was read under the version still in force; a concurrent
-            // invalidation may have made this read stale.
-            if self.version() == seen {
-                entries.insert(hash, found.clone());
-            }
+        let result = flight
+            .get_or_try_init(|| async {
+                self.store_lookups.fetch_add(1, Ordering::Relaxed);
+                let found = self.store.key_by_hash(&hash).await?.map(Arc::new);
+                if let Ok(mut entries) = self.entries.write() {
+                    // Only cache what was read under the version still in force; a
+                    // concurrent invalidation may have made this read stale.
+                    if self.version() == seen {
+                        entries.insert(hash.clone(), found.clone());
+                    }
+                }
+                Ok::<_, StoreError>(found)
+            })
+            .await
+            .cloned();
+        // The flight is over (answered, or failed: the next request tries again).
+        if let Ok(mut inflight) = self.inflight.lock()
+            && inflight.get(&hash).is_some_and(|f| Arc::ptr_eq(f, &flight))
+        {
+            inflight.remove(&hash);
         }
-        Ok(found)
+        result
     }
 
     /// Drops every entry and moves to `version`.
@@ -152,6 +185,10 @@ impl KeyCache {
             entries.known.clear();
             entries.unknown.clear();
             self.version.store(version, Ordering::Release);
+        }
+        // Requests from now on must not join a lookup made under the old version.
+        if let Ok(mut inflight) = self.inflight.lock() {
+            inflight.clear();
         }
     }
 
@@ -224,6 +261,27 @@ mod tests {
         store.close().await;
         let cached = cache.lookup(&secret).await.expect("served from the cache");
         assert!(cached.is_some());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_with_one_uncached_key_makes_one_store_lookup() {
+        let (_dir, store, secret) = store_with_key().await;
+        let cache = Arc::new(KeyCache::new(store, 0));
+        let lookups: Vec<_> = (0..64)
+            .map(|_| {
+                let cache = cache.clone();
+                let secret = secret.clone();
+                tokio::spawn(async move { cache.lookup(&secret).await })
+            })
+            .collect();
+        for lookup in lookups {
+            let found = lookup.await.unwrap().unwrap();
+            assert!(found.is_some());
+        }
+        assert_eq!(cache.store_lookups(), 1);
+        // Cached now: no further store query.
+        assert!(cache.lookup(&secret).await.unwrap().is_some());
+        assert_eq!(cache.store_lookups(), 1);
     }
 
     #[test]
