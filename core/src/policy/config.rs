@@ -36,6 +36,9 @@ pub struct GatewayFile {
     /// Where budget threshold events go.
     #[serde(default)]
     pub notifications: NotificationsSection,
+    /// MCP servers by slug (more can live in `mcp/<slug>.toml`).
+    #[serde(default)]
+    pub mcp_servers: BTreeMap<String, super::mcp::McpServerSection>,
 }
 
 /// `[[budgets]]`.

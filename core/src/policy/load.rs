@@ -22,7 +22,7 @@ pub const GATEWAY_FILE: &str = "gateway.toml";
 pub use crate::diagnostic::LoadError;
 
 /// Maps byte offsets of one file to line and column.
-struct SourceMap<'a> {
+pub(super) struct SourceMap<'a> {
     file: &'a Path,
     text: &'a str,
 }
@@ -38,7 +38,12 @@ impl SourceMap<'_> {
         (line, column)
     }
 
-    fn error(&self, span: Option<std::ops::Range<usize>>, key: &str, message: String) -> LoadError {
+    pub(super) fn error(
+        &self,
+        span: Option<std::ops::Range<usize>>,
+        key: &str,
+        message: String,
+    ) -> LoadError {
         let (line, column) = match span {
             Some(span) => {
                 let (l, c) = self.position(span.start);
@@ -474,6 +479,9 @@ pub fn load_dir(
         },
     };
 
+    let mcp_servers =
+        super::mcp::load_servers(dir, &map, file.mcp_servers, &mut errors, &mut hasher);
+
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -494,6 +502,7 @@ pub fn load_dir(
         quotas,
         limits_by_scope,
         webhook_url,
+        mcp_servers,
     })
 }
 
@@ -715,7 +724,10 @@ fn spend_specs(
 /// Reads a credential; a source that is configured but empty is not an error at load (the
 /// gateway keeps serving other providers) but makes the provider answer
 /// `provider_api_key_not_configured`.
-fn resolve_credential(dir: &Path, section: &CredentialSection) -> Result<Credential, String> {
+pub(super) fn resolve_credential(
+    dir: &Path,
+    section: &CredentialSection,
+) -> Result<Credential, String> {
     match (&section.env, &section.file) {
         (Some(var), None) => Ok(match std::env::var(var) {
             Ok(value) if !value.trim().is_empty() => {

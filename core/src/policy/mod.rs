@@ -8,6 +8,7 @@ pub mod cel;
 pub mod config;
 pub mod facts;
 pub mod load;
+pub mod mcp;
 pub mod rhai;
 pub mod testing;
 pub mod watch;
@@ -234,6 +235,8 @@ pub struct Snapshot {
     pub limits_by_scope: Vec<crate::spend::LimitSpec>,
     /// Where budget threshold events are POSTed.
     pub webhook_url: Option<String>,
+    /// MCP servers by slug.
+    pub mcp_servers: BTreeMap<String, Arc<crate::mcp::server::McpServer>>,
 }
 
 impl Snapshot {

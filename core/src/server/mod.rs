@@ -1,6 +1,7 @@
 //! The HTTP server: the router, the request-id middleware and graceful shutdown.
 
 pub mod admin;
+pub mod mcp;
 pub mod openai;
 
 use std::net::SocketAddr;
@@ -12,7 +13,7 @@ use axum::extract::Request;
 use axum::http::HeaderValue;
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -35,6 +36,18 @@ pub fn router(app: Arc<AppState>) -> Router {
         .route("/v1/responses", post(openai::responses))
         .route("/v1/images/generations", post(openai::images_generations))
         .route("/v1/models", get(openai::list_models))
+        .route("/v1/mcp", any(mcp::no_server))
+        .route("/v1/mcp/", any(mcp::no_server))
+        .route(
+            "/v1/mcp/{slug}",
+            get(mcp::server).post(mcp::server).delete(mcp::server),
+        )
+        .route(
+            "/v1/mcp/{slug}/{*path}",
+            get(mcp::server_path)
+                .post(mcp::server_path)
+                .delete(mcp::server_path),
+        )
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(admin::metrics))
         .route("/admin/policies", get(admin::policies))
@@ -125,6 +138,9 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     let (usage, writer) = usage_writer::spawn(store.clone());
     let http = crate::upstream::client()?;
     let (ledger, settler) = Ledger::start(store.clone(), http.clone()).await?;
+    let mcp = Arc::new(crate::mcp::Runtime::new(
+        store.mcp_session_secret().await?.as_bytes(),
+    ));
     let snapshot_now = policies.snapshot();
     if !snapshot_now.budgets.is_empty()
         || !snapshot_now.quotas.is_empty()
@@ -143,6 +159,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         admin_token,
         ledger: ledger.clone(),
         test_clock,
+        mcp: mcp.clone(),
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -189,6 +206,9 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     }
     // Dropping the server drops the router and with it the app state's usage sink.
     drop(server);
+    // Stdio MCP children never outlive the gateway.
+    mcp.stdio.shutdown();
+    drop(mcp);
     let _ = stop_tx.send(true);
     let _ = watcher.await;
     let _ = ledger_watcher.await;

@@ -1,0 +1,301 @@
+//! The lifecycle of one MCP HTTP request, stage by stage (the same stages and recorder as a
+//! model call): authenticate → authorize (server, MCP Access, server limits, body size) →
+//! inspect (tool rules, keyword filter, CEL) → reserve (MCP cost) → call → record.
+
+use std::sync::Arc;
+
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde_json::{Value, json};
+
+use super::govern;
+use super::jsonrpc::{self, Envelope};
+use super::server::{McpServer, Transport};
+use crate::error::{Family, GatewayError, McpError, RequestError};
+use crate::pipeline::authorize::read_body;
+use crate::pipeline::{Flow, Inbound, Recorder, Stage, authenticate};
+use crate::policy::Snapshot;
+use crate::spend::estimate::Estimate;
+use crate::state::AppState;
+use crate::store::{KeyRecord, McpUsage};
+
+/// What the MCP endpoint hands the lifecycle.
+pub struct McpInbound {
+    /// The request.
+    pub inbound: Inbound,
+    /// The server slug (or id) from the path.
+    pub slug: String,
+    /// The extra path after the slug, if any.
+    pub path: Option<String>,
+}
+
+/// Everything the call stage needs.
+pub struct Prepared {
+    /// The snapshot of the request.
+    pub snapshot: Arc<Snapshot>,
+    /// The server.
+    pub server: Arc<McpServer>,
+    /// The authenticated key.
+    pub key: Arc<KeyRecord>,
+    /// HTTP method.
+    pub method: Method,
+    /// Request headers.
+    pub headers: axum::http::HeaderMap,
+    /// Raw query.
+    pub query: Option<String>,
+    /// Extra path.
+    pub path: Option<String>,
+    /// The body of a POST.
+    pub body: Option<Bytes>,
+    /// The decoded JSON-RPC of a POST.
+    pub envelope: Option<Envelope>,
+    /// The usage row's MCP fields so far.
+    pub usage: McpUsage,
+    /// Holds the server's concurrency slot until the answer ends.
+    pub admission: super::limits::Admission,
+}
+
+impl Prepared {
+    /// The cost of this request once `bytes_out` are known.
+    pub fn cost(&self, bytes_out: i64) -> i64 {
+        self.server
+            .pricing
+            .cost_nanos(self.usage.tool_calls, self.usage.bytes_in, bytes_out)
+    }
+}
+
+/// A JSON answer with `status`.
+pub fn json_response(status: StatusCode, body: &Value) -> Response {
+    let mut response = (status, body.to_string()).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// The answer to a refused or failed request: a JSON-RPC error (per request of a batch) when the
+/// body held JSON-RPC requests, the OpenAI-style error body otherwise. The HTTP status and the
+/// stable code (`error.data.code`) are the same either way.
+pub fn render(error: &GatewayError, envelope: Option<&Envelope>, index: Option<usize>) -> Response {
+    let Some(envelope) = envelope.filter(|e| e.has_requests()) else {
+        return error.render(Family::OpenAi);
+    };
+    let mut data = error.body(Family::OpenAi)["error"].clone();
+    data["status"] = json!(error.status().as_u16());
+    let code = if matches!(
+        error,
+        GatewayError::Mcp(
+            McpError::Upstream { .. } | McpError::Stdio { .. } | McpError::Auth { .. }
+        )
+    ) {
+        jsonrpc::UPSTREAM_FAILED
+    } else {
+        jsonrpc::GATEWAY_REFUSED
+    };
+    let message = error.to_string();
+    let answers: Vec<Value> = envelope
+        .calls()
+        .enumerate()
+        .filter_map(|(i, c)| c.id.map(|id| (i, id)))
+        .map(|(i, id)| {
+            let text = if index.is_none_or(|r| r == i) {
+                message.clone()
+            } else {
+                format!("not sent: another message of this batch was refused ({message})")
+            };
+            jsonrpc::error(id, code, &text, data.clone())
+        })
+        .collect();
+    let body = if envelope.batch {
+        Value::from(answers)
+    } else {
+        answers.into_iter().next().unwrap_or(Value::Null)
+    };
+    let mut response = json_response(error.status(), &body);
+    if let GatewayError::Quota(q) = error
+        && q.retry_after_secs > 0
+        && let Ok(v) = HeaderValue::from_str(&q.retry_after_secs.to_string())
+    {
+        response.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    response
+}
+
+/// Ends the request with `error` from `stage`, recorded, in the form the client expects.
+pub fn refuse(
+    recorder: Recorder,
+    stage: Stage,
+    error: &GatewayError,
+    envelope: Option<&Envelope>,
+    index: Option<usize>,
+) -> Response {
+    let response = render(error, envelope, index);
+    recorder.deny_rendered(stage, error, response)
+}
+
+/// Holds the worst-case MCP cost (and one request) on every budget and quota that applies.
+async fn reserve(
+    app: &Arc<AppState>,
+    snapshot: &Snapshot,
+    key: &KeyRecord,
+    server: &McpServer,
+    worst_nanos: i64,
+    recorder: &mut Recorder,
+) -> Result<(), GatewayError> {
+    if snapshot.budgets.is_empty() && snapshot.quotas.is_empty() && !app.ledger.has_stored_budgets()
+    {
+        return Ok(());
+    }
+    // The server's target prices one input "token" at one nano-USD.
+    let estimate = Estimate {
+        input_tokens: worst_nanos,
+        output_tokens: 0,
+    };
+    if let Some(reservation) = app
+        .ledger
+        .reserve(
+            snapshot,
+            key,
+            &server.budget_target,
+            estimate,
+            recorder.request_id(),
+        )
+        .await?
+    {
+        recorder.add_decisions(vec![reservation.decision()]);
+        recorder.attach_reservation(app.ledger.clone(), reservation);
+    }
+    Ok(())
+}
+
+/// Runs the lifecycle of one request on `/v1/mcp/{slug}[/{path}]`.
+pub async fn handle(app: &Arc<AppState>, request: McpInbound) -> Response {
+    let McpInbound {
+        inbound,
+        slug,
+        path,
+    } = request;
+    let snapshot = app.policies.snapshot();
+    let mut recorder = Recorder::start(app, &snapshot, &inbound, &format!("/v1/mcp/{slug}"));
+
+    // 1. authenticate
+    let key = match authenticate::run(app, &inbound.headers, inbound.query.as_deref()).await {
+        Flow::Continue(key) => key,
+        Flow::Respond(error) => return recorder.deny(Stage::Authenticate, &error, Family::OpenAi),
+    };
+    recorder.set_key(&key);
+
+    // 2. authorize: the server exists and is enabled, MCP Access, server limits, body size.
+    let Some(server) = snapshot
+        .mcp_servers
+        .get(&slug)
+        .filter(|s| s.enabled)
+        .cloned()
+    else {
+        let error = McpError::NotFound(slug).into();
+        return recorder.deny(Stage::Authorize, &error, Family::OpenAi);
+    };
+    let mut usage = McpUsage {
+        server: server.slug.clone(),
+        transport: server.transport.as_str().to_string(),
+        pricing: Some(server.pricing.json().to_string()),
+        ..McpUsage::default()
+    };
+    recorder.set_mcp(usage.clone(), 0);
+    if !key.mcp.allows(&server.slug) {
+        let error = McpError::NotAllowed(server.slug.clone()).into();
+        return recorder.deny(Stage::Authorize, &error, Family::OpenAi);
+    }
+    recorder.add_decisions(vec![
+        json!({"stage": "authorize", "check": "mcp_access", "server": server.slug, "outcome": "allow"}),
+    ]);
+    let admission = match app.mcp.limits.admit(&server) {
+        Ok(a) => a,
+        Err(error) => return recorder.deny(Stage::Authorize, &error, Family::OpenAi),
+    };
+    let method = inbound.method.clone();
+    let (mut body, mut envelope) = (None, None);
+    if method == Method::POST {
+        let limit = server
+            .limits
+            .max_request_bytes
+            .map_or(snapshot.limits.max_body_bytes, |m| {
+                m.min(snapshot.limits.max_body_bytes)
+            });
+        let bytes = match read_body(inbound.body, limit).await {
+            Ok(b) => b,
+            Err(e) => return recorder.deny(Stage::Authorize, &e.into(), Family::OpenAi),
+        };
+        usage.bytes_in = i64::try_from(bytes.len()).unwrap_or(i64::MAX);
+        let parsed = match Envelope::parse(&bytes) {
+            Ok(p) => p,
+            Err((code, message)) => {
+                let error = GatewayError::Request(RequestError::Invalid(message.clone()));
+                let answer = json!({"jsonrpc": "2.0", "id": null, "error": {
+                    "code": code, "message": message, "data": {"code": error.code(), "status": 400}}});
+                recorder.set_mcp(usage, 0);
+                return recorder.deny_rendered(
+                    Stage::Authorize,
+                    &error,
+                    json_response(StatusCode::BAD_REQUEST, &answer),
+                );
+            }
+        };
+        usage.method = parsed.method_label();
+        usage.tool = parsed.first_tool();
+        usage.tool_calls = parsed.tool_calls();
+        recorder.set_mcp(usage.clone(), 0);
+
+        // 3. inspect
+        let (decisions, refusal) =
+            govern::inspect(&snapshot, &server, &key, &parsed, chrono::Utc::now());
+        recorder.add_decisions(decisions);
+        if let Some(refusal) = refusal {
+            return refuse(
+                recorder,
+                Stage::Inspect,
+                &refusal.error,
+                Some(&parsed),
+                Some(refusal.index),
+            );
+        }
+
+        // 4. reserve
+        let worst = server.pricing.cost_nanos(
+            usage.tool_calls,
+            usage.bytes_in,
+            server.pricing.hold_output_bytes,
+        );
+        if let Err(error) = reserve(app, &snapshot, &key, &server, worst, &mut recorder).await {
+            return refuse(recorder, Stage::Reserve, &error, Some(&parsed), None);
+        }
+        body = Some(bytes);
+        envelope = Some(parsed);
+    } else if method != Method::GET && method != Method::DELETE {
+        let error = GatewayError::MethodNotAllowed(format!("{method} /v1/mcp/{slug}"));
+        return recorder.deny(Stage::Authorize, &error, Family::OpenAi);
+    }
+
+    // 5. call (6. record runs when the relayed answer ends)
+    let prepared = Prepared {
+        snapshot: snapshot.clone(),
+        server: server.clone(),
+        key,
+        method,
+        headers: inbound.headers,
+        query: inbound.query,
+        path,
+        body,
+        envelope,
+        usage,
+        admission,
+    };
+    match &server.transport {
+        Transport::StreamableHttp { url } | Transport::Sse { url } => {
+            super::call::http(app, prepared, url, recorder).await
+        }
+        Transport::Stdio(command) => super::call::stdio(app, prepared, command, recorder).await,
+    }
+}
