@@ -11,7 +11,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::Value;
 
-use super::gateway::{Prepared, json_response, refuse};
+use super::gateway::{Prepared, json_response, refuse, refuse_to};
 use super::http::{
     EventRewrite, relay, relayed_headers, session_header, tool_filter, upstream_headers,
     upstream_url,
@@ -63,7 +63,15 @@ pub async fn http(app: &Arc<AppState>, p: Prepared, url: &str, mut recorder: Rec
             Some(u) => u,
             None => {
                 let error = upstream_error(&p, "the SSE url has no origin");
-                return refuse(recorder, Stage::Call, &error, p.envelope.as_ref(), None);
+                return refuse_to(
+                    app,
+                    p.sse_route.as_ref(),
+                    recorder,
+                    Stage::Call,
+                    &error,
+                    p.envelope.as_ref(),
+                    None,
+                );
             }
         }
     } else {
@@ -83,7 +91,15 @@ pub async fn http(app: &Arc<AppState>, p: Prepared, url: &str, mut recorder: Rec
             }
             None => {
                 let error = McpError::SessionNotFound.into();
-                return refuse(recorder, Stage::Call, &error, p.envelope.as_ref(), None);
+                return refuse_to(
+                    app,
+                    p.sse_route.as_ref(),
+                    recorder,
+                    Stage::Call,
+                    &error,
+                    p.envelope.as_ref(),
+                    None,
+                );
             }
         }
     }
@@ -100,7 +116,15 @@ pub async fn http(app: &Arc<AppState>, p: Prepared, url: &str, mut recorder: Rec
         }
         Ok(None) => {}
         Err(e) => {
-            return refuse(recorder, Stage::Call, &e.into(), p.envelope.as_ref(), None);
+            return refuse_to(
+                app,
+                p.sse_route.as_ref(),
+                recorder,
+                Stage::Call,
+                &e.into(),
+                p.envelope.as_ref(),
+                None,
+            );
         }
     }
     let mut request = app.http.request(p.method.clone(), &target).headers(headers);
@@ -112,14 +136,30 @@ pub async fn http(app: &Arc<AppState>, p: Prepared, url: &str, mut recorder: Rec
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
             let error = upstream_error(&p, format!("unreachable: {}", without_url(&e)));
-            return refuse(recorder, Stage::Call, &error, p.envelope.as_ref(), None);
+            return refuse_to(
+                app,
+                p.sse_route.as_ref(),
+                recorder,
+                Stage::Call,
+                &error,
+                p.envelope.as_ref(),
+                None,
+            );
         }
         Err(_) => {
             let error = upstream_error(
                 &p,
                 format!("no answer within {} ms", p.server.timeout.as_millis()),
             );
-            return refuse(recorder, Stage::Call, &error, p.envelope.as_ref(), None);
+            return refuse_to(
+                app,
+                p.sse_route.as_ref(),
+                recorder,
+                Stage::Call,
+                &error,
+                p.envelope.as_ref(),
+                None,
+            );
         }
     };
     recorder.set_upstream_latency(
@@ -129,7 +169,15 @@ pub async fn http(app: &Arc<AppState>, p: Prepared, url: &str, mut recorder: Rec
     let status = response.status();
     if status.is_server_error() {
         let error = upstream_error(&p, format!("answered with status {}", status.as_u16()));
-        return refuse(recorder, Stage::Call, &error, p.envelope.as_ref(), None);
+        return refuse_to(
+            app,
+            p.sse_route.as_ref(),
+            recorder,
+            Stage::Call,
+            &error,
+            p.envelope.as_ref(),
+            None,
+        );
     }
     let mut out_headers = relayed_headers(response.headers());
     if let Some(upstream_session) = response
@@ -157,7 +205,15 @@ pub async fn http(app: &Arc<AppState>, p: Prepared, url: &str, mut recorder: Rec
             Ok(b) => b,
             Err(detail) => {
                 let error = upstream_error(&p, detail);
-                return refuse(recorder, Stage::Call, &error, p.envelope.as_ref(), None);
+                return refuse_to(
+                    app,
+                    p.sse_route.as_ref(),
+                    recorder,
+                    Stage::Call,
+                    &error,
+                    p.envelope.as_ref(),
+                    None,
+                );
             }
         };
         let bytes = if rules_filter(&p) {
@@ -178,11 +234,23 @@ pub async fn http(app: &Arc<AppState>, p: Prepared, url: &str, mut recorder: Rec
         return answer;
     }
     // A stream (SSE answer to a POST, the GET stream) or anything else: relayed as it comes.
+    let mut inject = None;
+    let registered: std::sync::Arc<std::sync::Mutex<Option<String>>> = Default::default();
     let rewrite: Option<EventRewrite> = if legacy_sse {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        inject = Some(rx);
+        let (runtime, key_id, slot) = (app.mcp.clone(), p.key.id.clone(), registered.clone());
+        let on_endpoint: super::sse::OnEndpoint = std::sync::Arc::new(move |endpoint: &str| {
+            runtime.sse.register(&key_id, endpoint, tx.clone());
+            if let Ok(mut s) = slot.lock() {
+                *s = Some(endpoint.to_string());
+            }
+        });
         Some(super::sse::stream_rewrite(
             url.to_string(),
             p.server.slug.clone(),
             rules_filter(&p).then(|| p.server.tools.clone()),
+            Some(on_endpoint),
         ))
     } else if content_type.starts_with("text/event-stream") && rules_filter(&p) {
         Some(tool_filter(p.server.tools.clone()))
@@ -192,7 +260,11 @@ pub async fn http(app: &Arc<AppState>, p: Prepared, url: &str, mut recorder: Rec
     recorder.mark_first_byte();
     recorder.set_stream_status("open");
     let code = status.as_u16();
+    let runtime = app.mcp.clone();
     let on_end = Box::new(move |bytes_out: i64, reason: Option<&'static str>| {
+        if let Some(endpoint) = registered.lock().ok().and_then(|mut s| s.take()) {
+            runtime.sse.remove(&p.key.id, &endpoint);
+        }
         finish(
             recorder,
             &p,
@@ -202,7 +274,7 @@ pub async fn http(app: &Arc<AppState>, p: Prepared, url: &str, mut recorder: Rec
         );
         drop(p);
     });
-    let body = relay(response.bytes_stream().boxed(), rewrite, on_end);
+    let body = relay(response.bytes_stream().boxed(), rewrite, inject, on_end);
     let mut answer = Response::new(body);
     *answer.status_mut() = status;
     *answer.headers_mut() = out_headers;
@@ -304,7 +376,7 @@ pub async fn stdio(
                 Some(reason.unwrap_or("completed")),
             );
         });
-        let mut answer = Response::new(relay(stream, None, on_end));
+        let mut answer = Response::new(relay(stream, None, None, on_end));
         answer.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/event-stream"),

@@ -54,6 +54,8 @@ pub struct Prepared {
     pub usage: McpUsage,
     /// Holds the server's concurrency slot until the answer ends.
     pub admission: super::limits::Admission,
+    /// The stream of a legacy SSE session (POSTs only).
+    pub sse_route: Option<SseRoute>,
 }
 
 impl Prepared {
@@ -75,13 +77,20 @@ pub fn json_response(status: StatusCode, body: &Value) -> Response {
     response
 }
 
-/// The answer to a refused or failed request: a JSON-RPC error (per request of a batch) when the
-/// body held JSON-RPC requests, the OpenAI-style error body otherwise. The HTTP status and the
-/// stable code (`error.data.code`) are the same either way.
-pub fn render(error: &GatewayError, envelope: Option<&Envelope>, index: Option<usize>) -> Response {
-    let Some(envelope) = envelope.filter(|e| e.has_requests()) else {
-        return error.render(Family::OpenAi);
-    };
+/// Where a legacy SSE client reads its answers: the stream opened with the same key whose
+/// `endpoint` event named this POST's URL.
+#[derive(Debug, Clone)]
+pub struct SseRoute {
+    /// The key.
+    pub key_id: String,
+    /// The gateway endpoint (`/v1/mcp/{slug}/{path}?{query}`).
+    pub endpoint: String,
+}
+
+/// The JSON-RPC answer(s) to a refused body that held requests: one error per request (the
+/// refused one names the reason, the others say they were not sent), `error.data.code` carrying
+/// the stable code and `error.data.status` the HTTP status.
+fn jsonrpc_answers(error: &GatewayError, envelope: &Envelope, index: Option<usize>) -> Vec<Value> {
     let mut data = error.body(Family::OpenAi)["error"].clone();
     data["status"] = json!(error.status().as_u16());
     let code = if matches!(
@@ -95,7 +104,7 @@ pub fn render(error: &GatewayError, envelope: Option<&Envelope>, index: Option<u
         jsonrpc::GATEWAY_REFUSED
     };
     let message = error.to_string();
-    let answers: Vec<Value> = envelope
+    envelope
         .calls()
         .enumerate()
         .filter_map(|(i, c)| c.id.map(|id| (i, id)))
@@ -107,7 +116,17 @@ pub fn render(error: &GatewayError, envelope: Option<&Envelope>, index: Option<u
             };
             jsonrpc::error(id, code, &text, data.clone())
         })
-        .collect();
+        .collect()
+}
+
+/// The answer to a refused or failed request: a JSON-RPC error (per request of a batch) when the
+/// body held JSON-RPC requests, the OpenAI-style error body otherwise. The HTTP status and the
+/// stable code (`error.data.code`) are the same either way.
+pub fn render(error: &GatewayError, envelope: Option<&Envelope>, index: Option<usize>) -> Response {
+    let Some(envelope) = envelope.filter(|e| e.has_requests()) else {
+        return error.render(Family::OpenAi);
+    };
+    let answers = jsonrpc_answers(error, envelope, index);
     let body = if envelope.batch {
         Value::from(answers)
     } else {
@@ -133,6 +152,29 @@ pub fn refuse(
 ) -> Response {
     let response = render(error, envelope, index);
     recorder.deny_rendered(stage, error, response)
+}
+
+/// Like [`refuse`]; a legacy SSE client gets the JSON-RPC errors on its stream (and `202` to
+/// its POST, as the transport expects) when that stream is open on this replica.
+pub fn refuse_to(
+    app: &AppState,
+    route: Option<&SseRoute>,
+    recorder: Recorder,
+    stage: Stage,
+    error: &GatewayError,
+    envelope: Option<&Envelope>,
+    index: Option<usize>,
+) -> Response {
+    if let (Some(route), Some(envelope)) = (route, envelope.filter(|e| e.has_requests())) {
+        let answers = jsonrpc_answers(error, envelope, index);
+        if answers
+            .iter()
+            .all(|a| app.mcp.sse.send(&route.key_id, &route.endpoint, a))
+        {
+            return recorder.deny_rendered(stage, error, StatusCode::ACCEPTED.into_response());
+        }
+    }
+    refuse(recorder, stage, error, envelope, index)
 }
 
 /// Holds the worst-case MCP cost (and one request) on every budget and quota that applies.
@@ -211,12 +253,13 @@ pub async fn handle(app: &Arc<AppState>, request: McpInbound) -> Response {
     recorder.add_decisions(vec![
         json!({"stage": "authorize", "check": "mcp_access", "server": server.slug, "outcome": "allow"}),
     ]);
-    let admission = match app.mcp.limits.admit(&server) {
-        Ok(a) => a,
-        Err(error) => return recorder.deny(Stage::Authorize, &error, Family::OpenAi),
-    };
     let method = inbound.method.clone();
-    let (mut body, mut envelope) = (None, None);
+    let sse_route = (matches!(server.transport, Transport::Sse { .. }) && method == Method::POST)
+        .then(|| SseRoute {
+            key_id: key.id.clone(),
+            endpoint: super::sse::post_endpoint(&slug, path.as_deref(), inbound.query.as_deref()),
+        });
+    let (mut body, mut envelope, mut admission) = (None, None, None);
     if method == Method::POST {
         let limit = server
             .limits
@@ -247,13 +290,30 @@ pub async fn handle(app: &Arc<AppState>, request: McpInbound) -> Response {
         usage.tool = parsed.first_tool();
         usage.tool_calls = parsed.tool_calls();
         recorder.set_mcp(usage.clone(), 0);
+        // Server limits, answered in JSON-RPC form now that the request ids are known.
+        admission = match app.mcp.limits.admit(&server) {
+            Ok(a) => Some(a),
+            Err(error) => {
+                return refuse_to(
+                    app,
+                    sse_route.as_ref(),
+                    recorder,
+                    Stage::Authorize,
+                    &error,
+                    Some(&parsed),
+                    None,
+                );
+            }
+        };
 
         // 3. inspect
         let (decisions, refusal) =
             govern::inspect(&snapshot, &server, &key, &parsed, chrono::Utc::now());
         recorder.add_decisions(decisions);
         if let Some(refusal) = refusal {
-            return refuse(
+            return refuse_to(
+                app,
+                sse_route.as_ref(),
                 recorder,
                 Stage::Inspect,
                 &refusal.error,
@@ -269,7 +329,15 @@ pub async fn handle(app: &Arc<AppState>, request: McpInbound) -> Response {
             server.pricing.hold_output_bytes,
         );
         if let Err(error) = reserve(app, &snapshot, &key, &server, worst, &mut recorder).await {
-            return refuse(recorder, Stage::Reserve, &error, Some(&parsed), None);
+            return refuse_to(
+                app,
+                sse_route.as_ref(),
+                recorder,
+                Stage::Reserve,
+                &error,
+                Some(&parsed),
+                None,
+            );
         }
         body = Some(bytes);
         envelope = Some(parsed);
@@ -277,6 +345,13 @@ pub async fn handle(app: &Arc<AppState>, request: McpInbound) -> Response {
         let error = GatewayError::MethodNotAllowed(format!("{method} /v1/mcp/{slug}"));
         return recorder.deny(Stage::Authorize, &error, Family::OpenAi);
     }
+    let admission = match admission {
+        Some(a) => a,
+        None => match app.mcp.limits.admit(&server) {
+            Ok(a) => a,
+            Err(error) => return recorder.deny(Stage::Authorize, &error, Family::OpenAi),
+        },
+    };
 
     // 5. call (6. record runs when the relayed answer ends)
     let prepared = Prepared {
@@ -291,6 +366,7 @@ pub async fn handle(app: &Arc<AppState>, request: McpInbound) -> Response {
         envelope,
         usage,
         admission,
+        sse_route,
     };
     match &server.transport {
         Transport::StreamableHttp { url } | Transport::Sse { url } => {

@@ -152,6 +152,7 @@ pub type OnEnd = Box<dyn FnOnce(i64, Option<&'static str>) + Send>;
 /// A relayed upstream body.
 pub struct Relay<S> {
     upstream: S,
+    inject: Option<tokio::sync::mpsc::UnboundedReceiver<Bytes>>,
     rewrite: Option<EventRewrite>,
     buffer: BytesMut,
     bytes_out: i64,
@@ -228,6 +229,14 @@ where
             if this.done {
                 return Poll::Ready(None);
             }
+            // Gateway-made events (answers to refused POSTs of a legacy SSE session) go out
+            // between upstream events: the relay only ever emits whole events when it rewrites.
+            if let Some(inject) = this.inject.as_mut()
+                && let Poll::Ready(Some(event)) = inject.poll_recv(cx)
+            {
+                this.bytes_out += i64::try_from(event.len()).unwrap_or(i64::MAX);
+                return Poll::Ready(Some(Ok(event)));
+            }
             match Pin::new(&mut this.upstream).poll_next(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Some(Ok(chunk))) => {
@@ -269,13 +278,20 @@ where
     }
 }
 
-/// A body relaying `upstream`, rewriting SSE events with `rewrite`, calling `on_end` once.
-pub fn relay<S>(upstream: S, rewrite: Option<EventRewrite>, on_end: OnEnd) -> Body
+/// A body relaying `upstream`, rewriting SSE events with `rewrite`, adding the events sent to
+/// `inject`, calling `on_end` once.
+pub fn relay<S>(
+    upstream: S,
+    rewrite: Option<EventRewrite>,
+    inject: Option<tokio::sync::mpsc::UnboundedReceiver<Bytes>>,
+    on_end: OnEnd,
+) -> Body
 where
     S: Stream<Item = Result<Bytes, reqwest::Error>> + Unpin + Send + 'static,
 {
     Body::from_stream(Relay {
         upstream,
+        inject,
         rewrite,
         buffer: BytesMut::new(),
         bytes_out: 0,

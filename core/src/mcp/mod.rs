@@ -31,6 +31,8 @@ pub struct Runtime {
     pub sessions: session::SessionKeys,
     /// Stdio children by session.
     pub stdio: stdio::Children,
+    /// Open legacy SSE streams.
+    pub sse: sse::Streams,
 }
 
 impl Runtime {
@@ -41,6 +43,7 @@ impl Runtime {
             tokens: auth::TokenCache::default(),
             sessions: session::SessionKeys::new(secret),
             stdio: stdio::Children::default(),
+            sse: sse::Streams::default(),
         }
     }
 }
