@@ -66,6 +66,7 @@ pub async fn http(app: &Arc<AppState>, p: Prepared, url: &str, mut recorder: Rec
                 return refuse_to(
                     app,
                     p.sse_route.as_ref(),
+                    false,
                     recorder,
                     Stage::Call,
                     &error,
@@ -94,6 +95,7 @@ pub async fn http(app: &Arc<AppState>, p: Prepared, url: &str, mut recorder: Rec
                 return refuse_to(
                     app,
                     p.sse_route.as_ref(),
+                    false,
                     recorder,
                     Stage::Call,
                     &error,
@@ -119,6 +121,7 @@ pub async fn http(app: &Arc<AppState>, p: Prepared, url: &str, mut recorder: Rec
             return refuse_to(
                 app,
                 p.sse_route.as_ref(),
+                false,
                 recorder,
                 Stage::Call,
                 &e.into(),
@@ -139,6 +142,7 @@ pub async fn http(app: &Arc<AppState>, p: Prepared, url: &str, mut recorder: Rec
             return refuse_to(
                 app,
                 p.sse_route.as_ref(),
+                false,
                 recorder,
                 Stage::Call,
                 &error,
@@ -154,6 +158,7 @@ pub async fn http(app: &Arc<AppState>, p: Prepared, url: &str, mut recorder: Rec
             return refuse_to(
                 app,
                 p.sse_route.as_ref(),
+                false,
                 recorder,
                 Stage::Call,
                 &error,
@@ -172,6 +177,7 @@ pub async fn http(app: &Arc<AppState>, p: Prepared, url: &str, mut recorder: Rec
         return refuse_to(
             app,
             p.sse_route.as_ref(),
+            false,
             recorder,
             Stage::Call,
             &error,
@@ -208,6 +214,7 @@ pub async fn http(app: &Arc<AppState>, p: Prepared, url: &str, mut recorder: Rec
                 return refuse_to(
                     app,
                     p.sse_route.as_ref(),
+                    false,
                     recorder,
                     Stage::Call,
                     &error,

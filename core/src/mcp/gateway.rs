@@ -155,10 +155,15 @@ pub fn refuse(
 }
 
 /// Like [`refuse`]; a legacy SSE client gets the JSON-RPC errors on its stream (and `202` to
-/// its POST, as the transport expects) when that stream is open on this replica.
+/// its POST, as the transport expects) when that stream is open on this replica. Inside a
+/// session (`in_session`), a policy refusal is the JSON-RPC answer itself, sent with `200` so
+/// every SDK surfaces it as an error with its `data.code` (some SDKs turn a 4xx into an opaque
+/// transport error); the usage row keeps the refusal's status.
+#[allow(clippy::too_many_arguments)]
 pub fn refuse_to(
     app: &AppState,
     route: Option<&SseRoute>,
+    in_session: bool,
     recorder: Recorder,
     stage: Stage,
     error: &GatewayError,
@@ -173,6 +178,15 @@ pub fn refuse_to(
         {
             return recorder.deny_rendered(stage, error, StatusCode::ACCEPTED.into_response());
         }
+    }
+    if let Some(envelope) = envelope.filter(|e| in_session && e.has_requests()) {
+        let answers = jsonrpc_answers(error, envelope, index);
+        let body = if envelope.batch {
+            Value::from(answers)
+        } else {
+            answers.into_iter().next().unwrap_or(Value::Null)
+        };
+        return recorder.deny_rendered(stage, error, json_response(StatusCode::OK, &body));
     }
     refuse(recorder, stage, error, envelope, index)
 }
@@ -254,6 +268,7 @@ pub async fn handle(app: &Arc<AppState>, request: McpInbound) -> Response {
         json!({"stage": "authorize", "check": "mcp_access", "server": server.slug, "outcome": "allow"}),
     ]);
     let method = inbound.method.clone();
+    let in_session = inbound.headers.contains_key("mcp-session-id");
     let sse_route = (matches!(server.transport, Transport::Sse { .. }) && method == Method::POST)
         .then(|| SseRoute {
             key_id: key.id.clone(),
@@ -297,6 +312,7 @@ pub async fn handle(app: &Arc<AppState>, request: McpInbound) -> Response {
                 return refuse_to(
                     app,
                     sse_route.as_ref(),
+                    in_session,
                     recorder,
                     Stage::Authorize,
                     &error,
@@ -314,6 +330,7 @@ pub async fn handle(app: &Arc<AppState>, request: McpInbound) -> Response {
             return refuse_to(
                 app,
                 sse_route.as_ref(),
+                in_session,
                 recorder,
                 Stage::Inspect,
                 &refusal.error,
@@ -332,6 +349,7 @@ pub async fn handle(app: &Arc<AppState>, request: McpInbound) -> Response {
             return refuse_to(
                 app,
                 sse_route.as_ref(),
+                in_session,
                 recorder,
                 Stage::Reserve,
                 &error,

@@ -785,3 +785,74 @@ async fn the_legacy_sse_transport_is_governed_and_its_endpoint_points_back_throu
     .await;
     assert!(rows.iter().all(|r| r["transport"] == "sse"));
 }
+
+/// Runs `examples/mcp/ts_client.mjs URL TOOL ARGS` with `key`; its JSON lines.
+fn ts_client(url: &str, key: &str, tool: &str, args: &str) -> Vec<Value> {
+    let out = Command::new("node")
+        .arg(repo_root().join("examples/mcp/ts_client.mjs"))
+        .args([url, tool, args])
+        .env("TOLLGATE_API_KEY", key)
+        .env(
+            "MCP_SDK_DIR",
+            node_modules().join("@modelcontextprotocol/sdk"),
+        )
+        .output()
+        .expect("run node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "ts client failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect()
+}
+
+#[tokio::test]
+async fn the_typescript_sdk_calls_tools_and_gets_a_denied_tool_as_a_json_rpc_error() {
+    let test = "the_typescript_sdk_calls_tools_and_gets_a_denied_tool_as_a_json_rpc_error";
+    if !node_modules()
+        .join("@modelcontextprotocol/sdk/package.json")
+        .is_file()
+        || everything_js().is_none()
+    {
+        skip(
+            test,
+            "the npm MCP packages are not installed (./scripts/test installs them)",
+        );
+        return;
+    }
+    let node = NodeServer::start("streamableHttp");
+    let gw = Gateway::start(&everything_policy(node.port, ""));
+    let (_, key) = gw.create_key_with(&["--mcp", "everything"]);
+    let url = gw.url("/v1/mcp/everything");
+    let ok = ts_client(&url, &key, "echo", r#"{"message": "from typescript"}"#);
+    assert_eq!(ok[0]["session"], true, "{ok:?}");
+    assert!(
+        !ok[1]["tools"]
+            .as_array()
+            .expect("tools")
+            .iter()
+            .any(|t| t == "get-env")
+    );
+    assert_eq!(ok[2]["text"], "Echo: from typescript");
+    let denied = ts_client(&url, &key, "get-env", "{}");
+    assert_eq!(denied[2]["error"], -32003, "{denied:?}");
+    assert_eq!(
+        denied[2]["data"]["code"], "mcp_guardrail_block",
+        "{denied:?}"
+    );
+    assert_eq!(denied[2]["data"]["status"], 403);
+    // terminateSession is an HTTP DELETE, forwarded and recorded.
+    let rows = wait_mcp_rows(&gw, |rows| {
+        rows.iter().filter(|r| r["method"] == "DELETE").count() == 2
+    })
+    .await;
+    assert!(
+        rows.iter()
+            .filter(|r| r["method"] == "DELETE")
+            .all(|r| r["status"] == 200)
+    );
+}
