@@ -856,3 +856,80 @@ async fn the_typescript_sdk_calls_tools_and_gets_a_denied_tool_as_a_json_rpc_err
             .all(|r| r["status"] == 200)
     );
 }
+
+#[tokio::test]
+async fn access_rules_read_mcp_variables_and_model_rules_leave_mcp_traffic_alone() {
+    let (addr, seen) = recording_upstream().await;
+    let policy = format!(
+        "[mcp_servers.rec]\ntransport = \"streamable_http\"\nurl = \"http://{addr}/mcp\"\n\n\
+         [providers.demo]\nfamily = \"demo\"\n\n[models.chat]\nprovider = \"demo\"\n"
+    );
+    let rules: &[(&str, &str)] = &[
+        (
+            "access/mcp-tools.cel",
+            "// Large transfers need the finance team.\n\
+             mcp.method != \"tools/call\" || mcp.tool != \"transfer\" || mcp.arguments.amount < 100 \
+             || key.team == \"finance\"\n  ? true\n  : {\"allow\": false, \"reason\": \"transfers of 100 or more need the finance team\"}\n",
+        ),
+        (
+            "access/models-only.cel",
+            "// A model rule: it never decides MCP requests.\nmodel.name != \"forbidden-model\"\n",
+        ),
+    ];
+    let gw = Gateway::start_with(&policy, rules, &[]);
+    let (_, key) = gw.create_key_with(&["--mcp", "rec"]);
+    let (_, finance) = gw.create_key_with(&["--mcp", "rec", "--team", "finance"]);
+    let url = gw.url("/v1/mcp/rec");
+    let small = rpc(
+        1,
+        "tools/call",
+        json!({"name": "transfer", "arguments": {"amount": 5}}),
+    );
+    assert_eq!(post(&url, &key, None, &small).await.status().as_u16(), 200);
+    let big = rpc(
+        2,
+        "tools/call",
+        json!({"name": "transfer", "arguments": {"amount": 500}}),
+    );
+    let denied = post(&url, &key, None, &big).await;
+    assert_eq!(denied.status().as_u16(), 403);
+    let answer = rpc_answer(denied).await;
+    assert_eq!(answer["id"], 2);
+    assert_eq!(answer["error"]["data"]["code"], "policy_denied", "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("mcp-tools") && m.contains("finance team")),
+        "{answer}"
+    );
+    assert_eq!(
+        post(&url, &finance, None, &big).await.status().as_u16(),
+        200
+    );
+    // Two calls reached the upstream; the denied one did not.
+    assert_eq!(seen.lock().expect("lock").len(), 2);
+    // A rule reading `mcp` never decides model calls (it would fail closed there).
+    let (_, model_key) = gw.create_key("*");
+    let chat = http()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(&model_key)
+        .json(&crate::common::chat_body("chat"))
+        .send()
+        .await
+        .expect("chat");
+    assert_eq!(chat.status().as_u16(), 200);
+    let rows = wait_mcp_rows(&gw, |rows| {
+        rows.iter().filter(|r| r["provider"] == "mcp").count() == 3
+    })
+    .await;
+    let denied_row = rows
+        .iter()
+        .find(|r| r["error_code"] == "policy_denied")
+        .expect("denied row");
+    assert!(
+        denied_row["decisions"]
+            .as_str()
+            .is_some_and(|d| d.contains("\"rule\":\"mcp-tools\"") && !d.contains("models-only")),
+        "{denied_row}"
+    );
+}
