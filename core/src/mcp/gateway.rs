@@ -196,7 +196,7 @@ async fn reserve(
     app: &Arc<AppState>,
     snapshot: &Snapshot,
     key: &KeyRecord,
-    server: &McpServer,
+    target: &crate::policy::Target,
     worst_nanos: i64,
     recorder: &mut Recorder,
 ) -> Result<(), GatewayError> {
@@ -211,13 +211,7 @@ async fn reserve(
     };
     if let Some(reservation) = app
         .ledger
-        .reserve(
-            snapshot,
-            key,
-            &server.budget_target,
-            estimate,
-            recorder.request_id(),
-        )
+        .reserve(snapshot, key, target, estimate, recorder.request_id())
         .await?
     {
         recorder.add_decisions(vec![reservation.decision()]);
@@ -242,6 +236,13 @@ pub async fn handle(app: &Arc<AppState>, request: McpInbound) -> Response {
         Flow::Respond(error) => return recorder.deny(Stage::Authenticate, &error, Family::OpenAi),
     };
     recorder.set_key(&key);
+
+    // A virtual server aggregates others; each call is governed by the server it routes to.
+    if !snapshot.mcp_servers.contains_key(&slug)
+        && let Some(virt) = snapshot.mcp_virtual.get(&slug).cloned()
+    {
+        return handle_virtual(app, &snapshot, &virt, &key, inbound, recorder).await;
+    }
 
     // 2. authorize: the server exists and is enabled, MCP Access, server limits, body size.
     let Some(server) = snapshot
@@ -345,7 +346,16 @@ pub async fn handle(app: &Arc<AppState>, request: McpInbound) -> Response {
             usage.bytes_in,
             server.pricing.hold_output_bytes,
         );
-        if let Err(error) = reserve(app, &snapshot, &key, &server, worst, &mut recorder).await {
+        if let Err(error) = reserve(
+            app,
+            &snapshot,
+            &key,
+            &server.budget_target,
+            worst,
+            &mut recorder,
+        )
+        .await
+        {
             return refuse_to(
                 app,
                 sse_route.as_ref(),
@@ -391,5 +401,109 @@ pub async fn handle(app: &Arc<AppState>, request: McpInbound) -> Response {
             super::call::http(app, prepared, url, recorder).await
         }
         Transport::Stdio(command) => super::call::stdio(app, prepared, command, recorder).await,
+    }
+}
+
+/// The lifecycle on a virtual server: MCP Access to the virtual slug, the body, a hold at the
+/// highest member prices, then [`super::aggregate::serve`] (which applies each member's tool
+/// rules, CEL rules and limits to the calls routed to it), then the usage row.
+async fn handle_virtual(
+    app: &Arc<AppState>,
+    snapshot: &Arc<Snapshot>,
+    virt: &super::aggregate::VirtualServer,
+    key: &Arc<KeyRecord>,
+    inbound: Inbound,
+    mut recorder: Recorder,
+) -> Response {
+    let pricing = virt.pricing(snapshot);
+    let mut usage = McpUsage {
+        server: virt.slug.clone(),
+        transport: "virtual".into(),
+        pricing: Some(pricing.json().to_string()),
+        ..McpUsage::default()
+    };
+    recorder.set_mcp(usage.clone(), 0);
+    if !key.mcp.allows(&virt.slug) {
+        let error = McpError::NotAllowed(virt.slug.clone()).into();
+        return recorder.deny(Stage::Authorize, &error, Family::OpenAi);
+    }
+    let in_session = inbound.headers.contains_key("mcp-session-id");
+    let mut envelope = None;
+    if inbound.method == Method::POST {
+        let bytes = match read_body(inbound.body, snapshot.limits.max_body_bytes).await {
+            Ok(b) => b,
+            Err(e) => return recorder.deny(Stage::Authorize, &e.into(), Family::OpenAi),
+        };
+        usage.bytes_in = i64::try_from(bytes.len()).unwrap_or(i64::MAX);
+        let parsed = match Envelope::parse(&bytes) {
+            Ok(p) => p,
+            Err((_, message)) => {
+                let error = GatewayError::Request(RequestError::Invalid(message));
+                return recorder.deny(Stage::Authorize, &error, Family::OpenAi);
+            }
+        };
+        usage.method = parsed.method_label();
+        usage.tool = parsed.first_tool();
+        usage.tool_calls = parsed.tool_calls();
+        recorder.set_mcp(usage.clone(), 0);
+        let worst = pricing.cost_nanos(usage.tool_calls, usage.bytes_in, pricing.hold_output_bytes);
+        let target = McpServer::budget_target(&virt.slug);
+        if let Err(error) = reserve(app, snapshot, key, &target, worst, &mut recorder).await {
+            return refuse_to(
+                app,
+                None,
+                in_session,
+                recorder,
+                Stage::Reserve,
+                &error,
+                Some(&parsed),
+                None,
+            );
+        }
+        envelope = Some(parsed);
+    }
+    let outcome = super::aggregate::serve(
+        app,
+        snapshot,
+        virt,
+        key,
+        &inbound.method,
+        &inbound.headers,
+        envelope.as_ref(),
+    )
+    .await;
+    match outcome {
+        Ok(out) => {
+            usage.bytes_out = out.bytes_out;
+            usage.tool_calls = out.tool_calls;
+            let cost = pricing.cost_nanos(out.tool_calls, usage.bytes_in, out.bytes_out);
+            recorder.set_mcp(usage, cost);
+            recorder.mark_first_byte();
+            recorder.finish(out.status, None);
+            out.response
+        }
+        Err(error) => {
+            let upstream = matches!(
+                error,
+                GatewayError::Mcp(McpError::Upstream { .. } | McpError::Auth { .. })
+            );
+            usage.tool_calls = 0;
+            recorder.set_mcp(usage, 0);
+            let stage = if upstream {
+                Stage::Call
+            } else {
+                Stage::Inspect
+            };
+            refuse_to(
+                app,
+                None,
+                in_session && !upstream,
+                recorder,
+                stage,
+                &error,
+                envelope.as_ref(),
+                None,
+            )
+        }
     }
 }

@@ -7,6 +7,7 @@
 //! quotas), call (inject the upstream credential, relay), record (one usage row with
 //! `provider = mcp` per HTTP request). The handler is `server::mcp`.
 
+pub mod aggregate;
 pub mod auth;
 pub mod call;
 pub mod gateway;

@@ -39,6 +39,9 @@ pub struct GatewayFile {
     /// MCP servers by slug (more can live in `mcp/<slug>.toml`).
     #[serde(default)]
     pub mcp_servers: BTreeMap<String, super::mcp::McpServerSection>,
+    /// Virtual MCP servers by slug.
+    #[serde(default)]
+    pub mcp_virtual: BTreeMap<String, super::mcp::McpVirtualSection>,
 }
 
 /// `[[budgets]]`.

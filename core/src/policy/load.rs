@@ -481,6 +481,7 @@ pub fn load_dir(
 
     let mcp_servers =
         super::mcp::load_servers(dir, &map, file.mcp_servers, &mut errors, &mut hasher);
+    let mcp_virtual = super::mcp::load_virtual(&map, file.mcp_virtual, &mcp_servers, &mut errors);
 
     if !errors.is_empty() {
         return Err(errors);
@@ -503,6 +504,7 @@ pub fn load_dir(
         limits_by_scope,
         webhook_url,
         mcp_servers,
+        mcp_virtual,
     })
 }
 

@@ -13,6 +13,7 @@ use toml::Spanned;
 use super::config::CredentialSection;
 use super::load::{SourceMap, resolve_credential};
 use super::{Credential, LoadError};
+use crate::mcp::aggregate::{Member, VirtualServer};
 use crate::mcp::server::{
     McpLimits, McpPricing, McpServer, SecretSource, StdioCommand, ToolRules, Transport,
     UpstreamAuth,
@@ -123,6 +124,88 @@ pub struct McpLimitsSection {
     pub max_concurrency: Option<u32>,
     /// Largest request body.
     pub max_request_bytes: Option<usize>,
+}
+
+/// `[mcp_virtual.<slug>]`: `servers = [{ server = "a", prefix = "a_" }, ...]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpVirtualSection {
+    /// The member servers.
+    pub servers: Vec<McpVirtualMember>,
+}
+
+/// One member of a virtual server.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpVirtualMember {
+    /// A server of `[mcp_servers]` (Streamable HTTP).
+    pub server: Spanned<String>,
+    /// Prefix of its tool names (default `<server>_`).
+    pub prefix: Option<String>,
+}
+
+/// Validates `[mcp_virtual]` against the servers.
+pub(super) fn load_virtual(
+    gateway: &SourceMap<'_>,
+    sections: BTreeMap<String, McpVirtualSection>,
+    servers: &BTreeMap<String, Arc<McpServer>>,
+    errors: &mut Vec<LoadError>,
+) -> BTreeMap<String, Arc<VirtualServer>> {
+    let mut out = BTreeMap::new();
+    for (slug, section) in sections {
+        let key = format!("mcp_virtual.{slug}");
+        if !valid_slug(&slug) || servers.contains_key(&slug) {
+            errors.push(gateway.error(
+                None,
+                &key,
+                "a virtual server needs a valid slug that no server uses".into(),
+            ));
+            continue;
+        }
+        let mut members: Vec<Member> = Vec::new();
+        for m in section.servers {
+            let name = m.server.get_ref();
+            match servers.get(name) {
+                Some(s) if matches!(s.transport, Transport::StreamableHttp { .. }) => {}
+                Some(_) => {
+                    errors.push(gateway.error(
+                        Some(m.server.span()),
+                        &format!("{key}.servers"),
+                        format!("'{name}' is not a streamable_http server (virtual servers aggregate those only)"),
+                    ));
+                    continue;
+                }
+                None => {
+                    errors.push(gateway.error(
+                        Some(m.server.span()),
+                        &format!("{key}.servers"),
+                        format!("no MCP server '{name}'"),
+                    ));
+                    continue;
+                }
+            }
+            let prefix = m.prefix.unwrap_or_else(|| format!("{name}_"));
+            if members
+                .iter()
+                .any(|x| x.prefix.starts_with(&prefix) || prefix.starts_with(&x.prefix))
+            {
+                errors.push(gateway.error(
+                    Some(m.server.span()),
+                    &format!("{key}.servers"),
+                    format!(
+                        "prefix '{prefix}' overlaps another member's: tool names must map back exactly"
+                    ),
+                ));
+                continue;
+            }
+            members.push(Member {
+                server: name.clone(),
+                prefix,
+            });
+        }
+        out.insert(slug.clone(), Arc::new(VirtualServer { slug, members }));
+    }
+    out
 }
 
 fn default_idle_timeout_secs() -> u64 {

@@ -237,6 +237,8 @@ pub struct Snapshot {
     pub webhook_url: Option<String>,
     /// MCP servers by slug.
     pub mcp_servers: BTreeMap<String, Arc<crate::mcp::server::McpServer>>,
+    /// Virtual MCP servers (several servers' tools behind one slug).
+    pub mcp_virtual: BTreeMap<String, Arc<crate::mcp::aggregate::VirtualServer>>,
 }
 
 impl Snapshot {
