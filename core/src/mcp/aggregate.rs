@@ -83,20 +83,24 @@ impl VirtualServer {
         exposed: &str,
         tools_of: &dyn Fn(&str) -> Vec<String>,
     ) -> Option<(&'a Member, String)> {
-        for m in &self.members {
-            if let Some(rest) = exposed.strip_prefix(m.prefix.as_str())
-                && exposed_name(&m.prefix, rest) == exposed
-            {
-                return Some((m, rest.to_string()));
-            }
+        // A name of the maximal length may be a shortened one: the members' listings decide
+        // exactly (the prefix itself may have been cut).
+        let listed = || {
+            self.members.iter().find_map(|m| {
+                tools_of(&m.server)
+                    .into_iter()
+                    .find(|t| exposed_name(&m.prefix, t) == exposed)
+                    .map(|t| (m, t))
+            })
+        };
+        if exposed.len() == MAX_TOOL_NAME
+            && let Some(found) = listed()
+        {
+            return Some(found);
         }
-        // A shortened name: find the tool whose exposed name it is (the prefix itself may have
-        // been cut).
         self.members.iter().find_map(|m| {
-            tools_of(&m.server)
-                .into_iter()
-                .find(|t| exposed_name(&m.prefix, t) == exposed)
-                .map(|t| (m, t))
+            let rest = exposed.strip_prefix(m.prefix.as_str())?;
+            (exposed_name(&m.prefix, rest) == exposed).then(|| (m, rest.to_string()))
         })
     }
 }
@@ -353,10 +357,9 @@ pub async fn serve(
             }
             Some("tools/call") => {
                 let exposed = call.tool.unwrap_or_default().to_string();
-                let mut routed = virt.route(&exposed, &|_member: &str| Vec::new());
-                if routed.is_none() && exposed.len() == MAX_TOOL_NAME {
-                    // A shortened name: map it back through the members' own listings.
-                    let mut listed: BTreeMap<String, Vec<String>> = BTreeMap::new();
+                let mut listed: BTreeMap<String, Vec<String>> = BTreeMap::new();
+                if exposed.len() == MAX_TOOL_NAME {
+                    // Possibly a shortened name: map it back through the members' listings.
                     for member in &virt.members {
                         let server = member_server(snapshot, member)?;
                         let sid = sessions.as_ref().and_then(|s| s.get(&member.server));
@@ -373,10 +376,10 @@ pub async fn serve(
                             .collect();
                         listed.insert(member.server.clone(), names);
                     }
-                    routed = virt.route(&exposed, &|member: &str| {
-                        listed.get(member).cloned().unwrap_or_default()
-                    });
                 }
+                let routed = virt.route(&exposed, &|member: &str| {
+                    listed.get(member).cloned().unwrap_or_default()
+                });
                 let Some((member, tool)) = routed else {
                     answers.push(jsonrpc::error(
                         id,
