@@ -100,6 +100,7 @@ fn key_cache(c: &mut Criterion) {
                 owner: None,
                 metadata: serde_json::Map::new(),
                 models: ModelGrant::All,
+                mcp: ModelGrant::Only(Vec::new()),
                 expires_at_ms: None,
             })
             .await
@@ -196,6 +197,7 @@ fn policy_engines(c: &mut Criterion) {
                 model: Some(model_value.clone()),
                 now: None,
                 budget: None,
+                mcp: None,
             };
             black_box(rule.evaluate(&bindings.context()))
         });

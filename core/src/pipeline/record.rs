@@ -19,7 +19,7 @@ use crate::policy::{Model, Snapshot};
 use crate::spend::ledger::{Ledger, Reservation};
 use crate::state::AppState;
 use crate::store::usage_writer::UsageSink;
-use crate::store::{KeyRecord, UsageRecord};
+use crate::store::{KeyRecord, McpUsage, UsageRecord};
 use crate::usage::{Pricing, TokenUsage};
 
 /// Status recorded when the client disconnected before an answer (nginx's convention).
@@ -226,6 +226,15 @@ impl Recorder {
         }
     }
 
+    /// The MCP side of an MCP request: `provider = mcp`, the server, method, tool and bytes, and
+    /// the cost from the server's pricing (what budgets and quotas settle with).
+    pub fn set_mcp(&mut self, mcp: McpUsage, cost_nanos: i64) {
+        self.record.provider = Some("mcp".into());
+        self.record.served_model = None;
+        self.record.cost_nanos = cost_nanos;
+        self.record.mcp = Some(mcp);
+    }
+
     /// How a stream ended.
     pub fn set_stream_status(&mut self, status: &str) {
         self.record.stream_status = Some(status.to_string());
@@ -237,12 +246,23 @@ impl Recorder {
     }
 
     /// Ends the request with a gateway error from `stage`: records it, and renders it.
-    pub fn deny(mut self, stage: Stage, error: &GatewayError, family: Family) -> Response {
+    pub fn deny(self, stage: Stage, error: &GatewayError, family: Family) -> Response {
+        let response = error.render(family);
+        self.deny_rendered(stage, error, response)
+    }
+
+    /// Like [`Recorder::deny`], answering with `response` rendered by the caller (the MCP
+    /// endpoint answers in JSON-RPC form inside a session).
+    pub fn deny_rendered(
+        mut self,
+        stage: Stage,
+        error: &GatewayError,
+        response: Response,
+    ) -> Response {
         self.record.denied_stage = Some(stage.as_str().to_string());
         self.decisions.push(json!({
             "stage": stage.as_str(), "outcome": "deny", "code": error.code()
         }));
-        let response = error.render(family);
         self.mark_first_byte();
         self.complete(error.status().as_u16(), Some(error.code()));
         response

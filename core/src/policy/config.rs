@@ -36,6 +36,12 @@ pub struct GatewayFile {
     /// Where budget threshold events go.
     #[serde(default)]
     pub notifications: NotificationsSection,
+    /// MCP servers by slug (more can live in `mcp/<slug>.toml`).
+    #[serde(default)]
+    pub mcp_servers: BTreeMap<String, super::mcp::McpServerSection>,
+    /// Virtual MCP servers by slug.
+    #[serde(default)]
+    pub mcp_virtual: BTreeMap<String, super::mcp::McpVirtualSection>,
     /// Where plugin components and data may live besides the policy directory.
     #[serde(default)]
     pub plugins: PluginsSection,

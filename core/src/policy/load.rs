@@ -20,7 +20,7 @@ pub const GATEWAY_FILE: &str = "gateway.toml";
 pub use crate::diagnostic::LoadError;
 
 /// Maps byte offsets of one file to line and column.
-struct SourceMap<'a> {
+pub(super) struct SourceMap<'a> {
     file: &'a Path,
     text: &'a str,
 }
@@ -36,7 +36,12 @@ impl SourceMap<'_> {
         (line, column)
     }
 
-    fn error(&self, span: Option<std::ops::Range<usize>>, key: &str, message: String) -> LoadError {
+    pub(super) fn error(
+        &self,
+        span: Option<std::ops::Range<usize>>,
+        key: &str,
+        message: String,
+    ) -> LoadError {
         let (line, column) = match span {
             Some(span) => {
                 let (l, c) = self.position(span.start);
@@ -502,6 +507,10 @@ pub fn load_dir(
         },
     };
 
+    let mcp_servers =
+        super::mcp::load_servers(dir, &map, file.mcp_servers, &mut errors, &mut hasher);
+    let mcp_virtual = super::mcp::load_virtual(&map, file.mcp_virtual, &mcp_servers, &mut errors);
+
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -522,6 +531,8 @@ pub fn load_dir(
         quotas,
         limits_by_scope,
         webhook_url,
+        mcp_servers,
+        mcp_virtual,
     })
 }
 

@@ -9,6 +9,7 @@ pub mod config;
 mod credential;
 pub mod facts;
 pub mod load;
+pub mod mcp;
 pub mod rhai;
 pub mod testing;
 pub mod watch;
@@ -244,6 +245,10 @@ pub struct Snapshot {
     pub limits_by_scope: Vec<crate::spend::LimitSpec>,
     /// Where budget threshold events are POSTed.
     pub webhook_url: Option<String>,
+    /// MCP servers by slug.
+    pub mcp_servers: BTreeMap<String, Arc<crate::mcp::server::McpServer>>,
+    /// Virtual MCP servers (several servers' tools behind one slug).
+    pub mcp_virtual: BTreeMap<String, Arc<crate::mcp::aggregate::VirtualServer>>,
 }
 
 impl Snapshot {

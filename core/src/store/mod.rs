@@ -7,6 +7,7 @@
 pub mod key_cache;
 pub mod keys;
 pub mod ledger;
+pub mod mcp;
 pub mod redact;
 pub mod usage_writer;
 
@@ -109,6 +110,29 @@ pub struct UsageRecord {
     pub user_agent: Option<String>,
     /// Generation of the policy snapshot that decided the request.
     pub policy_generation: i64,
+    /// The MCP side of an MCP request (`provider = mcp`); `None` for model calls.
+    pub mcp: Option<McpUsage>,
+}
+
+/// What an MCP usage row carries beyond the common fields.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct McpUsage {
+    /// The server slug.
+    pub server: String,
+    /// `streamable_http`, `sse` or `stdio`.
+    pub transport: String,
+    /// The JSON-RPC method (the first of a batch; `batch` when they differ).
+    pub method: Option<String>,
+    /// The tool of a `tools/call` (the first of a batch).
+    pub tool: Option<String>,
+    /// How many `tools/call` the request carried.
+    pub tool_calls: i64,
+    /// Request body bytes (caller to server).
+    pub bytes_in: i64,
+    /// Response body bytes (server to caller), streams included.
+    pub bytes_out: i64,
+    /// The server's pricing when the call was made (JSON), so later changes keep history.
+    pub pricing: Option<String>,
 }
 
 /// `PREFIX VALUES (..), (..)` for `rows` rows of `cols` parameters, in the backend's own
@@ -292,8 +316,8 @@ impl Store {
 
     /// Writes a batch of usage records in one transaction.
     pub async fn insert_usage(&self, records: &[UsageRecord]) -> Result<(), StoreError> {
-        // 35 columns; SQLite allows 32,766 bound parameters per statement.
-        const ROWS_PER_STATEMENT: usize = 1000;
+        // 43 columns; SQLite allows 32,766 bound parameters per statement.
+        const ROWS_PER_STATEMENT: usize = 700;
         let mut tx = self.pool.begin().await?;
         for chunk in records.chunks(ROWS_PER_STATEMENT) {
             let sql = values_sql(
@@ -302,9 +326,10 @@ impl Store {
                  error_code, denied_stage, latency_us, ttfb_us, upstream_latency_us, input_tokens, \
                  output_tokens, cached_input_tokens, reasoning_tokens, total_tokens, cost_nanos, \
                  provider_usage, provider_request_id, stream_status, decisions, route, user_agent, policy_generation, \
-                 endpoint_family, upstream_family, cache_creation_tokens)",
+                 endpoint_family, upstream_family, cache_creation_tokens, \
+                 mcp_server, mcp_transport, mcp_method, mcp_tool, mcp_tool_calls, bytes_in, bytes_out, mcp_pricing)",
                 chunk.len(),
-                35,
+                43,
                 self.backend,
             );
             // Batch sizes vary: do not fill the statement cache with one statement per size.
@@ -346,6 +371,16 @@ impl Store {
                     .bind(r.endpoint_family.clone())
                     .bind(r.upstream_family.clone())
                     .bind(r.tokens.cache_creation);
+                let mcp = r.mcp.as_ref();
+                query = query
+                    .bind(mcp.map(|m| m.server.clone()))
+                    .bind(mcp.map(|m| m.transport.clone()))
+                    .bind(mcp.and_then(|m| m.method.clone()))
+                    .bind(mcp.and_then(|m| m.tool.clone()))
+                    .bind(mcp.map(|m| m.tool_calls))
+                    .bind(mcp.map(|m| m.bytes_in))
+                    .bind(mcp.map(|m| m.bytes_out))
+                    .bind(mcp.and_then(|m| m.pricing.clone()));
             }
             query.execute(&mut *tx).await?;
         }

@@ -139,6 +139,7 @@ fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat))
         .route("/v1/embeddings", post(embeddings))
+        .route("/mcp", post(mcp_tool_call))
         .route("/v1/responses", post(responses))
         .route("/v1/images/generations", post(images))
         .route("/v1/completions", post(families::completions))
@@ -378,6 +379,20 @@ async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
         Duration::ZERO
     };
     sse_response(events, gap, model == "mock-stall-stream")
+}
+
+/// A minimal MCP server (for the benchmark's MCP scenario): answers every JSON-RPC request with
+/// the result of an `echo` tool call.
+async fn mcp_tool_call(body: Bytes) -> Response {
+    let id = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| v.get("id").cloned())
+        .unwrap_or(Value::Null);
+    json_response(
+        StatusCode::OK,
+        &json!({"jsonrpc": "2.0", "id": id,
+                "result": {"content": [{"type": "text", "text": "Echo: bench"}], "isError": false}}),
+    )
 }
 
 async fn embeddings(
