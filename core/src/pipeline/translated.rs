@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 use tokio::time::Sleep;
 
 use super::authorize::Authorized;
+use super::inspect;
 use super::{Endpoint, Recorder, Stage};
 use crate::clock::now_ms;
 use crate::error::{GatewayError, RequestError, UpstreamError};
@@ -211,6 +212,18 @@ pub async fn relay(
             });
             return recorder.deny(Stage::Call, &error, family);
         }
+    };
+    // 3. inspect, response phase: guardrails see the client-shaped answer (the hub answer on
+    // the unified endpoint) before the client does.
+    let answer = match inspect::inspect_response(
+        &request.guards,
+        Bytes::from(answer.to_string()),
+        &mut recorder,
+    )
+    .await
+    {
+        Ok(bytes) => serde_json::from_slice::<Value>(&bytes).unwrap_or(answer),
+        Err(error) => return recorder.deny(Stage::Inspect, &error, family),
     };
     let answer = match t.unified {
         Some(provider) => translate::unified_answer(&answer, provider),
