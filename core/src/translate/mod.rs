@@ -82,6 +82,17 @@ pub enum Dialect {
     Gemini,
 }
 
+impl Dialect {
+    /// The family's lower-case name, as in configs and usage records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dialect::OpenAiChat => "openai",
+            Dialect::Anthropic => "anthropic",
+            Dialect::Gemini => "gemini",
+        }
+    }
+}
+
 /// A request or answer that cannot be translated (becomes 400 invalid_request / 502).
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 #[error("{0}")]

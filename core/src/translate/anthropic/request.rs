@@ -47,6 +47,19 @@ pub(crate) fn from_hub(
         }
     }
 
+    // With thinking on, Anthropic wants the last assistant tool_use turn to open with its
+    // thinking block; a client that did not echo `thinking_blocks` cannot have thinking on.
+    let unsigned_tool_turn = turns
+        .iter()
+        .rev()
+        .find(|t| t["role"] == "assistant")
+        .and_then(|t| t["content"].as_array())
+        .is_some_and(|blocks| {
+            blocks.iter().any(|b| b["type"] == "tool_use")
+                && !blocks
+                    .first()
+                    .is_some_and(|b| b["type"] == "thinking" || b["type"] == "redacted_thinking")
+        });
     let max_tokens = opts
         .max_tokens
         .or_else(|| hub_max_tokens(hub))
@@ -73,7 +86,10 @@ pub(crate) fn from_hub(
     if let Some(stop) = stop_list(hub.get("stop")) {
         out.insert("stop_sequences".into(), Value::Array(stop));
     }
-    copy(hub, "temperature", &mut out, "temperature");
+    // OpenAI and Gemini sample with temperature 0..2, Anthropic with 0..1.
+    if let Some(t) = hub.get("temperature").and_then(Value::as_f64) {
+        out.insert("temperature".into(), json!(t.clamp(0.0, 1.0)));
+    }
     copy(hub, "top_p", &mut out, "top_p");
     copy(hub, "top_k", &mut out, "top_k");
     if let Some(user) = str_of(hub, "user") {
@@ -89,6 +105,7 @@ pub(crate) fn from_hub(
         str_of(hub, "reasoning_effort").and_then(crate::translate::content::effort_budget)
         && max_tokens > 1024
         && !forced
+        && !unsigned_tool_turn
     {
         out.insert(
             "thinking".into(),

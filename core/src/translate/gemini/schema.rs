@@ -1,21 +1,37 @@
-//! JSON Schema -> the OpenAPI subset Gemini function declarations accept (no `$ref`, no
-//! `additionalProperties`, nullable instead of `["x", "null"]` type lists).
+//! JSON Schema -> the OpenAPI subset Gemini function declarations accept: an allow-list of
+//! keywords (no `$ref`, no `additionalProperties`, no `oneOf`), `nullable` instead of
+//! `["x", "null"]` type lists, `enum` instead of `const`.
 
 use serde_json::{Map, Value, json};
 
-/// Keys Gemini refuses in a function schema.
-const DROPPED: [&str; 10] = [
-    "$schema",
-    "$id",
-    "$defs",
-    "definitions",
-    "$comment",
-    "additionalProperties",
-    "unevaluatedProperties",
-    "patternProperties",
-    "strict",
-    "examples",
+/// The Schema keywords Gemini accepts; everything else is dropped.
+const ALLOWED: [&str; 22] = [
+    "type",
+    "format",
+    "title",
+    "description",
+    "nullable",
+    "enum",
+    "items",
+    "minItems",
+    "maxItems",
+    "properties",
+    "required",
+    "minProperties",
+    "maxProperties",
+    "minLength",
+    "maxLength",
+    "pattern",
+    "minimum",
+    "maximum",
+    "anyOf",
+    "propertyOrdering",
+    "default",
+    "example",
 ];
+
+/// String formats Gemini accepts (others, such as `uri` or `email`, are refused).
+const STRING_FORMATS: [&str; 2] = ["enum", "date-time"];
 
 /// How deep `$ref`s are inlined before a recursive schema is cut off.
 const MAX_DEPTH: usize = 16;
@@ -38,62 +54,95 @@ pub(crate) fn clean(schema: &Value) -> Option<Value> {
 }
 
 fn clean_node(node: &Value, defs: &Value, depth: usize) -> Value {
-    match node {
-        Value::Object(map) => {
-            if let Some(reference) = map.get("$ref").and_then(Value::as_str) {
-                let name = reference
-                    .strip_prefix("#/$defs/")
-                    .or_else(|| reference.strip_prefix("#/definitions/"));
-                return match name.and_then(|n| defs.get(n)) {
-                    Some(target) if depth < MAX_DEPTH => clean_node(target, defs, depth + 1),
-                    _ => json!({"type": "object"}),
-                };
-            }
-            let mut out = Map::new();
-            for (key, value) in map {
-                if DROPPED.contains(&key.as_str()) {
-                    continue;
-                }
-                match key.as_str() {
-                    "type" => {
-                        if let Value::Array(types) = value {
-                            let real: Vec<&Value> = types.iter().filter(|t| *t != "null").collect();
-                            if let Some(first) = real.first() {
-                                out.insert("type".into(), (*first).clone());
-                            }
-                            if real.len() < types.len() {
-                                out.insert("nullable".into(), json!(true));
-                            }
-                        } else {
-                            out.insert(key.clone(), value.clone());
-                        }
-                    }
-                    "const" => {
-                        out.insert("enum".into(), json!([value]));
-                    }
-                    "properties" => {
-                        let props = value
-                            .as_object()
-                            .map(|p| {
-                                p.iter()
-                                    .map(|(k, v)| (k.clone(), clean_node(v, defs, depth)))
-                                    .collect::<Map<_, _>>()
-                            })
-                            .unwrap_or_default();
-                        out.insert(key.clone(), Value::Object(props));
-                    }
-                    _ => {
-                        out.insert(key.clone(), clean_node(value, defs, depth));
-                    }
-                }
-            }
-            Value::Object(out)
+    let Value::Object(map) = node else {
+        return node.clone();
+    };
+    if let Some(reference) = map.get("$ref").and_then(Value::as_str) {
+        let name = reference
+            .strip_prefix("#/$defs/")
+            .or_else(|| reference.strip_prefix("#/definitions/"));
+        let mut target = match name.and_then(|n| defs.get(n)) {
+            Some(target) if depth < MAX_DEPTH => clean_node(target, defs, depth + 1),
+            _ => json!({"type": "object"}),
+        };
+        // Siblings of a $ref (a description, typically) annotate the inlined schema.
+        if let (Some(description), Some(t)) = (map.get("description"), target.as_object_mut()) {
+            t.insert("description".into(), description.clone());
         }
-        Value::Array(items) => {
-            Value::Array(items.iter().map(|v| clean_node(v, defs, depth)).collect())
-        }
-        other => other.clone(),
+        return target;
     }
+    // `allOf: [one schema]` (how pydantic attaches a description to a $ref) is that schema.
+    if let Some(Value::Array(all)) = map.get("allOf")
+        && let [only] = all.as_slice()
+    {
+        let mut merged = map.clone();
+        merged.remove("allOf");
+        let mut inner = clean_node(only, defs, depth);
+        if let Some(inner) = inner.as_object_mut() {
+            for (key, value) in clean_node(&Value::Object(merged), defs, depth)
+                .as_object()
+                .into_iter()
+                .flatten()
+            {
+                inner.insert(key.clone(), value.clone());
+            }
+        }
+        return inner;
+    }
+    let mut out = Map::new();
+    for (key, value) in map {
+        match key.as_str() {
+            "type" => match value {
+                Value::Array(types) => {
+                    let real: Vec<&Value> = types.iter().filter(|t| *t != "null").collect();
+                    if let Some(first) = real.first() {
+                        out.insert("type".into(), (*first).clone());
+                    }
+                    if real.len() < types.len() {
+                        out.insert("nullable".into(), json!(true));
+                    }
+                }
+                other => {
+                    out.insert(key.clone(), other.clone());
+                }
+            },
+            "const" => {
+                out.insert("enum".into(), json!([value]));
+            }
+            "oneOf" | "anyOf" => {
+                out.insert("anyOf".into(), clean_node(value, defs, depth));
+            }
+            "properties" => {
+                let props = value
+                    .as_object()
+                    .map(|p| {
+                        p.iter()
+                            .map(|(k, v)| (k.clone(), clean_node(v, defs, depth)))
+                            .collect::<Map<_, _>>()
+                    })
+                    .unwrap_or_default();
+                out.insert(key.clone(), Value::Object(props));
+            }
+            "format" => {
+                let is_string = match map.get("type") {
+                    Some(Value::String(t)) => t == "string",
+                    Some(Value::Array(types)) => types.iter().any(|t| t == "string"),
+                    _ => false,
+                };
+                if !is_string || value.as_str().is_some_and(|f| STRING_FORMATS.contains(&f)) {
+                    out.insert(key.clone(), value.clone());
+                }
+            }
+            "items" => {
+                out.insert(key.clone(), clean_node(value, defs, depth));
+            }
+            other if ALLOWED.contains(&other) => {
+                out.insert(key.clone(), value.clone());
+            }
+            _ => {}
+        }
+    }
+    Value::Object(out)
 }
 
 #[cfg(test)]
@@ -109,7 +158,12 @@ mod unit {
             "properties": {
                 "city": {"type": ["string", "null"]},
                 "unit": {"$ref": "#/$defs/Unit"},
-                "kind": {"const": "weather"}
+                "kind": {"const": "weather"},
+                "site": {"type": "string", "format": "uri", "exclusiveMinimum": 1},
+                "link": {"type": ["string", "null"], "format": "uri"},
+                "when": {"type": "string", "format": "date-time"},
+                "pick": {"oneOf": [{"type": "string"}, {"type": "integer"}]},
+                "described": {"allOf": [{"$ref": "#/$defs/Unit"}], "description": "the unit"}
             },
             "required": ["city"],
             "$defs": {"Unit": {"type": "string", "enum": ["c", "f"], "additionalProperties": false}}
@@ -121,7 +175,12 @@ mod unit {
                 "properties": {
                     "city": {"type": "string", "nullable": true},
                     "unit": {"type": "string", "enum": ["c", "f"]},
-                    "kind": {"enum": ["weather"]}
+                    "kind": {"enum": ["weather"]},
+                    "site": {"type": "string"},
+                    "link": {"type": "string", "nullable": true},
+                    "when": {"type": "string", "format": "date-time"},
+                    "pick": {"anyOf": [{"type": "string"}, {"type": "integer"}]},
+                    "described": {"type": "string", "enum": ["c", "f"], "description": "the unit"}
                 },
                 "required": ["city"]
             })

@@ -174,6 +174,7 @@ impl StreamTranslator {
             return Vec::new();
         }
         self.ended = true;
+        self.failed = true;
         vec![error_event(self.to, message, status)]
     }
 
@@ -182,7 +183,9 @@ impl StreamTranslator {
         self.decoder.usage()
     }
 
-    /// Whether the upstream reported an error event mid-stream.
+    /// Whether the client stream ended in an error: the upstream reported an error event
+    /// mid-stream, or the stream was cut ([`finish`](Self::finish) before the upstream's final
+    /// event, or [`fail`](Self::fail)). Record such a stream as failed, never as complete.
     pub fn failed(&self) -> bool {
         self.failed
     }

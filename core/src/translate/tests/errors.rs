@@ -8,11 +8,7 @@ use crate::translate::{Dialect, client_status, error};
 const ALL: [Dialect; 3] = [Dialect::OpenAiChat, Dialect::Anthropic, Dialect::Gemini];
 
 fn name(d: Dialect) -> &'static str {
-    match d {
-        Dialect::OpenAiChat => "openai",
-        Dialect::Anthropic => "anthropic",
-        Dialect::Gemini => "gemini",
-    }
+    d.as_str()
 }
 
 /// Upstream errors as each family sends them.

@@ -384,3 +384,93 @@ fn anthropic_thinking_blocks_survive_a_round_trip_through_openai_byte_identical(
     assert_eq!(before.to_string(), after.to_string());
     assert_eq!(original["system"], back["system"]);
 }
+
+#[test]
+fn openai_temperatures_above_one_are_clamped_for_anthropic() {
+    let body =
+        json!({"model": "m", "temperature": 1.6, "messages": [{"role": "user", "content": "hi"}]});
+    let out = request(Dialect::OpenAiChat, Dialect::Anthropic, &body, &opts(false))
+        .unwrap()
+        .body;
+    assert_eq!(out["temperature"], 1.0);
+}
+
+#[test]
+fn images_inside_anthropic_tool_results_follow_the_tool_message_as_user_content() {
+    let body = json!({"model": "c", "max_tokens": 10, "messages": [
+        {"role": "user", "content": "shot?"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "screenshot", "input": {}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": [
+            {"type": "text", "text": "captured"},
+            {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAAA"}}
+        ]}]}
+    ]});
+    let out = request(Dialect::Anthropic, Dialect::OpenAiChat, &body, &opts(false))
+        .unwrap()
+        .body;
+    let messages = out["messages"].as_array().unwrap();
+    assert_eq!(
+        messages[2],
+        json!({"role": "tool", "tool_call_id": "t1", "content": "captured"})
+    );
+    assert_eq!(
+        messages[3],
+        json!({"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]})
+    );
+}
+
+#[test]
+fn server_tools_and_unsupported_parts_are_refused_with_a_clear_error() {
+    let body = json!({"model": "c", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}],
+        "tools": [{"type": "web_search_20250305", "name": "web_search"}]});
+    let err = request(Dialect::Anthropic, Dialect::OpenAiChat, &body, &opts(false))
+        .map(|_| ())
+        .unwrap_err();
+    assert!(err.0.contains("web_search_20250305"), "{err}");
+    let audio = json!({"model": "m", "messages": [{"role": "user", "content": [
+        {"type": "input_audio", "input_audio": {"data": "AA", "format": "wav"}}]}]});
+    assert!(
+        request(
+            Dialect::OpenAiChat,
+            Dialect::Anthropic,
+            &audio,
+            &opts(false)
+        )
+        .is_err()
+    );
+    let several = json!({"model": "m", "n": 2, "messages": [{"role": "user", "content": "hi"}]});
+    assert!(
+        request(
+            Dialect::OpenAiChat,
+            Dialect::Anthropic,
+            &several,
+            &opts(false)
+        )
+        .is_err()
+    );
+}
+
+#[test]
+fn thinking_stays_off_when_the_last_tool_turn_has_no_thinking_block_to_replay() {
+    let mut body = fixture("openai_tool_history");
+    body["reasoning_effort"] = json!("low");
+    body["max_tokens"] = json!(4000);
+    let out = request(Dialect::OpenAiChat, Dialect::Anthropic, &body, &opts(false))
+        .unwrap()
+        .body;
+    assert!(
+        out.get("thinking").is_none(),
+        "Anthropic would refuse the unsigned tool turn"
+    );
+    // the same history with the thinking block echoed back keeps thinking on
+    let block = json!({"type": "thinking", "thinking": "t", "signature": "sig"});
+    body["messages"][4]["thinking_blocks"] = json!([block]);
+    let out = request(Dialect::OpenAiChat, Dialect::Anthropic, &body, &opts(false))
+        .unwrap()
+        .body;
+    assert_eq!(
+        out["thinking"],
+        json!({"type": "enabled", "budget_tokens": 1024})
+    );
+    assert_eq!(out["messages"][3]["content"][0], block);
+}

@@ -160,7 +160,12 @@ fn a_mid_stream_gemini_error_reaches_an_anthropic_client_without_message_stop() 
 #[test]
 fn a_cut_openai_stream_ends_the_anthropic_client_stream_with_an_error() {
     let input = events("openai_stream_cut");
-    let (out, _) = translate_stream(Dialect::OpenAiChat, Dialect::Anthropic, ctx(false), &input);
+    let (out, translator) =
+        translate_stream(Dialect::OpenAiChat, Dialect::Anthropic, ctx(false), &input);
+    assert!(
+        translator.failed(),
+        "a cut is recorded as a failure, not a clean end"
+    );
     let names: Vec<&str> = out.iter().filter_map(|e| e.event.as_deref()).collect();
     assert!(!names.contains(&"message_stop"));
     assert_eq!(names.last(), Some(&"error"));
@@ -179,6 +184,7 @@ fn fail_after_a_cut_gives_the_client_family_error_once() {
         let first = translator.fail("connection reset");
         assert_eq!(first.len(), 1);
         assert!(first[0].data.contains("connection reset"));
+        assert!(translator.failed());
         assert!(translator.fail("again").is_empty());
         assert!(
             translator.finish().is_empty(),
@@ -349,4 +355,15 @@ fn each_upstream_event_is_translated_as_it_arrives() {
     assert!(seen[..3].iter().all(Vec::is_empty));
     let first: Value = serde_json::from_str(&seen[3][0].data).unwrap();
     assert_eq!(first["choices"][0]["delta"]["content"], "Paris first.");
+}
+
+#[test]
+fn a_cut_same_family_stream_gets_the_client_family_error() {
+    let mut input = events("anthropic_stream_text_tool_text_tool");
+    input.truncate(5);
+    let (out, translator) =
+        translate_stream(Dialect::Anthropic, Dialect::Anthropic, ctx(false), &input);
+    assert!(translator.failed());
+    assert_eq!(&out[..5], &input[..]);
+    assert_eq!(out[5].event.as_deref(), Some("error"));
 }
