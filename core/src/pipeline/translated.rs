@@ -386,17 +386,10 @@ impl Stream for TranslatedStream {
                     if let Some(event) = this.parser.finish() {
                         tail.extend(this.translator.push(&event).unwrap_or_default());
                     }
-                    let closing = this.translator.finish();
-                    // A stream cut before its final event ends with an error event, not a clean end.
-                    let cut = closing.iter().any(|e| {
-                        e.event.as_deref() == Some("error")
-                            || e.data.starts_with("{\"error\"")
-                            || e.data.starts_with("{\"type\":\"error\"")
-                    });
-                    tail.extend(closing);
-                    let code = cut.then_some("upstream_error");
-                    let bytes =
-                        this.end(tail, if cut { "upstream_error" } else { "completed" }, code);
+                    // A stream cut before its final event ends with an error event, and
+                    // `failed()` says so: `end` records it as an upstream error.
+                    tail.extend(this.translator.finish());
+                    let bytes = this.end(tail, "completed", None);
                     return Poll::Ready((!bytes.is_empty()).then_some(Ok(bytes)));
                 }
                 Poll::Pending => {
