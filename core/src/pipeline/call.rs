@@ -166,10 +166,12 @@ async fn relay(
         }
         Ok(Ok(body)) => body,
     };
-    if status.is_success()
-        && let Some(usage) = read_usage(&body)
-    {
-        recorder.set_usage(&usage);
+    if status.is_success() {
+        match read_usage(&body) {
+            Some(usage) => recorder.set_usage(&usage),
+            // Image answers without usage are priced per image.
+            None => recorder.bill_images(&body),
+        }
     }
     // 3. inspect, response phase: guardrails see the answer before the client does.
     let body = if status.is_success() {
@@ -292,6 +294,25 @@ impl Relay {
 
 impl Drop for Relay {
     fn drop(&mut self) {
+        // The client went away before the first byte: the provider is answering anyway, so
+        // read its stream to the end, detached, and bill what it reports.
+        if let Some(recorder) = self.recorder.take_if(|r| !r.first_byte_sent())
+            && !self.upstream_ended
+        {
+            let upstream =
+                std::mem::replace(&mut self.upstream, Box::pin(futures_util::stream::empty()));
+            let tap = std::mem::replace(&mut self.tap, SseTap::new(true));
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    runtime.spawn(drain_detached(upstream, tap, recorder, self.idle_timeout));
+                    return;
+                }
+                Err(_) => {
+                    self.recorder = Some(recorder);
+                    self.tap = tap;
+                }
+            }
+        }
         // The client went away mid-stream: bill what was produced so far.
         if let Some(recorder) = self.recorder.as_mut() {
             if let Some(usage) = self.tap.usage() {
@@ -305,6 +326,38 @@ impl Drop for Relay {
             recorder.set_stream_status("client_disconnected");
         }
     }
+}
+
+/// Reads the rest of a stream whose client left before its first byte, then records it: the
+/// provider's usage when it arrives, the produced text when the stream ends without it, the held
+/// estimate when the provider fails or goes silent (the call is abandoned).
+async fn drain_detached(
+    mut upstream: BodyStream,
+    mut tap: SseTap,
+    mut recorder: Recorder,
+    idle: Duration,
+) {
+    let ended = loop {
+        match tokio::time::timeout(idle, upstream.next()).await {
+            Ok(Some(Ok(chunk))) => {
+                let _ = tap.push(&chunk);
+            }
+            Ok(None) => {
+                let _ = tap.finish();
+                break true;
+            }
+            Ok(Some(Err(_))) | Err(_) => break false,
+        }
+    };
+    if let Some(usage) = tap.usage() {
+        recorder.set_usage(usage);
+    } else if ended {
+        recorder.bill_produced(tap.produced_tokens());
+    } else {
+        recorder.bill_held();
+    }
+    recorder.set_stream_status("client_disconnected");
+    recorder.finish(super::record::CLIENT_CLOSED, Some("client_closed_request"));
 }
 
 impl Stream for Relay {

@@ -107,6 +107,10 @@ pub struct Ledger {
     /// Counters.
     pub stats: Arc<LedgerStats>,
     http: reqwest::Client,
+    /// Hold ids of requests in flight, whose holds are renewed until they settle.
+    live: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// The hold time-to-live of the latest snapshot, in ms.
+    hold_ttl_ms: AtomicI64,
 }
 
 impl std::fmt::Debug for Ledger {
@@ -145,6 +149,8 @@ impl Ledger {
             settle_tx,
             stats: stats.clone(),
             http: http.clone(),
+            live: std::sync::Mutex::default(),
+            hold_ttl_ms: AtomicI64::new(60_000),
         });
         ledger.refresh_budgets().await?;
         let worker = tokio::spawn(settle_worker(store, settle_rx, stats, http));
@@ -170,10 +176,30 @@ impl Ledger {
         let mut ticker = tokio::time::interval(POLL);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_reclaim = tokio::time::Instant::now();
+        let mut last_renewal = tokio::time::Instant::now();
+        let mut last_prune = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 _ = ticker.tick() => {}
                 _ = stop.changed() => return,
+            }
+            // Holds of requests still running are renewed well before they expire.
+            let ttl_ms = self.hold_ttl_ms.load(Ordering::Relaxed);
+            let renew_every = Duration::from_millis(u64::try_from(ttl_ms / 3).unwrap_or(0));
+            if last_renewal.elapsed() >= renew_every {
+                last_renewal = tokio::time::Instant::now();
+                let ids: Vec<String> = self.live_holds();
+                if !ids.is_empty()
+                    && let Err(e) = self.store.renew_holds(&ids, now_ms() + ttl_ms).await
+                {
+                    tracing::warn!(error = %e, "holds of running requests could not be renewed");
+                }
+            }
+            if last_prune.elapsed() >= Duration::from_secs(60) {
+                last_prune = tokio::time::Instant::now();
+                if let Err(e) = self.store.prune_settled(now_ms() - 86_400_000).await {
+                    tracing::warn!(error = %e, "settled hold ids could not be pruned");
+                }
             }
             if let Err(e) = self.refresh_budgets().await {
                 tracing::warn!(error = %e, "budget definitions could not be refreshed");
@@ -193,6 +219,14 @@ impl Ledger {
                 }
             }
         }
+    }
+
+    /// Hold ids of the requests in flight.
+    fn live_holds(&self) -> Vec<String> {
+        self.live
+            .lock()
+            .map(|live| live.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Whether any budget is managed in the store.
@@ -300,7 +334,9 @@ impl Ledger {
         requests.sort_by(|a, b| a.0.counter_id.cmp(&b.0.counter_id));
         requests.dedup_by(|a, b| a.0.counter_id == b.0.counter_id);
         let holds: Vec<HoldRequest> = requests.iter().map(|r| r.0.clone()).collect();
-        let expires = now + i64::try_from(snapshot.limits.hold_ttl.as_millis()).unwrap_or(i64::MAX);
+        let ttl_ms = i64::try_from(snapshot.limits.hold_ttl.as_millis()).unwrap_or(i64::MAX);
+        self.hold_ttl_ms.store(ttl_ms, Ordering::Relaxed);
+        let expires = now.saturating_add(ttl_ms);
         let outcome = self
             .store
             .hold(request_id, &holds, expires)
@@ -315,6 +351,9 @@ impl Ledger {
         match outcome {
             HoldOutcome::Held => {
                 self.stats.held.fetch_add(1, Ordering::Relaxed);
+                if let Ok(mut live) = self.live.lock() {
+                    live.insert(request_id.to_string());
+                }
                 Ok(Some(Reservation {
                     hold_id: request_id.to_string(),
                     held: requests.into_iter().map(|r| r.1).collect(),
@@ -433,6 +472,9 @@ impl Ledger {
     /// Queues the settlement of `reservation` with what the call really used. Never blocks;
     /// the worker retries until the store takes it.
     pub fn settle(&self, reservation: Reservation, tokens: TokenUsage, cost_nanos: i64) {
+        if let Ok(mut live) = self.live.lock() {
+            live.remove(&reservation.hold_id);
+        }
         let job = SettleJob {
             reservation,
             tokens,

@@ -6,6 +6,7 @@ mod docs;
 mod errors;
 mod keys;
 mod passthrough;
+mod paying;
 mod plugins;
 mod policies;
 mod sdk;

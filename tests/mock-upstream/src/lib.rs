@@ -13,6 +13,7 @@
 //! | `mock-stall-stream`   | sends the first chunk of a stream, then goes silent for 30 s  |
 //! | `mock-slow-stream`    | streams with 50 ms between chunks                             |
 //! | `mock-secret`         | answers [`SECRET_CHUNKS`] (a cloud key and an email split across chunks) |
+//! | `mock-no-usage`       | images: one image per `n` and no `usage` (as DALL-E answers)  |
 //! | anything else         | a normal answer                                               |
 //!
 //! When recording is on, every request (path, headers, JSON body) is kept for assertions.
@@ -349,8 +350,18 @@ async fn responses(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: 
 }
 
 async fn images(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(response) = admit(&shared, "/v1/images/generations", &headers, &body).await {
-        return response;
+    let (request, model) = match admit(&shared, "/v1/images/generations", &headers, &body).await {
+        Ok(admitted) => admitted,
+        Err(response) => return response,
+    };
+    if model == "mock-no-usage" {
+        // Like DALL-E: one image per `n`, and no usage at all.
+        let n = request.get("n").and_then(Value::as_u64).unwrap_or(1);
+        let data: Vec<Value> = (0..n).map(|_| json!({"b64_json": "aGVsbG8="})).collect();
+        return json_response(
+            StatusCode::OK,
+            &json!({"created": 1_700_000_000, "data": data}),
+        );
     }
     json_response(
         StatusCode::OK,
