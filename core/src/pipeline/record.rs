@@ -311,10 +311,14 @@ impl Recorder {
             }
             record.route = Some(route.to_string());
         }
-        if let Some((ledger, reservation)) = self.reservation.take() {
-            ledger.settle(reservation, record.tokens, record.cost_nanos);
-        }
-        self.sink.record(record);
+        // Settle first: an embedded ledger returns the charges, persisted with this record.
+        let charges = match self.reservation.take() {
+            Some((ledger, reservation)) => {
+                ledger.settle(reservation, record.tokens, record.cost_nanos)
+            }
+            None => Vec::new(),
+        };
+        self.sink.record_charged(record, charges);
     }
 }
 

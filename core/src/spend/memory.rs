@@ -10,7 +10,7 @@
 //! settlement can never charge twice.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::{BuildHasher, Hash};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::store::ledger::{CounterState, HoldOutcome, HoldRequest, Settlement};
@@ -55,9 +55,7 @@ impl MemoryLedger {
     }
 
     fn shard_of<K: Hash + ?Sized>(&self, key: &K) -> usize {
-        let mut h = self.hasher.build_hasher();
-        key.hash(&mut h);
-        (h.finish() as usize) & (SHARDS - 1)
+        (self.hasher.hash_one(key) as usize) & (SHARDS - 1)
     }
 
     fn counter_shard(&self, counter_id: &str, window_start_ms: i64) -> usize {
@@ -182,6 +180,19 @@ impl MemoryLedger {
         for shard in &self.counters {
             lock(shard).retain(|key, state| state.reserved != 0 || keep(key));
         }
+    }
+
+    /// Forgets, for every counter, the windows before its latest one that hold nothing (their
+    /// spend stays in the store).
+    pub fn prune_superseded(&self) {
+        let mut latest: HashMap<String, i64> = HashMap::new();
+        for shard in &self.counters {
+            for (id, window) in lock(shard).keys() {
+                let slot = latest.entry(id.clone()).or_insert(*window);
+                *slot = (*slot).max(*window);
+            }
+        }
+        self.prune(|(id, window)| latest.get(id).is_none_or(|w| w == window));
     }
 
     /// Every counter with its state (for tests and the property checks).

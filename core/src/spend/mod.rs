@@ -9,6 +9,7 @@
 //! - [`cap`]: output limits checked and the held cap written into upstream requests;
 //!   [`image`]: per-image prices; [`estimate`]: the worst case a hold is taken for.
 
+pub mod budgets;
 pub mod cap;
 pub mod estimate;
 pub mod image;
@@ -16,6 +17,7 @@ pub mod ledger;
 pub mod memory;
 #[cfg(test)]
 mod properties;
+pub mod settle;
 pub mod window;
 
 use std::net::IpAddr;

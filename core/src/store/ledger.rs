@@ -226,6 +226,67 @@ impl Store {
         Ok(states)
     }
 
+    /// Writes usage rows and the counter charges they carry in one transaction (the embedded
+    /// ledger's write-behind): after any crash, a counter's stored `used` is the sum of the
+    /// charges of the stored usage rows.
+    pub async fn insert_usage_charged(
+        &self,
+        records: &[super::UsageRecord],
+        charges: &[Settlement],
+    ) -> Result<(), StoreError> {
+        use std::collections::BTreeMap;
+        let mut totals: BTreeMap<(&str, i64), i64> = BTreeMap::new();
+        for c in charges {
+            *totals
+                .entry((c.counter_id.as_str(), c.window_start_ms))
+                .or_default() += c.actual;
+        }
+        let mut tx = self.pool().begin().await?;
+        super::insert_usage_on(&mut tx, records, self.backend()).await?;
+        for ((counter, window), used) in totals {
+            sqlx::query(
+                "INSERT INTO counters (counter_id, window_start_ms, used, reserved) VALUES ($1, $2, $3, 0) \
+                 ON CONFLICT (counter_id, window_start_ms) DO UPDATE SET used = counters.used + $3",
+            )
+            .bind(counter)
+            .bind(window)
+            .bind(used)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The latest window of every counter with its settled amount (rebuilding the embedded
+    /// ledger at start).
+    pub async fn latest_counters(&self) -> Result<Vec<(String, i64, i64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT c.counter_id, c.window_start_ms, c.used FROM counters c \
+             WHERE c.window_start_ms = (SELECT MAX(w.window_start_ms) FROM counters w WHERE w.counter_id = c.counter_id)",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+            .collect()
+    }
+
+    /// Drops every stored hold and reservation (the embedded ledger holds in memory; what a
+    /// store-mode run left behind belongs to a process that is gone).
+    pub async fn clear_holds(&self) -> Result<u64, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let removed = sqlx::query("DELETE FROM holds")
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        sqlx::query("UPDATE counters SET reserved = 0 WHERE reserved <> 0")
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(removed)
+    }
+
     /// Forgets settled hold ids older than `before_ms` (a retry comes within seconds).
     pub async fn prune_settled(&self, before_ms: i64) -> Result<u64, StoreError> {
         Ok(

@@ -5,6 +5,7 @@ mod check;
 mod docs;
 mod errors;
 mod keys;
+mod ledger;
 mod passthrough;
 mod paying;
 mod plugins;
