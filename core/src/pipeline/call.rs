@@ -296,8 +296,8 @@ impl Drop for Relay {
     fn drop(&mut self) {
         // The client went away before the first byte: the provider is answering anyway, so
         // read its stream to the end, detached, and bill what it reports.
-        if let Some(recorder) = self.recorder.take_if(|r| !r.first_byte_sent())
-            && !self.upstream_ended
+        if !self.upstream_ended
+            && let Some(recorder) = self.recorder.take_if(|r| !r.first_byte_sent())
         {
             let upstream =
                 std::mem::replace(&mut self.upstream, Box::pin(futures_util::stream::empty()));
