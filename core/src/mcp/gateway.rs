@@ -208,6 +208,7 @@ async fn reserve(
     let estimate = Estimate {
         input_tokens: worst_nanos,
         output_tokens: 0,
+        fixed_nanos: 0,
     };
     if let Some(reservation) = app
         .ledger

@@ -242,6 +242,8 @@ impl McpServer {
             tags: vec!["mcp".into()],
             max_output_tokens: 0,
             translate: false,
+            output_limit: None,
+            image_pricing: Default::default(),
             cel: crate::policy::cel::json_to_cel(&json!({"name": name, "provider": "mcp"})),
         }))
     }

@@ -99,6 +99,10 @@ pub struct Model {
     pub max_output_tokens: i64,
     /// Native endpoints of other families may call it through the translation core.
     pub translate: bool,
+    /// The largest output limit a request may set, when the model declares one.
+    pub output_limit: Option<i64>,
+    /// Per-image prices (image generations without token usage).
+    pub image_pricing: crate::spend::image::ImagePricing,
     /// The `model` variable access rules see for this model, built once per snapshot.
     pub cel: ::cel::Value,
 }
@@ -181,6 +185,32 @@ impl Target {
                     cache_write_nanos_per_mtok: worst
                         .cache_write_nanos_per_mtok
                         .max(d.model.pricing.cache_write_nanos_per_mtok),
+                }),
+        }
+    }
+
+    /// The largest output limit a request may set: the largest of the deployments' limits, or
+    /// `None` if one of them declares none.
+    pub fn output_limit(&self) -> Option<i64> {
+        match self {
+            Target::Model(m) => m.output_limit,
+            Target::Group(g) => g
+                .deployments
+                .iter()
+                .map(|d| d.model.output_limit)
+                .try_fold(0, |max, limit| limit.map(|l| max.max(l))),
+        }
+    }
+
+    /// The highest per-image prices of any deployment.
+    pub fn image_pricing(&self) -> crate::spend::image::ImagePricing {
+        match self {
+            Target::Model(m) => m.image_pricing.clone(),
+            Target::Group(g) => g
+                .deployments
+                .iter()
+                .fold(crate::spend::image::ImagePricing::default(), |worst, d| {
+                    worst.worst(&d.model.image_pricing)
                 }),
         }
     }

@@ -37,6 +37,9 @@ pub enum StoreError {
     /// Migrations failed.
     #[error("migration error: {}", redact::redact_urls(&.0.to_string()))]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// Another gateway serves on this embedded store.
+    #[error("{0}")]
+    Locked(String),
     /// A stored value is not what the schema promises.
     #[error("corrupt stored value in {what}: {detail}")]
     Corrupt {
@@ -176,6 +179,8 @@ pub enum Backend {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// The database file of an embedded store.
+    path: Option<std::path::PathBuf>,
 }
 
 impl Store {
@@ -217,6 +222,7 @@ impl Store {
             Ok(Self {
                 pool,
                 backend: Backend::Sqlite,
+                path: Some(Path::new(path).to_path_buf()),
             })
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let pool = AnyPoolOptions::new()
@@ -229,6 +235,7 @@ impl Store {
             Ok(Self {
                 pool,
                 backend: Backend::Postgres,
+                path: None,
             })
         } else {
             Err(StoreError::UnsupportedUrl(url.to_string()))
@@ -238,6 +245,11 @@ impl Store {
     /// The backend.
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// The database file of an embedded (SQLite) store.
+    pub fn sqlite_path(&self) -> Option<&Path> {
+        self.path.as_deref()
     }
 
     /// The current version of the key table (bumped by every key change).
@@ -316,9 +328,31 @@ impl Store {
 
     /// Writes a batch of usage records in one transaction.
     pub async fn insert_usage(&self, records: &[UsageRecord]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        insert_usage_on(&mut tx, records, self.backend).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// Closes the pool (after the usage writer has flushed).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Inserts usage records on `conn` (an open transaction).
+pub(crate) async fn insert_usage_on(
+    conn: &mut sqlx::AnyConnection,
+    records: &[UsageRecord],
+    backend: Backend,
+) -> Result<(), StoreError> {
+    {
         // 43 columns; SQLite allows 32,766 bound parameters per statement.
         const ROWS_PER_STATEMENT: usize = 700;
-        let mut tx = self.pool.begin().await?;
         for chunk in records.chunks(ROWS_PER_STATEMENT) {
             let sql = values_sql(
                 "INSERT INTO usage_records (id, request_id, received_at_ms, completed_at_ms, key_id, team, \
@@ -330,7 +364,7 @@ impl Store {
                  mcp_server, mcp_transport, mcp_method, mcp_tool, mcp_tool_calls, bytes_in, bytes_out, mcp_pricing)",
                 chunk.len(),
                 43,
-                self.backend,
+                backend,
             );
             // Batch sizes vary: do not fill the statement cache with one statement per size.
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
@@ -382,19 +416,9 @@ impl Store {
                     .bind(mcp.map(|m| m.bytes_out))
                     .bind(mcp.and_then(|m| m.pricing.clone()));
             }
-            query.execute(&mut *tx).await?;
+            query.execute(&mut *conn).await?;
         }
-        tx.commit().await?;
         Ok(())
-    }
-
-    pub(crate) fn pool(&self) -> &AnyPool {
-        &self.pool
-    }
-
-    /// Closes the pool (after the usage writer has flushed).
-    pub async fn close(&self) {
-        self.pool.close().await;
     }
 }
 
