@@ -43,6 +43,16 @@ const MAX_ERROR_KINDS: usize = 20;
 const MAX_IN_FLIGHT: usize = 2048;
 /// The stream terminator a complete SSE chat stream ends with.
 const DONE: &[u8] = b"data: [DONE]\n\n";
+/// Anthropic streams end with a `message_stop` event instead.
+const MESSAGE_STOP: &[u8] = b"{\"type\":\"message_stop\"}";
+/// Bytes kept from the end of a stream to recognise its terminator.
+const TAIL: usize = 64;
+
+/// Whether a stream's last bytes are a clean end: OpenAI's `[DONE]` or Anthropic's
+/// `message_stop` event.
+fn stream_complete(tail: &[u8]) -> bool {
+    tail.ends_with(DONE) || tail.windows(MESSAGE_STOP.len()).any(|w| w == MESSAGE_STOP)
+}
 
 type Sender = SendRequest<Full<Bytes>>;
 
@@ -443,8 +453,8 @@ async fn exchange(sender: &mut Sender, target: &Target) -> Result<Timing, String
             head.extend_from_slice(&data[..data.len().min(160 - head.len())]);
         }
         if target.request.stream {
-            tail.extend_from_slice(&data[data.len().saturating_sub(DONE.len())..]);
-            let excess = tail.len().saturating_sub(DONE.len());
+            tail.extend_from_slice(&data[data.len().saturating_sub(TAIL)..]);
+            let excess = tail.len().saturating_sub(TAIL);
             tail.drain(..excess);
         }
     }
@@ -459,8 +469,8 @@ async fn exchange(sender: &mut Sender, target: &Target) -> Result<Timing, String
     if length == 0 {
         return Err("empty body".into());
     }
-    if target.request.stream && tail != DONE {
-        return Err("stream did not end with data: [DONE]".into());
+    if target.request.stream && !stream_complete(&tail) {
+        return Err("stream did not end with data: [DONE] (or Anthropic's message_stop)".into());
     }
     Ok(Timing { first_byte, done })
 }

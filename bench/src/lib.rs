@@ -8,6 +8,7 @@
 //! written as JSON so runs can be compared.
 
 pub mod driver;
+pub mod families;
 pub mod gateway;
 pub mod nginx;
 pub mod report;

@@ -126,6 +126,10 @@ pub fn all() -> Vec<Entry> {
         Entry::Ready(Box::new(Governed { postgres: false })),
         Entry::Ready(Box::new(Governed { postgres: true })),
         Entry::Ready(Box::new(Mcp)),
+        Entry::Ready(Box::new(crate::families::Family::ANTHROPIC)),
+        Entry::Ready(Box::new(crate::families::Family::ANTHROPIC_STREAM)),
+        Entry::Ready(Box::new(crate::families::Family::TRANSLATED)),
+        Entry::Ready(Box::new(crate::families::Family::TRANSLATED_STREAM)),
     ]
 }
 

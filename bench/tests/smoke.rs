@@ -64,9 +64,18 @@ fn harness_measures_every_runnable_scenario_and_writes_the_report() {
         scenarios: if postgres {
             Vec::new()
         } else {
-            ["passthrough", "streaming", "governed", "mcp"]
-                .map(String::from)
-                .to_vec()
+            [
+                "passthrough",
+                "streaming",
+                "governed",
+                "mcp",
+                "anthropic",
+                "anthropic-stream",
+                "translated",
+                "translated-stream",
+            ]
+            .map(String::from)
+            .to_vec()
         },
         out: out.clone(),
         tollgate_bin: Some(tollgate_binary()),
@@ -91,7 +100,15 @@ fn harness_measures_every_runnable_scenario_and_writes_the_report() {
     if postgres {
         assert_eq!(status("governed-postgres").as_deref(), Some("measured"));
     }
-    assert_eq!(status("mcp").as_deref(), Some("not_available"));
+    for name in [
+        "mcp",
+        "anthropic",
+        "anthropic-stream",
+        "translated",
+        "translated-stream",
+    ] {
+        assert_eq!(status(name).as_deref(), Some("measured"), "{name}");
+    }
     let passthrough = scenarios
         .iter()
         .find(|s| s["name"] == "passthrough")
@@ -114,9 +131,5 @@ fn harness_measures_every_runnable_scenario_and_writes_the_report() {
         );
     }
     assert!(passthrough["gateway"]["peak_rss_kb"].as_u64().unwrap_or(0) > 0);
-    assert!(
-        report
-            .render()
-            .contains("not available yet (capability not built)")
-    );
+    assert!(report.render().contains("translated-stream"));
 }

@@ -695,8 +695,13 @@ upstream_model = "my-gpt4o-deployment"
 provider = "openai"
 upstream_model = "upstream-chat-v1"
 pricing = {{ input_per_mtok = 2.5, output_per_mtok = 10.0, cached_input_per_mtok = 1.25 }}
+
+# The built guardrails live outside the test's policy directory.
+[plugins]
+allowed_dirs = [{dist:?}]
 {extra}
-"#
+"#,
+        dist = repo_root().join("plugins/dist").display().to_string()
     )
 }
 
