@@ -11,6 +11,8 @@ pub struct Pricing {
     pub output_nanos_per_mtok: i64,
     /// Cached input tokens.
     pub cached_input_nanos_per_mtok: i64,
+    /// Input tokens written to the prompt cache (Anthropic's cache creation).
+    pub cache_write_nanos_per_mtok: i64,
 }
 
 impl Pricing {
@@ -23,9 +25,11 @@ impl Pricing {
     /// The cost of `tokens`, rounded to the nearest nano-USD.
     pub fn cost_nanos(&self, tokens: &TokenUsage) -> i64 {
         let cached = tokens.cached_input.min(tokens.input);
-        let uncached = tokens.input - cached;
+        let written = tokens.cache_creation.min(tokens.input - cached);
+        let uncached = tokens.input - cached - written;
         let total = i128::from(uncached) * i128::from(self.input_nanos_per_mtok)
             + i128::from(cached) * i128::from(self.cached_input_nanos_per_mtok)
+            + i128::from(written) * i128::from(self.cache_write_nanos_per_mtok)
             + i128::from(tokens.output) * i128::from(self.output_nanos_per_mtok);
         let rounded = (total + 500_000) / 1_000_000;
         i64::try_from(rounded).unwrap_or(i64::MAX)
@@ -43,6 +47,8 @@ pub struct TokenUsage {
     pub cached_input: i64,
     /// Output tokens spent on reasoning.
     pub reasoning: i64,
+    /// Input tokens written to the provider's prompt cache (counted in `input` once).
+    pub cache_creation: i64,
 }
 
 impl TokenUsage {
@@ -71,6 +77,7 @@ impl TokenUsage {
                 output: int(usage, &["completion_tokens"]),
                 cached_input: int(usage, &["prompt_tokens_details", "cached_tokens"]),
                 reasoning: int(usage, &["completion_tokens_details", "reasoning_tokens"]),
+                cache_creation: 0,
             }
         } else if usage.get("input_tokens").is_some() || usage.get("output_tokens").is_some() {
             TokenUsage {
@@ -78,11 +85,61 @@ impl TokenUsage {
                 output: int(usage, &["output_tokens"]),
                 cached_input: int(usage, &["input_tokens_details", "cached_tokens"]),
                 reasoning: int(usage, &["output_tokens_details", "reasoning_tokens"]),
+                cache_creation: 0,
             }
         } else {
             return None;
         };
         Some(parsed)
+    }
+}
+
+impl TokenUsage {
+    /// Reads an Anthropic `usage` object (the merge of `message_start`'s and `message_delta`'s
+    /// in a stream). Anthropic's `input_tokens` excludes cache reads and cache writes: `input`
+    /// here counts all three, each once.
+    pub fn from_anthropic(usage: &Value) -> Option<Self> {
+        if !usage.is_object() {
+            return None;
+        }
+        let int = |k: &str| usage.get(k).and_then(Value::as_i64).unwrap_or(0);
+        let read = int("cache_read_input_tokens");
+        let written = int("cache_creation_input_tokens");
+        Some(TokenUsage {
+            input: int("input_tokens") + read + written,
+            output: int("output_tokens"),
+            cached_input: read,
+            reasoning: 0,
+            cache_creation: written,
+        })
+    }
+
+    /// Reads a Gemini `usageMetadata` object. `candidatesTokenCount` excludes thoughts
+    /// (`thoughtsTokenCount`), which are output too; `promptTokenCount` includes cached
+    /// content; tool-use prompt tokens are input.
+    pub fn from_gemini(usage: &Value) -> Option<Self> {
+        if !usage.is_object() {
+            return None;
+        }
+        let int = |k: &str| usage.get(k).and_then(Value::as_i64).unwrap_or(0);
+        let thoughts = int("thoughtsTokenCount");
+        Some(TokenUsage {
+            input: int("promptTokenCount") + int("toolUsePromptTokenCount"),
+            output: int("candidatesTokenCount") + thoughts,
+            cached_input: int("cachedContentTokenCount"),
+            reasoning: thoughts,
+            cache_creation: 0,
+        })
+    }
+
+    /// Reads a usage payload in the shape of `api` (vLLM's is OpenAI's).
+    pub fn from_api(api: crate::family::Api, usage: &Value) -> Option<Self> {
+        use crate::family::Api;
+        match api {
+            Api::OpenAi | Api::Vllm => Self::from_openai(usage),
+            Api::Anthropic => Self::from_anthropic(usage),
+            Api::Gemini => Self::from_gemini(usage),
+        }
     }
 }
 
@@ -105,7 +162,8 @@ mod tests {
                 input: 120,
                 output: 40,
                 cached_input: 100,
-                reasoning: 12
+                reasoning: 12,
+                cache_creation: 0,
             }
         );
         assert_eq!(t.total(), 160);
@@ -125,7 +183,8 @@ mod tests {
                 input: 30,
                 output: 7,
                 cached_input: 3,
-                reasoning: 2
+                reasoning: 2,
+                cache_creation: 0,
             }
         );
     }
@@ -141,12 +200,14 @@ mod tests {
             input_nanos_per_mtok: Pricing::nanos_per_mtok(2.5).expect("price"),
             output_nanos_per_mtok: Pricing::nanos_per_mtok(10.0).expect("price"),
             cached_input_nanos_per_mtok: Pricing::nanos_per_mtok(1.25).expect("price"),
+            cache_write_nanos_per_mtok: 0,
         };
         let t = TokenUsage {
             input: 1000,
             output: 500,
             cached_input: 400,
             reasoning: 0,
+            cache_creation: 0,
         };
         // 600 * 2500 + 400 * 1250 + 500 * 10000 nano-USD
         assert_eq!(pricing.cost_nanos(&t), 1_500_000 + 500_000 + 5_000_000);
@@ -155,12 +216,46 @@ mod tests {
             output: 0,
             cached_input: 0,
             reasoning: 0,
+            cache_creation: 0,
         };
         let cheap = Pricing {
             input_nanos_per_mtok: 150_000_000,
             ..Pricing::default()
         };
         assert_eq!(cheap.cost_nanos(&one), 150);
+    }
+
+    #[test]
+    fn anthropic_cache_classes_are_counted_once_and_priced_each_at_its_price() {
+        let usage = json!({"input_tokens": 7, "cache_read_input_tokens": 9000,
+                           "cache_creation_input_tokens": 1000, "output_tokens": 50});
+        let t = TokenUsage::from_anthropic(&usage).expect("usage");
+        assert_eq!(t.input, 10_007);
+        assert_eq!(t.cached_input, 9000);
+        assert_eq!(t.cache_creation, 1000);
+        assert_eq!(t.total(), 10_057);
+        let pricing = Pricing {
+            input_nanos_per_mtok: 3_000_000_000,
+            output_nanos_per_mtok: 15_000_000_000,
+            cached_input_nanos_per_mtok: 300_000_000,
+            cache_write_nanos_per_mtok: 3_750_000_000,
+        };
+        // 7 * 3000 + 9000 * 300 + 1000 * 3750 + 50 * 15000 nano-USD
+        assert_eq!(
+            pricing.cost_nanos(&t),
+            21_000 + 2_700_000 + 3_750_000 + 750_000
+        );
+    }
+
+    #[test]
+    fn gemini_thoughts_are_output_and_cached_content_is_input() {
+        let usage = json!({"promptTokenCount": 100, "cachedContentTokenCount": 40,
+                           "candidatesTokenCount": 20, "thoughtsTokenCount": 5, "totalTokenCount": 125});
+        let t = TokenUsage::from_gemini(&usage).expect("usage");
+        assert_eq!(
+            (t.input, t.output, t.cached_input, t.reasoning),
+            (100, 25, 40, 5)
+        );
     }
 
     #[test]

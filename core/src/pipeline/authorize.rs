@@ -11,15 +11,16 @@
 use std::net::IpAddr;
 
 use axum::body::Body;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderValue};
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
 use super::{Endpoint, Flow, Recorder};
 use crate::error::{AccessError, GatewayError, QuotaExceeded, RequestError};
+use crate::family::{Api, ServeMode};
 use crate::policy::cel::{Bindings, RuleMode, RuleOutcome, json_to_cel};
 use crate::policy::facts::{RequestFacts, key_json};
-use crate::policy::{Credential, ProviderFamily, Snapshot, Target};
+use crate::policy::{Credential, Snapshot, Target};
 use crate::spend::Scope;
 use crate::store::KeyRecord;
 
@@ -40,6 +41,43 @@ pub struct Authorized {
     pub max_response_bytes: usize,
     /// Guardrails bound for the answer (set by the inspect stage).
     pub guards: super::inspect::Guards,
+    /// The endpoint the client called.
+    pub endpoint: Endpoint,
+    /// Client protocol headers forwarded to a same-family provider (`anthropic-version`,
+    /// `anthropic-beta`).
+    pub forward: Vec<(&'static str, HeaderValue)>,
+    /// A Gemini stream the client asked for as SSE (`?alt=sse`) rather than a JSON array.
+    pub gemini_sse: bool,
+}
+
+impl Authorized {
+    /// The body as the budget estimate reads it: Gemini's prompt and output bound live in
+    /// other fields than OpenAI's and Anthropic's.
+    pub fn budget_view(&self) -> std::borrow::Cow<'_, Map<String, Value>> {
+        if self.endpoint.api() != Api::Gemini {
+            return std::borrow::Cow::Borrowed(&self.body);
+        }
+        let mut view = Map::new();
+        for (from, to) in [
+            ("contents", "messages"),
+            ("systemInstruction", "system"),
+            ("tools", "tools"),
+            ("content", "input"),
+            ("requests", "input"),
+        ] {
+            if let Some(v) = self.body.get(from) {
+                view.insert(to.into(), v.clone());
+            }
+        }
+        if let Some(max) = self
+            .body
+            .get("generationConfig")
+            .and_then(|c| c.get("maxOutputTokens"))
+        {
+            view.insert("max_tokens".into(), max.clone());
+        }
+        std::borrow::Cow::Owned(view)
+    }
 }
 
 /// The outcome of the access decision, with its trail.
@@ -72,9 +110,6 @@ pub fn decide_access(
     }
     if let Target::Model(model) = target {
         let provider = &model.provider;
-        match provider.family {
-            ProviderFamily::Openai | ProviderFamily::Demo => {}
-        }
         if !provider.enabled {
             return AccessVerdict {
                 result: Err(AccessError::ProviderDisabled(provider.name.clone()).into()),
@@ -193,6 +228,10 @@ pub struct Input<'a> {
     pub key: &'a KeyRecord,
     /// Request headers.
     pub headers: &'a HeaderMap,
+    /// Raw query string.
+    pub query: Option<&'a str>,
+    /// The model named by the path (Gemini), which wins over the body's.
+    pub path_model: Option<String>,
     /// Peer address.
     pub client_ip: Option<IpAddr>,
     /// The unread body.
@@ -244,7 +283,13 @@ async fn decide(
     }
     let bytes = read_body(input.body, max_body).await?;
     let mut body = parse_object(&bytes)?;
-    let requested = match body.get("model") {
+    let requested = match input
+        .path_model
+        .as_ref()
+        .map(|m| Value::String(m.clone()))
+        .as_ref()
+        .or(body.get("model"))
+    {
         Some(Value::String(name)) if !name.is_empty() => name.clone(),
         Some(Value::String(_)) | None | Some(Value::Null) => {
             return Err(RequestError::Invalid("'model' is required".into()).into());
@@ -252,7 +297,9 @@ async fn decide(
         Some(_) => return Err(RequestError::Invalid("'model' must be a string".into()).into()),
     };
     recorder.set_requested_model(&requested);
-    let stream = optional_bool(&body, "stream")?.unwrap_or(false);
+    let stream = input.endpoint.streams_by_path()
+        || (input.endpoint.api() != Api::Gemini
+            && optional_bool(&body, "stream")?.unwrap_or(false));
     recorder.set_stream(stream);
     let client_wants_usage = match body.get("stream_options") {
         None | Some(Value::Null) => false,
@@ -266,7 +313,7 @@ async fn decide(
         .target(&requested)
         .ok_or_else(|| AccessError::ModelNotFound(requested.clone()))?;
     let facts = RequestFacts::from_body(
-        "openai",
+        input.endpoint.api().as_str(),
         input.endpoint.path(),
         &requested,
         &body,
@@ -293,8 +340,13 @@ async fn decide(
     let verdict = decide_access(snapshot, input.key, &target, &facts, spend.as_ref());
     recorder.add_decisions(verdict.decisions);
     verdict.result?;
+    check_family(input.endpoint, &target)?;
 
-    if stream && input.endpoint == Endpoint::ChatCompletions {
+    let openai_stream = matches!(
+        input.endpoint.upstream_path(),
+        "/chat/completions" | "/completions" | "/v1/chat/completions" | "/v1/completions"
+    );
+    if stream && openai_stream {
         // Always ask for usage so streams can be billed; the relay hides the usage chunk from
         // clients that did not ask for it.
         let options = body
@@ -314,7 +366,58 @@ async fn decide(
         client_wants_usage,
         max_response_bytes: snapshot.limits.max_response_bytes,
         guards: super::inspect::Guards::default(),
+        endpoint: input.endpoint,
+        forward: forwarded_headers(input.endpoint, input.headers),
+        gemini_sse: input
+            .query
+            .is_some_and(|q| q.split('&').any(|pair| pair == "alt=sse")),
     })
+}
+
+/// The endpoint family must match the model's provider, unless the model (or group) opted in
+/// to translation: 400 `provider_not_allowed` otherwise. A group needs one servable deployment;
+/// the call stage skips the others.
+fn check_family(endpoint: Endpoint, target: &Target) -> Result<(), GatewayError> {
+    let refused = |model: &crate::policy::Model, opted_in: bool| {
+        endpoint.serve_mode(model.provider.family, opted_in || model.translate)
+            == ServeMode::Refused
+    };
+    let (name, family) = match target {
+        Target::Model(model) if refused(model, false) => {
+            (model.name.clone(), model.provider.family.as_str())
+        }
+        Target::Group(group)
+            if group
+                .deployments
+                .iter()
+                .all(|d| refused(&d.model, group.translate)) =>
+        {
+            let families: Vec<&str> = group
+                .deployments
+                .iter()
+                .map(|d| d.model.provider.family.as_str())
+                .collect();
+            let family = families.first().copied().unwrap_or("none");
+            (group.name.clone(), family)
+        }
+        _ => return Ok(()),
+    };
+    Err(AccessError::ProviderNotAllowed {
+        model: name,
+        family: family.to_string(),
+    }
+    .into())
+}
+
+/// Anthropic's protocol headers travel to an Anthropic provider.
+fn forwarded_headers(endpoint: Endpoint, headers: &HeaderMap) -> Vec<(&'static str, HeaderValue)> {
+    if endpoint.api() != Api::Anthropic {
+        return Vec::new();
+    }
+    ["anthropic-version", "anthropic-beta"]
+        .into_iter()
+        .filter_map(|name| Some((name, headers.get(name)?.clone())))
+        .collect()
 }
 
 /// Whether an access rule or the target's routing script can read `request.headers`.
@@ -322,9 +425,24 @@ fn headers_read_by_policies(snapshot: &Snapshot, target: &Target) -> bool {
     snapshot.access_uses.request || matches!(target, Target::Group(g) if g.script.is_some())
 }
 
-/// The body the upstream receives for one attempt: the client's, with `model` set to `upstream`.
-pub fn upstream_body(body: &mut Map<String, Value>, upstream: &str) -> Result<Bytes, RequestError> {
-    body.insert("model".into(), Value::String(upstream.to_string()));
+/// The body the upstream receives for one attempt: the client's, with `model` set to `upstream`
+/// (Gemini names the model in the URL: its body carries none).
+pub fn upstream_body(
+    body: &mut Map<String, Value>,
+    upstream: &str,
+    api: Api,
+) -> Result<Bytes, RequestError> {
+    if api == Api::Gemini {
+        body.remove("model");
+        // batchEmbedContents names the model in each request, as `models/{id}`.
+        if let Some(Value::Array(requests)) = body.get_mut("requests") {
+            for request in requests.iter_mut().filter_map(Value::as_object_mut) {
+                request.insert("model".into(), Value::String(format!("models/{upstream}")));
+            }
+        }
+    } else {
+        body.insert("model".into(), Value::String(upstream.to_string()));
+    }
     serde_json::to_vec(body)
         .map(Bytes::from)
         .map_err(|e| RequestError::Invalid(format!("request cannot be re-encoded: {e}")))

@@ -27,12 +27,36 @@ use tokio::time::Sleep;
 use super::authorize::{Authorized, upstream_body};
 use super::inspect::{self, GuardOutput, StreamGuard};
 use super::route::Route;
-use super::{Endpoint, Recorder, Stage};
-use crate::error::{GatewayError, UpstreamError};
-use crate::policy::ProviderFamily;
+use super::{Endpoint, Recorder, ServeMode, Stage, translated};
+use crate::error::{Family, GatewayError, RequestError, UpstreamError};
+use crate::family::Api;
+use crate::policy::{ProviderFamily, Target};
 use crate::state::AppState;
+use crate::upstream::gemini_array::SseToJsonArray;
 use crate::upstream::sse::SseTap;
-use crate::upstream::{self, BodyStream, UpstreamReply, demo};
+use crate::upstream::{self, BodyStream, Outbound, UpstreamReply, demo};
+
+/// The shapes of one relayed answer: what the upstream speaks (for usage) and what the client
+/// reads (for errors and stream framing).
+#[derive(Debug, Clone, Copy)]
+struct Shape {
+    /// The upstream's API (usage fields, stream events).
+    upstream: Api,
+    /// The client's error family.
+    family: Family,
+    /// Reframe SSE as Gemini's streamed JSON array.
+    json_array: bool,
+}
+
+impl Shape {
+    fn of(request: &Authorized, upstream: Api) -> Self {
+        Shape {
+            upstream,
+            family: request.endpoint.family(),
+            json_array: request.endpoint == Endpoint::GeminiStream && !request.gemini_sse,
+        }
+    }
+}
 
 /// Whether an upstream status lets the next deployment be tried.
 fn failover_status(status: StatusCode) -> bool {
@@ -49,14 +73,55 @@ pub async fn run(
     mut recorder: Recorder,
 ) -> Response {
     let family = endpoint.family();
-    let last = route.candidates.len().saturating_sub(1);
-    for (attempt, model) in route.candidates.iter().enumerate() {
+    let opted_in = matches!(&request.target, Target::Group(g) if g.translate);
+    // The unified endpoint's `provider` pin keeps only deployments of that family.
+    let pin = match (endpoint == Endpoint::Unified)
+        .then(|| request.body.remove("provider"))
+        .flatten()
+    {
+        None | Some(Value::Null) => None,
+        Some(Value::String(pin)) => Some(pin),
+        Some(_) => {
+            let error = RequestError::Invalid("'provider' must be a string".into());
+            return recorder.deny(Stage::Call, &error.into(), family);
+        }
+    };
+    // Deployments the endpoint cannot reach (another family, not opted in) are skipped.
+    let candidates: Vec<_> = route
+        .candidates
+        .iter()
+        .filter(|m| {
+            endpoint.serve_mode(m.provider.family, opted_in || m.translate) != ServeMode::Refused
+        })
+        .filter(|m| pin.as_deref().is_none_or(|p| pinned(m.provider.family, p)))
+        .collect();
+    if let (Some(pin), true) = (&pin, candidates.is_empty()) {
+        let error = RequestError::Invalid(format!(
+            "provider pin '{pin}' matches no deployment of model '{}'",
+            request.target.name()
+        ));
+        return recorder.deny(Stage::Call, &error.into(), family);
+    }
+    let last = candidates.len().saturating_sub(1);
+    for (attempt, model) in candidates.into_iter().enumerate() {
         recorder.set_model(model);
         let provider = model.provider.clone();
-        let body = match upstream_body(&mut request.body, &model.upstream_model) {
-            Ok(body) => body,
-            Err(e) => return recorder.deny(Stage::Call, &GatewayError::from(e), family),
-        };
+        let mode = endpoint.serve_mode(provider.family, true);
+        // Across families (and always on the unified endpoint): through the translation core.
+        let (call_endpoint, body, translation) =
+            if mode == ServeMode::Translate || endpoint == Endpoint::Unified {
+                match translated::prepare(&request, model) {
+                    Ok((call_endpoint, body, t)) => (call_endpoint, body, Some(t)),
+                    Err(e) => return recorder.deny(Stage::Call, &e, family),
+                }
+            } else {
+                let api = provider.family.api().unwrap_or(endpoint.api());
+                match upstream_body(&mut request.body, &model.upstream_model, api) {
+                    Ok(body) => (endpoint, body, None),
+                    Err(e) => return recorder.deny(Stage::Call, &GatewayError::from(e), family),
+                }
+            };
+        let upstream_api = provider.family.api().unwrap_or(call_endpoint.api());
         if request.stream && !recorder.has_input_estimate() {
             // A stream cut before the provider's usage arrives is billed from the prompt
             // (tokenized only then) and the produced text. `Bytes` clones are reference counts.
@@ -64,9 +129,19 @@ pub async fn run(
         }
         let sent = Instant::now();
         let reply = match provider.family {
-            ProviderFamily::Demo => Ok(demo::respond(endpoint, &body)),
-            ProviderFamily::Openai => {
-                upstream::send(&app.http, model, endpoint, body, request.stream).await
+            ProviderFamily::Demo => Ok(demo::respond(call_endpoint, &body, &model.upstream_model)),
+            _ => {
+                let out = Outbound {
+                    endpoint: call_endpoint,
+                    body,
+                    stream: request.stream,
+                    forward: if translation.is_some() {
+                        &[]
+                    } else {
+                        &request.forward
+                    },
+                };
+                upstream::send(&app.http, model, out).await
             }
         };
         let health = app.health.get(&model.name);
@@ -99,7 +174,19 @@ pub async fn run(
                         "model": model.name, "provider": provider.name, "status": status.as_u16(),
                         "latency_us": micros(elapsed), "outcome": "relayed",
                     }));
-                    return relay(reply, &request, provider.timeout, sent, recorder, family).await;
+                    if let Some(t) = translation {
+                        return translated::relay(
+                            reply,
+                            &request,
+                            provider.timeout,
+                            sent,
+                            recorder,
+                            t,
+                        )
+                        .await;
+                    }
+                    let shape = Shape::of(&request, upstream_api);
+                    return relay(reply, &request, provider.timeout, sent, recorder, shape).await;
                 }
             }
             Ok(reply) => {
@@ -108,7 +195,12 @@ pub async fn run(
                     "model": model.name, "provider": provider.name, "status": reply.status.as_u16(),
                     "latency_us": micros(elapsed), "outcome": "relayed",
                 }));
-                return relay(reply, &request, provider.timeout, sent, recorder, family).await;
+                if let Some(t) = translation {
+                    return translated::relay(reply, &request, provider.timeout, sent, recorder, t)
+                        .await;
+                }
+                let shape = Shape::of(&request, upstream_api);
+                return relay(reply, &request, provider.timeout, sent, recorder, shape).await;
             }
             Err(e) => {
                 health.record(false, elapsed);
@@ -128,6 +220,11 @@ pub async fn run(
     recorder.deny(Stage::Call, &error, family)
 }
 
+/// Whether a unified-endpoint `provider` pin names this family (Azure serves `openai`).
+fn pinned(family: ProviderFamily, pin: &str) -> bool {
+    family.as_str() == pin || (pin == "openai" && family == ProviderFamily::Azure)
+}
+
 /// Relays one provider answer to the client.
 async fn relay(
     mut reply: UpstreamReply,
@@ -135,13 +232,21 @@ async fn relay(
     timeout: Duration,
     sent: Instant,
     mut recorder: Recorder,
-    family: crate::error::Family,
+    shape: Shape,
 ) -> Response {
+    let family = shape.family;
     let provider_name = recorder.provider_name();
     recorder.set_upstream_latency(micros(sent.elapsed()), reply.provider_request_id.take());
     if reply.status.is_success() && reply.is_event_stream() {
         let guard = StreamGuard::new(&request.guards);
-        return relay_stream(reply, recorder, request.client_wants_usage, timeout, guard);
+        return relay_stream(
+            reply,
+            recorder,
+            request.client_wants_usage,
+            timeout,
+            guard,
+            shape,
+        );
     }
 
     // Unary: buffer within the limit and the provider's timeout, then relay.
@@ -149,6 +254,7 @@ async fn relay(
     let remaining = timeout.saturating_sub(sent.elapsed());
     let status = reply.status;
     let content_type = reply.content_type.take();
+    let retry_after = reply.retry_after.take();
     let body = match tokio::time::timeout(remaining, collect(reply.body, limit)).await {
         Err(_) => {
             let error = GatewayError::from(UpstreamError::Timeout {
@@ -167,9 +273,9 @@ async fn relay(
         Ok(Ok(body)) => body,
     };
     if status.is_success()
-        && let Some(usage) = read_usage(&body)
+        && let Some(usage) = read_usage(&body, shape.upstream)
     {
-        recorder.set_usage(&usage);
+        recorder.set_usage(shape.upstream, &usage);
     }
     // 3. inspect, response phase: guardrails see the answer before the client does.
     let body = if status.is_success() {
@@ -189,14 +295,21 @@ async fn relay(
             .headers_mut()
             .insert(header::CONTENT_TYPE, content_type);
     }
+    if !status.is_success()
+        && let Some(retry_after) = retry_after
+    {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, retry_after);
+    }
     response
 }
 
-fn micros(d: Duration) -> i64 {
+pub(super) fn micros(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
 
-async fn collect(mut body: BodyStream, limit: usize) -> Result<Bytes, String> {
+pub(super) async fn collect(mut body: BodyStream, limit: usize) -> Result<Bytes, String> {
     let mut buf = BytesMut::new();
     while let Some(chunk) = body.next().await {
         let chunk = chunk?;
@@ -210,16 +323,21 @@ async fn collect(mut body: BodyStream, limit: usize) -> Result<Bytes, String> {
     Ok(buf.freeze())
 }
 
-/// Reads only `usage` from a JSON body, without building the rest.
-fn read_usage(body: &[u8]) -> Option<Value> {
+/// Reads only the usage object from a JSON body (`usage`, Gemini's `usageMetadata`), without
+/// building the rest.
+fn read_usage(body: &[u8], api: Api) -> Option<Value> {
     #[derive(serde::Deserialize)]
     struct Probe {
         usage: Option<Value>,
+        #[serde(rename = "usageMetadata")]
+        usage_metadata: Option<Value>,
     }
-    serde_json::from_slice::<Probe>(body)
-        .ok()?
-        .usage
-        .filter(Value::is_object)
+    let probe = serde_json::from_slice::<Probe>(body).ok()?;
+    match api {
+        Api::Gemini => probe.usage_metadata,
+        _ => probe.usage,
+    }
+    .filter(Value::is_object)
 }
 
 fn relay_stream(
@@ -228,10 +346,13 @@ fn relay_stream(
     client_wants_usage: bool,
     idle: Duration,
     guard: Option<StreamGuard>,
+    shape: Shape,
 ) -> Response {
     let relay = Relay {
         upstream: reply.body,
-        tap: SseTap::new(!client_wants_usage),
+        tap: SseTap::for_api(shape.upstream, !client_wants_usage),
+        shape,
+        array: shape.json_array.then(SseToJsonArray::default),
         recorder: Some(recorder),
         idle_timeout: idle,
         idle: Box::pin(tokio::time::sleep(idle)),
@@ -241,12 +362,14 @@ fn relay_stream(
     };
     let mut response = Response::new(Body::from_stream(relay));
     let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
+    let content_type = if shape.json_array {
+        HeaderValue::from_static("application/json; charset=UTF-8")
+    } else {
         reply
             .content_type
-            .unwrap_or_else(|| HeaderValue::from_static("text/event-stream")),
-    );
+            .unwrap_or_else(|| HeaderValue::from_static("text/event-stream"))
+    };
+    headers.insert(header::CONTENT_TYPE, content_type);
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     *response.status_mut() = StatusCode::OK;
     response
@@ -257,6 +380,10 @@ fn relay_stream(
 struct Relay {
     upstream: BodyStream,
     tap: SseTap,
+    /// The client's shapes (error events, framing).
+    shape: Shape,
+    /// Gemini's streamed JSON array framing, when the client did not ask for SSE.
+    array: Option<SseToJsonArray>,
     recorder: Option<Recorder>,
     idle_timeout: Duration,
     idle: Pin<Box<Sleep>>,
@@ -269,9 +396,19 @@ struct Relay {
 
 impl Relay {
     fn finish(&mut self, stream_status: &str, error_code: Option<&str>) {
+        // A provider error event after the 200 (Anthropic `event: error`): relayed as is, and
+        // recorded as the failure it is.
+        let (stream_status, error_code) = if self.tap.failed() && error_code.is_none() {
+            ("upstream_error", Some("upstream_error"))
+        } else {
+            (stream_status, error_code)
+        };
         if let Some(mut recorder) = self.recorder.take() {
             if let Some(usage) = self.tap.usage() {
-                recorder.set_usage(usage);
+                recorder.set_usage(self.shape.upstream, usage);
+                if self.tap.failed() {
+                    recorder.bill_at_least_output(self.tap.produced_tokens());
+                }
             } else {
                 recorder.bill_produced(self.tap.produced_tokens());
             }
@@ -284,9 +421,35 @@ impl Relay {
         self.done = true;
     }
 
-    fn error_event(code: &str, message: &str) -> Bytes {
-        let event = json!({"error": {"code": code, "message": message, "type": "api_error"}});
-        Bytes::from(format!("data: {event}\n\n"))
+    /// A gateway error event in the client's family: an OpenAI `data:` error, an Anthropic
+    /// `event: error`, a Gemini error chunk.
+    fn error_event(&self, code: &str, message: &str) -> Bytes {
+        match self.shape.family {
+            Family::OpenAi => {
+                let event =
+                    json!({"error": {"code": code, "message": message, "type": "api_error"}});
+                Bytes::from(format!("data: {event}\n\n"))
+            }
+            Family::Anthropic => {
+                let kind = if code == "upstream_timeout" {
+                    "timeout_error"
+                } else {
+                    "api_error"
+                };
+                let event = json!({"type": "error", "error": {"type": kind, "message": message, "code": code}});
+                Bytes::from(format!("event: error\ndata: {event}\n\n"))
+            }
+            Family::Gemini => {
+                let (status, name) = if code == "upstream_timeout" {
+                    (504, "DEADLINE_EXCEEDED")
+                } else {
+                    (502, "INTERNAL")
+                };
+                let event = json!({"error": {"code": status, "message": message, "status": name,
+                    "details": [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": code, "domain": "tollgate"}]}});
+                Bytes::from(format!("data: {event}\r\n\r\n"))
+            }
+        }
     }
 }
 
@@ -295,7 +458,7 @@ impl Drop for Relay {
         // The client went away mid-stream: bill what was produced so far.
         if let Some(recorder) = self.recorder.as_mut() {
             if let Some(usage) = self.tap.usage() {
-                recorder.set_usage(usage);
+                recorder.set_usage(self.shape.upstream, usage);
             } else {
                 recorder.bill_produced(self.tap.produced_tokens());
             }
@@ -312,6 +475,37 @@ impl Stream for Relay {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
+        if this.array.is_none() {
+            return this.poll_events(cx);
+        }
+        // Gemini's JSON array: reframe each batch of complete events, close the array once.
+        loop {
+            let polled = this.poll_events(cx);
+            let Some(array) = this.array.as_mut() else {
+                return polled;
+            };
+            match polled {
+                Poll::Ready(Some(Ok(events))) => {
+                    let framed = array.frame(&events);
+                    if framed.is_empty() {
+                        continue;
+                    }
+                    return Poll::Ready(Some(Ok(framed)));
+                }
+                Poll::Ready(None) => {
+                    let end = array.close();
+                    return Poll::Ready((!end.is_empty()).then_some(Ok(end)));
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+impl Relay {
+    /// The relayed SSE events (tap, then guardrails), with the gateway's own error events.
+    fn poll_events(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, std::io::Error>>> {
+        let this = self;
         loop {
             if this.done {
                 return Poll::Ready(None);
@@ -366,10 +560,9 @@ impl Stream for Relay {
                     } else {
                         BytesMut::from(&tail[..])
                     };
-                    out.extend_from_slice(&Self::error_event(
-                        "upstream_error",
-                        "the provider's stream failed",
-                    ));
+                    out.extend_from_slice(
+                        &this.error_event("upstream_error", "the provider's stream failed"),
+                    );
                     this.finish("upstream_error", Some("upstream_error"));
                     return Poll::Ready(Some(Ok(out.freeze())));
                 }
@@ -392,7 +585,7 @@ impl Stream for Relay {
                         } else {
                             BytesMut::from(&tail[..])
                         };
-                        out.extend_from_slice(&Self::error_event(
+                        out.extend_from_slice(&this.error_event(
                             "upstream_timeout",
                             "the provider's stream went silent for longer than its timeout",
                         ));

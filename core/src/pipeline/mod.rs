@@ -32,6 +32,7 @@ pub mod inspect;
 pub mod record;
 pub mod reserve;
 pub mod route;
+pub mod translated;
 
 use std::sync::Arc;
 
@@ -84,7 +85,7 @@ pub enum Flow<T> {
     Respond(GatewayError),
 }
 
-pub use crate::family::Endpoint;
+pub use crate::family::{Endpoint, ServeMode};
 
 /// What the server hands the pipeline.
 pub struct Inbound {
@@ -100,6 +101,8 @@ pub struct Inbound {
     pub client_ip: Option<std::net::IpAddr>,
     /// The unread body.
     pub body: Body,
+    /// The model named by the path (Gemini's `/models/{model}:...`), not the body.
+    pub path_model: Option<String>,
 }
 
 /// Runs the lifecycle for one model call on `endpoint`.
@@ -107,6 +110,7 @@ pub async fn handle(app: &Arc<AppState>, endpoint: Endpoint, inbound: Inbound) -
     let snapshot = app.policies.snapshot();
     let family = endpoint.family();
     let mut recorder = Recorder::start(app, &snapshot, &inbound, endpoint.path());
+    recorder.set_endpoint_family(endpoint.family_name());
 
     // 1. authenticate
     let key = match authenticate::run(app, &inbound.headers, inbound.query.as_deref()).await {
@@ -120,11 +124,14 @@ pub async fn handle(app: &Arc<AppState>, endpoint: Endpoint, inbound: Inbound) -
         endpoint,
         key: &key,
         headers: &inbound.headers,
+        query: inbound.query.as_deref(),
+        path_model: inbound.path_model,
         client_ip: inbound.client_ip,
         body: inbound.body,
         ledger: &app.ledger,
     };
-    let mut request = match authorize::run(&snapshot, input, &mut recorder).await {
+    let request = authorize::run(&snapshot, input, &mut recorder).await;
+    let mut request = match request {
         Flow::Continue(request) => request,
         Flow::Respond(error) => return recorder.deny(Stage::Authorize, &error, family),
     };

@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use super::{Inbound, Stage};
 use crate::clock::now_ms;
 use crate::error::{Family, GatewayError};
+use crate::family::Api;
 use crate::policy::{Model, Snapshot};
 use crate::spend::ledger::{Ledger, Reservation};
 use crate::state::AppState;
@@ -89,6 +90,11 @@ impl Recorder {
         self.record.requested_model = Some(name.to_string());
     }
 
+    /// The API family of the endpoint the client called.
+    pub fn set_endpoint_family(&mut self, family: &str) {
+        self.record.endpoint_family = Some(family.to_string());
+    }
+
     /// Whether the client asked for a stream.
     pub fn set_stream(&mut self, stream: bool) {
         self.record.stream = stream;
@@ -99,6 +105,7 @@ impl Recorder {
         self.record.served_model = Some(model.name.clone());
         self.record.upstream_model = Some(model.upstream_model.clone());
         self.record.provider = Some(model.provider.name.clone());
+        self.record.upstream_family = Some(model.provider.family.as_str().to_string());
         self.pricing = Some(model.pricing);
     }
 
@@ -147,6 +154,7 @@ impl Recorder {
             output: output_tokens,
             cached_input: 0,
             reasoning: 0,
+            cache_creation: 0,
         };
         self.record.tokens = tokens;
         self.record.cost_nanos = self.pricing.map_or(0, |p| p.cost_nanos(&tokens));
@@ -189,13 +197,33 @@ impl Recorder {
         }
     }
 
-    /// The provider's usage object (raw), priced with the model's pricing.
-    pub fn set_usage(&mut self, usage: &Value) {
-        if let Some(tokens) = TokenUsage::from_openai(usage) {
+    /// The provider's usage object (raw, in `api`'s shape), priced with the model's pricing.
+    pub fn set_usage(&mut self, api: Api, usage: &Value) {
+        if let Some(tokens) = TokenUsage::from_api(api, usage) {
             self.record.tokens = tokens;
             self.record.cost_nanos = self.pricing.map_or(0, |p| p.cost_nanos(&tokens));
         }
         self.record.provider_usage = Some(usage.to_string());
+    }
+
+    /// Normalized tokens (from the translation core) and, when known, the raw usage payload.
+    pub fn set_tokens(&mut self, tokens: TokenUsage, raw: Option<Value>) {
+        self.record.tokens = tokens;
+        self.record.cost_nanos = self.pricing.map_or(0, |p| p.cost_nanos(&tokens));
+        if let Some(raw) = raw {
+            self.record.provider_usage = Some(raw.to_string());
+        }
+    }
+
+    /// A stream that failed after its usage was reported (an error event after Anthropic's
+    /// `message_start`): bill at least the `produced` output tokens.
+    pub fn bill_at_least_output(&mut self, produced: i64) {
+        if produced > self.record.tokens.output {
+            self.record.tokens.output = produced;
+            self.record.cost_nanos = self
+                .pricing
+                .map_or(0, |p| p.cost_nanos(&self.record.tokens));
+        }
     }
 
     /// How a stream ended.

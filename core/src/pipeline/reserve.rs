@@ -30,7 +30,7 @@ pub async fn run(
     {
         return Flow::Continue(());
     }
-    let estimate = estimate(&request.body, request.target.max_output_tokens());
+    let estimate = estimate(&request.budget_view(), request.target.max_output_tokens());
     match app
         .ledger
         .reserve(

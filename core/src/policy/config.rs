@@ -124,6 +124,10 @@ pub struct GroupSection {
     pub tags: Vec<String>,
     /// The deployments.
     pub deployments: Vec<DeploymentSection>,
+    /// Let native endpoints of other families use this group's deployments through the
+    /// translation core (a mixed-family group can then fail over across families).
+    #[serde(default)]
+    pub translate: bool,
 }
 
 /// One entry of `deployments = [...]`.
@@ -207,6 +211,9 @@ pub struct ProviderSection {
     /// A disabled provider answers 403 `provider_disabled`.
     #[serde(default = "default_true")]
     pub enabled: bool,
+    /// Azure: the `api-version` query parameter; Anthropic: the `anthropic-version` header
+    /// (default `2023-06-01`). Refused for other families.
+    pub api_version: Option<Spanned<String>>,
 }
 
 fn default_timeout_ms() -> u64 {
@@ -244,6 +251,10 @@ pub struct ModelSection {
     /// The output bound used to reserve budget when a request sets no `max_tokens`.
     #[serde(default = "default_max_output_tokens")]
     pub max_output_tokens: i64,
+    /// Serve native endpoints of other families through the translation core (otherwise they
+    /// answer 400 `provider_not_allowed`), e.g. Claude Code's `/v1/messages` from an OpenAI model.
+    #[serde(default)]
+    pub translate: bool,
 }
 
 fn default_max_output_tokens() -> i64 {
@@ -260,4 +271,7 @@ pub struct PricingSection {
     pub output_per_mtok: Option<Spanned<f64>>,
     /// Price of one million cached input tokens; defaults to the input price.
     pub cached_input_per_mtok: Option<Spanned<f64>>,
+    /// Price of one million tokens written to the prompt cache (Anthropic's cache creation);
+    /// defaults to the input price.
+    pub cache_write_per_mtok: Option<Spanned<f64>>,
 }

@@ -117,6 +117,7 @@ fn pricing_json(p: &Pricing) -> serde_json::Value {
         "input_per_mtok": usd(p.input_nanos_per_mtok),
         "output_per_mtok": usd(p.output_nanos_per_mtok),
         "cached_input_per_mtok": usd(p.cached_input_nanos_per_mtok),
+        "cache_write_per_mtok": usd(p.cache_write_nanos_per_mtok),
     })
 }
 
@@ -241,6 +242,7 @@ pub fn load_dir(
                 credential,
                 timeout: Duration::from_millis(section.timeout_ms),
                 enabled: section.enabled,
+                api_version: api_version(&map, &key, &section, &mut errors),
             }),
         );
     }
@@ -286,10 +288,16 @@ pub fn load_dir(
             "cached_input_per_mtok",
         )
         .unwrap_or(input);
+        let cache_write = price(
+            &section.pricing.cache_write_per_mtok,
+            "cache_write_per_mtok",
+        )
+        .unwrap_or(input);
         let pricing = Pricing {
             input_nanos_per_mtok: input,
             output_nanos_per_mtok: output,
             cached_input_nanos_per_mtok: cached,
+            cache_write_nanos_per_mtok: cache_write,
         };
         let view = serde_json::json!({
             "name": name, "provider": provider.name, "family": provider.family.as_str(), "group": false,
@@ -304,6 +312,7 @@ pub fn load_dir(
                 pricing,
                 tags: section.tags,
                 max_output_tokens: section.max_output_tokens.max(0),
+                translate: section.translate,
                 cel: cel::json_to_cel(&view),
             }),
         );
@@ -452,6 +461,7 @@ pub fn load_dir(
                 script,
                 deployments,
                 tags: section.tags,
+                translate: section.translate,
                 cel: cel::json_to_cel(&view),
             }),
         );
@@ -715,6 +725,35 @@ fn spend_specs(
 /// Reads a credential; a source that is configured but empty is not an error at load (the
 /// gateway keeps serving other providers) but makes the provider answer
 /// `provider_api_key_not_configured`.
+/// `api_version`: Azure's `api-version` (required) or Anthropic's `anthropic-version`.
+fn api_version(
+    map: &SourceMap<'_>,
+    key: &str,
+    section: &super::config::ProviderSection,
+    errors: &mut Vec<LoadError>,
+) -> Option<String> {
+    match (&section.api_version, section.family) {
+        (Some(v), ProviderFamily::Azure | ProviderFamily::Anthropic) => Some(v.get_ref().clone()),
+        (None, ProviderFamily::Azure) => {
+            errors.push(map.error(
+                None,
+                key,
+                "an 'azure' provider needs api_version (e.g. \"2024-10-21\")".into(),
+            ));
+            None
+        }
+        (Some(v), family) => {
+            errors.push(map.error(
+                Some(v.span()),
+                &format!("{key}.api_version"),
+                format!("a '{}' provider takes no api_version", family.as_str()),
+            ));
+            None
+        }
+        (None, _) => None,
+    }
+}
+
 fn resolve_credential(dir: &Path, section: &CredentialSection) -> Result<Credential, String> {
     match (&section.env, &section.file) {
         (Some(var), None) => Ok(match std::env::var(var) {

@@ -76,6 +76,8 @@ pub struct Provider {
     pub timeout: Duration,
     /// A disabled provider answers 403 `provider_disabled`.
     pub enabled: bool,
+    /// Azure's `api-version`, or Anthropic's `anthropic-version`.
+    pub api_version: Option<String>,
 }
 
 /// A model clients may call, resolved to its provider.
@@ -93,6 +95,8 @@ pub struct Model {
     pub tags: Vec<String>,
     /// Output bound for budget holds when a request sets no `max_tokens`.
     pub max_output_tokens: i64,
+    /// Native endpoints of other families may call it through the translation core.
+    pub translate: bool,
     /// The `model` variable access rules see for this model, built once per snapshot.
     pub cel: ::cel::Value,
 }
@@ -123,6 +127,8 @@ pub struct ModelGroup {
     pub deployments: Vec<Deployment>,
     /// Tags shown to access rules.
     pub tags: Vec<String>,
+    /// Native endpoints of other families may use its deployments through translation.
+    pub translate: bool,
     /// The `model` variable access rules see for this group.
     pub cel: ::cel::Value,
 }
@@ -170,6 +176,9 @@ impl Target {
                     cached_input_nanos_per_mtok: worst
                         .cached_input_nanos_per_mtok
                         .max(d.model.pricing.cached_input_nanos_per_mtok),
+                    cache_write_nanos_per_mtok: worst
+                        .cache_write_nanos_per_mtok
+                        .max(d.model.pricing.cache_write_nanos_per_mtok),
                 }),
         }
     }

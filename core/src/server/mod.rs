@@ -1,7 +1,11 @@
 //! The HTTP server: the router, the request-id middleware and graceful shutdown.
 
 pub mod admin;
+pub mod anthropic;
+pub mod gemini;
 pub mod openai;
+pub mod unified;
+pub mod vllm;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,7 +16,7 @@ use axum::extract::Request;
 use axum::http::HeaderValue;
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -31,10 +35,21 @@ use crate::store::usage_writer;
 pub fn router(app: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/completions", post(openai::completions))
+        .route("/v1/llm/chat", post(unified::chat))
         .route("/v1/embeddings", post(openai::embeddings))
         .route("/v1/responses", post(openai::responses))
         .route("/v1/images/generations", post(openai::images_generations))
         .route("/v1/models", get(openai::list_models))
+        // GET is OpenAI's model lookup, POST Gemini's `{model}:{method}` (google-genai 3.x).
+        .route(
+            "/v1/models/{target}",
+            get(openai::get_model).post(gemini::dispatch),
+        )
+        .route("/v1beta/models/{target}", post(gemini::dispatch))
+        .route("/v1/messages", post(anthropic::messages))
+        .route("/v1/messages/count_tokens", post(anthropic::count_tokens))
+        .route("/v1/vllm/{*rest}", any(vllm::dispatch))
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(admin::metrics))
         .route("/admin/policies", get(admin::policies))

@@ -39,6 +39,7 @@ impl Estimate {
             output: self.output_tokens,
             cached_input: 0,
             reasoning: 0,
+            cache_creation: 0,
         })
     }
 }
@@ -126,6 +127,7 @@ mod tests {
             input_nanos_per_mtok: 1_000_000_000,
             output_nanos_per_mtok: 2_000_000_000,
             cached_input_nanos_per_mtok: 0,
+            cache_write_nanos_per_mtok: 0,
         };
         assert_eq!(e.cost_nanos(&pricing), e.input_tokens * 1000 + 1234 * 2000);
     }

@@ -73,6 +73,10 @@ pub struct UsageRecord {
     pub upstream_model: Option<String>,
     /// The provider that answered.
     pub provider: Option<String>,
+    /// The API family the client called: `openai`, `anthropic`, `gemini`, `vllm`, `unified`.
+    pub endpoint_family: Option<String>,
+    /// The family of the provider that answered (`openai`, `azure`, `anthropic`, ...).
+    pub upstream_family: Option<String>,
     /// Final status returned to the client.
     pub status: u16,
     /// Stable error code when the gateway answered with an error.
@@ -286,7 +290,7 @@ impl Store {
 
     /// Writes a batch of usage records in one transaction.
     pub async fn insert_usage(&self, records: &[UsageRecord]) -> Result<(), StoreError> {
-        // 32 columns; SQLite allows 32,766 bound parameters per statement.
+        // 35 columns; SQLite allows 32,766 bound parameters per statement.
         const ROWS_PER_STATEMENT: usize = 1000;
         let mut tx = self.pool.begin().await?;
         for chunk in records.chunks(ROWS_PER_STATEMENT) {
@@ -295,9 +299,10 @@ impl Store {
                  method, endpoint, stream, requested_model, served_model, upstream_model, provider, status, \
                  error_code, denied_stage, latency_us, ttfb_us, upstream_latency_us, input_tokens, \
                  output_tokens, cached_input_tokens, reasoning_tokens, total_tokens, cost_nanos, \
-                 provider_usage, provider_request_id, stream_status, decisions, route, user_agent, policy_generation)",
+                 provider_usage, provider_request_id, stream_status, decisions, route, user_agent, policy_generation, \
+                 endpoint_family, upstream_family, cache_creation_tokens)",
                 chunk.len(),
-                32,
+                35,
                 self.backend,
             );
             // Batch sizes vary: do not fill the statement cache with one statement per size.
@@ -335,7 +340,10 @@ impl Store {
                     .bind(r.decisions.clone())
                     .bind(r.route.clone())
                     .bind(r.user_agent.clone())
-                    .bind(r.policy_generation);
+                    .bind(r.policy_generation)
+                    .bind(r.endpoint_family.clone())
+                    .bind(r.upstream_family.clone())
+                    .bind(r.tokens.cache_creation);
             }
             query.execute(&mut *tx).await?;
         }

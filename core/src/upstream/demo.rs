@@ -1,4 +1,5 @@
-//! The `demo` provider family: an offline, deterministic, OpenAI-shaped responder.
+//! The `demo` provider family: an offline, deterministic responder in the shape of the endpoint
+//! it is called on (OpenAI here; Anthropic, Gemini and legacy completions in `demo_native`).
 //!
 //! It exists so that a fresh checkout answers real requests through the whole governed path
 //! with no network and no provider account. Answers say plainly that they come from the demo
@@ -10,7 +11,7 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::UpstreamReply;
+use super::{UpstreamReply, demo_native};
 use crate::clock::now_ms;
 use crate::family::Endpoint;
 
@@ -18,7 +19,7 @@ use crate::family::Endpoint;
 const PIXEL_PNG_B64: &str = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==";
 
 /// Rough token count: one token per four bytes, at least one for non-empty text.
-fn tokens(text: &str) -> i64 {
+pub(super) fn tokens(text: &str) -> i64 {
     i64::try_from(text.len().div_ceil(4)).unwrap_or(i64::MAX)
 }
 
@@ -35,7 +36,7 @@ fn text_of(content: &Value) -> String {
 }
 
 /// All prompt text of a chat or responses request, and the last user turn.
-fn prompt(body: &Value) -> (String, String) {
+pub(super) fn prompt(body: &Value) -> (String, String) {
     let mut all = String::new();
     let mut last_user = String::new();
     if let Some(messages) = body.get("messages").and_then(Value::as_array) {
@@ -71,7 +72,7 @@ fn prompt(body: &Value) -> (String, String) {
     (all, last_user)
 }
 
-fn answer_for(last_user: &str) -> String {
+pub(super) fn answer_for(last_user: &str) -> String {
     let quoted: String = last_user.chars().take(120).collect();
     let words = last_user.split_whitespace().count();
     format!(
@@ -80,28 +81,30 @@ fn answer_for(last_user: &str) -> String {
     )
 }
 
-fn json_reply(value: Value) -> UpstreamReply {
+pub(super) fn json_reply(value: Value) -> UpstreamReply {
     let bytes = Bytes::from(value.to_string());
     UpstreamReply {
         status: StatusCode::OK,
         content_type: Some(HeaderValue::from_static("application/json")),
         provider_request_id: None,
+        retry_after: None,
         body: Box::pin(futures_util::stream::iter([Ok(bytes)])),
     }
 }
 
-fn sse_reply(events: Vec<String>) -> UpstreamReply {
+pub(super) fn sse_reply(events: Vec<String>) -> UpstreamReply {
     let chunks: Vec<Result<Bytes, String>> =
         events.into_iter().map(|e| Ok(Bytes::from(e))).collect();
     UpstreamReply {
         status: StatusCode::OK,
         content_type: Some(HeaderValue::from_static("text/event-stream")),
         provider_request_id: None,
+        retry_after: None,
         body: Box::pin(futures_util::stream::iter(chunks)),
     }
 }
 
-fn error_reply(status: StatusCode, message: &str) -> UpstreamReply {
+pub(super) fn error_reply(status: StatusCode, message: &str) -> UpstreamReply {
     let mut reply = json_reply(json!({
         "error": {"message": message, "type": "invalid_request_error", "code": "demo_invalid_request"}
     }));
@@ -109,15 +112,16 @@ fn error_reply(status: StatusCode, message: &str) -> UpstreamReply {
     reply
 }
 
-/// Answers `body` (already carrying the upstream model id) for `endpoint`.
-pub fn respond(endpoint: Endpoint, body: &[u8]) -> UpstreamReply {
+/// Answers `body` (already carrying the upstream model id, except Gemini's which is
+/// `upstream_model`) for `endpoint`, in that endpoint's shape.
+pub fn respond(endpoint: Endpoint, body: &[u8], upstream_model: &str) -> UpstreamReply {
     let Ok(body) = serde_json::from_slice::<Value>(body) else {
         return error_reply(StatusCode::BAD_REQUEST, "demo provider: body is not JSON");
     };
     let model = body
         .get("model")
         .and_then(Value::as_str)
-        .unwrap_or("demo")
+        .unwrap_or(upstream_model)
         .to_string();
     let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
     let created = now_ms() / 1000;
@@ -126,10 +130,29 @@ pub fn respond(endpoint: Endpoint, body: &[u8]) -> UpstreamReply {
         &hex::encode(Sha256::digest(body.to_string().as_bytes()))[..24]
     );
     match endpoint {
-        Endpoint::ChatCompletions => chat(&body, &model, stream, created, &id),
+        Endpoint::ChatCompletions | Endpoint::Unified => chat(&body, &model, stream, created, &id),
         Endpoint::Responses => responses(&body, &model, stream, created, &id),
         Endpoint::Embeddings => embeddings(&body, &model),
         Endpoint::ImagesGenerations => images(&body, created),
+        Endpoint::Completions => demo_native::completions(&body, &model, stream, created, &id),
+        Endpoint::Messages => demo_native::messages(&body, &model, stream, &id),
+        Endpoint::CountTokens => demo_native::count_tokens(&body),
+        Endpoint::GeminiGenerate => demo_native::gemini(&body, &model, false),
+        Endpoint::GeminiStream => demo_native::gemini(&body, &model, true),
+        Endpoint::GeminiCountTokens => demo_native::gemini_count_tokens(&body),
+        Endpoint::GeminiEmbed => demo_native::gemini_embed(&body),
+        Endpoint::GeminiBatchEmbed => demo_native::gemini_batch_embed(&body),
+        Endpoint::Vllm(route) => match route.upstream {
+            "/v1/chat/completions" => chat(&body, &model, stream, created, &id),
+            "/v1/completions" => demo_native::completions(&body, &model, stream, created, &id),
+            "/v1/responses" => responses(&body, &model, stream, created, &id),
+            "/v1/embeddings" => embeddings(&body, &model),
+            "/tokenize" => demo_native::tokenize(&body),
+            _ => error_reply(
+                StatusCode::NOT_IMPLEMENTED,
+                "demo provider: this vLLM route has no demo answer",
+            ),
+        },
     }
 }
 
@@ -235,6 +258,23 @@ fn responses(body: &Value, model: &str, stream: bool, created: i64, id: &str) ->
     sse_reply(events)
 }
 
+/// A deterministic unit-range vector of `dimensions` for `text`.
+pub(super) fn vector(text: &str, dimensions: usize) -> Vec<f64> {
+    let mut vector = Vec::with_capacity(dimensions);
+    let mut seed = Sha256::digest(text.as_bytes());
+    while vector.len() < dimensions {
+        for pair in seed.chunks(2) {
+            if vector.len() == dimensions {
+                break;
+            }
+            let raw = u16::from_be_bytes([pair[0], pair[1]]);
+            vector.push(f64::from(raw) / 32767.5 - 1.0);
+        }
+        seed = Sha256::digest(seed);
+    }
+    vector
+}
+
 fn embeddings(body: &Value, model: &str) -> UpstreamReply {
     let inputs: Vec<String> = match body.get("input") {
         Some(Value::String(s)) => vec![s.clone()],
@@ -257,19 +297,7 @@ fn embeddings(body: &Value, model: &str) -> UpstreamReply {
         .iter()
         .enumerate()
         .map(|(index, text)| {
-            let mut vector = Vec::with_capacity(dimensions);
-            let mut seed = Sha256::digest(text.as_bytes());
-            while vector.len() < dimensions {
-                for pair in seed.chunks(2) {
-                    if vector.len() == dimensions {
-                        break;
-                    }
-                    let raw = u16::from_be_bytes([pair[0], pair[1]]);
-                    vector.push(f64::from(raw) / 32767.5 - 1.0);
-                }
-                seed = Sha256::digest(seed);
-            }
-            json!({"object": "embedding", "index": index, "embedding": vector})
+            json!({"object": "embedding", "index": index, "embedding": vector(text, dimensions)})
         })
         .collect();
     let prompt_tokens: i64 = inputs.iter().map(|t| tokens(t)).sum();
@@ -323,8 +351,8 @@ mod tests {
     #[tokio::test]
     async fn chat_answers_are_deterministic_with_usage() {
         let body = br#"{"model":"m","messages":[{"role":"user","content":"hello there"}]}"#;
-        let a = collect(respond(Endpoint::ChatCompletions, body)).await;
-        let b = collect(respond(Endpoint::ChatCompletions, body)).await;
+        let a = collect(respond(Endpoint::ChatCompletions, body, "m")).await;
+        let b = collect(respond(Endpoint::ChatCompletions, body, "m")).await;
         assert_eq!(a, b);
         let v: Value = serde_json::from_str(&a).expect("json");
         assert_eq!(v["usage"]["prompt_tokens"], 3);
@@ -339,7 +367,7 @@ mod tests {
     #[tokio::test]
     async fn chat_streams_end_with_usage_and_done() {
         let body = br#"{"model":"m","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hi"}]}"#;
-        let reply = respond(Endpoint::ChatCompletions, body);
+        let reply = respond(Endpoint::ChatCompletions, body, "m");
         assert_eq!(
             reply.content_type.as_ref().map(|v| v.to_str().ok()),
             Some(Some("text/event-stream"))
@@ -352,8 +380,9 @@ mod tests {
     #[tokio::test]
     async fn embeddings_have_the_requested_dimensions() {
         let body = br#"{"model":"m","input":["a","b"],"dimensions":5}"#;
-        let v: Value = serde_json::from_str(&collect(respond(Endpoint::Embeddings, body)).await)
-            .expect("json");
+        let v: Value =
+            serde_json::from_str(&collect(respond(Endpoint::Embeddings, body, "m")).await)
+                .expect("json");
         assert_eq!(v["data"].as_array().map(Vec::len), Some(2));
         assert_eq!(v["data"][0]["embedding"].as_array().map(Vec::len), Some(5));
     }

@@ -1,11 +1,15 @@
-//! Talking to providers: the HTTP client, the built-in demo responder and the SSE usage tap.
+//! Talking to providers: the HTTP client, each family's URL and auth ([`target`]), the
+//! built-in demo responder and the SSE usage tap.
 //!
 //! Every provider answers with an [`UpstreamReply`]: a status, the headers the relay needs and a
 //! body stream, so JSON and SSE relaying, usage extraction and recording are the same code for
 //! every provider family.
 
 pub mod demo;
+mod demo_native;
+pub mod gemini_array;
 pub mod sse;
+pub mod target;
 
 use std::pin::Pin;
 use std::time::Duration;
@@ -27,8 +31,10 @@ pub struct UpstreamReply {
     pub status: StatusCode,
     /// `content-type`, relayed to the client.
     pub content_type: Option<HeaderValue>,
-    /// The provider's own request id (`x-request-id` upstream).
+    /// The provider's own request id (`x-request-id`, or Anthropic's `request-id`).
     pub provider_request_id: Option<String>,
+    /// `Retry-After`, passed through with the provider's errors.
+    pub retry_after: Option<HeaderValue>,
     /// The body.
     pub body: BodyStream,
 }
@@ -56,27 +62,46 @@ pub fn client() -> Result<reqwest::Client, reqwest::Error> {
         .build()
 }
 
-/// Sends `body` to the model's provider on `endpoint` and waits for the response headers.
+/// One call to a provider.
+pub struct Outbound<'a> {
+    /// The endpoint whose shape the body has (the upstream family's, when translated).
+    pub endpoint: Endpoint,
+    /// The body, with the upstream model id.
+    pub body: Bytes,
+    /// Stream the answer.
+    pub stream: bool,
+    /// Client headers the family forwards (`anthropic-version`, `anthropic-beta`).
+    pub forward: &'a [(&'static str, HeaderValue)],
+}
+
+/// Sends `out` to the model's provider and waits for the response headers.
 ///
-/// Only `content-type`, `accept` and the provider credential are sent: nothing the client sent
-/// in headers (its virtual key above all) reaches the provider.
+/// Only `content-type`, `accept`, the provider credential and the family's own protocol
+/// headers are sent: nothing else the client sent (its virtual key above all) reaches the
+/// provider.
 pub async fn send(
     http: &reqwest::Client,
     model: &Model,
-    endpoint: Endpoint,
-    body: Bytes,
-    stream: bool,
+    out: Outbound<'_>,
 ) -> Result<UpstreamReply, UpstreamError> {
     let provider = &model.provider;
-    let base = provider
-        .base_url
-        .as_deref()
-        .ok_or_else(|| UpstreamError::BadResponse {
+    let Outbound {
+        endpoint,
+        body,
+        stream,
+        forward,
+    } = out;
+    let call =
+        target::build(model, endpoint, stream).ok_or_else(|| UpstreamError::BadResponse {
             provider: provider.name.clone(),
-            detail: "provider has no base_url".into(),
+            detail: format!(
+                "a '{}' provider cannot serve {}",
+                provider.family.as_str(),
+                endpoint.path()
+            ),
         })?;
     let mut request = http
-        .post(format!("{base}{}", endpoint.upstream_path()))
+        .post(call.url)
         .header(header::CONTENT_TYPE, "application/json")
         .header(
             header::ACCEPT,
@@ -87,8 +112,20 @@ pub async fn send(
             },
         )
         .body(body);
+    for (name, value) in forward {
+        request = request.header(*name, value.clone());
+    }
+    // The client's own protocol version wins over the provider's default.
+    for (name, value) in call.headers {
+        if !forward.iter().any(|(n, _)| *n == name) {
+            request = request.header(name, value);
+        }
+    }
     if let Credential::Present(secret) = &provider.credential {
-        request = request.bearer_auth(secret.expose());
+        request = match call.auth {
+            target::Auth::Bearer => request.bearer_auth(secret.expose()),
+            target::Auth::Header(name) => request.header(name, secret.expose()),
+        };
     }
     let timeout_ms = u64::try_from(provider.timeout.as_millis()).unwrap_or(u64::MAX);
     let response = match tokio::time::timeout(provider.timeout, request.send()).await {
@@ -117,13 +154,16 @@ pub async fn send(
     let provider_request_id = response
         .headers()
         .get("x-request-id")
+        .or_else(|| response.headers().get("request-id"))
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
+    let retry_after = response.headers().get(header::RETRY_AFTER).cloned();
     let body = response.bytes_stream().map(|r| r.map_err(|e| describe(&e)));
     Ok(UpstreamReply {
         status,
         content_type,
         provider_request_id,
+        retry_after,
         body: Box::pin(body),
     })
 }

@@ -7,6 +7,8 @@
 use bytes::{Bytes, BytesMut};
 use serde_json::Value;
 
+use crate::family::Api;
+
 /// Largest incomplete event held back; beyond it bytes are relayed uninspected.
 const MAX_PENDING: usize = 1024 * 1024;
 /// Streamed delta payloads kept for billing a stream that ends without usage; beyond it only
@@ -21,6 +23,10 @@ pub struct SseTap {
     usage: Option<Value>,
     produced: Vec<u8>,
     produced_overflow: usize,
+    /// The shape of the stream (OpenAI when `None`).
+    api: Option<Api>,
+    /// An error event arrived (Anthropic `event: error`, a Gemini `{"error":..}` chunk).
+    failed: bool,
 }
 
 impl SseTap {
@@ -30,6 +36,21 @@ impl SseTap {
             hide_usage_chunk,
             ..Self::default()
         }
+    }
+
+    /// A tap on a stream in `api`'s shape: Anthropic usage is the merge of `message_start`'s and
+    /// `message_delta`'s, Gemini's is the last (cumulative) `usageMetadata`.
+    pub fn for_api(api: Api, hide_usage_chunk: bool) -> Self {
+        Self {
+            hide_usage_chunk,
+            api: Some(api),
+            ..Self::default()
+        }
+    }
+
+    /// Whether the provider sent an error event mid-stream.
+    pub fn failed(&self) -> bool {
+        self.failed
     }
 
     /// The last usage object seen.
@@ -103,8 +124,78 @@ impl SseTap {
         tokens
     }
 
+    /// Keeps the text payload of a delta event for [`Self::produced_tokens`].
+    fn keep_produced(&mut self, data: &[u8]) {
+        if self.produced.len() + data.len() < MAX_PRODUCED {
+            self.produced.extend_from_slice(data);
+            self.produced.push(b'\n');
+        } else {
+            self.produced_overflow += data.len();
+        }
+    }
+
+    /// Anthropic and Gemini events: usage, produced text and error events.
+    fn inspect_native(&mut self, api: Api, event: &[u8]) {
+        let data = data_of(event);
+        let error_event = event.starts_with(b"event: error") || event.starts_with(b"event:error");
+        let mentions_usage = match api {
+            Api::Gemini => find(&data, b"\"usageMetadata\"").is_some(),
+            _ => has_usage_object(&data),
+        };
+        let mentions_error = find(&data, b"\"error\"").is_some();
+        if !mentions_usage && !error_event && !mentions_error {
+            if self.usage.is_none() || api == Api::Anthropic {
+                self.keep_produced(&data);
+            }
+            return;
+        }
+        let Ok(value) = serde_json::from_slice::<Value>(&data) else {
+            self.failed |= error_event;
+            return;
+        };
+        match api {
+            Api::Anthropic => {
+                if error_event || value.get("type").and_then(Value::as_str) == Some("error") {
+                    self.failed = true;
+                }
+                let usage = value
+                    .pointer("/message/usage")
+                    .or_else(|| value.get("usage"))
+                    .and_then(Value::as_object);
+                if let Some(usage) = usage {
+                    match self.usage.as_mut().and_then(Value::as_object_mut) {
+                        Some(merged) => {
+                            for (k, v) in usage {
+                                if !v.is_null() {
+                                    merged.insert(k.clone(), v.clone());
+                                }
+                            }
+                        }
+                        None => self.usage = Some(Value::Object(usage.clone())),
+                    }
+                }
+            }
+            _ => {
+                if value.get("error").is_some_and(Value::is_object) {
+                    self.failed = true;
+                }
+                if let Some(usage) = value.get("usageMetadata").filter(|u| u.is_object()) {
+                    self.usage = Some(usage.clone());
+                }
+                self.keep_produced(&data);
+            }
+        }
+    }
+
     /// Reads usage from one event; returns whether the event must be hidden.
     fn inspect(&mut self, event: &[u8]) -> bool {
+        if let Some(api) = self
+            .api
+            .filter(|a| matches!(a, Api::Anthropic | Api::Gemini))
+        {
+            self.inspect_native(api, event);
+            return false;
+        }
         if !has_usage_object(event) {
             if self.usage.is_none() && find(event, b"\"delta\"").is_some() {
                 let data = data_of(event);
@@ -177,10 +268,11 @@ struct ContentProbe<'a> {
     content: Option<std::borrow::Cow<'a, str>>,
 }
 
-/// Tokens of the text in one chat chunk or Responses delta payload.
+/// Tokens of the text in one chat chunk or Responses delta payload, Anthropic
+/// `content_block_delta` or Gemini chunk.
 fn count_delta_tokens(data: &[u8]) -> i64 {
     let Ok(probe) = serde_json::from_slice::<DeltaProbe<'_>>(data) else {
-        return 0;
+        return count_native_tokens(data);
     };
     let count = |text: &str| {
         i64::try_from(
@@ -200,6 +292,50 @@ fn count_delta_tokens(data: &[u8]) -> i64 {
         tokens += count(text);
     }
     tokens
+}
+
+/// Tokens of the text in an Anthropic delta (`text`, `partial_json`, `thinking`) or a Gemini
+/// chunk (`candidates[].content.parts[].text` and function call arguments).
+fn count_native_tokens(data: &[u8]) -> i64 {
+    let Ok(value) = serde_json::from_slice::<Value>(data) else {
+        return 0;
+    };
+    let mut text = String::new();
+    if let Some(delta) = value.get("delta").and_then(Value::as_object) {
+        for key in ["text", "partial_json", "thinking"] {
+            if let Some(t) = delta.get(key).and_then(Value::as_str) {
+                text.push_str(t);
+            }
+        }
+    }
+    for candidate in value
+        .get("candidates")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        for part in candidate
+            .pointer("/content/parts")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            match part.get("text").and_then(Value::as_str) {
+                Some(t) => text.push_str(t),
+                None => {
+                    if let Some(call) = part.get("functionCall") {
+                        text.push_str(&call.to_string());
+                    }
+                }
+            }
+        }
+    }
+    i64::try_from(
+        tiktoken_rs::o200k_base_singleton()
+            .encode_ordinary(&text)
+            .len(),
+    )
+    .unwrap_or(0)
 }
 
 /// Whether the event contains `"usage"` followed by an object (not `null`).
@@ -301,6 +437,35 @@ mod tests {
         tap.push(CHUNK.as_bytes());
         tap.push(b"data: {\"type\":\"response.output_text.delta\",\"delta\":\"hello there\"}\n\n");
         assert_eq!(tap.produced_tokens(), 1 + 2);
+    }
+
+    #[test]
+    fn anthropic_usage_merges_message_start_and_message_delta() {
+        let mut tap = SseTap::for_api(Api::Anthropic, false);
+        let start = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":7,\"cache_read_input_tokens\":9000,\"output_tokens\":1}}}\n\n";
+        let delta = "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"hello there\"}}\n\n";
+        let end = "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":50}}\n\n";
+        let all = format!("{start}{delta}{end}");
+        assert_eq!(tap.push(all.as_bytes()), Bytes::from(all.clone()));
+        let usage = tap.usage().expect("usage");
+        assert_eq!(usage["input_tokens"], 7);
+        assert_eq!(usage["cache_read_input_tokens"], 9000);
+        assert_eq!(usage["output_tokens"], 50);
+        assert_eq!(tap.produced_tokens(), 2);
+        assert!(!tap.failed());
+        tap.push(b"event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"x\"}}\n\n");
+        assert!(tap.failed());
+    }
+
+    #[test]
+    fn gemini_usage_is_the_last_cumulative_metadata() {
+        let mut tap = SseTap::for_api(Api::Gemini, false);
+        tap.push(b"data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"hi\"}]}}],\"usageMetadata\":{\"promptTokenCount\":4,\"candidatesTokenCount\":1}}\r\n\r\n");
+        tap.push(b"data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\" you\"}]}}],\"usageMetadata\":{\"promptTokenCount\":4,\"candidatesTokenCount\":2}}\r\n\r\n");
+        assert_eq!(tap.usage().expect("usage")["candidatesTokenCount"], 2);
+        assert!(!tap.failed());
+        tap.push(b"data: {\"error\":{\"code\":500,\"message\":\"boom\",\"status\":\"INTERNAL\"}}\r\n\r\n");
+        assert!(tap.failed());
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! Test cases, one file per area.
 
+mod anthropic;
 mod budgets;
 mod check;
 mod docs;
 mod errors;
+mod gemini;
 mod keys;
 mod passthrough;
 mod plugins;
@@ -11,4 +13,7 @@ mod policies;
 mod sdk;
 mod shutdown;
 mod streaming;
+mod translation;
+mod unified;
 mod usage;
+mod vllm;

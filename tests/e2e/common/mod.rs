@@ -419,7 +419,8 @@ pub async fn read_usage(db_url: &str) -> Vec<Value> {
         "SELECT request_id, key_id, team, method, endpoint, stream, requested_model, served_model, \
          upstream_model, provider, status, error_code, denied_stage, latency_us, ttfb_us, input_tokens, \
          output_tokens, cached_input_tokens, reasoning_tokens, total_tokens, cost_nanos, provider_usage, \
-         stream_status, decisions, route FROM usage_records ORDER BY received_at_ms, id",
+         stream_status, decisions, route, endpoint_family, upstream_family, cache_creation_tokens \
+         FROM usage_records ORDER BY received_at_ms, id",
     )
     .fetch_all(&pool)
     .await
@@ -449,6 +450,8 @@ pub async fn read_usage(db_url: &str) -> Vec<Value> {
                 "total_tokens": int("total_tokens"), "cost_nanos": int("cost_nanos"),
                 "provider_usage": text("provider_usage"), "stream_status": text("stream_status"),
                 "decisions": text("decisions"), "route": text("route"),
+                "endpoint_family": text("endpoint_family"), "upstream_family": text("upstream_family"),
+                "cache_creation_tokens": int("cache_creation_tokens"),
             })
         })
         .collect()
@@ -607,4 +610,126 @@ impl Drop for TcpProxy {
         self.cut();
         self.accept.abort();
     }
+}
+
+/// A policy directory with one provider of every family on `mock` and models steering it:
+/// `claude*` (anthropic), `gemini*` (gemini), `vllm-chat` (vllm), `azure-chat` (azure),
+/// `gpt` (openai), plus `extra` appended (more models or groups).
+pub fn family_policy(mock: &MockHandle, extra: &str) -> String {
+    let base = mock.base_url();
+    let root = format!("http://{}", mock.addr);
+    format!(
+        r#"
+[providers.anthropic]
+family = "anthropic"
+base_url = "{base}"
+credential = {{ env = "TG_TEST_PROVIDER_KEY" }}
+
+[providers.gemini]
+family = "gemini"
+base_url = "{root}/v1beta"
+credential = {{ env = "TG_TEST_PROVIDER_KEY" }}
+
+[providers.vllm]
+family = "vllm"
+base_url = "{root}"
+credential = {{ env = "TG_TEST_PROVIDER_KEY" }}
+
+[providers.azure]
+family = "azure"
+base_url = "{root}"
+api_version = "2024-10-21"
+credential = {{ env = "TG_TEST_PROVIDER_KEY" }}
+
+[providers.openai]
+family = "openai"
+base_url = "{base}"
+credential = {{ env = "TG_TEST_PROVIDER_KEY" }}
+
+[models.claude]
+provider = "anthropic"
+upstream_model = "claude-mock"
+pricing = {{ input_per_mtok = 3.0, output_per_mtok = 15.0, cached_input_per_mtok = 0.3, cache_write_per_mtok = 3.75 }}
+
+[models.claude-cache]
+provider = "anthropic"
+upstream_model = "mock-cache"
+pricing = {{ input_per_mtok = 3.0, output_per_mtok = 15.0, cached_input_per_mtok = 0.3, cache_write_per_mtok = 3.75 }}
+
+[models.claude-429]
+provider = "anthropic"
+upstream_model = "mock-429"
+
+[models.claude-500]
+provider = "anthropic"
+upstream_model = "mock-500"
+
+[models.claude-stream-error]
+provider = "anthropic"
+upstream_model = "mock-stream-error"
+pricing = {{ input_per_mtok = 3.0, output_per_mtok = 15.0 }}
+
+[models.gemini-flash]
+provider = "gemini"
+upstream_model = "gemini-mock"
+pricing = {{ input_per_mtok = 0.3, output_per_mtok = 2.5, cached_input_per_mtok = 0.075 }}
+
+[models.gemini-429]
+provider = "gemini"
+upstream_model = "mock-429"
+
+[models.vllm-chat]
+provider = "vllm"
+upstream_model = "meta-llama/Llama-3.1-8B-Instruct"
+
+[models.azure-chat]
+provider = "azure"
+upstream_model = "my-gpt4o-deployment"
+
+[models.gpt]
+provider = "openai"
+upstream_model = "upstream-chat-v1"
+pricing = {{ input_per_mtok = 2.5, output_per_mtok = 10.0, cached_input_per_mtok = 1.25 }}
+{extra}
+"#
+    )
+}
+
+/// Runs a Python script with `env` off the test's runtime (the mock upstream runs on it);
+/// returns its stdout, failing the test with both outputs if it fails. `module` must be
+/// importable (`./scripts/test` installs the SDKs).
+pub async fn run_python(module: &str, script: &str, env: &[(&str, &str)]) -> String {
+    let module = module.to_string();
+    let script = script.to_string();
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    tokio::task::spawn_blocking(move || run_python_blocking(&module, &script, &env))
+        .await
+        .expect("python runner")
+}
+
+fn run_python_blocking(module: &str, script: &str, env: &[(String, String)]) -> String {
+    let have = Command::new("python3")
+        .args(["-c", &format!("import {module}")])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        have,
+        "the Python module '{module}' is missing: run ./scripts/test, which installs it"
+    );
+    let mut command = Command::new("python3");
+    command.args(["-c", script]);
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let out = command.output().expect("run python3");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "python failed\nstdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
 }

@@ -17,6 +17,8 @@
 //!
 //! When recording is on, every request (path, headers, JSON body) is kept for assertions.
 
+mod families;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -24,7 +26,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -75,8 +77,8 @@ impl Default for MockConfig {
 }
 
 #[derive(Debug)]
-struct Shared {
-    config: MockConfig,
+pub(crate) struct Shared {
+    pub(crate) config: MockConfig,
     received: Mutex<Vec<Received>>,
 }
 
@@ -133,12 +135,23 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/responses", post(responses))
         .route("/v1/images/generations", post(images))
-        .route("/v1/messages", post(anthropic_messages))
-        .route("/v1beta/models/{target}", post(gemini))
+        .route("/v1/completions", post(families::completions))
+        .route("/v1/messages", post(families::anthropic_messages))
+        .route(
+            "/v1/messages/count_tokens",
+            post(families::anthropic_count_tokens),
+        )
+        .route("/v1beta/models/{target}", post(families::gemini))
+        .route("/v1/models/{target}", post(families::gemini))
+        .route(
+            "/openai/deployments/{deployment}/chat/completions",
+            post(families::azure_chat),
+        )
+        .route("/{*vllm}", post(families::vllm))
         .with_state(shared)
 }
 
-fn remember(shared: &Shared, path: &str, headers: &HeaderMap, body: &Bytes) -> Value {
+pub(crate) fn remember(shared: &Shared, path: &str, headers: &HeaderMap, body: &Bytes) -> Value {
     let value: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
     if shared.config.record
         && let Ok(mut received) = shared.received.lock()
@@ -152,7 +165,7 @@ fn remember(shared: &Shared, path: &str, headers: &HeaderMap, body: &Bytes) -> V
     value
 }
 
-fn json_response(status: StatusCode, value: &Value) -> Response {
+pub(crate) fn json_response(status: StatusCode, value: &Value) -> Response {
     (
         status,
         [(header::CONTENT_TYPE, "application/json")],
@@ -161,7 +174,11 @@ fn json_response(status: StatusCode, value: &Value) -> Response {
         .into_response()
 }
 
-fn sse_response(events: Vec<String>, gap: Duration, stall_after_first: bool) -> Response {
+pub(crate) fn sse_response(
+    events: Vec<String>,
+    gap: Duration,
+    stall_after_first: bool,
+) -> Response {
     let stream = futures_util::stream::iter(events.into_iter().enumerate()).then(
         move |(i, event)| async move {
             if i > 0 && !gap.is_zero() {
@@ -182,7 +199,7 @@ fn sse_response(events: Vec<String>, gap: Duration, stall_after_first: bool) -> 
 
 /// Records a request and applies its model-steered behaviour: `Ok((body, model))` to answer
 /// normally, `Err(response)` when the model id asks for a failure.
-async fn admit(
+pub(crate) async fn admit(
     shared: &Shared,
     path: &str,
     headers: &HeaderMap,
@@ -201,7 +218,7 @@ async fn admit(
 }
 
 /// Applies model-steered failures; `None` means answer normally.
-async fn steer(shared: &Shared, model: &str) -> Option<Response> {
+pub(crate) async fn steer(shared: &Shared, model: &str) -> Option<Response> {
     if !shared.config.latency.is_zero() {
         tokio::time::sleep(shared.config.latency).await;
     }
@@ -356,72 +373,5 @@ async fn images(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byt
         StatusCode::OK,
         &json!({"created": 1_700_000_000, "data": [{"b64_json": "aGVsbG8="}],
                 "usage": {"input_tokens": 9, "output_tokens": 272, "total_tokens": 281}}),
-    )
-}
-
-async fn anthropic_messages(
-    State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let (request, model) = match admit(&shared, "/v1/messages", &headers, &body).await {
-        Ok(admitted) => admitted,
-        Err(response) => return response,
-    };
-    if request
-        .get("stream")
-        .and_then(Value::as_bool)
-        .unwrap_or(false)
-    {
-        let event = |kind: &str, data: Value| format!("event: {kind}\ndata: {data}\n\n");
-        let mut events = vec![event(
-            "message_start",
-            json!({"type": "message_start", "message": {"id": "msg_mock", "type": "message", "role": "assistant",
-                   "model": model, "content": [], "usage": {"input_tokens": 11, "output_tokens": 1}}}),
-        )];
-        events.push(event("content_block_start", json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})));
-        for i in 0..shared.config.stream_chunks {
-            events.push(event(
-                "content_block_delta",
-                json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": format!("tok{i} ")}}),
-            ));
-        }
-        events.push(event(
-            "content_block_stop",
-            json!({"type": "content_block_stop", "index": 0}),
-        ));
-        events.push(event("message_delta", json!({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 7}})));
-        events.push(event("message_stop", json!({"type": "message_stop"})));
-        return sse_response(events, Duration::ZERO, false);
-    }
-    json_response(
-        StatusCode::OK,
-        &json!({"id": "msg_mock", "type": "message", "role": "assistant", "model": model,
-                "content": [{"type": "text", "text": "mock answer"}], "stop_reason": "end_turn",
-                "usage": {"input_tokens": 11, "output_tokens": 7, "cache_read_input_tokens": 2}}),
-    )
-}
-
-async fn gemini(
-    State(shared): State<Arc<Shared>>,
-    Path(target): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    remember(
-        &shared,
-        &format!("/v1beta/models/{target}"),
-        &headers,
-        &body,
-    );
-    let model = target.split(':').next().unwrap_or_default().to_string();
-    if let Some(response) = steer(&shared, &model).await {
-        return response;
-    }
-    json_response(
-        StatusCode::OK,
-        &json!({"candidates": [{"content": {"role": "model", "parts": [{"text": "mock answer"}]}, "finishReason": "STOP", "index": 0}],
-                "usageMetadata": {"promptTokenCount": 11, "candidatesTokenCount": 7, "totalTokenCount": 18, "cachedContentTokenCount": 2},
-                "modelVersion": model}),
     )
 }

@@ -1,0 +1,402 @@
+//! Stage 6 across families: a request whose deployment speaks another family than the
+//! endpoint (opted in with `translate = true`), and every call of the unified endpoint
+//! `/v1/llm/chat`, go through the pure translation core ([`crate::translate`]): the request
+//! into the upstream's shape, the answer (JSON, stream event by event, error envelope) back
+//! into the client's. The failover loop, health, records and holds are the call stage's own.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::{Bytes, BytesMut};
+use futures_util::{Stream, StreamExt};
+use serde_json::{Value, json};
+use tokio::time::Sleep;
+
+use super::authorize::Authorized;
+use super::{Endpoint, Recorder, Stage};
+use crate::clock::now_ms;
+use crate::error::{GatewayError, RequestError, UpstreamError};
+use crate::family::{Api, ProviderFamily};
+use crate::policy::Model;
+use crate::translate::{
+    self, Dialect, RequestOptions, ResponseContext, SseEvent, SseParser, StreamTranslator,
+    ToolNames,
+};
+use crate::upstream::gemini_array::SseToJsonArray;
+use crate::upstream::{BodyStream, UpstreamReply};
+use crate::usage::TokenUsage;
+
+/// How one attempt crosses families.
+#[derive(Debug, Clone)]
+pub struct Translation {
+    /// The client's dialect.
+    pub client: Dialect,
+    /// The upstream's dialect.
+    pub upstream: Dialect,
+    /// Tool names shortened for the upstream.
+    pub names: ToolNames,
+    /// The unified endpoint: unary answers become its normalised object, naming this provider
+    /// family.
+    pub unified: Option<&'static str>,
+    /// The client asked for Gemini's streamed JSON array (no `alt=sse`).
+    pub json_array: bool,
+}
+
+/// The dialect of an API (vLLM's chat is OpenAI's).
+pub fn dialect(api: Api) -> Dialect {
+    match api {
+        Api::Anthropic => Dialect::Anthropic,
+        Api::Gemini => Dialect::Gemini,
+        Api::OpenAi | Api::Vllm => Dialect::OpenAiChat,
+    }
+}
+
+/// Builds the upstream call of one attempt: the endpoint to call on `model`'s provider, the
+/// translated body, and how to translate the answer back.
+pub fn prepare(
+    request: &Authorized,
+    model: &Model,
+) -> Result<(Endpoint, Bytes, Translation), GatewayError> {
+    let endpoint = request.endpoint;
+    let family = model.provider.family;
+    let upstream_endpoint = endpoint.translated_to(family, request.stream);
+    let client = dialect(endpoint.api());
+    let upstream = dialect(upstream_endpoint.api());
+    let options = RequestOptions {
+        upstream_model: model.upstream_model.clone(),
+        max_tokens: None,
+        default_max_tokens: u64::try_from(model.max_output_tokens.max(1)).unwrap_or(4096),
+        stream: request.stream,
+    };
+    let body = Value::Object(request.body.clone());
+    let translated = translate::request(client, upstream, &body, &options)
+        .map_err(|e| RequestError::Invalid(format!("cannot translate the request: {e}")))?;
+    let mut upstream_body = translated.body;
+    if upstream == Dialect::Gemini
+        && let Some(map) = upstream_body.as_object_mut()
+    {
+        map.remove("model");
+    }
+    let bytes = serde_json::to_vec(&upstream_body)
+        .map(Bytes::from)
+        .map_err(|e| RequestError::Invalid(format!("request cannot be re-encoded: {e}")))?;
+    let unified = (endpoint == Endpoint::Unified).then(|| match family {
+        ProviderFamily::Demo => "demo",
+        other => other.as_str(),
+    });
+    Ok((
+        upstream_endpoint,
+        bytes,
+        Translation {
+            client,
+            upstream,
+            names: translated.names,
+            unified,
+            json_array: endpoint == Endpoint::GeminiStream && !request.gemini_sse,
+        },
+    ))
+}
+
+fn context(request: &Authorized, recorder: &Recorder, names: ToolNames) -> ResponseContext {
+    ResponseContext {
+        client_model: request.target.name().to_string(),
+        request_id: recorder.request_id().to_string(),
+        created: now_ms() / 1000,
+        include_usage: request.client_wants_usage,
+        names,
+    }
+}
+
+fn tokens(usage: translate::Usage) -> TokenUsage {
+    TokenUsage {
+        input: usage.input,
+        output: usage.output,
+        cached_input: usage.cache_read,
+        reasoning: usage.reasoning,
+        cache_creation: usage.cache_creation,
+    }
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response {
+    let mut response = (status, body.to_string()).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// Relays one translated answer to the client.
+pub async fn relay(
+    mut reply: UpstreamReply,
+    request: &Authorized,
+    timeout: Duration,
+    sent: Instant,
+    mut recorder: Recorder,
+    t: Translation,
+) -> Response {
+    let family = request.endpoint.family();
+    let provider_name = recorder.provider_name();
+    recorder.set_upstream_latency(
+        super::call::micros(sent.elapsed()),
+        reply.provider_request_id.take(),
+    );
+    recorder.add_decisions(vec![json!({
+        "stage": "call", "translated": format!("{:?} -> {:?}", t.client, t.upstream),
+    })]);
+    let ctx = context(request, &recorder, t.names.clone());
+    if reply.status.is_success() && reply.is_event_stream() {
+        return stream(reply, recorder, timeout, t, ctx);
+    }
+    let status = reply.status;
+    let retry_after = reply.retry_after.take();
+    let remaining = timeout.saturating_sub(sent.elapsed());
+    let body = match tokio::time::timeout(
+        remaining,
+        super::call::collect(reply.body, request.max_response_bytes),
+    )
+    .await
+    {
+        Err(_) => {
+            let error = GatewayError::from(UpstreamError::Timeout {
+                provider: provider_name,
+                timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+            });
+            return recorder.deny(Stage::Call, &error, family);
+        }
+        Ok(Err(detail)) => {
+            let error = GatewayError::from(UpstreamError::BadResponse {
+                provider: provider_name,
+                detail,
+            });
+            return recorder.deny(Stage::Call, &error, family);
+        }
+        Ok(Ok(body)) => body,
+    };
+    recorder.mark_first_byte();
+    if !status.is_success() {
+        // The provider's error, in the client family's envelope, with its status class.
+        let client_status = translate::client_status(t.upstream, t.client, status.as_u16());
+        let envelope = translate::error(t.upstream, t.client, status.as_u16(), &body);
+        recorder.finish(status.as_u16(), Some("upstream_rejected"));
+        let mut response = json_response(
+            StatusCode::from_u16(client_status).unwrap_or(StatusCode::BAD_GATEWAY),
+            &envelope,
+        );
+        if let Some(retry_after) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, retry_after);
+        }
+        return response;
+    }
+    let answered = serde_json::from_slice::<Value>(&body)
+        .map_err(|e| e.to_string())
+        .and_then(|upstream| {
+            if let Some(usage) = translate::usage(t.upstream, &upstream) {
+                recorder.set_tokens(tokens(usage), upstream_usage(t.upstream, &upstream));
+            }
+            translate::response(t.upstream, t.client, &upstream, &ctx).map_err(|e| e.to_string())
+        });
+    let answer = match answered {
+        Ok(answer) => answer,
+        Err(detail) => {
+            let error = GatewayError::from(UpstreamError::BadResponse {
+                provider: provider_name,
+                detail: format!("cannot translate the answer: {detail}"),
+            });
+            return recorder.deny(Stage::Call, &error, family);
+        }
+    };
+    let answer = match t.unified {
+        Some(provider) => translate::unified_answer(&answer, provider),
+        None => answer,
+    };
+    recorder.finish(200, None);
+    json_response(StatusCode::OK, &answer)
+}
+
+/// The raw usage payload of an upstream answer, for the record.
+fn upstream_usage(dialect: Dialect, answer: &Value) -> Option<Value> {
+    let key = if dialect == Dialect::Gemini {
+        "usageMetadata"
+    } else {
+        "usage"
+    };
+    answer.get(key).filter(|u| u.is_object()).cloned()
+}
+
+fn stream(
+    reply: UpstreamReply,
+    recorder: Recorder,
+    idle: Duration,
+    t: Translation,
+    ctx: ResponseContext,
+) -> Response {
+    let relay = TranslatedStream {
+        upstream: reply.body,
+        parser: SseParser::new(),
+        translator: StreamTranslator::new(t.upstream, t.client, ctx),
+        array: t.json_array.then(SseToJsonArray::default),
+        recorder: Some(recorder),
+        idle_timeout: idle,
+        idle: Box::pin(tokio::time::sleep(idle)),
+        done: false,
+    };
+    let mut response = Response::new(Body::from_stream(relay));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(if t.json_array {
+            "application/json; charset=UTF-8"
+        } else {
+            "text/event-stream"
+        }),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
+/// A translated stream: upstream bytes -> SSE events -> translator -> client events, event by
+/// event. Finishes the record at the end; a dropped stream (client gone) records what was used.
+struct TranslatedStream {
+    upstream: BodyStream,
+    parser: SseParser,
+    translator: StreamTranslator,
+    array: Option<SseToJsonArray>,
+    recorder: Option<Recorder>,
+    idle_timeout: Duration,
+    idle: Pin<Box<Sleep>>,
+    done: bool,
+}
+
+impl TranslatedStream {
+    fn encode(&mut self, events: Vec<SseEvent>) -> Bytes {
+        let mut out = BytesMut::new();
+        for event in events {
+            out.extend_from_slice(event.encode().as_bytes());
+        }
+        match self.array.as_mut() {
+            Some(array) => array.frame(&out),
+            None => out.freeze(),
+        }
+    }
+
+    fn record(&mut self, stream_status: &str, error_code: Option<&str>) {
+        if let Some(mut recorder) = self.recorder.take() {
+            let usage = self.translator.usage();
+            recorder.set_tokens(tokens(usage), None);
+            recorder.set_stream_status(stream_status);
+            recorder.finish(200, error_code);
+        }
+    }
+
+    /// Ends the stream: `status` for the record, `tail` the last client bytes.
+    fn end(&mut self, tail: Vec<SseEvent>, status: &str, code: Option<&str>) -> Bytes {
+        let failed = self.translator.failed() || code.is_some();
+        let (status, code) = if failed && code.is_none() {
+            ("upstream_error", Some("upstream_error"))
+        } else {
+            (status, code)
+        };
+        self.record(status, code);
+        self.done = true;
+        let mut out = BytesMut::from(&self.encode(tail)[..]);
+        if let Some(array) = self.array.as_mut() {
+            out.extend_from_slice(&array.close());
+        }
+        out.freeze()
+    }
+}
+
+impl Drop for TranslatedStream {
+    fn drop(&mut self) {
+        if let Some(recorder) = self.recorder.as_mut() {
+            recorder.set_tokens(tokens(self.translator.usage()), None);
+            recorder.set_stream_status("client_disconnected");
+        }
+    }
+}
+
+impl Stream for TranslatedStream {
+    type Item = Result<Bytes, std::io::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        loop {
+            if this.done {
+                return Poll::Ready(None);
+            }
+            match this.upstream.poll_next_unpin(cx) {
+                Poll::Ready(Some(Ok(chunk))) => {
+                    let deadline = tokio::time::Instant::now() + this.idle_timeout;
+                    this.idle.as_mut().reset(deadline);
+                    let mut out = Vec::new();
+                    for event in this.parser.push(&chunk) {
+                        match this.translator.push(&event) {
+                            Ok(events) => out.extend(events),
+                            Err(e) => {
+                                let tail = this.translator.fail(&format!(
+                                    "the provider's stream cannot be translated: {e}"
+                                ));
+                                out.extend(tail);
+                                let bytes = this.end(out, "upstream_error", Some("upstream_error"));
+                                return Poll::Ready(Some(Ok(bytes)));
+                            }
+                        }
+                    }
+                    if this.translator.failed() {
+                        let bytes = this.end(out, "upstream_error", None);
+                        return Poll::Ready(Some(Ok(bytes)));
+                    }
+                    let bytes = this.encode(out);
+                    if bytes.is_empty() {
+                        continue;
+                    }
+                    if let Some(recorder) = this.recorder.as_mut() {
+                        recorder.mark_first_byte();
+                    }
+                    return Poll::Ready(Some(Ok(bytes)));
+                }
+                Poll::Ready(Some(Err(detail))) => {
+                    tracing::warn!(error = %detail, "upstream stream failed");
+                    let tail = this.translator.fail("the provider's stream failed");
+                    let bytes = this.end(tail, "upstream_error", Some("upstream_error"));
+                    return Poll::Ready(Some(Ok(bytes)));
+                }
+                Poll::Ready(None) => {
+                    let mut tail = Vec::new();
+                    if let Some(event) = this.parser.finish() {
+                        tail.extend(this.translator.push(&event).unwrap_or_default());
+                    }
+                    let closing = this.translator.finish();
+                    // A stream cut before its final event ends with an error event, not a clean end.
+                    let cut = closing.iter().any(|e| {
+                        e.event.as_deref() == Some("error")
+                            || e.data.starts_with("{\"error\"")
+                            || e.data.starts_with("{\"type\":\"error\"")
+                    });
+                    tail.extend(closing);
+                    let code = cut.then_some("upstream_error");
+                    let bytes =
+                        this.end(tail, if cut { "upstream_error" } else { "completed" }, code);
+                    return Poll::Ready((!bytes.is_empty()).then_some(Ok(bytes)));
+                }
+                Poll::Pending => {
+                    if this.idle.as_mut().poll(cx).is_ready() {
+                        let tail = this
+                            .translator
+                            .fail("the provider's stream went silent for longer than its timeout");
+                        let bytes = this.end(tail, "idle_timeout", Some("upstream_timeout"));
+                        return Poll::Ready(Some(Ok(bytes)));
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+}

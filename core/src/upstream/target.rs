@@ -1,0 +1,190 @@
+//! Where and how each provider family is called: the URL of an endpoint, the header carrying
+//! the credential, and the family's protocol headers.
+//!
+//! | family    | URL                                                          | credential          |
+//! |-----------|--------------------------------------------------------------|---------------------|
+//! | openai    | `{base}/chat/completions` (base carries `/v1`)               | `Authorization: Bearer` |
+//! | azure     | `{base}/openai/deployments/{upstream_model}/chat/completions?api-version=V` | `api-key` |
+//! | anthropic | `{base}/messages` (base carries `/v1`), `anthropic-version`  | `x-api-key`         |
+//! | gemini    | `{base}/models/{upstream_model}:generateContent` (`?alt=sse` for streams) | `x-goog-api-key` |
+//! | vllm      | `{base}{route}` (base is the server root: routes carry `/v1` or not) | optional bearer |
+
+use axum::http::HeaderValue;
+
+use crate::family::{Endpoint, ProviderFamily};
+use crate::policy::Model;
+
+/// The `anthropic-version` sent when neither the client nor the provider config names one.
+pub const ANTHROPIC_VERSION: &str = "2023-06-01";
+
+/// How the credential is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Auth {
+    /// `Authorization: Bearer <key>`.
+    Bearer,
+    /// The key as the value of this header.
+    Header(&'static str),
+}
+
+/// A built upstream call.
+#[derive(Debug)]
+pub struct Call {
+    /// Full URL.
+    pub url: String,
+    /// How the credential goes.
+    pub auth: Auth,
+    /// Protocol headers of the family.
+    pub headers: Vec<(&'static str, HeaderValue)>,
+}
+
+/// The call of `endpoint` on `model`'s provider; `None` when the family has no such endpoint
+/// (or the provider no base URL).
+pub fn build(model: &Model, endpoint: Endpoint, stream: bool) -> Option<Call> {
+    let provider = &model.provider;
+    let base = provider.base_url.as_deref()?;
+    let path = endpoint.upstream_path();
+    let call = match provider.family {
+        ProviderFamily::Openai => Call {
+            url: format!("{base}{path}"),
+            auth: Auth::Bearer,
+            headers: Vec::new(),
+        },
+        ProviderFamily::Azure => {
+            let version = provider.api_version.as_deref()?;
+            Call {
+                url: format!(
+                    "{base}/openai/deployments/{}{path}?api-version={}",
+                    encode(&model.upstream_model),
+                    encode(version)
+                ),
+                auth: Auth::Header("api-key"),
+                headers: Vec::new(),
+            }
+        }
+        ProviderFamily::Anthropic => {
+            if !matches!(endpoint, Endpoint::Messages | Endpoint::CountTokens) {
+                return None;
+            }
+            let version = provider.api_version.as_deref().unwrap_or(ANTHROPIC_VERSION);
+            Call {
+                url: format!("{base}{path}"),
+                auth: Auth::Header("x-api-key"),
+                headers: vec![("anthropic-version", HeaderValue::from_str(version).ok()?)],
+            }
+        }
+        ProviderFamily::Gemini => {
+            if !path.starts_with(':') {
+                return None;
+            }
+            let alt = if stream && endpoint == Endpoint::GeminiStream {
+                "?alt=sse"
+            } else {
+                ""
+            };
+            Call {
+                url: format!("{base}/models/{}{path}{alt}", encode(&model.upstream_model)),
+                auth: Auth::Header("x-goog-api-key"),
+                headers: Vec::new(),
+            }
+        }
+        ProviderFamily::Vllm => {
+            let path = match endpoint {
+                Endpoint::Vllm(route) => route.upstream.to_string(),
+                Endpoint::ChatCompletions
+                | Endpoint::Unified
+                | Endpoint::Completions
+                | Endpoint::Embeddings
+                | Endpoint::Responses => format!("/v1{path}"),
+                _ => return None,
+            };
+            Call {
+                url: format!("{base}{path}"),
+                auth: Auth::Bearer,
+                headers: Vec::new(),
+            }
+        }
+        ProviderFamily::Demo => return None,
+    };
+    Some(call)
+}
+
+/// Percent-encodes a path segment or query value (model ids may carry `/` or `@`).
+fn encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::family::vllm_route;
+    use crate::policy::{Credential, Provider};
+
+    fn model(family: ProviderFamily, base: &str, api_version: Option<&str>) -> Model {
+        Model {
+            name: "m".into(),
+            provider: Arc::new(Provider {
+                name: "p".into(),
+                family,
+                base_url: Some(base.into()),
+                credential: Credential::NotRequired,
+                timeout: Duration::from_secs(1),
+                enabled: true,
+                api_version: api_version.map(str::to_string),
+            }),
+            upstream_model: "gemini-2.5-flash".into(),
+            pricing: Default::default(),
+            tags: Vec::new(),
+            max_output_tokens: 10,
+            translate: false,
+            cel: ::cel::Value::Null,
+        }
+    }
+
+    #[test]
+    fn each_family_builds_its_own_url_and_credential_header() {
+        let g = model(ProviderFamily::Gemini, "http://g/v1beta", None);
+        let call = build(&g, Endpoint::GeminiStream, true).expect("gemini");
+        assert_eq!(
+            call.url,
+            "http://g/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse"
+        );
+        assert_eq!(call.auth, Auth::Header("x-goog-api-key"));
+        assert!(build(&g, Endpoint::ChatCompletions, false).is_none());
+
+        let a = model(ProviderFamily::Anthropic, "http://a/v1", None);
+        let call = build(&a, Endpoint::Messages, false).expect("anthropic");
+        assert_eq!(call.url, "http://a/v1/messages");
+        assert_eq!(call.auth, Auth::Header("x-api-key"));
+        assert_eq!(call.headers[0].1, "2023-06-01");
+
+        let z = model(
+            ProviderFamily::Azure,
+            "https://r.openai.azure.com",
+            Some("2024-10-21"),
+        );
+        let call = build(&z, Endpoint::ChatCompletions, false).expect("azure");
+        assert_eq!(
+            call.url,
+            "https://r.openai.azure.com/openai/deployments/gemini-2.5-flash/chat/completions?api-version=2024-10-21"
+        );
+        assert_eq!(call.auth, Auth::Header("api-key"));
+
+        let v = model(ProviderFamily::Vllm, "http://v:8000", None);
+        let route = vllm_route("tokenize").expect("route");
+        assert_eq!(
+            build(&v, Endpoint::Vllm(route), false).expect("vllm").url,
+            "http://v:8000/tokenize"
+        );
+    }
+}
