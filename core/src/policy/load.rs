@@ -243,6 +243,7 @@ pub fn load_dir(
                 timeout: Duration::from_millis(section.timeout_ms),
                 enabled: section.enabled,
                 api_version: api_version(&map, &key, &section, &mut errors),
+                adapter: adapter_name(&map, &key, &section, &mut errors),
             }),
         );
     }
@@ -369,13 +370,26 @@ pub fn load_dir(
     }
 
     // Guardrail plugins, reusing unchanged compiled components and warm instances.
-    let loaded = crate::plugins::load_dir(dir, previous.map_or(&[][..], |p| p.plugins.as_slice()));
+    let loaded = crate::plugins::load_dir_with(
+        dir,
+        previous.map_or(&[][..], |p| p.plugins.as_slice()),
+        previous.map_or(&[][..], |p| p.adapters.as_slice()),
+    );
     for (path, hash) in &loaded.hashes {
         hasher.update(path.to_string_lossy().as_bytes());
         hasher.update(hash.as_bytes());
     }
     errors.extend(loaded.errors);
     let plugins = loaded.plugins;
+    let adapters = loaded.adapters;
+    // Providers with family = "adapter" find their plugin.
+    for (name, provider) in &providers {
+        if let Some(binding) = &provider.adapter
+            && let Err(message) = binding.bind(&adapters)
+        {
+            errors.push(map.error(None, &format!("providers.{name}.adapter"), message));
+        }
+    }
 
     // Model groups.
     let mut groups = BTreeMap::new();
@@ -500,6 +514,7 @@ pub fn load_dir(
         access_uses,
         routing,
         plugins,
+        adapters,
         budgets,
         quotas,
         limits_by_scope,
@@ -747,6 +762,38 @@ fn api_version(
                 Some(v.span()),
                 &format!("{key}.api_version"),
                 format!("a '{}' provider takes no api_version", family.as_str()),
+            ));
+            None
+        }
+        (None, _) => None,
+    }
+}
+
+/// `adapter`: required with `family = "adapter"` (bound to its plugin once plugins load),
+/// refused otherwise.
+fn adapter_name(
+    map: &SourceMap<'_>,
+    key: &str,
+    section: &super::config::ProviderSection,
+    errors: &mut Vec<LoadError>,
+) -> Option<crate::plugins::adapter::Binding> {
+    match (&section.adapter, section.family) {
+        (Some(name), ProviderFamily::Adapter) => {
+            Some(crate::plugins::adapter::Binding::new(name.get_ref()))
+        }
+        (None, ProviderFamily::Adapter) => {
+            errors.push(map.error(
+                None,
+                key,
+                "an 'adapter' provider needs adapter = \"<plugin name>\" (a plugins/*.toml with world = \"provider-adapter\")".into(),
+            ));
+            None
+        }
+        (Some(name), family) => {
+            errors.push(map.error(
+                Some(name.span()),
+                &format!("{key}.adapter"),
+                format!("a '{}' provider takes no adapter", family.as_str()),
             ));
             None
         }
