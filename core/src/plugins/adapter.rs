@@ -358,3 +358,135 @@ pub(super) fn build(
         pool,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::plugins::{FOLDER, load_dir_with};
+
+    fn built(name: &str) -> PathBuf {
+        let wasm =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../plugins/dist/{name}.wasm"));
+        assert!(
+            wasm.is_file(),
+            "{} is missing: run ./scripts/build-plugins",
+            wasm.display()
+        );
+        wasm
+    }
+
+    fn dir_with(manifests: &[(&str, String)]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join(FOLDER)).expect("mkdir");
+        for (name, text) in manifests {
+            std::fs::write(dir.path().join(FOLDER).join(format!("{name}.toml")), text)
+                .expect("write manifest");
+        }
+        dir
+    }
+
+    fn manifest(wasm: &str, extra: &str) -> String {
+        format!(
+            "wasm = {:?}\nworld = \"provider-adapter\"\n{extra}\n",
+            built(wasm).display().to_string()
+        )
+    }
+
+    fn request(body: &str) -> HttpMessage {
+        HttpMessage {
+            status: 0,
+            path: String::new(),
+            headers: Vec::new(),
+            body: body.as_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn the_ollama_adapter_loads_warm_and_translates_in_the_sandbox() {
+        let dir = dir_with(&[("ollama", manifest("ollama-adapter", ""))]);
+        let loaded = load_dir_with(dir.path(), &[], &[]);
+        assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+        assert!(loaded.plugins.is_empty(), "an adapter is not a guardrail");
+        let adapter = loaded.adapters[0].clone();
+        assert_eq!(adapter.name, "ollama");
+        assert_eq!(adapter.pool.idle(), 1, "warmed at load");
+        let native = host::block_on(adapter.pool.transform_request(&request(
+            r#"{"model":"llama3.2","messages":[{"role":"user","content":"hi"}]}"#,
+        )))
+        .expect("runtime")
+        .expect("no failure")
+        .expect("translated");
+        assert_eq!(native.path, "/api/chat");
+        let body: serde_json::Value = serde_json::from_slice(&native.body).expect("json");
+        assert_eq!(body["model"], "llama3.2");
+
+        // Reloading the unchanged set reuses the adapter and its warm pool.
+        let again = load_dir_with(dir.path(), &[], &loaded.adapters);
+        assert!(Arc::ptr_eq(&loaded.adapters[0], &again.adapters[0]));
+        assert_eq!(again.compiled, 0);
+    }
+
+    #[test]
+    fn a_trapping_adapter_call_fails_and_its_instance_is_discarded() {
+        let dir = dir_with(&[("trap", manifest("trap-adapter", ""))]);
+        let loaded = load_dir_with(dir.path(), &[], &[]);
+        assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+        let pool = &loaded.adapters[0].pool;
+        let answer = HttpMessage {
+            status: 200,
+            ..request("{}")
+        };
+        let failure = host::block_on(pool.transform_response(&answer))
+            .expect("runtime")
+            .expect_err("traps");
+        assert!(matches!(failure, Failure::Trap(_)), "{failure:?}");
+        assert_eq!(pool.idle(), 0, "the trapped instance was dropped");
+        // The next call gets a fresh instance, which goes back to the pool.
+        let ok = host::block_on(pool.transform_request(&request("{}"))).expect("runtime");
+        assert!(matches!(ok, Ok(Ok(_))), "{ok:?}");
+        assert_eq!(pool.idle(), 1);
+    }
+
+    #[test]
+    fn adapter_manifests_get_no_phases_scope_environment_or_files() {
+        for (extra, key) in [
+            ("phases = [\"request\"]", "phases"),
+            ("[applies_to]\nmodels = [\"x\"]", "applies_to"),
+            ("[capabilities]\nenv = [\"HOME\"]", "capabilities.env"),
+            (
+                "[capabilities]\nread_dir = \"plugins\"",
+                "capabilities.read_dir",
+            ),
+        ] {
+            let dir = dir_with(&[("a", manifest("ollama-adapter", extra))]);
+            let loaded = load_dir_with(dir.path(), &[], &[]);
+            assert_eq!(loaded.errors.len(), 1, "{extra}");
+            assert!(
+                loaded.errors[0].to_string().contains(key),
+                "{}",
+                loaded.errors[0]
+            );
+        }
+    }
+
+    #[test]
+    fn a_component_of_the_other_world_is_refused_naming_the_world() {
+        let guard_as_adapter = manifest("pii-guard", "");
+        let adapter_as_guard = format!(
+            "wasm = {:?}\nphases = [\"request\"]\n",
+            built("ollama-adapter").display().to_string()
+        );
+        let dir = dir_with(&[("a", guard_as_adapter), ("b", adapter_as_guard)]);
+        let loaded = load_dir_with(dir.path(), &[], &[]);
+        let errors: Vec<String> = loaded.errors.iter().map(ToString::to_string).collect();
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(
+            errors[0].contains("provider-adapter world"),
+            "{}",
+            errors[0]
+        );
+        assert!(errors[1].contains("guardrail world"), "{}", errors[1]);
+    }
+}

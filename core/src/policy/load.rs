@@ -890,4 +890,29 @@ mod tests {
         assert!(matches!(provider.credential, Credential::Missing(_)));
         assert_eq!(provider.base_url.as_deref(), Some("http://127.0.0.1:9/v1"));
     }
+
+    fn joined(errors: Vec<LoadError>) -> String {
+        errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[test]
+    fn adapter_providers_name_a_loaded_adapter_and_other_families_take_none() {
+        let text = "[providers.o]\nfamily = \"adapter\"\nbase_url = \"http://127.0.0.1:9\"\nadapter = \"nope\"\n";
+        let err = joined(load_text(text).expect_err("unknown adapter"));
+        assert!(
+            err.contains("providers.o.adapter")
+                && err.contains("no provider-adapter plugin named 'nope'"),
+            "{err}"
+        );
+        let text = "[providers.o]\nfamily = \"adapter\"\nbase_url = \"http://127.0.0.1:9\"\n";
+        let err = joined(load_text(text).expect_err("adapter missing"));
+        assert!(err.contains("needs adapter"), "{err}");
+        let text = "[providers.o]\nfamily = \"openai\"\nbase_url = \"http://127.0.0.1:9\"\nadapter = \"x\"\n";
+        let err = joined(load_text(text).expect_err("adapter on openai"));
+        assert!(err.contains("takes no adapter"), "{err}");
+    }
 }
