@@ -80,7 +80,10 @@ fn content(value: Option<&Value>) -> Result<(String, Vec<String>), AdapterError>
             }
             Ok((text.join("\n"), images))
         }
-        Some(_) => Err(err("invalid_body", "message content must be a string or a list")),
+        Some(_) => Err(err(
+            "invalid_body",
+            "message content must be a string or a list",
+        )),
     }
 }
 
@@ -247,7 +250,10 @@ impl ProviderAdapter for OllamaAdapter {
             .map(message)
             .collect::<Result<Vec<_>, _>>()?;
         let mut out = Map::new();
-        out.insert("model".into(), body.get("model").cloned().unwrap_or(json!("")));
+        out.insert(
+            "model".into(),
+            body.get("model").cloned().unwrap_or(json!("")),
+        );
         out.insert("messages".into(), Value::Array(messages));
         out.insert(
             "stream".into(),
@@ -264,7 +270,13 @@ impl ProviderAdapter for OllamaAdapter {
         {
             options.insert("num_predict".into(), max.clone());
         }
-        for key in ["temperature", "top_p", "seed", "presence_penalty", "frequency_penalty"] {
+        for key in [
+            "temperature",
+            "top_p",
+            "seed",
+            "presence_penalty",
+            "frequency_penalty",
+        ] {
             if let Some(v) = body.get(key).filter(|v| v.is_number()) {
                 options.insert(key.into(), v.clone());
             }
@@ -370,7 +382,12 @@ impl ProviderAdapter for OllamaAdapter {
             return Err(err("provider_error", message));
         }
         let id = answer_id(&native);
-        let created = epoch_seconds(native.get("created_at").and_then(Value::as_str).unwrap_or(""));
+        let created = epoch_seconds(
+            native
+                .get("created_at")
+                .and_then(Value::as_str)
+                .unwrap_or(""),
+        );
         let model = native.get("model").cloned().unwrap_or(json!(""));
         let chunk = |choices: Value| {
             json!({
@@ -381,10 +398,18 @@ impl ProviderAdapter for OllamaAdapter {
         let mut out = Vec::new();
         let msg = native.get("message").cloned().unwrap_or(json!({}));
         let mut delta = Map::new();
-        if let Some(text) = msg.get("content").and_then(Value::as_str).filter(|t| !t.is_empty()) {
+        if let Some(text) = msg
+            .get("content")
+            .and_then(Value::as_str)
+            .filter(|t| !t.is_empty())
+        {
             delta.insert("content".into(), json!(text));
         }
-        if let Some(thinking) = msg.get("thinking").and_then(Value::as_str).filter(|t| !t.is_empty()) {
+        if let Some(thinking) = msg
+            .get("thinking")
+            .and_then(Value::as_str)
+            .filter(|t| !t.is_empty())
+        {
             delta.insert("reasoning_content".into(), json!(thinking));
         }
         if let Some(calls) = msg
@@ -392,7 +417,10 @@ impl ProviderAdapter for OllamaAdapter {
             .and_then(Value::as_array)
             .filter(|c| !c.is_empty())
         {
-            delta.insert("tool_calls".into(), Value::Array(tool_calls(&id, calls, true)));
+            delta.insert(
+                "tool_calls".into(),
+                Value::Array(tool_calls(&id, calls, true)),
+            );
         }
         if !delta.is_empty() {
             delta.insert("role".into(), json!("assistant"));
@@ -403,7 +431,8 @@ impl ProviderAdapter for OllamaAdapter {
             });
         }
         if native.get("done").and_then(Value::as_bool) == Some(true) {
-            let choices = json!([{"index": 0, "delta": {}, "finish_reason": finish_reason(&native)}]);
+            let choices =
+                json!([{"index": 0, "delta": {}, "finish_reason": finish_reason(&native)}]);
             out.push(SseEvent {
                 event: None,
                 data: chunk(choices).to_string(),

@@ -54,8 +54,14 @@ fn an_openai_request_becomes_an_ollama_chat_request() {
     assert_eq!(body["stream"], true);
     assert_eq!(body["keep_alive"], "5m");
     assert_eq!(body["format"], "json");
-    assert_eq!(body["options"], json!({"num_predict": 64, "temperature": 0.2, "stop": ["END"]}));
-    assert_eq!(body["messages"][0], json!({"role": "system", "content": "be brief"}));
+    assert_eq!(
+        body["options"],
+        json!({"num_predict": 64, "temperature": 0.2, "stop": ["END"]})
+    );
+    assert_eq!(
+        body["messages"][0],
+        json!({"role": "system", "content": "be brief"})
+    );
     assert_eq!(body["messages"][1]["images"], json!(["iVBOR"]));
     assert_eq!(body["messages"][1]["content"], "what is this?");
     assert_eq!(
@@ -77,9 +83,11 @@ fn parameters_ollama_lacks_are_refused_with_a_code() {
         .expect_err("n=2");
     assert_eq!(e.code, "unsupported_parameter");
     let e = a
-        .transform_request(request(json!({"model": "m", "messages": [{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}
-        ]}]})))
+        .transform_request(request(
+            json!({"model": "m", "messages": [{"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}
+            ]}]}),
+        ))
         .expect_err("remote image");
     assert_eq!(e.code, "unsupported_content");
 }
@@ -108,13 +116,18 @@ fn an_ollama_answer_becomes_a_chat_completion_with_usage_and_tool_calls() {
     assert_eq!(body["choices"][0]["message"]["reasoning_content"], "hmm");
     let call = &body["choices"][0]["message"]["tool_calls"][0];
     assert_eq!(call["function"]["arguments"], "{\"q\":\"cat\"}");
-    assert!(call["id"].as_str().is_some_and(|id| id.starts_with("call_")));
+    assert!(
+        call["id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("call_"))
+    );
     assert_eq!(
         body["usage"],
         json!({"prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17})
     );
     assert_eq!(
-        a.extract_usage(&native.to_string()).map(|u| (u.input_tokens, u.output_tokens)),
+        a.extract_usage(&native.to_string())
+            .map(|u| (u.input_tokens, u.output_tokens)),
         Some((12, 5))
     );
 }
