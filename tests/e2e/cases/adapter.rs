@@ -79,6 +79,12 @@ pricing = {{ input_per_mtok = 1.0, output_per_mtok = 2.0 }}
 [models.trap]
 provider = "trapping"
 upstream_model = "anything"
+
+[groups.trap-then-llama]
+deployments = [
+  {{ model = "trap", priority = 0 }},
+  {{ model = "llama", priority = 1 }},
+]
 "#
     )
 }
@@ -333,4 +339,56 @@ async fn a_trapping_adapter_is_a_502_adapter_failed_and_the_gateway_keeps_servin
     assert_eq!(mock.count(), 2, "the gateway made both HTTP calls");
     let response = chat(&gw, &secret, &chat_body("llama")).await;
     assert_eq!(response.status(), 200, "other adapters are unaffected");
+}
+
+#[tokio::test]
+async fn the_unified_endpoint_fails_over_from_a_trapping_adapter_to_ollama_in_one_request() {
+    let mock = mock(MockConfig::default()).await;
+    let gw = start(&mock);
+    let (_, secret) = gw.create_key("*");
+    let response = http()
+        .post(gw.url("/v1/llm/chat"))
+        .bearer_auth(&secret)
+        .json(&chat_body("trap-then-llama"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 200);
+    let id = request_id(&response);
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["provider"], "adapter", "{body}");
+    assert_eq!(body["content"], "mock answer", "{body}");
+    assert_eq!(body["input_tokens"], OLLAMA_USAGE.0, "{body}");
+    let paths: Vec<String> = mock.received().into_iter().map(|r| r.path).collect();
+    assert_eq!(paths, ["/v1/chat/completions", "/api/chat"]);
+    let row = gw.row_for(&id).await;
+    assert_eq!(row["served_model"], "llama");
+    assert_eq!(row["endpoint_family"], "unified");
+    let route = row["route"].as_str().unwrap_or_default();
+    assert!(route.contains("adapter_failed"), "{route}");
+
+    // Streamed, the unified endpoint sends OpenAI chunks from the adapter.
+    let mut body = chat_body("llama");
+    body["stream"] = json!(true);
+    let response = http()
+        .post(gw.url("/v1/llm/chat"))
+        .bearer_auth(&secret)
+        .json(&body)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.expect("body");
+    let content: String = text
+        .split("\n\n")
+        .filter_map(|e| e.trim().strip_prefix("data: "))
+        .filter_map(|e| serde_json::from_str::<Value>(e).ok())
+        .filter_map(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect();
+    assert_eq!(content, OLLAMA_STREAM.concat(), "{text}");
+    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
 }
