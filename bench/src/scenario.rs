@@ -362,7 +362,11 @@ scope = "key"
 metric = "requests"
 limit = 1000000000
 window = "minute"
-"#
+
+[plugins]
+allowed_dirs = [{dist:?}]
+"#,
+            dist = plugin_dist().display().to_string()
         );
         let pii = format!(
             r#"description = "pii-guard on the bench group"

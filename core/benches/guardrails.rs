@@ -47,7 +47,10 @@ fn load(dir: &Path, names: &[&str]) -> Vec<Arc<Plugin>> {
     std::fs::create_dir_all(dir.join("plugins")).unwrap();
     std::fs::write(
         dir.join("gateway.toml"),
-        "[providers.p]\nfamily = \"demo\"\n[models.m]\nprovider = \"p\"\n",
+        format!(
+            "[providers.p]\nfamily = \"demo\"\n[models.m]\nprovider = \"p\"\n[plugins]\nallowed_dirs = [{:?}]\n",
+            dist.display().to_string()
+        ),
     )
     .unwrap();
     for name in names {

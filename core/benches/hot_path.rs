@@ -144,6 +144,7 @@ fn usage(c: &mut Criterion) {
         input_nanos_per_mtok: 150_000_000,
         output_nanos_per_mtok: 600_000_000,
         cached_input_nanos_per_mtok: 75_000_000,
+        cache_write_nanos_per_mtok: 187_500_000,
     };
     c.bench_function("usage_from_openai_and_cost", |b| {
         b.iter(|| {

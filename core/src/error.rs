@@ -4,6 +4,11 @@
 //! reference specification) and a human message. [`GatewayError::render`] is the single place
 //! that turns an error into an HTTP response; it has no side effects (logging happens in the
 //! server middleware, recording in the record stage).
+//!
+//! A client sees a stable code and a message, never internal detail: the upstream URL and the
+//! HTTP client's error chain, raw database errors and anything else that describes the inside
+//! of the gateway stay in [`GatewayError`]'s `Display`, which the response carries to the logging
+//! middleware as an [`ErrorDetail`] extension (never serialized).
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -72,6 +77,14 @@ pub enum AccessError {
     /// The model's provider has no usable credential.
     #[error("provider '{0}' has no usable credential configured")]
     ProviderCredentialMissing(String),
+    /// The client's address is outside the networks a limit allows, or inside a denied one.
+    #[error("the client address is not allowed by the {scope} network limits")]
+    IpNotAllowed {
+        /// `organization`, `team` or `key`.
+        scope: &'static str,
+        /// The team or key id the limit belongs to (empty for the organization).
+        subject: String,
+    },
     /// A CEL access rule denied the request (or failed to evaluate: fail closed).
     #[error("denied by access rule '{rule}'{}", reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default())]
     PolicyDenied {
@@ -94,6 +107,14 @@ pub enum UpstreamError {
         provider: String,
         /// What went wrong, without secrets.
         detail: String,
+    },
+    /// The provider refused the gateway's own credential (401 / 403).
+    #[error("provider '{provider}' refused the gateway's credential (status {status})")]
+    CredentialRejected {
+        /// Provider name.
+        provider: String,
+        /// Upstream status code.
+        status: u16,
     },
     /// The provider answered with a server error.
     #[error("provider '{provider}' answered with status {status}")]
@@ -211,6 +232,15 @@ pub struct QuotaExceeded {
     pub retry_after_secs: u64,
 }
 
+/// What the logs get about an error the client saw without its internal detail.
+#[derive(Debug, Clone)]
+pub struct ErrorDetail {
+    /// The stable code.
+    pub code: String,
+    /// The full description, with passwords in URLs redacted.
+    pub detail: String,
+}
+
 fn usd(nanos: i64) -> f64 {
     nanos as f64 / 1e9
 }
@@ -280,9 +310,9 @@ impl GatewayError {
                 AccessError::ModelNotFound(_)
                 | AccessError::ProviderNotAllowed { .. }
                 | AccessError::ProviderCredentialMissing(_) => StatusCode::BAD_REQUEST,
-                AccessError::ModelNotAllowed(_) | AccessError::ProviderDisabled(_) => {
-                    StatusCode::FORBIDDEN
-                }
+                AccessError::ModelNotAllowed(_)
+                | AccessError::ProviderDisabled(_)
+                | AccessError::IpNotAllowed { .. } => StatusCode::FORBIDDEN,
                 AccessError::PolicyDenied { status, .. } => {
                     StatusCode::from_u16(*status).unwrap_or(StatusCode::FORBIDDEN)
                 }
@@ -323,6 +353,7 @@ impl GatewayError {
                 AccessError::ProviderDisabled(_) => "provider_disabled",
                 AccessError::ProviderCredentialMissing(_) => "provider_api_key_not_configured",
                 AccessError::PolicyDenied { .. } => "policy_denied",
+                AccessError::IpNotAllowed { .. } => "ip_not_allowed",
             },
             GatewayError::Upstream(e) => match e {
                 UpstreamError::Timeout { .. } => "upstream_timeout",
@@ -348,6 +379,7 @@ impl GatewayError {
             GatewayError::Upstream(
                 UpstreamError::Unreachable { .. }
                     | UpstreamError::ServerError { .. }
+                    | UpstreamError::CredentialRejected { .. }
                     | UpstreamError::Timeout { .. }
             )
         )
@@ -363,6 +395,7 @@ impl GatewayError {
             GatewayError::Access(AccessError::ModelNotAllowed(_))
             | GatewayError::Access(AccessError::ProviderDisabled(_))
             | GatewayError::Access(AccessError::PolicyDenied { .. })
+            | GatewayError::Access(AccessError::IpNotAllowed { .. })
             | GatewayError::Guardrail(_) => "permission_error",
             GatewayError::Access(_) => "invalid_request_error",
             GatewayError::Upstream(_) | GatewayError::Routing(_) => "api_error",
@@ -387,6 +420,9 @@ impl GatewayError {
                     "reserved_nanos": b.reserved_nanos, "remaining_nanos": b.remaining_nanos(),
                     "requested_nanos": b.requested_nanos, "resets_at_ms": b.resets_at_ms,
                 }
+            }),
+            GatewayError::Access(AccessError::IpNotAllowed { scope, subject }) => json!({
+                "scope": scope, "subject": subject, "limit": "ip",
             }),
             GatewayError::Quota(q) => {
                 let mut v = json!({
@@ -431,9 +467,26 @@ impl GatewayError {
         }
     }
 
+    /// The message a client sees: the `Display` text without internal detail (the upstream
+    /// URL and client error chain, raw database errors).
+    pub fn client_message(&self) -> String {
+        match self {
+            GatewayError::Upstream(UpstreamError::Unreachable { provider, .. }) => {
+                format!("provider '{provider}' is unreachable")
+            }
+            GatewayError::Upstream(UpstreamError::BadResponse { provider, .. }) => {
+                format!("provider '{provider}' sent an unusable response")
+            }
+            GatewayError::Unavailable(e) => {
+                format!("{} is unavailable, refusing to serve ungoverned", e.what)
+            }
+            _ => self.to_string(),
+        }
+    }
+
     /// The JSON body for `family`.
     pub fn body(&self, family: Family) -> Value {
-        let message = self.to_string();
+        let message = self.client_message();
         let code = self.code();
         let mut body = match family {
             Family::OpenAi => json!({
@@ -472,10 +525,15 @@ impl GatewayError {
         body
     }
 
-    /// The full response for `family`. Pure: no logging, no recording.
+    /// The full response for `family`. Pure: no logging, no recording; the internal detail
+    /// rides along as an [`ErrorDetail`] extension for the logging middleware.
     pub fn render(&self, family: Family) -> Response {
         let body = self.body(family).to_string();
         let mut response = (self.status(), body).into_response();
+        response.extensions_mut().insert(ErrorDetail {
+            code: self.code().to_string(),
+            detail: crate::store::redact::redact_urls(&self.to_string()),
+        });
         response.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
@@ -542,5 +600,40 @@ mod tests {
         assert!(timeout.is_retryable());
         assert_eq!(timeout.status(), StatusCode::GATEWAY_TIMEOUT);
         assert!(!GatewayError::from(AuthError::Revoked).is_retryable());
+    }
+
+    #[test]
+    fn client_bodies_carry_no_upstream_url_nor_database_error() {
+        let errors = [
+            GatewayError::from(UpstreamError::Unreachable {
+                provider: "p".into(),
+                detail: "error sending request for url (http://10.9.8.7:8080/v1/chat/completions): tcp connect error".into(),
+            }),
+            GatewayError::from(UpstreamError::BadResponse {
+                provider: "p".into(),
+                detail: "error decoding response body from http://10.9.8.7:8080/v1".into(),
+            }),
+            GatewayError::from(UnavailableError {
+                code: "auth_unavailable",
+                what: "the key store",
+                detail: "error returned from database: password authentication failed for user \"tollgate\" at db.internal:5432".into(),
+            }),
+        ];
+        for error in errors {
+            // The detail is kept for the log.
+            assert!(error.to_string().len() > error.client_message().len());
+            for family in [Family::OpenAi, Family::Anthropic, Family::Gemini] {
+                let body = error.body(family).to_string();
+                for leak in [
+                    "10.9.8.7",
+                    "http://",
+                    "db.internal",
+                    "password",
+                    "tcp connect",
+                ] {
+                    assert!(!body.contains(leak), "{leak:?} leaked: {body}");
+                }
+            }
+        }
     }
 }

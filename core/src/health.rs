@@ -14,6 +14,8 @@ const ALPHA: f64 = 0.2;
 pub const COOLDOWN_AFTER: u32 = 3;
 /// How long a cooldown lasts.
 pub const COOLDOWN: Duration = Duration::from_secs(30);
+/// The longest cooldown a provider's `Retry-After` can ask for.
+pub const MAX_RETRY_AFTER_SECS: u64 = 300;
 
 /// Health of one deployment.
 #[derive(Debug, Default)]
@@ -49,6 +51,13 @@ impl Health {
             let until = now_ms() + i64::try_from(COOLDOWN.as_millis()).unwrap_or(i64::MAX);
             self.cooldown_until_ms.store(until, Ordering::Relaxed);
         }
+    }
+
+    /// Starts (or extends) a cooldown of `duration` now, whatever the failure count: for a
+    /// refused credential, or a 429 that says when to come back.
+    pub fn cool_down(&self, duration: Duration) {
+        let until = now_ms() + i64::try_from(duration.as_millis()).unwrap_or(i64::MAX / 2);
+        self.cooldown_until_ms.fetch_max(until, Ordering::Relaxed);
     }
 
     /// Latency EWMA in ms (0 before the first call).
@@ -103,5 +112,16 @@ mod tests {
         assert!(h.in_cooldown());
         assert!(h.error_rate() > 0.4);
         assert!(h.latency_ms() < 100.0);
+    }
+
+    #[test]
+    fn a_cooldown_can_start_at_once_and_only_grows() {
+        let h = Health::default();
+        assert!(!h.in_cooldown());
+        h.cool_down(Duration::from_secs(60));
+        assert!(h.in_cooldown());
+        let until = h.cooldown_until_ms.load(Ordering::Relaxed);
+        h.cool_down(Duration::from_secs(1));
+        assert_eq!(h.cooldown_until_ms.load(Ordering::Relaxed), until);
     }
 }

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use crate::admin_auth::AdminAuth;
 use crate::health::HealthRegistry;
 use crate::policy::Policies;
 use crate::spend::ledger::Ledger;
@@ -25,8 +26,9 @@ pub struct AppState {
     pub http: reqwest::Client,
     /// Deployment health, fed by the call stage, read by routing.
     pub health: HealthRegistry,
-    /// Bearer token for `/admin/*`; `None` disables the admin endpoints.
-    pub admin_token: Option<String>,
+    /// The admin token (`/admin/*`, and `/metrics` when protected) and its failure backoff;
+    /// without a token the admin endpoints are disabled.
+    pub admin: AdminAuth,
     /// Budgets and quotas.
     pub ledger: Arc<Ledger>,
     /// Whether `POST /admin/test/clock` may shift the clock (tests only).

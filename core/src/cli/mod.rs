@@ -35,6 +35,48 @@ pub enum LogFormat {
     Json,
 }
 
+/// Connection and read limits of `serve`.
+#[derive(Debug, clap::Args)]
+pub struct HttpLimitArgs {
+    /// Milliseconds a client has to send a request's headers (also the longest idle
+    /// keep-alive wait).
+    #[arg(
+        long,
+        env = "TOLLGATE_HEADER_READ_TIMEOUT_MS",
+        default_value_t = 30_000
+    )]
+    header_read_timeout_ms: u64,
+    /// Milliseconds a client has to send a request's whole body once its headers are in.
+    #[arg(long, env = "TOLLGATE_BODY_READ_TIMEOUT_MS", default_value_t = 30_000)]
+    body_read_timeout_ms: u64,
+    /// Open connections at most; further clients wait in the listen backlog.
+    #[arg(long, env = "TOLLGATE_MAX_CONNECTIONS", default_value_t = 4096)]
+    max_connections: usize,
+    /// Concurrent streams per HTTP/2 connection.
+    #[arg(long, env = "TOLLGATE_HTTP2_MAX_STREAMS", default_value_t = 128)]
+    http2_max_streams: u32,
+}
+
+impl HttpLimitArgs {
+    fn limits(&self) -> anyhow::Result<server::listener::HttpLimits> {
+        if self.header_read_timeout_ms == 0
+            || self.body_read_timeout_ms == 0
+            || self.max_connections == 0
+            || self.http2_max_streams == 0
+        {
+            anyhow::bail!(
+                "--header-read-timeout-ms, --body-read-timeout-ms, --max-connections and --http2-max-streams must be greater than 0"
+            );
+        }
+        Ok(server::listener::HttpLimits {
+            header_read_timeout: std::time::Duration::from_millis(self.header_read_timeout_ms),
+            body_read_timeout: std::time::Duration::from_millis(self.body_read_timeout_ms),
+            max_connections: self.max_connections,
+            http2_max_concurrent_streams: self.http2_max_streams,
+        })
+    }
+}
+
 /// Where the store lives; shared by `serve` and `keys`.
 #[derive(Debug, clap::Args)]
 pub struct DatabaseArgs {
@@ -62,9 +104,12 @@ impl DatabaseArgs {
     /// Opens the store.
     pub async fn open(&self) -> anyhow::Result<Store> {
         let url = self.url();
-        Store::open(&url)
-            .await
-            .with_context(|| format!("opening the store at {url}"))
+        Store::open(&url).await.with_context(|| {
+            format!(
+                "opening the store at {}",
+                crate::store::redact::redact_urls(&url)
+            )
+        })
     }
 }
 
@@ -81,9 +126,19 @@ enum Command {
         /// Do not watch the policy directory; reload with SIGHUP or POST /admin/policies/reload.
         #[arg(long)]
         no_watch: bool,
-        /// Bearer token for the /admin endpoints (unset: they are disabled).
+        /// Bearer token for the /admin endpoints (unset: they are disabled); at least 24
+        /// characters.
         #[arg(long, env = "TOLLGATE_ADMIN_TOKEN", hide_env_values = true)]
         admin_token: Option<String>,
+        /// /metrics needs the admin token too.
+        #[arg(long, env = "TOLLGATE_PROTECT_METRICS")]
+        protect_metrics: bool,
+        /// Proxies (load balancers) whose X-Forwarded-For names the client, as comma-separated
+        /// CIDR networks or addresses. Unset: the socket peer is the client.
+        #[arg(long, env = "TOLLGATE_TRUSTED_PROXIES", default_value = "")]
+        trusted_proxies: String,
+        #[command(flatten)]
+        http_limits: HttpLimitArgs,
         /// Lets POST /admin/test/clock shift the gateway's clock. For tests of budget and quota
         /// windows only; never in production.
         #[arg(long, hide = true)]
@@ -138,9 +193,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             listen,
             no_watch,
             admin_token,
+            protect_metrics,
+            trusted_proxies,
+            http_limits,
             unsafe_test_clock,
             db,
         } => {
+            let http_limits = http_limits.limits()?;
+            let trusted_proxies = server::client_ip::TrustedProxies::parse(&trusted_proxies)
+                .map_err(|e| anyhow::anyhow!("--trusted-proxies: {e}"))?;
+            // Refuse a bad admin configuration before loading anything.
+            crate::admin_auth::AdminAuth::new(admin_token.as_deref(), protect_metrics)
+                .map_err(anyhow::Error::msg)?;
             let policies = match Policies::open(&policies) {
                 Ok(p) => Arc::new(p),
                 Err(errors) => {
@@ -160,7 +224,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 listen,
                 watch: !no_watch,
                 admin_token: admin_token.filter(|t| !t.is_empty()),
+                protect_metrics,
                 test_clock: unsafe_test_clock,
+                http_limits,
+                trusted_proxies,
             })
             .await?;
             Ok(ExitCode::SUCCESS)

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
 use super::{Endpoint, Flow, Recorder};
-use crate::error::{AccessError, GatewayError, QuotaExceeded, RequestError};
+use crate::error::{AccessError, GatewayError, RequestError};
 use crate::family::{Api, ServeMode};
 use crate::policy::cel::{Bindings, RuleMode, RuleOutcome, json_to_cel};
 use crate::policy::facts::{RequestFacts, key_json};
@@ -266,16 +266,11 @@ async fn decide(
         Scope::User | Scope::Model => false,
     }) {
         if !limit.ip_allowed(input.client_ip) {
-            return Err(GatewayError::Quota(Box::new(QuotaExceeded {
-                code: "rate_limit_exceeded",
+            // 403, not 429: waiting does not help, and SDKs retry a 429.
+            return Err(GatewayError::Access(AccessError::IpNotAllowed {
                 scope: limit.scope.as_str(),
                 subject: limit.subject.clone(),
-                limit_name: "ip".into(),
-                limit: 0,
-                used: 0,
-                reserved: 0,
-                retry_after_secs: 0,
-            })));
+            }));
         }
         if let Some(bytes) = limit.max_request_bytes {
             max_body = max_body.min(bytes);

@@ -4,11 +4,13 @@
 //! - 2xx SSE: relayed event by event as it arrives, through the usage tap; the usage chunk is
 //!   hidden unless the client asked for it. A provider that goes silent for longer than its
 //!   timeout, or fails mid-stream, ends the stream with an OpenAI-style error event.
-//! - 4xx: the provider's body and status are passed through.
+//! - 4xx: the provider's body and status are passed through (a 429 keeps its `Retry-After`).
+//! - 401 / 403: the provider refused the gateway's own credential, not the client's: the
+//!   deployment cools down at once, and the last one answers 502 `upstream_error`.
 //! - 5xx, unreachable, timeout: 502 `upstream_error` / 504 `upstream_timeout`.
 //!
-//! When the route has several deployments, unreachable, 5xx, 429 and timeouts move on to the
-//! next one (nothing has reached the client yet); every attempt is recorded and feeds the
+//! When the route has several deployments, unreachable, 5xx, 429, 401, 403 and timeouts move on
+//! to the next one (nothing has reached the client yet); every attempt is recorded and feeds the
 //! deployment's health.
 
 use std::pin::Pin;
@@ -60,7 +62,19 @@ impl Shape {
 
 /// Whether an upstream status lets the next deployment be tried.
 fn failover_status(status: StatusCode) -> bool {
-    status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS
+    status.is_server_error()
+        || status == StatusCode::TOO_MANY_REQUESTS
+        || credential_refused(status)
+}
+
+/// A 401 / 403 from a provider refuses the credential the gateway injected.
+fn credential_refused(status: StatusCode) -> bool {
+    status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN
+}
+
+/// Seconds of a `Retry-After` given in seconds (an HTTP date is ignored).
+fn retry_after_secs(value: Option<&HeaderValue>) -> Option<u64> {
+    value?.to_str().ok()?.trim().parse().ok()
 }
 
 /// Calls the route's deployments in order and builds the client's response; the recorder
@@ -158,16 +172,35 @@ pub async fn run(
         let error = match reply {
             Ok(reply) if failover_status(reply.status) => {
                 let status = reply.status;
+                health.record(false, elapsed);
+                if credential_refused(status) {
+                    tracing::warn!(provider = %provider.name, model = %model.name, status = status.as_u16(),
+                        "the provider refused the gateway's credential; the deployment cools down");
+                    health.cool_down(crate::health::COOLDOWN);
+                } else if status == StatusCode::TOO_MANY_REQUESTS
+                    && let Some(secs) = retry_after_secs(reply.retry_after.as_ref())
+                {
+                    health.cool_down(Duration::from_secs(
+                        secs.min(crate::health::MAX_RETRY_AFTER_SECS),
+                    ));
+                }
                 if attempt < last {
-                    health.record(false, elapsed);
                     recorder.add_attempt(json!({
                         "model": model.name, "provider": provider.name, "status": status.as_u16(),
                         "latency_us": micros(elapsed), "outcome": "failover",
                     }));
                     continue;
                 }
-                if status.is_server_error() {
-                    health.record(false, elapsed);
+                if credential_refused(status) {
+                    recorder.add_attempt(json!({
+                        "model": model.name, "provider": provider.name, "status": status.as_u16(),
+                        "latency_us": micros(elapsed), "outcome": "upstream_error",
+                    }));
+                    GatewayError::from(UpstreamError::CredentialRejected {
+                        provider: provider.name.clone(),
+                        status: status.as_u16(),
+                    })
+                } else if status.is_server_error() {
                     recorder.add_attempt(json!({
                         "model": model.name, "provider": provider.name, "status": status.as_u16(),
                         "latency_us": micros(elapsed), "outcome": "upstream_error",
@@ -178,7 +211,6 @@ pub async fn run(
                     })
                 } else {
                     // A 429 from the last deployment is the provider's answer: pass it through.
-                    health.record(false, elapsed);
                     recorder.add_attempt(json!({
                         "model": model.name, "provider": provider.name, "status": status.as_u16(),
                         "latency_us": micros(elapsed), "outcome": "relayed",
@@ -281,10 +313,20 @@ async fn relay(
         }
         Ok(Ok(body)) => body,
     };
-    if status.is_success()
-        && let Some(usage) = read_usage(&body, shape.upstream)
-    {
-        recorder.set_usage(shape.upstream, &usage);
+    if status.is_success() {
+        match read_usage(&body, shape.upstream) {
+            Ok(Some(usage)) => recorder.set_usage(shape.upstream, &usage),
+            Ok(None) => {}
+            // A success that says it is JSON and is not: unusable, not relayed as is.
+            Err(e) if (e.is_syntax() || e.is_eof()) && is_json(content_type.as_ref()) => {
+                let error = GatewayError::from(UpstreamError::BadResponse {
+                    provider: provider_name,
+                    detail: format!("the answer is not valid JSON: {e}"),
+                });
+                return recorder.deny(Stage::Call, &error, family);
+            }
+            Err(_) => {}
+        }
     }
     // 3. inspect, response phase: guardrails see the answer before the client does.
     let body = if status.is_success() {
@@ -333,20 +375,26 @@ pub(super) async fn collect(mut body: BodyStream, limit: usize) -> Result<Bytes,
 }
 
 /// Reads only the usage object from a JSON body (`usage`, Gemini's `usageMetadata`), without
-/// building the rest.
-fn read_usage(body: &[u8], api: Api) -> Option<Value> {
+/// building the rest; fails if it is not JSON.
+fn read_usage(body: &[u8], api: Api) -> Result<Option<Value>, serde_json::Error> {
     #[derive(serde::Deserialize)]
     struct Probe {
         usage: Option<Value>,
         #[serde(rename = "usageMetadata")]
         usage_metadata: Option<Value>,
     }
-    let probe = serde_json::from_slice::<Probe>(body).ok()?;
-    match api {
+    let probe = serde_json::from_slice::<Probe>(body)?;
+    Ok(match api {
         Api::Gemini => probe.usage_metadata,
         _ => probe.usage,
     }
-    .filter(Value::is_object)
+    .filter(Value::is_object))
+}
+
+fn is_json(content_type: Option<&HeaderValue>) -> bool {
+    content_type
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("json"))
 }
 
 fn relay_stream(

@@ -364,7 +364,16 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::plugins::{FOLDER, load_dir_with};
+    use crate::plugins::{Confinement, FOLDER, Loaded, load_dir_with};
+
+    /// Loads with the built components' folder allowed besides the policy directory.
+    fn load(dir: &Path, previous: &[Arc<Adapter>]) -> Loaded {
+        let dist = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/dist");
+        let (confinement, problems) =
+            Confinement::new(dir, &[dist.display().to_string()], Vec::<String>::new());
+        assert!(problems.is_empty(), "{problems:?}");
+        load_dir_with(dir, &[], previous, &confinement)
+    }
 
     fn built(name: &str) -> PathBuf {
         let wasm =
@@ -406,7 +415,7 @@ mod tests {
     #[test]
     fn the_ollama_adapter_loads_warm_and_translates_in_the_sandbox() {
         let dir = dir_with(&[("ollama", manifest("ollama-adapter", ""))]);
-        let loaded = load_dir_with(dir.path(), &[], &[]);
+        let loaded = load(dir.path(), &[]);
         assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
         assert!(loaded.plugins.is_empty(), "an adapter is not a guardrail");
         let adapter = loaded.adapters[0].clone();
@@ -423,7 +432,7 @@ mod tests {
         assert_eq!(body["model"], "llama3.2");
 
         // Reloading the unchanged set reuses the adapter and its warm pool.
-        let again = load_dir_with(dir.path(), &[], &loaded.adapters);
+        let again = load(dir.path(), &loaded.adapters);
         assert!(Arc::ptr_eq(&loaded.adapters[0], &again.adapters[0]));
         assert_eq!(again.compiled, 0);
     }
@@ -431,7 +440,7 @@ mod tests {
     #[test]
     fn a_trapping_adapter_call_fails_and_its_instance_is_discarded() {
         let dir = dir_with(&[("trap", manifest("trap-adapter", ""))]);
-        let loaded = load_dir_with(dir.path(), &[], &[]);
+        let loaded = load(dir.path(), &[]);
         assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
         let pool = &loaded.adapters[0].pool;
         let answer = HttpMessage {
@@ -461,7 +470,7 @@ mod tests {
             ),
         ] {
             let dir = dir_with(&[("a", manifest("ollama-adapter", extra))]);
-            let loaded = load_dir_with(dir.path(), &[], &[]);
+            let loaded = load(dir.path(), &[]);
             assert_eq!(loaded.errors.len(), 1, "{extra}");
             assert!(
                 loaded.errors[0].to_string().contains(key),
@@ -479,7 +488,7 @@ mod tests {
             built("ollama-adapter").display().to_string()
         );
         let dir = dir_with(&[("a", guard_as_adapter), ("b", adapter_as_guard)]);
-        let loaded = load_dir_with(dir.path(), &[], &[]);
+        let loaded = load(dir.path(), &[]);
         let errors: Vec<String> = loaded.errors.iter().map(ToString::to_string).collect();
         assert_eq!(errors.len(), 2, "{errors:?}");
         assert!(

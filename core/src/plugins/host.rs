@@ -324,6 +324,10 @@ impl Instances {
     fn wasi(&self) -> Result<WasiCtx, String> {
         let mut builder = WasiCtx::builder();
         for name in &self.capabilities.env {
+            // The loader refuses these; never pass them even if a manifest slipped through.
+            if super::manifest::is_gateway_env(name) {
+                continue;
+            }
             if let Ok(value) = std::env::var(name) {
                 builder.env(name, &value);
             }

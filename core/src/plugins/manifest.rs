@@ -21,7 +21,7 @@
 //! stream_window = 256
 //!
 //! [capabilities]                             # nothing unless granted
-//! env = []
+//! env = []                                   # never TOLLGATE_* nor a provider credential variable
 //! stderr = false
 //! read_dir = "data"                          # read-only, seen by the plugin as /data
 //!
@@ -29,7 +29,74 @@
 //! mode = "mask"
 //! ```
 
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
 use serde::Deserialize;
+
+/// Where plugins may reach on disk and which variables they may never see.
+///
+/// `wasm` and `read_dir` are resolved (symlinks included) and must land inside the policy
+/// directory or a folder listed in `[plugins] allowed_dirs` of `gateway.toml`. The gateway's own
+/// variables (`TOLLGATE_*`) and every provider credential variable are refused in
+/// `capabilities.env`.
+#[derive(Debug, Clone, Default)]
+pub struct Confinement {
+    roots: Vec<PathBuf>,
+    secret_env: BTreeSet<String>,
+}
+
+impl Confinement {
+    /// The policy directory `dir` plus `allowed` folders (relative to `dir` or absolute), and the
+    /// credential variables of the providers. Each problem is returned as a message.
+    pub fn new(
+        dir: &Path,
+        allowed: &[String],
+        secret_env: impl IntoIterator<Item = String>,
+    ) -> (Self, Vec<String>) {
+        let mut problems = Vec::new();
+        let mut roots = Vec::new();
+        match dir.canonicalize() {
+            Ok(root) => roots.push(root),
+            Err(e) => problems.push(format!("cannot resolve the policy directory: {e}")),
+        }
+        for folder in allowed {
+            match dir.join(folder).canonicalize() {
+                Ok(root) if root.is_dir() => roots.push(root),
+                Ok(_) => problems.push(format!("'{folder}' is not a directory")),
+                Err(e) => problems.push(format!("'{folder}' cannot be resolved: {e}")),
+            }
+        }
+        let secret_env = secret_env.into_iter().collect();
+        (Self { roots, secret_env }, problems)
+    }
+
+    /// Resolves `path` (relative to `dir`), following symlinks, and checks where it lands.
+    pub fn resolve(&self, dir: &Path, path: &str) -> Result<PathBuf, String> {
+        let joined = dir.join(path);
+        let resolved = joined
+            .canonicalize()
+            .map_err(|e| format!("'{path}' cannot be resolved: {e}"))?;
+        if self.roots.iter().any(|root| resolved.starts_with(root)) {
+            Ok(resolved)
+        } else {
+            Err(format!(
+                "'{path}' resolves to {}, outside the policy directory; list its folder in [plugins] allowed_dirs of gateway.toml to allow it",
+                resolved.display()
+            ))
+        }
+    }
+
+    /// Whether a plugin may never be given the variable `name`.
+    pub fn is_secret_env(&self, name: &str) -> bool {
+        is_gateway_env(name) || self.secret_env.contains(name)
+    }
+}
+
+/// The gateway's own configuration variables, secrets among them.
+pub fn is_gateway_env(name: &str) -> bool {
+    name.to_ascii_uppercase().starts_with("TOLLGATE_")
+}
 
 /// When a plugin runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -288,5 +355,18 @@ mod tests {
         assert_eq!(ok.failure_mode, FailureMode::Closed);
         assert_eq!(ok.limits, Limits::default());
         assert!(ok.enabled);
+    }
+
+    #[test]
+    fn confinement_refuses_gateway_and_credential_variables() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (c, problems) = Confinement::new(dir.path(), &[], ["OPENAI_API_KEY".to_string()]);
+        assert!(problems.is_empty(), "{problems:?}");
+        assert!(c.is_secret_env("TOLLGATE_ADMIN_TOKEN"));
+        assert!(c.is_secret_env("tollgate_database"));
+        assert!(c.is_secret_env("OPENAI_API_KEY"));
+        assert!(!c.is_secret_env("LANG"));
+        let (_, problems) = Confinement::new(dir.path(), &["missing".to_string()], []);
+        assert_eq!(problems.len(), 1, "{problems:?}");
     }
 }

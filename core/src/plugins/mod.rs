@@ -24,7 +24,7 @@ use wasmtime::component::Component;
 
 pub use host::Failure;
 use host::Instances;
-pub use manifest::{AppliesTo, FailureMode, Limits, Phase};
+pub use manifest::{AppliesTo, Confinement, FailureMode, Limits, Phase};
 
 use crate::diagnostic::LoadError;
 use crate::store::KeyRecord;
@@ -121,9 +121,10 @@ enum One {
 }
 
 /// Loads `dir/plugins/*.toml`, reusing `previous` plugins whose manifest and component are
-/// unchanged and compiled components whose bytes are unchanged (guardrails only).
-pub fn load_dir(dir: &Path, previous: &[Arc<Plugin>]) -> Loaded {
-    load_dir_with(dir, previous, &[])
+/// unchanged and compiled components whose bytes are unchanged (guardrails only). Components
+/// and `read_dir` folders must resolve inside `confinement`.
+pub fn load_dir(dir: &Path, previous: &[Arc<Plugin>], confinement: &Confinement) -> Loaded {
+    load_dir_with(dir, previous, &[], confinement)
 }
 
 /// [`load_dir`], also reusing unchanged `previous_adapters`.
@@ -131,6 +132,7 @@ pub fn load_dir_with(
     dir: &Path,
     previous: &[Arc<Plugin>],
     previous_adapters: &[Arc<adapter::Adapter>],
+    confinement: &Confinement,
 ) -> Loaded {
     let mut loaded = Loaded::default();
     let folder = dir.join(FOLDER);
@@ -167,7 +169,14 @@ pub fn load_dir_with(
         .collect();
     for path in files {
         let previous = (previous, previous_adapters);
-        match load_one(dir, &path, previous, &mut compiled, &mut loaded) {
+        match load_one(
+            dir,
+            &path,
+            previous,
+            confinement,
+            &mut compiled,
+            &mut loaded,
+        ) {
             Ok(Some(One::Guardrail(plugin))) => loaded.plugins.push(plugin),
             Ok(Some(One::Adapter(adapter))) => loaded.adapters.push(adapter),
             Ok(None) => {}
@@ -181,6 +190,7 @@ fn load_one(
     dir: &Path,
     path: &Path,
     (previous, previous_adapters): (&[Arc<Plugin>], &[Arc<adapter::Adapter>]),
+    confinement: &Confinement,
     compiled: &mut HashMap<String, Component>,
     loaded: &mut Loaded,
 ) -> Result<Option<One>, LoadError> {
@@ -235,22 +245,42 @@ fn load_one(
     if let Some((key, message)) = manifest.limits.validate().into_iter().next() {
         return Err(error(path, None, None, Some(key), message));
     }
-    if let Some(read_dir) = &manifest.capabilities.read_dir
-        && (Path::new(read_dir).is_absolute()
-            || Path::new(read_dir)
-                .components()
-                .any(|c| matches!(c, std::path::Component::ParentDir))
-            || !dir.join(read_dir).is_dir())
+    if let Some(secret) = manifest
+        .capabilities
+        .env
+        .iter()
+        .find(|name| confinement.is_secret_env(name))
     {
         return Err(error(
             path,
             None,
             None,
-            Some("capabilities.read_dir"),
-            format!("'{read_dir}' is not a directory inside the policy directory"),
+            Some("capabilities.env"),
+            format!(
+                "'{secret}' is one of the gateway's own variables or a provider credential and is never passed to a plugin"
+            ),
         ));
     }
-    let wasm_path = dir.join(manifest.wasm.get_ref());
+    let mut capabilities = manifest.capabilities.clone();
+    if let Some(read_dir) = &manifest.capabilities.read_dir {
+        let read_dir_error =
+            |message: String| error(path, None, None, Some("capabilities.read_dir"), message);
+        let resolved = confinement.resolve(dir, read_dir).map_err(read_dir_error)?;
+        if !resolved.is_dir() {
+            return Err(read_dir_error(format!("'{read_dir}' is not a directory")));
+        }
+        // The resolved folder is what gets mounted: a symlink swapped later changes nothing.
+        capabilities.read_dir = Some(resolved.display().to_string());
+    }
+    let wasm_path = confinement
+        .resolve(dir, manifest.wasm.get_ref())
+        .map_err(|e| {
+            at(
+                manifest.wasm.span(),
+                "wasm",
+                format!("{e} (build the plugins with ./scripts/build-plugins)"),
+            )
+        })?;
     let wasm = std::fs::read(&wasm_path).map_err(|e| {
         at(
             manifest.wasm.span(),
@@ -342,7 +372,7 @@ fn load_one(
         pre,
         config,
         manifest.limits.clone(),
-        manifest.capabilities.clone(),
+        capabilities,
         dir.to_path_buf(),
     );
     match host::block_on(instances.warm_up()) {
@@ -408,6 +438,21 @@ fn adapter_fields_allowed(manifest: &manifest::ManifestFile) -> Result<(), (&'st
 mod tests {
     use super::*;
 
+    fn dist() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/dist")
+    }
+
+    /// Loads with the built components' folder allowed besides the policy directory.
+    fn load(dir: &Path, previous: &[Arc<Plugin>]) -> Loaded {
+        let (confinement, problems) = Confinement::new(
+            dir,
+            &[dist().display().to_string()],
+            ["SECRET_PROVIDER_KEY".into()],
+        );
+        assert!(problems.is_empty(), "{problems:?}");
+        load_dir(dir, previous, &confinement)
+    }
+
     /// A policy directory with `manifests` (file stem, extra TOML) for the built `pii-guard`.
     fn dir_with(manifests: &[(&str, &str)]) -> tempfile::TempDir {
         let wasm = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/dist/pii-guard.wasm");
@@ -434,7 +479,7 @@ mod tests {
     #[test]
     fn components_are_compiled_once_and_unchanged_plugins_reused_across_reloads() {
         let dir = dir_with(&[("a", ""), ("b", "[config]\nmode = \"block\"")]);
-        let first = load_dir(dir.path(), &[]);
+        let first = load(dir.path(), &[]);
         assert!(first.errors.is_empty(), "{:?}", first.errors);
         assert_eq!(first.plugins.len(), 2);
         assert_eq!(
@@ -452,7 +497,7 @@ mod tests {
                 .replace("block", "observe"),
         )
         .expect("write");
-        let second = load_dir(dir.path(), &first.plugins);
+        let second = load(dir.path(), &first.plugins);
         assert!(second.errors.is_empty(), "{:?}", second.errors);
         assert!(Arc::ptr_eq(&first.plugins[0], &second.plugins[0]));
         assert!(!Arc::ptr_eq(&first.plugins[1], &second.plugins[1]));
@@ -462,7 +507,7 @@ mod tests {
     #[test]
     fn concurrent_calls_beyond_max_instances_wait_instead_of_failing() {
         let dir = dir_with(&[("one", "[limits]\ninstances = 1\nmax_instances = 1")]);
-        let loaded = load_dir(dir.path(), &[]);
+        let loaded = load(dir.path(), &[]);
         assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
         let plugin = loaded.plugins[0].clone();
         let caller = host::wit::Caller {
@@ -489,7 +534,7 @@ mod tests {
     #[test]
     fn read_dir_must_stay_inside_the_policy_directory() {
         let dir = dir_with(&[("p", "[capabilities]\nread_dir = \"../\"")]);
-        let loaded = load_dir(dir.path(), &[]);
+        let loaded = load(dir.path(), &[]);
         assert_eq!(loaded.errors.len(), 1);
         assert!(
             loaded.errors[0]
@@ -509,7 +554,7 @@ mod tests {
                 "[applies_to]\nmodels = [\"demo-*\"]\nteams = [\"research\"]",
             ),
         ]);
-        let loaded = load_dir(dir.path(), &[]);
+        let loaded = load(dir.path(), &[]);
         assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
         assert_eq!(loaded.plugins.len(), 1);
         let plugin = &loaded.plugins[0];
@@ -530,5 +575,87 @@ mod tests {
                 .applies_to
                 .matches("gpt-4o", "key_1", "k", Some("research"))
         );
+    }
+
+    /// A policy directory whose one manifest `p` names `wasm` with `extra` TOML appended.
+    fn dir_with_wasm(wasm: &str, extra: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join(FOLDER)).expect("mkdir");
+        std::fs::write(
+            dir.path().join(FOLDER).join("p.toml"),
+            format!("wasm = {wasm:?}\nphases = [\"request\"]\n{extra}\n"),
+        )
+        .expect("write manifest");
+        dir
+    }
+
+    fn built() -> PathBuf {
+        let wasm = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/dist/pii-guard.wasm");
+        assert!(
+            wasm.is_file(),
+            "{} is missing: run ./scripts/build-plugins",
+            wasm.display()
+        );
+        wasm
+    }
+
+    #[test]
+    fn a_read_dir_symlink_that_leaves_the_policy_directory_is_refused() {
+        let outside = tempfile::tempdir().expect("tempdir");
+        let dir = dir_with_wasm("plugins/g.wasm", "[capabilities]\nread_dir = \"data\"");
+        std::fs::copy(built(), dir.path().join("plugins/g.wasm")).expect("copy");
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("data")).expect("symlink");
+        let loaded = load(dir.path(), &[]);
+        assert_eq!(loaded.errors.len(), 1, "{:?}", loaded.errors);
+        let error = loaded.errors[0].to_string();
+        assert!(error.contains("capabilities.read_dir"), "{error}");
+        assert!(error.contains("outside the policy directory"), "{error}");
+    }
+
+    #[test]
+    fn a_component_outside_the_policy_directory_is_refused_even_through_a_symlink() {
+        let outside = tempfile::tempdir().expect("tempdir");
+        let component = outside.path().join("g.wasm");
+        std::fs::copy(built(), &component).expect("copy");
+        let direct = dir_with_wasm(&component.display().to_string(), "");
+        let linked = dir_with_wasm("plugins/g.wasm", "");
+        std::os::unix::fs::symlink(&component, linked.path().join("plugins/g.wasm"))
+            .expect("symlink");
+        for dir in [&direct, &linked] {
+            let loaded = load(dir.path(), &[]);
+            assert_eq!(loaded.errors.len(), 1, "{:?}", loaded.errors);
+            let error = loaded.errors[0].to_string();
+            assert!(error.contains("wasm"), "{error}");
+            assert!(error.contains("outside the policy directory"), "{error}");
+        }
+        // Listed explicitly, the folder is allowed.
+        let (confinement, problems) =
+            Confinement::new(linked.path(), &[outside.path().display().to_string()], []);
+        assert!(problems.is_empty(), "{problems:?}");
+        let loaded = load_dir(linked.path(), &[], &confinement);
+        assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+        assert_eq!(loaded.plugins.len(), 1);
+    }
+
+    #[test]
+    fn gateway_secrets_are_never_granted_to_a_plugin() {
+        let dir = dir_with_wasm(
+            "plugins/g.wasm",
+            "[capabilities]\nenv = [\"LANG\", \"TOLLGATE_ADMIN_TOKEN\"]",
+        );
+        std::fs::copy(built(), dir.path().join("plugins/g.wasm")).expect("copy");
+        let loaded = load(dir.path(), &[]);
+        assert_eq!(loaded.errors.len(), 1, "{:?}", loaded.errors);
+        let error = loaded.errors[0].to_string();
+        assert!(error.contains("capabilities.env"), "{error}");
+        assert!(error.contains("TOLLGATE_ADMIN_TOKEN"), "{error}");
+        std::fs::write(
+            dir.path().join("plugins/p.toml"),
+            "wasm = \"plugins/g.wasm\"\nphases = [\"request\"]\n[capabilities]\nenv = [\"SECRET_PROVIDER_KEY\"]\n",
+        )
+        .expect("write");
+        let loaded = load(dir.path(), &[]);
+        assert_eq!(loaded.errors.len(), 1, "{:?}", loaded.errors);
+        assert!(loaded.errors[0].to_string().contains("SECRET_PROVIDER_KEY"));
     }
 }

@@ -145,7 +145,7 @@ pub fn request_view(
     let mut b = Builder::new();
     let mut tools = Vec::new();
     match endpoint {
-        "/v1/chat/completions" => {
+        "/v1/chat/completions" | "/v1/llm/chat" | "/v1/vllm/chat/completions" => {
             if let Some(Value::Array(messages)) = body.get("messages") {
                 for (i, m) in messages.iter().enumerate() {
                     let role = role_of(m.get("role").and_then(Value::as_str).unwrap_or(""));
@@ -236,6 +236,28 @@ pub fn request_view(
             }
             _ => {}
         },
+        "/v1/completions" | "/v1/vllm/completions" => match body.get("prompt") {
+            Some(Value::String(s)) => b.message(
+                wit::Role::User,
+                None,
+                vec![(s.as_str(), vec![key("prompt")])],
+            ),
+            Some(Value::Array(items)) => {
+                let texts = items
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, v)| Some((v.as_str()?, vec![key("prompt"), Seg::Index(i)])))
+                    .collect();
+                b.message(wit::Role::User, None, texts);
+            }
+            _ => {}
+        },
+        "/v1/messages" | "/v1/messages/count_tokens" => {
+            anthropic_request(&mut b, &mut tools, body);
+        }
+        path if path.starts_with("/v1beta/models/{model}:") => {
+            gemini_request(&mut b, &mut tools, body);
+        }
         "/v1/images/generations" => {
             if let Some(Value::String(s)) = body.get("prompt") {
                 b.message(
@@ -264,6 +286,113 @@ pub fn request_view(
         caller: caller.clone(),
     };
     (view, b.map)
+}
+
+/// Anthropic Messages: `system` (a string or text blocks), then each message's text blocks
+/// (and the text of `tool_result` blocks, as tool turns).
+fn anthropic_request(b: &mut Builder, tools: &mut Vec<wit::Tool>, body: &Map<String, Value>) {
+    if let Some(system) = body.get("system") {
+        let texts = Builder::content(system, &[key("system")]);
+        b.message(wit::Role::System, None, texts);
+    }
+    if let Some(Value::Array(messages)) = body.get("messages") {
+        for (i, m) in messages.iter().enumerate() {
+            let role = role_of(m.get("role").and_then(Value::as_str).unwrap_or(""));
+            let base = [key("messages"), Seg::Index(i), key("content")];
+            let Some(content) = m.get("content") else {
+                continue;
+            };
+            b.message(role, None, Builder::content(content, &base));
+            for (j, block) in content.as_array().into_iter().flatten().enumerate() {
+                if block.get("type").and_then(Value::as_str) != Some("tool_result") {
+                    continue;
+                }
+                let mut path = base.to_vec();
+                path.push(Seg::Index(j));
+                path.push(key("content"));
+                if let Some(result) = block.get("content") {
+                    b.message(wit::Role::Tool, None, Builder::content(result, &path));
+                }
+            }
+        }
+    }
+    if let Some(Value::Array(list)) = body.get("tools") {
+        for t in list {
+            if let Some(name) = t.get("name").and_then(Value::as_str) {
+                tools.push(wit::Tool {
+                    name: name.to_string(),
+                    description: t
+                        .get("description")
+                        .and_then(Value::as_str)
+                        .map(str::to_string),
+                });
+            }
+        }
+    }
+}
+
+/// Gemini: `systemInstruction.parts[].text`, each content's `parts[].text` (`model` turns are
+/// the assistant's), embed requests' `content`, and function declarations as tools.
+fn gemini_request(b: &mut Builder, tools: &mut Vec<wit::Tool>, body: &Map<String, Value>) {
+    let parts = |content: &Value, base: &[Seg]| -> Vec<(String, Vec<Seg>)> {
+        let mut path = base.to_vec();
+        path.push(key("parts"));
+        content
+            .get("parts")
+            .map(|p| {
+                Builder::content(p, &path)
+                    .into_iter()
+                    .map(|(t, p)| (t.to_string(), p))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let add = |b: &mut Builder, role, texts: Vec<(String, Vec<Seg>)>| {
+        let borrowed = texts.iter().map(|(t, p)| (t.as_str(), p.clone())).collect();
+        b.message(role, None, borrowed);
+    };
+    if let Some(system) = body.get("systemInstruction") {
+        add(
+            b,
+            wit::Role::System,
+            parts(system, &[key("systemInstruction")]),
+        );
+    }
+    if let Some(content) = body.get("content") {
+        add(b, wit::Role::User, parts(content, &[key("content")]));
+    }
+    if let Some(Value::Array(contents)) = body.get("contents") {
+        for (i, c) in contents.iter().enumerate() {
+            let role = match c.get("role").and_then(Value::as_str) {
+                Some("model") => wit::Role::Assistant,
+                _ => wit::Role::User,
+            };
+            add(b, role, parts(c, &[key("contents"), Seg::Index(i)]));
+        }
+    }
+    for t in body
+        .get("tools")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        for f in t
+            .get("functionDeclarations")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if let Some(name) = f.get("name").and_then(Value::as_str) {
+                tools.push(wit::Tool {
+                    name: name.to_string(),
+                    description: f
+                        .get("description")
+                        .and_then(Value::as_str)
+                        .map(str::to_string),
+                });
+            }
+        }
+    }
 }
 
 /// The response view of a non-streamed OpenAI-shaped answer (chat completions or responses);
@@ -415,6 +544,55 @@ pub fn apply_edits_to_body(body: &mut Map<String, Value>, map: &TextMap, edits: 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn anthropic_and_gemini_requests_show_their_texts_with_rewritable_paths() {
+        let caller = wit::Caller {
+            key_id: "k".into(),
+            key_name: "n".into(),
+            team: None,
+            metadata: Vec::new(),
+        };
+        let body = json!({"model": "m", "system": "be kind", "max_tokens": 5, "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "mail a@b.io"}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": "c@d.io"}]}
+        ]});
+        let map = body.as_object().expect("object").clone();
+        let (view, text_map) = request_view("/v1/messages", "m", false, &map, &caller);
+        let texts: Vec<&str> = view
+            .messages
+            .iter()
+            .flat_map(|m| m.parts.iter().map(|p| p.text.as_str()))
+            .collect();
+        assert_eq!(texts, ["be kind", "mail a@b.io", "c@d.io"]);
+        let mut rewritten = map.clone();
+        apply_edits_to_body(
+            &mut rewritten,
+            &text_map,
+            &[wit::Edit {
+                part: 2,
+                text: "[EMAIL]".into(),
+            }],
+        );
+        assert_eq!(rewritten["messages"][1]["content"][0]["content"], "[EMAIL]");
+
+        let body = json!({"systemInstruction": {"parts": [{"text": "sys"}]},
+                          "contents": [{"role": "user", "parts": [{"text": "hi e@f.io"}]}]});
+        let map = body.as_object().expect("object").clone();
+        let (view, _) = request_view(
+            "/v1beta/models/{model}:generateContent",
+            "m",
+            false,
+            &map,
+            &caller,
+        );
+        let texts: Vec<&str> = view
+            .messages
+            .iter()
+            .flat_map(|m| m.parts.iter().map(|p| p.text.as_str()))
+            .collect();
+        assert_eq!(texts, ["sys", "hi e@f.io"]);
+    }
     use serde_json::json;
 
     fn caller() -> wit::Caller {

@@ -36,6 +36,19 @@ pub struct GatewayFile {
     /// Where budget threshold events go.
     #[serde(default)]
     pub notifications: NotificationsSection,
+    /// Where plugin components and data may live besides the policy directory.
+    #[serde(default)]
+    pub plugins: PluginsSection,
+}
+
+/// `[plugins]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginsSection {
+    /// Folders (relative to the policy directory, or absolute) that plugin manifests may name
+    /// in `wasm` and `capabilities.read_dir`, symlinks resolved; the policy directory always is.
+    #[serde(default)]
+    pub allowed_dirs: Vec<String>,
 }
 
 /// `[[budgets]]`.

@@ -7,11 +7,9 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use super::config::{
-    BudgetSection, CredentialSection, GatewayFile, LimitSection, ProviderFamily, QuotaSection,
-};
+use super::config::{BudgetSection, GatewayFile, LimitSection, ProviderFamily, QuotaSection};
 use super::{
-    Credential, Deployment, Model, ModelGroup, Provider, Secret, ServerLimits, Snapshot, cel, rhai,
+    Credential, Deployment, Model, ModelGroup, Provider, ServerLimits, Snapshot, cel, rhai,
 };
 use crate::spend::{BudgetSpec, LimitSpec, Metric, QuotaSpec, Scope, Source, Window};
 use crate::usage::Pricing;
@@ -181,6 +179,8 @@ pub fn load_dir(
     }
 
     let mut providers = BTreeMap::new();
+    // Provider credential variables: never handed to a plugin.
+    let mut secret_env = Vec::new();
     for (name, section) in file.providers {
         let key = format!("providers.{name}");
         let base_url = match (&section.base_url, section.family) {
@@ -223,9 +223,12 @@ pub fn load_dir(
                 "must be greater than 0".into(),
             ));
         }
+        if let Some(var) = section.credential.as_ref().and_then(|c| c.env.clone()) {
+            secret_env.push(var);
+        }
         let credential = match &section.credential {
             None => Credential::NotRequired,
-            Some(c) => match resolve_credential(dir, c) {
+            Some(c) => match super::credential::resolve(dir, c) {
                 Ok(credential) => credential,
                 Err(message) => {
                     errors.push(map.error(None, &format!("{key}.credential"), message));
@@ -321,6 +324,12 @@ pub fn load_dir(
 
     let mut hasher = Sha256::new();
     hasher.update(text.as_bytes());
+    // Credentials (files and variables, re-read on every load) are part of the set: a rotated
+    // or newly created key file makes a new snapshot.
+    for provider in providers.values() {
+        hasher.update(provider.name.as_bytes());
+        hasher.update(super::credential::fingerprint(&provider.credential));
+    }
 
     // Access rules, reusing unchanged compiled programs.
     let mut access_rules = Vec::new();
@@ -370,10 +379,16 @@ pub fn load_dir(
     }
 
     // Guardrail plugins, reusing unchanged compiled components and warm instances.
+    let (confinement, problems) =
+        crate::plugins::Confinement::new(dir, &file.plugins.allowed_dirs, secret_env);
+    for problem in problems {
+        errors.push(map.error(None, "plugins.allowed_dirs", problem));
+    }
     let loaded = crate::plugins::load_dir_with(
         dir,
         previous.map_or(&[][..], |p| p.plugins.as_slice()),
         previous.map_or(&[][..], |p| p.adapters.as_slice()),
+        &confinement,
     );
     for (path, hash) in &loaded.hashes {
         hasher.update(path.to_string_lossy().as_bytes());
@@ -737,9 +752,6 @@ fn spend_specs(
     (budgets, quotas, limits)
 }
 
-/// Reads a credential; a source that is configured but empty is not an error at load (the
-/// gateway keeps serving other providers) but makes the provider answer
-/// `provider_api_key_not_configured`.
 /// `api_version`: Azure's `api-version` (required) or Anthropic's `anthropic-version`.
 fn api_version(
     map: &SourceMap<'_>,
@@ -798,33 +810,6 @@ fn adapter_name(
             None
         }
         (None, _) => None,
-    }
-}
-
-fn resolve_credential(dir: &Path, section: &CredentialSection) -> Result<Credential, String> {
-    match (&section.env, &section.file) {
-        (Some(var), None) => Ok(match std::env::var(var) {
-            Ok(value) if !value.trim().is_empty() => {
-                Credential::Present(Secret::new(value.trim().to_string()))
-            }
-            _ => Credential::Missing(format!("environment variable {var} is not set")),
-        }),
-        (None, Some(file)) => {
-            let path = dir.join(file);
-            Ok(match std::fs::read_to_string(&path) {
-                Ok(value) if !value.trim().is_empty() => {
-                    Credential::Present(Secret::new(value.trim().to_string()))
-                }
-                Ok(_) => {
-                    Credential::Missing(format!("credential file {} is empty", path.display()))
-                }
-                Err(e) => Credential::Missing(format!(
-                    "credential file {} cannot be read: {e}",
-                    path.display()
-                )),
-            })
-        }
-        _ => Err("set exactly one of 'env' or 'file'".into()),
     }
 }
 

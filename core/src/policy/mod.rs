@@ -6,6 +6,7 @@
 
 pub mod cel;
 pub mod config;
+mod credential;
 pub mod facts;
 pub mod load;
 pub mod rhai;

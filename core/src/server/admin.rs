@@ -1,47 +1,58 @@
 //! Operational endpoints: `/admin/policies` (status and reload) and `/metrics` (Prometheus).
+//!
+//! The admin token is checked by [`crate::admin_auth`]: constant time, a backoff after repeated
+//! failures (429 with `Retry-After`); `/metrics` needs it too with `--protect-metrics`.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::Json;
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use crate::error::{Family, GatewayError};
+use crate::admin_auth::{self, Check};
+use crate::error::{Family, GatewayError, QuotaExceeded};
 use crate::policy::watch::{self as policy_watch, Trigger};
 use crate::state::AppState;
 
-/// Checks the admin bearer token in constant time.
+/// Checks the admin bearer token (constant time, with a per-client backoff on failures).
 fn authorize(app: &AppState, request: &Request) -> Result<(), GatewayError> {
-    let Some(expected) = app.admin_token.as_deref() else {
-        return Err(GatewayError::Admin {
-            status: 404,
-            message: "the admin API is disabled: start the gateway with TOLLGATE_ADMIN_TOKEN set"
-                .into(),
-        });
-    };
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    let equal = presented.len() == expected.len()
-        && presented
-            .bytes()
-            .zip(expected.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0;
-    if equal {
-        Ok(())
-    } else {
-        Err(GatewayError::Admin {
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let client = request
+        .extensions()
+        .get::<ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
+    match app.admin.check(client, presented) {
+        Check::Allowed => Ok(()),
+        Check::Disabled => Err(GatewayError::Admin {
+            status: 404,
+            message: "the admin API is disabled: start the gateway with TOLLGATE_ADMIN_TOKEN set"
+                .into(),
+        }),
+        Check::Denied => Err(GatewayError::Admin {
             status: 401,
             message: "admin endpoints need 'Authorization: Bearer <admin token>'".into(),
-        })
+        }),
+        Check::Backoff(retry_after_secs) => {
+            let failures = i64::from(admin_auth::FREE_FAILURES);
+            Err(GatewayError::Quota(Box::new(QuotaExceeded {
+                code: "rate_limit_exceeded",
+                scope: "admin",
+                subject: client.map(|ip| ip.to_string()).unwrap_or_default(),
+                limit_name: "admin_token_failures".into(),
+                limit: failures,
+                used: failures,
+                reserved: 0,
+                retry_after_secs,
+            })))
+        }
     }
 }
 
@@ -96,8 +107,13 @@ pub async fn reload(State(app): State<Arc<AppState>>, request: Request) -> Respo
     Json(status_json(&app)).into_response()
 }
 
-/// `GET /metrics`: Prometheus text format.
-pub async fn metrics(State(app): State<Arc<AppState>>) -> Response {
+/// `GET /metrics`: Prometheus text format (needs the admin token with `--protect-metrics`).
+pub async fn metrics(State(app): State<Arc<AppState>>, request: Request) -> Response {
+    if app.admin.protects_metrics()
+        && let Err(e) = authorize(&app, &request)
+    {
+        return e.render(Family::OpenAi);
+    }
     let snapshot = app.policies.snapshot();
     let status = app.policies.status();
     let stats = app.usage.stats();
@@ -141,6 +157,12 @@ pub async fn metrics(State(app): State<Arc<AppState>>) -> Response {
                 1.0
             },
         )],
+    );
+    metric(
+        "tollgate_key_cache_store_lookups_total",
+        "counter",
+        "Key lookups that reached the store (cache misses; concurrent misses of one key share one).",
+        &[("", app.keys.store_lookups() as f64)],
     );
     metric(
         "tollgate_usage_records_enqueued_total",

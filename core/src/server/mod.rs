@@ -2,7 +2,9 @@
 
 pub mod admin;
 pub mod anthropic;
+pub mod client_ip;
 pub mod gemini;
+pub mod listener;
 pub mod openai;
 pub mod unified;
 pub mod vllm;
@@ -17,11 +19,11 @@ use axum::http::HeaderValue;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{any, get, post};
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::error::{Family, GatewayError};
+use crate::admin_auth::AdminAuth;
+use crate::error::{ErrorDetail, Family, GatewayError};
 use crate::health::HealthRegistry;
 use crate::policy::Policies;
 use crate::policy::watch::{self as policy_watch, Trigger};
@@ -79,7 +81,8 @@ async fn method_not_allowed(request: Request) -> Response {
         .render(Family::OpenAi)
 }
 
-/// Gives every request an id (32 hex chars), returns it as `x-request-id`, logs the outcome.
+/// Gives every request an id (32 hex chars), returns it as `x-request-id`, logs the outcome
+/// with the error's internal detail (which the client's body does not carry).
 async fn request_id(mut request: Request, next: Next) -> Response {
     let id = uuid::Uuid::new_v4().simple().to_string();
     let started = Instant::now();
@@ -92,10 +95,14 @@ async fn request_id(mut request: Request, next: Next) -> Response {
         response.headers_mut().insert("x-request-id", value);
     }
     let elapsed_us = started.elapsed().as_micros();
+    let (code, detail) = match response.extensions_mut().remove::<ErrorDetail>() {
+        Some(e) => (e.code, e.detail),
+        None => (String::new(), String::new()),
+    };
     if status.is_server_error() {
-        tracing::warn!(request_id = %id, %method, %path, status = status.as_u16(), elapsed_us, "request failed");
+        tracing::warn!(request_id = %id, %method, %path, status = status.as_u16(), elapsed_us, %code, %detail, "request failed");
     } else {
-        tracing::debug!(request_id = %id, %method, %path, status = status.as_u16(), elapsed_us, "request");
+        tracing::debug!(request_id = %id, %method, %path, status = status.as_u16(), elapsed_us, %code, %detail, "request");
     }
     response
 }
@@ -113,10 +120,16 @@ pub struct ServeOptions {
     pub listen: SocketAddr,
     /// Watch the policy directory for changes (otherwise only SIGHUP and the admin API reload).
     pub watch: bool,
-    /// Bearer token for `/admin/*`.
+    /// Bearer token for `/admin/*` (at least [`crate::admin_auth::MIN_TOKEN_LEN`] characters).
     pub admin_token: Option<String>,
+    /// `/metrics` needs the admin token too.
+    pub protect_metrics: bool,
     /// Allow `POST /admin/test/clock` (end-to-end tests of windows only).
     pub test_clock: bool,
+    /// Connection and read limits.
+    pub http_limits: listener::HttpLimits,
+    /// Proxies whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: client_ip::TrustedProxies,
 }
 
 /// Runs the gateway until SIGTERM / SIGINT, then drains requests and flushes usage records.
@@ -127,8 +140,14 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         listen,
         watch: watch_files,
         admin_token,
+        protect_metrics,
         test_clock,
+        http_limits,
+        trusted_proxies,
     } = options;
+    let admin =
+        AdminAuth::new(admin_token.as_deref(), protect_metrics).map_err(anyhow::Error::msg)?;
+    drop(admin_token);
     let listener = TcpListener::bind(listen).await?;
     let local = listener.local_addr()?;
     let keys_version = store.keys_version().await?;
@@ -155,7 +174,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         usage,
         http,
         health: HealthRegistry::default(),
-        admin_token,
+        admin,
         ledger: ledger.clone(),
         test_clock,
     });
@@ -179,31 +198,17 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     // A machine-readable line on stdout for scripts and tests.
     println!("tollgate listening on http://{local}");
 
-    let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
-    let service = router(app).into_make_service_with_connect_info::<SocketAddr>();
-    // Streams are written event by event: do not let Nagle hold them back.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let server = axum::serve(listener, service)
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            tracing::info!("shutting down: draining in-flight requests");
-            let _ = drained_tx.send(());
-        })
-        .into_future();
-    let mut server = Box::pin(server);
-    tokio::select! {
-        result = &mut server => result?,
-        _ = async {
-            let _ = drained_rx.await;
-            tokio::time::sleep(SHUTDOWN_GRACE).await;
-        } => {
-            tracing::warn!("grace period over; abandoning connections still open");
-        }
-    }
-    // Dropping the server drops the router and with it the app state's usage sink.
-    drop(server);
+    // Returns once every connection has ended (the last ones cut at the end of the grace
+    // period); the router, and with it the app state's usage sink, is gone then.
+    listener::serve(
+        listener,
+        router(app),
+        http_limits,
+        trusted_proxies,
+        shutdown_signal(),
+        SHUTDOWN_GRACE,
+    )
+    .await;
     let _ = stop_tx.send(true);
     let _ = watcher.await;
     let _ = ledger_watcher.await;

@@ -7,6 +7,7 @@
 pub mod key_cache;
 pub mod keys;
 pub mod ledger;
+pub mod redact;
 pub mod usage_writer;
 
 use std::path::Path;
@@ -23,16 +24,17 @@ use crate::usage::TokenUsage;
 /// Errors of the store layer.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The database URL cannot be used.
+    /// The database URL cannot be used (shown with its password redacted).
     #[error(
-        "unsupported database URL '{0}': use sqlite://PATH (PostgreSQL arrives with the multi-replica store)"
+        "unsupported database URL '{}': use sqlite://PATH or postgres://USER@HOST/DB",
+        redact::redact_urls(.0)
     )]
     UnsupportedUrl(String),
-    /// The database failed.
-    #[error("database error: {0}")]
+    /// The database failed (passwords in URLs redacted).
+    #[error("database error: {}", redact::redact_urls(&.0.to_string()))]
     Database(#[from] sqlx::Error),
     /// Migrations failed.
-    #[error("migration error: {0}")]
+    #[error("migration error: {}", redact::redact_urls(&.0.to_string()))]
     Migrate(#[from] sqlx::migrate::MigrateError),
     /// A stored value is not what the schema promises.
     #[error("corrupt stored value in {what}: {detail}")]

@@ -34,7 +34,8 @@ pub struct UpstreamReply {
     pub content_type: Option<HeaderValue>,
     /// The provider's own request id (`x-request-id`, or Anthropic's `request-id`).
     pub provider_request_id: Option<String>,
-    /// `Retry-After`, passed through with the provider's errors.
+    /// The provider's `Retry-After` (kept toward the client on a relayed 429 / 503 and on
+    /// the provider's errors).
     pub retry_after: Option<HeaderValue>,
     /// The body.
     pub body: BodyStream,
@@ -152,13 +153,13 @@ pub async fn send(
     };
     let status = response.status();
     let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
+    let retry_after = response.headers().get(header::RETRY_AFTER).cloned();
     let provider_request_id = response
         .headers()
         .get("x-request-id")
         .or_else(|| response.headers().get("request-id"))
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let retry_after = response.headers().get(header::RETRY_AFTER).cloned();
     let body = response.bytes_stream().map(|r| r.map_err(|e| describe(&e)));
     Ok(UpstreamReply {
         status,
@@ -169,14 +170,22 @@ pub async fn send(
     })
 }
 
-/// An error description without the URL's query (which could carry secrets).
+/// An error description for the log (clients never see it), without the URL's query nor any
+/// password in it (either could carry secrets).
 fn describe(e: &reqwest::Error) -> String {
     let mut text = e.to_string();
+    if let Some(url) = e.url()
+        && url.query().is_some()
+    {
+        let mut bare = url.clone();
+        bare.set_query(None);
+        text = text.replace(url.as_str(), bare.as_str());
+    }
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
         text.push_str(": ");
         text.push_str(&s.to_string());
         source = s.source();
     }
-    text
+    crate::store::redact::redact_urls(&text)
 }

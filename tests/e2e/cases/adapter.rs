@@ -44,6 +44,7 @@ fn trap_manifest() -> String {
 fn policy(mock: &mock_upstream::MockHandle) -> String {
     let root = format!("http://{}", mock.addr);
     let base = mock.base_url();
+    let dist = repo_root().join("plugins/dist").display().to_string();
     format!(
         r#"
 [providers.ollama]
@@ -85,6 +86,9 @@ deployments = [
   {{ model = "trap", priority = 0 }},
   {{ model = "llama", priority = 1 }},
 ]
+
+[plugins]
+allowed_dirs = [{dist:?}]
 "#
     )
 }

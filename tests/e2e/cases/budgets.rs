@@ -551,8 +551,9 @@ max_request_bytes = 300
     let gw = Gateway::start(&policy(&mock, "", limits));
     let (_, contractor) = gw.create_key_with(&["--models", "*", "--team", "contractors"]);
     let refused = call(&gw, &contractor, &call_body("metered")).await;
-    assert_eq!(refused.status(), 429);
+    assert_eq!(refused.status(), 403, "not a 429: waiting does not help");
     let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "ip_not_allowed");
     assert_eq!(body["error"]["limit"], "ip");
     assert_eq!(body["error"]["scope"], "team");
     let (_, small) = gw.create_key_with(&["--models", "*", "--team", "small"]);

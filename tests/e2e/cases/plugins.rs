@@ -39,11 +39,20 @@ fn manifest(plugin: &str, phases: &str, extra: &str) -> String {
     )
 }
 
+/// `[plugins]` allowing the built components' folder (outside the test's policy directory).
+fn allow_dist() -> String {
+    format!(
+        "\n[plugins]\nallowed_dirs = [{:?}]\n",
+        repo_root().join("plugins/dist").display().to_string()
+    )
+}
+
 /// The standard test policy plus a model answering secrets (`mock-secret`).
 fn policy(mock: &MockHandle) -> String {
     format!(
-        "{}\n[models.secret]\nprovider = \"mock\"\nupstream_model = \"mock-secret\"\n",
-        standard_policy(mock)
+        "{}\n[models.secret]\nprovider = \"mock\"\nupstream_model = \"mock-secret\"\n{}",
+        standard_policy(mock),
+        allow_dist()
     )
 }
 
@@ -739,14 +748,17 @@ async fn the_demo_policy_masks_personal_data_on_demo_chat() {
 
 #[tokio::test]
 async fn chat_and_responses_streams_are_masked_in_deltas_and_complete_texts() {
-    let toml = "[providers.demo]\nfamily = \"demo\"\n[models.demo-chat]\nprovider = \"demo\"\n";
+    let toml = format!(
+        "[providers.demo]\nfamily = \"demo\"\n[models.demo-chat]\nprovider = \"demo\"\n{}",
+        allow_dist()
+    );
     let files = [(
         "plugins/pii.toml",
         // Stream phase only: the provider receives (and echoes) the raw address.
         manifest("pii-guard", "[\"stream\"]", "[limits]\nstream_window = 32"),
     )];
     let files: Vec<(&str, &str)> = files.iter().map(|(p, c)| (*p, c.as_str())).collect();
-    let gw = Gateway::start_with(toml, &files, &[]);
+    let gw = Gateway::start_with(&toml, &files, &[]);
     let (_, secret) = gw.create_key("*");
     let prompt = "Please write to jane.doe@example.com about the launch";
 

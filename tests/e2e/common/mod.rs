@@ -183,6 +183,11 @@ impl Gateway {
         self.dir.path().join("policies")
     }
 
+    /// The gateway's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends a signal by name (`HUP`, `TERM`).
     pub fn signal(&self, name: &str) {
         let status = Command::new("kill")

@@ -14,6 +14,12 @@
 //! | `mock-stall-stream`   | sends the first chunk of a stream, then goes silent for 30 s  |
 //! | `mock-slow-stream`    | streams with 50 ms between chunks                             |
 //! | `mock-secret`         | answers [`SECRET_CHUNKS`] (a cloud key and an email split across chunks) |
+//! | `mock-429`            | 429 with `Retry-After: 7` and an OpenAI-style error body      |
+//! | `mock-401`            | 401 `invalid_api_key` (the gateway's provider credential is refused) |
+//! | `mock-403`            | 403 (the provider credential lacks the permission)            |
+//! | `mock-reset-mid-body` | 200, then the connection is cut after the first part of the body (JSON or SSE) |
+//! | `mock-malformed-json` | 200 `application/json` whose body is not JSON                 |
+//! | `mock-truncated-sse`  | a chat stream that ends after three chunks: no finish, usage nor `[DONE]` |
 //! | anything else         | a normal answer                                               |
 //!
 //! When recording is on, every request (path, headers, JSON body) is kept for assertions.
@@ -238,6 +244,24 @@ pub(crate) async fn steer(shared: &Shared, model: &str) -> Option<Response> {
             tokio::time::sleep(Duration::from_secs(2)).await;
             None
         }
+        "mock-429" => {
+            let mut response = json_response(
+                StatusCode::TOO_MANY_REQUESTS,
+                &json!({"error": {"message": "mock rate limit", "type": "rate_limit_error", "code": "rate_limit_exceeded"}}),
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("7"));
+            Some(response)
+        }
+        "mock-401" => Some(json_response(
+            StatusCode::UNAUTHORIZED,
+            &json!({"error": {"message": "Incorrect API key provided", "type": "invalid_request_error", "code": "invalid_api_key"}}),
+        )),
+        "mock-403" => Some(json_response(
+            StatusCode::FORBIDDEN,
+            &json!({"error": {"message": "this key may not use the model", "type": "permission_error", "code": "model_not_permitted"}}),
+        )),
         _ => None,
     }
 }
@@ -262,6 +286,44 @@ async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
         .and_then(Value::as_bool)
         .unwrap_or(false);
     let secret = model == "mock-secret";
+    match model.as_str() {
+        "mock-reset-mid-body" => {
+            let first = if stream {
+                "data: {\"id\":\"chatcmpl-mock\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"partial \"}}]}\n\n"
+            } else {
+                "{\"id\": \"chatcmpl-mock\", \"object\": \"chat.completion\", \"choices\": ["
+            };
+            let parts: Vec<Result<Bytes, std::io::Error>> = vec![
+                Ok(Bytes::from_static(first.as_bytes())),
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "mock cuts the body",
+                )),
+            ];
+            let body = futures_util::stream::iter(parts).then(|part| async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                part
+            });
+            let content_type = if stream {
+                "text/event-stream"
+            } else {
+                "application/json"
+            };
+            return Response::builder()
+                .header(header::CONTENT_TYPE, content_type)
+                .body(Body::from_stream(body))
+                .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
+        }
+        "mock-malformed-json" if !stream => {
+            return (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/json")],
+                "{\"id\": \"chatcmpl-mock\", \"choices\": [{\"message\": <html>",
+            )
+                .into_response();
+        }
+        _ => {}
+    }
     if !stream {
         let content = if secret {
             SECRET_CHUNKS.concat()
@@ -301,6 +363,10 @@ async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
         for i in 0..shared.config.stream_chunks {
             events.push(chunk(json!({"content": format!("tok{i} ")}), Value::Null));
         }
+    }
+    if model == "mock-truncated-sse" {
+        events.truncate(3);
+        return sse_response(events, Duration::from_millis(10), false);
     }
     events.push(chunk(json!({}), json!("stop")));
     if include_usage {
