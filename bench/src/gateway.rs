@@ -265,7 +265,9 @@ impl Gateway {
         };
 
         let created = Command::new(bin)
-            .args(["keys", "create", "--name", "bench", "--models"])
+            .args([
+                "keys", "create", "--name", "bench", "--mcp", "*", "--models",
+            ])
             .arg(scenario.key_models())
             .args(["--json", "--database", &database])
             .env("RUST_LOG", "warn")

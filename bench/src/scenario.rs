@@ -125,10 +125,7 @@ pub fn all() -> Vec<Entry> {
         Entry::Ready(Box::new(Streaming)),
         Entry::Ready(Box::new(Governed { postgres: false })),
         Entry::Ready(Box::new(Governed { postgres: true })),
-        Entry::NotBuilt {
-            name: "mcp",
-            summary: "MCP tool calls through the MCP proxy",
-        },
+        Entry::Ready(Box::new(Mcp)),
     ]
 }
 
@@ -226,6 +223,50 @@ impl Scenario for Passthrough {
 
     fn nginx_baseline(&self) -> bool {
         true
+    }
+}
+
+/// `mcp`: a JSON-RPC `tools/call` over Streamable HTTP, through `/v1/mcp/bench` (MCP Access,
+/// tool rules, keyword filter, pricing, usage row) against a POST to the mock's `/mcp`.
+#[derive(Debug)]
+pub struct Mcp;
+
+impl Mcp {
+    fn call() -> Value {
+        json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+               "params": {"name": "echo", "arguments": {"message": "hello from the bench"}}})
+    }
+}
+
+impl Scenario for Mcp {
+    fn name(&self) -> &'static str {
+        "mcp"
+    }
+
+    fn summary(&self) -> &'static str {
+        "MCP tools/call over Streamable HTTP: MCP Access, tool rules, keyword filter, pricing, usage row"
+    }
+
+    fn policy_files(&self, upstream: &Upstream) -> Vec<(String, String)> {
+        let root = upstream.base_url.trim_end_matches("/v1");
+        let toml = format!(
+            "# Written by tollgate-bench.\n[mcp_servers.bench]\ntransport = \"streamable_http\"\n\
+             url = \"{root}/mcp\"\nallowed_tools = [\"echo\"]\nblocked_keywords = [\"private key\"]\n\
+             pricing = {{ call_nanos = 2000, input_byte_nanos = 1, output_byte_nanos = 1 }}\n"
+        );
+        vec![("gateway.toml".into(), toml)]
+    }
+
+    fn gateway_request(&self) -> RequestSpec {
+        RequestSpec::json("/v1/mcp/bench", &Self::call(), false)
+    }
+
+    fn direct_request(&self) -> RequestSpec {
+        RequestSpec::json("/mcp", &Self::call(), false)
+    }
+
+    fn loads(&self, config: &BenchConfig) -> Vec<Load> {
+        open_and_closed(config, config.concurrency)
     }
 }
 

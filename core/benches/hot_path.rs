@@ -1,8 +1,8 @@
 //! Micro-benchmarks of the per-request pieces on tollgate's hot path: the warm key cache, secret
 //! hashing, the SSE usage tap, usage normalization and pricing, request body parsing, the
 //! prompt token estimate, a CEL access rule with its variable binding, a Rhai route over three
-//! deployments, and a budget + quota hold and settlement on SQLite. (Guardrail calls: the
-//! `guardrails` bench.)
+//! deployments, and a budget + quota hold and settlement on SQLite and in memory (the embedded
+//! ledger). (Guardrail calls: the `guardrails` bench.)
 //!
 //! Run with `cargo bench -p tollgate --bench hot_path`; measurement times are short so the
 //! whole file finishes in well under a minute. The end-to-end overhead is measured by
@@ -100,6 +100,7 @@ fn key_cache(c: &mut Criterion) {
                 owner: None,
                 metadata: serde_json::Map::new(),
                 models: ModelGrant::All,
+                mcp: ModelGrant::Only(Vec::new()),
                 expires_at_ms: None,
             })
             .await
@@ -196,6 +197,7 @@ fn policy_engines(c: &mut Criterion) {
                 model: Some(model_value.clone()),
                 now: None,
                 budget: None,
+                mcp: None,
             };
             black_box(rule.evaluate(&bindings.context()))
         });
@@ -280,6 +282,44 @@ fn budget_hold_settle(c: &mut Criterion) {
                 )];
                 store.settle_batch(&settle).await.unwrap();
             });
+        });
+    });
+    // The embedded ledger: the same hold and settlement in memory (SQLite persists the charges
+    // later, with the usage rows, off the request path).
+    let memory = tollgate::spend::memory::MemoryLedger::new();
+    let mut m = 0u64;
+    group.bench_function("memory_hold_and_settle_budget_and_quota", |b| {
+        b.iter(|| {
+            m += 1;
+            let id = format!("req-{m}");
+            let holds = [
+                HoldRequest {
+                    counter_id: "budget:org".into(),
+                    window_start_ms: 0,
+                    amount: 1_000,
+                    limit: i64::MAX,
+                },
+                HoldRequest {
+                    counter_id: "quota:rpm:key".into(),
+                    window_start_ms: 0,
+                    amount: 1,
+                    limit: i64::MAX,
+                },
+            ];
+            black_box(memory.hold(&id, &holds));
+            let settle = [
+                Settlement {
+                    counter_id: "budget:org".into(),
+                    window_start_ms: 0,
+                    actual: 700,
+                },
+                Settlement {
+                    counter_id: "quota:rpm:key".into(),
+                    window_start_ms: 0,
+                    actual: 1,
+                },
+            ];
+            black_box(memory.settle(&id, &settle));
         });
     });
     group.finish();

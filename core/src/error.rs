@@ -155,6 +155,56 @@ pub enum UpstreamError {
     },
 }
 
+/// MCP gateway failures (reference spec 4.4).
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum McpError {
+    /// The path names no server (400 `invalid_mcp_ref`).
+    #[error("the MCP path names no server: use /v1/mcp/{{slug}}")]
+    InvalidRef,
+    /// Unknown or disabled server (404 `mcp_not_found`).
+    #[error("MCP server '{0}' is not configured or is disabled")]
+    NotFound(String),
+    /// No MCP Access grant for the server (403 `mcp_not_allowed`).
+    #[error("this API key has no MCP Access to server '{0}'")]
+    NotAllowed(String),
+    /// A tool rule or the keyword filter denied a call (403 `mcp_guardrail_block`).
+    #[error("blocked by the MCP guardrail of server '{server}': {reason}")]
+    GuardrailBlock {
+        /// The server slug.
+        server: String,
+        /// Which rule denied (never the matched content beyond the keyword itself).
+        reason: String,
+    },
+    /// Upstream credential could not be prepared (502 `mcp_auth_error`).
+    #[error("could not prepare the upstream credential of MCP server '{server}': {detail}")]
+    Auth {
+        /// The server slug.
+        server: String,
+        /// What went wrong, without secrets.
+        detail: String,
+    },
+    /// The HTTP or SSE upstream failed (502 `mcp_upstream_error`).
+    #[error("MCP server '{server}' failed: {detail}")]
+    Upstream {
+        /// The server slug.
+        server: String,
+        /// What went wrong.
+        detail: String,
+    },
+    /// The stdio command failed (502 `mcp_stdio_error`).
+    #[error("the stdio command of MCP server '{server}' failed: {detail}")]
+    Stdio {
+        /// The server slug.
+        server: String,
+        /// What went wrong.
+        detail: String,
+    },
+    /// A session id that this gateway did not issue, or that expired (404 `mcp_session_not_found`,
+    /// so clients re-initialise).
+    #[error("unknown or expired MCP session: initialize a new one")]
+    SessionNotFound,
+}
+
 /// A store needed for a decision is unavailable: fail closed (503).
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 #[error("{what} is unavailable, refusing to serve ungoverned: {detail}")]
@@ -266,6 +316,9 @@ pub enum GatewayError {
     /// 403 from a guardrail plugin.
     #[error(transparent)]
     Guardrail(#[from] GuardrailError),
+    /// MCP gateway errors.
+    #[error(transparent)]
+    Mcp(#[from] McpError),
     /// 404 for an unknown route.
     #[error("no route for {0}")]
     NotFound(String),
@@ -321,6 +374,14 @@ impl GatewayError {
             GatewayError::Upstream(_) => StatusCode::BAD_GATEWAY,
             GatewayError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Guardrail(_) => StatusCode::FORBIDDEN,
+            GatewayError::Mcp(e) => match e {
+                McpError::InvalidRef => StatusCode::BAD_REQUEST,
+                McpError::NotFound(_) | McpError::SessionNotFound => StatusCode::NOT_FOUND,
+                McpError::NotAllowed(_) | McpError::GuardrailBlock { .. } => StatusCode::FORBIDDEN,
+                McpError::Auth { .. } | McpError::Upstream { .. } | McpError::Stdio { .. } => {
+                    StatusCode::BAD_GATEWAY
+                }
+            },
             GatewayError::NotFound(_) => StatusCode::NOT_FOUND,
             GatewayError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::Routing(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -362,6 +423,16 @@ impl GatewayError {
             },
             GatewayError::Unavailable(e) => e.code,
             GatewayError::Guardrail(e) => &e.code,
+            GatewayError::Mcp(e) => match e {
+                McpError::InvalidRef => "invalid_mcp_ref",
+                McpError::NotFound(_) => "mcp_not_found",
+                McpError::NotAllowed(_) => "mcp_not_allowed",
+                McpError::GuardrailBlock { .. } => "mcp_guardrail_block",
+                McpError::Auth { .. } => "mcp_auth_error",
+                McpError::Upstream { .. } => "mcp_upstream_error",
+                McpError::Stdio { .. } => "mcp_stdio_error",
+                McpError::SessionNotFound => "mcp_session_not_found",
+            },
             GatewayError::NotFound(_) => "not_found",
             GatewayError::MethodNotAllowed(_) => "method_not_allowed",
             GatewayError::Routing(_) => "routing_error",
@@ -398,6 +469,15 @@ impl GatewayError {
             | GatewayError::Access(AccessError::IpNotAllowed { .. })
             | GatewayError::Guardrail(_) => "permission_error",
             GatewayError::Access(_) => "invalid_request_error",
+            GatewayError::Mcp(e) => match e {
+                McpError::InvalidRef | McpError::NotFound(_) | McpError::SessionNotFound => {
+                    "invalid_request_error"
+                }
+                McpError::NotAllowed(_) | McpError::GuardrailBlock { .. } => "permission_error",
+                McpError::Auth { .. } | McpError::Upstream { .. } | McpError::Stdio { .. } => {
+                    "api_error"
+                }
+            },
             GatewayError::Upstream(_) | GatewayError::Routing(_) => "api_error",
             GatewayError::Admin { .. } => "authentication_error",
             GatewayError::Unavailable(_) => "service_unavailable",

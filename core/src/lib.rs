@@ -10,6 +10,7 @@ pub mod diagnostic;
 pub mod error;
 pub mod family;
 pub mod health;
+pub mod mcp;
 pub mod pipeline;
 pub mod plugins;
 pub mod policy;

@@ -33,6 +33,8 @@ pub struct AppState {
     pub ledger: Arc<Ledger>,
     /// Whether `POST /admin/test/clock` may shift the clock (tests only).
     pub test_clock: bool,
+    /// The MCP gateway's per-replica state (limits, tokens, session keys, stdio children).
+    pub mcp: Arc<crate::mcp::Runtime>,
 }
 
 /// The gateway request id, set by the middleware on every request.

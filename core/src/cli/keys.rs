@@ -40,6 +40,10 @@ pub enum KeysCommand {
         /// Model Access: `*` for every model, or a comma-separated list.
         #[arg(long, default_value = "*")]
         models: String,
+        /// MCP Access: `*` for every MCP server, or a comma-separated list of server slugs
+        /// (none by default).
+        #[arg(long, default_value = "")]
+        mcp: String,
         /// Expiry as RFC 3339, e.g. 2027-01-31T00:00:00Z.
         #[arg(long)]
         expires_at: Option<String>,
@@ -90,6 +94,10 @@ fn key_json(key: &KeyRecord) -> Value {
             ModelGrant::All => json!(["*"]),
             ModelGrant::Only(names) => json!(names),
         },
+        "mcp": match &key.mcp {
+            ModelGrant::All => json!(["*"]),
+            ModelGrant::Only(names) => json!(names),
+        },
         "state": key.state(now_ms()).as_str(),
         "created_at": rfc3339(Some(key.created_at_ms)),
         "expires_at": rfc3339(key.expires_at_ms),
@@ -126,6 +134,7 @@ pub async fn run(command: KeysCommand, db: &DatabaseArgs) -> anyhow::Result<Exit
             owner,
             metadata,
             models,
+            mcp,
             expires_at,
             json,
         } => {
@@ -159,6 +168,7 @@ pub async fn run(command: KeysCommand, db: &DatabaseArgs) -> anyhow::Result<Exit
                     owner,
                     metadata: attributes,
                     models: grant,
+                    mcp: ModelGrant::parse(&mcp),
                     expires_at_ms,
                 })
                 .await?;

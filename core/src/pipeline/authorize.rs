@@ -139,10 +139,16 @@ pub fn decide_access(
         budget: uses
             .budget
             .then(|| json_to_cel(spend.unwrap_or(&serde_json::Value::Null))),
+        mcp: None,
     };
     let ctx = bindings.context();
     let mut denial = None;
-    for rule in &snapshot.access_rules {
+    // Rules reading `mcp` decide MCP requests only.
+    for rule in snapshot
+        .access_rules
+        .iter()
+        .filter(|r| r.uses.applies_to_models())
+    {
         let outcome = rule.evaluate(&ctx);
         let shadow = rule.mode == RuleMode::Shadow;
         let (label, reason, status) = match &outcome {

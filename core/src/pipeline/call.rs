@@ -30,8 +30,9 @@ use super::authorize::{Authorized, upstream_body};
 use super::inspect::{self, GuardOutput, StreamGuard};
 use super::route::Route;
 use super::{Endpoint, Recorder, ServeMode, Stage, translated};
-use crate::error::{Family, GatewayError, RequestError, UpstreamError};
+use crate::error::{Family, GatewayError, GuardrailError, RequestError, UpstreamError};
 use crate::family::Api;
+use crate::plugins::{FailureMode, Phase};
 use crate::policy::{ProviderFamily, Target};
 use crate::state::AppState;
 use crate::upstream::gemini_array::SseToJsonArray;
@@ -87,6 +88,9 @@ pub async fn run(
     mut recorder: Recorder,
 ) -> Response {
     let family = endpoint.family();
+    if let Some(error) = unreadable_stream(&request) {
+        return recorder.deny(Stage::Inspect, &error, family);
+    }
     let opted_in = matches!(&request.target, Target::Group(g) if g.translate);
     // The unified endpoint's `provider` pin keeps only deployments of that family.
     let pin = match (endpoint == Endpoint::Unified)
@@ -261,6 +265,29 @@ pub async fn run(
     recorder.deny(Stage::Call, &error, family)
 }
 
+/// Stream guardrails read OpenAI-shaped chunks; an Anthropic or Gemini client stream would go
+/// past them unread, so a fail-closed stream guardrail refuses it (403 `plugin_blocked`) before
+/// anything is sent upstream.
+fn unreadable_stream(request: &Authorized) -> Option<GatewayError> {
+    if !request.stream || request.endpoint.family() == Family::OpenAi {
+        return None;
+    }
+    let plugin = request
+        .guards
+        .plugins
+        .iter()
+        .find(|p| p.has_phase(Phase::Stream) && p.failure_mode == FailureMode::Closed)?;
+    Some(GatewayError::from(GuardrailError {
+        plugin: plugin.name.clone(),
+        code: "plugin_blocked".into(),
+        categories: Vec::new(),
+        reason: format!(
+            "stream guardrails cannot inspect {} streams yet, and this one fails closed",
+            request.endpoint.api().as_str()
+        ),
+    }))
+}
+
 /// Whether a unified-endpoint `provider` pin names this family (Azure serves `openai`).
 fn pinned(family: ProviderFamily, pin: &str) -> bool {
     family.as_str() == pin || (pin == "openai" && family == ProviderFamily::Azure)
@@ -316,7 +343,8 @@ async fn relay(
     if status.is_success() {
         match read_usage(&body, shape.upstream) {
             Ok(Some(usage)) => recorder.set_usage(shape.upstream, &usage),
-            Ok(None) => {}
+            // Image answers without usage are priced per image.
+            Ok(None) => recorder.bill_images(&body),
             // A success that says it is JSON and is not: unusable, not relayed as is.
             Err(e) if (e.is_syntax() || e.is_eof()) && is_json(content_type.as_ref()) => {
                 let error = GatewayError::from(UpstreamError::BadResponse {
@@ -325,7 +353,7 @@ async fn relay(
                 });
                 return recorder.deny(Stage::Call, &error, family);
             }
-            Err(_) => {}
+            Err(_) => recorder.bill_images(&body),
         }
     }
     // 3. inspect, response phase: guardrails see the answer before the client does.
@@ -512,6 +540,31 @@ impl Relay {
 
 impl Drop for Relay {
     fn drop(&mut self) {
+        // The client went away before the first byte: the provider is answering anyway, so
+        // read its stream to the end, detached, and bill what it reports.
+        if !self.upstream_ended
+            && let Some(recorder) = self.recorder.take_if(|r| !r.first_byte_sent())
+        {
+            let upstream =
+                std::mem::replace(&mut self.upstream, Box::pin(futures_util::stream::empty()));
+            let tap = std::mem::replace(&mut self.tap, SseTap::new(true));
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    runtime.spawn(drain_detached(
+                        upstream,
+                        tap,
+                        self.shape.upstream,
+                        recorder,
+                        self.idle_timeout,
+                    ));
+                    return;
+                }
+                Err(_) => {
+                    self.recorder = Some(recorder);
+                    self.tap = tap;
+                }
+            }
+        }
         // The client went away mid-stream: bill what was produced so far.
         if let Some(recorder) = self.recorder.as_mut() {
             if let Some(usage) = self.tap.usage() {
@@ -525,6 +578,39 @@ impl Drop for Relay {
             recorder.set_stream_status("client_disconnected");
         }
     }
+}
+
+/// Reads the rest of a stream whose client left before its first byte, then records it: the
+/// provider's usage when it arrives, the produced text when the stream ends without it, the held
+/// estimate when the provider fails or goes silent (the call is abandoned).
+async fn drain_detached(
+    mut upstream: BodyStream,
+    mut tap: SseTap,
+    api: Api,
+    mut recorder: Recorder,
+    idle: Duration,
+) {
+    let ended = loop {
+        match tokio::time::timeout(idle, upstream.next()).await {
+            Ok(Some(Ok(chunk))) => {
+                let _ = tap.push(&chunk);
+            }
+            Ok(None) => {
+                let _ = tap.finish();
+                break true;
+            }
+            Ok(Some(Err(_))) | Err(_) => break false,
+        }
+    };
+    if let Some(usage) = tap.usage() {
+        recorder.set_usage(api, usage);
+    } else if ended {
+        recorder.bill_produced(tap.produced_tokens());
+    } else {
+        recorder.bill_held();
+    }
+    recorder.set_stream_status("client_disconnected");
+    recorder.finish(super::record::CLIENT_CLOSED, Some("client_closed_request"));
 }
 
 impl Stream for Relay {

@@ -144,7 +144,8 @@ pub async fn handle(app: &Arc<AppState>, endpoint: Endpoint, inbound: Inbound) -
     }
 
     // 4. reserve
-    if let Flow::Respond(error) = reserve::run(app, &snapshot, &key, &request, &mut recorder).await
+    if let Flow::Respond(error) =
+        reserve::run(app, &snapshot, &key, endpoint, &mut request, &mut recorder).await
     {
         return recorder.deny(Stage::Reserve, &error, family);
     }
@@ -156,6 +157,31 @@ pub async fn handle(app: &Arc<AppState>, endpoint: Endpoint, inbound: Inbound) -
     };
     recorder.set_route(route.trace.clone());
 
-    // 6. call (7. record runs when the relayed response finishes)
-    call::run(app, endpoint, request, route, recorder).await
+    // 6. call (7. record runs when the relayed response finishes). The call runs as its own
+    // task: if the client goes away, the provider's answer is still read, billed and settled.
+    let mut gone = ClientGone(Some(recorder.client_gone_flag()));
+    let task_app = app.clone();
+    let call =
+        tokio::spawn(async move { call::run(&task_app, endpoint, request, route, recorder).await });
+    let response = match call.await {
+        Ok(response) => response,
+        Err(e) => {
+            tracing::error!(error = %e, "the call task failed");
+            GatewayError::Routing("the call failed inside the gateway".into()).render(family)
+        }
+    };
+    gone.0 = None;
+    response
+}
+
+/// Raises the recorder's client-gone flag if the handler is dropped (the client disconnected)
+/// before the call's response was handed back.
+struct ClientGone(Option<Arc<std::sync::atomic::AtomicBool>>);
+
+impl Drop for ClientGone {
+    fn drop(&mut self) {
+        if let Some(flag) = self.0.take() {
+            flag.store(true, std::sync::atomic::Ordering::Release);
+        }
+    }
 }

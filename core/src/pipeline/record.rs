@@ -6,6 +6,7 @@
 //! stream was cut) its `Drop` writes the record with what is known, so no call goes unrecorded.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use axum::response::Response;
@@ -19,7 +20,7 @@ use crate::policy::{Model, Snapshot};
 use crate::spend::ledger::{Ledger, Reservation};
 use crate::state::AppState;
 use crate::store::usage_writer::UsageSink;
-use crate::store::{KeyRecord, UsageRecord};
+use crate::store::{KeyRecord, McpUsage, UsageRecord};
 use crate::usage::{Pricing, TokenUsage};
 
 /// Status recorded when the client disconnected before an answer (nginx's convention).
@@ -37,6 +38,12 @@ pub struct Recorder {
     reservation: Option<(Arc<Ledger>, Reservation)>,
     input_estimate: Option<i64>,
     prompt: Option<bytes::Bytes>,
+    /// Set when the client went away before the answer (the call finishes detached).
+    client_gone: Arc<AtomicBool>,
+    /// Size and quality of an image generation request.
+    image_request: Option<(String, Option<String>)>,
+    /// The served model's price of one such image.
+    per_image_nanos: Option<i64>,
     finished: bool,
 }
 
@@ -68,6 +75,9 @@ impl Recorder {
             reservation: None,
             input_estimate: None,
             prompt: None,
+            client_gone: Arc::new(AtomicBool::new(false)),
+            image_request: None,
+            per_image_nanos: None,
             finished: false,
         }
     }
@@ -107,6 +117,62 @@ impl Recorder {
         self.record.provider = Some(model.provider.name.clone());
         self.record.upstream_family = Some(model.provider.family.as_str().to_string());
         self.pricing = Some(model.pricing);
+        self.per_image_nanos = self
+            .image_request
+            .as_ref()
+            .and_then(|(size, quality)| model.image_pricing.price(size, quality.as_deref()));
+    }
+
+    /// The size and quality of an image generation (priced per image when the provider reports
+    /// no usage).
+    pub fn set_image_request(&mut self, size: String, quality: Option<String>) {
+        self.image_request = Some((size, quality));
+    }
+
+    /// Bills an image answer that carried no usage at the served model's per-image price.
+    pub fn bill_images(&mut self, answer: &[u8]) {
+        let Some(per_image) = self.per_image_nanos else {
+            return;
+        };
+        let Some(images) = crate::spend::image::count_in_answer(answer) else {
+            return;
+        };
+        self.record.cost_nanos = per_image.saturating_mul(images);
+        self.decisions.push(json!({
+            "stage": "record", "usage": "per_image", "images": images, "per_image_nanos": per_image,
+        }));
+    }
+
+    /// A flag the server sets when the client goes away before the answer: the call still
+    /// finishes (detached), is billed what it used, and is recorded as 499.
+    pub fn client_gone_flag(&self) -> Arc<AtomicBool> {
+        self.client_gone.clone()
+    }
+
+    /// Whether any byte of the answer went to the client.
+    pub fn first_byte_sent(&self) -> bool {
+        self.record.ttfb_us.is_some()
+    }
+
+    /// Bills an abandoned upstream call (its usage can no longer be read) the estimate that was
+    /// held for it; without a hold, the counted prompt.
+    pub fn bill_held(&mut self) {
+        let Some((_, reservation)) = &self.reservation else {
+            self.bill_produced(0);
+            return;
+        };
+        self.record.tokens = TokenUsage {
+            input: reservation.estimate.input_tokens,
+            output: reservation.estimate.output_tokens,
+            cached_input: 0,
+            reasoning: 0,
+            cache_creation: 0,
+        };
+        self.record.cost_nanos = reservation.cost_nanos;
+        self.decisions.push(json!({
+            "stage": "record", "usage": "held_estimate",
+            "reason": "the upstream call was abandoned before it reported usage; billed the held estimate",
+        }));
     }
 
     /// The request id.
@@ -226,6 +292,15 @@ impl Recorder {
         }
     }
 
+    /// The MCP side of an MCP request: `provider = mcp`, the server, method, tool and bytes, and
+    /// the cost from the server's pricing (what budgets and quotas settle with).
+    pub fn set_mcp(&mut self, mcp: McpUsage, cost_nanos: i64) {
+        self.record.provider = Some("mcp".into());
+        self.record.served_model = None;
+        self.record.cost_nanos = cost_nanos;
+        self.record.mcp = Some(mcp);
+    }
+
     /// How a stream ended.
     pub fn set_stream_status(&mut self, status: &str) {
         self.record.stream_status = Some(status.to_string());
@@ -237,12 +312,23 @@ impl Recorder {
     }
 
     /// Ends the request with a gateway error from `stage`: records it, and renders it.
-    pub fn deny(mut self, stage: Stage, error: &GatewayError, family: Family) -> Response {
+    pub fn deny(self, stage: Stage, error: &GatewayError, family: Family) -> Response {
+        let response = error.render(family);
+        self.deny_rendered(stage, error, response)
+    }
+
+    /// Like [`Recorder::deny`], answering with `response` rendered by the caller (the MCP
+    /// endpoint answers in JSON-RPC form inside a session).
+    pub fn deny_rendered(
+        mut self,
+        stage: Stage,
+        error: &GatewayError,
+        response: Response,
+    ) -> Response {
         self.record.denied_stage = Some(stage.as_str().to_string());
         self.decisions.push(json!({
             "stage": stage.as_str(), "outcome": "deny", "code": error.code()
         }));
-        let response = error.render(family);
         self.mark_first_byte();
         self.complete(error.status().as_u16(), Some(error.code()));
         response
@@ -254,8 +340,17 @@ impl Recorder {
         }
         self.finished = true;
         let mut record = std::mem::take(&mut self.record);
-        record.status = status;
-        record.error_code = error_code.map(str::to_string);
+        if self.client_gone.load(Ordering::Acquire) && status != CLIENT_CLOSED {
+            // The answer was ready but nobody was there to take it; what it used is billed.
+            self.decisions.push(json!({
+                "stage": "record", "client": "closed", "unsent_status": status,
+            }));
+            record.status = CLIENT_CLOSED;
+            record.error_code = Some("client_closed_request".into());
+        } else {
+            record.status = status;
+            record.error_code = error_code.map(str::to_string);
+        }
         record.latency_us = self.elapsed_us();
         record.completed_at_ms = now_ms();
         record.decisions = Value::from(std::mem::take(&mut self.decisions)).to_string();
@@ -265,10 +360,14 @@ impl Recorder {
             }
             record.route = Some(route.to_string());
         }
-        if let Some((ledger, reservation)) = self.reservation.take() {
-            ledger.settle(reservation, record.tokens, record.cost_nanos);
-        }
-        self.sink.record(record);
+        // Settle first: an embedded ledger returns the charges, persisted with this record.
+        let charges = match self.reservation.take() {
+            Some((ledger, reservation)) => {
+                ledger.settle(reservation, record.tokens, record.cost_nanos)
+            }
+            None => Vec::new(),
+        };
+        self.sink.record_charged(record, charges);
     }
 }
 

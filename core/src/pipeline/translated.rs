@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 use tokio::time::Sleep;
 
 use super::authorize::Authorized;
+use super::inspect;
 use super::{Endpoint, Recorder, Stage};
 use crate::clock::now_ms;
 use crate::error::{GatewayError, RequestError, UpstreamError};
@@ -150,7 +151,12 @@ pub async fn relay(
     })]);
     let ctx = context(request, &recorder, t.names.clone());
     if reply.status.is_success() && reply.is_event_stream() {
-        return stream(reply, recorder, timeout, t, ctx);
+        // Stream guardrails read OpenAI chunks: the unified endpoint's and translated chat
+        // completions' client streams.
+        let guard = (t.client == Dialect::OpenAiChat)
+            .then(|| inspect::StreamGuard::new(&request.guards))
+            .flatten();
+        return stream(reply, recorder, timeout, t, ctx, guard);
     }
     let status = reply.status;
     let retry_after = reply.retry_after.take();
@@ -212,6 +218,18 @@ pub async fn relay(
             return recorder.deny(Stage::Call, &error, family);
         }
     };
+    // 3. inspect, response phase: guardrails see the client-shaped answer (the hub answer on
+    // the unified endpoint) before the client does.
+    let answer = match inspect::inspect_response(
+        &request.guards,
+        Bytes::from(answer.to_string()),
+        &mut recorder,
+    )
+    .await
+    {
+        Ok(bytes) => serde_json::from_slice::<Value>(&bytes).unwrap_or(answer),
+        Err(error) => return recorder.deny(Stage::Inspect, &error, family),
+    };
     let answer = match t.unified {
         Some(provider) => translate::unified_answer(&answer, provider),
         None => answer,
@@ -236,8 +254,11 @@ fn stream(
     idle: Duration,
     t: Translation,
     ctx: ResponseContext,
+    guard: Option<inspect::StreamGuard>,
 ) -> Response {
     let relay = TranslatedStream {
+        guard,
+        ended: false,
         upstream: reply.body,
         parser: SseParser::new(),
         translator: StreamTranslator::new(t.upstream, t.client, ctx),
@@ -264,6 +285,10 @@ fn stream(
 /// A translated stream: upstream bytes -> SSE events -> translator -> client events, event by
 /// event. Finishes the record at the end; a dropped stream (client gone) records what was used.
 struct TranslatedStream {
+    /// Stream-phase guardrails (3. inspect) on the client's OpenAI chunks.
+    guard: Option<inspect::StreamGuard>,
+    /// The upstream part is over; the guard is inspecting the last bytes.
+    ended: bool,
     upstream: BodyStream,
     parser: SseParser,
     translator: StreamTranslator,
@@ -290,12 +315,16 @@ impl TranslatedStream {
         if let Some(mut recorder) = self.recorder.take() {
             let usage = self.translator.usage();
             recorder.set_tokens(tokens(usage), None);
+            if let Some(guard) = &self.guard {
+                recorder.add_decisions(guard.decisions());
+            }
             recorder.set_stream_status(stream_status);
             recorder.finish(200, error_code);
         }
     }
 
-    /// Ends the stream: `status` for the record, `tail` the last client bytes.
+    /// Ends the stream: `status` for the record, `tail` the last client bytes. With a guard,
+    /// the tail is inspected first and the record is written when it passes.
     fn end(&mut self, tail: Vec<SseEvent>, status: &str, code: Option<&str>) -> Bytes {
         let failed = self.translator.failed() || code.is_some();
         let (status, code) = if failed && code.is_none() {
@@ -303,13 +332,36 @@ impl TranslatedStream {
         } else {
             (status, code)
         };
-        self.record(status, code);
-        self.done = true;
         let mut out = BytesMut::from(&self.encode(tail)[..]);
         if let Some(array) = self.array.as_mut() {
             out.extend_from_slice(&array.close());
         }
+        if let Some(guard) = self.guard.as_mut()
+            && status == "completed"
+        {
+            self.ended = true;
+            guard.start(out.freeze(), true);
+            return Bytes::new();
+        }
+        self.record(status, code);
+        self.done = true;
         out.freeze()
+    }
+
+    /// Client bytes out: through the guard when there is one (inspection starts; the output
+    /// comes from polling it), directly otherwise.
+    fn emit(&mut self, bytes: Bytes) -> Option<Bytes> {
+        if bytes.is_empty() {
+            return None;
+        }
+        if let Some(guard) = self.guard.as_mut() {
+            guard.start(bytes, false);
+            return None;
+        }
+        if let Some(recorder) = self.recorder.as_mut() {
+            recorder.mark_first_byte();
+        }
+        Some(bytes)
     }
 }
 
@@ -330,6 +382,32 @@ impl Stream for TranslatedStream {
         loop {
             if this.done {
                 return Poll::Ready(None);
+            }
+            if let Some(guard) = this.guard.as_mut()
+                && guard.is_busy()
+            {
+                let out = match guard.poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(inspect::GuardOutput::Pass(out)) => {
+                        if this.ended {
+                            this.record("completed", None);
+                            this.done = true;
+                        }
+                        out
+                    }
+                    Poll::Ready(inspect::GuardOutput::Block { bytes, code }) => {
+                        this.record("blocked", Some(code.as_str()));
+                        this.done = true;
+                        bytes
+                    }
+                };
+                if out.is_empty() {
+                    continue;
+                }
+                if let Some(recorder) = this.recorder.as_mut() {
+                    recorder.mark_first_byte();
+                }
+                return Poll::Ready(Some(Ok(out)));
             }
             match this.upstream.poll_next_unpin(cx) {
                 Poll::Ready(Some(Ok(chunk))) => {
@@ -354,13 +432,10 @@ impl Stream for TranslatedStream {
                         return Poll::Ready(Some(Ok(bytes)));
                     }
                     let bytes = this.encode(out);
-                    if bytes.is_empty() {
-                        continue;
+                    match this.emit(bytes) {
+                        Some(bytes) => return Poll::Ready(Some(Ok(bytes))),
+                        None => continue,
                     }
-                    if let Some(recorder) = this.recorder.as_mut() {
-                        recorder.mark_first_byte();
-                    }
-                    return Poll::Ready(Some(Ok(bytes)));
                 }
                 Poll::Ready(Some(Err(detail))) => {
                     tracing::warn!(error = %detail, "upstream stream failed");
@@ -373,18 +448,14 @@ impl Stream for TranslatedStream {
                     if let Some(event) = this.parser.finish() {
                         tail.extend(this.translator.push(&event).unwrap_or_default());
                     }
-                    let closing = this.translator.finish();
-                    // A stream cut before its final event ends with an error event, not a clean end.
-                    let cut = closing.iter().any(|e| {
-                        e.event.as_deref() == Some("error")
-                            || e.data.starts_with("{\"error\"")
-                            || e.data.starts_with("{\"type\":\"error\"")
-                    });
-                    tail.extend(closing);
-                    let code = cut.then_some("upstream_error");
-                    let bytes =
-                        this.end(tail, if cut { "upstream_error" } else { "completed" }, code);
-                    return Poll::Ready((!bytes.is_empty()).then_some(Ok(bytes)));
+                    // A stream cut before its final event ends with an error event, and
+                    // `failed()` says so: `end` records it as an upstream error.
+                    tail.extend(this.translator.finish());
+                    let bytes = this.end(tail, "completed", None);
+                    if bytes.is_empty() {
+                        continue;
+                    }
+                    return Poll::Ready(Some(Ok(bytes)));
                 }
                 Poll::Pending => {
                     if this.idle.as_mut().poll(cx).is_ready() {

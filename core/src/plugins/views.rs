@@ -421,6 +421,28 @@ pub fn response_view(
     if let Some(Value::Array(output)) = body.get("output") {
         output_texts(&mut b, output, &[key("output")]);
     }
+    // Anthropic Messages: `content[].text`.
+    if body.get("type").and_then(Value::as_str) == Some("message")
+        && let Some(content) = body.get("content")
+    {
+        let texts = Builder::content(content, &[key("content")]);
+        b.message(wit::Role::Assistant, None, texts);
+    }
+    // Gemini: `candidates[].content.parts[].text`.
+    if let Some(Value::Array(candidates)) = body.get("candidates") {
+        for (i, candidate) in candidates.iter().enumerate() {
+            if let Some(parts) = candidate.get("content").and_then(|c| c.get("parts")) {
+                let path = [
+                    key("candidates"),
+                    Seg::Index(i),
+                    key("content"),
+                    key("parts"),
+                ];
+                let texts = Builder::content(parts, &path);
+                b.message(wit::Role::Assistant, None, texts);
+            }
+        }
+    }
     if b.map.is_empty() {
         return None;
     }
@@ -544,6 +566,39 @@ pub fn apply_edits_to_body(body: &mut Map<String, Value>, map: &TextMap, edits: 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn anthropic_and_gemini_answers_show_their_texts() {
+        let caller = wit::Caller {
+            key_id: "k".into(),
+            key_name: "n".into(),
+            team: None,
+            metadata: Vec::new(),
+        };
+        let anthropic = json!({"type": "message", "content": [{"type": "text", "text": "a@b.io"}]});
+        let (view, map) = response_view("/v1/messages", "m", &anthropic, &caller).expect("texts");
+        assert_eq!(view.messages[0].parts[0].text, "a@b.io");
+        let mut edited = anthropic.clone();
+        apply_edits(
+            &mut edited,
+            &map,
+            &[wit::Edit {
+                part: 0,
+                text: "[EMAIL]".into(),
+            }],
+        );
+        assert_eq!(edited["content"][0]["text"], "[EMAIL]");
+        let gemini =
+            json!({"candidates": [{"content": {"role": "model", "parts": [{"text": "c@d.io"}]}}]});
+        let (view, _) = response_view(
+            "/v1beta/models/{model}:generateContent",
+            "m",
+            &gemini,
+            &caller,
+        )
+        .expect("texts");
+        assert_eq!(view.messages[0].parts[0].text, "c@d.io");
+    }
 
     #[test]
     fn anthropic_and_gemini_requests_show_their_texts_with_rewritable_paths() {

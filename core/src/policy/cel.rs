@@ -20,7 +20,7 @@ use chrono::{DateTime, FixedOffset, NaiveTime, Utc};
 use super::LoadError;
 
 /// Variables a rule may reference.
-pub const VARIABLES: [&str; 5] = ["key", "request", "model", "now", "budget"];
+pub const VARIABLES: [&str; 6] = ["key", "request", "model", "now", "budget", "mcp"];
 /// Functions tollgate adds to CEL's standard library.
 pub const CUSTOM_FUNCTIONS: [&str; 3] = ["cidr_contains", "glob_match", "time_between"];
 
@@ -46,6 +46,8 @@ pub struct Uses {
     pub now: bool,
     /// `budget` (read from the store per request, only when a rule uses it).
     pub budget: bool,
+    /// `mcp` (MCP requests only: `server`, `method`, `tool`, `arguments`).
+    pub mcp: bool,
 }
 
 impl Uses {
@@ -57,7 +59,19 @@ impl Uses {
             model: self.model || other.model,
             now: self.now || other.now,
             budget: self.budget || other.budget,
+            mcp: self.mcp || other.mcp,
         }
+    }
+
+    /// Whether a rule with these uses decides model calls: every rule that does not read `mcp`.
+    pub fn applies_to_models(self) -> bool {
+        !self.mcp
+    }
+
+    /// Whether a rule with these uses decides MCP requests: rules that read only `key`, `now`
+    /// and `mcp` (`request`, `model` and `budget` describe model calls).
+    pub fn applies_to_mcp(self) -> bool {
+        !self.request && !self.model && !self.budget
     }
 }
 
@@ -403,6 +417,7 @@ pub fn compile_rule(
         model: idents.contains("model"),
         now: idents.contains("now"),
         budget: idents.contains("budget"),
+        mcp: idents.contains("mcp"),
     };
     let rule = AccessRule {
         name: name.to_string(),
@@ -441,6 +456,8 @@ pub struct Bindings {
     pub now: Option<DateTime<Utc>>,
     /// `budget`.
     pub budget: Option<Value>,
+    /// `mcp`.
+    pub mcp: Option<Value>,
 }
 
 impl Bindings {
@@ -462,6 +479,9 @@ impl Bindings {
         }
         if let Some(v) = &self.budget {
             ctx.add_variable_from_value("budget", v.clone());
+        }
+        if let Some(v) = &self.mcp {
+            ctx.add_variable_from_value("mcp", v.clone());
         }
         ctx
     }
@@ -488,12 +508,17 @@ impl Bindings {
             "quotas": [{"scope": "key", "subject": "key_sample", "limit": "requests_per_minute",
                         "limit_value": 60, "used": 1, "reserved": 0, "remaining": 59, "percent_used": 1.6}]
         });
+        let mcp = serde_json::json!({
+            "server": "sample-server", "method": "tools/call", "tool": "sample_tool",
+            "arguments": {"query": "sample"}, "transport": "streamable_http"
+        });
         Bindings {
             key: Some(json_to_cel(&key)),
             request: Some(json_to_cel(&request)),
             model: Some(json_to_cel(&model)),
             now: Some(Utc::now()),
             budget: Some(json_to_cel(&budget)),
+            mcp: Some(json_to_cel(&mcp)),
         }
     }
 }

@@ -36,6 +36,12 @@ pub struct GatewayFile {
     /// Where budget threshold events go.
     #[serde(default)]
     pub notifications: NotificationsSection,
+    /// MCP servers by slug (more can live in `mcp/<slug>.toml`).
+    #[serde(default)]
+    pub mcp_servers: BTreeMap<String, super::mcp::McpServerSection>,
+    /// Virtual MCP servers by slug.
+    #[serde(default)]
+    pub mcp_virtual: BTreeMap<String, super::mcp::McpVirtualSection>,
     /// Where plugin components and data may live besides the policy directory.
     #[serde(default)]
     pub plugins: PluginsSection,
@@ -76,6 +82,9 @@ pub struct BudgetSection {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct QuotaSection {
+    /// A stable name for the quota's counters (letters, digits, `-`, `_`); defaults to one made
+    /// of its scope, subject, metric and window, so reordering quotas never moves a counter.
+    pub name: Option<Spanned<String>>,
     /// `organization`, `team`, `key` or `model`.
     pub scope: Spanned<String>,
     /// The one team, key id or model it applies to; omitted: each one gets its own counter.
@@ -264,18 +273,18 @@ pub struct ModelSection {
     /// Tags shown to access rules as `model.tags`.
     #[serde(default)]
     pub tags: Vec<String>,
-    /// The output bound used to reserve budget when a request sets no `max_tokens`.
-    #[serde(default = "default_max_output_tokens")]
-    pub max_output_tokens: i64,
+    /// The most output tokens the model produces per completion: holds assume it when a request
+    /// sets no output limit, and a larger `max_tokens` is refused (400). Unset: holds assume
+    /// [`DEFAULT_MAX_OUTPUT_TOKENS`] and any positive limit is accepted.
+    pub max_output_tokens: Option<Spanned<i64>>,
     /// Serve native endpoints of other families through the translation core (otherwise they
     /// answer 400 `provider_not_allowed`), e.g. Claude Code's `/v1/messages` from an OpenAI model.
     #[serde(default)]
     pub translate: bool,
 }
 
-fn default_max_output_tokens() -> i64 {
-    4096
-}
+/// The output bound holds assume for a model that declares no `max_output_tokens`.
+pub const DEFAULT_MAX_OUTPUT_TOKENS: i64 = 4096;
 
 /// `pricing = { input_per_mtok, output_per_mtok, cached_input_per_mtok }` in USD per 1M tokens.
 #[derive(Debug, Default, Deserialize)]
@@ -290,4 +299,8 @@ pub struct PricingSection {
     /// Price of one million tokens written to the prompt cache (Anthropic's cache creation);
     /// defaults to the input price.
     pub cache_write_per_mtok: Option<Spanned<f64>>,
+    /// USD per generated image, by `SIZE` or `SIZE/QUALITY` (`"1024x1024/hd"`): images from
+    /// providers that report no usage are billed with it, and image holds include it.
+    #[serde(default)]
+    pub images: BTreeMap<String, Spanned<f64>>,
 }

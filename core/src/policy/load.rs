@@ -20,7 +20,7 @@ pub const GATEWAY_FILE: &str = "gateway.toml";
 pub use crate::diagnostic::LoadError;
 
 /// Maps byte offsets of one file to line and column.
-struct SourceMap<'a> {
+pub(super) struct SourceMap<'a> {
     file: &'a Path,
     text: &'a str,
 }
@@ -36,7 +36,12 @@ impl SourceMap<'_> {
         (line, column)
     }
 
-    fn error(&self, span: Option<std::ops::Range<usize>>, key: &str, message: String) -> LoadError {
+    pub(super) fn error(
+        &self,
+        span: Option<std::ops::Range<usize>>,
+        key: &str,
+        message: String,
+    ) -> LoadError {
         let (line, column) = match span {
             Some(span) => {
                 let (l, c) = self.position(span.start);
@@ -297,16 +302,46 @@ pub fn load_dir(
             "cache_write_per_mtok",
         )
         .unwrap_or(input);
+        let mut image_prices = std::collections::BTreeMap::new();
+        for (size, usd) in &section.pricing.images {
+            match Pricing::nanos_per_mtok(*usd.get_ref()) {
+                Some(nanos) => {
+                    image_prices.insert(size.clone(), nanos);
+                }
+                None => errors.push(map.error(
+                    Some(usd.span()),
+                    &format!("{key}.pricing.images.{size}"),
+                    "must be a finite, non-negative number of USD per image".into(),
+                )),
+            }
+        }
+        let output_limit = match &section.max_output_tokens {
+            Some(max) if *max.get_ref() < 1 => {
+                errors.push(map.error(
+                    Some(max.span()),
+                    &format!("{key}.max_output_tokens"),
+                    "must be a positive number of tokens".into(),
+                ));
+                continue;
+            }
+            Some(max) => Some(*max.get_ref()),
+            None => None,
+        };
         let pricing = Pricing {
             input_nanos_per_mtok: input,
             output_nanos_per_mtok: output,
             cached_input_nanos_per_mtok: cached,
             cache_write_nanos_per_mtok: cache_write,
         };
+        let image_pricing = crate::spend::image::ImagePricing::new(image_prices);
         let view = serde_json::json!({
             "name": name, "provider": provider.name, "family": provider.family.as_str(), "group": false,
             "tags": section.tags, "pricing": pricing_json(&pricing),
         });
+        let mut view = view;
+        if !image_pricing.is_empty() {
+            view["pricing"]["images"] = image_pricing.to_json();
+        }
         models.insert(
             name.clone(),
             Arc::new(Model {
@@ -315,7 +350,9 @@ pub fn load_dir(
                 provider: provider.clone(),
                 pricing,
                 tags: section.tags,
-                max_output_tokens: section.max_output_tokens.max(0),
+                max_output_tokens: output_limit.unwrap_or(super::config::DEFAULT_MAX_OUTPUT_TOKENS),
+                output_limit,
+                image_pricing,
                 translate: section.translate,
                 cel: cel::json_to_cel(&view),
             }),
@@ -513,6 +550,10 @@ pub fn load_dir(
         },
     };
 
+    let mcp_servers =
+        super::mcp::load_servers(dir, &map, file.mcp_servers, &mut errors, &mut hasher);
+    let mcp_virtual = super::mcp::load_virtual(&map, file.mcp_virtual, &mcp_servers, &mut errors);
+
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -534,6 +575,8 @@ pub fn load_dir(
         quotas,
         limits_by_scope,
         webhook_url,
+        mcp_servers,
+        mcp_virtual,
     })
 }
 
@@ -700,8 +743,43 @@ fn spend_specs(
         let Some(tz) = tz(errors, &format!("{key}.timezone"), &q.timezone) else {
             continue;
         };
+        // The counter's name: the one given, or one made of what the quota counts (never its
+        // position, so reordering quotas on a reload keeps every counter where it was).
+        let name = match &q.name {
+            Some(name) => {
+                let text = name.get_ref();
+                if text.is_empty()
+                    || !text
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                {
+                    errors.push(map.error(
+                        Some(name.span()),
+                        &format!("{key}.name"),
+                        "must be letters, digits, '-' or '_'".into(),
+                    ));
+                    continue;
+                }
+                text.clone()
+            }
+            None => format!(
+                "{}-{}-{}-{}",
+                scope.as_str(),
+                q.subject.as_deref().unwrap_or("each"),
+                metric.as_str(),
+                window.map_or("inflight", |w| w.quota_name())
+            ),
+        };
+        if quotas.iter().any(|x: &QuotaSpec| x.name == name) {
+            errors.push(map.error(
+                q.name.as_ref().map(|n| n.span()).or(Some(q.metric.span())),
+                &format!("{key}.name"),
+                format!("a second quota is named '{name}': give one of them another `name`"),
+            ));
+            continue;
+        }
         quotas.push(QuotaSpec {
-            name: format!("q{i}-{}-{}", scope.as_str(), metric.as_str()),
+            name,
             scope,
             subject: q.subject,
             metric,
@@ -865,6 +943,28 @@ mod tests {
         assert_eq!(pricing.output_nanos_per_mtok, 600_000_000);
         assert_eq!(pricing.cached_input_nanos_per_mtok, 150_000_000);
         assert_eq!(snapshot.models["m"].upstream_model, "m");
+    }
+
+    #[test]
+    fn reordering_quotas_keeps_each_quota_on_its_counter() {
+        let a =
+            "[[quotas]]\nscope = \"key\"\nmetric = \"requests\"\nlimit = 3\nwindow = \"minute\"\n";
+        let b = "[[quotas]]\nscope = \"organization\"\nmetric = \"total_tokens\"\nlimit = 9\nwindow = \"day\"\n";
+        let one = load_text(&format!("{a}{b}")).expect("loads");
+        let two = load_text(&format!("{b}{a}")).expect("loads");
+        let names = |s: &Snapshot| {
+            let mut n: Vec<(String, String)> = s
+                .quotas
+                .iter()
+                .map(|q| (q.limit_name(), q.name.clone()))
+                .collect();
+            n.sort();
+            n
+        };
+        assert_eq!(names(&one), names(&two));
+        // A named quota keeps its name whatever else changes.
+        let named = load_text("[[quotas]]\nname = \"calls\"\nscope = \"key\"\nmetric = \"requests\"\nlimit = 5\nwindow = \"minute\"\n").expect("loads");
+        assert_eq!(named.quotas[0].name, "calls");
     }
 
     #[test]

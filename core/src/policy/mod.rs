@@ -9,6 +9,7 @@ pub mod config;
 mod credential;
 pub mod facts;
 pub mod load;
+pub mod mcp;
 pub mod rhai;
 pub mod testing;
 pub mod watch;
@@ -100,6 +101,10 @@ pub struct Model {
     pub max_output_tokens: i64,
     /// Native endpoints of other families may call it through the translation core.
     pub translate: bool,
+    /// The largest output limit a request may set, when the model declares one.
+    pub output_limit: Option<i64>,
+    /// Per-image prices (image generations without token usage).
+    pub image_pricing: crate::spend::image::ImagePricing,
     /// The `model` variable access rules see for this model, built once per snapshot.
     pub cel: ::cel::Value,
 }
@@ -186,6 +191,32 @@ impl Target {
         }
     }
 
+    /// The largest output limit a request may set: the largest of the deployments' limits, or
+    /// `None` if one of them declares none.
+    pub fn output_limit(&self) -> Option<i64> {
+        match self {
+            Target::Model(m) => m.output_limit,
+            Target::Group(g) => g
+                .deployments
+                .iter()
+                .map(|d| d.model.output_limit)
+                .try_fold(0, |max, limit| limit.map(|l| max.max(l))),
+        }
+    }
+
+    /// The highest per-image prices of any deployment.
+    pub fn image_pricing(&self) -> crate::spend::image::ImagePricing {
+        match self {
+            Target::Model(m) => m.image_pricing.clone(),
+            Target::Group(g) => g
+                .deployments
+                .iter()
+                .fold(crate::spend::image::ImagePricing::default(), |worst, d| {
+                    worst.worst(&d.model.image_pricing)
+                }),
+        }
+    }
+
     /// The largest default output bound of any deployment.
     pub fn max_output_tokens(&self) -> i64 {
         match self {
@@ -248,6 +279,10 @@ pub struct Snapshot {
     pub limits_by_scope: Vec<crate::spend::LimitSpec>,
     /// Where budget threshold events are POSTed.
     pub webhook_url: Option<String>,
+    /// MCP servers by slug.
+    pub mcp_servers: BTreeMap<String, Arc<crate::mcp::server::McpServer>>,
+    /// Virtual MCP servers (several servers' tools behind one slug).
+    pub mcp_virtual: BTreeMap<String, Arc<crate::mcp::aggregate::VirtualServer>>,
 }
 
 impl Snapshot {

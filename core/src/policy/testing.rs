@@ -152,6 +152,7 @@ fn key_record(spec: &KeySpec) -> KeyRecord {
         } else {
             ModelGrant::Only(spec.models.clone())
         },
+        mcp: ModelGrant::Only(Vec::new()),
         created_at_ms: 0,
         updated_at_ms: 0,
         expires_at_ms: None,

@@ -250,7 +250,7 @@ pub async fn list_budgets(State(app): State<Arc<AppState>>, request: Request) ->
     specs.extend(stored.iter().filter_map(crate::spend::ledger::stored_spec));
     let mut views = Vec::new();
     for spec in &specs {
-        match crate::spend::ledger::budget_view(&app.store, spec).await {
+        match app.ledger.budget_view(spec).await {
             Ok(v) => views.push(v),
             Err(e) => return store_down(e),
         }
@@ -281,7 +281,7 @@ pub async fn show_budget(
     let Some(spec) = spec else {
         return GatewayError::NotFound(format!("budget {id}")).render(Family::OpenAi);
     };
-    match crate::spend::ledger::budget_view(&app.store, &spec).await {
+    match app.ledger.budget_view(&spec).await {
         Ok(v) => Json(v).into_response(),
         Err(e) => store_down(e),
     }
@@ -351,7 +351,7 @@ pub async fn set_budget(State(app): State<Arc<AppState>>, request: Request) -> R
         return store_down(e);
     }
     match crate::spend::ledger::stored_spec(&saved) {
-        Some(spec) => match crate::spend::ledger::budget_view(&app.store, &spec).await {
+        Some(spec) => match app.ledger.budget_view(&spec).await {
             Ok(v) => Json(v).into_response(),
             Err(e) => store_down(e),
         },

@@ -5,6 +5,7 @@ pub mod anthropic;
 pub mod client_ip;
 pub mod gemini;
 pub mod listener;
+pub mod mcp;
 pub mod openai;
 pub mod unified;
 pub mod vllm;
@@ -52,6 +53,18 @@ pub fn router(app: Arc<AppState>) -> Router {
         .route("/v1/messages", post(anthropic::messages))
         .route("/v1/messages/count_tokens", post(anthropic::count_tokens))
         .route("/v1/vllm/{*rest}", any(vllm::dispatch))
+        .route("/v1/mcp", any(mcp::no_server))
+        .route("/v1/mcp/", any(mcp::no_server))
+        .route(
+            "/v1/mcp/{slug}",
+            get(mcp::server).post(mcp::server).delete(mcp::server),
+        )
+        .route(
+            "/v1/mcp/{slug}/{*path}",
+            get(mcp::server_path)
+                .post(mcp::server_path)
+                .delete(mcp::server_path),
+        )
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(admin::metrics))
         .route("/admin/policies", get(admin::policies))
@@ -159,6 +172,9 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     let (usage, writer) = usage_writer::spawn(store.clone());
     let http = crate::upstream::client()?;
     let (ledger, settler) = Ledger::start(store.clone(), http.clone()).await?;
+    let mcp = Arc::new(crate::mcp::Runtime::new(
+        store.mcp_session_secret().await?.as_bytes(),
+    ));
     let snapshot_now = policies.snapshot();
     if !snapshot_now.budgets.is_empty()
         || !snapshot_now.quotas.is_empty()
@@ -177,6 +193,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         admin,
         ledger: ledger.clone(),
         test_clock,
+        mcp: mcp.clone(),
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -209,6 +226,9 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         SHUTDOWN_GRACE,
     )
     .await;
+    // Stdio MCP children never outlive the gateway.
+    mcp.stdio.shutdown();
+    drop(mcp);
     let _ = stop_tx.send(true);
     let _ = watcher.await;
     let _ = ledger_watcher.await;

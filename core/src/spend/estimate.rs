@@ -3,8 +3,9 @@
 //! Input tokens are counted with OpenAI's `o200k_base` tokenizer (exact for current OpenAI
 //! models; for other families a close estimate) over every string in the prompt-bearing fields
 //! (`messages`, `input`, `instructions`, `prompt`, `tools`, `system`), plus 4 tokens per message
-//! and 3 for the reply's priming, as OpenAI bills them. Output is the request's `max_tokens`
-//! (`max_completion_tokens`, `max_output_tokens`) or the model's `max_output_tokens`. The cost
+//! and 3 for the reply's priming, as OpenAI bills them. Output is the request's largest of
+//! `max_tokens`, `max_completion_tokens`, `max_output_tokens` (or the model's
+//! `max_output_tokens`) per completion, times `n`. The cost
 //! prices all input at the full input price (no cache discount) and all output at the output
 //! price: the most the call can cost.
 
@@ -27,20 +28,24 @@ const PROMPT_FIELDS: [&str; 6] = [
 pub struct Estimate {
     /// Input tokens.
     pub input_tokens: i64,
-    /// Output tokens at most.
+    /// Output tokens at most (every completion of `n`).
     pub output_tokens: i64,
+    /// Charges not priced by tokens (per-image prices), in nano-USD.
+    pub fixed_nanos: i64,
 }
 
 impl Estimate {
     /// The most this call can cost at `pricing`.
     pub fn cost_nanos(&self, pricing: &Pricing) -> i64 {
-        pricing.cost_nanos(&TokenUsage {
-            input: self.input_tokens,
-            output: self.output_tokens,
-            cached_input: 0,
-            reasoning: 0,
-            cache_creation: 0,
-        })
+        pricing
+            .cost_nanos(&TokenUsage {
+                input: self.input_tokens,
+                output: self.output_tokens,
+                cached_input: 0,
+                reasoning: 0,
+                cache_creation: 0,
+            })
+            .saturating_add(self.fixed_nanos)
     }
 }
 
@@ -76,22 +81,21 @@ pub fn estimate(body: &Map<String, Value>, default_max_output: i64) -> Estimate 
         .and_then(Value::as_array)
         .map_or(0, |m| i64::try_from(m.len()).unwrap_or(0));
     input += 4 * messages + 3;
+    // The largest limit the client set (the reserve stage has refused invalid ones), per
+    // completion, times the completions asked for (`n`: chat choices, images).
     let requested = ["max_tokens", "max_completion_tokens", "max_output_tokens"]
         .iter()
-        .find_map(|f| body.get(*f).and_then(Value::as_i64))
-        .filter(|n| *n >= 0);
-    let images = body.get("n").and_then(Value::as_i64).unwrap_or(1).max(1);
-    let output =
-        requested
-            .unwrap_or(default_max_output)
-            .saturating_mul(if body.contains_key("prompt") {
-                images
-            } else {
-                1
-            });
+        .filter_map(|f| body.get(*f).and_then(Value::as_i64))
+        .filter(|n| *n >= 0)
+        .max();
+    let completions = body.get("n").and_then(Value::as_i64).unwrap_or(1).max(1);
+    let output = requested
+        .unwrap_or(default_max_output)
+        .saturating_mul(completions);
     Estimate {
         input_tokens: input,
         output_tokens: output,
+        fixed_nanos: 0,
     }
 }
 
@@ -130,6 +134,16 @@ mod tests {
             cache_write_nanos_per_mtok: 0,
         };
         assert_eq!(e.cost_nanos(&pricing), e.input_tokens * 1000 + 1234 * 2000);
+    }
+
+    #[test]
+    fn n_chat_completions_are_held_as_n_completions() {
+        let body = map(
+            json!({"n": 3, "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]}),
+        );
+        assert_eq!(estimate(&body, 4096).output_tokens, 300);
+        let default = map(json!({"n": 2, "messages": [{"role": "user", "content": "hi"}]}));
+        assert_eq!(estimate(&default, 50).output_tokens, 100);
     }
 
     #[test]

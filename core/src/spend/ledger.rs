@@ -1,6 +1,15 @@
 //! The spend ledger at runtime: which budgets and quotas apply, the hold before the call, the
-//! settlement after it (queued, retried, flushed on shutdown), reclamation of expired holds and
-//! budget threshold events.
+//! settlement after it, and budget threshold events.
+//!
+//! Where the counters live depends on the store:
+//! - **Embedded (SQLite, one gateway)**: in memory ([`MemoryLedger`]): a hold and a settlement
+//!   cost microseconds; what a settlement charges is persisted write-behind in the same
+//!   transaction as the request's usage row, so after any crash the stored spend is the sum of
+//!   the stored usage rows' charges; the counters are rebuilt from the store at start. A second
+//!   gateway on the same file is refused (an exclusive lock on `<db>.serve-lock`).
+//! - **Shared (PostgreSQL, several replicas)**: atomic holds in SQL; settlements queued and
+//!   batched by a worker, idempotent per hold id; holds of running requests renewed; expired
+//!   holds of a crashed replica reclaimed by any replica.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -11,13 +20,16 @@ use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+pub use super::budgets::{budget_record, budget_view, stored_spec};
 use super::estimate::Estimate;
-use super::{BudgetSpec, Metric, QuotaSpec, Scope, Source, Window};
+use super::memory::MemoryLedger;
+use super::settle::{Notifier, SettleJob, settle_worker, settlements_of};
+use super::{BudgetSpec, Metric, QuotaSpec, Scope};
 use crate::clock::now_ms;
 use crate::error::{BudgetExceeded, GatewayError, QuotaExceeded, UnavailableError};
 use crate::policy::{Snapshot, Target};
-use crate::store::ledger::{HoldOutcome, HoldRequest, Settlement};
-use crate::store::{KeyRecord, Store, StoreError};
+use crate::store::ledger::{CounterState, HoldOutcome, HoldRequest, Settlement};
+use crate::store::{Backend, KeyRecord, Store, StoreError};
 use crate::usage::TokenUsage;
 
 /// How often budget definitions are re-read when they changed, and expired holds reclaimed.
@@ -73,12 +85,6 @@ impl Reservation {
     }
 }
 
-struct SettleJob {
-    reservation: Reservation,
-    tokens: TokenUsage,
-    cost_nanos: i64,
-}
-
 /// Ledger counters for `/metrics`.
 #[derive(Debug, Default)]
 pub struct LedgerStats {
@@ -98,15 +104,32 @@ pub struct LedgerStats {
     pub settle_failures: AtomicU64,
 }
 
+/// Where counters and holds live.
+enum Counters {
+    /// In memory, persisted write-behind with usage rows (embedded store). The lock file keeps
+    /// a second gateway off the same database while this one serves.
+    Memory {
+        ledger: MemoryLedger,
+        _lock: std::fs::File,
+    },
+    /// In the store (shared store).
+    Store,
+}
+
 /// The ledger.
 pub struct Ledger {
     store: Store,
+    counters: Counters,
     stored_budgets: ArcSwap<Vec<Arc<BudgetSpec>>>,
     budgets_version: AtomicI64,
     settle_tx: mpsc::Sender<SettleJob>,
     /// Counters.
     pub stats: Arc<LedgerStats>,
     http: reqwest::Client,
+    /// Hold ids of requests in flight, whose holds are renewed until they settle.
+    live: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// The hold time-to-live of the latest snapshot, in ms.
+    hold_ttl_ms: AtomicI64,
 }
 
 impl std::fmt::Debug for Ledger {
@@ -115,40 +138,91 @@ impl std::fmt::Debug for Ledger {
     }
 }
 
-/// Converts a stored budget to a spec (skipping ones whose values no longer parse).
-fn spec_of(record: &crate::store::ledger::BudgetRecord) -> Option<BudgetSpec> {
-    Some(BudgetSpec {
-        id: record.id.clone(),
-        scope: Scope::parse(&record.scope)?,
-        subject: record.subject.clone(),
-        window: Window::parse_budget(&record.window)?,
-        tz: record.timezone.parse().ok()?,
-        limit_nanos: record.limit_nanos,
-        thresholds: record.thresholds.clone(),
-        source: Source::Store,
-    })
-}
-
 impl Ledger {
     /// Starts the ledger and its settlement worker; await the handle after dropping every
-    /// `Arc<Ledger>` to flush pending settlements.
+    /// `Arc<Ledger>` to flush pending settlements. On an embedded store the counters are rebuilt
+    /// in memory, and a store another gateway serves is refused.
     pub async fn start(
         store: Store,
         http: reqwest::Client,
     ) -> Result<(Arc<Ledger>, JoinHandle<()>), StoreError> {
+        let counters = match (store.backend(), store.sqlite_path()) {
+            (Backend::Sqlite, Some(path)) => {
+                let lock = lock_embedded(path)?;
+                let ledger = MemoryLedger::new();
+                let left = store.clear_holds().await?;
+                if left > 0 {
+                    tracing::warn!(
+                        holds = left,
+                        "dropped holds a previous gateway left in the store"
+                    );
+                }
+                for (counter, window, used) in store.latest_counters().await? {
+                    ledger.load(&counter, window, used);
+                }
+                Counters::Memory {
+                    ledger,
+                    _lock: lock,
+                }
+            }
+            _ => Counters::Store,
+        };
         let (settle_tx, settle_rx) = mpsc::channel(QUEUE);
         let stats = Arc::new(LedgerStats::default());
         let ledger = Arc::new(Ledger {
+            counters,
             store: store.clone(),
             stored_budgets: ArcSwap::from_pointee(Vec::new()),
             budgets_version: AtomicI64::new(-1),
             settle_tx,
             stats: stats.clone(),
             http: http.clone(),
+            live: std::sync::Mutex::default(),
+            hold_ttl_ms: AtomicI64::new(60_000),
         });
         ledger.refresh_budgets().await?;
-        let worker = tokio::spawn(settle_worker(store, settle_rx, stats, http));
+        let worker = tokio::spawn(settle_worker(settle_rx, ledger.notifier()));
         Ok((ledger, worker))
+    }
+
+    fn notifier(&self) -> Notifier {
+        Notifier {
+            store: self.store.clone(),
+            http: self.http.clone(),
+            stats: self.stats.clone(),
+        }
+    }
+
+    /// Whether counters and holds live in memory (embedded store).
+    pub fn in_memory(&self) -> bool {
+        matches!(self.counters, Counters::Memory { .. })
+    }
+
+    /// A counter's state in one window.
+    pub async fn counter_state(
+        &self,
+        counter_id: &str,
+        window_start_ms: i64,
+    ) -> Result<CounterState, StoreError> {
+        match &self.counters {
+            Counters::Memory { ledger, .. } => Ok(ledger.state(counter_id, window_start_ms)),
+            Counters::Store => self.store.counter_state(counter_id, window_start_ms).await,
+        }
+    }
+
+    /// Requests holding capacity now.
+    pub async fn outstanding_holds(&self) -> Result<i64, StoreError> {
+        match &self.counters {
+            Counters::Memory { ledger, .. } => Ok(i64::try_from(ledger.outstanding()).unwrap_or(0)),
+            Counters::Store => self.store.outstanding_holds().await,
+        }
+    }
+
+    /// A budget with its current window, as this gateway holds it (admin API).
+    pub async fn budget_view(&self, spec: &BudgetSpec) -> Result<Value, StoreError> {
+        let bounds = spec.window.bounds(now_ms(), spec.tz);
+        let state = self.counter_state(&spec.counter_id(), bounds.0).await?;
+        Ok(super::budgets::view_of(spec, bounds, state))
     }
 
     /// Re-reads stored budgets if they changed.
@@ -158,8 +232,11 @@ impl Ledger {
             return Ok(());
         }
         let records = self.store.list_budgets().await?;
-        let specs: Vec<Arc<BudgetSpec>> =
-            records.iter().filter_map(spec_of).map(Arc::new).collect();
+        let specs: Vec<Arc<BudgetSpec>> = records
+            .iter()
+            .filter_map(stored_spec)
+            .map(Arc::new)
+            .collect();
         self.stored_budgets.store(Arc::new(specs));
         self.budgets_version.store(version, Ordering::Release);
         Ok(())
@@ -170,6 +247,8 @@ impl Ledger {
         let mut ticker = tokio::time::interval(POLL);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_reclaim = tokio::time::Instant::now();
+        let mut last_renewal = tokio::time::Instant::now();
+        let mut last_prune = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 _ = ticker.tick() => {}
@@ -177,6 +256,32 @@ impl Ledger {
             }
             if let Err(e) = self.refresh_budgets().await {
                 tracing::warn!(error = %e, "budget definitions could not be refreshed");
+            }
+            if let Counters::Memory { ledger, .. } = &self.counters {
+                // Holds die with the process: nothing to renew or reclaim. Forget ended windows.
+                if last_prune.elapsed() >= Duration::from_secs(10) {
+                    last_prune = tokio::time::Instant::now();
+                    ledger.prune_superseded();
+                }
+                continue;
+            }
+            // Holds of requests still running are renewed well before they expire.
+            let ttl_ms = self.hold_ttl_ms.load(Ordering::Relaxed);
+            let renew_every = Duration::from_millis(u64::try_from(ttl_ms / 3).unwrap_or(0));
+            if last_renewal.elapsed() >= renew_every {
+                last_renewal = tokio::time::Instant::now();
+                let ids: Vec<String> = self.live_holds();
+                if !ids.is_empty()
+                    && let Err(e) = self.store.renew_holds(&ids, now_ms() + ttl_ms).await
+                {
+                    tracing::warn!(error = %e, "holds of running requests could not be renewed");
+                }
+            }
+            if last_prune.elapsed() >= Duration::from_secs(60) {
+                last_prune = tokio::time::Instant::now();
+                if let Err(e) = self.store.prune_settled(now_ms() - 86_400_000).await {
+                    tracing::warn!(error = %e, "settled hold ids could not be pruned");
+                }
             }
             if last_reclaim.elapsed() >= RECLAIM_EVERY {
                 last_reclaim = tokio::time::Instant::now();
@@ -193,6 +298,14 @@ impl Ledger {
                 }
             }
         }
+    }
+
+    /// Hold ids of the requests in flight.
+    fn live_holds(&self) -> Vec<String> {
+        self.live
+            .lock()
+            .map(|live| live.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Whether any budget is managed in the store.
@@ -300,21 +413,28 @@ impl Ledger {
         requests.sort_by(|a, b| a.0.counter_id.cmp(&b.0.counter_id));
         requests.dedup_by(|a, b| a.0.counter_id == b.0.counter_id);
         let holds: Vec<HoldRequest> = requests.iter().map(|r| r.0.clone()).collect();
-        let expires = now + i64::try_from(snapshot.limits.hold_ttl.as_millis()).unwrap_or(i64::MAX);
-        let outcome = self
-            .store
-            .hold(request_id, &holds, expires)
-            .await
-            .map_err(|e| {
-                GatewayError::Unavailable(UnavailableError {
-                    code: "budget_unavailable",
-                    what: "the budget store",
-                    detail: e.to_string(),
-                })
-            })?;
+        let ttl_ms = i64::try_from(snapshot.limits.hold_ttl.as_millis()).unwrap_or(i64::MAX);
+        self.hold_ttl_ms.store(ttl_ms, Ordering::Relaxed);
+        let expires = now.saturating_add(ttl_ms);
+        let outcome = match &self.counters {
+            Counters::Memory { ledger, .. } => Ok(ledger.hold(request_id, &holds)),
+            Counters::Store => self.store.hold(request_id, &holds, expires).await,
+        }
+        .map_err(|e| {
+            GatewayError::Unavailable(UnavailableError {
+                code: "budget_unavailable",
+                what: "the budget store",
+                detail: e.to_string(),
+            })
+        })?;
         match outcome {
             HoldOutcome::Held => {
                 self.stats.held.fetch_add(1, Ordering::Relaxed);
+                if matches!(self.counters, Counters::Store)
+                    && let Ok(mut live) = self.live.lock()
+                {
+                    live.insert(request_id.to_string());
+                }
                 Ok(Some(Reservation {
                     hold_id: request_id.to_string(),
                     held: requests.into_iter().map(|r| r.1).collect(),
@@ -382,7 +502,7 @@ impl Ledger {
         let (mut remaining_usd, mut percent_used): (Option<f64>, f64) = (None, 0.0);
         for b in self.budgets_for(snapshot, key) {
             let (start, _) = b.window.bounds(now, b.tz);
-            let state = self.store.counter_state(&b.counter_id(), start).await?;
+            let state = self.counter_state(&b.counter_id(), start).await?;
             let remaining = (b.limit_nanos - state.used - state.reserved).max(0) as f64 / 1e9;
             let percent = if b.limit_nanos > 0 {
                 state.used as f64 * 100.0 / b.limit_nanos as f64
@@ -412,7 +532,6 @@ impl Ledger {
             };
             let start = q.window.map_or(0, |w| w.bounds(now, q.tz).0);
             let state = self
-                .store
                 .counter_state(&format!("quota:{}:{}", q.name, subject), start)
                 .await?;
             let remaining = (q.limit - state.used - state.reserved).max(0);
@@ -430,9 +549,52 @@ impl Ledger {
         }))
     }
 
-    /// Queues the settlement of `reservation` with what the call really used. Never blocks;
-    /// the worker retries until the store takes it.
-    pub fn settle(&self, reservation: Reservation, tokens: TokenUsage, cost_nanos: i64) {
+    /// Settles `reservation` with what the call really used. In memory: applied at once, and
+    /// the charges returned, for the usage writer to persist with the request's usage row. In
+    /// the store: queued (never blocks; the worker retries until the store takes it), and
+    /// nothing returned.
+    pub fn settle(
+        &self,
+        reservation: Reservation,
+        tokens: TokenUsage,
+        cost_nanos: i64,
+    ) -> Vec<Settlement> {
+        if let Counters::Memory { ledger, .. } = &self.counters {
+            let charges = settlements_of(&reservation, &tokens, cost_nanos);
+            let before: Vec<i64> = reservation
+                .held
+                .iter()
+                .map(|h| ledger.state(&h.counter_id, h.window_start_ms).used)
+                .collect();
+            let Some(states) = ledger.settle(&reservation.hold_id, &charges) else {
+                return Vec::new();
+            };
+            self.stats.settled.fetch_add(1, Ordering::Relaxed);
+            let crossed = cost_nanos > 0
+                && reservation.held.iter().zip(&before).any(|(h, used)| {
+                    let HeldFor::Budget(b) = &h.kind else {
+                        return false;
+                    };
+                    b.limit_nanos > 0
+                        && b.thresholds.iter().any(|t| {
+                            let mark = i128::from(b.limit_nanos) * i128::from(*t);
+                            i128::from(*used) * 100 < mark
+                                && i128::from(used.saturating_add(cost_nanos)) * 100 >= mark
+                        })
+                });
+            if crossed {
+                let notifier = self.notifier();
+                tokio::spawn(async move {
+                    notifier
+                        .thresholds(&reservation, &states, Some(&before))
+                        .await;
+                });
+            }
+            return charges;
+        }
+        if let Ok(mut live) = self.live.lock() {
+            live.remove(&reservation.hold_id);
+        }
         let job = SettleJob {
             reservation,
             tokens,
@@ -454,6 +616,7 @@ impl Ledger {
                 tracing::error!(hold = %job.reservation.hold_id, "settlement worker stopped; the hold will be reclaimed at expiry");
             }
         }
+        Vec::new()
     }
 
     /// The HTTP client (for webhooks).
@@ -462,215 +625,26 @@ impl Ledger {
     }
 }
 
-/// Settlements per transaction at most.
-const SETTLE_BATCH: usize = 256;
-
-async fn settle_worker(
-    store: Store,
-    mut rx: mpsc::Receiver<SettleJob>,
-    stats: Arc<LedgerStats>,
-    http: reqwest::Client,
-) {
-    let mut jobs = Vec::with_capacity(SETTLE_BATCH);
-    while rx.recv_many(&mut jobs, SETTLE_BATCH).await > 0 {
-        let batch: Vec<(String, Vec<Settlement>)> = jobs
-            .iter()
-            .map(|job| {
-                let settlements = job
-                    .reservation
-                    .held
-                    .iter()
-                    .map(|h| Settlement {
-                        counter_id: h.counter_id.clone(),
-                        window_start_ms: h.window_start_ms,
-                        actual: match &h.kind {
-                            HeldFor::Budget(_) | HeldFor::Quota(Metric::Cost) => job.cost_nanos,
-                            HeldFor::Quota(Metric::Requests) => 1,
-                            HeldFor::Quota(Metric::Concurrency) => 0,
-                            HeldFor::Quota(Metric::InputTokens) => job.tokens.input,
-                            HeldFor::Quota(Metric::OutputTokens) => job.tokens.output,
-                            HeldFor::Quota(Metric::TotalTokens) => job.tokens.total(),
-                        },
-                    })
-                    .collect();
-                (job.reservation.hold_id.clone(), settlements)
-            })
-            .collect();
-        let mut backoff = Duration::from_millis(50);
-        let states = loop {
-            match store.settle_batch(&batch).await {
-                Ok(states) => break states,
-                Err(e) => {
-                    stats.settle_failures.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(settlements = batch.len(), error = %e, "settlement failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            }
-        };
-        stats
-            .settled
-            .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        // Threshold events: once per budget window and threshold, checked on the state after
-        // the batch, for budgets this batch charged.
-        let mut charged: Vec<(&Held, Option<String>)> = Vec::new();
-        for job in &jobs {
-            if job.cost_nanos == 0 {
-                continue;
-            }
-            for held in &job.reservation.held {
-                if matches!(held.kind, HeldFor::Budget(_))
-                    && !charged.iter().any(|(h, _)| {
-                        h.counter_id == held.counter_id && h.window_start_ms == held.window_start_ms
-                    })
-                {
-                    charged.push((held, job.reservation.webhook.clone()));
-                }
-            }
-        }
-        for (held, webhook) in charged {
-            let HeldFor::Budget(budget) = &held.kind else {
-                continue;
-            };
-            let Some((_, state)) = states
-                .iter()
-                .find(|((c, w), _)| *c == held.counter_id && *w == held.window_start_ms)
-            else {
-                continue;
-            };
-            if budget.limit_nanos <= 0 {
-                continue;
-            }
-            let percent = i128::from(state.used) * 100 / i128::from(budget.limit_nanos);
-            for threshold in &budget.thresholds {
-                if percent < i128::from(*threshold) {
-                    continue;
-                }
-                match store
-                    .record_alert(&held.counter_id, held.window_start_ms, *threshold)
-                    .await
-                {
-                    Ok(true) => {
-                        stats.alerts.fetch_add(1, Ordering::Relaxed);
-                        let event = json!({
-                            "event": "budget_threshold",
-                            "budget_id": budget.id,
-                            "scope": budget.scope.as_str(),
-                            "subject": budget.subject,
-                            "window": budget.window.budget_name(),
-                            "window_start_ms": held.window_start_ms,
-                            "threshold_percent": threshold,
-                            "limit_usd": budget.limit_nanos as f64 / 1e9,
-                            "spent_usd": state.used as f64 / 1e9,
-                            "at_ms": now_ms(),
-                        });
-                        tracing::warn!(budget = %budget.id, threshold, spent_nanos = state.used, limit_nanos = budget.limit_nanos, "budget threshold crossed");
-                        if let Some(url) = webhook.clone() {
-                            tokio::spawn(deliver(http.clone(), url, event));
-                        }
-                    }
-                    Ok(false) => {}
-                    Err(e) => tracing::warn!(error = %e, "budget threshold could not be recorded"),
-                }
-            }
-        }
-        jobs.clear();
+/// Takes the exclusive serve lock of an embedded store, or refuses with a clear message.
+fn lock_embedded(db: &std::path::Path) -> Result<std::fs::File, StoreError> {
+    let mut path = db.as_os_str().to_owned();
+    path.push(".serve-lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| StoreError::Locked(format!("cannot open {}: {e}", path.to_string_lossy())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Locked(format!(
+            "another tollgate gateway is already serving on {}: SQLite holds budgets in one \
+             gateway's memory, so it serves one gateway; run several replicas on PostgreSQL",
+            db.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(StoreError::Locked(format!(
+            "cannot lock {}: {e}",
+            path.to_string_lossy()
+        ))),
     }
-    tracing::debug!("settlement worker drained");
-}
-
-/// Delivers one event with retries (5 attempts, exponential backoff), off the request path.
-async fn deliver(http: reqwest::Client, url: String, event: Value) {
-    let mut backoff = Duration::from_millis(200);
-    for attempt in 1..=5 {
-        match http
-            .post(&url)
-            .json(&event)
-            .timeout(Duration::from_secs(5))
-            .send()
-            .await
-        {
-            Ok(r) if r.status().is_success() => return,
-            Ok(r) => tracing::warn!(
-                attempt,
-                status = r.status().as_u16(),
-                "budget webhook rejected the event"
-            ),
-            Err(e) => tracing::warn!(attempt, error = %e, "budget webhook unreachable"),
-        }
-        tokio::time::sleep(backoff).await;
-        backoff *= 2;
-    }
-    tracing::error!(%url, "budget webhook gave up after 5 attempts");
-}
-
-/// A budget with its current window, as the admin API and the CLI show it.
-pub async fn budget_view(store: &Store, spec: &BudgetSpec) -> Result<Value, StoreError> {
-    let now = now_ms();
-    let (start, end) = spec.window.bounds(now, spec.tz);
-    let state = store.counter_state(&spec.counter_id(), start).await?;
-    let remaining = (spec.limit_nanos - state.used - state.reserved).max(0);
-    Ok(json!({
-        "id": spec.id,
-        "source": match spec.source { Source::Policy => "policy", Source::Store => "store" },
-        "scope": spec.scope.as_str(),
-        "subject": spec.subject,
-        "window": spec.window.budget_name(),
-        "timezone": spec.tz.name(),
-        "thresholds": spec.thresholds,
-        "limit_usd": spec.limit_nanos as f64 / 1e9,
-        "limit_nanos": spec.limit_nanos,
-        "current_window": {
-            "start_ms": start,
-            "end_ms": (end != i64::MAX).then_some(end),
-            "spent_nanos": state.used,
-            "reserved_nanos": state.reserved,
-            "remaining_nanos": remaining,
-            "spent_usd": state.used as f64 / 1e9,
-            "remaining_usd": remaining as f64 / 1e9,
-            "percent_used": if spec.limit_nanos > 0 { state.used as f64 * 100.0 / spec.limit_nanos as f64 } else { 0.0 },
-        },
-    }))
-}
-
-/// Validates and converts an admin/CLI budget definition to a store record.
-pub fn budget_record(
-    scope: &str,
-    subject: &str,
-    window: &str,
-    limit_usd: f64,
-    timezone: &str,
-    thresholds: Vec<u32>,
-) -> Result<crate::store::ledger::BudgetRecord, String> {
-    let scope_kind = Scope::parse(scope)
-        .filter(|s| *s != Scope::Model)
-        .ok_or_else(|| format!("scope '{scope}' must be organization, team, user or key"))?;
-    if (scope_kind == Scope::Organization) != subject.is_empty() {
-        return Err("an organization budget has no subject; every other scope needs one".into());
-    }
-    let window_kind = Window::parse_budget(window)
-        .ok_or_else(|| format!("window '{window}' must be daily, weekly, monthly or lifetime"))?;
-    let limit_nanos = crate::usage::Pricing::nanos_per_mtok(limit_usd)
-        .ok_or_else(|| format!("limit {limit_usd} must be a non-negative amount of USD"))?;
-    timezone
-        .parse::<chrono_tz::Tz>()
-        .map_err(|_| format!("'{timezone}' is not an IANA time zone"))?;
-    if thresholds.iter().any(|t| *t == 0 || *t > 1000) {
-        return Err("thresholds are percentages between 1 and 1000".into());
-    }
-    Ok(crate::store::ledger::BudgetRecord {
-        id: format!("bud_{}", uuid::Uuid::now_v7().simple()),
-        scope: scope_kind.as_str().to_string(),
-        subject: subject.to_string(),
-        window: window_kind.budget_name().to_string(),
-        limit_nanos,
-        timezone: timezone.to_string(),
-        thresholds,
-        updated_at_ms: 0,
-    })
-}
-
-/// The spec of a stored budget.
-pub fn stored_spec(record: &crate::store::ledger::BudgetRecord) -> Option<BudgetSpec> {
-    spec_of(record)
 }

@@ -5,9 +5,19 @@
 //!   (budgets) the store.
 //! - [`ledger::Ledger`]: the runtime: budget definitions cached from the store, the hold taken by
 //!   the reserve stage, the settlement queue, expired-hold reclamation and threshold events.
+//! - [`memory::MemoryLedger`]: the in-memory half of the ledger (counters and holds).
+//! - [`cap`]: output limits checked and the held cap written into upstream requests;
+//!   [`image`]: per-image prices; [`estimate`]: the worst case a hold is taken for.
 
+pub mod budgets;
+pub mod cap;
 pub mod estimate;
+pub mod image;
 pub mod ledger;
+pub mod memory;
+#[cfg(test)]
+mod properties;
+pub mod settle;
 pub mod window;
 
 use std::net::IpAddr;
@@ -140,7 +150,8 @@ impl Metric {
 /// A quota.
 #[derive(Debug, Clone)]
 pub struct QuotaSpec {
-    /// Position in gateway.toml, part of the counter id.
+    /// Stable name (given, or made of scope, subject, metric and window), part of the counter
+    /// id: `quota:<name>:<subject>`.
     pub name: String,
     /// Scope.
     pub scope: Scope,

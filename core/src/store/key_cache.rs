@@ -240,6 +240,7 @@ mod tests {
                 owner: None,
                 metadata: serde_json::Map::new(),
                 models: ModelGrant::parse("*"),
+                mcp: ModelGrant::parse(""),
                 expires_at_ms: None,
             })
             .await

@@ -50,7 +50,7 @@ impl ModelGrant {
         }
     }
 
-    fn to_json(&self) -> String {
+    pub(crate) fn to_json(&self) -> String {
         let names = match self {
             ModelGrant::All => vec!["*".to_string()],
             ModelGrant::Only(names) => names.clone(),
@@ -59,8 +59,12 @@ impl ModelGrant {
     }
 
     fn from_json(text: &str) -> Result<Self, StoreError> {
+        Self::from_json_column(text, "api_keys.models")
+    }
+
+    fn from_json_column(text: &str, what: &'static str) -> Result<Self, StoreError> {
         let names: Vec<String> = serde_json::from_str(text).map_err(|e| StoreError::Corrupt {
-            what: "api_keys.models",
+            what,
             detail: e.to_string(),
         })?;
         Ok(if names.iter().any(|n| n == "*") {
@@ -96,6 +100,8 @@ pub struct KeyRecord {
     pub secret_prefix: String,
     /// Model Access grant.
     pub models: ModelGrant,
+    /// MCP Access grant: the MCP server slugs the key may use (none by default).
+    pub mcp: ModelGrant,
     /// Unix ms.
     pub created_at_ms: i64,
     /// Unix ms of the last change.
@@ -159,6 +165,10 @@ impl KeyRecord {
             },
             secret_prefix: row.try_get("secret_prefix")?,
             models: ModelGrant::from_json(&row.try_get::<String, _>("models")?)?,
+            mcp: ModelGrant::from_json_column(
+                &row.try_get::<String, _>("mcp_servers")?,
+                "api_keys.mcp_servers",
+            )?,
             created_at_ms: row.try_get("created_at_ms")?,
             updated_at_ms: row.try_get("updated_at_ms")?,
             expires_at_ms: row.try_get("expires_at_ms")?,
@@ -220,6 +230,8 @@ pub struct NewKey {
     pub metadata: serde_json::Map<String, serde_json::Value>,
     /// Model Access grant.
     pub models: ModelGrant,
+    /// MCP Access grant.
+    pub mcp: ModelGrant,
     /// Expiry (Unix ms).
     pub expires_at_ms: Option<i64>,
 }
@@ -232,7 +244,7 @@ impl Store {
         let id = format!("key_{}", uuid::Uuid::now_v7().simple());
         sqlx::query(
             "INSERT INTO api_keys (id, name, team, owner, metadata, secret_hash, secret_prefix, models, \
-             created_at_ms, updated_at_ms, expires_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10)",
+             created_at_ms, updated_at_ms, expires_at_ms, mcp_servers) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10, $11)",
         )
         .bind(&id)
         .bind(&new.name)
@@ -244,6 +256,7 @@ impl Store {
         .bind(new.models.to_json())
         .bind(now)
         .bind(new.expires_at_ms)
+        .bind(new.mcp.to_json())
         .execute(self.pool())
         .await?;
         let record = self
@@ -258,7 +271,7 @@ impl Store {
 
     /// Looks a key up by the hash of its secret.
     pub async fn key_by_hash(&self, hash: &str) -> Result<Option<KeyRecord>, StoreError> {
-        let sql = "SELECT id, name, team, owner, metadata, secret_prefix, models, created_at_ms, updated_at_ms, \
+        let sql = "SELECT id, name, team, owner, metadata, secret_prefix, models, mcp_servers, created_at_ms, updated_at_ms, \
                    expires_at_ms, revoked_at_ms, rotations FROM api_keys WHERE secret_hash = $1";
         let row = sqlx::query(sql)
             .bind(hash)
@@ -269,7 +282,7 @@ impl Store {
 
     /// Looks a key up by id.
     pub async fn key_by_id(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
-        let sql = "SELECT id, name, team, owner, metadata, secret_prefix, models, created_at_ms, updated_at_ms, \
+        let sql = "SELECT id, name, team, owner, metadata, secret_prefix, models, mcp_servers, created_at_ms, updated_at_ms, \
                    expires_at_ms, revoked_at_ms, rotations FROM api_keys WHERE id = $1";
         let row = sqlx::query(sql)
             .bind(id)
@@ -280,7 +293,7 @@ impl Store {
 
     /// Every key, oldest first.
     pub async fn list_keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
-        let sql = "SELECT id, name, team, owner, metadata, secret_prefix, models, created_at_ms, updated_at_ms, \
+        let sql = "SELECT id, name, team, owner, metadata, secret_prefix, models, mcp_servers, created_at_ms, updated_at_ms, \
                    expires_at_ms, revoked_at_ms, rotations FROM api_keys ORDER BY created_at_ms, id";
         let rows = sqlx::query(sql).fetch_all(self.pool()).await?;
         rows.iter().map(KeyRecord::from_row).collect()
@@ -353,6 +366,7 @@ mod tests {
             metadata: serde_json::Map::new(),
             secret_prefix: "tg_abc".into(),
             models: ModelGrant::All,
+            mcp: ModelGrant::Only(vec![]),
             created_at_ms: 0,
             updated_at_ms: 0,
             expires_at_ms: Some(100),

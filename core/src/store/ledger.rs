@@ -6,8 +6,9 @@
 //! rolls the whole transaction back. Because the check and the increment are one statement,
 //! concurrent requests — from one gateway or from many replicas on one PostgreSQL — can never
 //! hold more than the limit together. Settlement deletes the hold and moves the actual amount
-//! into `used` in one transaction; a hold that expired (its gateway died) is reclaimed by any
-//! gateway, and a late settlement of a reclaimed hold still records the spend.
+//! into `used` in one transaction, once per hold id (`settled_holds`), so a retried settlement
+//! never charges twice; a hold that expired (its gateway died) is reclaimed by any gateway, and a
+//! late settlement of a reclaimed hold still records the spend, once.
 
 use sqlx::Row;
 use sqlx::any::AnyRow;
@@ -165,7 +166,22 @@ impl Store {
         let mut tx = self.pool().begin().await?;
         // (counter, window) -> (released, used)
         let mut deltas: BTreeMap<(String, i64), (i64, i64)> = BTreeMap::new();
+        let now = now_ms();
         for (hold_id, settlements) in batch {
+            // Once per hold id: a batch retried after an ambiguous commit (or a duplicate
+            // settlement) finds its id already recorded and charges nothing again.
+            let first = sqlx::query(
+                "INSERT INTO settled_holds (hold_id, settled_at_ms) VALUES ($1, $2) \
+                 ON CONFLICT (hold_id) DO NOTHING",
+            )
+            .bind(hold_id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if first == 0 {
+                continue;
+            }
             let removed = sqlx::query(
                 "DELETE FROM holds WHERE id = $1 RETURNING counter_id, window_start_ms, amount",
             )
@@ -208,6 +224,106 @@ impl Store {
         }
         tx.commit().await?;
         Ok(states)
+    }
+
+    /// Writes usage rows and the counter charges they carry in one transaction (the embedded
+    /// ledger's write-behind): after any crash, a counter's stored `used` is the sum of the
+    /// charges of the stored usage rows.
+    pub async fn insert_usage_charged(
+        &self,
+        records: &[super::UsageRecord],
+        charges: &[Settlement],
+    ) -> Result<(), StoreError> {
+        use std::collections::BTreeMap;
+        let mut totals: BTreeMap<(&str, i64), i64> = BTreeMap::new();
+        for c in charges {
+            *totals
+                .entry((c.counter_id.as_str(), c.window_start_ms))
+                .or_default() += c.actual;
+        }
+        let mut tx = self.pool().begin().await?;
+        super::insert_usage_on(&mut tx, records, self.backend()).await?;
+        for ((counter, window), used) in totals {
+            sqlx::query(
+                "INSERT INTO counters (counter_id, window_start_ms, used, reserved) VALUES ($1, $2, $3, 0) \
+                 ON CONFLICT (counter_id, window_start_ms) DO UPDATE SET used = counters.used + $3",
+            )
+            .bind(counter)
+            .bind(window)
+            .bind(used)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The latest window of every counter with its settled amount (rebuilding the embedded
+    /// ledger at start).
+    pub async fn latest_counters(&self) -> Result<Vec<(String, i64, i64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT c.counter_id, c.window_start_ms, c.used FROM counters c \
+             WHERE c.window_start_ms = (SELECT MAX(w.window_start_ms) FROM counters w WHERE w.counter_id = c.counter_id)",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+            .collect()
+    }
+
+    /// Drops every stored hold and reservation (the embedded ledger holds in memory; what a
+    /// store-mode run left behind belongs to a process that is gone).
+    pub async fn clear_holds(&self) -> Result<u64, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let removed = sqlx::query("DELETE FROM holds")
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        sqlx::query("UPDATE counters SET reserved = 0 WHERE reserved <> 0")
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(removed)
+    }
+
+    /// Forgets settled hold ids older than `before_ms` (a retry comes within seconds).
+    pub async fn prune_settled(&self, before_ms: i64) -> Result<u64, StoreError> {
+        Ok(
+            sqlx::query("DELETE FROM settled_holds WHERE settled_at_ms < $1")
+                .bind(before_ms)
+                .execute(self.pool())
+                .await?
+                .rows_affected(),
+        )
+    }
+
+    /// Pushes the expiry of live requests' holds to `expires_at_ms` (a stream longer than the
+    /// hold's time-to-live keeps its hold); returns how many hold rows were renewed.
+    pub async fn renew_holds(
+        &self,
+        hold_ids: &[String],
+        expires_at_ms: i64,
+    ) -> Result<u64, StoreError> {
+        let mut renewed = 0;
+        for chunk in hold_ids.chunks(500) {
+            let mut sql = String::from("UPDATE holds SET expires_at_ms = $1 WHERE id IN (");
+            for i in 0..chunk.len() {
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&format!("${}", i + 2));
+            }
+            sql.push(')');
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .persistent(false)
+                .bind(expires_at_ms);
+            for id in chunk {
+                query = query.bind(id.clone());
+            }
+            renewed += query.execute(self.pool()).await?.rows_affected();
+        }
+        Ok(renewed)
     }
 
     /// Reclaims holds that expired before `now_ms`; returns how many.
@@ -364,4 +480,79 @@ async fn counter_state_on(
         },
         None => CounterState::default(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn temp_store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let store = Store::open(&url).await.expect("store");
+        (dir, store)
+    }
+
+    fn request(amount: i64) -> HoldRequest {
+        HoldRequest {
+            counter_id: "budget:b".into(),
+            window_start_ms: 0,
+            amount,
+            limit: 1_000,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_retried_settlement_charges_once() {
+        let (_dir, store) = temp_store().await;
+        let held = store
+            .hold("h1", &[request(100)], i64::MAX)
+            .await
+            .expect("hold");
+        assert!(matches!(held, HoldOutcome::Held));
+        let batch = vec![(
+            "h1".to_string(),
+            vec![Settlement {
+                counter_id: "budget:b".into(),
+                window_start_ms: 0,
+                actual: 40,
+            }],
+        )];
+        store.settle_batch(&batch).await.expect("settle");
+        // The commit's answer was lost: the worker settles the same batch again.
+        store.settle_batch(&batch).await.expect("settle again");
+        let state = store.counter_state("budget:b", 0).await.expect("state");
+        assert_eq!(
+            state,
+            CounterState {
+                used: 40,
+                reserved: 0
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn a_late_settlement_of_a_reclaimed_hold_still_counts_once() {
+        let (_dir, store) = temp_store().await;
+        store.hold("h1", &[request(100)], 5).await.expect("hold");
+        assert_eq!(store.reclaim_expired_holds(10).await.expect("reclaim"), 1);
+        let batch = vec![(
+            "h1".to_string(),
+            vec![Settlement {
+                counter_id: "budget:b".into(),
+                window_start_ms: 0,
+                actual: 30,
+            }],
+        )];
+        store.settle_batch(&batch).await.expect("settle");
+        store.settle_batch(&batch).await.expect("settle again");
+        let state = store.counter_state("budget:b", 0).await.expect("state");
+        assert_eq!(
+            state,
+            CounterState {
+                used: 30,
+                reserved: 0
+            }
+        );
+    }
 }

@@ -7,6 +7,7 @@
 pub mod key_cache;
 pub mod keys;
 pub mod ledger;
+pub mod mcp;
 pub mod redact;
 pub mod usage_writer;
 
@@ -36,6 +37,9 @@ pub enum StoreError {
     /// Migrations failed.
     #[error("migration error: {}", redact::redact_urls(&.0.to_string()))]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// Another gateway serves on this embedded store.
+    #[error("{0}")]
+    Locked(String),
     /// A stored value is not what the schema promises.
     #[error("corrupt stored value in {what}: {detail}")]
     Corrupt {
@@ -109,6 +113,29 @@ pub struct UsageRecord {
     pub user_agent: Option<String>,
     /// Generation of the policy snapshot that decided the request.
     pub policy_generation: i64,
+    /// The MCP side of an MCP request (`provider = mcp`); `None` for model calls.
+    pub mcp: Option<McpUsage>,
+}
+
+/// What an MCP usage row carries beyond the common fields.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct McpUsage {
+    /// The server slug.
+    pub server: String,
+    /// `streamable_http`, `sse` or `stdio`.
+    pub transport: String,
+    /// The JSON-RPC method (the first of a batch; `batch` when they differ).
+    pub method: Option<String>,
+    /// The tool of a `tools/call` (the first of a batch).
+    pub tool: Option<String>,
+    /// How many `tools/call` the request carried.
+    pub tool_calls: i64,
+    /// Request body bytes (caller to server).
+    pub bytes_in: i64,
+    /// Response body bytes (server to caller), streams included.
+    pub bytes_out: i64,
+    /// The server's pricing when the call was made (JSON), so later changes keep history.
+    pub pricing: Option<String>,
 }
 
 /// `PREFIX VALUES (..), (..)` for `rows` rows of `cols` parameters, in the backend's own
@@ -152,6 +179,8 @@ pub enum Backend {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// The database file of an embedded store.
+    path: Option<std::path::PathBuf>,
 }
 
 impl Store {
@@ -193,6 +222,7 @@ impl Store {
             Ok(Self {
                 pool,
                 backend: Backend::Sqlite,
+                path: Some(Path::new(path).to_path_buf()),
             })
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let pool = AnyPoolOptions::new()
@@ -205,6 +235,7 @@ impl Store {
             Ok(Self {
                 pool,
                 backend: Backend::Postgres,
+                path: None,
             })
         } else {
             Err(StoreError::UnsupportedUrl(url.to_string()))
@@ -214,6 +245,11 @@ impl Store {
     /// The backend.
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// The database file of an embedded (SQLite) store.
+    pub fn sqlite_path(&self) -> Option<&Path> {
+        self.path.as_deref()
     }
 
     /// The current version of the key table (bumped by every key change).
@@ -292,9 +328,31 @@ impl Store {
 
     /// Writes a batch of usage records in one transaction.
     pub async fn insert_usage(&self, records: &[UsageRecord]) -> Result<(), StoreError> {
-        // 35 columns; SQLite allows 32,766 bound parameters per statement.
-        const ROWS_PER_STATEMENT: usize = 1000;
         let mut tx = self.pool.begin().await?;
+        insert_usage_on(&mut tx, records, self.backend).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// Closes the pool (after the usage writer has flushed).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Inserts usage records on `conn` (an open transaction).
+pub(crate) async fn insert_usage_on(
+    conn: &mut sqlx::AnyConnection,
+    records: &[UsageRecord],
+    backend: Backend,
+) -> Result<(), StoreError> {
+    {
+        // 43 columns; SQLite allows 32,766 bound parameters per statement.
+        const ROWS_PER_STATEMENT: usize = 700;
         for chunk in records.chunks(ROWS_PER_STATEMENT) {
             let sql = values_sql(
                 "INSERT INTO usage_records (id, request_id, received_at_ms, completed_at_ms, key_id, team, \
@@ -302,10 +360,11 @@ impl Store {
                  error_code, denied_stage, latency_us, ttfb_us, upstream_latency_us, input_tokens, \
                  output_tokens, cached_input_tokens, reasoning_tokens, total_tokens, cost_nanos, \
                  provider_usage, provider_request_id, stream_status, decisions, route, user_agent, policy_generation, \
-                 endpoint_family, upstream_family, cache_creation_tokens)",
+                 endpoint_family, upstream_family, cache_creation_tokens, \
+                 mcp_server, mcp_transport, mcp_method, mcp_tool, mcp_tool_calls, bytes_in, bytes_out, mcp_pricing)",
                 chunk.len(),
-                35,
-                self.backend,
+                43,
+                backend,
             );
             // Batch sizes vary: do not fill the statement cache with one statement per size.
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
@@ -346,20 +405,20 @@ impl Store {
                     .bind(r.endpoint_family.clone())
                     .bind(r.upstream_family.clone())
                     .bind(r.tokens.cache_creation);
+                let mcp = r.mcp.as_ref();
+                query = query
+                    .bind(mcp.map(|m| m.server.clone()))
+                    .bind(mcp.map(|m| m.transport.clone()))
+                    .bind(mcp.and_then(|m| m.method.clone()))
+                    .bind(mcp.and_then(|m| m.tool.clone()))
+                    .bind(mcp.map(|m| m.tool_calls))
+                    .bind(mcp.map(|m| m.bytes_in))
+                    .bind(mcp.map(|m| m.bytes_out))
+                    .bind(mcp.and_then(|m| m.pricing.clone()));
             }
-            query.execute(&mut *tx).await?;
+            query.execute(&mut *conn).await?;
         }
-        tx.commit().await?;
         Ok(())
-    }
-
-    pub(crate) fn pool(&self) -> &AnyPool {
-        &self.pool
-    }
-
-    /// Closes the pool (after the usage writer has flushed).
-    pub async fn close(&self) {
-        self.pool.close().await;
     }
 }
 

@@ -5,6 +5,10 @@
 //! drains whatever has queued (up to [`BATCH`] rows, waiting at most [`LINGER`] for more) into one transaction, retrying with backoff
 //! while the database is unavailable. The writer exits after every sink is dropped and the queue
 //! is empty, so awaiting its handle on shutdown flushes everything.
+//!
+//! A record may carry the counter charges of its settlement (the embedded ledger settles in
+//! memory): they are written in the same transaction as the record, so the stored spend always
+//! equals the sum of the stored usage rows' charges, whatever crashes when.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,6 +17,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use super::ledger::Settlement;
 use super::{Store, UsageRecord};
 
 /// Rows per transaction at most.
@@ -36,26 +41,39 @@ pub struct WriterStats {
 /// The request-side handle.
 #[derive(Clone, Debug)]
 pub struct UsageSink {
-    tx: mpsc::Sender<UsageRecord>,
+    tx: mpsc::Sender<Entry>,
     stats: Arc<WriterStats>,
+}
+
+/// One record and the counter charges of its settlement.
+#[derive(Debug)]
+struct Entry {
+    record: UsageRecord,
+    charges: Vec<Settlement>,
 }
 
 impl UsageSink {
     /// Hands a record to the writer without waiting.
     pub fn record(&self, record: UsageRecord) {
+        self.record_charged(record, Vec::new());
+    }
+
+    /// Hands a record and the counter charges of its settlement to the writer, which commits
+    /// them together.
+    pub fn record_charged(&self, record: UsageRecord, charges: Vec<Settlement>) {
         self.stats.enqueued.fetch_add(1, Ordering::Relaxed);
-        match self.tx.try_send(record) {
+        match self.tx.try_send(Entry { record, charges }) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(record)) => {
                 let tx = self.tx.clone();
                 tokio::spawn(async move {
                     if let Err(e) = tx.send(record).await {
-                        tracing::error!(request_id = %e.0.request_id, "usage writer stopped before a record could be queued");
+                        tracing::error!(request_id = %e.0.record.request_id, "usage writer stopped before a record could be queued");
                     }
                 });
             }
-            Err(mpsc::error::TrySendError::Closed(record)) => {
-                tracing::error!(request_id = %record.request_id, "usage writer stopped before a record could be queued");
+            Err(mpsc::error::TrySendError::Closed(entry)) => {
+                tracing::error!(request_id = %entry.record.request_id, "usage writer stopped before a record could be queued");
             }
         }
     }
@@ -74,8 +92,10 @@ pub fn spawn(store: Store) -> (UsageSink, JoinHandle<()>) {
     (UsageSink { tx, stats }, handle)
 }
 
-async fn run(store: Store, mut rx: mpsc::Receiver<UsageRecord>, stats: Arc<WriterStats>) {
+async fn run(store: Store, mut rx: mpsc::Receiver<Entry>, stats: Arc<WriterStats>) {
     let mut batch = Vec::with_capacity(BATCH);
+    let mut records = Vec::with_capacity(BATCH);
+    let mut charges = Vec::new();
     while rx.recv_many(&mut batch, BATCH).await > 0 {
         // Linger briefly so a moderate rate still writes many rows per transaction.
         let linger = tokio::time::Instant::now() + LINGER;
@@ -86,24 +106,34 @@ async fn run(store: Store, mut rx: mpsc::Receiver<UsageRecord>, stats: Arc<Write
                 Ok(_) => {}
             }
         }
+        for entry in batch.drain(..) {
+            records.push(entry.record);
+            charges.extend(entry.charges);
+        }
         let mut backoff = Duration::from_millis(50);
         loop {
-            match store.insert_usage(&batch).await {
+            let written = if charges.is_empty() {
+                store.insert_usage(&records).await
+            } else {
+                store.insert_usage_charged(&records, &charges).await
+            };
+            match written {
                 Ok(()) => {
                     stats
                         .written
-                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                        .fetch_add(records.len() as u64, Ordering::Relaxed);
                     break;
                 }
                 Err(e) => {
                     stats.failed_flushes.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(rows = batch.len(), error = %e, "usage flush failed; retrying");
+                    tracing::warn!(rows = records.len(), error = %e, "usage flush failed; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
         }
-        batch.clear();
+        records.clear();
+        charges.clear();
     }
     tracing::debug!(
         written = stats.written.load(Ordering::Relaxed),

@@ -149,6 +149,8 @@ mod tests {
             tags: Vec::new(),
             max_output_tokens: 10,
             translate: false,
+            output_limit: None,
+            image_pricing: Default::default(),
             cel: ::cel::Value::Null,
         }
     }

@@ -264,3 +264,51 @@ async fn the_readme_anthropic_sdk_example_runs_against_the_demo() {
     assert!(out.contains("stream stop: end_turn"), "{out}");
     assert!(out.contains("count: "), "{out}");
 }
+
+#[tokio::test]
+async fn guardrails_mask_anthropic_and_gemini_prompts_before_the_provider_sees_them() {
+    let wasm = repo_root().join("plugins/dist/pii-guard.wasm");
+    assert!(
+        wasm.is_file(),
+        "{} is missing: run ./scripts/build-plugins (./scripts/test does)",
+        wasm.display()
+    );
+    let manifest = format!(
+        "wasm = {:?}\nworld = \"guardrail\"\nphases = [\"request\"]\n[config]\nmode = \"mask\"\n",
+        wasm.display().to_string()
+    );
+    let mock = mock(MockConfig::default()).await;
+    let gw = Gateway::start_with(
+        &family_policy(&mock, ""),
+        &[("plugins/pii.toml", &manifest)],
+        &[],
+    );
+    let (_, secret) = gw.create_key("*");
+    let response = http()
+        .post(gw.url("/v1/messages"))
+        .header("x-api-key", &secret)
+        .json(&json!({"model": "claude", "max_tokens": 10, "system": "mail ops@example.com",
+                      "messages": [{"role": "user", "content": [{"type": "text", "text": "write to jane.doe@example.com"}]}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let response = http()
+        .post(gw.url("/v1beta/models/gemini-flash:generateContent"))
+        .header("x-goog-api-key", &secret)
+        .json(&json!({"contents": [{"role": "user", "parts": [{"text": "write to jane.doe@example.com"}]}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let received = mock.received();
+    assert_eq!(received.len(), 2);
+    for r in &received {
+        let sent = r.body.to_string();
+        assert!(
+            !sent.contains("example.com"),
+            "reached the provider: {sent}"
+        );
+        assert!(sent.contains("[EMAIL]"), "{sent}");
+    }
+}

@@ -325,8 +325,14 @@ async fn a_client_disconnect_mid_stream_is_billed_for_what_was_produced() {
     assert_eq!(view["current_window"]["reserved_nanos"], 0);
 }
 
+// Holds live in the store on PostgreSQL (on SQLite they live in the one gateway's memory and
+// die with it: see cases::ledger).
 #[tokio::test]
 async fn holds_of_a_killed_gateway_are_reclaimed_after_expiry() {
+    let db = match PgDatabase::create() {
+        Ok(db) => db,
+        Err(why) => return skip("holds_of_a_killed_gateway_are_reclaimed_after_expiry", &why),
+    };
     let mock = mock(MockConfig {
         latency: Duration::from_secs(3),
         ..MockConfig::default()
@@ -337,7 +343,7 @@ async fn holds_of_a_killed_gateway_are_reclaimed_after_expiry() {
         "hold_ttl_secs = 1",
         "[[budgets]]\nscope = \"organization\"\nwindow = \"daily\"\nlimit_usd = 1.0\n",
     );
-    let mut first = Gateway::start(&toml);
+    let mut first = Gateway::start_db(&toml, &[], &[], &db.url);
     let (_, secret) = first.create_key("*");
     let client = http();
     for _ in 0..5 {

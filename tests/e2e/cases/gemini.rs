@@ -123,12 +123,41 @@ async fn a_stream_without_alt_sse_is_one_json_array_and_the_key_may_come_as_a_qu
     assert_eq!(row["input_tokens"], 11);
 }
 
+/// A budget, a quota and failing models for the error cases.
+const GOVERNANCE: &str = r#"
+[models.gemini-quota]
+provider = "gemini"
+upstream_model = "gemini-mock"
+
+[models.gemini-500]
+provider = "gemini"
+upstream_model = "mock-500"
+
+[models.gemini-stream-error]
+provider = "gemini"
+upstream_model = "mock-stream-error"
+
+[[budgets]]
+scope = "team"
+subject = "broke"
+window = "daily"
+limit_usd = 0.000001
+
+[[quotas]]
+scope = "model"
+subject = "gemini-quota"
+metric = "requests"
+limit = 1
+window = "minute"
+"#;
+
 #[tokio::test]
 async fn gateway_and_provider_errors_on_gemini_endpoints_use_googles_envelope() {
     let mock = mock(MockConfig::default()).await;
-    let gw = Gateway::start(&family_policy(&mock, ""));
+    let gw = Gateway::start(&family_policy(&mock, GOVERNANCE));
     let (_, secret) = gw.create_key("*");
     let (_, narrow) = gw.create_key("gemini-flash");
+    let (_, broke) = gw.create_key_with(&["--models", "*", "--team", "broke"]);
     let script = r#"
 import os
 from google import genai
@@ -145,11 +174,20 @@ attempt("family", os.environ["KEY"], "claude")
 attempt("grant", os.environ["NARROW"], "claude")
 attempt("unknown", os.environ["KEY"], "nope")
 attempt("provider429", os.environ["KEY"], "gemini-429")
+attempt("budget", os.environ["BROKE"], "gemini-flash")
+attempt("quota1", os.environ["KEY"], "gemini-quota")
+attempt("quota2", os.environ["KEY"], "gemini-quota")
+attempt("provider500", os.environ["KEY"], "gemini-500")
 "#;
     let out = run_python(
         "google.genai",
         script,
-        &[("BASE", &gw.base), ("KEY", &secret), ("NARROW", &narrow)],
+        &[
+            ("BASE", &gw.base),
+            ("KEY", &secret),
+            ("NARROW", &narrow),
+            ("BROKE", &broke),
+        ],
     )
     .await;
     for expected in [
@@ -158,6 +196,10 @@ attempt("provider429", os.environ["KEY"], "gemini-429")
         "grant ClientError 403 PERMISSION_DENIED",
         "unknown ClientError 400 INVALID_ARGUMENT",
         "provider429 ClientError 429 RESOURCE_EXHAUSTED",
+        "budget ClientError 402 RESOURCE_EXHAUSTED",
+        "quota1 no error",
+        "quota2 ClientError 429 RESOURCE_EXHAUSTED",
+        "provider500 ServerError 502 INTERNAL",
     ] {
         assert!(out.contains(expected), "missing '{expected}' in:\n{out}");
     }
@@ -186,13 +228,39 @@ attempt("provider429", os.environ["KEY"], "gemini-429")
     assert_eq!(response.status(), 404);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["status"], "NOT_FOUND");
-    let forwarded = mock.received();
+    let forwarded: Vec<String> = mock.received().into_iter().map(|r| r.path).collect();
     assert_eq!(
-        forwarded.len(),
-        1,
-        "only the provider 429 call went upstream"
+        forwarded,
+        [
+            "/models/mock-429:generateContent",
+            "/models/gemini-mock:generateContent",
+            "/models/mock-500:generateContent"
+        ],
+        "only the provider 429, the first quota call and the provider 500 went upstream"
     );
-    assert_eq!(forwarded[0].path, "/models/mock-429:generateContent");
+}
+
+#[tokio::test]
+async fn a_gemini_error_chunk_after_the_200_reaches_the_client_and_is_recorded() {
+    let mock = mock(MockConfig::default()).await;
+    let gw = Gateway::start(&family_policy(&mock, GOVERNANCE));
+    let (_, secret) = gw.create_key("*");
+    let response = http()
+        .post(gw.url("/v1beta/models/gemini-stream-error:streamGenerateContent?alt=sse"))
+        .header("x-goog-api-key", &secret)
+        .json(&json!({"contents": [{"role": "user", "parts": [{"text": "hello"}]}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let id = request_id(&response);
+    let text = response.text().await.unwrap();
+    assert!(text.contains("tok0"), "{text}");
+    assert!(text.contains("\"UNAVAILABLE\""), "{text}");
+    let row = gw.row_for(&id).await;
+    assert_eq!(row["stream_status"], "upstream_error");
+    assert_eq!(row["error_code"], "upstream_error");
+    assert!(row["output_tokens"].as_i64().unwrap() > 0, "{row}");
 }
 
 #[tokio::test]

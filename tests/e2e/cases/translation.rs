@@ -237,3 +237,66 @@ print("stream:", text.strip())
     assert_eq!(gemini_call.path, "/models/gemini-mock:generateContent");
     assert_eq!(gemini_call.body["contents"][0]["parts"][0]["text"], "hello");
 }
+
+#[tokio::test]
+async fn stream_guardrails_inspect_translated_openai_streams_and_refuse_streams_they_cannot_read() {
+    let wasm = crate::common::repo_root().join("plugins/dist/pii-guard.wasm");
+    assert!(
+        wasm.is_file(),
+        "{} is missing: run ./scripts/build-plugins (./scripts/test does)",
+        wasm.display()
+    );
+    let manifest = format!(
+        "wasm = {:?}\nworld = \"guardrail\"\nphases = [\"stream\"]\n",
+        wasm.display().to_string()
+    );
+    let mock = mock(MockConfig {
+        stream_chunks: 3,
+        ..MockConfig::default()
+    })
+    .await;
+    let gw = Gateway::start_with(
+        &family_policy(&mock, OPTED_IN),
+        &[("plugins/pii.toml", &manifest)],
+        &[],
+    );
+    let (_, secret) = gw.create_key("*");
+    let response = http()
+        .post(gw.url("/v1/llm/chat"))
+        .bearer_auth(&secret)
+        .json(&json!({"model": "claude", "stream": true,
+                      "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let id = request_id(&response);
+    let text = response.text().await.unwrap();
+    assert!(text.contains("tok2"), "{text}");
+    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+    let row = gw.row_for(&id).await;
+    assert_eq!(row["stream_status"], "completed");
+    let decisions: Vec<Value> = serde_json::from_str(row["decisions"].as_str().unwrap()).unwrap();
+    assert!(
+        decisions
+            .iter()
+            .any(|d| d["phase"] == "stream" && d["calls"].as_i64().unwrap_or(0) > 0),
+        "{decisions:?}"
+    );
+
+    // An Anthropic stream cannot be read by the guardrail yet: refused before any upstream call.
+    let before = mock.count();
+    let response = http()
+        .post(gw.url("/v1/messages"))
+        .header("x-api-key", &secret)
+        .json(&json!({"model": "claude", "max_tokens": 10, "stream": true,
+                      "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["type"], "error");
+    assert_eq!(body["error"]["code"], "plugin_blocked");
+    assert_eq!(mock.count(), before);
+}

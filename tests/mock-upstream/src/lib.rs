@@ -20,6 +20,7 @@
 //! | `mock-reset-mid-body` | 200, then the connection is cut after the first part of the body (JSON or SSE) |
 //! | `mock-malformed-json` | 200 `application/json` whose body is not JSON                 |
 //! | `mock-truncated-sse`  | a chat stream that ends after three chunks: no finish, usage nor `[DONE]` |
+//! | `mock-no-usage`       | images: one image per `n` and no `usage` (as DALL-E answers)  |
 //! | anything else         | a normal answer                                               |
 //!
 //! When recording is on, every request (path, headers, JSON body) is kept for assertions.
@@ -141,6 +142,7 @@ fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat))
         .route("/v1/embeddings", post(embeddings))
+        .route("/mcp", post(mcp_tool_call))
         .route("/v1/responses", post(responses))
         .route("/v1/images/generations", post(images))
         .route("/v1/completions", post(families::completions))
@@ -383,6 +385,20 @@ async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
     sse_response(events, gap, model == "mock-stall-stream")
 }
 
+/// A minimal MCP server (for the benchmark's MCP scenario): answers every JSON-RPC request with
+/// the result of an `echo` tool call.
+async fn mcp_tool_call(body: Bytes) -> Response {
+    let id = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| v.get("id").cloned())
+        .unwrap_or(Value::Null);
+    json_response(
+        StatusCode::OK,
+        &json!({"jsonrpc": "2.0", "id": id,
+                "result": {"content": [{"type": "text", "text": "Echo: bench"}], "isError": false}}),
+    )
+}
+
 async fn embeddings(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
@@ -435,8 +451,18 @@ async fn responses(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: 
 }
 
 async fn images(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(response) = admit(&shared, "/v1/images/generations", &headers, &body).await {
-        return response;
+    let (request, model) = match admit(&shared, "/v1/images/generations", &headers, &body).await {
+        Ok(admitted) => admitted,
+        Err(response) => return response,
+    };
+    if model == "mock-no-usage" {
+        // Like DALL-E: one image per `n`, and no usage at all.
+        let n = request.get("n").and_then(Value::as_u64).unwrap_or(1);
+        let data: Vec<Value> = (0..n).map(|_| json!({"b64_json": "aGVsbG8="})).collect();
+        return json_response(
+            StatusCode::OK,
+            &json!({"created": 1_700_000_000, "data": data}),
+        );
     }
     json_response(
         StatusCode::OK,

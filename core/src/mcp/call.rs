@@ -1,0 +1,450 @@
+//! The call stage of an MCP request: inject the upstream credential, translate the session id,
+//! relay the answer (JSON, SSE or the GET stream) with tools filtered and bytes counted, and
+//! record the usage row when the answer ends.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde_json::Value;
+
+use super::gateway::{Prepared, json_response, refuse, refuse_to};
+use super::http::{
+    EventRewrite, relay, relayed_headers, session_header, tool_filter, upstream_headers,
+    upstream_url,
+};
+use super::jsonrpc::filter_tools;
+use super::server::{StdioCommand, Transport};
+use crate::error::{GatewayError, McpError};
+use crate::pipeline::{Recorder, Stage};
+use crate::state::AppState;
+
+fn upstream_error(p: &Prepared, detail: impl Into<String>) -> GatewayError {
+    McpError::Upstream {
+        server: p.server.slug.clone(),
+        detail: detail.into(),
+    }
+    .into()
+}
+
+/// Whether the server's tool rules can hide anything from `tools/list`.
+fn rules_filter(p: &Prepared) -> bool {
+    !p.server.tools.allowed.is_empty() || !p.server.tools.blocked.is_empty()
+}
+
+/// Records the answer once it ended with `bytes_out` bytes.
+fn finish(
+    mut recorder: Recorder,
+    p: &Prepared,
+    status: u16,
+    bytes_out: i64,
+    stream_status: Option<&str>,
+) {
+    let mut usage = p.usage.clone();
+    usage.bytes_out = bytes_out;
+    let cost = p.cost(bytes_out);
+    recorder.set_mcp(usage, cost);
+    if let Some(s) = stream_status {
+        recorder.set_stream_status(s);
+    }
+    let code = (status >= 400).then_some("mcp_upstream_status");
+    recorder.finish(status, code);
+}
+
+/// Relays to a Streamable HTTP server, or to a legacy SSE server (GET opens its stream, POSTs
+/// go to the path its `endpoint` event named).
+pub async fn http(app: &Arc<AppState>, p: Prepared, url: &str, mut recorder: Recorder) -> Response {
+    let legacy_sse = matches!(p.server.transport, Transport::Sse { .. });
+    let target = if legacy_sse && p.method != Method::GET {
+        match super::sse::message_url(url, p.path.as_deref(), p.query.as_deref()) {
+            Some(u) => u,
+            None => {
+                let error = upstream_error(&p, "the SSE url has no origin");
+                return refuse_to(
+                    app,
+                    p.sse_route.as_ref(),
+                    false,
+                    recorder,
+                    Stage::Call,
+                    &error,
+                    p.envelope.as_ref(),
+                    None,
+                );
+            }
+        }
+    } else {
+        upstream_url(url, p.path.as_deref(), p.query.as_deref())
+    };
+    let mut headers = upstream_headers(&p.headers);
+    if let Some(sealed) = p
+        .headers
+        .get(session_header())
+        .and_then(|v| v.to_str().ok())
+    {
+        match app.mcp.sessions.open(&p.server.slug, &p.key.id, sealed) {
+            Some(upstream) => {
+                if let Ok(v) = HeaderValue::from_str(&upstream) {
+                    headers.insert(session_header(), v);
+                }
+            }
+            None => {
+                let error = McpError::SessionNotFound.into();
+                return refuse_to(
+                    app,
+                    p.sse_route.as_ref(),
+                    false,
+                    recorder,
+                    Stage::Call,
+                    &error,
+                    p.envelope.as_ref(),
+                    None,
+                );
+            }
+        }
+    }
+    if legacy_sse && p.method == Method::GET {
+        headers.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("text/event-stream"),
+        );
+    }
+    // The upstream credential goes in only now, after governance passed.
+    match app.mcp.tokens.authorization(&p.server, &app.http).await {
+        Ok(Some(value)) => {
+            headers.insert(header::AUTHORIZATION, value);
+        }
+        Ok(None) => {}
+        Err(e) => {
+            return refuse_to(
+                app,
+                p.sse_route.as_ref(),
+                false,
+                recorder,
+                Stage::Call,
+                &e.into(),
+                p.envelope.as_ref(),
+                None,
+            );
+        }
+    }
+    let mut request = app.http.request(p.method.clone(), &target).headers(headers);
+    if let Some(body) = &p.body {
+        request = request.body(body.clone());
+    }
+    let started = Instant::now();
+    let response = match tokio::time::timeout(p.server.timeout, request.send()).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            let error = upstream_error(&p, format!("unreachable: {}", without_url(&e)));
+            return refuse_to(
+                app,
+                p.sse_route.as_ref(),
+                false,
+                recorder,
+                Stage::Call,
+                &error,
+                p.envelope.as_ref(),
+                None,
+            );
+        }
+        Err(_) => {
+            let error = upstream_error(
+                &p,
+                format!("no answer within {} ms", p.server.timeout.as_millis()),
+            );
+            return refuse_to(
+                app,
+                p.sse_route.as_ref(),
+                false,
+                recorder,
+                Stage::Call,
+                &error,
+                p.envelope.as_ref(),
+                None,
+            );
+        }
+    };
+    recorder.set_upstream_latency(
+        i64::try_from(started.elapsed().as_micros()).unwrap_or(i64::MAX),
+        None,
+    );
+    let status = response.status();
+    if status.is_server_error() {
+        let error = upstream_error(&p, format!("answered with status {}", status.as_u16()));
+        return refuse_to(
+            app,
+            p.sse_route.as_ref(),
+            false,
+            recorder,
+            Stage::Call,
+            &error,
+            p.envelope.as_ref(),
+            None,
+        );
+    }
+    let mut out_headers = relayed_headers(response.headers());
+    if let Some(upstream_session) = response
+        .headers()
+        .get(session_header())
+        .and_then(|v| v.to_str().ok())
+    {
+        let sealed = app
+            .mcp
+            .sessions
+            .seal(&p.server.slug, &p.key.id, upstream_session);
+        if let Ok(v) = HeaderValue::from_str(&sealed) {
+            out_headers.insert(session_header(), v);
+        }
+    }
+    let content_type = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    if content_type.starts_with("application/json") {
+        let limit = p.snapshot.limits.max_response_bytes;
+        let bytes = match read_limited(response, limit).await {
+            Ok(b) => b,
+            Err(detail) => {
+                let error = upstream_error(&p, detail);
+                return refuse_to(
+                    app,
+                    p.sse_route.as_ref(),
+                    false,
+                    recorder,
+                    Stage::Call,
+                    &error,
+                    p.envelope.as_ref(),
+                    None,
+                );
+            }
+        };
+        let bytes = if rules_filter(&p) {
+            filtered_json(bytes, &p)
+        } else {
+            bytes
+        };
+        recorder.mark_first_byte();
+        finish(
+            recorder,
+            &p,
+            status.as_u16(),
+            i64::try_from(bytes.len()).unwrap_or(i64::MAX),
+            None,
+        );
+        let mut answer = (status, bytes).into_response();
+        *answer.headers_mut() = out_headers;
+        return answer;
+    }
+    // A stream (SSE answer to a POST, the GET stream) or anything else: relayed as it comes.
+    let mut inject = None;
+    let registered: std::sync::Arc<std::sync::Mutex<Option<String>>> = Default::default();
+    let rewrite: Option<EventRewrite> = if legacy_sse {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        inject = Some(rx);
+        let (runtime, key_id, slot) = (app.mcp.clone(), p.key.id.clone(), registered.clone());
+        let on_endpoint: super::sse::OnEndpoint = std::sync::Arc::new(move |endpoint: &str| {
+            runtime.sse.register(&key_id, endpoint, tx.clone());
+            if let Ok(mut s) = slot.lock() {
+                *s = Some(endpoint.to_string());
+            }
+        });
+        Some(super::sse::stream_rewrite(
+            url.to_string(),
+            p.server.slug.clone(),
+            rules_filter(&p).then(|| p.server.tools.clone()),
+            Some(on_endpoint),
+        ))
+    } else if content_type.starts_with("text/event-stream") && rules_filter(&p) {
+        Some(tool_filter(p.server.tools.clone()))
+    } else {
+        None
+    };
+    recorder.mark_first_byte();
+    recorder.set_stream_status("open");
+    let code = status.as_u16();
+    let runtime = app.mcp.clone();
+    let on_end = Box::new(move |bytes_out: i64, reason: Option<&'static str>| {
+        if let Some(endpoint) = registered.lock().ok().and_then(|mut s| s.take()) {
+            runtime.sse.remove(&p.key.id, &endpoint);
+        }
+        finish(
+            recorder,
+            &p,
+            code,
+            bytes_out,
+            Some(reason.unwrap_or("completed")),
+        );
+        drop(p);
+    });
+    let body = relay(response.bytes_stream().boxed(), rewrite, inject, on_end);
+    let mut answer = Response::new(body);
+    *answer.status_mut() = status;
+    *answer.headers_mut() = out_headers;
+    answer
+}
+
+/// The error text without the URL (which may carry a query credential).
+fn without_url(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    if let Some(url) = e.url() {
+        text = text.replace(url.as_str(), "the server");
+    }
+    text
+}
+
+async fn read_limited(response: reqwest::Response, limit: usize) -> Result<Bytes, String> {
+    let mut stream = response.bytes_stream();
+    let mut out = bytes::BytesMut::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| format!("the answer broke off: {}", without_url(&e)))?;
+        if out.len() + chunk.len() > limit {
+            return Err(format!("the answer exceeds {limit} bytes"));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out.freeze())
+}
+
+fn filtered_json(bytes: Bytes, p: &Prepared) -> Bytes {
+    let Ok(mut value) = serde_json::from_slice::<Value>(&bytes) else {
+        return bytes;
+    };
+    if filter_tools(&mut value, &p.server.tools) {
+        Bytes::from(value.to_string())
+    } else {
+        bytes
+    }
+}
+
+/// Serves a stdio server: one child per session, or one per server without a session.
+pub async fn stdio(
+    app: &Arc<AppState>,
+    p: Prepared,
+    command: &StdioCommand,
+    recorder: Recorder,
+) -> Response {
+    let children = &app.mcp.stdio;
+    let session_id = p
+        .headers
+        .get(session_header())
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let existing = match &session_id {
+        Some(id) => match children.get(id, &p.server.slug, &p.key.id) {
+            Some(s) => Some(s),
+            None => {
+                let error = McpError::SessionNotFound.into();
+                return refuse(recorder, Stage::Call, &error, p.envelope.as_ref(), None);
+            }
+        },
+        None => None,
+    };
+    if p.method == Method::DELETE {
+        let status = match &session_id {
+            Some(id) if children.close(id) => StatusCode::OK,
+            _ => StatusCode::NOT_FOUND,
+        };
+        finish(recorder, &p, status.as_u16(), 0, None);
+        return status.into_response();
+    }
+    if p.method == Method::GET {
+        let Some(session) = existing else {
+            finish(recorder, &p, 405, 0, None);
+            return StatusCode::METHOD_NOT_ALLOWED.into_response();
+        };
+        let events = session.subscribe();
+        let stream = futures_util::stream::unfold(events, |mut rx| async move {
+            loop {
+                match rx.recv().await {
+                    Ok(message) => {
+                        let event = Bytes::from(format!("event: message\ndata: {message}\n\n"));
+                        return Some((Ok::<Bytes, reqwest::Error>(event), rx));
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        })
+        .boxed();
+        let mut recorder = recorder;
+        recorder.mark_first_byte();
+        recorder.set_stream_status("open");
+        let on_end = Box::new(move |bytes_out: i64, reason: Option<&'static str>| {
+            finish(
+                recorder,
+                &p,
+                200,
+                bytes_out,
+                Some(reason.unwrap_or("completed")),
+            );
+        });
+        let mut answer = Response::new(relay(stream, None, None, on_end));
+        answer.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        return answer;
+    }
+    let Some(envelope) = p.envelope.as_ref() else {
+        return refuse(
+            recorder,
+            Stage::Call,
+            &GatewayError::MethodNotAllowed("stdio".into()),
+            None,
+            None,
+        );
+    };
+    let initializing = envelope.calls().any(|c| c.method == Some("initialize"));
+    let (session, new_id) = match existing {
+        Some(s) => (s, None),
+        None if initializing => {
+            let (id, s) = children.open(&p.server, command, &p.key.id);
+            (s, Some(id))
+        }
+        None => (children.shared(&p.server, command), None),
+    };
+    let answers = match session
+        .exchange(envelope.messages.clone(), p.server.timeout)
+        .await
+    {
+        Ok(a) => a,
+        Err(e) => {
+            if let Some(id) = &new_id {
+                children.close(id);
+            }
+            return refuse(recorder, Stage::Call, &e.into(), p.envelope.as_ref(), None);
+        }
+    };
+    let mut headers = HeaderMap::new();
+    if let Some(id) = &new_id
+        && let Ok(v) = HeaderValue::from_str(id)
+    {
+        headers.insert(session_header(), v);
+    }
+    if answers.is_empty() {
+        finish(recorder, &p, 202, 0, None);
+        let mut answer = StatusCode::ACCEPTED.into_response();
+        answer.headers_mut().extend(headers);
+        return answer;
+    }
+    let mut body = if envelope.batch {
+        Value::from(answers)
+    } else {
+        answers.into_iter().next().unwrap_or(Value::Null)
+    };
+    if rules_filter(&p) {
+        filter_tools(&mut body, &p.server.tools);
+    }
+    let mut answer = json_response(StatusCode::OK, &body);
+    answer.headers_mut().extend(headers);
+    let bytes_out = i64::try_from(body.to_string().len()).unwrap_or(i64::MAX);
+    let mut recorder = recorder;
+    recorder.mark_first_byte();
+    finish(recorder, &p, 200, bytes_out, None);
+    answer
+}

@@ -1,0 +1,212 @@
+//! Settlement: what each held counter is charged when a request is recorded, the store-backed
+//! settlement worker (shared store: queued, batched, retried until the store takes it), and the
+//! budget threshold events both ledgers emit (once per budget window and threshold, webhook
+//! delivered with retries, off the request path).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use super::Metric;
+use super::ledger::{HeldFor, LedgerStats, Reservation};
+use crate::clock::now_ms;
+use crate::store::Store;
+use crate::store::ledger::{CounterState, Settlement};
+use crate::usage::TokenUsage;
+
+/// Settlements per transaction at most.
+const SETTLE_BATCH: usize = 256;
+
+/// One request's settlement, queued for the store.
+pub(super) struct SettleJob {
+    pub(super) reservation: Reservation,
+    pub(super) tokens: TokenUsage,
+    pub(super) cost_nanos: i64,
+}
+
+/// What each counter of `reservation` is charged for a call that used `tokens` and cost
+/// `cost_nanos`.
+pub fn settlements_of(
+    reservation: &Reservation,
+    tokens: &TokenUsage,
+    cost_nanos: i64,
+) -> Vec<Settlement> {
+    reservation
+        .held
+        .iter()
+        .map(|h| Settlement {
+            counter_id: h.counter_id.clone(),
+            window_start_ms: h.window_start_ms,
+            actual: match &h.kind {
+                HeldFor::Budget(_) | HeldFor::Quota(Metric::Cost) => cost_nanos,
+                HeldFor::Quota(Metric::Requests) => 1,
+                HeldFor::Quota(Metric::Concurrency) => 0,
+                HeldFor::Quota(Metric::InputTokens) => tokens.input,
+                HeldFor::Quota(Metric::OutputTokens) => tokens.output,
+                HeldFor::Quota(Metric::TotalTokens) => tokens.total(),
+            },
+        })
+        .collect()
+}
+
+/// Where threshold events are recorded and sent.
+#[derive(Clone)]
+pub(super) struct Notifier {
+    pub(super) store: Store,
+    pub(super) http: reqwest::Client,
+    pub(super) stats: Arc<LedgerStats>,
+}
+
+impl Notifier {
+    /// Emits the threshold events the budget counters of `reservation` crossed, given each
+    /// touched counter's state after settlement. `before_used` is, per counter, what was spent
+    /// before (the embedded ledger knows it; `None` checks every threshold already reached,
+    /// deduplicated by the store).
+    pub(super) async fn thresholds(
+        &self,
+        reservation: &Reservation,
+        states: &[((String, i64), CounterState)],
+        before_used: Option<&[i64]>,
+    ) {
+        for (i, held) in reservation.held.iter().enumerate() {
+            let HeldFor::Budget(budget) = &held.kind else {
+                continue;
+            };
+            let Some((_, state)) = states
+                .iter()
+                .find(|((c, w), _)| *c == held.counter_id && *w == held.window_start_ms)
+            else {
+                continue;
+            };
+            if budget.limit_nanos <= 0 {
+                continue;
+            }
+            let percent = |used: i64| i128::from(used) * 100 / i128::from(budget.limit_nanos);
+            let now = percent(state.used);
+            let before = before_used.and_then(|b| b.get(i)).map(|u| percent(*u));
+            for threshold in &budget.thresholds {
+                let t = i128::from(*threshold);
+                if now < t || before.is_some_and(|b| b >= t) {
+                    continue;
+                }
+                match self
+                    .store
+                    .record_alert(&held.counter_id, held.window_start_ms, *threshold)
+                    .await
+                {
+                    Ok(true) => {
+                        self.stats.alerts.fetch_add(1, Ordering::Relaxed);
+                        let event = json!({
+                            "event": "budget_threshold",
+                            "budget_id": budget.id,
+                            "scope": budget.scope.as_str(),
+                            "subject": budget.subject,
+                            "window": budget.window.budget_name(),
+                            "window_start_ms": held.window_start_ms,
+                            "threshold_percent": threshold,
+                            "limit_usd": budget.limit_nanos as f64 / 1e9,
+                            "spent_usd": state.used as f64 / 1e9,
+                            "at_ms": now_ms(),
+                        });
+                        tracing::warn!(budget = %budget.id, threshold, spent_nanos = state.used, limit_nanos = budget.limit_nanos, "budget threshold crossed");
+                        if let Some(url) = reservation.webhook.clone() {
+                            tokio::spawn(deliver(self.http.clone(), url, event));
+                        }
+                    }
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(error = %e, "budget threshold could not be recorded"),
+                }
+            }
+        }
+    }
+}
+
+/// The shared store's settlement worker: drains queued settlements in batches, one
+/// transaction each, retrying until the store takes them (settlements are idempotent per hold
+/// id, so a retry after an ambiguous commit charges once).
+pub(super) async fn settle_worker(mut rx: mpsc::Receiver<SettleJob>, notifier: Notifier) {
+    let mut jobs = Vec::with_capacity(SETTLE_BATCH);
+    while rx.recv_many(&mut jobs, SETTLE_BATCH).await > 0 {
+        let batch: Vec<(String, Vec<Settlement>)> = jobs
+            .iter()
+            .map(|job| {
+                (
+                    job.reservation.hold_id.clone(),
+                    settlements_of(&job.reservation, &job.tokens, job.cost_nanos),
+                )
+            })
+            .collect();
+        let mut backoff = Duration::from_millis(50);
+        let states = loop {
+            match notifier.store.settle_batch(&batch).await {
+                Ok(states) => break states,
+                Err(e) => {
+                    notifier
+                        .stats
+                        .settle_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(settlements = batch.len(), error = %e, "settlement failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        };
+        notifier
+            .stats
+            .settled
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        // Threshold events, checked on the state after the batch, once per budget window.
+        let mut seen: Vec<(String, i64)> = Vec::new();
+        for job in &jobs {
+            if job.cost_nanos == 0 {
+                continue;
+            }
+            let fresh = job.reservation.held.iter().any(|h| {
+                matches!(h.kind, HeldFor::Budget(_))
+                    && !seen
+                        .iter()
+                        .any(|(c, w)| *c == h.counter_id && *w == h.window_start_ms)
+            });
+            if !fresh {
+                continue;
+            }
+            seen.extend(
+                job.reservation
+                    .held
+                    .iter()
+                    .map(|h| (h.counter_id.clone(), h.window_start_ms)),
+            );
+            notifier.thresholds(&job.reservation, &states, None).await;
+        }
+        jobs.clear();
+    }
+    tracing::debug!("settlement worker drained");
+}
+
+/// Delivers one event with retries (5 attempts, exponential backoff), off the request path.
+async fn deliver(http: reqwest::Client, url: String, event: Value) {
+    let mut backoff = Duration::from_millis(200);
+    for attempt in 1..=5 {
+        match http
+            .post(&url)
+            .json(&event)
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+        {
+            Ok(r) if r.status().is_success() => return,
+            Ok(r) => tracing::warn!(
+                attempt,
+                status = r.status().as_u16(),
+                "budget webhook rejected the event"
+            ),
+            Err(e) => tracing::warn!(attempt, error = %e, "budget webhook unreachable"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff *= 2;
+    }
+    tracing::error!(%url, "budget webhook gave up after 5 attempts");
+}
