@@ -140,6 +140,19 @@ pub enum UpstreamError {
         /// The timeout that elapsed.
         timeout_ms: u64,
     },
+    /// A provider-adapter plugin refused to translate (`adapter_error`) or failed: trapped, ran
+    /// out of time or memory (`adapter_failed`).
+    #[error("provider '{provider}': adapter '{adapter}' {detail}")]
+    Adapter {
+        /// Provider name.
+        provider: String,
+        /// The adapter plugin's name.
+        adapter: String,
+        /// `adapter_error` or `adapter_failed`.
+        code: &'static str,
+        /// What went wrong (the adapter's own code and message, or the failure).
+        detail: String,
+    },
 }
 
 /// MCP gateway failures (reference spec 4.4).
@@ -405,6 +418,7 @@ impl GatewayError {
             },
             GatewayError::Upstream(e) => match e {
                 UpstreamError::Timeout { .. } => "upstream_timeout",
+                UpstreamError::Adapter { code, .. } => code,
                 _ => "upstream_error",
             },
             GatewayError::Unavailable(e) => e.code,

@@ -57,6 +57,9 @@ pub enum ProviderFamily {
     /// tollgate's built-in offline demo responder: answers deterministically in the shape of
     /// the endpoint it is called on.
     Demo,
+    /// A provider tollgate does not know, spoken through a provider-adapter plugin (named by
+    /// the provider's `adapter`): OpenAI-shaped chat for the rest of the gateway.
+    Adapter,
 }
 
 impl ProviderFamily {
@@ -69,13 +72,16 @@ impl ProviderFamily {
             ProviderFamily::Gemini => "gemini",
             ProviderFamily::Vllm => "vllm",
             ProviderFamily::Demo => "demo",
+            ProviderFamily::Adapter => "adapter",
         }
     }
 
     /// The API shape the provider speaks; `None` for the demo, which answers in every shape.
     pub fn api(self) -> Option<Api> {
         match self {
-            ProviderFamily::Openai | ProviderFamily::Azure => Some(Api::OpenAi),
+            ProviderFamily::Openai | ProviderFamily::Azure | ProviderFamily::Adapter => {
+                Some(Api::OpenAi)
+            }
             ProviderFamily::Anthropic => Some(Api::Anthropic),
             ProviderFamily::Gemini => Some(Api::Gemini),
             ProviderFamily::Vllm => Some(Api::Vllm),
@@ -331,6 +337,7 @@ impl Endpoint {
                 | ProviderFamily::Azure
                 | ProviderFamily::Anthropic
                 | ProviderFamily::Gemini
+                | ProviderFamily::Adapter
         );
         if self.translatable() && chat_provider && (opted_in || self == Endpoint::Unified) {
             ServeMode::Translate

@@ -1,8 +1,15 @@
 //! Provider adapters: translate between the OpenAI shape and a provider's native API.
 //!
-//! **Designed, not yet loaded.** The `provider-adapter` world is part of WIT 0.1.0 so adapters
-//! and the gateway agree on it from the start, but this version of tollgate refuses manifests
-//! with `world = "provider-adapter"`; the unified endpoint will use them.
+//! The gateway loads manifests with `world = "provider-adapter"` and calls the adapter for every
+//! request to a provider declared with `family = "adapter"` and `adapter = "<manifest stem>"`:
+//! [`ProviderAdapter::transform_request`] turns the OpenAI chat body into the native request
+//! (its `path` is appended to the provider's `base_url`), the gateway makes the HTTP call and
+//! injects the credential (the adapter never sees it), then
+//! [`ProviderAdapter::transform_response`] (whole answers) or
+//! [`ProviderAdapter::transform_stream_event`] (each native SSE event, or each line of an NDJSON
+//! stream) turns the answer back into OpenAI chat. An adapter has no network, filesystem or
+//! environment. An [`AdapterError`] is a 502 `adapter_error`; a trap a 502 `adapter_failed`, and
+//! the instance is discarded. Instances are pooled: keep no state between calls.
 
 /// An HTTP request or answer as an adapter sees it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -9,8 +9,9 @@
 //!   [`StreamWindow`] over streamed answers, and answers a [`Verdict`]: allow, deny with a code
 //!   and reason, or rewrite (mask) text parts, with [`Finding`]s by category for the usage
 //!   record;
-//! - a **provider adapter** implements [`ProviderAdapter`] (designed, not yet loaded by the
-//!   gateway; see [`adapter`]);
+//! - a **provider adapter** implements [`ProviderAdapter`]: it translates OpenAI chat requests
+//!   into a provider's native HTTP request and the answers back, for providers with
+//!   `family = "adapter"` (see [`adapter`]);
 //! - [`export!`] turns the type into the component's exports.
 //!
 //! ```

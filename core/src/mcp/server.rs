@@ -227,6 +227,7 @@ impl McpServer {
             timeout: Duration::from_secs(1),
             enabled: true,
             api_version: None,
+            adapter: None,
         });
         Target::Model(Arc::new(Model {
             name: name.clone(),

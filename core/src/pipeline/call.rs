@@ -148,6 +148,15 @@ pub async fn run(
         let sent = Instant::now();
         let reply = match provider.family {
             ProviderFamily::Demo => Ok(demo::respond(call_endpoint, &body, &model.upstream_model)),
+            ProviderFamily::Adapter => {
+                let out = Outbound {
+                    endpoint: call_endpoint,
+                    body,
+                    stream: request.stream,
+                    forward: &[],
+                };
+                upstream::adapter::send(&app.http, model, out).await
+            }
             _ => {
                 let out = Outbound {
                     endpoint: call_endpoint,

@@ -38,7 +38,7 @@ pub const WIT_VERSION: &str = "0.1.0";
 pub const TICK: Duration = Duration::from_millis(1);
 
 /// Time allowed for instantiation plus `configure` (guests compile their patterns there).
-const CONFIGURE_TIME: Duration = Duration::from_secs(2);
+pub(super) const CONFIGURE_TIME: Duration = Duration::from_secs(2);
 
 /// Why a plugin call did not produce a verdict.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -74,7 +74,7 @@ impl Failure {
 }
 
 /// Caps linear memory and tables of one instance, remembering whether the cap was hit.
-struct Limiter {
+pub(super) struct Limiter {
     max_memory: usize,
     hit: bool,
 }
@@ -111,6 +111,30 @@ pub struct GuestState {
     wasi: WasiCtx,
     table: ResourceTable,
     limiter: Limiter,
+}
+
+impl GuestState {
+    /// A state with this WASI context and `limits`' memory cap (used by the adapter host).
+    pub(super) fn new(wasi: WasiCtx, limits: &Limits) -> Self {
+        GuestState {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: Limiter {
+                max_memory: limits.memory_bytes(),
+                hit: false,
+            },
+        }
+    }
+
+    /// Whether the guest hit its memory cap.
+    pub(super) fn memory_hit(&self) -> bool {
+        self.limiter.hit
+    }
+
+    /// The store's memory limiter.
+    pub(super) fn limiter(&mut self) -> &mut dyn ResourceLimiter {
+        &mut self.limiter
+    }
 }
 
 impl WasiView for GuestState {
@@ -159,6 +183,11 @@ pub fn runtime() -> Result<&'static Runtime, String> {
 }
 
 impl Runtime {
+    /// The linker (WASI 0.2 only).
+    pub(super) fn linker(&self) -> &Linker<GuestState> {
+        &self.linker
+    }
+
     /// Compiles a component (≈1 s for a release-built guardrail; callers reuse the result by
     /// content hash) and checks it was built for a WIT version this gateway loads.
     pub fn compile(&self, wasm: &[u8]) -> Result<Component, String> {
@@ -189,7 +218,7 @@ impl Runtime {
     }
 }
 
-/// Refuses components that are not `tollgate:plugin` guardrails of a compatible version,
+/// Refuses components that are not `tollgate:plugin` guardrails or adapters of a compatible version,
 /// naming what they are.
 fn check_world(engine: &Engine, component: &Component) -> Result<(), String> {
     let ty = component.component_type();
@@ -218,10 +247,10 @@ fn check_world(engine: &Engine, component: &Component) -> Result<(), String> {
              (0.1.x); rebuild the plugin with tollgate-plugin-sdk 0.1"
         ));
     }
-    if interface != "guard" {
+    if interface != "guard" && interface != "adapter" {
         return Err(format!(
-            "exports tollgate:plugin/{interface}, not the guardrail interface \
-             (provider-adapter plugins are not loaded by this gateway version)"
+            "exports tollgate:plugin/{interface}, neither the guardrail nor the provider-adapter \
+             interface"
         ));
     }
     Ok(())
@@ -267,7 +296,7 @@ impl std::fmt::Debug for Instances {
     }
 }
 
-fn ticks(d: Duration) -> u64 {
+pub(super) fn ticks(d: Duration) -> u64 {
     (d.as_micros() / TICK.as_micros()).max(1) as u64 + 1
 }
 

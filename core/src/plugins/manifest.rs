@@ -4,7 +4,7 @@
 //! ```toml
 //! description = "Mask personal data before it reaches the provider"
 //! wasm = "../plugins/dist/pii-guard.wasm"   # relative to the policy directory
-//! world = "guardrail"                        # the only world loaded today
+//! world = "guardrail"                        # or "provider-adapter" (no phases, scope, env or files)
 //! phases = ["request", "response", "stream"]
 //! failure_mode = "closed"                    # "closed" (default): 403 plugin_blocked; "open": pass, recorded
 //!
@@ -272,7 +272,8 @@ pub struct ManifestFile {
     /// The WIT world it implements.
     #[serde(default = "default_world")]
     pub world: toml::Spanned<String>,
-    /// When it runs.
+    /// When it runs (guardrails: at least one; adapters: none).
+    #[serde(default = "no_phases")]
     pub phases: toml::Spanned<Vec<Phase>>,
     /// Trap / limit / garbage handling.
     #[serde(default)]
@@ -296,6 +297,10 @@ pub struct ManifestFile {
 
 fn default_world() -> toml::Spanned<String> {
     toml::Spanned::new(0..0, "guardrail".to_string())
+}
+
+fn no_phases() -> toml::Spanned<Vec<Phase>> {
+    toml::Spanned::new(0..0, Vec::new())
 }
 
 fn yes() -> bool {

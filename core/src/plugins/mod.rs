@@ -5,8 +5,11 @@
 //! ([`load_dir`]): each names a component built with the plugin SDK (`sdk/`, WIT package
 //! `tollgate:plugin@0.1.0`). Components are compiled once per content hash and reused across
 //! reloads; a plugin whose manifest and component are unchanged keeps its warm instances. The
-//! inspect stage (`pipeline::inspect`) runs them.
+//! inspect stage (`pipeline::inspect`) runs guardrails; provider adapters
+//! (`world = "provider-adapter"`, [`adapter`]) are called by providers with
+//! `family = "adapter"`.
 
+pub mod adapter;
 pub mod host;
 pub mod manifest;
 pub mod metrics;
@@ -73,6 +76,8 @@ impl Plugin {
 pub struct Loaded {
     /// Plugins in manifest file-name order (the order they run in).
     pub plugins: Vec<Arc<Plugin>>,
+    /// Provider adapters, in manifest file-name order.
+    pub adapters: Vec<Arc<adapter::Adapter>>,
     /// (path, content hash) of every file read, for the snapshot's content hash.
     pub hashes: Vec<(PathBuf, String)>,
     /// Every problem found.
@@ -109,10 +114,26 @@ fn error(
     }
 }
 
+/// One loaded manifest.
+enum One {
+    Guardrail(Arc<Plugin>),
+    Adapter(Arc<adapter::Adapter>),
+}
+
 /// Loads `dir/plugins/*.toml`, reusing `previous` plugins whose manifest and component are
-/// unchanged and compiled components whose bytes are unchanged. Components and `read_dir`
-/// folders must resolve inside `confinement`.
+/// unchanged and compiled components whose bytes are unchanged (guardrails only). Components
+/// and `read_dir` folders must resolve inside `confinement`.
 pub fn load_dir(dir: &Path, previous: &[Arc<Plugin>], confinement: &Confinement) -> Loaded {
+    load_dir_with(dir, previous, &[], confinement)
+}
+
+/// [`load_dir`], also reusing unchanged `previous_adapters`.
+pub fn load_dir_with(
+    dir: &Path,
+    previous: &[Arc<Plugin>],
+    previous_adapters: &[Arc<adapter::Adapter>],
+    confinement: &Confinement,
+) -> Loaded {
     let mut loaded = Loaded::default();
     let folder = dir.join(FOLDER);
     let entries = match std::fs::read_dir(&folder) {
@@ -140,8 +161,14 @@ pub fn load_dir(dir: &Path, previous: &[Arc<Plugin>], confinement: &Confinement)
     let mut compiled: HashMap<String, Component> = previous
         .iter()
         .map(|p| (p.wasm_hash.clone(), p.component.clone()))
+        .chain(
+            previous_adapters
+                .iter()
+                .map(|a| (a.wasm_hash.clone(), a.component.clone())),
+        )
         .collect();
     for path in files {
+        let previous = (previous, previous_adapters);
         match load_one(
             dir,
             &path,
@@ -150,7 +177,8 @@ pub fn load_dir(dir: &Path, previous: &[Arc<Plugin>], confinement: &Confinement)
             &mut compiled,
             &mut loaded,
         ) {
-            Ok(Some(plugin)) => loaded.plugins.push(plugin),
+            Ok(Some(One::Guardrail(plugin))) => loaded.plugins.push(plugin),
+            Ok(Some(One::Adapter(adapter))) => loaded.adapters.push(adapter),
             Ok(None) => {}
             Err(e) => loaded.errors.push(e),
         }
@@ -161,11 +189,11 @@ pub fn load_dir(dir: &Path, previous: &[Arc<Plugin>], confinement: &Confinement)
 fn load_one(
     dir: &Path,
     path: &Path,
-    previous: &[Arc<Plugin>],
+    (previous, previous_adapters): (&[Arc<Plugin>], &[Arc<adapter::Adapter>]),
     confinement: &Confinement,
     compiled: &mut HashMap<String, Component>,
     loaded: &mut Loaded,
-) -> Result<Option<Arc<Plugin>>, LoadError> {
+) -> Result<Option<One>, LoadError> {
     let hashes = &mut loaded.hashes;
     let name = path
         .file_stem()
@@ -193,24 +221,21 @@ fn load_one(
     let at = |span: std::ops::Range<usize>, key: &str, message: String| {
         error(path, Some(&text), Some(span), Some(key), message)
     };
-    match manifest.world.get_ref().as_str() {
-        "guardrail" => {}
-        "provider-adapter" => {
-            return Err(at(
-                manifest.world.span(),
-                "world",
-                "provider-adapter plugins are designed (WIT tollgate:plugin@0.1.0) but not loaded by this gateway version".into(),
-            ));
-        }
+    let is_adapter = match manifest.world.get_ref().as_str() {
+        "guardrail" => false,
+        "provider-adapter" => true,
         other => {
             return Err(at(
                 manifest.world.span(),
                 "world",
-                format!("unknown world '{other}' (expected \"guardrail\")"),
+                format!("unknown world '{other}' (expected \"guardrail\" or \"provider-adapter\")"),
             ));
         }
-    }
-    if manifest.phases.get_ref().is_empty() {
+    };
+    if is_adapter {
+        adapter_fields_allowed(&manifest)
+            .map_err(|(key, message)| error(path, None, None, Some(key), message))?;
+    } else if manifest.phases.get_ref().is_empty() {
         return Err(at(
             manifest.phases.span(),
             "phases",
@@ -273,11 +298,18 @@ fn load_one(
     hasher.update(wasm_hash.as_bytes());
     let source_hash = hex::encode(hasher.finalize());
 
+    if is_adapter
+        && let Some(same) = previous_adapters
+            .iter()
+            .find(|a| a.name == name && a.source_hash == source_hash)
+    {
+        return Ok(Some(One::Adapter(same.clone())));
+    }
     if let Some(same) = previous
         .iter()
-        .find(|p| p.name == name && p.source_hash == source_hash)
+        .find(|p| !is_adapter && p.name == name && p.source_hash == source_hash)
     {
-        return Ok(Some(same.clone()));
+        return Ok(Some(One::Guardrail(same.clone())));
     }
 
     let runtime = host::runtime().map_err(|e| at(manifest.wasm.span(), "wasm", e))?;
@@ -296,6 +328,30 @@ fn load_one(
             component
         }
     };
+    if is_adapter {
+        let config = serde_json::to_string(&manifest.config).map_err(|e| {
+            error(
+                path,
+                None,
+                None,
+                Some("config"),
+                format!("cannot be encoded: {e}"),
+            )
+        })?;
+        let parts = adapter::Parts {
+            name,
+            description: manifest.description,
+            wasm_path,
+            wasm_hash,
+            source_hash,
+            config,
+            limits: manifest.limits,
+            stderr: manifest.capabilities.stderr,
+        };
+        let built = adapter::build(runtime, parts, component)
+            .map_err(|e| at(manifest.wasm.span(), "wasm", e))?;
+        return Ok(Some(One::Adapter(Arc::new(built))));
+    }
     let pre = runtime.prepare(&component).map_err(|e| {
         at(
             manifest.wasm.span(),
@@ -332,7 +388,7 @@ fn load_one(
         }
         Err(e) => return Err(error(path, None, None, None, e)),
     }
-    Ok(Some(Arc::new(Plugin {
+    Ok(Some(One::Guardrail(Arc::new(Plugin {
         name,
         description: manifest.description,
         wasm_path,
@@ -344,7 +400,38 @@ fn load_one(
         limits: manifest.limits,
         component,
         instances,
-    })))
+    }))))
+}
+
+/// An adapter is not a guardrail: it has no phases or scope (providers name it), and it gets
+/// no filesystem or environment (the gateway makes its HTTP calls and holds the credential).
+fn adapter_fields_allowed(manifest: &manifest::ManifestFile) -> Result<(), (&'static str, String)> {
+    let refuse = |key, what: &str| Err((key, format!("a provider-adapter plugin {what}")));
+    if !manifest.phases.get_ref().is_empty() {
+        return refuse(
+            "phases",
+            "has no phases (it runs when a provider with family = \"adapter\" names it)",
+        );
+    }
+    if manifest.applies_to != AppliesTo::default() {
+        return refuse(
+            "applies_to",
+            "has no scope (providers with family = \"adapter\" name it)",
+        );
+    }
+    if !manifest.capabilities.env.is_empty() {
+        return refuse("capabilities.env", "gets no environment");
+    }
+    if manifest.capabilities.read_dir.is_some() {
+        return refuse("capabilities.read_dir", "gets no filesystem");
+    }
+    if manifest.failure_mode != FailureMode::Closed {
+        return refuse(
+            "failure_mode",
+            "always fails closed (a failed translation is a 502)",
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -236,6 +236,9 @@ pub struct ProviderSection {
     /// Azure: the `api-version` query parameter; Anthropic: the `anthropic-version` header
     /// (default `2023-06-01`). Refused for other families.
     pub api_version: Option<Spanned<String>>,
+    /// `family = "adapter"`: the provider-adapter plugin (`plugins/<name>.toml`) that speaks
+    /// this provider's API. Refused for other families.
+    pub adapter: Option<Spanned<String>>,
 }
 
 fn default_timeout_ms() -> u64 {

@@ -251,6 +251,7 @@ pub fn load_dir(
                 timeout: Duration::from_millis(section.timeout_ms),
                 enabled: section.enabled,
                 api_version: api_version(&map, &key, &section, &mut errors),
+                adapter: adapter_name(&map, &key, &section, &mut errors),
             }),
         );
     }
@@ -420,9 +421,10 @@ pub fn load_dir(
     for problem in problems {
         errors.push(map.error(None, "plugins.allowed_dirs", problem));
     }
-    let loaded = crate::plugins::load_dir(
+    let loaded = crate::plugins::load_dir_with(
         dir,
         previous.map_or(&[][..], |p| p.plugins.as_slice()),
+        previous.map_or(&[][..], |p| p.adapters.as_slice()),
         &confinement,
     );
     for (path, hash) in &loaded.hashes {
@@ -431,6 +433,15 @@ pub fn load_dir(
     }
     errors.extend(loaded.errors);
     let plugins = loaded.plugins;
+    let adapters = loaded.adapters;
+    // Providers with family = "adapter" find their plugin.
+    for (name, provider) in &providers {
+        if let Some(binding) = &provider.adapter
+            && let Err(message) = binding.bind(&adapters)
+        {
+            errors.push(map.error(None, &format!("providers.{name}.adapter"), message));
+        }
+    }
 
     // Model groups.
     let mut groups = BTreeMap::new();
@@ -559,6 +570,7 @@ pub fn load_dir(
         access_uses,
         routing,
         plugins,
+        adapters,
         budgets,
         quotas,
         limits_by_scope,
@@ -847,6 +859,38 @@ fn api_version(
     }
 }
 
+/// `adapter`: required with `family = "adapter"` (bound to its plugin once plugins load),
+/// refused otherwise.
+fn adapter_name(
+    map: &SourceMap<'_>,
+    key: &str,
+    section: &super::config::ProviderSection,
+    errors: &mut Vec<LoadError>,
+) -> Option<crate::plugins::adapter::Binding> {
+    match (&section.adapter, section.family) {
+        (Some(name), ProviderFamily::Adapter) => {
+            Some(crate::plugins::adapter::Binding::new(name.get_ref()))
+        }
+        (None, ProviderFamily::Adapter) => {
+            errors.push(map.error(
+                None,
+                key,
+                "an 'adapter' provider needs adapter = \"<plugin name>\" (a plugins/*.toml with world = \"provider-adapter\")".into(),
+            ));
+            None
+        }
+        (Some(name), family) => {
+            errors.push(map.error(
+                Some(name.span()),
+                &format!("{key}.adapter"),
+                format!("a '{}' provider takes no adapter", family.as_str()),
+            ));
+            None
+        }
+        (None, _) => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -930,5 +974,30 @@ mod tests {
         let provider = &snapshot.providers["p"];
         assert!(matches!(provider.credential, Credential::Missing(_)));
         assert_eq!(provider.base_url.as_deref(), Some("http://127.0.0.1:9/v1"));
+    }
+
+    fn joined(errors: Vec<LoadError>) -> String {
+        errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[test]
+    fn adapter_providers_name_a_loaded_adapter_and_other_families_take_none() {
+        let text = "[providers.o]\nfamily = \"adapter\"\nbase_url = \"http://127.0.0.1:9\"\nadapter = \"nope\"\n";
+        let err = joined(load_text(text).expect_err("unknown adapter"));
+        assert!(
+            err.contains("providers.o.adapter")
+                && err.contains("no provider-adapter plugin named 'nope'"),
+            "{err}"
+        );
+        let text = "[providers.o]\nfamily = \"adapter\"\nbase_url = \"http://127.0.0.1:9\"\n";
+        let err = joined(load_text(text).expect_err("adapter missing"));
+        assert!(err.contains("needs adapter"), "{err}");
+        let text = "[providers.o]\nfamily = \"openai\"\nbase_url = \"http://127.0.0.1:9\"\nadapter = \"x\"\n";
+        let err = joined(load_text(text).expect_err("adapter on openai"));
+        assert!(err.contains("takes no adapter"), "{err}");
     }
 }

@@ -80,6 +80,8 @@ pub struct Provider {
     pub enabled: bool,
     /// Azure's `api-version`, or Anthropic's `anthropic-version`.
     pub api_version: Option<String>,
+    /// `family = "adapter"`: the provider-adapter plugin it is spoken through.
+    pub adapter: Option<crate::plugins::adapter::Binding>,
 }
 
 /// A model clients may call, resolved to its provider.
@@ -267,6 +269,8 @@ pub struct Snapshot {
     pub routing: BTreeMap<String, Arc<rhai::RoutingScript>>,
     /// Guardrail plugins (`plugins/*.toml`), in manifest file-name order.
     pub plugins: Vec<Arc<crate::plugins::Plugin>>,
+    /// Provider-adapter plugins (`plugins/*.toml` with `world = "provider-adapter"`).
+    pub adapters: Vec<Arc<crate::plugins::adapter::Adapter>>,
     /// Budgets declared in gateway.toml.
     pub budgets: Vec<Arc<crate::spend::BudgetSpec>>,
     /// Quotas declared in gateway.toml.

@@ -5,6 +5,7 @@
 //! body stream, so JSON and SSE relaying, usage extraction and recording are the same code for
 //! every provider family.
 
+pub mod adapter;
 pub mod demo;
 mod demo_native;
 pub mod gemini_array;

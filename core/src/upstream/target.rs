@@ -103,7 +103,8 @@ pub fn build(model: &Model, endpoint: Endpoint, stream: bool) -> Option<Call> {
                 headers: Vec::new(),
             }
         }
-        ProviderFamily::Demo => return None,
+        // The demo answers in process; adapters build their own request (`upstream::adapter`).
+        ProviderFamily::Demo | ProviderFamily::Adapter => return None,
     };
     Some(call)
 }
@@ -141,6 +142,7 @@ mod tests {
                 timeout: Duration::from_secs(1),
                 enabled: true,
                 api_version: api_version.map(str::to_string),
+                adapter: None,
             }),
             upstream_model: "gemini-2.5-flash".into(),
             pricing: Default::default(),

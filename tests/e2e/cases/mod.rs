@@ -1,5 +1,6 @@
 //! Test cases, one file per area.
 
+mod adapter;
 mod anthropic;
 mod budgets;
 mod check;

@@ -703,9 +703,16 @@ async fn load_refuses_bad_manifests_and_configs_with_the_reason() {
             "build the plugins",
         ),
         (
+            format!(
+                "wasm = {:?}\nworld = \"provider-adapter\"\n",
+                wasm("pii-guard").display().to_string()
+            ),
+            "does not match the provider-adapter world",
+        ),
+        (
             manifest("pii-guard", "[\"request\"]", "")
                 .replace("\"guardrail\"", "\"provider-adapter\""),
-            "not loaded by this gateway version",
+            "has no phases",
         ),
     ];
     for (text, needle) in cases {

@@ -1,7 +1,8 @@
 //! A fast mock LLM provider for tollgate's end-to-end tests and benchmark.
 //!
 //! It serves OpenAI chat completions (JSON and SSE with usage), embeddings, responses (JSON and
-//! SSE) and image generations, Anthropic messages and Gemini `generateContent`, with optional
+//! SSE) and image generations, Anthropic messages, Gemini `generateContent` and Ollama's
+//! native `/api/chat` ([`ollama`]), with optional
 //! artificial latency. Behaviour can be steered per request through the model id the gateway
 //! sends upstream:
 //!
@@ -25,6 +26,7 @@
 //! When recording is on, every request (path, headers, JSON body) is kept for assertions.
 
 mod families;
+pub mod ollama;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -145,6 +147,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/images/generations", post(images))
         .route("/v1/completions", post(families::completions))
         .route("/v1/messages", post(families::anthropic_messages))
+        .route("/api/chat", post(ollama::chat))
         .route(
             "/v1/messages/count_tokens",
             post(families::anthropic_count_tokens),
