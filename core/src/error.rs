@@ -523,6 +523,7 @@ impl GatewayError {
     fn anthropic_type(&self) -> &'static str {
         match self.status().as_u16() {
             401 => "authentication_error",
+            402 => "billing_error",
             403 => "permission_error",
             404 => "not_found_error",
             413 => "request_too_large",

@@ -152,7 +152,7 @@ attempt("provider500", os.environ["KEY"], "claude-500", anthropic.InternalServer
         "unknown BadRequestError 400 invalid_request_error model_not_found None",
         "family BadRequestError 400 invalid_request_error provider_not_allowed None",
         "grant PermissionDeniedError 403 permission_error model_not_allowed None",
-        "budget PaymentRequiredError 402 api_error budget_exceeded None",
+        "budget PaymentRequiredError 402 billing_error budget_exceeded None",
         "quota1 no error",
         "quota2 RateLimitError 429 rate_limit_error rate_limit_exceeded",
         // The provider's own 429 passes through: its body, status and Retry-After.
