@@ -606,9 +606,19 @@ async fn budgets_managed_with_the_cli_apply_while_the_gateway_serves() {
         seen_refusal = a == 402;
     }
     assert!(seen_refusal, "the stored budget was applied");
-    let listed = gw.budgets(&["list", "--json"]);
-    let listed: Value = serde_json::from_slice(&listed.stdout).unwrap();
-    assert_eq!(listed[0]["current_window"]["spent_nanos"], CALL_NANOS);
+    // The CLI reads the store, which the embedded ledger writes behind, with the usage rows, in
+    // batches: the settled spend appears there within a batch, not necessarily at once.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let spent = loop {
+        let listed = gw.budgets(&["list", "--json"]);
+        let listed: Value = serde_json::from_slice(&listed.stdout).unwrap();
+        let spent = listed[0]["current_window"]["spent_nanos"].clone();
+        if spent == CALL_NANOS || Instant::now() > deadline {
+            break spent;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(spent, CALL_NANOS);
     let show = gw.budgets(&["show", created["id"].as_str().unwrap()]);
     assert!(show.status.success());
     assert!(
