@@ -54,6 +54,21 @@ fn finish(
     recorder.finish(status, code);
 }
 
+/// Answers a failed upstream call (before anything was relayed) in the form the client expects:
+/// JSON-RPC on the legacy SSE stream or in the body once it holds requests, else HTTP.
+fn call_failed(app: &AppState, p: &Prepared, recorder: Recorder, error: &GatewayError) -> Response {
+    refuse_to(
+        app,
+        p.sse_route.as_ref(),
+        false,
+        recorder,
+        Stage::Call,
+        error,
+        p.envelope.as_ref(),
+        None,
+    )
+}
+
 /// Relays to a Streamable HTTP server, or to a legacy SSE server (GET opens its stream, POSTs
 /// go to the path its `endpoint` event named).
 pub async fn http(app: &Arc<AppState>, p: Prepared, url: &str, mut recorder: Recorder) -> Response {
@@ -63,16 +78,7 @@ pub async fn http(app: &Arc<AppState>, p: Prepared, url: &str, mut recorder: Rec
             Some(u) => u,
             None => {
                 let error = upstream_error(&p, "the SSE url has no origin");
-                return refuse_to(
-                    app,
-                    p.sse_route.as_ref(),
-                    false,
-                    recorder,
-                    Stage::Call,
-                    &error,
-                    p.envelope.as_ref(),
-                    None,
-                );
+                return call_failed(app, &p, recorder, &error);
             }
         }
     } else {
@@ -92,16 +98,7 @@ pub async fn http(app: &Arc<AppState>, p: Prepared, url: &str, mut recorder: Rec
             }
             None => {
                 let error = McpError::SessionNotFound.into();
-                return refuse_to(
-                    app,
-                    p.sse_route.as_ref(),
-                    false,
-                    recorder,
-                    Stage::Call,
-                    &error,
-                    p.envelope.as_ref(),
-                    None,
-                );
+                return call_failed(app, &p, recorder, &error);
             }
         }
     }
@@ -118,16 +115,7 @@ pub async fn http(app: &Arc<AppState>, p: Prepared, url: &str, mut recorder: Rec
         }
         Ok(None) => {}
         Err(e) => {
-            return refuse_to(
-                app,
-                p.sse_route.as_ref(),
-                false,
-                recorder,
-                Stage::Call,
-                &e.into(),
-                p.envelope.as_ref(),
-                None,
-            );
+            return call_failed(app, &p, recorder, &e.into());
         }
     }
     let mut request = app.http.request(p.method.clone(), &target).headers(headers);
@@ -139,32 +127,14 @@ pub async fn http(app: &Arc<AppState>, p: Prepared, url: &str, mut recorder: Rec
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
             let error = upstream_error(&p, format!("unreachable: {}", without_url(&e)));
-            return refuse_to(
-                app,
-                p.sse_route.as_ref(),
-                false,
-                recorder,
-                Stage::Call,
-                &error,
-                p.envelope.as_ref(),
-                None,
-            );
+            return call_failed(app, &p, recorder, &error);
         }
         Err(_) => {
             let error = upstream_error(
                 &p,
                 format!("no answer within {} ms", p.server.timeout.as_millis()),
             );
-            return refuse_to(
-                app,
-                p.sse_route.as_ref(),
-                false,
-                recorder,
-                Stage::Call,
-                &error,
-                p.envelope.as_ref(),
-                None,
-            );
+            return call_failed(app, &p, recorder, &error);
         }
     };
     recorder.set_upstream_latency(
@@ -174,16 +144,7 @@ pub async fn http(app: &Arc<AppState>, p: Prepared, url: &str, mut recorder: Rec
     let status = response.status();
     if status.is_server_error() {
         let error = upstream_error(&p, format!("answered with status {}", status.as_u16()));
-        return refuse_to(
-            app,
-            p.sse_route.as_ref(),
-            false,
-            recorder,
-            Stage::Call,
-            &error,
-            p.envelope.as_ref(),
-            None,
-        );
+        return call_failed(app, &p, recorder, &error);
     }
     let mut out_headers = relayed_headers(response.headers());
     if let Some(upstream_session) = response
@@ -211,16 +172,7 @@ pub async fn http(app: &Arc<AppState>, p: Prepared, url: &str, mut recorder: Rec
             Ok(b) => b,
             Err(detail) => {
                 let error = upstream_error(&p, detail);
-                return refuse_to(
-                    app,
-                    p.sse_route.as_ref(),
-                    false,
-                    recorder,
-                    Stage::Call,
-                    &error,
-                    p.envelope.as_ref(),
-                    None,
-                );
+                return call_failed(app, &p, recorder, &error);
             }
         };
         let bytes = if rules_filter(&p) {

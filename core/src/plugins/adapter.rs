@@ -13,8 +13,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use wasmtime::Store;
 use wasmtime::component::Component;
-use wasmtime::{Store, Trap};
 use wasmtime_wasi::WasiCtx;
 
 use super::host::{self, CONFIGURE_TIME, Failure, GuestState, Runtime, WIT_VERSION, ticks};
@@ -198,33 +198,7 @@ impl Pool {
     }
 
     fn classify(&self, error: &wasmtime::Error, store: &Store<GuestState>, init: bool) -> Failure {
-        if store.data().memory_hit() {
-            return Failure::Memory(self.limits.memory_mb);
-        }
-        if let Some(Trap::Interrupt) = error.downcast_ref::<Trap>() {
-            return Failure::Timeout(if init {
-                u64::try_from(CONFIGURE_TIME.as_millis()).unwrap_or(u64::MAX)
-            } else {
-                self.limits.time_ms
-            });
-        }
-        let text = match error.downcast_ref::<Trap>() {
-            Some(trap) => trap.to_string(),
-            None => error.root_cause().to_string(),
-        };
-        let first: String = text
-            .lines()
-            .next()
-            .unwrap_or("")
-            .trim()
-            .chars()
-            .take(200)
-            .collect();
-        if init {
-            Failure::Instantiate(first)
-        } else {
-            Failure::Trap(first)
-        }
+        host::classify(error, store, &self.limits, init)
     }
 
     async fn call<R>(

@@ -106,6 +106,45 @@ impl ResourceLimiter for Limiter {
     }
 }
 
+/// What went wrong in a guest call (or, `configuring`, in instantiating and configuring it):
+/// its memory cap, its time limit, or a trap described by its first line. Shared by the
+/// guardrail and adapter hosts; the instance is discarded either way.
+pub(super) fn classify(
+    error: &wasmtime::Error,
+    store: &Store<GuestState>,
+    limits: &Limits,
+    configuring: bool,
+) -> Failure {
+    if store.data().limiter.hit {
+        return Failure::Memory(limits.memory_mb);
+    }
+    if let Some(Trap::Interrupt) = error.downcast_ref::<Trap>() {
+        let limit = if configuring {
+            u64::try_from(CONFIGURE_TIME.as_millis()).unwrap_or(u64::MAX)
+        } else {
+            limits.time_ms
+        };
+        return Failure::Timeout(limit);
+    }
+    let text = match error.downcast_ref::<Trap>() {
+        Some(trap) => trap.to_string(),
+        None => error.root_cause().to_string(),
+    };
+    let first: String = text
+        .lines()
+        .next()
+        .unwrap_or("")
+        .trim()
+        .chars()
+        .take(200)
+        .collect();
+    if configuring {
+        Failure::Instantiate(first)
+    } else {
+        Failure::Trap(first)
+    }
+}
+
 /// What one store holds.
 pub struct GuestState {
     wasi: WasiCtx,
@@ -124,11 +163,6 @@ impl GuestState {
                 hit: false,
             },
         }
-    }
-
-    /// Whether the guest hit its memory cap.
-    pub(super) fn memory_hit(&self) -> bool {
-        self.limiter.hit
     }
 
     /// The store's memory limiter.
@@ -390,34 +424,7 @@ impl Instances {
         store: &Store<GuestState>,
         configuring: bool,
     ) -> Failure {
-        if store.data().limiter.hit {
-            return Failure::Memory(self.limits.memory_mb);
-        }
-        if let Some(Trap::Interrupt) = error.downcast_ref::<Trap>() {
-            let limit = if configuring {
-                u64::try_from(CONFIGURE_TIME.as_millis()).unwrap_or(u64::MAX)
-            } else {
-                self.limits.time_ms
-            };
-            return Failure::Timeout(limit);
-        }
-        let text = match error.downcast_ref::<Trap>() {
-            Some(trap) => trap.to_string(),
-            None => error.root_cause().to_string(),
-        };
-        let first: String = text
-            .lines()
-            .next()
-            .unwrap_or("")
-            .trim()
-            .chars()
-            .take(200)
-            .collect();
-        if configuring {
-            Failure::Instantiate(first)
-        } else {
-            Failure::Trap(first)
-        }
+        classify(error, store, &self.limits, configuring)
     }
 
     async fn take(&self) -> Result<Warm, Failure> {
