@@ -197,6 +197,17 @@ pub fn init_params(version: &str) -> Value {
 }
 
 /// POSTs a JSON-RPC body to the gateway; returns the response.
+/// Sends `initialize` at protocol `version` and returns the session id the gateway handed out.
+pub async fn initialize(url: &str, key: &str, version: &str) -> String {
+    let init = post(url, key, None, &rpc(1, "initialize", init_params(version))).await;
+    assert_eq!(init.status().as_u16(), 200);
+    init.headers()
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .expect("a session id")
+        .to_string()
+}
+
 pub async fn post(url: &str, key: &str, session: Option<&str>, body: &Value) -> reqwest::Response {
     let mut request = http()
         .post(url)
@@ -528,20 +539,7 @@ async fn an_upstream_that_dies_mid_session_answers_502_and_is_recorded() {
     let gw = Gateway::start(&everything_policy(node.port, ""));
     let (_, key) = gw.create_key_with(&["--mcp", "everything"]);
     let url = gw.url("/v1/mcp/everything");
-    let init = post(
-        &url,
-        &key,
-        None,
-        &rpc(1, "initialize", init_params("2025-06-18")),
-    )
-    .await;
-    assert_eq!(init.status().as_u16(), 200);
-    let session = init
-        .headers()
-        .get("mcp-session-id")
-        .and_then(|v| v.to_str().ok())
-        .expect("session")
-        .to_string();
+    let session = initialize(&url, &key, "2025-06-18").await;
     node.kill();
     let dead = post(
         &url,

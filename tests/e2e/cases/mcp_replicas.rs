@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use super::mcp::{NodeServer, everything_js, init_params, post, rpc, rpc_answer};
+use super::mcp::{NodeServer, everything_js, initialize, post, rpc, rpc_answer};
 use crate::common::{Gateway, PgDatabase, skip};
 
 #[tokio::test]
@@ -31,20 +31,7 @@ async fn a_session_started_on_one_replica_continues_on_another() {
     let a = Gateway::start_db(&policy, &[], &[], &db.url);
     let b = Gateway::start_db(&policy, &[], &[], &db.url);
     let (_, key) = a.create_key_with(&["--mcp", "everything"]);
-    let init = post(
-        &a.url("/v1/mcp/everything"),
-        &key,
-        None,
-        &rpc(1, "initialize", init_params("2025-06-18")),
-    )
-    .await;
-    assert_eq!(init.status().as_u16(), 200);
-    let session = init
-        .headers()
-        .get("mcp-session-id")
-        .and_then(|v| v.to_str().ok())
-        .expect("session")
-        .to_string();
+    let session = initialize(&a.url("/v1/mcp/everything"), &key, "2025-06-18").await;
     let answer = rpc_answer(
         post(
             &b.url("/v1/mcp/everything"),

@@ -5,7 +5,8 @@
 use serde_json::{Value, json};
 
 use super::mcp::{
-    everything_js, have_real_mcp, init_params, post, python_client, rpc, rpc_answer, wait_mcp_rows,
+    everything_js, have_real_mcp, init_params, initialize, post, python_client, rpc, rpc_answer,
+    wait_mcp_rows,
 };
 use crate::common::{Gateway, skip};
 
@@ -72,20 +73,7 @@ async fn a_stdio_server_that_crashes_is_restarted_with_its_session_and_a_minimal
     let gw = Gateway::start_with(&crashy_policy(""), &[("crashy.py", CRASHY)], &[]);
     let (_, key) = gw.create_key_with(&["--mcp", "crashy,broken"]);
     let url = gw.url("/v1/mcp/crashy");
-    let init = post(
-        &url,
-        &key,
-        None,
-        &rpc(1, "initialize", init_params("2025-06-18")),
-    )
-    .await;
-    assert_eq!(init.status().as_u16(), 200);
-    let session = init
-        .headers()
-        .get("mcp-session-id")
-        .and_then(|v| v.to_str().ok())
-        .expect("a stdio session id")
-        .to_string();
+    let session = initialize(&url, &key, "2025-06-18").await;
     let initialized = post(
         &url,
         &key,
@@ -154,19 +142,7 @@ async fn an_idle_stdio_session_is_stopped_and_the_client_is_told_to_start_again(
     );
     let (_, key) = gw.create_key_with(&["--mcp", "crashy"]);
     let url = gw.url("/v1/mcp/crashy");
-    let init = post(
-        &url,
-        &key,
-        None,
-        &rpc(1, "initialize", init_params("2025-11-25")),
-    )
-    .await;
-    let session = init
-        .headers()
-        .get("mcp-session-id")
-        .and_then(|v| v.to_str().ok())
-        .expect("session")
-        .to_string();
+    let session = initialize(&url, &key, "2025-11-25").await;
     assert_eq!(
         post(&url, &key, Some(&session), &call(2, "pid"))
             .await
