@@ -3,8 +3,8 @@
 use serde_json::{Map, Value, json};
 
 use crate::translate::content::{
-    arguments_to_object, content_parts, copy, data_url, hub_max_tokens, object_to_arguments,
-    parse_data_url, push_turn, stop_list, str_of,
+    arguments_to_object, content_parts, copy, data_url, hub_max_tokens, parse_data_url, push_turn,
+    stop_list, str_of,
 };
 use crate::translate::{Dialect, RequestOptions, ToolNames, TranslateError};
 
@@ -505,50 +505,10 @@ fn user_messages(blocks: &[Value], messages: &mut Vec<Value>) -> Result<(), Tran
     Ok(())
 }
 
-/// An assistant turn -> one hub assistant message (thinking kept in `thinking_blocks`).
+/// An assistant turn -> one hub assistant message (thinking kept in `thinking_blocks`); a
+/// block the hub has no form for is refused.
 fn assistant_message(blocks: &[Value]) -> Result<Value, TranslateError> {
-    let mut text = String::new();
-    let mut reasoning = String::new();
-    let mut thinking = Vec::new();
-    let mut calls = Vec::new();
-    for block in blocks {
-        match str_of(block, "type") {
-            Some("text") => text.push_str(str_of(block, "text").unwrap_or("")),
-            Some("thinking") => {
-                reasoning.push_str(str_of(block, "thinking").unwrap_or(""));
-                thinking.push(block.clone());
-            }
-            Some("redacted_thinking") => thinking.push(block.clone()),
-            Some("tool_use") => calls.push(json!({
-                "id": str_of(block, "id").unwrap_or(""),
-                "type": "function",
-                "function": {
-                    "name": str_of(block, "name").unwrap_or(""),
-                    "arguments": object_to_arguments(block.get("input")),
-                },
-            })),
-            other => {
-                return Err(TranslateError::new(format!(
-                    "assistant block '{}' cannot be translated from Anthropic Messages",
-                    other.unwrap_or("?")
-                )));
-            }
-        }
-    }
-    let mut message = json!({
-        "role": "assistant",
-        "content": if text.is_empty() && !calls.is_empty() { Value::Null } else { json!(text) },
-    });
-    if !calls.is_empty() {
-        message["tool_calls"] = Value::Array(calls);
-    }
-    if !reasoning.is_empty() {
-        message["reasoning_content"] = json!(reasoning);
-    }
-    if !thinking.is_empty() {
-        message["thinking_blocks"] = Value::Array(thinking);
-    }
-    Ok(message)
+    super::hub_assistant(blocks, str::to_string, true)
 }
 
 /// An Anthropic tool -> an OpenAI function tool.

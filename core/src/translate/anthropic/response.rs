@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 
-use crate::translate::content::{arguments_to_object, content_text, object_to_arguments, str_of};
+use crate::translate::content::{arguments_to_object, content_text, str_of};
 use crate::translate::usage::{from_anthropic, from_openai, to_anthropic, to_openai};
 use crate::translate::{ResponseContext, TranslateError};
 
@@ -48,42 +48,8 @@ pub(crate) fn to_hub(body: &Value, ctx: &ResponseContext) -> Result<Value, Trans
         .get("content")
         .and_then(Value::as_array)
         .ok_or_else(|| TranslateError::new("the Anthropic answer has no content array"))?;
-    let mut text = String::new();
-    let mut reasoning = String::new();
-    let mut thinking = Vec::new();
-    let mut calls = Vec::new();
-    for block in blocks {
-        match str_of(block, "type") {
-            Some("text") => text.push_str(str_of(block, "text").unwrap_or("")),
-            Some("thinking") => {
-                reasoning.push_str(str_of(block, "thinking").unwrap_or(""));
-                thinking.push(block.clone());
-            }
-            Some("redacted_thinking") => thinking.push(block.clone()),
-            Some("tool_use") => calls.push(json!({
-                "id": str_of(block, "id").unwrap_or(""),
-                "type": "function",
-                "function": {
-                    "name": ctx.names.to_client(str_of(block, "name").unwrap_or("")),
-                    "arguments": object_to_arguments(block.get("input")),
-                },
-            })),
-            _ => {}
-        }
-    }
-    let mut message = json!({
-        "role": "assistant",
-        "content": if text.is_empty() && !calls.is_empty() { Value::Null } else { json!(text) },
-    });
-    if !calls.is_empty() {
-        message["tool_calls"] = Value::Array(calls);
-    }
-    if !reasoning.is_empty() {
-        message["reasoning_content"] = json!(reasoning);
-    }
-    if !thinking.is_empty() {
-        message["thinking_blocks"] = Value::Array(thinking);
-    }
+    // Blocks the hub has no form for (server tool results, ...) are left out of the answer.
+    let message = super::hub_assistant(blocks, |name| ctx.names.to_client(name), false)?;
     let stop = str_of(body, "stop_reason").unwrap_or("end_turn");
     let mut choice = json!({
         "index": 0,
