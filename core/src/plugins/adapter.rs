@@ -17,7 +17,7 @@ use wasmtime::Store;
 use wasmtime::component::Component;
 use wasmtime_wasi::WasiCtx;
 
-use super::host::{self, CONFIGURE_TIME, Failure, GuestState, Runtime, WIT_VERSION, ticks};
+use super::host::{self, Failure, GuestState, Runtime, WIT_VERSION, ticks};
 use super::manifest::Limits;
 
 /// The guest bindings of the `provider-adapter` world, generated from the SDK's WIT.
@@ -162,13 +162,7 @@ impl Pool {
         if self.stderr {
             wasi.inherit_stderr();
         }
-        let mut store = Store::new(
-            self.pre.engine(),
-            GuestState::new(wasi.build(), &self.limits),
-        );
-        store.limiter(|s| s.limiter());
-        store.epoch_deadline_trap();
-        store.set_epoch_deadline(ticks(CONFIGURE_TIME));
+        let mut store = host::guest_store(self.pre.engine(), wasi.build(), &self.limits);
         let adapter = self
             .pre
             .instantiate_async(&mut store)

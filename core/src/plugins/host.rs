@@ -38,7 +38,7 @@ pub const WIT_VERSION: &str = "0.1.0";
 pub const TICK: Duration = Duration::from_millis(1);
 
 /// Time allowed for instantiation plus `configure` (guests compile their patterns there).
-pub(super) const CONFIGURE_TIME: Duration = Duration::from_secs(2);
+const CONFIGURE_TIME: Duration = Duration::from_secs(2);
 
 /// Why a plugin call did not produce a verdict.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -152,23 +152,23 @@ pub struct GuestState {
     limiter: Limiter,
 }
 
-impl GuestState {
-    /// A state with this WASI context and `limits`' memory cap (used by the adapter host).
-    pub(super) fn new(wasi: WasiCtx, limits: &Limits) -> Self {
-        GuestState {
-            wasi,
-            table: ResourceTable::new(),
-            limiter: Limiter {
-                max_memory: limits.memory_bytes(),
-                hit: false,
-            },
-        }
-    }
-
-    /// The store's memory limiter.
-    pub(super) fn limiter(&mut self) -> &mut dyn ResourceLimiter {
-        &mut self.limiter
-    }
+/// A fresh store for one guest instance: `wasi` as its only capabilities, `limits`' memory cap,
+/// and epoch interruption armed with the time allowed to instantiate and configure it. Shared
+/// by the guardrail and adapter hosts.
+pub(super) fn guest_store(engine: &Engine, wasi: WasiCtx, limits: &Limits) -> Store<GuestState> {
+    let state = GuestState {
+        wasi,
+        table: ResourceTable::new(),
+        limiter: Limiter {
+            max_memory: limits.memory_bytes(),
+            hit: false,
+        },
+    };
+    let mut store = Store::new(engine, state);
+    store.limiter(|s| &mut s.limiter);
+    store.epoch_deadline_trap();
+    store.set_epoch_deadline(ticks(CONFIGURE_TIME));
+    store
 }
 
 impl WasiView for GuestState {
@@ -378,18 +378,8 @@ impl Instances {
     }
 
     async fn instantiate(&self) -> Result<Warm, Failure> {
-        let state = GuestState {
-            wasi: self.wasi().map_err(Failure::Instantiate)?,
-            table: ResourceTable::new(),
-            limiter: Limiter {
-                max_memory: self.limits.memory_bytes(),
-                hit: false,
-            },
-        };
-        let mut store = Store::new(self.pre.engine(), state);
-        store.limiter(|s| &mut s.limiter);
-        store.epoch_deadline_trap();
-        store.set_epoch_deadline(ticks(CONFIGURE_TIME));
+        let wasi = self.wasi().map_err(Failure::Instantiate)?;
+        let mut store = guest_store(self.pre.engine(), wasi, &self.limits);
         let guard = self
             .pre
             .instantiate_async(&mut store)
