@@ -59,6 +59,25 @@ fn role_of(name: &str) -> wit::Role {
     }
 }
 
+/// A field that holds one user text or a list of them (`input` of embeddings, `prompt` of
+/// completions): each string is one part the plugins see, addressed by its index.
+fn user_texts(b: &mut Builder, body: &Map<String, Value>, field: &str) {
+    match body.get(field) {
+        Some(Value::String(s)) => {
+            b.message(wit::Role::User, None, vec![(s.as_str(), vec![key(field)])]);
+        }
+        Some(Value::Array(items)) => {
+            let texts = items
+                .iter()
+                .enumerate()
+                .filter_map(|(i, v)| Some((v.as_str()?, vec![key(field), Seg::Index(i)])))
+                .collect();
+            b.message(wit::Role::User, None, texts);
+        }
+        _ => {}
+    }
+}
+
 /// Collects messages and remembers the path of each text.
 struct Builder {
     map: TextMap,
@@ -220,38 +239,8 @@ pub fn request_view(
                 }
             }
         }
-        "/v1/embeddings" => match body.get("input") {
-            Some(Value::String(s)) => b.message(
-                wit::Role::User,
-                None,
-                vec![(s.as_str(), vec![key("input")])],
-            ),
-            Some(Value::Array(items)) => {
-                let texts = items
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(i, v)| Some((v.as_str()?, vec![key("input"), Seg::Index(i)])))
-                    .collect();
-                b.message(wit::Role::User, None, texts);
-            }
-            _ => {}
-        },
-        "/v1/completions" | "/v1/vllm/completions" => match body.get("prompt") {
-            Some(Value::String(s)) => b.message(
-                wit::Role::User,
-                None,
-                vec![(s.as_str(), vec![key("prompt")])],
-            ),
-            Some(Value::Array(items)) => {
-                let texts = items
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(i, v)| Some((v.as_str()?, vec![key("prompt"), Seg::Index(i)])))
-                    .collect();
-                b.message(wit::Role::User, None, texts);
-            }
-            _ => {}
-        },
+        "/v1/embeddings" => user_texts(&mut b, body, "input"),
+        "/v1/completions" | "/v1/vllm/completions" => user_texts(&mut b, body, "prompt"),
         "/v1/messages" | "/v1/messages/count_tokens" => {
             anthropic_request(&mut b, &mut tools, body);
         }
