@@ -154,7 +154,10 @@ pub fn gemini(body: &Value, model: &str, stream: bool) -> UpstreamReply {
         .and_then(Value::as_array)
         .is_none_or(Vec::is_empty)
     {
-        return gemini_error(StatusCode::BAD_REQUEST, "contents must not be empty");
+        return gemini_error(
+            StatusCode::BAD_REQUEST,
+            "contents must be a non-empty array of Content objects",
+        );
     }
     let (all, last_user) = gemini_prompt(body);
     let answer = answer_for(&last_user);
