@@ -215,6 +215,7 @@ pub async fn send(
             line: BytesMut::new(),
             adapter,
             ended: false,
+            tool_calls_seen: false,
         };
         return Ok(reply("text/event-stream", events.into_stream()));
     }
@@ -272,6 +273,8 @@ struct Events {
     line: BytesMut,
     adapter: Arc<Adapter>,
     ended: bool,
+    /// A translated chunk carried tool calls: a later `stop` finish becomes `tool_calls`.
+    tool_calls_seen: bool,
 }
 
 impl Events {
@@ -293,7 +296,7 @@ impl Events {
                     }
                 };
                 let adapter = st.adapter.clone();
-                match translate(&adapter, native).await {
+                match translate(&adapter, native, &mut st.tool_calls_seen).await {
                     Ok(bytes) if bytes.is_empty() => continue,
                     Ok(bytes) => return Some((Ok(bytes), st)),
                     Err(detail) => {
@@ -332,7 +335,11 @@ impl Events {
 }
 
 /// Native events through the adapter, encoded as SSE.
-async fn translate(adapter: &Adapter, native: Vec<SseEvent>) -> Result<Bytes, String> {
+async fn translate(
+    adapter: &Adapter,
+    native: Vec<SseEvent>,
+    tool_calls_seen: &mut bool,
+) -> Result<Bytes, String> {
     let mut out = String::new();
     for event in native {
         let translated = match adapter.pool.transform_stream_event(&event).await {
@@ -346,14 +353,54 @@ async fn translate(adapter: &Adapter, native: Vec<SseEvent>) -> Result<Bytes, St
             Err(f) => return Err(format!("adapter '{}' {f}", adapter.name)),
         };
         for event in translated {
+            let data = finish_with_tools(event.data, tool_calls_seen);
             let encoded = crate::translate::SseEvent {
                 event: event.event,
-                data: event.data,
+                data,
             };
             out.push_str(&encoded.encode());
         }
     }
     Ok(Bytes::from(out))
+}
+
+/// Adapters are stateless between stream events, so one that sends a tool call on one event
+/// and its native `stop` on a later one cannot know the OpenAI finish reason is `tool_calls`.
+/// The gateway sees the whole stream: it notes tool-call deltas and rewrites a later `stop`.
+fn finish_with_tools(data: String, tool_calls_seen: &mut bool) -> String {
+    let has_calls = data.contains("\"tool_calls\"");
+    let finishes = data.contains("\"finish_reason\"");
+    if !has_calls && !(finishes && *tool_calls_seen) {
+        return data;
+    }
+    let Ok(mut chunk) = serde_json::from_str::<serde_json::Value>(&data) else {
+        return data;
+    };
+    let mut changed = false;
+    if let Some(choices) = chunk
+        .get_mut("choices")
+        .and_then(serde_json::Value::as_array_mut)
+    {
+        for choice in choices {
+            if choice
+                .pointer("/delta/tool_calls")
+                .and_then(serde_json::Value::as_array)
+                .is_some_and(|calls| !calls.is_empty())
+            {
+                *tool_calls_seen = true;
+            }
+            if *tool_calls_seen
+                && choice
+                    .get("finish_reason")
+                    .and_then(serde_json::Value::as_str)
+                    == Some("stop")
+            {
+                choice["finish_reason"] = serde_json::Value::from("tool_calls");
+                changed = true;
+            }
+        }
+    }
+    if changed { chunk.to_string() } else { data }
 }
 
 fn wit_event(event: crate::translate::SseEvent) -> SseEvent {
@@ -376,6 +423,23 @@ fn line_event(line: &[u8]) -> Option<SseEvent> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stop_after_streamed_tool_calls_becomes_tool_calls() {
+        let mut seen = false;
+        let text = r#"{"choices":[{"index":0,"delta":{"content":"hi"},"finish_reason":null}]}"#;
+        assert_eq!(finish_with_tools(text.into(), &mut seen), text);
+        let stop = r#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#;
+        assert_eq!(finish_with_tools(stop.into(), &mut seen), stop);
+        let call = r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0}]},"finish_reason":null}]}"#;
+        assert_eq!(finish_with_tools(call.into(), &mut seen), call);
+        assert!(seen);
+        let fixed: serde_json::Value =
+            serde_json::from_str(&finish_with_tools(stop.into(), &mut seen)).expect("json");
+        assert_eq!(fixed["choices"][0]["finish_reason"], "tool_calls");
+        let length = r#"{"choices":[{"index":0,"delta":{},"finish_reason":"length"}]}"#;
+        assert_eq!(finish_with_tools(length.into(), &mut seen), length);
+    }
 
     #[test]
     fn adapter_paths_stay_under_the_base_url() {

@@ -14,7 +14,9 @@
 //!
 //! Stateless between calls (the gateway may hand consecutive events of one stream to different
 //! instances): ids derive from Ollama's `created_at`. A finish reason is Ollama's `done_reason`
-//! (`stop`, `length`), or `tool_calls` on a non-streamed answer that calls tools.
+//! (`stop`, `length`), or `tool_calls` on a non-streamed answer that calls tools. In a stream
+//! the tool calls and the `done` line arrive as separate events, so this adapter reports `stop`
+//! there and the gateway, which sees the whole stream, turns it into `tool_calls`.
 //!
 //! `[config]`: `keep_alive` (optional, e.g. `"5m"`) is sent with every request.
 

@@ -244,6 +244,41 @@ async fn tool_calls_come_back_with_ids_and_json_arguments() {
 }
 
 #[tokio::test]
+async fn a_streamed_tool_call_finishes_with_tool_calls() {
+    // Ollama streams the tool call on a `done: false` line and ends with `done_reason: "stop"`;
+    // the stateless adapter cannot see both, so the gateway fixes the finish reason.
+    let mock = mock(MockConfig::default()).await;
+    let gw = start(&mock);
+    let (_, secret) = gw.create_key("*");
+    let mut body = chat_body("llama");
+    body["stream"] = json!(true);
+    body["tools"] = json!([{"type": "function", "function": {"name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]);
+    let response = chat(&gw, &secret, &body).await;
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.expect("body");
+    let chunks: Vec<Value> = text
+        .split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .filter(|e| *e != "[DONE]")
+        .map(|e| serde_json::from_str(e).expect("chunk json"))
+        .collect();
+    let calls: Vec<&Value> = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["tool_calls"].as_array())
+        .flatten()
+        .collect();
+    assert_eq!(calls.len(), 1, "{text}");
+    assert_eq!(calls[0]["function"]["name"], "get_weather");
+    let finish: Vec<&Value> = chunks
+        .iter()
+        .map(|c| &c["choices"][0]["finish_reason"])
+        .filter(|f| !f.is_null())
+        .collect();
+    assert_eq!(finish, [&json!("tool_calls")], "{text}");
+}
+
+#[tokio::test]
 async fn an_anthropic_client_is_served_by_an_adapter_model_through_the_translation_core() {
     let mock = mock(MockConfig::default()).await;
     let gw = start(&mock);
