@@ -370,7 +370,7 @@ async fn translate(
 fn finish_with_tools(data: String, tool_calls_seen: &mut bool) -> String {
     let has_calls = data.contains("\"tool_calls\"");
     let finishes = data.contains("\"finish_reason\"");
-    if !has_calls && !(finishes && *tool_calls_seen) {
+    if !(has_calls || (finishes && *tool_calls_seen)) {
         return data;
     }
     let Ok(mut chunk) = serde_json::from_str::<serde_json::Value>(&data) else {
