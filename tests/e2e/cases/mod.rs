@@ -13,6 +13,7 @@ mod keys;
 mod ledger;
 mod mcp;
 mod mcp_clients;
+mod mcp_guardrails;
 mod mcp_replicas;
 mod mcp_stdio;
 mod mcp_upstream;
