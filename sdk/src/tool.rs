@@ -4,6 +4,35 @@
 //! The arguments and the result are JSON. A plugin gets the JSON text and, as [`TextPart`]s,
 //! every string inside it; a rewrite names parts, and the gateway writes each new text back in
 //! its place, so the JSON stays valid.
+//!
+//! ```
+//! use tollgate_plugin_sdk::{Config, Guardrail, Request, ToolCall, Verdict, Edit};
+//!
+//! struct NoEmails;
+//!
+//! impl Guardrail for NoEmails {
+//!     fn new(_config: &Config) -> Result<Self, String> {
+//!         Ok(NoEmails)
+//!     }
+//!     fn check_request(&mut self, _request: &Request) -> Verdict {
+//!         Verdict::allow()
+//!     }
+//!     fn check_tool_call(&mut self, call: &ToolCall) -> Verdict {
+//!         let edits: Vec<Edit> = call
+//!             .parts
+//!             .iter()
+//!             .filter(|p| p.text.contains('@'))
+//!             .map(|p| Edit { part: p.id, text: "[EMAIL]".into() })
+//!             .collect();
+//!         if edits.is_empty() { Verdict::allow() } else { Verdict::rewrite(edits) }
+//!     }
+//! }
+//!
+//! let mut guard = NoEmails::new(&Config::empty()).unwrap();
+//! let call = ToolCall::new("crm", "send", r#"{"to": "a@b.io", "n": 1}"#);
+//! let verdict = guard.check_tool_call(&call);
+//! assert_eq!(call.rewritten(&verdict), Some(serde_json::json!({"to": "[EMAIL]", "n": 1})));
+//! ```
 
 use serde_json::Value;
 

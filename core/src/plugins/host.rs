@@ -53,7 +53,6 @@ pub const WIT_VERSION: &str = "0.1.0";
 pub const WIT_VERSION_LATEST: &str = "0.2.0";
 
 /// A guardrail component prepared for one of the WIT versions this gateway loads.
-#[derive(Clone)]
 pub enum GuardrailPre {
     /// Built for 0.1.x: requests, answers, streams.
     V1(bindings::GuardrailPre<GuestState>),
@@ -81,13 +80,14 @@ enum Guardrail {
     V2(bindings_v2::Guardrail),
 }
 
-impl Guardrail {
-    fn guard(&self) -> &bindings::exports::tollgate::plugin::guard::Guest {
-        match self {
-            Guardrail::V1(g) => g.tollgate_plugin_guard(),
-            Guardrail::V2(g) => g.tollgate_plugin_guard(),
+/// Calls the same `guard` function of either version (the views are the same Rust types).
+macro_rules! guard_call {
+    ($guardrail:expr, $method:ident, $store:expr, $arg:expr) => {
+        match $guardrail {
+            Guardrail::V1(g) => g.tollgate_plugin_guard().$method($store, $arg).await,
+            Guardrail::V2(g) => g.tollgate_plugin_guard().$method($store, $arg).await,
         }
-    }
+    };
 }
 
 /// How often the epoch advances: the granularity of time limits.
@@ -481,7 +481,7 @@ impl Instances {
             GuardrailPre::V2(pre) => pre.instantiate_async(&mut store).await.map(Guardrail::V2),
         };
         let guard = instantiated.map_err(|e| self.classify(&e, &store, true))?;
-        match guard.guard().call_configure(&mut store, &self.config).await {
+        match guard_call!(&guard, call_configure, &mut store, &self.config) {
             Ok(Ok(())) => Ok(Warm { store, guard }),
             Ok(Err(message)) => Err(Failure::Instantiate(format!(
                 "configure refused the config: {message}"
@@ -549,19 +549,19 @@ impl Instances {
 
     /// The `request` phase.
     pub async fn check_request(&self, view: &wit::RequestView) -> Result<wit::Verdict, Failure> {
-        self.call(async |g, store| g.guard().call_check_request(store, view).await)
+        self.call(async |g, store| guard_call!(g, call_check_request, store, view))
             .await
     }
 
     /// The `response` phase.
     pub async fn check_response(&self, view: &wit::ResponseView) -> Result<wit::Verdict, Failure> {
-        self.call(async |g, store| g.guard().call_check_response(store, view).await)
+        self.call(async |g, store| guard_call!(g, call_check_response, store, view))
             .await
     }
 
     /// The `stream` phase.
     pub async fn check_stream(&self, view: &wit::StreamView) -> Result<wit::Verdict, Failure> {
-        self.call(async |g, store| g.guard().call_check_stream(store, view).await)
+        self.call(async |g, store| guard_call!(g, call_check_stream, store, view))
             .await
     }
 

@@ -19,6 +19,28 @@ fn pii_manifest(phases: &str, config: &str) -> String {
     )
 }
 
+/// The manifest example of `docs/plugins.md` (`plugins/pii-guard-tools.toml`), its component
+/// path made absolute.
+fn documented_manifest() -> String {
+    let guide = std::fs::read_to_string(repo_root().join("docs/plugins.md")).expect("guide");
+    let start = guide
+        .find("```toml plugins/pii-guard-tools.toml\n")
+        .expect("the documented manifest");
+    let body = &guide[start..];
+    let body = &body[body.find('\n').expect("line") + 1..];
+    let body = &body[..body.find("```").expect("end of block")];
+    body.replace(
+        "\"../plugins/dist/pii-guard.wasm\"",
+        &format!(
+            "{:?}",
+            repo_root()
+                .join("plugins/dist/pii-guard.wasm")
+                .display()
+                .to_string()
+        ),
+    )
+}
+
 fn policy(port: u16) -> String {
     everything_policy(
         port,
@@ -41,9 +63,8 @@ fn plugin_decisions(row: &Value) -> Vec<Value> {
         .collect()
 }
 
-async fn run(phases: &str, config: &str, message: &str) -> (Vec<Value>, Vec<Value>) {
+async fn run(manifest: String, message: &str) -> (Vec<Value>, Vec<Value>) {
     let node = NodeServer::start("streamableHttp");
-    let manifest = pii_manifest(phases, config);
     let gw = Gateway::start_with(
         &policy(node.port),
         &[("plugins/pii-guard.toml", manifest.as_str())],
@@ -64,7 +85,11 @@ async fn an_email_in_tool_arguments_is_masked_before_the_mcp_server_sees_it() {
     if !have_real_mcp("an_email_in_tool_arguments_is_masked_before_the_mcp_server_sees_it") {
         return;
     }
-    let (lines, rows) = run("[\"tool_call\"]", "", "mail jane.doe@example.com").await;
+    let (lines, rows) = run(
+        pii_manifest("[\"tool_call\"]", ""),
+        "mail jane.doe@example.com",
+    )
+    .await;
     // The server echoes what it received: the masked argument.
     assert_eq!(lines[2]["text"], "Echo: mail [EMAIL]", "{lines:?}");
     let call = rows
@@ -90,7 +115,11 @@ async fn an_email_in_a_tool_result_is_masked_before_the_client_sees_it() {
     if !have_real_mcp("an_email_in_a_tool_result_is_masked_before_the_client_sees_it") {
         return;
     }
-    let (lines, rows) = run("[\"tool_result\"]", "", "mail jane.doe@example.com").await;
+    let (lines, rows) = run(
+        pii_manifest("[\"tool_result\"]", ""),
+        "mail jane.doe@example.com",
+    )
+    .await;
     // The server got the address (no tool_call phase) and echoed it; the client sees it masked.
     assert_eq!(lines[2]["text"], "Echo: mail [EMAIL]", "{lines:?}");
     let call = rows
@@ -110,8 +139,7 @@ async fn a_denying_plugin_blocks_the_tool_call_with_mcp_guardrail_block() {
         return;
     }
     let (lines, rows) = run(
-        "[\"tool_call\", \"tool_result\"]",
-        "mode = \"block\"",
+        pii_manifest("[\"tool_call\", \"tool_result\"]", "mode = \"block\""),
         "mail jane.doe@example.com",
     )
     .await;
@@ -130,4 +158,29 @@ async fn a_denying_plugin_blocks_the_tool_call_with_mcp_guardrail_block() {
     let decisions = plugin_decisions(call);
     assert_eq!(decisions[0]["phase"], "tool_call");
     assert_eq!(decisions[0]["outcome"], "deny");
+}
+
+#[tokio::test]
+async fn the_documented_manifest_masks_arguments_and_results() {
+    if !have_real_mcp("the_documented_manifest_masks_arguments_and_results") {
+        return;
+    }
+    let (lines, rows) = run(documented_manifest(), "mail jane.doe@example.com").await;
+    assert_eq!(lines[2]["text"], "Echo: mail [EMAIL]", "{lines:?}");
+    let call = rows
+        .iter()
+        .find(|r| r["rpc_method"] == "tools/call")
+        .expect("call row");
+    let phases: Vec<(Value, Value)> = plugin_decisions(call)
+        .iter()
+        .map(|d| (d["phase"].clone(), d["outcome"].clone()))
+        .collect();
+    // The argument was masked on the way in; the echoed result had nothing left to mask.
+    assert_eq!(
+        phases,
+        [
+            (Value::from("tool_call"), Value::from("rewrite")),
+            (Value::from("tool_result"), Value::from("allow"))
+        ]
+    );
 }
