@@ -9,6 +9,7 @@ mod errors;
 mod faults;
 mod gemini;
 mod hardening;
+mod inspect_texts;
 mod keys;
 mod ledger;
 mod mcp;
