@@ -501,6 +501,7 @@ async fn handle_virtual(
     .await;
     match outcome {
         Ok(out) => {
+            recorder.add_decisions(out.decisions);
             usage.bytes_out = out.bytes_out;
             usage.tool_calls = out.tool_calls;
             let cost = pricing.cost_nanos(out.tool_calls, usage.bytes_in, out.bytes_out);

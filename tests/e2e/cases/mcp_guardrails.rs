@@ -184,3 +184,42 @@ async fn the_documented_manifest_masks_arguments_and_results() {
         ]
     );
 }
+
+#[tokio::test]
+async fn a_call_through_a_virtual_server_meets_the_guardrails_of_the_server_it_routes_to() {
+    let test = "a_call_through_a_virtual_server_meets_the_guardrails_of_the_server_it_routes_to";
+    if !have_real_mcp(test) {
+        return;
+    }
+    let node = NodeServer::start("streamableHttp");
+    let policy = format!(
+        "{}\n[mcp_virtual.workbench]\nservers = [{{ server = \"everything\", prefix = \"ev_\" }}]\n",
+        policy(node.port)
+    );
+    let manifest = pii_manifest("[\"tool_call\"]", "");
+    let gw = Gateway::start_with(
+        &policy,
+        &[("plugins/pii-guard.toml", manifest.as_str())],
+        &[],
+    );
+    let (_, key) = gw.create_key_with(&["--mcp", "workbench"]);
+    let lines = python_client(
+        &gw.url("/v1/mcp/workbench"),
+        &key,
+        &[r#"ev_echo={"message": "mail jane.doe@example.com"}"#],
+        &[("MCP_MODE", "legacy")],
+    );
+    assert_eq!(lines[2]["text"], "Echo: mail [EMAIL]", "{lines:?}");
+    let rows = wait_mcp_rows(&gw, |rows| {
+        rows.iter().any(|r| r["rpc_method"] == "tools/call")
+    })
+    .await;
+    let call = rows
+        .iter()
+        .find(|r| r["rpc_method"] == "tools/call")
+        .expect("call row");
+    let decisions = plugin_decisions(call);
+    assert_eq!(decisions.len(), 1, "{decisions:?}");
+    assert_eq!(decisions[0]["phase"], "tool_call");
+    assert_eq!(decisions[0]["outcome"], "rewrite");
+}
