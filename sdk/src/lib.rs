@@ -8,7 +8,8 @@
 //!   (and before any budget is held), the non-streamed [`Response`], and a sliding
 //!   [`StreamWindow`] over streamed answers, and answers a [`Verdict`]: allow, deny with a code
 //!   and reason, or rewrite (mask) text parts, with [`Finding`]s by category for the usage
-//!   record;
+//!   record; since WIT 0.2.0 it can also inspect MCP tool traffic: a [`ToolCall`]'s arguments
+//!   before the MCP server sees them and a [`ToolResult`] before the client does;
 //! - a **provider adapter** implements [`ProviderAdapter`]: it translates OpenAI chat requests
 //!   into a provider's native HTTP request and the answers back, for providers with
 //!   `family = "adapter"` (see [`adapter`]);
@@ -41,25 +42,32 @@
 //! assert!(guard.check_request(&request).is_deny());
 //! ```
 //!
-//! The WIT package these types mirror is `tollgate:plugin@0.1.0` ([`WIT_VERSION`]), shipped in
-//! this crate's `wit/` folder. See the README for the tutorial and the semver policy.
+//! Guardrails are built for the WIT package `tollgate:plugin@0.2.0` ([`WIT_VERSION`],
+//! `wit/0.2.0/plugin.wit`); provider adapters for `tollgate:plugin@0.1.0`
+//! ([`ADAPTER_WIT_VERSION`], `wit/plugin.wit`). Both ship in this crate's `wit/` folder. See
+//! the README for the tutorial and the semver policy.
 
 extern crate self as tollgate_plugin_sdk;
 
 pub mod adapter;
 mod config;
 pub mod text;
+pub mod tool;
 mod verdict;
 mod view;
 
 pub use adapter::{AdapterError, HttpMessage, ProviderAdapter, SseEvent, Usage};
 pub use config::Config;
+pub use tool::{ToolCall, ToolResult};
 pub use verdict::{Action, Edit, Finding, Findings, SAFETY_BLOCKED, Verdict};
 pub use view::{Caller, Message, Request, Response, Role, StreamWindow, TextPart, Tool};
 
-/// The WIT package version this SDK builds plugins for. The gateway refuses plugins built for a
-/// version it does not support, naming both.
-pub const WIT_VERSION: &str = "0.1.0";
+/// The WIT package version this SDK builds guardrails for. The gateway refuses plugins built for
+/// a version it does not support, naming both; it also still loads guardrails built for 0.1.0.
+pub const WIT_VERSION: &str = "0.2.0";
+
+/// The WIT package version this SDK builds provider adapters for.
+pub const ADAPTER_WIT_VERSION: &str = "0.1.0";
 
 /// A guardrail plugin. Export it with [`export!`].
 ///
@@ -83,6 +91,22 @@ pub trait Guardrail: Sized + 'static {
     /// The `stream` phase (one window of a streamed answer). Allows by default.
     fn check_stream(&mut self, window: &StreamWindow) -> Verdict {
         let _ = window;
+        Verdict::allow()
+    }
+
+    /// The `tool_call` phase: an MCP tool call's arguments before the server sees them. A
+    /// rewrite names [`ToolCall::parts`]; a denial answers `403 mcp_guardrail_block`. Allows by
+    /// default.
+    fn check_tool_call(&mut self, call: &ToolCall) -> Verdict {
+        let _ = call;
+        Verdict::allow()
+    }
+
+    /// The `tool_result` phase: an MCP tool's result before the client sees it. A rewrite
+    /// names [`ToolResult::parts`]; a denial replaces the result with a JSON-RPC error
+    /// (`mcp_guardrail_block`). Allows by default.
+    fn check_tool_result(&mut self, result: &ToolResult) -> Verdict {
+        let _ = result;
         Verdict::allow()
     }
 }
@@ -151,7 +175,7 @@ pub mod __bindings {
     pub mod guardrail {
         wit_bindgen::generate!({
             world: "guardrail",
-            path: "wit",
+            path: "wit/0.2.0/plugin.wit",
             pub_export_macro: true,
             export_macro_name: "__export_guardrail",
             default_bindings_module: "tollgate_plugin_sdk::__bindings::guardrail",
@@ -163,6 +187,7 @@ pub mod __bindings {
         use std::thread::LocalKey;
 
         use exports::tollgate::plugin::guard::Guest;
+        use exports::tollgate::plugin::tool_guard::{self as tool_wit, Guest as ToolGuest};
         use tollgate::plugin::types as wit;
 
         /// Connects the generated exports to the user's guardrail stored in a thread local.
@@ -221,6 +246,40 @@ pub mod __bindings {
                     caller: to_caller(window.caller),
                 };
                 with::<D>(|g| crate::Guardrail::check_stream(g, &window))
+            }
+        }
+
+        impl<D: Dispatch> ToolGuest for Export<D> {
+            fn check_tool_call(call: tool_wit::ToolCall) -> wit::Verdict {
+                let call = crate::ToolCall {
+                    server: call.server,
+                    tool: call.tool,
+                    arguments: call.arguments,
+                    parts: call.parts.into_iter().map(to_part).collect(),
+                    caller: to_caller(call.caller),
+                    ..crate::ToolCall::default()
+                };
+                with::<D>(|g| crate::Guardrail::check_tool_call(g, &call))
+            }
+
+            fn check_tool_result(result: tool_wit::ToolResult) -> wit::Verdict {
+                let result = crate::ToolResult {
+                    server: result.server,
+                    tool: result.tool,
+                    is_error: result.is_error,
+                    result: result.result,
+                    parts: result.parts.into_iter().map(to_part).collect(),
+                    caller: to_caller(result.caller),
+                    ..crate::ToolResult::default()
+                };
+                with::<D>(|g| crate::Guardrail::check_tool_result(g, &result))
+            }
+        }
+
+        fn to_part(p: wit::TextPart) -> crate::TextPart {
+            crate::TextPart {
+                id: p.id,
+                text: p.text,
             }
         }
 
@@ -314,7 +373,7 @@ pub mod __bindings {
     pub mod adapter {
         wit_bindgen::generate!({
             world: "provider-adapter",
-            path: "wit",
+            path: "wit/plugin.wit",
             pub_export_macro: true,
             export_macro_name: "__export_adapter",
             default_bindings_module: "tollgate_plugin_sdk::__bindings::adapter",

@@ -212,6 +212,8 @@ pub struct Outcome {
     pub bytes_out: i64,
     /// Tool calls forwarded.
     pub tool_calls: i64,
+    /// Decisions of the guardrail plugins bound to the members called.
+    pub decisions: Vec<Value>,
 }
 
 fn json_answer(status: StatusCode, body: &Value, session: Option<&str>) -> Outcome {
@@ -230,6 +232,7 @@ fn json_answer(status: StatusCode, body: &Value, session: Option<&str>) -> Outco
         status: status.as_u16(),
         bytes_out,
         tool_calls: 0,
+        decisions: Vec::new(),
     }
 }
 
@@ -286,11 +289,13 @@ pub async fn serve(
             status: 405,
             bytes_out: 0,
             tool_calls: 0,
+            decisions: Vec::new(),
         });
     };
     let mut answers = Vec::new();
     let mut new_session = None;
     let mut tool_calls = 0;
+    let mut decisions = Vec::new();
     for (message, call) in envelope.messages.iter().zip(envelope.calls()) {
         let Some(id) = call.id else {
             continue; // notifications: nothing to forward
@@ -404,6 +409,18 @@ pub async fn serve(
                 if let Some(refusal) = refusal {
                     return Err(refusal.error);
                 }
+                // The member's guardrail plugins too: arguments in, result out.
+                let guards =
+                    crate::pipeline::inspect::ToolGuards::bound(snapshot, &server.slug, key);
+                let mut single = single;
+                if let Some(guards) = &guards {
+                    let (found, _, refusal) = guards.check_calls(&mut single.messages).await;
+                    decisions.extend(found);
+                    if let Some((_, error)) = refusal {
+                        return Err(error);
+                    }
+                }
+                let forwarded = single.messages.pop().unwrap_or(forwarded);
                 app.mcp.limits.admit(server)?;
                 tool_calls += 1;
                 let sid = sessions.as_ref().and_then(|s| s.get(&member.server));
@@ -415,9 +432,16 @@ pub async fn serve(
                     &Value::Object(forwarded),
                 )
                 .await?;
-                answer.unwrap_or_else(|| {
+                let mut answer = answer.unwrap_or_else(|| {
                     jsonrpc::error(id, jsonrpc::UPSTREAM_FAILED, "no answer", Value::Null)
-                })
+                });
+                if let Some(guards) = &guards {
+                    let tools =
+                        std::collections::HashMap::from([(id.to_string(), tool.to_string())]);
+                    let (found, _, _) = guards.check_results(&mut answer, &tools).await;
+                    decisions.extend(found);
+                }
+                answer
             }
             Some(other) => jsonrpc::error(
                 id,
@@ -435,6 +459,7 @@ pub async fn serve(
             status: 202,
             bytes_out: 0,
             tool_calls,
+            decisions,
         });
     }
     let body = if envelope.batch {
@@ -444,6 +469,7 @@ pub async fn serve(
     };
     let mut outcome = json_answer(StatusCode::OK, &body, new_session.as_deref());
     outcome.tool_calls = tool_calls;
+    outcome.decisions = decisions;
     Ok(outcome)
 }
 

@@ -13,12 +13,13 @@ use serde_json::Value;
 
 use super::gateway::{Prepared, json_response, refuse, refuse_to};
 use super::http::{
-    EventRewrite, relay, relayed_headers, session_header, tool_filter, upstream_headers,
-    upstream_url,
+    EventRewrite, event_data, relay, relayed_headers, replace_data, session_header, tool_filter,
+    upstream_headers, upstream_url,
 };
 use super::jsonrpc::filter_tools;
 use super::server::{StdioCommand, Transport};
 use crate::error::{GatewayError, McpError};
+use crate::pipeline::inspect::called_tools;
 use crate::pipeline::{Recorder, Stage};
 use crate::state::AppState;
 
@@ -52,6 +53,69 @@ fn finish(
     }
     let code = (status >= 400).then_some("mcp_upstream_status");
     recorder.finish(status, code);
+}
+
+/// Records an answer in which a guardrail plugin refused a tool result: the row keeps the
+/// refusal (`403 mcp_guardrail_block`) while the client got the JSON-RPC error in the answer.
+fn finish_refused(mut recorder: Recorder, p: &Prepared, bytes_out: i64) {
+    let mut usage = p.usage.clone();
+    usage.bytes_out = bytes_out;
+    let cost = p.cost(bytes_out);
+    recorder.set_mcp(usage, cost);
+    recorder.finish(403, Some("mcp_guardrail_block"));
+}
+
+/// The `tool_result` phase on a JSON answer value, if plugins with that phase are bound and the
+/// request called tools. Returns whether a result was refused.
+async fn guard_results(p: &Prepared, answer: &mut Value, recorder: &mut Recorder) -> (bool, bool) {
+    let (Some(guards), Some(envelope)) = (&p.tool_guards, &p.envelope) else {
+        return (false, false);
+    };
+    let tools = called_tools(&envelope.messages);
+    let (decisions, changed, refused) = guards.check_results(answer, &tools).await;
+    recorder.add_decisions(decisions);
+    (changed, refused)
+}
+
+/// Whether the answer to this request goes through the `tool_result` phase.
+fn guards_results(p: &Prepared) -> bool {
+    p.tool_guards
+        .as_ref()
+        .is_some_and(|g| g.has(crate::plugins::Phase::ToolResult))
+        && p.envelope
+            .as_ref()
+            .is_some_and(|e| !called_tools(&e.messages).is_empty())
+}
+
+/// The `tool_result` phase over a whole SSE answer to a POST (buffered: it ends once the
+/// answers are sent): each event's JSON-RPC message is inspected and rewritten.
+async fn guard_sse(p: &Prepared, bytes: Bytes, recorder: &mut Recorder) -> (Bytes, bool) {
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    let mut out = String::with_capacity(text.len());
+    let mut refused = false;
+    let normalized = text.replace("\r\n", "\n");
+    for event in normalized.split("\n\n") {
+        if event.is_empty() {
+            continue;
+        }
+        let mut rewritten = None;
+        if let Some(data) = event_data(event)
+            && let Ok(mut value) = serde_json::from_str::<Value>(&data)
+        {
+            let mut changed = false;
+            if rules_filter(p) {
+                changed |= filter_tools(&mut value, &p.server.tools);
+            }
+            let (masked, denied) = guard_results(p, &mut value, recorder).await;
+            refused |= denied;
+            if changed || masked {
+                rewritten = Some(replace_data(event, &value.to_string()));
+            }
+        }
+        out.push_str(rewritten.as_deref().unwrap_or(event));
+        out.push_str("\n\n");
+    }
+    (Bytes::from(out), refused)
 }
 
 /// Answers a failed upstream call (before anything was relayed) in the form the client expects:
@@ -180,14 +244,61 @@ pub async fn http(app: &Arc<AppState>, p: Prepared, url: &str, mut recorder: Rec
         } else {
             bytes
         };
+        let mut refused = false;
+        let bytes = match serde_json::from_slice::<Value>(&bytes) {
+            Ok(mut value) if guards_results(&p) => {
+                let (changed, denied) = guard_results(&p, &mut value, &mut recorder).await;
+                refused = denied;
+                if changed {
+                    Bytes::from(value.to_string())
+                } else {
+                    bytes
+                }
+            }
+            _ => bytes,
+        };
         recorder.mark_first_byte();
-        finish(
-            recorder,
-            &p,
-            status.as_u16(),
-            i64::try_from(bytes.len()).unwrap_or(i64::MAX),
-            None,
-        );
+        let bytes_out = i64::try_from(bytes.len()).unwrap_or(i64::MAX);
+        if refused {
+            finish_refused(recorder, &p, bytes_out);
+        } else {
+            finish(recorder, &p, status.as_u16(), bytes_out, None);
+        }
+        let mut answer = (status, bytes).into_response();
+        *answer.headers_mut() = out_headers;
+        return answer;
+    }
+    // An SSE answer to a POST whose tool results guardrails inspect: read whole (it ends once the
+    // answers are sent), inspected, then sent.
+    if !legacy_sse
+        && p.method == Method::POST
+        && content_type.starts_with("text/event-stream")
+        && guards_results(&p)
+    {
+        let limit = p.snapshot.limits.max_response_bytes;
+        let read = tokio::time::timeout(p.server.timeout, read_limited(response, limit)).await;
+        let bytes = match read {
+            Ok(Ok(b)) => b,
+            Ok(Err(detail)) => {
+                let error = upstream_error(&p, detail);
+                return call_failed(app, &p, recorder, &error);
+            }
+            Err(_) => {
+                let error = upstream_error(
+                    &p,
+                    format!("no answer within {} ms", p.server.timeout.as_millis()),
+                );
+                return call_failed(app, &p, recorder, &error);
+            }
+        };
+        let (bytes, refused) = guard_sse(&p, bytes, &mut recorder).await;
+        recorder.mark_first_byte();
+        let bytes_out = i64::try_from(bytes.len()).unwrap_or(i64::MAX);
+        if refused {
+            finish_refused(recorder, &p, bytes_out);
+        } else {
+            finish(recorder, &p, status.as_u16(), bytes_out, None);
+        }
         let mut answer = (status, bytes).into_response();
         *answer.headers_mut() = out_headers;
         return answer;
@@ -392,11 +503,16 @@ pub async fn stdio(
     if rules_filter(&p) {
         filter_tools(&mut body, &p.server.tools);
     }
+    let mut recorder = recorder;
+    let (_, refused) = guard_results(&p, &mut body, &mut recorder).await;
     let mut answer = json_response(StatusCode::OK, &body);
     answer.headers_mut().extend(headers);
     let bytes_out = i64::try_from(body.to_string().len()).unwrap_or(i64::MAX);
-    let mut recorder = recorder;
     recorder.mark_first_byte();
-    finish(recorder, &p, 200, bytes_out, None);
+    if refused {
+        finish_refused(recorder, &p, bytes_out);
+    } else {
+        finish(recorder, &p, 200, bytes_out, None);
+    }
     answer
 }

@@ -56,6 +56,9 @@ pub struct Prepared {
     pub admission: super::limits::Admission,
     /// The stream of a legacy SSE session (POSTs only).
     pub sse_route: Option<SseRoute>,
+    /// Guardrail plugins bound to this server's tool calls (their `tool_result` phase runs on
+    /// the answer).
+    pub tool_guards: Option<crate::pipeline::inspect::ToolGuards>,
 }
 
 impl Prepared {
@@ -277,6 +280,7 @@ pub async fn handle(app: &Arc<AppState>, request: McpInbound) -> Response {
             endpoint: super::sse::post_endpoint(&slug, path.as_deref(), inbound.query.as_deref()),
         });
     let (mut body, mut envelope, mut admission) = (None, None, None);
+    let mut tool_guards = None;
     if method == Method::POST {
         let limit = server
             .limits
@@ -284,12 +288,12 @@ pub async fn handle(app: &Arc<AppState>, request: McpInbound) -> Response {
             .map_or(snapshot.limits.max_body_bytes, |m| {
                 m.min(snapshot.limits.max_body_bytes)
             });
-        let bytes = match read_body(inbound.body, limit).await {
+        let mut bytes = match read_body(inbound.body, limit).await {
             Ok(b) => b,
             Err(e) => return recorder.deny(Stage::Authorize, &e.into(), Family::OpenAi),
         };
         usage.bytes_in = i64::try_from(bytes.len()).unwrap_or(i64::MAX);
-        let parsed = match Envelope::parse(&bytes) {
+        let mut parsed = match Envelope::parse(&bytes) {
             Ok(p) => p,
             Err((code, message)) => {
                 let error = GatewayError::Request(RequestError::Invalid(message.clone()));
@@ -339,6 +343,27 @@ pub async fn handle(app: &Arc<AppState>, request: McpInbound) -> Response {
                 Some(&parsed),
                 Some(refusal.index),
             );
+        }
+        // Guardrail plugins on the tool arguments (`tool_call` phase), masking in place.
+        tool_guards = crate::pipeline::inspect::ToolGuards::bound(&snapshot, &server.slug, &key);
+        if let Some(guards) = &tool_guards {
+            let (decisions, changed, refusal) = guards.check_calls(&mut parsed.messages).await;
+            recorder.add_decisions(decisions);
+            if let Some((index, error)) = refusal {
+                return refuse_to(
+                    app,
+                    sse_route.as_ref(),
+                    in_session,
+                    recorder,
+                    Stage::Inspect,
+                    &error,
+                    Some(&parsed),
+                    Some(index),
+                );
+            }
+            if changed {
+                bytes = Bytes::from(parsed.to_value().to_string());
+            }
         }
 
         // 4. reserve
@@ -396,6 +421,7 @@ pub async fn handle(app: &Arc<AppState>, request: McpInbound) -> Response {
         usage,
         admission,
         sse_route,
+        tool_guards,
     };
     match &server.transport {
         Transport::StreamableHttp { url } | Transport::Sse { url } => {
@@ -475,6 +501,7 @@ async fn handle_virtual(
     .await;
     match outcome {
         Ok(out) => {
+            recorder.add_decisions(out.decisions);
             usage.bytes_out = out.bytes_out;
             usage.tool_calls = out.tool_calls;
             let cost = pricing.cost_nanos(out.tool_calls, usage.bytes_in, out.bytes_out);

@@ -120,6 +120,16 @@ impl Envelope {
         .unwrap_or(i64::MAX)
     }
 
+    /// The body as JSON again (after a guardrail masked tool arguments).
+    pub fn to_value(&self) -> Value {
+        let mut items = self.messages.iter().cloned().map(Value::Object);
+        if self.batch {
+            Value::Array(items.collect())
+        } else {
+            items.next().unwrap_or(Value::Null)
+        }
+    }
+
     /// Whether the body holds at least one request (something expecting an answer).
     pub fn has_requests(&self) -> bool {
         self.calls().any(|c| c.id.is_some())

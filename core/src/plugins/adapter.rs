@@ -24,7 +24,7 @@ use super::manifest::Limits;
 pub mod bindings {
     wasmtime::component::bindgen!({
         world: "provider-adapter",
-        path: "../sdk/wit",
+        path: "../sdk/wit/plugin.wit",
         exports: { default: async },
     });
 }

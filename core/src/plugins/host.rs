@@ -19,20 +19,76 @@ use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 
 use super::manifest::{Capabilities, Limits};
 
-/// The guest bindings, generated from the SDK's WIT (the single source of truth).
+/// The guest bindings of `tollgate:plugin@0.1.0`, generated from the SDK's WIT (the single
+/// source of truth).
 pub mod bindings {
     wasmtime::component::bindgen!({
         world: "guardrail",
-        path: "../sdk/wit",
+        path: "../sdk/wit/plugin.wit",
         exports: { default: async },
     });
 }
 
-pub use bindings::tollgate::plugin::types as wit;
-use bindings::{Guardrail, GuardrailPre};
+/// The guest bindings of `tollgate:plugin@0.2.0`: the same `types` (reused, so one view serves
+/// both versions) plus the `tool-guard` interface.
+pub mod bindings_v2 {
+    wasmtime::component::bindgen!({
+        world: "guardrail",
+        path: "../sdk/wit/0.2.0/plugin.wit",
+        exports: { default: async },
+        with: { "tollgate:plugin/types@0.2.0": super::bindings::tollgate::plugin::types },
+    });
+}
 
-/// The WIT package version this gateway loads (`tollgate:plugin@0.1.x`).
+pub use bindings::tollgate::plugin::types as wit;
+/// The types of the `tool-guard` interface (0.2.0).
+pub use bindings_v2::exports::tollgate::plugin::tool_guard as tool_wit;
+
+/// The WIT package version of provider adapters and of the oldest guardrails this gateway
+/// loads (`tollgate:plugin@0.1.x`).
 pub const WIT_VERSION: &str = "0.1.0";
+
+/// The newest WIT package version of guardrails this gateway loads (`0.2.x` adds the MCP
+/// tool-call phases).
+pub const WIT_VERSION_LATEST: &str = "0.2.0";
+
+/// A guardrail component prepared for one of the WIT versions this gateway loads.
+pub enum GuardrailPre {
+    /// Built for 0.1.x: requests, answers, streams.
+    V1(bindings::GuardrailPre<GuestState>),
+    /// Built for 0.2.x: also MCP tool calls.
+    V2(bindings_v2::GuardrailPre<GuestState>),
+}
+
+impl GuardrailPre {
+    fn engine(&self) -> &Engine {
+        match self {
+            GuardrailPre::V1(pre) => pre.engine(),
+            GuardrailPre::V2(pre) => pre.engine(),
+        }
+    }
+
+    /// Whether the component has the MCP tool-call phases (0.2.x).
+    pub fn has_tool_phases(&self) -> bool {
+        matches!(self, GuardrailPre::V2(_))
+    }
+}
+
+/// An instantiated guardrail of either version.
+enum Guardrail {
+    V1(bindings::Guardrail),
+    V2(bindings_v2::Guardrail),
+}
+
+/// Calls the same `guard` function of either version (the views are the same Rust types).
+macro_rules! guard_call {
+    ($guardrail:expr, $method:ident, $store:expr, $arg:expr) => {
+        match $guardrail {
+            Guardrail::V1(g) => g.tollgate_plugin_guard().$method($store, $arg).await,
+            Guardrail::V2(g) => g.tollgate_plugin_guard().$method($store, $arg).await,
+        }
+    };
+}
 
 /// How often the epoch advances: the granularity of time limits.
 pub const TICK: Duration = Duration::from_millis(1);
@@ -239,17 +295,44 @@ impl Runtime {
         Ok(component)
     }
 
-    /// Resolves the imports of a guardrail component once.
-    pub fn prepare(&self, component: &Component) -> Result<GuardrailPre<GuestState>, String> {
+    /// Resolves the imports of a guardrail component once, for the WIT version it was built
+    /// for.
+    pub fn prepare(&self, component: &Component) -> Result<GuardrailPre, String> {
         let pre = self.linker.instantiate_pre(component).map_err(|e| {
             format!(
                 "imports something this gateway does not provide (only WASI 0.2 is linked): {e:#}"
             )
         })?;
-        GuardrailPre::new(pre).map_err(|e| {
-            format!("does not match the guardrail world of tollgate:plugin@{WIT_VERSION}: {e:#}")
-        })
+        let version = guard_version(&self.engine, component).unwrap_or_default();
+        if compatible_with(&version, WIT_VERSION_LATEST) {
+            bindings_v2::GuardrailPre::new(pre)
+                .map(GuardrailPre::V2)
+                .map_err(|e| {
+                    format!(
+                        "does not match the guardrail world of tollgate:plugin@{WIT_VERSION_LATEST}: {e:#}"
+                    )
+                })
+        } else {
+            bindings::GuardrailPre::new(pre)
+                .map(GuardrailPre::V1)
+                .map_err(|e| {
+                    format!(
+                        "does not match the guardrail world of tollgate:plugin@{WIT_VERSION}: {e:#}"
+                    )
+                })
+        }
     }
+}
+
+/// The version of the `tollgate:plugin/guard` interface a component exports, if any.
+fn guard_version(engine: &Engine, component: &Component) -> Option<String> {
+    component
+        .component_type()
+        .exports(engine)
+        .find_map(|(name, _)| {
+            name.strip_prefix("tollgate:plugin/guard@")
+                .map(str::to_string)
+        })
 }
 
 /// Refuses components that are not `tollgate:plugin` guardrails or adapters of a compatible version,
@@ -275,13 +358,21 @@ fn check_world(engine: &Engine, component: &Component) -> Result<(), String> {
         .trim_start_matches("tollgate:plugin/")
         .split_once('@')
         .unwrap_or((export.as_str(), ""));
-    if !compatible(version) {
+    let loads = match interface {
+        // Guardrails of either version; adapters of 0.1.x.
+        "guard" | "tool-guard" => {
+            compatible(version) || compatible_with(version, WIT_VERSION_LATEST)
+        }
+        _ => compatible(version),
+    };
+    if !loads {
         return Err(format!(
-            "built for tollgate:plugin@{version}, but this gateway loads tollgate:plugin@{WIT_VERSION} \
-             (0.1.x); rebuild the plugin with tollgate-plugin-sdk 0.1"
+            "built for tollgate:plugin@{version}, but this gateway loads guardrails of \
+             tollgate:plugin@{WIT_VERSION} and @{WIT_VERSION_LATEST} and provider adapters of \
+             @{WIT_VERSION}; rebuild the plugin with a tollgate-plugin-sdk of one of those"
         ));
     }
-    if interface != "guard" && interface != "adapter" {
+    if interface != "guard" && interface != "adapter" && interface != "tool-guard" {
         return Err(format!(
             "exports tollgate:plugin/{interface}, neither the guardrail nor the provider-adapter \
              interface"
@@ -290,13 +381,18 @@ fn check_world(engine: &Engine, component: &Component) -> Result<(), String> {
     Ok(())
 }
 
-/// Same major, and for 0.x the same minor (Cargo's semver rules).
+/// Same major, and for 0.x the same minor (Cargo's semver rules), as [`WIT_VERSION`].
 fn compatible(version: &str) -> bool {
+    compatible_with(version, WIT_VERSION)
+}
+
+/// Same major as `supported`, and for 0.x the same minor.
+fn compatible_with(version: &str, supported: &str) -> bool {
     let parse = |v: &str| -> Option<(u64, u64)> {
         let mut it = v.split(['.', '-', '+']);
         Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
     };
-    match (parse(version), parse(WIT_VERSION)) {
+    match (parse(version), parse(supported)) {
         (Some((0, a)), Some((0, b))) => a == b,
         (Some((a, _)), Some((b, _))) => a == b,
         _ => false,
@@ -311,7 +407,7 @@ struct Warm {
 
 /// The instances of one plugin: its pre-linked component, configuration and warm pool.
 pub struct Instances {
-    pre: GuardrailPre<GuestState>,
+    pre: GuardrailPre,
     config: String,
     limits: Limits,
     capabilities: Capabilities,
@@ -337,7 +433,7 @@ pub(super) fn ticks(d: Duration) -> u64 {
 impl Instances {
     /// Prepares the pool; call [`Instances::warm_up`] to create (and validate) the first one.
     pub fn new(
-        pre: GuardrailPre<GuestState>,
+        pre: GuardrailPre,
         config: String,
         limits: Limits,
         capabilities: Capabilities,
@@ -380,16 +476,12 @@ impl Instances {
     async fn instantiate(&self) -> Result<Warm, Failure> {
         let wasi = self.wasi().map_err(Failure::Instantiate)?;
         let mut store = guest_store(self.pre.engine(), wasi, &self.limits);
-        let guard = self
-            .pre
-            .instantiate_async(&mut store)
-            .await
-            .map_err(|e| self.classify(&e, &store, true))?;
-        match guard
-            .tollgate_plugin_guard()
-            .call_configure(&mut store, &self.config)
-            .await
-        {
+        let instantiated = match &self.pre {
+            GuardrailPre::V1(pre) => pre.instantiate_async(&mut store).await.map(Guardrail::V1),
+            GuardrailPre::V2(pre) => pre.instantiate_async(&mut store).await.map(Guardrail::V2),
+        };
+        let guard = instantiated.map_err(|e| self.classify(&e, &store, true))?;
+        match guard_call!(&guard, call_configure, &mut store, &self.config) {
             Ok(Ok(())) => Ok(Warm { store, guard }),
             Ok(Err(message)) => Err(Failure::Instantiate(format!(
                 "configure refused the config: {message}"
@@ -457,30 +549,55 @@ impl Instances {
 
     /// The `request` phase.
     pub async fn check_request(&self, view: &wit::RequestView) -> Result<wit::Verdict, Failure> {
-        self.call(async |g, store| {
-            g.tollgate_plugin_guard()
-                .call_check_request(store, view)
-                .await
-        })
-        .await
+        self.call(async |g, store| guard_call!(g, call_check_request, store, view))
+            .await
     }
 
     /// The `response` phase.
     pub async fn check_response(&self, view: &wit::ResponseView) -> Result<wit::Verdict, Failure> {
-        self.call(async |g, store| {
-            g.tollgate_plugin_guard()
-                .call_check_response(store, view)
-                .await
-        })
-        .await
+        self.call(async |g, store| guard_call!(g, call_check_response, store, view))
+            .await
     }
 
     /// The `stream` phase.
     pub async fn check_stream(&self, view: &wit::StreamView) -> Result<wit::Verdict, Failure> {
-        self.call(async |g, store| {
-            g.tollgate_plugin_guard()
-                .call_check_stream(store, view)
-                .await
+        self.call(async |g, store| guard_call!(g, call_check_stream, store, view))
+            .await
+    }
+
+    /// Whether the component has the MCP tool-call phases (built for 0.2.x).
+    pub fn has_tool_phases(&self) -> bool {
+        self.pre.has_tool_phases()
+    }
+
+    /// The `tool-call` phase (0.2.x components; an older one has no such phase and allows).
+    pub async fn check_tool_call(
+        &self,
+        view: &tool_wit::ToolCall,
+    ) -> Result<wit::Verdict, Failure> {
+        self.call(async |g, store| match g {
+            Guardrail::V2(g) => {
+                g.tollgate_plugin_tool_guard()
+                    .call_check_tool_call(store, view)
+                    .await
+            }
+            Guardrail::V1(_) => Ok(allow()),
+        })
+        .await
+    }
+
+    /// The `tool-result` phase (0.2.x components; an older one has no such phase and allows).
+    pub async fn check_tool_result(
+        &self,
+        view: &tool_wit::ToolResult,
+    ) -> Result<wit::Verdict, Failure> {
+        self.call(async |g, store| match g {
+            Guardrail::V2(g) => {
+                g.tollgate_plugin_tool_guard()
+                    .call_check_tool_result(store, view)
+                    .await
+            }
+            Guardrail::V1(_) => Ok(allow()),
         })
         .await
     }
@@ -488,6 +605,14 @@ impl Instances {
     /// Warm instances right now (for tests and status).
     pub fn idle(&self) -> usize {
         self.idle.lock().map(|i| i.len()).unwrap_or(0)
+    }
+}
+
+fn allow() -> wit::Verdict {
+    wit::Verdict {
+        action: wit::Action::Allow,
+        findings: Vec::new(),
+        score: None,
     }
 }
 
@@ -529,6 +654,8 @@ mod tests {
         assert!(compatible("0.1.0"));
         assert!(compatible("0.1.7"));
         assert!(!compatible("0.2.0"));
+        assert!(compatible_with("0.2.3", WIT_VERSION_LATEST));
+        assert!(!compatible_with("0.3.0", WIT_VERSION_LATEST));
         assert!(!compatible("1.0.0"));
         assert!(!compatible("garbage"));
     }

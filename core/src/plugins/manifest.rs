@@ -5,13 +5,14 @@
 //! description = "Mask personal data before it reaches the provider"
 //! wasm = "../plugins/dist/pii-guard.wasm"   # relative to the policy directory
 //! world = "guardrail"                        # or "provider-adapter" (no phases, scope, env or files)
-//! phases = ["request", "response", "stream"]
+//! phases = ["request", "response", "stream"] # 0.2.x components also "tool_call", "tool_result"
 //! failure_mode = "closed"                    # "closed" (default): 403 plugin_blocked; "open": pass, recorded
 //!
 //! [applies_to]                               # every list empty or absent = everything; `*` globs
 //! models = ["demo-chat*"]
 //! keys = []                                  # key ids or key names
 //! teams = []
+//! mcp_servers = []                           # MCP server slugs, for tool_call / tool_result
 //!
 //! [limits]
 //! memory_mb = 64
@@ -108,6 +109,12 @@ pub enum Phase {
     Response,
     /// On streamed answers, through a sliding window.
     Stream,
+    /// On an MCP `tools/call`, before the server sees it (plugins built for 0.2.x).
+    #[serde(rename = "tool_call")]
+    ToolCall,
+    /// On an MCP tool result, before the client sees it (plugins built for 0.2.x).
+    #[serde(rename = "tool_result")]
+    ToolResult,
 }
 
 impl Phase {
@@ -117,7 +124,14 @@ impl Phase {
             Phase::Request => "request",
             Phase::Response => "response",
             Phase::Stream => "stream",
+            Phase::ToolCall => "tool_call",
+            Phase::ToolResult => "tool_result",
         }
+    }
+
+    /// Whether this is a phase of MCP tool traffic.
+    pub fn is_tool(self) -> bool {
+        matches!(self, Phase::ToolCall | Phase::ToolResult)
     }
 }
 
@@ -152,6 +166,9 @@ pub struct AppliesTo {
     pub keys: Vec<String>,
     /// Key teams.
     pub teams: Vec<String>,
+    /// MCP server slugs (the `tool_call` and `tool_result` phases; `models` does not apply
+    /// to them).
+    pub mcp_servers: Vec<String>,
 }
 
 /// Matches `text` against a pattern where `*` stands for any run of characters.
@@ -181,6 +198,23 @@ impl AppliesTo {
             list.is_empty() || list.iter().any(|p| values.iter().any(|v| glob(p, v)))
         };
         any(&self.models, &[model])
+            && any(&self.keys, &[key_id, key_name])
+            && (self.teams.is_empty() || team.is_some_and(|t| any(&self.teams, &[t])))
+    }
+
+    /// Whether a tool call on MCP server `server` by key (`key_id`, `key_name`, `team`) is in
+    /// scope.
+    pub fn matches_mcp(
+        &self,
+        server: &str,
+        key_id: &str,
+        key_name: &str,
+        team: Option<&str>,
+    ) -> bool {
+        let any = |list: &[String], values: &[&str]| {
+            list.is_empty() || list.iter().any(|p| values.iter().any(|v| glob(p, v)))
+        };
+        any(&self.mcp_servers, &[server])
             && any(&self.keys, &[key_id, key_name])
             && (self.teams.is_empty() || team.is_some_and(|t| any(&self.teams, &[t])))
     }

@@ -69,6 +69,15 @@ impl Plugin {
         self.applies_to
             .matches(model, &key.id, &key.name, key.team.as_deref())
     }
+
+    /// Whether it inspects tool calls on MCP server `server` by `key` (it has a tool phase and
+    /// its scope matches).
+    pub fn applies_to_mcp(&self, server: &str, key: &KeyRecord) -> bool {
+        self.phases.iter().any(|p| p.is_tool())
+            && self
+                .applies_to
+                .matches_mcp(server, &key.id, &key.name, key.team.as_deref())
+    }
 }
 
 /// What loading the manifests produced.
@@ -239,7 +248,7 @@ fn load_one(
         return Err(at(
             manifest.phases.span(),
             "phases",
-            "name at least one phase: request, response, stream".into(),
+            "name at least one phase: request, response, stream, tool_call, tool_result".into(),
         ));
     }
     if let Some((key, message)) = manifest.limits.validate().into_iter().next() {
@@ -359,6 +368,21 @@ fn load_one(
             format!("plugin '{name}' is refused: {e}"),
         )
     })?;
+    if !pre.has_tool_phases()
+        && let Some(phase) = manifest.phases.get_ref().iter().find(|p| p.is_tool())
+    {
+        return Err(at(
+            manifest.phases.span(),
+            "phases",
+            format!(
+                "phase '{}' needs a plugin built for tollgate:plugin@{} (tollgate-plugin-sdk 0.2); \
+                 '{name}' is built for @{}",
+                phase.as_str(),
+                host::WIT_VERSION_LATEST,
+                host::WIT_VERSION
+            ),
+        ));
+    }
     let config = serde_json::to_string(&manifest.config).map_err(|e| {
         error(
             path,

@@ -1,5 +1,5 @@
-//! `pii-guard`: finds personal data and secrets in prompts, answers and streams, and masks them
-//! (or blocks, or only records them).
+//! `pii-guard`: finds personal data and secrets in prompts, answers, streams and MCP tool
+//! arguments and results, and masks them (or blocks, or only records them).
 //!
 //! Categories: `email`, `phone`, `payment_card` (Luhn-checked), `iban` (mod-97-checked),
 //! `national_id` (formats from config), `ip_address` (v4 and v6), `api_key` (OpenAI,
@@ -23,7 +23,8 @@ use regex::{Regex, RegexSet};
 use serde::Deserialize;
 use tollgate_plugin_sdk::text::Redactions;
 use tollgate_plugin_sdk::{
-    Config, Edit, Findings, Guardrail, Request, Response, Role, StreamWindow, TextPart, Verdict,
+    Config, Edit, Findings, Guardrail, Request, Response, Role, StreamWindow, TextPart, ToolCall,
+    ToolResult, Verdict,
 };
 
 /// Every category, in detection priority order (an earlier category claims overlapping text).
@@ -450,6 +451,16 @@ impl Guardrail for PiiGuard {
     fn check_stream(&mut self, window: &StreamWindow) -> Verdict {
         self.inspect(std::iter::once(&window.window))
     }
+
+    /// MCP tool arguments: every string inside them, masked in place.
+    fn check_tool_call(&mut self, call: &ToolCall) -> Verdict {
+        self.inspect(call.parts.iter())
+    }
+
+    /// MCP tool results: their texts, masked in place.
+    fn check_tool_result(&mut self, result: &ToolResult) -> Verdict {
+        self.inspect(result.parts.iter())
+    }
 }
 
 tollgate_plugin_sdk::export!(PiiGuard);
@@ -459,6 +470,27 @@ mod tests {
     use super::*;
     use serde_json::json;
     use tollgate_plugin_sdk::Action;
+
+    #[test]
+    fn mcp_tool_arguments_and_results_are_masked_in_place() {
+        let mut g = guard(json!({}));
+        let call = ToolCall::new(
+            "everything",
+            "echo",
+            r#"{"message": "write to jane.doe@example.com", "count": 1}"#,
+        );
+        let verdict = g.check_tool_call(&call);
+        assert_eq!(
+            call.rewritten(&verdict),
+            Some(json!({"message": "write to [EMAIL]", "count": 1}))
+        );
+        let result = ToolResult::text("everything", "echo", "Echo: jane.doe@example.com");
+        let verdict = g.check_tool_result(&result);
+        let masked = result.rewritten(&verdict).expect("json");
+        assert_eq!(masked["content"][0]["text"], "Echo: [EMAIL]");
+        let mut blocking = guard(json!({"mode": "block"}));
+        assert!(blocking.check_tool_call(&call).is_deny());
+    }
 
     fn guard(config: serde_json::Value) -> PiiGuard {
         PiiGuard::new(&Config::from_value(config)).expect("config")

@@ -818,3 +818,72 @@ async fn chat_and_responses_streams_are_masked_in_deltas_and_complete_texts() {
         "held text is released before completion: {text}"
     );
 }
+
+#[tokio::test]
+async fn a_plugin_built_for_wit_0_1_0_keeps_loading_beside_0_2_0_plugins() {
+    let mock = mock(MockConfig::default()).await;
+    let files = [
+        (
+            "plugins/legacy.toml",
+            manifest("legacy-guard", "[\"request\"]", ""),
+        ),
+        (
+            "plugins/pii-guard.toml",
+            manifest("pii-guard", "[\"request\"]", ""),
+        ),
+    ];
+    let files: Vec<(&str, &str)> = files.iter().map(|(p, c)| (*p, c.as_str())).collect();
+    let gw = Gateway::start_with(&policy(&mock), &files, &[]);
+    let (_, secret) = gw.create_key("*");
+    let response = chat(&gw, &secret, &say("chat", "please legacy-deny this")).await;
+    assert_eq!(response.status(), 403);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "legacy_blocked", "{body}");
+    let response = chat(&gw, &secret, &say("chat", "mail jane.doe@example.com")).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(last_upstream_text(&mock), "mail [EMAIL]");
+
+    // A 0.1.0 component has no tool phases: naming one is refused at load, with the reason.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("gateway.toml"), policy(&mock)).unwrap();
+    std::fs::create_dir_all(dir.path().join("plugins")).unwrap();
+    std::fs::write(
+        dir.path().join("plugins/legacy.toml"),
+        manifest("legacy-guard", "[\"tool_call\"]", ""),
+    )
+    .unwrap();
+    let (ok, out) = check(dir.path());
+    assert!(!ok, "{out}");
+    assert!(out.contains("tollgate:plugin@0.2.0"), "{out}");
+}
+
+#[tokio::test]
+async fn tool_call_arguments_in_the_history_are_masked_and_stay_valid_json() {
+    let mock = mock(MockConfig::default()).await;
+    let files = [(
+        "plugins/pii-guard.toml",
+        manifest("pii-guard", "[\"request\"]", ""),
+    )];
+    let files: Vec<(&str, &str)> = files.iter().map(|(p, c)| (*p, c.as_str())).collect();
+    let gw = Gateway::start_with(&policy(&mock), &files, &[]);
+    let (_, secret) = gw.create_key("*");
+    let body = json!({"model": "chat", "messages": [
+        {"role": "user", "content": "write to my colleague"},
+        {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function",
+            "function": {"name": "send_mail", "arguments": "{\"to\":\"jane.doe@example.com\",\"n\":1}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "sent to jane.doe@example.com"},
+        {"role": "assistant", "content": null, "refusal": "I will not mail jane.doe@example.com"}
+    ]});
+    let response = chat(&gw, &secret, &body).await;
+    assert_eq!(response.status(), 200);
+    let received = mock.received();
+    let sent = &received.last().expect("the provider was called").body;
+    let args = sent["messages"][1]["tool_calls"][0]["function"]["arguments"]
+        .as_str()
+        .expect("arguments stay a string");
+    let args: Value = serde_json::from_str(args).expect("arguments stay valid JSON");
+    assert_eq!(args, json!({"to": "[EMAIL]", "n": 1}));
+    assert_eq!(sent["messages"][2]["content"], "sent to [EMAIL]");
+    assert_eq!(sent["messages"][3]["refusal"], "I will not mail [EMAIL]");
+    assert!(!sent.to_string().contains("jane.doe"), "{sent}");
+}

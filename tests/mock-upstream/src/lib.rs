@@ -21,6 +21,8 @@
 //! | `mock-malformed-json` | 200 `application/json` whose body is not JSON                 |
 //! | `mock-truncated-sse`  | a chat stream that ends after three chunks: no finish, usage nor `[DONE]` |
 //! | `mock-no-usage`       | images: one image per `n` and no `usage` (as DALL-E answers)  |
+//! | `mock-tools`          | chat: a refusal and a tool call whose arguments hold [`TOOL_EMAIL`] (streamed: the arguments in [`TOOL_ARGUMENT_CHUNKS`]) |
+//! | `mock-text-plain`     | chat: a `text/plain` answer holding [`TOOL_EMAIL`]            |
 //! | anything else         | a normal answer                                               |
 //!
 //! When recording is on, every request (path, headers, JSON body) is kept for assertions.
@@ -52,6 +54,13 @@ pub const SECRET_CHUNKS: &[&str] = &[
     "ODNN7EXAMPLE and the contact jane.d",
     "oe@example.com, nothing else.",
 ];
+
+/// The address model `mock-tools` puts in its tool-call arguments and refusal, and
+/// `mock-text-plain` in its answer.
+pub const TOOL_EMAIL: &str = "jane.doe@example.com";
+
+/// The tool-call argument deltas of a streamed `mock-tools` answer: the address is split.
+pub const TOOL_ARGUMENT_CHUNKS: &[&str] = &["{\"to\": \"jane.d", "oe@example.com\", \"n\": 1}"];
 
 /// One request the mock received.
 #[derive(Debug, Clone)]
@@ -316,6 +325,29 @@ async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
                 .body(Body::from_stream(body))
                 .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
         }
+        "mock-text-plain" => {
+            return (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                format!("plain answer for {TOOL_EMAIL}"),
+            )
+                .into_response();
+        }
+        "mock-tools" if !stream => {
+            let arguments = json!({"to": TOOL_EMAIL, "n": 1}).to_string();
+            return json_response(
+                StatusCode::OK,
+                &json!({
+                    "id": "chatcmpl-mock", "object": "chat.completion", "created": 1_700_000_000, "model": model,
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": null,
+                        "refusal": format!("I will not write to {TOOL_EMAIL}"),
+                        "tool_calls": [{"id": "call_1", "type": "function",
+                            "function": {"name": "send_mail", "arguments": arguments}}]},
+                        "finish_reason": "tool_calls"}],
+                    "usage": chat_usage(),
+                }),
+            );
+        }
         "mock-malformed-json" if !stream => {
             return (
                 StatusCode::OK,
@@ -360,6 +392,18 @@ async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
     if secret {
         for piece in SECRET_CHUNKS {
             events.push(chunk(json!({"content": piece}), Value::Null));
+        }
+    } else if model == "mock-tools" {
+        events.push(chunk(
+            json!({"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                                   "function": {"name": "send_mail", "arguments": ""}}]}),
+            Value::Null,
+        ));
+        for piece in TOOL_ARGUMENT_CHUNKS {
+            events.push(chunk(
+                json!({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}),
+                Value::Null,
+            ));
         }
     } else {
         for i in 0..shared.config.stream_chunks {

@@ -8,7 +8,14 @@
 //! - **response** ([`inspect_response`]): non-streamed answers, before the client sees them.
 //! - **stream** ([`StreamGuard`]): SSE answers through a sliding window per choice: the last
 //!   `stream_window` bytes of text are held back and shown again with the next chunk, so a value
-//!   split across two chunks is seen whole, without buffering the stream.
+//!   split across two chunks is seen whole, without buffering the stream. Tool-call argument
+//!   deltas get windows of their own.
+//! - **tool_call / tool_result** ([`ToolGuards`]): MCP tool arguments before the server sees
+//!   them and tool results before the client does (plugins built for `tollgate:plugin@0.2.x`).
+//!
+//! Plugins see every text a family carries: message text, tool-call arguments (each string
+//! inside the JSON, written back as valid JSON), tool results, refusals, reasoning and thinking
+//! text, and non-JSON answers whole; an answer without text still runs every response plugin.
 //!
 //! A plugin that traps, runs out of time or memory, or answers garbage is handled by its
 //! failure mode: closed (403 `plugin_blocked` naming it) or open (the traffic passes, the
@@ -29,10 +36,12 @@ use crate::store::KeyRecord;
 mod response;
 mod sse;
 mod stream;
+mod tools;
 mod verdict;
 
 pub use response::inspect_response;
 pub use stream::{GuardOutput, StreamGuard};
+pub use tools::{ToolGuards, called_tools};
 use verdict::{Outcome, decision, denial, failed, validate, with_failure, with_verdict};
 
 /// The plugins bound to one request for its answer, carried to the call stage.
@@ -67,7 +76,7 @@ pub async fn run(
     let bound: Vec<Arc<Plugin>> = snapshot
         .plugins
         .iter()
-        .filter(|p| p.applies(&model, key))
+        .filter(|p| p.phases.iter().any(|ph| !ph.is_tool()) && p.applies(&model, key))
         .cloned()
         .collect();
     if bound.is_empty() {

@@ -26,8 +26,14 @@ pub async fn inspect_response(
     let Some(caller) = &guards.caller else {
         return Ok(body);
     };
-    let Ok(mut value) = serde_json::from_slice::<Value>(&body) else {
-        return Ok(body);
+    // A body that is not JSON (a `text/plain` answer) is one text: shown whole, masked whole.
+    let (mut value, plain) = match serde_json::from_slice::<Value>(&body) {
+        Ok(value) => (value, false),
+        Err(_) => match std::str::from_utf8(&body) {
+            Ok(text) => (Value::String(text.to_string()), true),
+            // Bytes that are not text (audio, an image) carry nothing a guardrail reads.
+            Err(_) => return Ok(body),
+        },
     };
     let mut changed = false;
     let mut decisions = Vec::new();
@@ -37,11 +43,8 @@ pub async fn inspect_response(
         .iter()
         .filter(|p| p.has_phase(Phase::Response))
     {
-        let Some((shown, map)) =
-            views::response_view(guards.endpoint, &guards.model, &value, caller)
-        else {
-            break;
-        };
+        // An answer without text still goes to every plugin (and into the record).
+        let (shown, map) = views::response_view(guards.endpoint, &guards.model, &value, caller);
         let started = Instant::now();
         let answer = plugin.instances.check_response(&shown).await;
         let elapsed = elapsed_us(started);
@@ -90,6 +93,9 @@ pub async fn inspect_response(
     result?;
     if !changed {
         return Ok(body);
+    }
+    if plain && let Value::String(text) = value {
+        return Ok(Bytes::from(text));
     }
     serde_json::to_vec(&value)
         .map(Bytes::from)

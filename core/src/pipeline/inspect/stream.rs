@@ -72,7 +72,9 @@ pub(super) struct Core {
     endpoint: &'static str,
     window_bytes: usize,
     pending: BytesMut,
-    windows: BTreeMap<u32, Window>,
+    /// Windows by (choice or output item, slot): slot 0 is the text, slot `k + 1` the
+    /// arguments of tool call `k` (their deltas are windowed like text).
+    windows: BTreeMap<(u32, u32), Window>,
     responses_api: bool,
     stats: Arc<Mutex<Vec<PluginStats>>>,
 }
@@ -287,32 +289,79 @@ impl Core {
                 .and_then(Value::as_u64)
                 .unwrap_or(c as u64) as u32;
             let last = choice.get("finish_reason").is_some_and(|f| !f.is_null());
-            let text = choice
-                .get("delta")
+            let delta = choice.get("delta");
+            let text = delta
                 .and_then(|d| d.get("content"))
                 .and_then(Value::as_str)
                 .map(str::to_string);
-            let released = match text {
-                Some(text) => {
-                    self.windows.entry(index).or_default().template = Some(value.clone());
-                    Some(self.advance(index, &text, last).await?)
+            // Tool-call argument deltas: (position in this delta, tool call index, text).
+            let calls: Vec<(usize, u32, String)> = delta
+                .and_then(|d| d.get("tool_calls"))
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .enumerate()
+                .filter_map(|(pos, call)| {
+                    let k = call
+                        .get("index")
+                        .and_then(Value::as_u64)
+                        .unwrap_or(pos as u64);
+                    let args = call.get("function")?.get("arguments")?.as_str()?;
+                    Some((pos, u32::try_from(k).ok()?, args.to_string()))
+                })
+                .collect();
+            if text.is_some() || !calls.is_empty() {
+                for slot in std::iter::once(0).chain(calls.iter().map(|c| c.1 + 1)) {
+                    self.windows.entry((index, slot)).or_default().template = Some(value.clone());
                 }
+            }
+            let released = match text {
+                Some(text) => Some(self.advance((index, 0), &text, last).await?),
                 None if last => {
-                    let held = self
-                        .windows
-                        .get_mut(&index)
-                        .map(|w| std::mem::take(&mut w.held))
-                        .unwrap_or_default();
+                    let held = self.take_held((index, 0));
                     (!held.is_empty()).then_some(held)
                 }
                 None => None,
             };
-            if let Some(released) = released
-                && let Some(delta) = value["choices"][c]
-                    .get_mut("delta")
-                    .and_then(Value::as_object_mut)
-            {
+            let mut released_calls = Vec::new();
+            for (pos, k, args) in calls {
+                let out = self.advance((index, k + 1), &args, last).await?;
+                released_calls.push((Some(pos), k, out));
+            }
+            if last {
+                // The held tail of every tool call of this choice goes out with its end.
+                let open: Vec<u32> = self
+                    .windows
+                    .range((index, 1)..=(index, u32::MAX))
+                    .filter(|(_, w)| !w.held.is_empty())
+                    .map(|((_, slot), _)| slot - 1)
+                    .collect();
+                for k in open {
+                    let held = self.take_held((index, k + 1));
+                    released_calls.push((None, k, held));
+                }
+            }
+            let Some(delta) = value["choices"][c]
+                .get_mut("delta")
+                .and_then(Value::as_object_mut)
+            else {
+                continue;
+            };
+            if let Some(released) = released {
                 delta.insert("content".into(), Value::String(released));
+            }
+            for (pos, k, out) in released_calls {
+                let list = delta
+                    .entry("tool_calls")
+                    .or_insert_with(|| Value::Array(Vec::new()));
+                match pos.and_then(|p| list.get_mut(p)) {
+                    Some(call) => call["function"]["arguments"] = Value::String(out),
+                    None => {
+                        if let Some(list) = list.as_array_mut() {
+                            list.push(json!({"index": k, "function": {"arguments": out}}));
+                        }
+                    }
+                }
             }
         }
         render_event(other, value, out);
@@ -334,14 +383,25 @@ impl Core {
             .get("output_index")
             .and_then(Value::as_u64)
             .unwrap_or(0) as u32;
-        if kind == "response.output_text.delta" {
+        if kind == "response.output_text.delta"
+            || kind == "response.function_call_arguments.delta"
+            || kind == "response.refusal.delta"
+            || kind == "response.reasoning_summary_text.delta"
+        {
             let text = value
                 .get("delta")
                 .and_then(Value::as_str)
                 .unwrap_or("")
                 .to_string();
-            self.windows.entry(index).or_default().template = Some(value.clone());
-            let released = self.advance(index, &text, false).await?;
+            // One window per output item and kind of text.
+            let slot = match kind.as_str() {
+                "response.output_text.delta" => 0,
+                "response.function_call_arguments.delta" => 1,
+                "response.refusal.delta" => 2,
+                _ => 3,
+            };
+            self.windows.entry((index, slot)).or_default().template = Some(value.clone());
+            let released = self.advance((index, slot), &text, false).await?;
             value["delta"] = Value::String(released);
             render_event(other, value, out);
             return Ok(());
@@ -349,8 +409,11 @@ impl Core {
         // Held text goes out before the events that close its item or the response.
         match kind.as_str() {
             "response.output_text.done"
+            | "response.function_call_arguments.done"
+            | "response.refusal.done"
+            | "response.reasoning_summary_text.done"
             | "response.content_part.done"
-            | "response.output_item.done" => self.flush(index, out),
+            | "response.output_item.done" => self.flush_item(index, out),
             "response.completed" | "response.incomplete" | "response.failed" => self.flush_all(out),
             _ => {}
         }
@@ -363,23 +426,32 @@ impl Core {
         Ok(())
     }
 
-    /// Adds `text` to window `index`, inspects it, and returns what may be released now.
-    async fn advance(&mut self, index: u32, text: &str, last: bool) -> Result<String, Blocked> {
-        let held = self
-            .windows
-            .get_mut(&index)
+    /// Takes the held text of window `key`.
+    fn take_held(&mut self, key: (u32, u32)) -> String {
+        self.windows
+            .get_mut(&key)
             .map(|w| std::mem::take(&mut w.held))
-            .unwrap_or_default();
+            .unwrap_or_default()
+    }
+
+    /// Adds `text` to window `key`, inspects it, and returns what may be released now.
+    async fn advance(
+        &mut self,
+        key: (u32, u32),
+        text: &str,
+        last: bool,
+    ) -> Result<String, Blocked> {
+        let held = self.take_held(key);
         let seen = held.len();
         let mut buf = held;
         buf.push_str(text);
-        let buf = self.inspect(index, buf, seen, last).await?;
+        let buf = self.inspect(key.0, buf, seen, last).await?;
         if last {
             return Ok(buf);
         }
         let cut = floor_boundary(&buf, buf.len().saturating_sub(self.window_bytes));
         let (release, keep) = buf.split_at(cut);
-        let window = self.windows.entry(index).or_default();
+        let window = self.windows.entry(key).or_default();
         window.held = keep.to_string();
         Ok(release.to_string())
     }
@@ -469,9 +541,22 @@ impl Core {
         Ok(view.window.text)
     }
 
-    /// Releases the held text of window `index` as a synthesized event.
-    fn flush(&mut self, index: u32, out: &mut BytesMut) {
-        let Some(window) = self.windows.get_mut(&index) else {
+    /// Releases the held texts of every window of output item (or choice) `index`.
+    fn flush_item(&mut self, index: u32, out: &mut BytesMut) {
+        let keys: Vec<(u32, u32)> = self
+            .windows
+            .range((index, 0)..=(index, u32::MAX))
+            .map(|(k, _)| *k)
+            .collect();
+        for key in keys {
+            self.flush(key, out);
+        }
+    }
+
+    /// Releases the held text of window `key` as a synthesized event.
+    fn flush(&mut self, key: (u32, u32), out: &mut BytesMut) {
+        let (index, slot) = key;
+        let Some(window) = self.windows.get_mut(&key) else {
             return;
         };
         if window.held.is_empty() {
@@ -492,8 +577,11 @@ impl Core {
             );
             render_event(&[line.as_str()], &event, out);
         } else {
-            event["choices"] =
-                json!([{"index": index, "delta": {"content": held}, "finish_reason": null}]);
+            let delta = match slot {
+                0 => json!({"content": held}),
+                k => json!({"tool_calls": [{"index": k - 1, "function": {"arguments": held}}]}),
+            };
+            event["choices"] = json!([{"index": index, "delta": delta, "finish_reason": null}]);
             if event.get("usage").is_some() {
                 event["usage"] = Value::Null;
             }
@@ -502,9 +590,9 @@ impl Core {
     }
 
     fn flush_all(&mut self, out: &mut BytesMut) {
-        let indexes: Vec<u32> = self.windows.keys().copied().collect();
-        for index in indexes {
-            self.flush(index, out);
+        let keys: Vec<(u32, u32)> = self.windows.keys().copied().collect();
+        for key in keys {
+            self.flush(key, out);
         }
     }
 }

@@ -1,0 +1,225 @@
+//! Guardrail plugins on MCP tool traffic (WIT 0.2.0 `tool_call` / `tool_result` phases): the
+//! first-party `pii-guard` masks an email in the `echo` arguments before the real
+//! `@modelcontextprotocol/server-everything` sees it, masks a result on its way back, and in
+//! block mode refuses the call with `mcp_guardrail_block`; the usage rows carry the decisions.
+
+use serde_json::Value;
+
+use super::mcp::{NodeServer, everything_policy, have_real_mcp, python_client, wait_mcp_rows};
+use crate::common::{Gateway, repo_root};
+
+/// A `pii-guard` manifest bound to the `everything` server for `phases`, with `config`.
+fn pii_manifest(phases: &str, config: &str) -> String {
+    format!(
+        "wasm = {:?}\nworld = \"guardrail\"\nphases = {phases}\n[applies_to]\nmcp_servers = [\"everything\"]\n[config]\n{config}\n",
+        repo_root()
+            .join("plugins/dist/pii-guard.wasm")
+            .display()
+            .to_string()
+    )
+}
+
+/// The manifest example of `docs/plugins.md` (`plugins/pii-guard-tools.toml`), its component
+/// path made absolute.
+fn documented_manifest() -> String {
+    let guide = std::fs::read_to_string(repo_root().join("docs/plugins.md")).expect("guide");
+    let start = guide
+        .find("```toml plugins/pii-guard-tools.toml\n")
+        .expect("the documented manifest");
+    let body = &guide[start..];
+    let body = &body[body.find('\n').expect("line") + 1..];
+    let body = &body[..body.find("```").expect("end of block")];
+    body.replace(
+        "\"../plugins/dist/pii-guard.wasm\"",
+        &format!(
+            "{:?}",
+            repo_root()
+                .join("plugins/dist/pii-guard.wasm")
+                .display()
+                .to_string()
+        ),
+    )
+}
+
+fn policy(port: u16) -> String {
+    everything_policy(
+        port,
+        &format!(
+            "\n[plugins]\nallowed_dirs = [{:?}]\n",
+            repo_root().join("plugins/dist").display().to_string()
+        ),
+    )
+}
+
+/// The plugin decisions of a row's trail.
+fn plugin_decisions(row: &Value) -> Vec<Value> {
+    let all: Value = serde_json::from_str(row["decisions"].as_str().expect("decisions"))
+        .expect("decisions JSON");
+    all.as_array()
+        .expect("array")
+        .iter()
+        .filter(|d| d.get("plugin").is_some())
+        .cloned()
+        .collect()
+}
+
+async fn run(manifest: String, message: &str) -> (Vec<Value>, Vec<Value>) {
+    let node = NodeServer::start("streamableHttp");
+    let gw = Gateway::start_with(
+        &policy(node.port),
+        &[("plugins/pii-guard.toml", manifest.as_str())],
+        &[],
+    );
+    let (_, key) = gw.create_key_with(&["--mcp", "everything"]);
+    let call = format!("echo={}", serde_json::json!({ "message": message }));
+    let lines = python_client(&gw.url("/v1/mcp/everything"), &key, &[&call], &[]);
+    let rows = wait_mcp_rows(&gw, |rows| {
+        rows.iter().any(|r| r["rpc_method"] == "tools/call")
+    })
+    .await;
+    (lines, rows)
+}
+
+#[tokio::test]
+async fn an_email_in_tool_arguments_is_masked_before_the_mcp_server_sees_it() {
+    if !have_real_mcp("an_email_in_tool_arguments_is_masked_before_the_mcp_server_sees_it") {
+        return;
+    }
+    let (lines, rows) = run(
+        pii_manifest("[\"tool_call\"]", ""),
+        "mail jane.doe@example.com",
+    )
+    .await;
+    // The server echoes what it received: the masked argument.
+    assert_eq!(lines[2]["text"], "Echo: mail [EMAIL]", "{lines:?}");
+    let call = rows
+        .iter()
+        .find(|r| r["rpc_method"] == "tools/call")
+        .expect("call row");
+    assert_eq!(call["status"], 200);
+    let decisions = plugin_decisions(call);
+    assert_eq!(decisions.len(), 1, "{decisions:?}");
+    assert_eq!(decisions[0]["plugin"], "pii-guard");
+    assert_eq!(decisions[0]["phase"], "tool_call");
+    assert_eq!(decisions[0]["outcome"], "rewrite");
+    assert_eq!(decisions[0]["tool"], "echo");
+    assert_eq!(decisions[0]["findings"]["email"], 1);
+    assert!(
+        !call.to_string().contains("jane.doe"),
+        "no content in records"
+    );
+}
+
+#[tokio::test]
+async fn an_email_in_a_tool_result_is_masked_before_the_client_sees_it() {
+    if !have_real_mcp("an_email_in_a_tool_result_is_masked_before_the_client_sees_it") {
+        return;
+    }
+    let (lines, rows) = run(
+        pii_manifest("[\"tool_result\"]", ""),
+        "mail jane.doe@example.com",
+    )
+    .await;
+    // The server got the address (no tool_call phase) and echoed it; the client sees it masked.
+    assert_eq!(lines[2]["text"], "Echo: mail [EMAIL]", "{lines:?}");
+    let call = rows
+        .iter()
+        .find(|r| r["rpc_method"] == "tools/call")
+        .expect("call row");
+    let decisions = plugin_decisions(call);
+    assert_eq!(decisions.len(), 1, "{decisions:?}");
+    assert_eq!(decisions[0]["phase"], "tool_result");
+    assert_eq!(decisions[0]["outcome"], "rewrite");
+    assert_eq!(decisions[0]["findings"]["email"], 1);
+}
+
+#[tokio::test]
+async fn a_denying_plugin_blocks_the_tool_call_with_mcp_guardrail_block() {
+    if !have_real_mcp("a_denying_plugin_blocks_the_tool_call_with_mcp_guardrail_block") {
+        return;
+    }
+    let (lines, rows) = run(
+        pii_manifest("[\"tool_call\", \"tool_result\"]", "mode = \"block\""),
+        "mail jane.doe@example.com",
+    )
+    .await;
+    assert_eq!(lines[2]["data"]["code"], "mcp_guardrail_block", "{lines:?}");
+    assert_eq!(lines[2]["data"]["status"], 403);
+    let message = lines[2]["message"].as_str().expect("message");
+    assert!(message.contains("pii-guard"), "{message}");
+    assert!(!message.contains("jane.doe"), "never echo: {message}");
+    let call = rows
+        .iter()
+        .find(|r| r["rpc_method"] == "tools/call")
+        .expect("call row");
+    assert_eq!(call["status"], 403);
+    assert_eq!(call["error_code"], "mcp_guardrail_block");
+    assert_eq!(call["denied_stage"], "inspect");
+    let decisions = plugin_decisions(call);
+    assert_eq!(decisions[0]["phase"], "tool_call");
+    assert_eq!(decisions[0]["outcome"], "deny");
+}
+
+#[tokio::test]
+async fn the_documented_manifest_masks_arguments_and_results() {
+    if !have_real_mcp("the_documented_manifest_masks_arguments_and_results") {
+        return;
+    }
+    let (lines, rows) = run(documented_manifest(), "mail jane.doe@example.com").await;
+    assert_eq!(lines[2]["text"], "Echo: mail [EMAIL]", "{lines:?}");
+    let call = rows
+        .iter()
+        .find(|r| r["rpc_method"] == "tools/call")
+        .expect("call row");
+    let phases: Vec<(Value, Value)> = plugin_decisions(call)
+        .iter()
+        .map(|d| (d["phase"].clone(), d["outcome"].clone()))
+        .collect();
+    // The argument was masked on the way in; the echoed result had nothing left to mask.
+    assert_eq!(
+        phases,
+        [
+            (Value::from("tool_call"), Value::from("rewrite")),
+            (Value::from("tool_result"), Value::from("allow"))
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_call_through_a_virtual_server_meets_the_guardrails_of_the_server_it_routes_to() {
+    let test = "a_call_through_a_virtual_server_meets_the_guardrails_of_the_server_it_routes_to";
+    if !have_real_mcp(test) {
+        return;
+    }
+    let node = NodeServer::start("streamableHttp");
+    let policy = format!(
+        "{}\n[mcp_virtual.workbench]\nservers = [{{ server = \"everything\", prefix = \"ev_\" }}]\n",
+        policy(node.port)
+    );
+    let manifest = pii_manifest("[\"tool_call\"]", "");
+    let gw = Gateway::start_with(
+        &policy,
+        &[("plugins/pii-guard.toml", manifest.as_str())],
+        &[],
+    );
+    let (_, key) = gw.create_key_with(&["--mcp", "workbench"]);
+    let lines = python_client(
+        &gw.url("/v1/mcp/workbench"),
+        &key,
+        &[r#"ev_echo={"message": "mail jane.doe@example.com"}"#],
+        &[("MCP_MODE", "legacy")],
+    );
+    assert_eq!(lines[2]["text"], "Echo: mail [EMAIL]", "{lines:?}");
+    let rows = wait_mcp_rows(&gw, |rows| {
+        rows.iter().any(|r| r["rpc_method"] == "tools/call")
+    })
+    .await;
+    let call = rows
+        .iter()
+        .find(|r| r["rpc_method"] == "tools/call")
+        .expect("call row");
+    let decisions = plugin_decisions(call);
+    assert_eq!(decisions.len(), 1, "{decisions:?}");
+    assert_eq!(decisions[0]["phase"], "tool_call");
+    assert_eq!(decisions[0]["outcome"], "rewrite");
+}
