@@ -538,3 +538,71 @@ async fn without_an_otlp_endpoint_nothing_is_propagated_upstream() {
             .is_none()
     );
 }
+
+#[tokio::test]
+async fn mcp_calls_are_counted_by_server_method_and_tool_as_their_usage_rows() {
+    use super::mcp::{init_params, post, rpc, wait_mcp_rows};
+    let (addr, _) = super::mcp_upstream::recording_upstream().await;
+    let policy = format!(
+        "[mcp_servers.rec]\ntransport = \"streamable_http\"\nurl = \"http://{addr}/mcp\"\nblocked_tools = [\"get-env\"]\n"
+    );
+    let gw = Gateway::start(&policy);
+    let (_, key) = gw.create_key_with(&["--mcp", "rec"]);
+    let url = gw.url("/v1/mcp/rec");
+    let init = post(
+        &url,
+        &key,
+        None,
+        &rpc(1, "initialize", init_params("2025-06-18")),
+    )
+    .await;
+    assert_eq!(init.status(), 200);
+    let session = init.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let call = |id: i64, tool: &str| {
+        rpc(
+            id,
+            "tools/call",
+            serde_json::json!({"name": tool, "arguments": {}}),
+        )
+    };
+    for id in 2..4 {
+        let answer = post(&url, &key, Some(&session), &call(id, "echo")).await;
+        assert_eq!(answer.status(), 200);
+    }
+    // Refused inside the session as a JSON-RPC error; its usage row (and label) says 403.
+    let refused = post(&url, &key, Some(&session), &call(4, "get-env")).await;
+    let refused = super::mcp::rpc_answer(refused).await;
+    assert_eq!(
+        refused["error"]["data"]["code"], "mcp_guardrail_block",
+        "{refused}"
+    );
+    let rows = wait_mcp_rows(&gw, |rows| rows.len() == 4).await;
+    let metrics = scrape(&gw).await;
+    let calls = |method: &str, tool: &str, status: u16| {
+        sample(
+            &metrics,
+            &format!(
+                "tollgate_mcp_calls_total{{server=\"rec\",method=\"{method}\",tool=\"{tool}\",status=\"{status}\"}}"
+            ),
+        )
+    };
+    assert_eq!(calls("initialize", "", 200), 1.0);
+    assert_eq!(calls("tools/call", "echo", 200), 2.0);
+    assert_eq!(calls("tools/call", "get-env", 403), 1.0);
+    let counted: f64 = metrics
+        .iter()
+        .filter(|(k, _)| k.starts_with("tollgate_mcp_calls_total{"))
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(counted, rows.len() as f64, "one count per MCP usage row");
+    assert_eq!(
+        sample(
+            &metrics,
+            "tollgate_requests_total{endpoint=\"/v1/mcp\",model=\"\",provider=\"mcp\",status=\"403\",denied_stage=\"inspect\"}"
+        ),
+        1.0
+    );
+}
