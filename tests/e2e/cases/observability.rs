@@ -606,3 +606,65 @@ async fn mcp_calls_are_counted_by_server_method_and_tool_as_their_usage_rows() {
         1.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_is_one_upstream_attempt_span_per_deployment_tried() {
+    let receiver = Receiver::start().await;
+    let mock = mock(MockConfig::default()).await;
+    let policy = format!(
+        "{}\n[groups.failover]\ndeployments = [{{ model = \"fail-500\", priority = 0 }}, {{ model = \"chat\", priority = 1 }}]\n",
+        standard_policy(&mock)
+    );
+    let gw = Gateway::start_env(
+        &policy,
+        &[],
+        &[],
+        &[
+            ("TOLLGATE_OTLP_ENDPOINT", receiver.base.as_str()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "50"),
+        ],
+    );
+    let (_, secret) = gw.create_key("*");
+    let response = chat(&gw, &secret, "failover").await;
+    assert_eq!(response.status(), 200);
+    let id = Value::from(request_id(&response));
+    let spans = receiver
+        .wait_for("the failover request's record span", |spans| {
+            spans
+                .iter()
+                .any(|s| s.attributes.get("tollgate.request_id") == Some(&id))
+                && spans.iter().any(|s| s.name == "record")
+        })
+        .await;
+    let request = spans
+        .iter()
+        .find(|s| s.attributes.get("tollgate.request_id") == Some(&id))
+        .unwrap();
+    let attempts: Vec<_> = spans
+        .iter()
+        .filter(|s| s.parent_span_id == request.span_id && s.name == "upstream_attempt mock")
+        .collect();
+    assert_eq!(attempts.len(), 2, "{spans:#?}");
+    let statuses: Vec<&Value> = attempts
+        .iter()
+        .map(|s| &s.attributes["http.response.status_code"])
+        .collect();
+    assert!(statuses.contains(&&Value::from(500)) && statuses.contains(&&Value::from(200)));
+    assert_eq!(
+        request.attributes["gen_ai.response.model"],
+        "upstream-chat-v1"
+    );
+    // Each attempt sent its own span as the provider's parent, in the request's trace.
+    let sent: Vec<String> = mock
+        .received()
+        .iter()
+        .filter_map(|r| r.headers.get("traceparent"))
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect();
+    for attempt in &attempts {
+        assert!(
+            sent.contains(&format!("00-{}-{}-01", request.trace_id, attempt.span_id)),
+            "{sent:?}"
+        );
+    }
+}
