@@ -84,7 +84,13 @@ struct Series<S> {
 struct Family<S> {
     label_names: &'static [&'static str],
     hasher: RandomState,
-    series: RwLock<HashMap<u64, Vec<Arc<Series<S>>>>>,
+    series: RwLock<Index<S>>,
+}
+
+/// Series by label hash (a bucket per hash, for collisions) and how many there are.
+struct Index<S> {
+    by_hash: HashMap<u64, Vec<Arc<Series<S>>>>,
+    len: usize,
 }
 
 impl<S: Default> Family<S> {
@@ -92,7 +98,10 @@ impl<S: Default> Family<S> {
         Self {
             label_names,
             hasher: RandomState::new(),
-            series: RwLock::new(HashMap::new()),
+            series: RwLock::new(Index {
+                by_hash: HashMap::new(),
+                len: 0,
+            }),
         }
     }
 
@@ -112,6 +121,7 @@ impl<S: Default> Family<S> {
         {
             let series = self.series.read().unwrap_or_else(|e| e.into_inner());
             if let Some(s) = series
+                .by_hash
                 .get(&hash)
                 .and_then(|b| b.iter().find(|s| matches(s)))
             {
@@ -119,15 +129,16 @@ impl<S: Default> Family<S> {
                 return;
             }
         }
-        let mut series = self.series.write().unwrap_or_else(|e| e.into_inner());
-        let full = series.values().map(Vec::len).sum::<usize>() >= MAX_SERIES;
+        let mut guard = self.series.write().unwrap_or_else(|e| e.into_inner());
+        let series = &mut *guard;
+        let full = series.len >= MAX_SERIES;
         let (hash, values): (u64, Vec<&str>) = if full {
             let other = vec!["_other"; values.len()];
             (self.hash(&other), other)
         } else {
             (hash, values.to_vec())
         };
-        let bucket = series.entry(hash).or_default();
+        let bucket = series.by_hash.entry(hash).or_default();
         let found = bucket
             .iter()
             .find(|s| s.labels.iter().map(|l| &**l).eq(values.iter().copied()))
@@ -138,9 +149,10 @@ impl<S: Default> Family<S> {
                 value: S::default(),
             });
             bucket.push(s.clone());
+            series.len += 1;
             s
         });
-        drop(series);
+        drop(guard);
         f(&s.value);
     }
 
@@ -148,6 +160,7 @@ impl<S: Default> Family<S> {
     fn collect(&self) -> Vec<(String, Arc<Series<S>>)> {
         let series = self.series.read().unwrap_or_else(|e| e.into_inner());
         let mut all: Vec<(String, Arc<Series<S>>)> = series
+            .by_hash
             .values()
             .flatten()
             .map(|s| (render_labels(self.label_names, &s.labels), s.clone()))
