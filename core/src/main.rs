@@ -11,7 +11,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = tollgate::cli::Cli::parse();
-    tollgate::cli::init_tracing(cli.log_format);
+    let telemetry = tollgate::cli::init_tracing(&cli);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -22,11 +22,15 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(tollgate::cli::run(cli)) {
+    let code = match runtime.block_on(tollgate::cli::run(cli)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    drop(runtime);
+    // Outside the runtime: the exporter's blocking client flushes the last spans.
+    telemetry.shutdown();
+    code
 }

@@ -35,6 +35,8 @@ pub struct AppState {
     pub test_clock: bool,
     /// The MCP gateway's per-replica state (limits, tokens, session keys, stdio children).
     pub mcp: Arc<crate::mcp::Runtime>,
+    /// Request, token, cost and MCP figures for `/metrics`, fed by the record stage.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The gateway request id, set by the middleware on every request.

@@ -65,6 +65,13 @@ pub enum KeysCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Print the demo's key (every model and MCP server), creating it in this store on first
+    /// use and keeping its secret in FILE (default: <data-dir>/demo-key, mode 0600).
+    Demo {
+        /// Where the demo key's secret is kept.
+        #[arg(long)]
+        file: Option<std::path::PathBuf>,
+    },
     /// Give a key a new secret; the id, grants and history stay.
     Rotate {
         /// Key id.
@@ -226,6 +233,11 @@ pub async fn run(command: KeysCommand, db: &DatabaseArgs) -> anyhow::Result<Exit
                 ExitCode::SUCCESS
             }
         },
+        KeysCommand::Demo { file } => {
+            let file = file.unwrap_or_else(|| db.data_dir.join("demo-key"));
+            super::demo_key::run(&store, &file).await?;
+            ExitCode::SUCCESS
+        }
         KeysCommand::Rotate { id, json } => {
             if let Some(existing) = store.key_by_id(&id).await?
                 && existing.revoked_at_ms.is_some()

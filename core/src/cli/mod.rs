@@ -1,6 +1,7 @@
 //! The command line: `serve`, `check` and `keys`.
 
 mod budgets;
+mod demo_key;
 mod keys;
 
 use std::net::SocketAddr;
@@ -172,17 +173,12 @@ enum Command {
     },
 }
 
-/// Sets up logging to stderr (`RUST_LOG` filters, default `info`).
-pub fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+/// Sets up logging to stderr (`RUST_LOG` filters, default `info`) and, for `serve` with
+/// `TOLLGATE_OTLP_ENDPOINT` set, trace export ([`crate::telemetry`]). Keep the returned handle
+/// until the command has finished, then shut it down to flush the last spans.
+pub fn init_tracing(cli: &Cli) -> crate::telemetry::Telemetry {
+    let serve = matches!(cli.command, Command::Serve { .. });
+    crate::telemetry::init(cli.log_format == LogFormat::Json, serve)
 }
 
 /// Runs a parsed command line.

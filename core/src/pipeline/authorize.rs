@@ -313,6 +313,7 @@ async fn decide(
     let target = snapshot
         .target(&requested)
         .ok_or_else(|| AccessError::ModelNotFound(requested.clone()))?;
+    recorder.set_model_known();
     let facts = RequestFacts::from_body(
         input.endpoint.api().as_str(),
         input.endpoint.path(),

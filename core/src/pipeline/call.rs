@@ -25,6 +25,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 use serde_json::{Value, json};
 use tokio::time::Sleep;
+use tracing::Instrument as _;
 
 use super::authorize::{Authorized, upstream_body};
 use super::inspect::{self, GuardOutput, StreamGuard};
@@ -145,32 +146,54 @@ pub async fn run(
             // (tokenized only then) and the produced text. `Bytes` clones are reference counts.
             recorder.keep_prompt(body.clone());
         }
+        let attempt_span = crate::telemetry::attempt_span(
+            recorder.span(),
+            crate::telemetry::gen_ai_system(provider.family.as_str()),
+            &provider.name,
+            &model.name,
+            &model.upstream_model,
+        );
         let sent = Instant::now();
-        let reply = match provider.family {
-            ProviderFamily::Demo => Ok(demo::respond(call_endpoint, &body, &model.upstream_model)),
-            ProviderFamily::Adapter => {
-                let out = Outbound {
-                    endpoint: call_endpoint,
-                    body,
-                    stream: request.stream,
-                    forward: &[],
-                };
-                upstream::adapter::send(&app.http, model, out).await
+        let reply = async {
+            match provider.family {
+                ProviderFamily::Demo => {
+                    Ok(demo::respond(call_endpoint, &body, &model.upstream_model))
+                }
+                ProviderFamily::Adapter => {
+                    let out = Outbound {
+                        endpoint: call_endpoint,
+                        body,
+                        stream: request.stream,
+                        forward: &[],
+                    };
+                    upstream::adapter::send(&app.http, model, out).await
+                }
+                _ => {
+                    let out = Outbound {
+                        endpoint: call_endpoint,
+                        body,
+                        stream: request.stream,
+                        forward: if translation.is_some() {
+                            &[]
+                        } else {
+                            &request.forward
+                        },
+                    };
+                    upstream::send(&app.http, model, out).await
+                }
             }
-            _ => {
-                let out = Outbound {
-                    endpoint: call_endpoint,
-                    body,
-                    stream: request.stream,
-                    forward: if translation.is_some() {
-                        &[]
-                    } else {
-                        &request.forward
-                    },
-                };
-                upstream::send(&app.http, model, out).await
-            }
-        };
+        }
+        .instrument(attempt_span.clone())
+        .await;
+        match &reply {
+            Ok(reply) => crate::telemetry::set(
+                &attempt_span,
+                "http.response.status_code",
+                i64::from(reply.status.as_u16()),
+            ),
+            Err(e) => crate::telemetry::set_error(&attempt_span, &e.to_string()),
+        }
+        drop(attempt_span);
         let health = app.health.get(&model.name);
         let elapsed = sent.elapsed();
         let error = match reply {

@@ -40,8 +40,11 @@ use axum::body::Body;
 use axum::http::{HeaderMap, Method};
 use axum::response::Response;
 
+use tracing::Instrument as _;
+
 use crate::error::GatewayError;
 use crate::state::AppState;
+use crate::telemetry::stage_span;
 
 pub use record::Recorder;
 
@@ -113,7 +116,11 @@ pub async fn handle(app: &Arc<AppState>, endpoint: Endpoint, inbound: Inbound) -
     recorder.set_endpoint_family(endpoint.family_name());
 
     // 1. authenticate
-    let key = match authenticate::run(app, &inbound.headers, inbound.query.as_deref()).await {
+    let span = stage_span(recorder.span(), "authenticate");
+    let key = match authenticate::run(app, &inbound.headers, inbound.query.as_deref())
+        .instrument(span)
+        .await
+    {
         Flow::Continue(key) => key,
         Flow::Respond(error) => return recorder.deny(Stage::Authenticate, &error, family),
     };
@@ -130,28 +137,40 @@ pub async fn handle(app: &Arc<AppState>, endpoint: Endpoint, inbound: Inbound) -
         body: inbound.body,
         ledger: &app.ledger,
     };
-    let request = authorize::run(&snapshot, input, &mut recorder).await;
+    let span = stage_span(recorder.span(), "authorize");
+    let request = authorize::run(&snapshot, input, &mut recorder)
+        .instrument(span)
+        .await;
     let mut request = match request {
         Flow::Continue(request) => request,
         Flow::Respond(error) => return recorder.deny(Stage::Authorize, &error, family),
     };
 
     // 3. inspect
+    let span = stage_span(recorder.span(), "inspect");
     if let Flow::Respond(error) =
-        inspect::run(&snapshot, endpoint, &key, &mut request, &mut recorder).await
+        inspect::run(&snapshot, endpoint, &key, &mut request, &mut recorder)
+            .instrument(span)
+            .await
     {
         return recorder.deny(Stage::Inspect, &error, family);
     }
 
     // 4. reserve
+    let span = stage_span(recorder.span(), "reserve");
     if let Flow::Respond(error) =
-        reserve::run(app, &snapshot, &key, endpoint, &mut request, &mut recorder).await
+        reserve::run(app, &snapshot, &key, endpoint, &mut request, &mut recorder)
+            .instrument(span)
+            .await
     {
         return recorder.deny(Stage::Reserve, &error, family);
     }
 
     // 5. route
-    let route = match route::run(&request.target, &request.facts, &key, &app.health) {
+    let span = stage_span(recorder.span(), "route");
+    let routed = span.in_scope(|| route::run(&request.target, &request.facts, &key, &app.health));
+    drop(span);
+    let route = match routed {
         Flow::Continue(route) => route,
         Flow::Respond(error) => return recorder.deny(Stage::Route, &error, family),
     };
@@ -161,8 +180,11 @@ pub async fn handle(app: &Arc<AppState>, endpoint: Endpoint, inbound: Inbound) -
     // task: if the client goes away, the provider's answer is still read, billed and settled.
     let mut gone = ClientGone(Some(recorder.client_gone_flag()));
     let task_app = app.clone();
-    let call =
-        tokio::spawn(async move { call::run(&task_app, endpoint, request, route, recorder).await });
+    let span = recorder.span().clone();
+    let call = tokio::spawn(
+        async move { call::run(&task_app, endpoint, request, route, recorder).await }
+            .instrument(span),
+    );
     let response = match call.await {
         Ok(response) => response,
         Err(e) => {

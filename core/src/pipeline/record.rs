@@ -29,6 +29,11 @@ pub const CLIENT_CLOSED: u16 = 499;
 /// The in-flight usage record of one request.
 pub struct Recorder {
     sink: UsageSink,
+    metrics: Arc<crate::metrics::Metrics>,
+    /// The request's server span (disabled unless traces are exported).
+    span: tracing::Span,
+    /// The requested model (or group) exists in the snapshot, so it may label metrics.
+    model_known: bool,
     started: Instant,
     record: UsageRecord,
     pricing: Option<Pricing>,
@@ -53,6 +58,14 @@ impl Recorder {
         let received_at_ms = now_ms();
         Self {
             sink: app.usage.clone(),
+            metrics: app.metrics.clone(),
+            span: crate::telemetry::request_span(
+                &inbound.headers,
+                inbound.method.as_str(),
+                endpoint,
+                &inbound.request_id,
+            ),
+            model_known: false,
             started: Instant::now(),
             record: UsageRecord {
                 id: uuid::Uuid::now_v7().simple().to_string(),
@@ -98,6 +111,16 @@ impl Recorder {
     /// The model name the client sent.
     pub fn set_requested_model(&mut self, name: &str) {
         self.record.requested_model = Some(name.to_string());
+    }
+
+    /// The request's server span: stage spans are its children.
+    pub fn span(&self) -> &tracing::Span {
+        &self.span
+    }
+
+    /// The requested model (or group) was found in the policy snapshot.
+    pub fn set_model_known(&mut self) {
+        self.model_known = true;
     }
 
     /// The API family of the endpoint the client called.
@@ -360,6 +383,9 @@ impl Recorder {
             }
             record.route = Some(route.to_string());
         }
+        let record_span = crate::telemetry::stage_span(&self.span, "record");
+        let _entered = record_span.enter();
+        annotate(&self.span, &record);
         // Settle first: an embedded ledger returns the charges, persisted with this record.
         let charges = match self.reservation.take() {
             Some((ledger, reservation)) => {
@@ -367,7 +393,79 @@ impl Recorder {
             }
             None => Vec::new(),
         };
+        self.metrics.observe(&record, self.model_known);
         self.sink.record_charged(record, charges);
+    }
+}
+
+/// The GenAI operation of an endpoint path.
+fn operation(endpoint: &str) -> &'static str {
+    if endpoint.contains("embed") {
+        "embeddings"
+    } else if endpoint.ends_with("/v1/completions") {
+        "text_completion"
+    } else if endpoint.contains("images") {
+        "image_generation"
+    } else if endpoint.contains(":generateContent") || endpoint.contains(":streamGenerateContent") {
+        "generate_content"
+    } else if endpoint.starts_with("/v1/mcp") {
+        "execute_tool"
+    } else {
+        "chat"
+    }
+}
+
+/// Puts what the record knows on the request span (GenAI semantic conventions where they
+/// name the attribute, `tollgate.*` otherwise).
+fn annotate(span: &tracing::Span, record: &UsageRecord) {
+    use crate::telemetry::set;
+    if span.is_disabled() {
+        return;
+    }
+    set(span, "http.response.status_code", i64::from(record.status));
+    set(span, "gen_ai.operation.name", operation(&record.endpoint));
+    if let Some(family) = &record.upstream_family {
+        set(
+            span,
+            "gen_ai.system",
+            crate::telemetry::gen_ai_system(family),
+        );
+    }
+    if let Some(model) = &record.requested_model {
+        set(span, "gen_ai.request.model", model.clone());
+    }
+    if let Some(model) = &record.upstream_model {
+        set(span, "gen_ai.response.model", model.clone());
+    }
+    if record.tokens.total() > 0 {
+        set(span, "gen_ai.usage.input_tokens", record.tokens.input);
+        set(span, "gen_ai.usage.output_tokens", record.tokens.output);
+    }
+    set(span, "tollgate.cost_nanos", record.cost_nanos);
+    for (key, value) in [
+        ("tollgate.served_model", &record.served_model),
+        ("tollgate.provider", &record.provider),
+        ("tollgate.key_id", &record.key_id),
+        ("tollgate.team", &record.team),
+        ("tollgate.denied_stage", &record.denied_stage),
+        ("tollgate.stream_status", &record.stream_status),
+        ("error.type", &record.error_code),
+    ] {
+        if let Some(value) = value {
+            set(span, key, value.clone());
+        }
+    }
+    if let Some(mcp) = &record.mcp {
+        set(span, "mcp.server", mcp.server.clone());
+        if let Some(method) = &mcp.method {
+            set(span, "mcp.method.name", method.clone());
+        }
+        if let Some(tool) = &mcp.tool {
+            set(span, "gen_ai.tool.name", tool.clone());
+        }
+    }
+    if record.status >= 500 {
+        crate::telemetry::set_error(span, record.error_code.as_deref().unwrap_or("server error"));
     }
 }
 

@@ -1,15 +1,14 @@
-//! Operational endpoints: `/admin/policies` (status and reload) and `/metrics` (Prometheus).
+//! Admin endpoints: `/admin/policies` (status and reload), `/admin/budgets` and the test clock.
+//! (`/metrics` lives in [`super::ops`].)
 //!
 //! The admin token is checked by [`crate::admin_auth`]: constant time, a backoff after repeated
 //! failures (429 with `Retry-After`); `/metrics` needs it too with `--protect-metrics`.
 
-use std::fmt::Write as _;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use axum::Json;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderValue, header};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
@@ -19,7 +18,7 @@ use crate::policy::watch::{self as policy_watch, Trigger};
 use crate::state::AppState;
 
 /// Checks the admin bearer token (constant time, with a per-client backoff on failures).
-fn authorize(app: &AppState, request: &Request) -> Result<(), GatewayError> {
+pub(crate) fn authorize(app: &AppState, request: &Request) -> Result<(), GatewayError> {
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -105,134 +104,6 @@ pub async fn reload(State(app): State<Arc<AppState>>, request: Request) -> Respo
     }
     policy_watch::reload(&app.policies, Trigger::Admin).await;
     Json(status_json(&app)).into_response()
-}
-
-/// `GET /metrics`: Prometheus text format (needs the admin token with `--protect-metrics`).
-pub async fn metrics(State(app): State<Arc<AppState>>, request: Request) -> Response {
-    if app.admin.protects_metrics()
-        && let Err(e) = authorize(&app, &request)
-    {
-        return e.render(Family::OpenAi);
-    }
-    let snapshot = app.policies.snapshot();
-    let status = app.policies.status();
-    let stats = app.usage.stats();
-    let mut out = String::new();
-    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, f64)]| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for (labels, value) in samples {
-            let _ = writeln!(out, "{name}{labels} {value}");
-        }
-    };
-    metric(
-        "tollgate_policy_generation",
-        "gauge",
-        "Generation of the serving policy snapshot.",
-        &[("", snapshot.generation as f64)],
-    );
-    metric(
-        "tollgate_policy_loaded_at_seconds",
-        "gauge",
-        "When the serving policy snapshot was loaded.",
-        &[("", snapshot.loaded_at_ms as f64 / 1000.0)],
-    );
-    metric(
-        "tollgate_policy_reloads_total",
-        "counter",
-        "Policy loads by result.",
-        &[
-            ("{result=\"ok\"}", status.reloads_ok as f64),
-            ("{result=\"error\"}", status.reloads_failed as f64),
-        ],
-    );
-    metric(
-        "tollgate_policy_last_reload_failed",
-        "gauge",
-        "1 while the last reload attempt was rejected (the previous set keeps serving).",
-        &[(
-            "",
-            if status.last_errors.is_empty() {
-                0.0
-            } else {
-                1.0
-            },
-        )],
-    );
-    metric(
-        "tollgate_key_cache_store_lookups_total",
-        "counter",
-        "Key lookups that reached the store (cache misses; concurrent misses of one key share one).",
-        &[("", app.keys.store_lookups() as f64)],
-    );
-    metric(
-        "tollgate_usage_records_enqueued_total",
-        "counter",
-        "Usage records handed to the writer.",
-        &[("", stats.enqueued.load(Ordering::Relaxed) as f64)],
-    );
-    metric(
-        "tollgate_usage_records_written_total",
-        "counter",
-        "Usage records committed to the store.",
-        &[("", stats.written.load(Ordering::Relaxed) as f64)],
-    );
-    metric(
-        "tollgate_usage_flush_failures_total",
-        "counter",
-        "Failed usage flushes (each retried).",
-        &[("", stats.failed_flushes.load(Ordering::Relaxed) as f64)],
-    );
-    let ledger = &app.ledger.stats;
-    for (name, help, value) in [
-        (
-            "tollgate_budget_holds_total",
-            "Requests that took budget or quota holds.",
-            &ledger.held,
-        ),
-        (
-            "tollgate_budget_refusals_total",
-            "Requests refused by a budget (402).",
-            &ledger.budget_refusals,
-        ),
-        (
-            "tollgate_quota_refusals_total",
-            "Requests refused by a quota or rate limit (429).",
-            &ledger.quota_refusals,
-        ),
-        (
-            "tollgate_settlements_total",
-            "Holds settled with the real usage.",
-            &ledger.settled,
-        ),
-        (
-            "tollgate_settlement_failures_total",
-            "Settlement attempts that failed (each retried).",
-            &ledger.settle_failures,
-        ),
-        (
-            "tollgate_holds_reclaimed_total",
-            "Expired holds reclaimed by this gateway.",
-            &ledger.reclaimed,
-        ),
-        (
-            "tollgate_budget_threshold_events_total",
-            "Budget threshold crossings notified.",
-            &ledger.alerts,
-        ),
-    ] {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-            value.load(Ordering::Relaxed)
-        );
-    }
-    crate::plugins::metrics::render(&mut out);
-    let mut response = out.into_response();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4"),
-    );
-    response
 }
 
 /// `GET /admin/budgets`: every budget (policy-declared and stored) with its current window.

@@ -7,6 +7,7 @@ pub mod gemini;
 pub mod listener;
 pub mod mcp;
 pub mod openai;
+pub mod ops;
 pub mod unified;
 pub mod vllm;
 
@@ -65,8 +66,11 @@ pub fn router(app: Arc<AppState>) -> Router {
                 .post(mcp::server_path)
                 .delete(mcp::server_path),
         )
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/metrics", get(admin::metrics))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .route("/v1/key/info", get(ops::key_info))
+        .route("/v1/validate-key", get(ops::key_info))
         .route("/admin/policies", get(admin::policies))
         .route("/admin/policies/reload", post(admin::reload))
         .route(
@@ -194,6 +198,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         ledger: ledger.clone(),
         test_clock,
         mcp: mcp.clone(),
+        metrics: Arc::default(),
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -123,6 +123,10 @@ pub async fn send(
             request = request.header(name, value);
         }
     }
+    // W3C trace context of the current attempt's span (nothing when traces are off).
+    for (name, value) in crate::telemetry::outbound_headers() {
+        request = request.header(name, value);
+    }
     if let Credential::Present(secret) = &provider.credential {
         request = match call.auth {
             target::Auth::Bearer => request.bearer_auth(secret.expose()),

@@ -1,6 +1,8 @@
 //! The end-to-end harness: the real `tollgate` binary on a free loopback port, a mock upstream
 //! provider in this process, the CLI for keys, and the SQLite store read back for assertions.
 
+pub mod otlp;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -215,11 +217,33 @@ impl Gateway {
         Self::start_on_db(dir, policies, args, db_url)
     }
 
+    /// Like [`Gateway::start_with`], with extra environment variables for the gateway.
+    pub fn start_env(
+        gateway_toml: &str,
+        files: &[(&str, &str)],
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Gateway {
+        let (dir, policies) = policy_dir(gateway_toml, files);
+        let db_url = format!("sqlite://{}", dir.path().join("tollgate.db").display());
+        Self::start_on_db_env(dir, &policies, args, db_url, env)
+    }
+
     fn start_on_db(
         dir: tempfile::TempDir,
         policies: &Path,
         args: &[&str],
         db_url: String,
+    ) -> Gateway {
+        Self::start_on_db_env(dir, policies, args, db_url, &[])
+    }
+
+    fn start_on_db_env(
+        dir: tempfile::TempDir,
+        policies: &Path,
+        args: &[&str],
+        db_url: String,
+        env: &[(&str, &str)],
     ) -> Gateway {
         let mut child = Command::new(bin())
             .args(["serve", "--policies"])
@@ -229,6 +253,7 @@ impl Gateway {
             .env("TG_TEST_PROVIDER_KEY", PROVIDER_KEY)
             .env("TOLLGATE_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

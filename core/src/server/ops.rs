@@ -1,0 +1,406 @@
+//! Operational endpoints for load balancers, scrapers and clients: `/healthz` (liveness),
+//! `/readyz` (policy loaded, store reachable), `/metrics` (Prometheus text) and the
+//! key-validation endpoint `GET /v1/key/info` (also `/v1/validate-key`, reference spec 2.11).
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use crate::clock::now_ms;
+use crate::error::Family;
+use crate::metrics::header as family_header;
+use crate::pipeline::{Flow, authenticate};
+use crate::state::AppState;
+
+/// How long `/readyz` waits for the store before calling it unreachable.
+const STORE_PROBE: Duration = Duration::from_secs(2);
+
+/// `GET /healthz`: the process is up and serving HTTP.
+pub async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// `GET /readyz`: 200 when a policy snapshot is loaded and the store answers a query within
+/// [`STORE_PROBE`]; 503 with the reason otherwise (a load balancer stops sending traffic).
+pub async fn readyz(State(app): State<Arc<AppState>>) -> Response {
+    let snapshot = app.policies.snapshot();
+    let status = app.policies.status();
+    let policy_ok = snapshot.generation > 0;
+    let probe = tokio::time::timeout(STORE_PROBE, app.store.keys_version()).await;
+    // The store's own error stays in the log: this endpoint answers without authentication.
+    let store_error = match probe {
+        Ok(Ok(_)) => None,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "readyz: the store did not answer");
+            Some("the store refused the connection or the query".to_string())
+        }
+        Err(_) => Some(format!(
+            "the store did not answer within {} ms",
+            STORE_PROBE.as_millis()
+        )),
+    };
+    let backend = match app.store.backend() {
+        crate::store::Backend::Sqlite => "sqlite",
+        crate::store::Backend::Postgres => "postgres",
+    };
+    let checks = json!({
+        "policy": {
+            "ok": policy_ok,
+            "generation": snapshot.generation,
+            "last_reload_failed": !status.last_errors.is_empty(),
+        },
+        "store": {"ok": store_error.is_none(), "backend": backend, "error": store_error},
+    });
+    let reason = match (&store_error, policy_ok) {
+        (Some(e), _) => Some(format!("the {backend} store is unreachable: {e}")),
+        (None, false) => Some("no policy snapshot is loaded".to_string()),
+        (None, true) => None,
+    };
+    match reason {
+        None => Json(json!({"status": "ready", "checks": checks})).into_response(),
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "not_ready", "reason": reason, "checks": checks})),
+        )
+            .into_response(),
+    }
+}
+
+/// `GET /metrics`: Prometheus text format (needs the admin token with `--protect-metrics`).
+pub async fn metrics(State(app): State<Arc<AppState>>, request: Request) -> Response {
+    if app.admin.protects_metrics()
+        && let Err(e) = super::admin::authorize(&app, &request)
+    {
+        return e.render(Family::OpenAi);
+    }
+    let mut out = String::with_capacity(16 * 1024);
+    render_gateway(&app, &mut out);
+    app.metrics.render(&mut out);
+    render_budgets(&app, &mut out).await;
+    crate::plugins::metrics::render(&mut out);
+    let mut response = out.into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    response
+}
+
+/// Policy, key cache, usage writer and ledger counters.
+fn render_gateway(app: &AppState, out: &mut String) {
+    let snapshot = app.policies.snapshot();
+    let status = app.policies.status();
+    let stats = app.usage.stats();
+    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, f64)]| {
+        family_header(out, name, kind, help);
+        for (labels, value) in samples {
+            let _ = writeln!(out, "{name}{labels} {value}");
+        }
+    };
+    metric(
+        "tollgate_policy_generation",
+        "gauge",
+        "Generation of the serving policy snapshot.",
+        &[("", snapshot.generation as f64)],
+    );
+    metric(
+        "tollgate_policy_loaded_at_seconds",
+        "gauge",
+        "When the serving policy snapshot was loaded.",
+        &[("", snapshot.loaded_at_ms as f64 / 1000.0)],
+    );
+    metric(
+        "tollgate_policy_reloads_total",
+        "counter",
+        "Policy loads by result.",
+        &[
+            ("{result=\"ok\"}", status.reloads_ok as f64),
+            ("{result=\"error\"}", status.reloads_failed as f64),
+        ],
+    );
+    metric(
+        "tollgate_policy_last_reload_failed",
+        "gauge",
+        "1 while the last reload attempt was rejected (the previous set keeps serving).",
+        &[(
+            "",
+            if status.last_errors.is_empty() {
+                0.0
+            } else {
+                1.0
+            },
+        )],
+    );
+    metric(
+        "tollgate_key_cache_store_lookups_total",
+        "counter",
+        "Key lookups that reached the store (cache misses; concurrent misses of one key share one).",
+        &[("", app.keys.store_lookups() as f64)],
+    );
+    let enqueued = stats.enqueued.load(Ordering::Relaxed);
+    let written = stats.written.load(Ordering::Relaxed);
+    metric(
+        "tollgate_usage_records_enqueued_total",
+        "counter",
+        "Usage records handed to the writer.",
+        &[("", enqueued as f64)],
+    );
+    metric(
+        "tollgate_usage_records_written_total",
+        "counter",
+        "Usage records committed to the store.",
+        &[("", written as f64)],
+    );
+    metric(
+        "tollgate_usage_queue_depth",
+        "gauge",
+        "Usage records handed to the writer and not yet committed.",
+        &[("", enqueued.saturating_sub(written) as f64)],
+    );
+    metric(
+        "tollgate_usage_flush_failures_total",
+        "counter",
+        "Failed usage flushes (each retried).",
+        &[("", stats.failed_flushes.load(Ordering::Relaxed) as f64)],
+    );
+    let ledger = &app.ledger.stats;
+    for (name, help, value) in [
+        (
+            "tollgate_budget_holds_total",
+            "Requests that took budget or quota holds.",
+            &ledger.held,
+        ),
+        (
+            "tollgate_budget_refusals_total",
+            "Requests refused by a budget (402).",
+            &ledger.budget_refusals,
+        ),
+        (
+            "tollgate_quota_refusals_total",
+            "Requests refused by a quota or rate limit (429).",
+            &ledger.quota_refusals,
+        ),
+        (
+            "tollgate_settlements_total",
+            "Holds settled with the real usage.",
+            &ledger.settled,
+        ),
+        (
+            "tollgate_settlement_failures_total",
+            "Settlement attempts that failed (each retried).",
+            &ledger.settle_failures,
+        ),
+        (
+            "tollgate_holds_reclaimed_total",
+            "Expired holds reclaimed by this gateway.",
+            &ledger.reclaimed,
+        ),
+        (
+            "tollgate_budget_threshold_events_total",
+            "Budget threshold crossings notified.",
+            &ledger.alerts,
+        ),
+    ] {
+        metric(
+            name,
+            "counter",
+            help,
+            &[("", value.load(Ordering::Relaxed) as f64)],
+        );
+    }
+}
+
+/// Every budget's current window (limit, spent, held, remaining) and the holds outstanding.
+/// Read from the ledger at scrape time; a store that cannot answer leaves them out (and says so
+/// in `tollgate_budget_scrape_errors`).
+async fn render_budgets(app: &AppState, out: &mut String) {
+    let snapshot = app.policies.snapshot();
+    let mut specs: Vec<crate::spend::BudgetSpec> =
+        snapshot.budgets.iter().map(|b| (**b).clone()).collect();
+    let mut errors = 0u32;
+    match app.store.list_budgets().await {
+        Ok(records) => specs.extend(records.iter().filter_map(crate::spend::ledger::stored_spec)),
+        Err(e) => {
+            errors += 1;
+            tracing::warn!(error = %e, "metrics: stored budgets could not be read");
+        }
+    }
+    let now = now_ms();
+    let mut rows = Vec::with_capacity(specs.len());
+    for spec in &specs {
+        let (start, _) = spec.window.bounds(now, spec.tz);
+        match app.ledger.counter_state(&spec.counter_id(), start).await {
+            Ok(state) => rows.push((spec, state)),
+            Err(e) => {
+                errors += 1;
+                tracing::warn!(error = %e, budget = %spec.id, "metrics: a budget could not be read");
+            }
+        }
+    }
+    for (name, help, pick) in [
+        (
+            "tollgate_budget_limit_usd",
+            "Limit of a budget's current window.",
+            0,
+        ),
+        (
+            "tollgate_budget_spent_usd",
+            "Settled spend in a budget's current window.",
+            1,
+        ),
+        (
+            "tollgate_budget_held_usd",
+            "Spend held by requests in flight in a budget's current window.",
+            2,
+        ),
+        (
+            "tollgate_budget_remaining_usd",
+            "What a budget's current window can still hold (limit - spent - held, at least 0).",
+            3,
+        ),
+    ] {
+        family_header(out, name, "gauge", help);
+        for (spec, state) in &rows {
+            let nanos = match pick {
+                0 => spec.limit_nanos,
+                1 => state.used,
+                2 => state.reserved,
+                _ => (spec.limit_nanos - state.used - state.reserved).max(0),
+            };
+            let _ = writeln!(
+                out,
+                "{name}{{budget=\"{}\",scope=\"{}\",subject=\"{}\",window=\"{}\"}} {}",
+                crate::metrics::escape(&spec.id),
+                spec.scope.as_str(),
+                crate::metrics::escape(&spec.subject),
+                spec.window.budget_name(),
+                nanos as f64 / 1e9
+            );
+        }
+    }
+    match app.ledger.outstanding_holds().await {
+        Ok(n) => {
+            family_header(
+                out,
+                "tollgate_holds_outstanding",
+                "gauge",
+                "Requests holding budget or quota capacity now.",
+            );
+            let _ = writeln!(out, "tollgate_holds_outstanding {n}");
+        }
+        Err(e) => {
+            errors += 1;
+            tracing::warn!(error = %e, "metrics: outstanding holds could not be read");
+        }
+    }
+    family_header(
+        out,
+        "tollgate_budget_scrape_errors",
+        "gauge",
+        "Budget figures this scrape could not read from the store.",
+    );
+    let _ = writeln!(out, "tollgate_budget_scrape_errors {errors}");
+}
+
+/// The family whose error shape answers a key presented this way (`x-api-key`: Anthropic;
+/// `x-goog-api-key` or `?key=`: Gemini; otherwise OpenAI).
+fn family_of(request: &Request) -> Family {
+    let headers = request.headers();
+    if headers.contains_key(header::AUTHORIZATION) {
+        Family::OpenAi
+    } else if headers.contains_key("x-api-key") {
+        Family::Anthropic
+    } else if headers.contains_key("x-goog-api-key")
+        || request
+            .uri()
+            .query()
+            .is_some_and(|q| q.split('&').any(|p| p.starts_with("key=")))
+    {
+        Family::Gemini
+    } else {
+        Family::OpenAi
+    }
+}
+
+fn grant_json(grant: &crate::store::ModelGrant) -> Value {
+    match grant {
+        crate::store::ModelGrant::All => json!("*"),
+        crate::store::ModelGrant::Only(names) => json!(names),
+    }
+}
+
+/// `GET /v1/key/info` (and `/v1/validate-key`): whether the presented virtual key works, and
+/// what it is: its own id, name, team, owner, grants, expiry and the budgets that apply to it
+/// with what remains. Never a secret (only the display prefix), never another key. A missing,
+/// unknown, expired or revoked key gets the same 401 codes as every other endpoint.
+pub async fn key_info(State(app): State<Arc<AppState>>, request: Request) -> Response {
+    let family = family_of(&request);
+    let key = match authenticate::run(&app, request.headers(), request.uri().query()).await {
+        Flow::Continue(key) => key,
+        Flow::Respond(error) => return error.render(family),
+    };
+    let snapshot = app.policies.snapshot();
+    let now = now_ms();
+    let mut budgets = Vec::new();
+    for spec in app.ledger.budgets_for(&snapshot, &key) {
+        let (start, end) = spec.window.bounds(now, spec.tz);
+        let state = match app.ledger.counter_state(&spec.counter_id(), start).await {
+            Ok(state) => state,
+            Err(e) => {
+                return crate::error::GatewayError::Unavailable(crate::error::UnavailableError {
+                    code: "budget_unavailable",
+                    what: "the budget store",
+                    detail: e.to_string(),
+                })
+                .render(family);
+            }
+        };
+        let remaining = (spec.limit_nanos - state.used - state.reserved).max(0);
+        budgets.push(json!({
+            "id": spec.id,
+            "scope": spec.scope.as_str(),
+            "subject": spec.subject,
+            "window": spec.window.budget_name(),
+            "window_start_ms": start,
+            "window_end_ms": (end != i64::MAX).then_some(end),
+            "limit_usd": spec.limit_nanos as f64 / 1e9,
+            "spent_usd": state.used as f64 / 1e9,
+            "held_usd": state.reserved as f64 / 1e9,
+            "remaining_usd": remaining as f64 / 1e9,
+            "remaining_nanos": remaining,
+        }));
+    }
+    let models: Vec<&String> = snapshot
+        .models
+        .keys()
+        .chain(snapshot.groups.keys())
+        .filter(|name| key.models.allows(name))
+        .collect();
+    Json(json!({
+        "valid": true,
+        "key": {
+            "id": key.id,
+            "name": key.name,
+            "team": key.team,
+            "owner": key.owner,
+            "secret_prefix": key.secret_prefix,
+            "created_at_ms": key.created_at_ms,
+            "expires_at_ms": key.expires_at_ms,
+            "rotations": key.rotations,
+        },
+        "grants": {
+            "models": grant_json(&key.models),
+            "mcp": grant_json(&key.mcp),
+        },
+        "models": models,
+        "budgets": budgets,
+    }))
+    .into_response()
+}
