@@ -227,6 +227,15 @@ pub async fn metrics(State(app): State<Arc<AppState>>, request: Request) -> Resp
         );
     }
     crate::plugins::metrics::render(&mut out);
+    // Tasks alive in the runtime: a leak (a task per failed call) shows as a climb.
+    let tasks = tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks();
+    let _ = writeln!(
+        out,
+        "# HELP tollgate_runtime_alive_tasks Tasks alive in the gateway's async runtime.\n# TYPE tollgate_runtime_alive_tasks gauge\ntollgate_runtime_alive_tasks {tasks}\n# HELP tollgate_retry_budget_tokens Retries the gateway-wide retry budget allows now.\n# TYPE tollgate_retry_budget_tokens gauge\ntollgate_retry_budget_tokens {}",
+        app.health.retries.balance().floor()
+    );
     let mut response = out.into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,

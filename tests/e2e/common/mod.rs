@@ -1,6 +1,8 @@
 //! The end-to-end harness: the real `tollgate` binary on a free loopback port, a mock upstream
 //! provider in this process, the CLI for keys, and the SQLite store read back for assertions.
 
+pub mod proxy;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
