@@ -281,3 +281,51 @@ pub(super) fn provider_net(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::load::{GATEWAY_FILE, load_dir};
+    use super::*;
+
+    fn load(text: &str) -> Result<super::super::Snapshot, Vec<LoadError>> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join(GATEWAY_FILE), text).expect("write");
+        load_dir(dir.path(), 1, None)
+    }
+
+    #[test]
+    fn a_timeout_too_large_for_the_clock_is_a_load_error_with_its_line() {
+        // Before the bound, this loaded and the first streamed chunk overflowed the deadline
+        // arithmetic (a panic in the call task).
+        let errors = load(
+            "[providers.p]\nfamily = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\ntimeout_ms = 18446744073709551615\n",
+        )
+        .expect_err("must fail");
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].line, Some(4));
+        assert_eq!(errors[0].key.as_deref(), Some("providers.p.timeout_ms"));
+    }
+
+    #[test]
+    fn defaults_keep_the_old_behaviour_and_set_values_are_used() {
+        let snapshot = load(
+            "[providers.p]\nfamily = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\ntimeout_ms = 2000\n\n[providers.q]\nfamily = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\nconnect_timeout_ms = 300\nfirst_byte_timeout_ms = 400\nidle_timeout_ms = 500\ntotal_timeout_ms = 600\n\n[upstream]\nmax_attempts = 4\ncooldown_ms = 1000\n",
+        )
+        .expect("loads");
+        let p = &snapshot.providers["p"];
+        assert_eq!(p.timeouts, Timeouts::uniform(Duration::from_secs(2)));
+        assert!(p.client.is_none(), "default settings share the client");
+        let q = &snapshot.providers["q"];
+        assert_eq!(q.timeouts.connect, Duration::from_millis(300));
+        assert_eq!(q.timeouts.first_byte, Duration::from_millis(400));
+        assert_eq!(q.timeouts.idle, Duration::from_millis(500));
+        assert_eq!(q.timeouts.total, Some(Duration::from_millis(600)));
+        assert!(
+            q.client.is_some(),
+            "its own connect timeout needs its own client"
+        );
+        assert_eq!(snapshot.retry.max_attempts, Some(4));
+        assert_eq!(snapshot.retry.cooldown.first, Duration::from_secs(1));
+        assert_eq!(snapshot.retry.cooldown.max, Duration::from_secs(300));
+    }
+}
