@@ -8,6 +8,9 @@ use std::time::Duration;
 
 use crate::clock::now_ms;
 
+/// A probe that has not reported after this long is considered lost.
+pub const PROBE_ABANDONED_MS: i64 = 10 * 60 * 1000;
+
 /// Weight of the newest sample in the moving averages.
 const ALPHA: f64 = 0.2;
 /// The longest cooldown a provider's `Retry-After` can ask for.
@@ -67,8 +70,9 @@ pub struct Health {
     tripped: AtomicBool,
     /// Failed probes in a row (each doubles the next cooldown).
     level: AtomicU32,
-    /// A half-open probe is in flight.
-    probing: AtomicBool,
+    /// When the half-open probe in flight started (Unix ms; 0: none). A probe older than
+    /// [`PROBE_ABANDONED_MS`] is taken as lost (its task died) and another may start.
+    probing_since_ms: AtomicI64,
 }
 
 fn ewma(cell: &AtomicU64, sample: f64, first: bool) {
@@ -105,10 +109,15 @@ impl Health {
 
     /// Starts an attempt; a half-open deployment's first attempt becomes its probe.
     pub fn begin(&self) -> Attempt {
-        let probe = self.state() == State::HalfOpen
+        if self.state() != State::HalfOpen {
+            return Attempt { probe: false };
+        }
+        let now = now_ms();
+        let since = self.probing_since_ms.load(Ordering::Acquire);
+        let probe = (since == 0 || now - since > PROBE_ABANDONED_MS)
             && self
-                .probing
-                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
+                .probing_since_ms
+                .compare_exchange(since, now.max(1), Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok();
         Attempt { probe }
     }
@@ -119,7 +128,7 @@ impl Health {
         ewma(&self.latency_ms_bits, latency.as_secs_f64() * 1000.0, first);
         ewma(&self.error_rate_bits, if ok { 0.0 } else { 1.0 }, false);
         if attempt.probe {
-            self.probing.store(false, Ordering::Release);
+            self.probing_since_ms.store(0, Ordering::Release);
         }
         if ok {
             self.consecutive_failures.store(0, Ordering::Relaxed);
@@ -168,7 +177,10 @@ impl Health {
     pub fn in_cooldown(&self) -> bool {
         match self.state() {
             State::Open => true,
-            State::HalfOpen => self.probing.load(Ordering::Acquire),
+            State::HalfOpen => {
+                let since = self.probing_since_ms.load(Ordering::Acquire);
+                since != 0 && now_ms() - since <= PROBE_ABANDONED_MS
+            }
             State::Closed => false,
         }
     }
@@ -263,6 +275,22 @@ mod tests {
         h.record(probe, true, Duration::from_millis(5), &p);
         assert_eq!(h.state(), State::Closed);
         assert!(!h.in_cooldown());
+    }
+
+    #[test]
+    fn a_probe_that_never_reports_is_taken_as_lost() {
+        let p = policy(1, 1000);
+        let h = Health::default();
+        fail(&h, &p);
+        expire(&h);
+        let lost = h.begin();
+        assert!(lost.probe);
+        assert!(!h.begin().probe);
+        // Its task died without recording: after a while another request may probe.
+        h.probing_since_ms
+            .store(now_ms() - PROBE_ABANDONED_MS - 1, Ordering::Relaxed);
+        assert!(!h.in_cooldown());
+        assert!(h.begin().probe);
     }
 
     #[test]
