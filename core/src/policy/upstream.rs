@@ -295,8 +295,8 @@ mod tests {
 
     #[test]
     fn a_timeout_too_large_for_the_clock_is_a_load_error_with_its_line() {
-        // Before the bound, this loaded and the first streamed chunk overflowed the deadline
-        // arithmetic (a panic in the call task).
+        // Before the bound this loaded, and a relayed stream computes `Instant::now() + idle`
+        // on every chunk: with this value that addition overflows, which panics.
         let errors = load(
             "[providers.p]\nfamily = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\ntimeout_ms = 18446744073709551615\n",
         )
