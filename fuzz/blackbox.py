@@ -419,6 +419,11 @@ class Gateway:
             self.proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+        if self.findings.items:
+            # Keep the gateway's log (panic messages) and store next to the findings.
+            kept = os.path.join(ART, f"gateway-{int(time.time())}")
+            shutil.copytree(self.dir, kept, dirs_exist_ok=True)
+            print(f"gateway log and store kept in {kept}", file=sys.stderr)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
