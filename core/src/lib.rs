@@ -9,6 +9,8 @@ pub mod clock;
 pub mod diagnostic;
 pub mod error;
 pub mod family;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod health;
 pub mod mcp;
 pub mod metrics;

@@ -39,6 +39,8 @@ pub struct Authorized {
     pub client_wants_usage: bool,
     /// The request's snapshot limit on buffered provider answers.
     pub max_response_bytes: usize,
+    /// The request's snapshot `[upstream]` attempts, backoff and cooldowns.
+    pub retry: crate::upstream::retry::RetryPolicy,
     /// Guardrails bound for the answer (set by the inspect stage).
     pub guards: super::inspect::Guards,
     /// The endpoint the client called.
@@ -367,6 +369,7 @@ async fn decide(
         stream,
         client_wants_usage,
         max_response_bytes: snapshot.limits.max_response_bytes,
+        retry: snapshot.retry.clone(),
         guards: super::inspect::Guards::default(),
         endpoint: input.endpoint,
         forward: forwarded_headers(input.endpoint, input.headers),

@@ -37,7 +37,9 @@ use crate::plugins::{FailureMode, Phase};
 use crate::policy::{ProviderFamily, Target};
 use crate::state::AppState;
 use crate::upstream::gemini_array::SseToJsonArray;
+use crate::upstream::retry::{RetryBudget, RetryPolicy};
 use crate::upstream::sse::SseTap;
+use crate::upstream::timeouts::{Deadlines, ReadError, Timeouts};
 use crate::upstream::{self, BodyStream, Outbound, UpstreamReply, demo};
 
 /// The shapes of one relayed answer: what the upstream speaks (for usage) and what the client
@@ -121,8 +123,20 @@ pub async fn run(
         ));
         return recorder.deny(Stage::Call, &error.into(), family);
     }
-    let last = candidates.len().saturating_sub(1);
-    for (attempt, model) in candidates.into_iter().enumerate() {
+    if candidates.is_empty() {
+        let error = GatewayError::Routing("the route has no deployments".into());
+        return recorder.deny(Stage::Call, &error, family);
+    }
+    let policy = request.retry.clone();
+    app.health.retries.deposit(&policy);
+    let mut plan = Attempts::new(&policy, candidates.len());
+    let mut next = Some((0, None));
+    while let Some((index, waited)) = next.take() {
+        if let Some(wait) = waited {
+            tokio::time::sleep(wait).await;
+        }
+        let model = candidates[index];
+        plan.tried(index);
         recorder.set_model(model);
         let provider = model.provider.clone();
         let mode = endpoint.serve_mode(provider.family, true);
@@ -153,6 +167,8 @@ pub async fn run(
             &model.name,
             &model.upstream_model,
         );
+        let health = app.health.get(&model.name);
+        let trial = health.begin();
         let sent = Instant::now();
         let reply = async {
             match provider.family {
@@ -194,59 +210,64 @@ pub async fn run(
             Err(e) => crate::telemetry::set_error(&attempt_span, &e.to_string()),
         }
         drop(attempt_span);
-        let health = app.health.get(&model.name);
         let elapsed = sent.elapsed();
+        let mut attempt = json!({
+            "model": model.name, "provider": provider.name, "latency_us": micros(elapsed),
+        });
+        if trial.probe {
+            attempt["probe"] = Value::Bool(true);
+        }
+        if let Some(wait) = waited {
+            attempt["waited_ms"] = json!(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX));
+        }
         let error = match reply {
             Ok(reply) if failover_status(reply.status) => {
                 let status = reply.status;
-                health.record(false, elapsed);
+                attempt["status"] = json!(status.as_u16());
+                health.record(trial, false, elapsed, &policy.cooldown);
+                let retry_after = retry_after_secs(reply.retry_after.as_ref())
+                    .map(|secs| Duration::from_secs(secs.min(crate::health::MAX_RETRY_AFTER_SECS)));
                 if credential_refused(status) {
                     tracing::warn!(provider = %provider.name, model = %model.name, status = status.as_u16(),
                         "the provider refused the gateway's credential; the deployment cools down");
-                    health.cool_down(crate::health::COOLDOWN);
-                } else if status == StatusCode::TOO_MANY_REQUESTS
-                    && let Some(secs) = retry_after_secs(reply.retry_after.as_ref())
-                {
-                    health.cool_down(Duration::from_secs(
-                        secs.min(crate::health::MAX_RETRY_AFTER_SECS),
-                    ));
+                    health.cool_down(policy.cooldown.first);
+                } else if let Some(after) = retry_after {
+                    health.cool_down(after);
                 }
-                if attempt < last {
-                    recorder.add_attempt(json!({
-                        "model": model.name, "provider": provider.name, "status": status.as_u16(),
-                        "latency_us": micros(elapsed), "outcome": "failover",
-                    }));
-                    continue;
+                plan.failed(index, retry_after);
+                match plan.next(&app.health.retries) {
+                    Next::Try(index, wait) => {
+                        attempt["outcome"] = json!("failover");
+                        recorder.add_attempt(attempt);
+                        next = Some((index, Some(wait).filter(|w| !w.is_zero())));
+                        continue;
+                    }
+                    Next::Spent => attempt["retry_budget"] = json!("exhausted"),
+                    Next::Done => {}
                 }
                 if credential_refused(status) {
-                    recorder.add_attempt(json!({
-                        "model": model.name, "provider": provider.name, "status": status.as_u16(),
-                        "latency_us": micros(elapsed), "outcome": "upstream_error",
-                    }));
+                    attempt["outcome"] = json!("upstream_error");
+                    recorder.add_attempt(attempt);
                     GatewayError::from(UpstreamError::CredentialRejected {
                         provider: provider.name.clone(),
                         status: status.as_u16(),
                     })
                 } else if status.is_server_error() {
-                    recorder.add_attempt(json!({
-                        "model": model.name, "provider": provider.name, "status": status.as_u16(),
-                        "latency_us": micros(elapsed), "outcome": "upstream_error",
-                    }));
+                    attempt["outcome"] = json!("upstream_error");
+                    recorder.add_attempt(attempt);
                     GatewayError::from(UpstreamError::ServerError {
                         provider: provider.name.clone(),
                         status: status.as_u16(),
                     })
                 } else {
                     // A 429 from the last deployment is the provider's answer: pass it through.
-                    recorder.add_attempt(json!({
-                        "model": model.name, "provider": provider.name, "status": status.as_u16(),
-                        "latency_us": micros(elapsed), "outcome": "relayed",
-                    }));
+                    attempt["outcome"] = json!("relayed");
+                    recorder.add_attempt(attempt);
                     if let Some(t) = translation {
                         return translated::relay(
                             reply,
                             &request,
-                            provider.timeout,
+                            &provider.timeouts,
                             sent,
                             recorder,
                             t,
@@ -254,31 +275,44 @@ pub async fn run(
                         .await;
                     }
                     let shape = Shape::of(&request, upstream_api);
-                    return relay(reply, &request, provider.timeout, sent, recorder, shape).await;
+                    return relay(reply, &request, &provider.timeouts, sent, recorder, shape).await;
                 }
             }
             Ok(reply) => {
-                health.record(true, elapsed);
-                recorder.add_attempt(json!({
-                    "model": model.name, "provider": provider.name, "status": reply.status.as_u16(),
-                    "latency_us": micros(elapsed), "outcome": "relayed",
-                }));
+                health.record(trial, true, elapsed, &policy.cooldown);
+                attempt["status"] = json!(reply.status.as_u16());
+                attempt["outcome"] = json!("relayed");
+                recorder.add_attempt(attempt);
                 if let Some(t) = translation {
-                    return translated::relay(reply, &request, provider.timeout, sent, recorder, t)
-                        .await;
+                    return translated::relay(
+                        reply,
+                        &request,
+                        &provider.timeouts,
+                        sent,
+                        recorder,
+                        t,
+                    )
+                    .await;
                 }
                 let shape = Shape::of(&request, upstream_api);
-                return relay(reply, &request, provider.timeout, sent, recorder, shape).await;
+                return relay(reply, &request, &provider.timeouts, sent, recorder, shape).await;
             }
             Err(e) => {
-                health.record(false, elapsed);
-                recorder.add_attempt(json!({
-                    "model": model.name, "provider": provider.name, "code": GatewayError::from(e.clone()).code(),
-                    "latency_us": micros(elapsed), "outcome": if attempt < last { "failover" } else { "failed" },
-                }));
-                if attempt < last {
-                    continue;
+                health.record(trial, false, elapsed, &policy.cooldown);
+                attempt["code"] = json!(GatewayError::from(e.clone()).code());
+                plan.failed(index, None);
+                match plan.next(&app.health.retries) {
+                    Next::Try(index, wait) => {
+                        attempt["outcome"] = json!("failover");
+                        recorder.add_attempt(attempt);
+                        next = Some((index, Some(wait).filter(|w| !w.is_zero())));
+                        continue;
+                    }
+                    Next::Spent => attempt["retry_budget"] = json!("exhausted"),
+                    Next::Done => {}
                 }
+                attempt["outcome"] = json!("failed");
+                recorder.add_attempt(attempt);
                 GatewayError::from(e)
             }
         };
@@ -286,6 +320,80 @@ pub async fn run(
     }
     let error = GatewayError::Routing("the route has no deployments".into());
     recorder.deny(Stage::Call, &error, family)
+}
+
+/// What comes after a failed attempt.
+#[derive(Debug, PartialEq)]
+enum Next {
+    /// Try the candidate at this index after waiting this long.
+    Try(usize, Duration),
+    /// Attempts were left but the gateway-wide retry budget is spent.
+    Spent,
+    /// No attempt left (or none worth making).
+    Done,
+}
+
+/// A request's attempts over its failover list: each deployment in order, then (when
+/// `max_attempts` allows more) the list again with backoff, honouring `Retry-After`.
+struct Attempts<'a> {
+    policy: &'a RetryPolicy,
+    /// Attempts made per candidate.
+    tries: Vec<u32>,
+    /// The `Retry-After` each candidate last answered with.
+    retry_after: Vec<Option<Duration>>,
+    made: usize,
+    max: usize,
+    position: usize,
+}
+
+impl<'a> Attempts<'a> {
+    fn new(policy: &'a RetryPolicy, candidates: usize) -> Self {
+        Attempts {
+            policy,
+            tries: vec![0; candidates],
+            retry_after: vec![None; candidates],
+            made: 0,
+            max: policy.attempts(candidates),
+            position: 0,
+        }
+    }
+
+    fn tried(&mut self, index: usize) {
+        self.tries[index] += 1;
+        self.made += 1;
+        self.position = index;
+    }
+
+    fn failed(&mut self, index: usize, retry_after: Option<Duration>) {
+        self.retry_after[index] = retry_after;
+    }
+
+    /// The next attempt: the next candidate in order (at once when it was never tried, after
+    /// its backoff or `Retry-After` otherwise); candidates asking to wait longer than
+    /// `max_retry_after` are passed over. Spends a token of the retry budget.
+    fn next(&mut self, budget: &RetryBudget) -> Next {
+        if self.made >= self.max {
+            return Next::Done;
+        }
+        let n = self.tries.len();
+        let choice = (1..=n).find_map(|step| {
+            let index = (self.position + step) % n;
+            match self.tries[index] {
+                0 => Some((index, Duration::ZERO)),
+                tries => self
+                    .policy
+                    .wait_for(tries, self.retry_after[index])
+                    .map(|wait| (index, wait)),
+            }
+        });
+        let Some((index, wait)) = choice else {
+            return Next::Done;
+        };
+        if !budget.withdraw(self.policy) {
+            return Next::Spent;
+        }
+        Next::Try(index, wait)
+    }
 }
 
 /// Stream guardrails read OpenAI-shaped chunks; an Anthropic or Gemini client stream would go
@@ -320,7 +428,7 @@ fn pinned(family: ProviderFamily, pin: &str) -> bool {
 async fn relay(
     mut reply: UpstreamReply,
     request: &Authorized,
-    timeout: Duration,
+    timeouts: &Timeouts,
     sent: Instant,
     mut recorder: Recorder,
     shape: Shape,
@@ -334,34 +442,20 @@ async fn relay(
             reply,
             recorder,
             request.client_wants_usage,
-            timeout,
+            Deadlines::new(timeouts, sent),
             guard,
             shape,
         );
     }
 
-    // Unary: buffer within the limit and the provider's timeout, then relay.
+    // Unary: buffer within the limit and the provider's timeouts, then relay.
     let limit = request.max_response_bytes;
-    let remaining = timeout.saturating_sub(sent.elapsed());
     let status = reply.status;
     let content_type = reply.content_type.take();
     let retry_after = reply.retry_after.take();
-    let body = match tokio::time::timeout(remaining, collect(reply.body, limit)).await {
-        Err(_) => {
-            let error = GatewayError::from(UpstreamError::Timeout {
-                provider: provider_name,
-                timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
-            });
-            return recorder.deny(Stage::Call, &error, family);
-        }
-        Ok(Err(detail)) => {
-            let error = GatewayError::from(UpstreamError::BadResponse {
-                provider: provider_name,
-                detail,
-            });
-            return recorder.deny(Stage::Call, &error, family);
-        }
-        Ok(Ok(body)) => body,
+    let body = match read_body(reply.body, limit, timeouts, sent, provider_name.clone()).await {
+        Ok(body) => body,
+        Err(error) => return recorder.deny(Stage::Call, &error, family),
     };
     if status.is_success() {
         match read_usage(&body, shape.upstream) {
@@ -411,18 +505,26 @@ pub(super) fn micros(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
 
-pub(super) async fn collect(mut body: BodyStream, limit: usize) -> Result<Bytes, String> {
-    let mut buf = BytesMut::new();
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk?;
-        if buf.len() + chunk.len() > limit {
-            return Err(format!(
-                "response larger than server.max_response_bytes ({limit})"
-            ));
-        }
-        buf.extend_from_slice(&chunk);
+/// Reads a whole non-streamed answer within the provider's idle and total clocks: a clock that
+/// runs out is 504 `upstream_timeout`, a broken or oversized body 502 `upstream_error`.
+pub(super) async fn read_body(
+    body: BodyStream,
+    limit: usize,
+    timeouts: &Timeouts,
+    sent: Instant,
+    provider: String,
+) -> Result<Bytes, GatewayError> {
+    match upstream::timeouts::collect(body, limit, timeouts, sent).await {
+        Ok(body) => Ok(body),
+        Err(ReadError::Timeout(expired)) => Err(GatewayError::from(UpstreamError::Timeout {
+            provider,
+            timeout_ms: timeouts.millis(expired),
+        })),
+        Err(ReadError::Bad(detail)) => Err(GatewayError::from(UpstreamError::BadResponse {
+            provider,
+            detail,
+        })),
     }
-    Ok(buf.freeze())
 }
 
 /// Reads only the usage object from a JSON body (`usage`, Gemini's `usageMetadata`), without
@@ -452,7 +554,7 @@ fn relay_stream(
     reply: UpstreamReply,
     recorder: Recorder,
     client_wants_usage: bool,
-    idle: Duration,
+    deadlines: Deadlines,
     guard: Option<StreamGuard>,
     shape: Shape,
 ) -> Response {
@@ -462,8 +564,7 @@ fn relay_stream(
         shape,
         array: shape.json_array.then(SseToJsonArray::default),
         recorder: Some(recorder),
-        idle_timeout: idle,
-        idle: Box::pin(tokio::time::sleep(idle)),
+        deadlines,
         done: false,
         guard,
         upstream_ended: false,
@@ -493,8 +594,8 @@ struct Relay {
     /// Gemini's streamed JSON array framing, when the client did not ask for SSE.
     array: Option<SseToJsonArray>,
     recorder: Option<Recorder>,
-    idle_timeout: Duration,
-    idle: Pin<Box<Sleep>>,
+    /// The provider's idle and total clocks.
+    deadlines: Deadlines,
     done: bool,
     /// Stream-phase guardrails (3. inspect): complete events pass through it before the client.
     guard: Option<StreamGuard>,
@@ -578,7 +679,7 @@ impl Drop for Relay {
                         tap,
                         self.shape.upstream,
                         recorder,
-                        self.idle_timeout,
+                        self.deadlines.idle_after(),
                     ));
                     return;
                 }
@@ -702,8 +803,7 @@ impl Relay {
             }
             match this.upstream.poll_next_unpin(cx) {
                 Poll::Ready(Some(Ok(chunk))) => {
-                    let deadline = tokio::time::Instant::now() + this.idle_timeout;
-                    this.idle.as_mut().reset(deadline);
+                    this.deadlines.touch();
                     let out = this.tap.push(&chunk);
                     if out.is_empty() {
                         continue;
@@ -743,7 +843,7 @@ impl Relay {
                     return Poll::Ready((!rest.is_empty()).then_some(Ok(rest)));
                 }
                 Poll::Pending => {
-                    if this.idle.as_mut().poll(cx).is_ready() {
+                    if let Poll::Ready(expired) = this.deadlines.poll_expired(cx) {
                         // With guardrails, an unterminated tail was never inspected: drop it.
                         let tail = this.tap.finish();
                         let mut out = if this.guard.is_some() {
@@ -751,11 +851,10 @@ impl Relay {
                         } else {
                             BytesMut::from(&tail[..])
                         };
-                        out.extend_from_slice(&this.error_event(
-                            "upstream_timeout",
-                            "the provider's stream went silent for longer than its timeout",
-                        ));
-                        this.finish("idle_timeout", Some("upstream_timeout"));
+                        out.extend_from_slice(
+                            &this.error_event("upstream_timeout", expired.message()),
+                        );
+                        this.finish(expired.stream_status(), Some("upstream_timeout"));
                         return Poll::Ready(Some(Ok(out.freeze())));
                     }
                     return Poll::Pending;

@@ -6,7 +6,7 @@
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::body::Body;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -14,7 +14,6 @@ use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 use serde_json::{Value, json};
-use tokio::time::Sleep;
 
 use super::authorize::Authorized;
 use super::inspect;
@@ -28,6 +27,7 @@ use crate::translate::{
     ToolNames,
 };
 use crate::upstream::gemini_array::SseToJsonArray;
+use crate::upstream::timeouts::{Deadlines, Timeouts};
 use crate::upstream::{BodyStream, UpstreamReply};
 use crate::usage::TokenUsage;
 
@@ -135,7 +135,7 @@ fn json_response(status: StatusCode, body: &Value) -> Response {
 pub async fn relay(
     mut reply: UpstreamReply,
     request: &Authorized,
-    timeout: Duration,
+    timeouts: &Timeouts,
     sent: Instant,
     mut recorder: Recorder,
     t: Translation,
@@ -156,32 +156,23 @@ pub async fn relay(
         let guard = (t.client == Dialect::OpenAiChat)
             .then(|| inspect::StreamGuard::new(&request.guards))
             .flatten();
-        return stream(reply, recorder, timeout, t, ctx, guard);
+        let deadlines = Deadlines::new(timeouts, sent);
+        return stream(reply, recorder, deadlines, t, ctx, guard);
     }
     let status = reply.status;
     let retry_after = reply.retry_after.take();
-    let remaining = timeout.saturating_sub(sent.elapsed());
-    let body = match tokio::time::timeout(
-        remaining,
-        super::call::collect(reply.body, request.max_response_bytes),
+    let limit = request.max_response_bytes;
+    let body = match super::call::read_body(
+        reply.body,
+        limit,
+        timeouts,
+        sent,
+        provider_name.clone(),
     )
     .await
     {
-        Err(_) => {
-            let error = GatewayError::from(UpstreamError::Timeout {
-                provider: provider_name,
-                timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
-            });
-            return recorder.deny(Stage::Call, &error, family);
-        }
-        Ok(Err(detail)) => {
-            let error = GatewayError::from(UpstreamError::BadResponse {
-                provider: provider_name,
-                detail,
-            });
-            return recorder.deny(Stage::Call, &error, family);
-        }
-        Ok(Ok(body)) => body,
+        Ok(body) => body,
+        Err(error) => return recorder.deny(Stage::Call, &error, family),
     };
     recorder.mark_first_byte();
     if !status.is_success() {
@@ -251,7 +242,7 @@ fn upstream_usage(dialect: Dialect, answer: &Value) -> Option<Value> {
 fn stream(
     reply: UpstreamReply,
     recorder: Recorder,
-    idle: Duration,
+    deadlines: Deadlines,
     t: Translation,
     ctx: ResponseContext,
     guard: Option<inspect::StreamGuard>,
@@ -264,8 +255,7 @@ fn stream(
         translator: StreamTranslator::new(t.upstream, t.client, ctx),
         array: t.json_array.then(SseToJsonArray::default),
         recorder: Some(recorder),
-        idle_timeout: idle,
-        idle: Box::pin(tokio::time::sleep(idle)),
+        deadlines,
         done: false,
     };
     let mut response = Response::new(Body::from_stream(relay));
@@ -294,8 +284,8 @@ struct TranslatedStream {
     translator: StreamTranslator,
     array: Option<SseToJsonArray>,
     recorder: Option<Recorder>,
-    idle_timeout: Duration,
-    idle: Pin<Box<Sleep>>,
+    /// The provider's idle and total clocks.
+    deadlines: Deadlines,
     done: bool,
 }
 
@@ -411,8 +401,7 @@ impl Stream for TranslatedStream {
             }
             match this.upstream.poll_next_unpin(cx) {
                 Poll::Ready(Some(Ok(chunk))) => {
-                    let deadline = tokio::time::Instant::now() + this.idle_timeout;
-                    this.idle.as_mut().reset(deadline);
+                    this.deadlines.touch();
                     let mut out = Vec::new();
                     for event in this.parser.push(&chunk) {
                         match this.translator.push(&event) {
@@ -458,11 +447,10 @@ impl Stream for TranslatedStream {
                     return Poll::Ready(Some(Ok(bytes)));
                 }
                 Poll::Pending => {
-                    if this.idle.as_mut().poll(cx).is_ready() {
-                        let tail = this
-                            .translator
-                            .fail("the provider's stream went silent for longer than its timeout");
-                        let bytes = this.end(tail, "idle_timeout", Some("upstream_timeout"));
+                    if let Poll::Ready(expired) = this.deadlines.poll_expired(cx) {
+                        let tail = this.translator.fail(expired.message());
+                        let bytes =
+                            this.end(tail, expired.stream_status(), Some("upstream_timeout"));
                         return Poll::Ready(Some(Ok(bytes)));
                     }
                     return Poll::Pending;

@@ -45,6 +45,41 @@ pub struct GatewayFile {
     /// Where plugin components and data may live besides the policy directory.
     #[serde(default)]
     pub plugins: PluginsSection,
+    /// How calls to providers are retried, cooled down and proxied (all providers).
+    #[serde(default)]
+    pub upstream: UpstreamSection,
+}
+
+/// `[upstream]`: retries, backoff, cooldowns and the outbound proxy of every provider call.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSection {
+    /// Attempts per request across its failover list, the first included (default: each
+    /// deployment once). Above the number of deployments the list is tried again, with backoff.
+    pub max_attempts: Option<Spanned<u32>>,
+    /// Retries (attempts after the first) may add at most this fraction of the requests to the
+    /// provider load, gateway-wide (default 0.2).
+    pub retry_budget_ratio: Option<Spanned<f64>>,
+    /// Retries per second always allowed, whatever the ratio (default 5).
+    pub retry_budget_min_per_sec: Option<Spanned<f64>>,
+    /// First backoff before trying a deployment again (default 100 ms); doubles each time, with
+    /// full jitter.
+    pub backoff_base_ms: Option<Spanned<u64>>,
+    /// Longest backoff (default 2000 ms).
+    pub backoff_max_ms: Option<Spanned<u64>>,
+    /// The longest `Retry-After` the gateway waits for before trying the same deployment again;
+    /// a longer one is not waited for (default 5000 ms).
+    pub max_retry_after_ms: Option<Spanned<u64>>,
+    /// Consecutive failures that start a deployment's cooldown (default 3).
+    pub cooldown_after: Option<Spanned<u32>>,
+    /// The first cooldown (default 30 s); a failed half-open probe doubles it.
+    pub cooldown_ms: Option<Spanned<u64>>,
+    /// The longest cooldown (default 300 s).
+    pub max_cooldown_ms: Option<Spanned<u64>>,
+    /// An outbound HTTP proxy for every provider (`http://[user:password@]host:port`).
+    pub proxy: Option<Spanned<String>>,
+    /// Hosts reached directly (comma-separated; domains, `.suffix`, IPs, CIDR ranges).
+    pub no_proxy: Option<Spanned<String>>,
 }
 
 /// `[plugins]`.
@@ -227,9 +262,25 @@ pub struct ProviderSection {
     /// Where the provider credential comes from; omitted means no credential is sent.
     pub credential: Option<CredentialSection>,
     /// Time allowed for the provider to answer (headers of a stream, whole body otherwise), and
-    /// the longest silence allowed between two chunks of a stream.
-    #[serde(default = "default_timeout_ms")]
-    pub timeout_ms: u64,
+    /// the longest silence allowed between two chunks of a stream; the default of
+    /// `first_byte_timeout_ms` and `idle_timeout_ms` (60 s).
+    pub timeout_ms: Option<Spanned<u64>>,
+    /// Time allowed to open a connection (TCP and TLS, through the proxy if any); 10 s.
+    pub connect_timeout_ms: Option<Spanned<u64>>,
+    /// Time allowed from sending the request to the provider's response headers.
+    pub first_byte_timeout_ms: Option<Spanned<u64>>,
+    /// The longest silence between two chunks of a body (streamed or not).
+    pub idle_timeout_ms: Option<Spanned<u64>>,
+    /// The longest a whole call may take, from sending to the last byte, streams included.
+    /// Unset: a non-streamed answer must be complete within `timeout_ms`, and a stream lasts as
+    /// long as its chunks keep coming.
+    pub total_timeout_ms: Option<Spanned<u64>>,
+    /// An outbound HTTP proxy for this provider (`http://[user:password@]host:port`), overriding
+    /// `[upstream] proxy`.
+    pub proxy: Option<Spanned<String>>,
+    /// Hosts reached directly, not through the proxy (comma-separated: `localhost,.internal,
+    /// 10.0.0.0/8`), overriding `[upstream] no_proxy`.
+    pub no_proxy: Option<Spanned<String>>,
     /// A disabled provider answers 403 `provider_disabled`.
     #[serde(default = "default_true")]
     pub enabled: bool,
@@ -239,10 +290,6 @@ pub struct ProviderSection {
     /// `family = "adapter"`: the provider-adapter plugin (`plugins/<name>.toml`) that speaks
     /// this provider's API. Refused for other families.
     pub adapter: Option<Spanned<String>>,
-}
-
-fn default_timeout_ms() -> u64 {
-    60_000
 }
 
 fn default_true() -> bool {

@@ -183,6 +183,7 @@ pub fn load_dir(
         ));
     }
 
+    let retry = super::upstream::retry_policy(&map, &file.upstream, &mut errors);
     let mut providers = BTreeMap::new();
     // Provider credential variables: never handed to a plugin.
     let mut secret_env = Vec::new();
@@ -221,13 +222,14 @@ pub fn load_dir(
                 None
             }
         };
-        if section.timeout_ms == 0 {
-            errors.push(map.error(
-                None,
-                &format!("{key}.timeout_ms"),
-                "must be greater than 0".into(),
-            ));
-        }
+        let (timeouts, net, client) = super::upstream::provider_net(
+            &map,
+            &key,
+            &section,
+            &file.upstream,
+            previous.and_then(|p| p.providers.get(&name)).map(|p| &**p),
+            &mut errors,
+        );
         if let Some(var) = section.credential.as_ref().and_then(|c| c.env.clone()) {
             secret_env.push(var);
         }
@@ -248,7 +250,9 @@ pub fn load_dir(
                 family: section.family,
                 base_url,
                 credential,
-                timeout: Duration::from_millis(section.timeout_ms),
+                timeouts,
+                net,
+                client,
                 enabled: section.enabled,
                 api_version: api_version(&map, &key, &section, &mut errors),
                 adapter: adapter_name(&map, &key, &section, &mut errors),
@@ -575,6 +579,7 @@ pub fn load_dir(
         quotas,
         limits_by_scope,
         webhook_url,
+        retry,
         mcp_servers,
         mcp_virtual,
     })

@@ -12,6 +12,7 @@ pub mod load;
 pub mod mcp;
 pub mod rhai;
 pub mod testing;
+mod upstream;
 pub mod watch;
 
 use std::collections::BTreeMap;
@@ -74,8 +75,13 @@ pub struct Provider {
     pub base_url: Option<String>,
     /// Credential state.
     pub credential: Credential,
-    /// Answer timeout and the longest silence between stream chunks.
-    pub timeout: Duration,
+    /// Connect, first-byte, idle and total timeouts.
+    pub timeouts: crate::upstream::timeouts::Timeouts,
+    /// Proxy and connect settings its client was built from.
+    pub net: crate::upstream::proxy::NetSettings,
+    /// Its own HTTP client when `net` is not the default (proxy, connect timeout); `None`: the
+    /// shared one.
+    pub client: Option<reqwest::Client>,
     /// A disabled provider answers 403 `provider_disabled`.
     pub enabled: bool,
     /// Azure's `api-version`, or Anthropic's `anthropic-version`.
@@ -279,6 +285,8 @@ pub struct Snapshot {
     pub limits_by_scope: Vec<crate::spend::LimitSpec>,
     /// Where budget threshold events are POSTed.
     pub webhook_url: Option<String>,
+    /// `[upstream]`: attempts, backoff, retry budget and cooldowns.
+    pub retry: crate::upstream::retry::RetryPolicy,
     /// MCP servers by slug.
     pub mcp_servers: BTreeMap<String, Arc<crate::mcp::server::McpServer>>,
     /// Virtual MCP servers (several servers' tools behind one slug).

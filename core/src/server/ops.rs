@@ -85,12 +85,39 @@ pub async fn metrics(State(app): State<Arc<AppState>>, request: Request) -> Resp
     app.metrics.render(&mut out);
     render_budgets(&app, &mut out).await;
     crate::plugins::metrics::render(&mut out);
+    render_runtime(&app, &mut out);
     let mut response = out.into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4"),
     );
     response
+}
+
+/// Tasks alive in the runtime (a leak, e.g. a task per failed call, shows as a climb) and the
+/// retries the gateway-wide retry budget allows now.
+fn render_runtime(app: &AppState, out: &mut String) {
+    let tasks = tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks();
+    family_header(
+        out,
+        "tollgate_runtime_alive_tasks",
+        "gauge",
+        "Tasks alive in the gateway's async runtime.",
+    );
+    let _ = writeln!(out, "tollgate_runtime_alive_tasks {tasks}");
+    family_header(
+        out,
+        "tollgate_retry_budget_tokens",
+        "gauge",
+        "Retries the gateway-wide retry budget allows now.",
+    );
+    let _ = writeln!(
+        out,
+        "tollgate_retry_budget_tokens {}",
+        app.health.retries.balance().floor()
+    );
 }
 
 /// Policy, key cache, usage writer and ledger counters.

@@ -137,7 +137,12 @@ pub async fn send(
         code: "adapter_error",
         detail,
     })?;
-    let mut request = http.post(format!("{base}{path}")).body(native.body);
+    let mut request = provider
+        .client
+        .as_ref()
+        .unwrap_or(http)
+        .post(format!("{base}{path}"))
+        .body(native.body);
     let mut has_content_type = false;
     for (key, value) in &native.headers {
         let key = key.to_ascii_lowercase();
@@ -164,22 +169,7 @@ pub async fn send(
     if let Credential::Present(secret) = &provider.credential {
         request = request.bearer_auth(secret.expose());
     }
-    let timeout_ms = u64::try_from(provider.timeout.as_millis()).unwrap_or(u64::MAX);
-    let timeout = || UpstreamError::Timeout {
-        provider: name.to_string(),
-        timeout_ms,
-    };
-    let response = match tokio::time::timeout(provider.timeout, request.send()).await {
-        Err(_) => return Err(timeout()),
-        Ok(Err(e)) if e.is_timeout() => return Err(timeout()),
-        Ok(Err(e)) => {
-            return Err(UpstreamError::Unreachable {
-                provider: name.to_string(),
-                detail: describe(&e),
-            });
-        }
-        Ok(Ok(response)) => response,
-    };
+    let response = super::await_headers(provider, request, std::time::Instant::now()).await?;
     let status = response.status();
     let native_type = response
         .headers()

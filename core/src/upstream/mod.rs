@@ -9,11 +9,14 @@ pub mod adapter;
 pub mod demo;
 mod demo_native;
 pub mod gemini_array;
+pub mod proxy;
+pub mod retry;
 pub mod sse;
 pub mod target;
+pub mod timeouts;
 
 use std::pin::Pin;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::http::{HeaderValue, StatusCode, header};
 use bytes::Bytes;
@@ -21,7 +24,7 @@ use futures_util::{Stream, StreamExt};
 
 use crate::error::UpstreamError;
 use crate::family::Endpoint;
-use crate::policy::{Credential, Model};
+use crate::policy::{Credential, Model, Provider};
 
 /// A provider's body, chunk by chunk.
 pub type BodyStream = Pin<Box<dyn Stream<Item = Result<Bytes, String>> + Send>>;
@@ -53,6 +56,13 @@ impl UpstreamReply {
 
 /// Builds the shared upstream HTTP client (rustls with the ring provider, pooled connections).
 pub fn client() -> Result<reqwest::Client, reqwest::Error> {
+    client_builder()
+        .connect_timeout(timeouts::DEFAULT_CONNECT)
+        .build()
+}
+
+/// The settings every upstream client shares; [`proxy::NetSettings`] adds a provider's own.
+pub(crate) fn client_builder() -> reqwest::ClientBuilder {
     // Installing twice is harmless (the first provider wins).
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
@@ -60,8 +70,6 @@ pub fn client() -> Result<reqwest::Client, reqwest::Error> {
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(256)
         .tcp_nodelay(true)
-        .connect_timeout(Duration::from_secs(10))
-        .build()
 }
 
 /// One call to a provider.
@@ -102,7 +110,10 @@ pub async fn send(
                 endpoint.path()
             ),
         })?;
-    let mut request = http
+    let mut request = provider
+        .client
+        .as_ref()
+        .unwrap_or(http)
         .post(call.url)
         .header(header::CONTENT_TYPE, "application/json")
         .header(
@@ -133,28 +144,7 @@ pub async fn send(
             target::Auth::Header(name) => request.header(name, secret.expose()),
         };
     }
-    let timeout_ms = u64::try_from(provider.timeout.as_millis()).unwrap_or(u64::MAX);
-    let response = match tokio::time::timeout(provider.timeout, request.send()).await {
-        Err(_) => {
-            return Err(UpstreamError::Timeout {
-                provider: provider.name.clone(),
-                timeout_ms,
-            });
-        }
-        Ok(Err(e)) if e.is_timeout() => {
-            return Err(UpstreamError::Timeout {
-                provider: provider.name.clone(),
-                timeout_ms,
-            });
-        }
-        Ok(Err(e)) => {
-            return Err(UpstreamError::Unreachable {
-                provider: provider.name.clone(),
-                detail: describe(&e),
-            });
-        }
-        Ok(Ok(response)) => response,
-    };
+    let response = await_headers(provider, request, Instant::now()).await?;
     let status = response.status();
     let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
     let retry_after = response.headers().get(header::RETRY_AFTER).cloned();
@@ -172,6 +162,30 @@ pub async fn send(
         retry_after,
         body: Box::pin(body),
     })
+}
+
+/// Sends `request` and waits for the response headers within the provider's first-byte time
+/// (and what is left of its total time).
+pub(crate) async fn await_headers(
+    provider: &Provider,
+    request: reqwest::RequestBuilder,
+    sent: Instant,
+) -> Result<reqwest::Response, UpstreamError> {
+    let timeouts = &provider.timeouts;
+    let wait = timeouts.headers_left(sent);
+    let timeout = || UpstreamError::Timeout {
+        provider: provider.name.clone(),
+        timeout_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+    };
+    match tokio::time::timeout(wait, request.send()).await {
+        Err(_) => Err(timeout()),
+        Ok(Err(e)) if e.is_timeout() => Err(timeout()),
+        Ok(Err(e)) => Err(UpstreamError::Unreachable {
+            provider: provider.name.clone(),
+            detail: describe(&e),
+        }),
+        Ok(Ok(response)) => Ok(response),
+    }
 }
 
 /// An error description for the log (clients never see it), without the URL's query nor any

@@ -125,7 +125,6 @@ fn encode(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
-    use std::time::Duration;
 
     use super::*;
     use crate::family::vllm_route;
@@ -139,7 +138,13 @@ mod tests {
                 family,
                 base_url: Some(base.into()),
                 credential: Credential::NotRequired,
-                timeout: Duration::from_secs(1),
+                timeouts: Default::default(),
+                net: crate::upstream::proxy::NetSettings::new(
+                    None,
+                    None,
+                    crate::upstream::timeouts::DEFAULT_CONNECT,
+                ),
+                client: None,
                 enabled: true,
                 api_version: api_version.map(str::to_string),
                 adapter: None,

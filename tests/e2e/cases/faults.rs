@@ -1,7 +1,8 @@
 //! Providers that misbehave, on command of the mock (the model id): for each fault the client
-//! gets a failover answer or a clean error within the configured time, every request has its
-//! usage row and no budget hold is left behind; rounds of faults leave the gateway's file
-//! descriptors, threads and memory where they were.
+//! gets a failover answer or a clean error within the configured time (connect, first-byte,
+//! idle and total timeouts), every request has its usage row and no budget hold is left behind;
+//! rounds of faults leave the gateway's file descriptors, threads, async tasks and memory where
+//! they were.
 
 use std::time::{Duration, Instant};
 
@@ -11,8 +12,12 @@ use tollgate::store::Store;
 
 use crate::common::{Gateway, http, mock, request_id};
 
-/// Provider timeout of the faulty deployments (the mock's `mock-slow` takes 2 s).
+/// First-byte and idle timeout of the faulty deployments (the mock's `mock-slow` takes 2 s,
+/// `mock-hang` 60 s).
 const TIMEOUT_MS: u64 = 1000;
+
+/// Total timeout of the faulty deployments (`mock-drip` drips for about 20 s).
+const TOTAL_MS: u64 = 3000;
 
 /// (model id the mock obeys, what the client gets from it alone).
 const FAULTS: &[(&str, Expect)] = &[
@@ -21,6 +26,8 @@ const FAULTS: &[(&str, Expect)] = &[
     ("refused", Expect::Error(502, "upstream_error")),
     ("mock-401", Expect::Error(502, "upstream_error")),
     ("mock-slow", Expect::Error(504, "upstream_timeout")),
+    ("mock-hang", Expect::Error(504, "upstream_timeout")),
+    ("mock-drip", Expect::Error(504, "upstream_timeout")),
     ("mock-reset-mid-body", Expect::Error(502, "upstream_error")),
     ("mock-malformed-json", Expect::Error(502, "upstream_error")),
 ];
@@ -34,7 +41,17 @@ enum Expect {
 }
 
 /// Faults that happen before the provider's headers: the next deployment can answer instead.
-const BEFORE_HEADERS: &[&str] = &["mock-500", "mock-429", "refused", "mock-401", "mock-slow"];
+const BEFORE_HEADERS: &[&str] = &[
+    "mock-500",
+    "mock-429",
+    "refused",
+    "mock-401",
+    "mock-slow",
+    "mock-hang",
+];
+
+/// Faults that take a timeout to show (left out of the repeated rounds).
+const SLOW: &[&str] = &["mock-slow", "mock-hang", "mock-drip"];
 
 fn name(fault: &str) -> String {
     fault.trim_start_matches("mock-").to_string()
@@ -47,11 +64,15 @@ fn policy(mock: &MockHandle) -> String {
 [providers.mock]
 family = "openai"
 base_url = "{base}"
-timeout_ms = {TIMEOUT_MS}
+connect_timeout_ms = 1000
+first_byte_timeout_ms = {TIMEOUT_MS}
+idle_timeout_ms = {TIMEOUT_MS}
+total_timeout_ms = {TOTAL_MS}
 
 [providers.refused]
 family = "openai"
 base_url = "http://127.0.0.1:1/v1"
+connect_timeout_ms = 1000
 timeout_ms = {TIMEOUT_MS}
 
 [models.healthy]
@@ -74,7 +95,7 @@ provider = "mock"
 upstream_model = "mock-reset-mid-body"
 pricing = {{ input_per_mtok = 1.0, output_per_mtok = 2.0 }}
 
-[models.drip]
+[models.slow-stream]
 provider = "mock"
 upstream_model = "mock-slow-stream"
 pricing = {{ input_per_mtok = 1.0, output_per_mtok = 2.0 }}
@@ -108,6 +129,22 @@ async fn chat(gw: &Gateway, secret: &str, model: &str, stream: bool) -> reqwest:
         .send()
         .await
         .unwrap()
+}
+
+/// Tasks alive in the gateway's async runtime (from `/metrics`).
+async fn tasks(gw: &Gateway) -> usize {
+    let text = http()
+        .get(gw.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("tollgate_runtime_alive_tasks "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no task count in /metrics:\n{text}"))
 }
 
 /// (open file descriptors, threads, resident KiB) of the gateway process.
@@ -153,7 +190,7 @@ async fn every_fault_ends_in_a_clean_error_or_a_failover_with_its_row_and_no_hol
         let response = chat(&gw, &secret, &name(fault), false).await;
         let elapsed = started.elapsed();
         assert!(
-            elapsed < Duration::from_millis(TIMEOUT_MS + 3000),
+            elapsed < Duration::from_millis(TOTAL_MS + 3000),
             "{fault}: answered after {elapsed:?}"
         );
         let status = response.status().as_u16();
@@ -197,7 +234,7 @@ async fn repeated_faults_leak_no_connections_threads_or_memory() {
     let (_, secret) = gw.create_key("*");
     let round = || async {
         for (fault, _) in FAULTS {
-            if *fault != "mock-slow" {
+            if !SLOW.contains(fault) {
                 let _ = chat(&gw, &secret, &name(fault), false).await.bytes().await;
             }
         }
@@ -208,13 +245,19 @@ async fn repeated_faults_leak_no_connections_threads_or_memory() {
     round().await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (fds, threads, rss_kib) = footprint(&gw);
+    let tasks_before = tasks(&gw).await;
     for _ in 0..10 {
         round().await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (fds_after, threads_after, rss_after) = footprint(&gw);
+    let tasks_after = tasks(&gw).await;
     println!(
-        "after 10 rounds of faults: fds {fds} -> {fds_after}, threads {threads} -> {threads_after}, RSS {rss_kib} -> {rss_after} KiB"
+        "after 10 rounds of faults: fds {fds} -> {fds_after}, threads {threads} -> {threads_after}, tasks {tasks_before} -> {tasks_after}, RSS {rss_kib} -> {rss_after} KiB"
+    );
+    assert!(
+        tasks_after <= tasks_before + 4,
+        "async tasks {tasks_before} -> {tasks_after}"
     );
     // Pooled upstream connections may differ by a few; a leak grows with every round.
     assert!(
@@ -243,7 +286,9 @@ async fn stream_faults_end_with_an_error_event_and_a_row_and_no_hold() {
         ("stall", "idle_timeout", true, false),
         ("reset-stream", "upstream_error", true, true),
         ("truncated", "completed", false, true),
-        ("drip", "completed", false, true),
+        ("slow-stream", "completed", false, true),
+        // Every event within the idle time, the whole stream past the total time.
+        ("drip", "total_timeout", true, true),
     ];
     for (model, stream_status, error_event, produced) in cases {
         let started = Instant::now();
@@ -252,7 +297,7 @@ async fn stream_faults_end_with_an_error_event_and_a_row_and_no_hold() {
         let id = request_id(&response);
         let text = response.text().await.unwrap();
         assert!(
-            started.elapsed() < Duration::from_secs(8),
+            started.elapsed() < Duration::from_millis(TOTAL_MS + 5000),
             "{model}: {:?}",
             started.elapsed()
         );

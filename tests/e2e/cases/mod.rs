@@ -25,6 +25,7 @@ mod passthrough;
 mod paying;
 mod plugins;
 mod policies;
+mod resilience;
 mod sdk;
 mod shutdown;
 mod streaming;

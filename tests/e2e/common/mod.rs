@@ -2,6 +2,7 @@
 //! provider in this process, the CLI for keys, and the SQLite store read back for assertions.
 
 pub mod otlp;
+pub mod proxy;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

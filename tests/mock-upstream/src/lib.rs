@@ -11,10 +11,13 @@
 //! | `mock-500`            | 500 with an OpenAI-style error body                           |
 //! | `mock-400`            | 400 with an OpenAI-style error body (`code: mock_bad_param`)  |
 //! | `mock-slow`           | answers after 2 s                                             |
+//! | `mock-hang`           | sends no headers for 60 s                                     |
+//! | `mock-drip`           | a body dripped slowly for about 20 s: JSON byte by byte, a stream one event per 200 ms |
 //! | `mock-stall-stream`   | sends the first chunk of a stream, then goes silent for 30 s  |
 //! | `mock-slow-stream`    | streams with 50 ms between chunks                             |
 //! | `mock-secret`         | answers [`SECRET_CHUNKS`] (a cloud key and an email split across chunks) |
 //! | `mock-429`            | 429 with `Retry-After: 7` and an OpenAI-style error body      |
+//! | `mock-429-1s`         | 429 with `Retry-After: 1`                                     |
 //! | `mock-401`            | 401 `invalid_api_key` (the gateway's provider credential is refused) |
 //! | `mock-403`            | 403 (the provider credential lacks the permission)            |
 //! | `mock-reset-mid-body` | 200, then the connection is cut after the first part of the body (JSON or SSE) |
@@ -24,6 +27,10 @@
 //! | `mock-tools`          | chat: a refusal and a tool call whose arguments hold [`TOOL_EMAIL`] (streamed: the arguments in [`TOOL_ARGUMENT_CHUNKS`]) |
 //! | `mock-text-plain`     | chat: a `text/plain` answer holding [`TOOL_EMAIL`]            |
 //! | anything else         | a normal answer                                               |
+//!
+//! A test can also fail the mock on command, whatever the request's model says: one fault for
+//! every request ([`MockHandle::set_fault`]) or a queue of faults for the next requests
+//! ([`MockHandle::queue_faults`]), each named like the model ids above.
 //!
 //! When recording is on, every request (path, headers, JSON body) is kept for assertions.
 
@@ -98,6 +105,16 @@ impl Default for MockConfig {
 pub(crate) struct Shared {
     pub(crate) config: MockConfig,
     received: Mutex<Vec<Received>>,
+    /// Faults on command: (one for every request, a queue for the next ones).
+    faults: Mutex<(Option<String>, std::collections::VecDeque<String>)>,
+}
+
+impl Shared {
+    /// The fault commanded for the next request, if any.
+    fn commanded(&self) -> Option<String> {
+        let mut faults = self.faults.lock().ok()?;
+        faults.1.pop_front().or_else(|| faults.0.clone())
+    }
 }
 
 /// A running mock.
@@ -123,6 +140,20 @@ impl MockHandle {
             .unwrap_or_default()
     }
 
+    /// Fails every request with `fault` (a model id of the table above), or stops (`None`).
+    pub fn set_fault(&self, fault: Option<&str>) {
+        if let Ok(mut faults) = self.shared.faults.lock() {
+            faults.0 = fault.map(str::to_string);
+        }
+    }
+
+    /// Fails the next requests with these faults, one each, in order.
+    pub fn queue_faults(&self, faults: &[&str]) {
+        if let Ok(mut queue) = self.shared.faults.lock() {
+            queue.1.extend(faults.iter().map(|f| f.to_string()));
+        }
+    }
+
     /// Number of requests received so far.
     pub fn count(&self) -> usize {
         self.shared.received.lock().map(|r| r.len()).unwrap_or(0)
@@ -136,6 +167,7 @@ pub async fn start(addr: SocketAddr, config: MockConfig) -> std::io::Result<Mock
     let shared = Arc::new(Shared {
         config,
         received: Mutex::new(Vec::new()),
+        faults: Mutex::new(Default::default()),
     });
     let app = router(shared.clone());
     tokio::spawn(async move {
@@ -226,11 +258,13 @@ pub(crate) async fn admit(
     body: &Bytes,
 ) -> Result<(Value, String), Response> {
     let request = remember(shared, path, headers, body);
-    let model = request
-        .get("model")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
+    let model = shared.commanded().unwrap_or_else(|| {
+        request
+            .get("model")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    });
     match steer(shared, &model).await {
         Some(response) => Err(response),
         None => Ok((request, model)),
@@ -254,6 +288,20 @@ pub(crate) async fn steer(shared: &Shared, model: &str) -> Option<Response> {
         "mock-slow" => {
             tokio::time::sleep(Duration::from_secs(2)).await;
             None
+        }
+        "mock-hang" => {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            None
+        }
+        "mock-429-1s" => {
+            let mut response = json_response(
+                StatusCode::TOO_MANY_REQUESTS,
+                &json!({"error": {"message": "mock rate limit", "type": "rate_limit_error", "code": "rate_limit_exceeded"}}),
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            Some(response)
         }
         "mock-429" => {
             let mut response = json_response(
@@ -348,6 +396,24 @@ async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
                 }),
             );
         }
+        "mock-drip" if !stream => {
+            let text = json!({
+                "id": "chatcmpl-mock", "object": "chat.completion", "model": model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "drip"}, "finish_reason": "stop"}],
+                "usage": chat_usage(),
+            })
+            .to_string();
+            let bytes: Vec<u8> = text.into_bytes();
+            let gap = Duration::from_millis((20_000 / bytes.len().max(1)).max(1) as u64);
+            let body = futures_util::stream::iter(bytes).then(move |b| async move {
+                tokio::time::sleep(gap).await;
+                Ok::<_, Infallible>(Bytes::from(vec![b]))
+            });
+            return Response::builder()
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from_stream(body))
+                .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
+        }
         "mock-malformed-json" if !stream => {
             return (
                 StatusCode::OK,
@@ -421,10 +487,17 @@ async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
         events.push(format!("data: {c}\n\n"));
     }
     events.push("data: [DONE]\n\n".to_string());
-    let gap = if model == "mock-slow-stream" {
-        Duration::from_millis(50)
-    } else {
-        Duration::ZERO
+    let gap = match model.as_str() {
+        "mock-slow-stream" => Duration::from_millis(50),
+        "mock-drip" => {
+            // About 20 s of events, one every 200 ms.
+            let filler = chunk(json!({"content": "drip "}), Value::Null);
+            for _ in 0..100usize.saturating_sub(events.len()) {
+                events.insert(1, filler.clone());
+            }
+            Duration::from_millis(200)
+        }
+        _ => Duration::ZERO,
     };
     sse_response(events, gap, model == "mock-stall-stream")
 }

@@ -1,0 +1,6 @@
+//! Fuzz target `cel_rule`: see `tollgate::fuzzing::cel_rule`.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    tollgate::fuzzing::cel_rule(data);
+});

@@ -1,0 +1,6 @@
+//! Fuzz target `stream_guard`: see `tollgate::fuzzing::stream_guard`.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    tollgate::fuzzing::stream_guard(data);
+});
