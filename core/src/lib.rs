@@ -19,5 +19,6 @@ pub mod spend;
 pub mod state;
 pub mod store;
 pub mod translate;
+pub mod ui;
 pub mod upstream;
 pub mod usage;

@@ -78,6 +78,7 @@ pub fn router(app: Arc<AppState>) -> Router {
             get(admin::show_budget).delete(admin::delete_budget),
         )
         .route("/admin/test/clock", post(admin::test_clock))
+        .merge(crate::ui::routes())
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .layer(middleware::from_fn(request_id))

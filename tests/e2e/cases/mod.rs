@@ -2,6 +2,7 @@
 
 mod adapter;
 mod anthropic;
+mod browser;
 mod budgets;
 mod check;
 mod docs;
