@@ -1,4 +1,5 @@
-// DOM helpers: elements built with textContent only (no innerHTML, so no injected markup),
+// DOM helpers: elements built with text nodes only (no string is ever parsed as HTML, so no
+// injected markup),
 // number and time formats, notices and dialogs.
 
 /**
@@ -65,6 +66,14 @@ export function usd(value) {
   const abs = Math.abs(value);
   const digits = abs === 0 ? 2 : abs < 0.01 ? 6 : abs < 1 ? 4 : 2;
   return `$${value.toFixed(digits)}`;
+}
+
+/** USD for chart axes: few digits. */
+export function usdShort(value) {
+  if (value === null || value === undefined || Number.isNaN(value)) return "–";
+  if (value === 0) return "$0";
+  const abs = Math.abs(value);
+  return abs >= 1 ? `$${value.toFixed(2)}` : `$${Number(value.toPrecision(2))}`;
 }
 
 /** Exact USD from integer nano-dollars (no float rounding beyond the last shown digit). */

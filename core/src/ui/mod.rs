@@ -29,7 +29,7 @@ struct Asset {
 }
 
 macro_rules! asset {
-    ($name:literal, $type:literal) => {
+    ($name:literal, $type:expr) => {
         Asset {
             name: $name,
             content_type: $type,

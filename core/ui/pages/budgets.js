@@ -26,7 +26,7 @@ function swatch(cls) {
 }
 
 function budgetList(rows) {
-  if (!rows.length) return h("p", { class: "empty" }, "No budgets: define them in gateway.toml or with POST /admin/v1/budgets.");
+  if (!rows.length) return h("p", { class: "empty" }, "No budgets: define them in gateway.toml or through the admin API.");
   return h(
     "div",
     { class: "budget-grid" },

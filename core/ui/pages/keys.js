@@ -59,7 +59,7 @@ export async function render(section, ctx) {
         { label: "MCP Access", cell: (k) => chips(k.mcp_servers) },
         { label: "Created", cell: (k) => time(k.created_at) },
         { label: "Expires", cell: (k) => time(k.expires_at) },
-        { label: "", class: "actions", cell: (k) => actions(k, ctx) },
+        { label: "", class: "act", cell: (k) => actions(k, ctx) },
       ],
       rows,
       { empty: "No keys match.", rowClass: (k) => `key-row key-${k.id}` },

@@ -1,9 +1,9 @@
 // Overview: requests, tokens, spend, error rate and latency over time; spend by team, model and
-// provider. Everything comes from GET /admin/v1/usage/aggregate.
+// provider. Everything comes from the admin API's usage aggregates.
 
 import { call } from "../api.js";
 import { barChart, timeChart } from "../charts.js";
-import { compact, errorBox, h, loading, ms, num, pct, replace, usd } from "../dom.js";
+import { compact, errorBox, h, loading, ms, num, pct, replace, usd, usdShort } from "../dom.js";
 
 const RANGES = {
   "1h": { label: "Last hour", ms: 3600e3, bucket: "minute", step: 60e3 },
@@ -87,7 +87,7 @@ export async function render(section, ctx) {
         from: fromMs,
         to: now,
       }),
-      timeChart({ title: "Spend (USD)", series: [{ name: "spend", points: points((b) => Number(b.cost_usd || 0)) }], format: usd, from: fromMs, to: now }),
+      timeChart({ title: "Spend (USD)", series: [{ name: "spend", points: points((b) => Number(b.cost_usd || 0)) }], format: usdShort, from: fromMs, to: now }),
       timeChart({
         title: "Error rate",
         series: [{ name: "errors", points: points((b) => (b.requests ? b.errors / b.requests : 0)) }],

@@ -44,7 +44,7 @@ export async function render(section, ctx) {
   );
   const body = h("div", {}, loading());
   section.append(h("header", { class: "page-head" }, h("h1", {}, "Usage")), form, body);
-  const query = { from: q.from, to: q.to, limit: 100, cursor: q.cursor };
+  const query = { from: q.from, to: q.to, limit: 50, cursor: q.cursor };
   for (const k of FILTERS) query[k] = q[k];
   let answer;
   try {
@@ -59,8 +59,8 @@ export async function render(section, ctx) {
     body,
     table(
       [
-        { label: "Received", cell: (r) => time(r.received_at) },
-        { label: "Request", cell: (r) => h("code", { class: "request-id" }, r.request_id) },
+        { label: "Received", class: "nowrap", cell: (r) => time(r.received_at) },
+        { label: "Request", cell: (r) => h("code", { class: "request-id", title: r.request_id }, `${String(r.request_id).slice(0, 12)}…`) },
         { label: "Status", cell: (r) => h("span", {}, statusBadge(r.status), r.error_code ? h("small", { class: "muted" }, ` ${r.error_code}`) : null) },
         { label: "Endpoint", cell: (r) => r.endpoint || "–" },
         { label: "Model", cell: (r) => r.served_model || r.requested_model || (r.mcp_server ? `${r.mcp_server}${r.mcp_tool ? ` · ${r.mcp_tool}` : ""}` : "–") },
@@ -186,7 +186,7 @@ function routeView(route) {
             { label: "#", cell: (a) => String(attempts.indexOf(a) + 1) },
             { label: "Model", cell: (a) => a.model || a.deployment || "–" },
             { label: "Provider", cell: (a) => a.provider || "–" },
-            { label: "Outcome", cell: (a) => a.outcome || a.status || "–" },
+            { label: "Outcome", cell: (a) => `${a.outcome || "–"}${a.status ? ` (HTTP ${a.status})` : ""}` },
             { label: "Latency", cell: (a) => (a.latency_ms !== undefined ? ms(a.latency_ms) : a.latency_us !== undefined ? ms(a.latency_us / 1000) : "–") },
             { label: "Detail", cell: (a) => a.error || a.reason || a.code || "" },
           ],

@@ -105,7 +105,10 @@ async fn ui_serves_embedded_assets_with_a_strict_content_security_policy() {
             !text.contains("http://") && !text.contains("https://"),
             "{path} fetches nothing from another origin"
         );
-        assert!(!text.contains("innerHTML"), "{path} builds no markup from strings");
+        assert!(
+            !text.contains("innerHTML"),
+            "{path} builds no markup from strings"
+        );
     }
     let js = http().get(gw.url("/ui/app.js")).send().await.unwrap();
     assert!(
@@ -173,14 +176,18 @@ async fn the_dashboard_calls_only_admin_routes_the_openapi_document_describes() 
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 200, "the gateway serves its OpenAPI document");
+    assert_eq!(
+        response.status(),
+        200,
+        "the gateway serves its OpenAPI document"
+    );
     let doc: Value = response.json().await.unwrap();
     let paths = doc["paths"].as_object().expect("paths");
     let mut missing = Vec::new();
     for (method, path) in &routes {
         let relative = path.trim_start_matches("/admin/v1");
         let entry = paths.get(path).or_else(|| paths.get(relative));
-        if !entry.is_some_and(|e| e.get(method.to_lowercase()).is_some()) {
+        if entry.is_none_or(|e| e.get(method.to_lowercase()).is_none()) {
             missing.push(format!("{method} {path}"));
         }
     }
@@ -202,7 +209,8 @@ fn browser_node_modules() -> PathBuf {
 }
 
 fn chromium() -> PathBuf {
-    std::env::var_os("TOLLGATE_CHROMIUM").map_or_else(|| PathBuf::from("/usr/bin/chromium"), PathBuf::from)
+    std::env::var_os("TOLLGATE_CHROMIUM")
+        .map_or_else(|| PathBuf::from("/usr/bin/chromium"), PathBuf::from)
 }
 
 /// Screenshots go beside the binary under test: `$CARGO_TARGET_DIR/browser-artifacts/`.
