@@ -1,6 +1,7 @@
 //! Test cases, one file per area.
 
 mod adapter;
+mod admin_api;
 mod anthropic;
 mod budgets;
 mod check;
