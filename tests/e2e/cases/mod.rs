@@ -1,6 +1,7 @@
 //! Test cases, one file per area.
 
 mod adapter;
+mod admin_api;
 mod anthropic;
 mod browser;
 mod budgets;
