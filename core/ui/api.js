@@ -116,16 +116,3 @@ export async function call(route, { params, query, body } = {}) {
   }
   return json;
 }
-
-/** Every page of a list route (following next_cursor), at most `max` rows. */
-export async function all(route, { params, query = {}, max = 2000 } = {}) {
-  const rows = [];
-  let cursor = null;
-  for (let page = 0; page < 50 && rows.length < max; page++) {
-    const answer = await call(route, { params, query: { ...query, limit: 500, cursor } });
-    rows.push(...(answer.data || []));
-    cursor = answer.next_cursor;
-    if (!cursor) break;
-  }
-  return rows.slice(0, max);
-}

@@ -83,6 +83,7 @@ pub fn router(app: Arc<AppState>) -> Router {
         .merge(crate::ui::routes())
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
+        .layer(middleware::from_fn(crate::ui::no_store_admin))
         .layer(middleware::from_fn(request_id))
         .with_state(app)
 }

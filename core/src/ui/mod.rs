@@ -9,8 +9,9 @@
 use std::sync::OnceLock;
 
 use axum::Router;
-use axum::extract::Path;
+use axum::extract::{Path, Request};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use sha2::{Digest, Sha256};
@@ -80,6 +81,20 @@ pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
         .route("/ui", get(index))
         .route("/ui/", get(index))
         .route("/ui/{*path}", get(file))
+}
+
+/// Middleware: answers of the admin API (`/admin/...`) are never cached by a browser or proxy
+/// (`Cache-Control: no-store`, unless the handler set its own), so keys, usage and the
+/// dashboard's views of them are not left on disk.
+pub async fn no_store_admin(request: Request, next: Next) -> Response {
+    let admin = request.uri().path().starts_with("/admin/");
+    let mut response = next.run(request).await;
+    if admin && !response.headers().contains_key(header::CACHE_CONTROL) {
+        response
+            .headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    response
 }
 
 async fn index(headers: HeaderMap) -> Response {

@@ -13,7 +13,7 @@ export async function render(section, ctx) {
     h("h2", {}, "Quotas"),
     quotasBox,
   );
-  const [budgets, quotas] = await Promise.allSettled([call("budgets", { query: { limit: 500 } }), call("quotas", { query: { limit: 500 } })]);
+  const [budgets, quotas] = await Promise.allSettled([call("budgets"), call("quotas")]);
   if (!ctx.current()) return;
   if (budgets.status === "rejected") replace(budgetsBox, errorBox(budgets.reason));
   else replace(budgetsBox, budgetList(budgets.value.data || []));

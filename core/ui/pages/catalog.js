@@ -15,12 +15,32 @@ function chips(items, empty = "none") {
   return h("span", { class: "chips" }, items.map((m) => h("code", { class: "chip" }, m)));
 }
 
-function json(value) {
-  if (value === null || value === undefined) return h("span", { class: "muted" }, "–");
-  if (typeof value !== "object") return String(value);
-  const entries = Object.entries(value);
-  if (!entries.length) return h("span", { class: "muted" }, "–");
-  return h("span", { class: "kvs" }, entries.map(([k, v]) => h("span", { class: "kv" }, h("small", { class: "muted" }, `${k} `), typeof v === "object" ? JSON.stringify(v) : String(v))));
+/** Nano-USD as USD, exact to the nano. */
+function nanos(n) {
+  return `$${Number((Number(n) / 1e9).toFixed(9))}`;
+}
+
+function modelPricing(p) {
+  if (!p || typeof p !== "object") return h("span", { class: "muted" }, "–");
+  const parts = [
+    ["input", p.input_nanos_per_mtok],
+    ["output", p.output_nanos_per_mtok],
+    ["cached input", p.cached_input_nanos_per_mtok],
+    ["cache write", p.cache_write_nanos_per_mtok],
+  ].filter(([, v]) => v);
+  if (!parts.length) return h("span", { class: "muted" }, "free / not priced");
+  return h("span", { class: "kvs" }, parts.map(([k, v]) => h("span", { class: "kv" }, h("small", { class: "muted" }, `${k} `), nanos(v))));
+}
+
+function mcpPricing(p) {
+  if (!p || typeof p !== "object") return h("span", { class: "muted" }, "–");
+  const parts = [
+    ["per call", p.call_nanos],
+    ["per input byte", p.input_byte_nanos],
+    ["per output byte", p.output_byte_nanos],
+  ].filter(([, v]) => v);
+  if (!parts.length) return h("span", { class: "muted" }, "free");
+  return h("span", { class: "kvs" }, parts.map(([k, v]) => h("span", { class: "kv" }, h("small", { class: "muted" }, `${k} `), nanos(v))));
 }
 
 async function mcp(section, ctx) {
@@ -28,7 +48,7 @@ async function mcp(section, ctx) {
   section.append(h("header", { class: "page-head" }, h("h1", {}, "MCP servers")), body);
   let answer;
   try {
-    answer = await call("mcpServers", { query: { limit: 500 } });
+    answer = await call("mcpServers");
   } catch (err) {
     if (ctx.current()) replace(body, errorBox(err));
     return;
@@ -44,7 +64,7 @@ async function mcp(section, ctx) {
         { label: "Upstream", cell: (m) => h("code", {}, m.url || m.command || "–") },
         { label: "Allowed tools", cell: (m) => chips(m.allowed_tools, "all") },
         { label: "Blocked tools", cell: (m) => chips(m.blocked_tools) },
-        { label: "Pricing", cell: (m) => json(m.pricing) },
+        { label: "Pricing", cell: (m) => mcpPricing(m.pricing) },
       ],
       answer.data || [],
       { empty: "No MCP servers in the policy." },
@@ -56,7 +76,7 @@ async function providers(section, ctx) {
   const provBox = h("div", {}, loading());
   const modelBox = h("div", {}, loading());
   section.append(h("header", { class: "page-head" }, h("h1", {}, "Providers & models")), provBox, h("h2", {}, "Models"), modelBox);
-  const [provs, models] = await Promise.allSettled([call("providers", { query: { limit: 500 } }), call("models", { query: { limit: 500 } })]);
+  const [provs, models] = await Promise.allSettled([call("providers"), call("models")]);
   if (!ctx.current()) return;
   if (provs.status === "rejected") replace(provBox, errorBox(provs.reason));
   else
@@ -67,7 +87,8 @@ async function providers(section, ctx) {
           { label: "Provider", cell: (p) => h("strong", {}, p.name) },
           { label: "Family", cell: (p) => p.family },
           { label: "Base URL", cell: (p) => h("code", {}, p.base_url || "–") },
-          { label: "Health", cell: (p) => badge(p.healthy === false ? "cooling down" : "healthy", p.healthy === false ? "bad" : "good") },
+          { label: "Health", cell: (p) => (p.enabled === false ? badge("disabled", "warn") : badge(p.healthy === false ? "cooling down" : "healthy", p.healthy === false ? "bad" : "good")) },
+          { label: "Credential", cell: (p) => (p.credential ? badge(p.credential.replace("_", " "), p.credential === "missing" ? "bad" : "") : "–") },
           { label: "Cooldown until", cell: (p) => (p.cooldown_until ? time(p.cooldown_until) : "–") },
         ],
         provs.value.data || [],
@@ -82,7 +103,8 @@ async function providers(section, ctx) {
         [
           { label: "Model", cell: (m) => h("strong", {}, m.name) },
           { label: "Provider", cell: (m) => chips(Array.isArray(m.providers) ? m.providers : m.provider ? [].concat(m.provider) : []) },
-          { label: "Pricing (USD per million tokens)", cell: (m) => json(m.pricing) },
+          { label: "Upstream model", cell: (m) => (m.upstream_model ? h("code", {}, m.upstream_model) : h("span", { class: "muted" }, m.provider ? "–" : "model group")) },
+          { label: "Pricing (USD per million tokens)", cell: (m) => modelPricing(m.pricing) },
         ],
         models.value.data || [],
         { empty: "No models." },

@@ -45,9 +45,10 @@ export async function render(section, ctx) {
           "div",
           { class: "card policy-error", role: "alert" },
           h("h2", {}, "The last reload failed"),
-          h("p", {}, "The set was rejected whole; the previous generation keeps serving."),
+          h("p", {}, `The set was rejected whole${p.last_error_at ? ` at ${time(p.last_error_at)}` : ""}; the previous generation keeps serving.`),
           h("p", { class: "where" }, h("code", {}, `${err.file || "?"}${err.line ? `:${err.line}` : ""}`)),
           h("pre", {}, err.message || ""),
+          Array.isArray(p.last_errors) && p.last_errors.length > 1 ? h("pre", { class: "muted" }, p.last_errors.slice(1).join("\n")) : null,
         )
       : h("div", { class: "card ok-box" }, badge("ok", "good"), " The last load succeeded."),
     h(

@@ -132,6 +132,18 @@ async fn ui_serves_embedded_assets_with_a_strict_content_security_policy() {
             .unwrap()
             .starts_with("text/css")
     );
+    // The admin API's answers (what the dashboard shows) are never stored by a cache.
+    let whoami = http()
+        .get(gw.url("/admin/v1/whoami"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(whoami.status(), 200);
+    assert_eq!(whoami.headers()["cache-control"], "no-store");
+    let refused = http().get(gw.url("/admin/v1/keys")).send().await.unwrap();
+    assert_eq!(refused.status(), 401);
+    assert_eq!(refused.headers()["cache-control"], "no-store");
     let missing = http().get(gw.url("/ui/nope.js")).send().await.unwrap();
     assert_eq!(missing.status(), 404);
     assert!(missing.headers().contains_key("content-security-policy"));
