@@ -30,6 +30,10 @@ const ADMIN_TOKEN = env("TOLLGATE_ADMIN_TOKEN");
 const MODEL = env("TOLLGATE_MODEL", "chat");
 const ARTIFACTS = env("TOLLGATE_ARTIFACTS");
 const CHROMIUM = env("TOLLGATE_CHROMIUM", "/usr/bin/chromium");
+// Optional: a CEL rule the trail must name, and the gateway's policy directory (the test breaks a
+// file there and checks the policy page shows the reload error with its file and line).
+const EXPECT_RULE = process.env.TOLLGATE_EXPECT_RULE;
+const POLICY_DIR = process.env.TOLLGATE_POLICY_DIR;
 const MODULES = env("TOLLGATE_BROWSER_NODE_MODULES", path.join(process.env.HOME || "/root", ".cache/tollgate-browser/node/node_modules"));
 
 const { chromium } = require(path.join(MODULES, "playwright-core"));
@@ -137,6 +141,7 @@ async function main() {
     await page.waitForSelector("#decision-trail");
     const trail = await page.textContent("#decision-trail");
     check(/authenticate/.test(trail) && /authorize/.test(trail) && /model_access/.test(trail), `the decision trail names the stages and checks (${trail.slice(0, 200)})`);
+    if (EXPECT_RULE) check(trail.includes(EXPECT_RULE), `the decision trail names the access rule ${EXPECT_RULE}`);
     check((await page.textContent(".request-detail")).includes(costText), "the detail shows the cost");
     await screenshot(page, "decision-trail");
 
@@ -188,6 +193,19 @@ async function main() {
       await screenshot(page, name);
     }
     check((await page.textContent(".page-audit")).includes("key.revoke"), "the audit log lists the revocation");
+
+    // 11. A broken policy file: the policy page shows the reload error with file and line.
+    if (POLICY_DIR) {
+      fs.writeFileSync(path.join(POLICY_DIR, "access", "zz-broken.cel"), "// a syntax error on line 2\nrequest.model ==\n");
+      await page.click("nav a[data-page=policy]");
+      await page.waitForSelector("#reload-policy");
+      await page.click("#reload-policy");
+      await page.waitForSelector(".policy-error");
+      const where = await page.textContent(".policy-error .where");
+      check(/zz-broken\.cel:\d+/.test(where), `the reload error names the file and line (${where})`);
+      await screenshot(page, "policy-reload-error");
+      fs.unlinkSync(path.join(POLICY_DIR, "access", "zz-broken.cel"));
+    }
 
     // 10. Signing out forgets the token.
     await page.click("nav .who button");

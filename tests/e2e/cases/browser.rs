@@ -264,12 +264,21 @@ async fn dashboard_signs_in_creates_a_key_shows_its_usage_and_revokes_it_in_chro
         return;
     }
     let upstream = mock(Default::default()).await;
-    let gw = Gateway::start(&standard_policy(&upstream));
+    // One access rule, so the decision trail names a rule beside the built-in checks.
+    let gw = Gateway::start_with(
+        &standard_policy(&upstream),
+        &[(
+            "access/no-other-model.cel",
+            "// Nobody calls the model 'other'.\nrequest.model != \"other\"\n",
+        )],
+        &[],
+    );
     let artifacts = artifacts_dir();
     let _ = std::fs::remove_dir_all(&artifacts);
     let script = repo_root().join("tests/browser/dashboard.cjs");
     let base = gw.base.clone();
     let dir = artifacts.clone();
+    let policies = gw.policies();
     // Off the runtime: the mock upstream answers on it while node runs.
     let out = tokio::task::spawn_blocking(move || {
         Command::new("node")
@@ -277,6 +286,8 @@ async fn dashboard_signs_in_creates_a_key_shows_its_usage_and_revokes_it_in_chro
             .env("TOLLGATE_URL", base)
             .env("TOLLGATE_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("TOLLGATE_MODEL", "chat")
+            .env("TOLLGATE_EXPECT_RULE", "no-other-model")
+            .env("TOLLGATE_POLICY_DIR", policies)
             .env("TOLLGATE_ARTIFACTS", dir)
             .env("TOLLGATE_CHROMIUM", chromium())
             .env("TOLLGATE_BROWSER_NODE_MODULES", browser_node_modules())
