@@ -32,7 +32,7 @@ function shortTime(t, spanMs) {
  */
 export function timeChart({ title, series, format = String, from, to, height = 180 }) {
   const width = 560;
-  const pad = { l: 56, r: 12, t: 10, b: 24 };
+  const pad = { l: 72, r: 12, t: 10, b: 24 };
   const all = series.flatMap((x) => x.points);
   const t0 = from ?? Math.min(...all.map((p) => p[0]));
   const t1 = to ?? Math.max(...all.map((p) => p[0]));

@@ -98,7 +98,8 @@ export function compact(value) {
 
 export function ms(value) {
   if (value === null || value === undefined) return "–";
-  return value >= 1000 ? `${(value / 1000).toFixed(2)} s` : `${Math.round(value)} ms`;
+  if (value >= 1000) return `${(value / 1000).toFixed(2)} s`;
+  return value > 0 && value < 10 && !Number.isInteger(value) ? `${value.toFixed(1)} ms` : `${Math.round(value)} ms`;
 }
 
 export function pct(value) {
