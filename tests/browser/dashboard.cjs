@@ -211,6 +211,24 @@ async function main() {
     await page.click("nav .who button");
     await page.waitForSelector("#admin-token");
     check((await page.evaluate(() => sessionStorage.length)) === 0, "signing out clears sessionStorage");
+
+    // 12. A read-only admin token sees the keys but no button that changes them.
+    const created = await fetch(`${BASE}/admin/v1/admin-tokens`, {
+      method: "POST",
+      headers: { Authorization: `Bearer ${ADMIN_TOKEN}`, "Content-Type": "application/json" },
+      body: JSON.stringify({ name: "browser-read", role: "read" }),
+    });
+    check(created.status === 201, `a read token is created (got ${created.status})`);
+    const readSecret = (await created.json()).secret;
+    await page.fill("#admin-token", readSecret);
+    await page.click("form.signin button[type=submit]");
+    await page.waitForSelector("nav .who");
+    check((await page.textContent("nav .who")).includes("read"), "the read role is shown");
+    await page.click("nav a[data-page=keys]");
+    await page.waitForSelector(`tr.key-${keyId}`);
+    check((await page.$("#create-key")) === null, "no Create key button for a read token");
+    check((await page.$(`tr.key-${keyId} button.danger`)) === null && (await page.$(`tr.key-${keyId} button`)) !== null, "only Details on a key row for a read token");
+    await screenshot(page, "keys-read-only");
   } finally {
     await browser.close();
   }
