@@ -738,6 +738,10 @@ pub async fn call_local(
     let body = body.map_or_else(axum::body::Body::empty, |b| {
         axum::body::Body::from(b.to_string())
     });
+    // The router is the one nested under /admin/v1, which sees paths without that prefix.
+    let path_and_query = path_and_query
+        .strip_prefix("/admin/v1")
+        .unwrap_or(path_and_query);
     let request = match axum::http::Request::builder()
         .method(method)
         .uri(path_and_query)
