@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::{Admin, ApiError, Call, Reply, page};
+use super::{Admin, ApiError, Call, Reply, page_of};
 use crate::policy::watch::{self as policy_watch, Trigger};
 use crate::state::AppState;
 use crate::store::admin::rfc3339;
@@ -175,7 +175,7 @@ pub async fn audit_reloads(app: Arc<AppState>, mut stop: tokio::sync::watch::Rec
 }
 
 /// `GET /mcp-servers`.
-pub async fn mcp_servers(admin: Arc<Admin>, _call: Call) -> Result<Reply, ApiError> {
+pub async fn mcp_servers(admin: Arc<Admin>, call: Call) -> Result<Reply, ApiError> {
     let app = app(&admin, "listing MCP servers")?;
     let snapshot = app.policies.snapshot();
     let data = snapshot
@@ -207,11 +207,11 @@ pub async fn mcp_servers(admin: Arc<Admin>, _call: Call) -> Result<Reply, ApiErr
             out
         })
         .collect();
-    Ok(page(data, None))
+    page_of(&call, data)
 }
 
 /// `GET /providers`.
-pub async fn providers(admin: Arc<Admin>, _call: Call) -> Result<Reply, ApiError> {
+pub async fn providers(admin: Arc<Admin>, call: Call) -> Result<Reply, ApiError> {
     let app = app(&admin, "listing providers")?;
     let snapshot = app.policies.snapshot();
     let data = snapshot
@@ -241,11 +241,11 @@ pub async fn providers(admin: Arc<Admin>, _call: Call) -> Result<Reply, ApiError
             })
         })
         .collect();
-    Ok(page(data, None))
+    page_of(&call, data)
 }
 
 /// `GET /models`.
-pub async fn models(admin: Arc<Admin>, _call: Call) -> Result<Reply, ApiError> {
+pub async fn models(admin: Arc<Admin>, call: Call) -> Result<Reply, ApiError> {
     let app = app(&admin, "listing models")?;
     let snapshot = app.policies.snapshot();
     let data = snapshot
@@ -279,7 +279,7 @@ pub async fn models(admin: Arc<Admin>, _call: Call) -> Result<Reply, ApiError> {
             })
         }))
         .collect();
-    Ok(page(data, None))
+    page_of(&call, data)
 }
 
 #[cfg(test)]

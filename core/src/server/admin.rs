@@ -347,6 +347,16 @@ pub async fn set_budget(State(app): State<Arc<AppState>>, request: Request) -> R
         Ok(saved) => saved,
         Err(e) => return store_down(e),
     };
+    let after = json!({"id": saved.id, "scope": saved.scope, "subject": saved.subject,
+        "window": saved.window, "limit_nanos": saved.limit_nanos, "timezone": saved.timezone,
+        "thresholds": saved.thresholds});
+    if let Err(e) = app
+        .store
+        .audit("env", "budget.set", Some(&saved.id), None, Some(&after))
+        .await
+    {
+        return store_down(e);
+    }
     if let Err(e) = app.ledger.refresh_budgets().await {
         return store_down(e);
     }
@@ -371,6 +381,13 @@ pub async fn delete_budget(
     }
     match app.store.delete_budget(&id).await {
         Ok(true) => {
+            if let Err(e) = app
+                .store
+                .audit("env", "budget.delete", Some(&id), None, None)
+                .await
+            {
+                return store_down(e);
+            }
             let _ = app.ledger.refresh_budgets().await;
             Json(json!({"deleted": id})).into_response()
         }

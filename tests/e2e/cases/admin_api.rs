@@ -895,6 +895,15 @@ async fn policy_status_and_reloads_are_audited_with_their_actor() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    // Short lists page too.
+    let first = get(&gw, "/models?limit=2").await;
+    assert_eq!(first["data"].as_array().map(Vec::len), Some(2));
+    let next = first["next_cursor"]
+        .as_str()
+        .expect("more models")
+        .to_string();
+    let second = get(&gw, &format!("/models?limit=2&cursor={next}")).await;
+    assert_ne!(first["data"][0]["name"], second["data"][0]["name"]);
     let providers = get(&gw, "/providers").await;
     assert!(!providers.to_string().contains(crate::common::PROVIDER_KEY));
     let mock_provider = providers["data"]
@@ -1136,10 +1145,47 @@ async fn the_cli_manages_the_same_objects_locally_and_through_a_gateway() {
         .unwrap();
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("admin_forbidden"));
-    // Routes that need the live gateway say so locally.
-    let local_policy = cli(
+    let by_model = ok_json(&cli(
         &gw,
         &["usage", "aggregate", "--group-by", "model", "--json"],
-    );
-    assert!(local_policy.status.success());
+    ));
+    let chat_row = by_model["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["group"] == "chat")
+        .cloned()
+        .expect("a chat row");
+    assert_eq!(chat_row["cost_nanos"], 2 * CHAT_COST);
+
+    // Budgets through the gateway: set creates, setting again changes the same budget.
+    let budget_args = |limit: &'static str| {
+        vec![
+            "budgets",
+            "set",
+            "--scope",
+            "team",
+            "--subject",
+            "eng",
+            "--window",
+            "daily",
+            "--limit-usd",
+            limit,
+            "--json",
+        ]
+    };
+    let first = ok_json(&remote(&budget_args("1")));
+    assert_eq!(first["source"], "store");
+    assert_eq!(first["limit_nanos"], 1_000_000_000i64);
+    let second = ok_json(&remote(&budget_args("2")));
+    assert_eq!(second["id"], first["id"]);
+    assert_eq!(second["limit_nanos"], 2_000_000_000i64);
+    let budget_audit = ok_json(&cli(&gw, &["audit", "--action", "budget", "--json"]));
+    let actions: Vec<&str> = budget_audit["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["budget.update", "budget.create"]);
 }
