@@ -109,25 +109,30 @@ pub async fn policy(admin: Arc<Admin>, _call: Call) -> Result<Reply, ApiError> {
 /// `POST /policy/reload`.
 pub async fn reload(admin: Arc<Admin>, call: Call) -> Result<Reply, ApiError> {
     let app = app(&admin, "a policy reload")?;
-    let before = brief(&app);
+    reload_audited(&app, &call.actor.id).await?;
+    Ok(Reply::ok(policy_json(&app)))
+}
+
+/// Reloads the policy directory for an admin caller and audits it with `actor` (also used by
+/// the older `POST /admin/policies/reload`).
+pub async fn reload_audited(app: &AppState, actor: &str) -> Result<(), crate::store::StoreError> {
+    let before = brief(app);
     policy_watch::reload(&app.policies, Trigger::Admin).await;
-    let after = brief(&app);
+    let after = brief(app);
     if before["reloads_ok"] != after["reloads_ok"]
         || before["reloads_failed"] != after["reloads_failed"]
     {
         ADMIN_RELOADS.fetch_add(1, Ordering::AcqRel);
     }
-    admin
-        .store
+    app.store
         .audit(
-            &call.actor.id,
+            actor,
             "policy.reload",
             Some(&app.policies.dir().display().to_string()),
             Some(&before),
             Some(&after),
         )
-        .await?;
-    Ok(Reply::ok(policy_json(&app)))
+        .await
 }
 
 /// Audits policy reloads not made through the admin API (file watcher, SIGHUP) as `system`,

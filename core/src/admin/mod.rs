@@ -14,7 +14,7 @@ mod principals;
 mod tokens;
 mod usage;
 
-pub use gateway::audit_reloads;
+pub use gateway::{audit_reloads, reload_audited};
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -15,7 +15,6 @@ use serde_json::{Value, json};
 
 use crate::admin_auth::{self, Check};
 use crate::error::{Family, GatewayError, QuotaExceeded};
-use crate::policy::watch::{self as policy_watch, Trigger};
 use crate::state::AppState;
 
 /// Checks the admin bearer token (constant time, with a per-client backoff on failures).
@@ -103,7 +102,9 @@ pub async fn reload(State(app): State<Arc<AppState>>, request: Request) -> Respo
     if let Err(e) = authorize(&app, &request) {
         return e.render(Family::OpenAi);
     }
-    policy_watch::reload(&app.policies, Trigger::Admin).await;
+    if let Err(e) = crate::admin::reload_audited(&app, "env").await {
+        return store_down(e);
+    }
     Json(status_json(&app)).into_response()
 }
 

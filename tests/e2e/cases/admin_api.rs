@@ -895,6 +895,19 @@ async fn policy_status_and_reloads_are_audited_with_their_actor() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    // The older reload route is audited too, with the environment token's id.
+    let env_reloads = |v: Value| v["data"].as_array().map_or(0, Vec::len);
+    let before = env_reloads(get(&gw, "/audit?action=policy.reload&actor=env").await);
+    let old = http()
+        .post(gw.url("/admin/policies/reload"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(old.status(), 200);
+    let after = env_reloads(get(&gw, "/audit?action=policy.reload&actor=env").await);
+    assert_eq!(after, before + 1);
+
     // Short lists page too.
     let first = get(&gw, "/models?limit=2").await;
     assert_eq!(first["data"].as_array().map(Vec::len), Some(2));
