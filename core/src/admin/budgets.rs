@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::usage::usage_page;
-use super::{Admin, ApiError, Call, Reply, page};
+use super::{Admin, ApiError, Call, Reply, page, page_of};
 use crate::clock::now_ms;
 use crate::spend::{BudgetSpec, Scope, Source};
 use crate::store::admin::rfc3339;
@@ -109,12 +109,12 @@ async fn refresh(admin: &Admin) -> Result<(), ApiError> {
 }
 
 /// `GET /budgets`.
-pub async fn list(admin: Arc<Admin>, _call: Call) -> Result<Reply, ApiError> {
+pub async fn list(admin: Arc<Admin>, call: Call) -> Result<Reply, ApiError> {
     let mut data = Vec::new();
     for (spec, _) in specs(&admin).await? {
         data.push(view(&admin, &spec).await?);
     }
-    Ok(page(data, None))
+    page_of(&call, data)
 }
 
 /// `GET /budgets/{id}`.
@@ -331,7 +331,7 @@ pub async fn usage(admin: Arc<Admin>, call: Call) -> Result<Reply, ApiError> {
 
 /// `GET /quotas`: policy quotas with the current window of those with one subject (quotas that
 /// apply to every subject separately show `per_subject: true` and no totals).
-pub async fn quotas(admin: Arc<Admin>, _call: Call) -> Result<Reply, ApiError> {
+pub async fn quotas(admin: Arc<Admin>, call: Call) -> Result<Reply, ApiError> {
     let Some(app) = &admin.gateway else {
         return Err(ApiError::needs_gateway("listing quotas"));
     };
@@ -367,5 +367,5 @@ pub async fn quotas(admin: Arc<Admin>, _call: Call) -> Result<Reply, ApiError> {
         }
         data.push(out);
     }
-    Ok(page(data, None))
+    page_of(&call, data)
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::{Admin, ApiError, Call, Reply, page};
+use super::{Admin, ApiError, Call, Reply, page_of};
 use crate::policy::watch::{self as policy_watch, Trigger};
 use crate::state::AppState;
 use crate::store::admin::rfc3339;
@@ -109,25 +109,30 @@ pub async fn policy(admin: Arc<Admin>, _call: Call) -> Result<Reply, ApiError> {
 /// `POST /policy/reload`.
 pub async fn reload(admin: Arc<Admin>, call: Call) -> Result<Reply, ApiError> {
     let app = app(&admin, "a policy reload")?;
-    let before = brief(&app);
+    reload_audited(&app, &call.actor.id).await?;
+    Ok(Reply::ok(policy_json(&app)))
+}
+
+/// Reloads the policy directory for an admin caller and audits it with `actor` (also used by
+/// the older `POST /admin/policies/reload`).
+pub async fn reload_audited(app: &AppState, actor: &str) -> Result<(), crate::store::StoreError> {
+    let before = brief(app);
     policy_watch::reload(&app.policies, Trigger::Admin).await;
-    let after = brief(&app);
+    let after = brief(app);
     if before["reloads_ok"] != after["reloads_ok"]
         || before["reloads_failed"] != after["reloads_failed"]
     {
         ADMIN_RELOADS.fetch_add(1, Ordering::AcqRel);
     }
-    admin
-        .store
+    app.store
         .audit(
-            &call.actor.id,
+            actor,
             "policy.reload",
             Some(&app.policies.dir().display().to_string()),
             Some(&before),
             Some(&after),
         )
-        .await?;
-    Ok(Reply::ok(policy_json(&app)))
+        .await
 }
 
 /// Audits policy reloads not made through the admin API (file watcher, SIGHUP) as `system`,
@@ -175,7 +180,7 @@ pub async fn audit_reloads(app: Arc<AppState>, mut stop: tokio::sync::watch::Rec
 }
 
 /// `GET /mcp-servers`.
-pub async fn mcp_servers(admin: Arc<Admin>, _call: Call) -> Result<Reply, ApiError> {
+pub async fn mcp_servers(admin: Arc<Admin>, call: Call) -> Result<Reply, ApiError> {
     let app = app(&admin, "listing MCP servers")?;
     let snapshot = app.policies.snapshot();
     let data = snapshot
@@ -207,11 +212,11 @@ pub async fn mcp_servers(admin: Arc<Admin>, _call: Call) -> Result<Reply, ApiErr
             out
         })
         .collect();
-    Ok(page(data, None))
+    page_of(&call, data)
 }
 
 /// `GET /providers`.
-pub async fn providers(admin: Arc<Admin>, _call: Call) -> Result<Reply, ApiError> {
+pub async fn providers(admin: Arc<Admin>, call: Call) -> Result<Reply, ApiError> {
     let app = app(&admin, "listing providers")?;
     let snapshot = app.policies.snapshot();
     let data = snapshot
@@ -241,11 +246,11 @@ pub async fn providers(admin: Arc<Admin>, _call: Call) -> Result<Reply, ApiError
             })
         })
         .collect();
-    Ok(page(data, None))
+    page_of(&call, data)
 }
 
 /// `GET /models`.
-pub async fn models(admin: Arc<Admin>, _call: Call) -> Result<Reply, ApiError> {
+pub async fn models(admin: Arc<Admin>, call: Call) -> Result<Reply, ApiError> {
     let app = app(&admin, "listing models")?;
     let snapshot = app.policies.snapshot();
     let data = snapshot
@@ -279,7 +284,7 @@ pub async fn models(admin: Arc<Admin>, _call: Call) -> Result<Reply, ApiError> {
             })
         }))
         .collect();
-    Ok(page(data, None))
+    page_of(&call, data)
 }
 
 #[cfg(test)]

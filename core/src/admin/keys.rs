@@ -240,5 +240,5 @@ pub async fn rotations(admin: Arc<Admin>, call: Call) -> Result<Reply, ApiError>
     if admin.store.key_by_id(&id).await?.is_none() {
         return Err(ApiError::not_found(format!("no key with id '{id}'")));
     }
-    Ok(page(admin.store.key_rotations(&id).await?, None))
+    super::page_of(&call, admin.store.key_rotations(&id).await?)
 }

@@ -14,7 +14,7 @@ mod principals;
 mod tokens;
 mod usage;
 
-pub use gateway::audit_reloads;
+pub use gateway::{audit_reloads, reload_audited};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -488,7 +488,7 @@ pub fn routes() -> Vec<Route> {
         route!(POST "/keys/{id}/revoke", "revokeKey", "keys", "Revoke a key: 401 api_key_revoked from the next request on.", query: &[], body: None, 200 => "Key", keys::revoke),
         route!(POST "/keys/{id}/unrevoke", "unrevokeKey", "keys", "Restore a revoked key.", query: &[], body: None, 200 => "Key", keys::unrevoke),
         route!(POST "/keys/{id}/rotate", "rotateKey", "keys", "Give a key a new secret; the old one stops working.", query: &[], body: None, 200 => "KeyWithSecret", keys::rotate),
-        route!(GET "/keys/{id}/rotations", "listKeyRotations", "keys", "A key's rotation history.", query: &[], body: None, 200 => "RotationList", keys::rotations),
+        route!(GET "/keys/{id}/rotations", "listKeyRotations", "keys", "A key's rotation history.", query: &PAGE, body: None, 200 => "RotationList", keys::rotations),
         route!(GET "/teams", "listTeams", "teams", "List teams.", query: PRINCIPAL_LIST, body: None, 200 => "TeamList", principals::list_teams),
         route!(POST "/teams", "createTeam", "teams", "Create a team with a chosen id (slug).", query: &[], body: Some("TeamCreate"), 201 => "Team", principals::create_team),
         route!(GET "/teams/{id}", "getTeam", "teams", "One team.", query: &[], body: None, 200 => "Team", principals::get_team),
@@ -499,13 +499,13 @@ pub fn routes() -> Vec<Route> {
         route!(GET "/users/{id}", "getUser", "users", "One user.", query: &[], body: None, 200 => "User", principals::get_user),
         route!(PATCH "/users/{id}", "updateUser", "users", "Change a user's name, email, team or metadata.", query: &[], body: Some("UserUpdate"), 200 => "User", principals::update_user),
         route!(DELETE "/users/{id}", "deleteUser", "users", "Delete a user no key refers to.", query: &[], body: None, 200 => "Deleted", principals::delete_user),
-        route!(GET "/budgets", "listBudgets", "budgets", "Budgets (policy-declared and stored) with their current and previous windows.", query: &[], body: None, 200 => "BudgetList", budgets::list),
+        route!(GET "/budgets", "listBudgets", "budgets", "Budgets (policy-declared and stored) with their current and previous windows.", query: &PAGE, body: None, 200 => "BudgetList", budgets::list),
         route!(POST "/budgets", "createBudget", "budgets", "Create a stored budget.", query: &[], body: Some("BudgetCreate"), 201 => "Budget", budgets::create),
         route!(GET "/budgets/{id}", "getBudget", "budgets", "One budget with its windows.", query: &[], body: None, 200 => "Budget", budgets::get),
         route!(PATCH "/budgets/{id}", "updateBudget", "budgets", "Change a stored budget's limit, time zone or thresholds.", query: &[], body: Some("BudgetUpdate"), 200 => "Budget", budgets::update),
         route!(DELETE "/budgets/{id}", "deleteBudget", "budgets", "Delete a stored budget.", query: &[], body: None, 200 => "Deleted", budgets::delete),
         route!(GET "/budgets/{id}/usage", "listBudgetUsage", "budgets", "The usage rows a budget window counts.", query: BUDGET_USAGE, body: None, 200 => "UsageList", budgets::usage),
-        route!(GET "/quotas", "listQuotas", "budgets", "Quotas declared in the policy, with their current window.", query: &[], body: None, 200 => "QuotaList", budgets::quotas),
+        route!(GET "/quotas", "listQuotas", "budgets", "Quotas declared in the policy, with their current window.", query: &PAGE, body: None, 200 => "QuotaList", budgets::quotas),
         route!(GET "/usage", "listUsage", "usage", "Usage rows, newest first.", query: USAGE_LIST, body: None, 200 => "UsageList", usage::list),
         route!(GET "/usage/aggregate", "aggregateUsage", "usage", "Requests, errors, tokens, cost and latency per bucket and group.", query: AGGREGATE, body: None, 200 => "AggregateList", usage::aggregate),
         route!(GET "/usage/{request_id}", "getUsage", "usage", "Every usage row of one request.", query: &[], body: None, 200 => "UsageRows", usage::by_request),
@@ -513,10 +513,10 @@ pub fn routes() -> Vec<Route> {
         route!(GET "/audit", "listAudit", "audit", "Admin changes and policy reloads, newest first.", query: AUDIT, body: None, 200 => "AuditList", tokens::audit),
         route!(GET "/policy", "getPolicy", "gateway", "The serving policy set and its reload status.", query: &[], body: None, 200 => "Policy", gateway::policy),
         route!(POST "/policy/reload", "reloadPolicy", "gateway", "Reload the policy directory now.", query: &[], body: None, 200 => "Policy", gateway::reload),
-        route!(GET "/mcp-servers", "listMcpServers", "gateway", "MCP servers (never their credentials).", query: &[], body: None, 200 => "McpServerList", gateway::mcp_servers),
-        route!(GET "/providers", "listProviders", "gateway", "Providers and their health (never credentials).", query: &[], body: None, 200 => "ProviderList", gateway::providers),
-        route!(GET "/models", "listModels", "gateway", "Models with provider and pricing.", query: &[], body: None, 200 => "ModelList", gateway::models),
-        route!(GET "/admin-tokens", "listAdminTokens", "auth", "Stored admin tokens (never their secrets).", query: &[], body: None, 200 => "AdminTokenList", tokens::list),
+        route!(GET "/mcp-servers", "listMcpServers", "gateway", "MCP servers (never their credentials).", query: &PAGE, body: None, 200 => "McpServerList", gateway::mcp_servers),
+        route!(GET "/providers", "listProviders", "gateway", "Providers and their health (never credentials).", query: &PAGE, body: None, 200 => "ProviderList", gateway::providers),
+        route!(GET "/models", "listModels", "gateway", "Models with provider and pricing.", query: &PAGE, body: None, 200 => "ModelList", gateway::models),
+        route!(GET "/admin-tokens", "listAdminTokens", "auth", "Stored admin tokens (never their secrets).", query: &PAGE, body: None, 200 => "AdminTokenList", tokens::list),
         route!(POST "/admin-tokens", "createAdminToken", "auth", "Create an admin token (role admin or read); the secret is in this answer only.", query: &[], body: Some("AdminTokenCreate"), 201 => "AdminTokenWithSecret", tokens::create),
         route!(DELETE "/admin-tokens/{id}", "deleteAdminToken", "auth", "Delete an admin token; it stops working at once.", query: &[], body: None, 200 => "Deleted", tokens::delete),
     ];
@@ -738,6 +738,10 @@ pub async fn call_local(
     let body = body.map_or_else(axum::body::Body::empty, |b| {
         axum::body::Body::from(b.to_string())
     });
+    // The router is the one nested under /admin/v1, which sees paths without that prefix.
+    let path_and_query = path_and_query
+        .strip_prefix("/admin/v1")
+        .unwrap_or(path_and_query);
     let request = match axum::http::Request::builder()
         .method(method)
         .uri(path_and_query)
@@ -829,6 +833,22 @@ pub fn parse_time(name: &str, text: &str) -> Result<i64, ApiError> {
 /// A list page.
 pub fn page(data: Vec<Value>, next_cursor: Option<String>) -> Reply {
     Reply::ok(json!({"data": data, "next_cursor": next_cursor}))
+}
+
+/// A page of a short list held in memory: `cursor` is the offset of the page's first item.
+pub fn page_of(call: &Call, data: Vec<Value>) -> Result<Reply, ApiError> {
+    let limit = usize::try_from(call.limit()?).unwrap_or(usize::MAX);
+    let offset = match call.q("cursor") {
+        None => 0,
+        Some(c) => c
+            .parse::<usize>()
+            .map_err(|_| ApiError::invalid(format!("cursor '{c}' is not a cursor of this list")))?,
+    };
+    let next = (data.len() > offset.saturating_add(limit)).then(|| (offset + limit).to_string());
+    Ok(page(
+        data.into_iter().skip(offset).take(limit).collect(),
+        next,
+    ))
 }
 
 /// A slug id: 1-64 of `a-z 0-9 - _ .`, starting with a letter or digit.

@@ -24,9 +24,9 @@ struct TokenCreate {
 }
 
 /// `GET /admin-tokens`.
-pub async fn list(admin: Arc<Admin>, _call: Call) -> Result<Reply, ApiError> {
+pub async fn list(admin: Arc<Admin>, call: Call) -> Result<Reply, ApiError> {
     let tokens = admin.store.list_admin_tokens().await?;
-    Ok(page(tokens.iter().map(|t| t.to_json()).collect(), None))
+    super::page_of(&call, tokens.iter().map(|t| t.to_json()).collect())
 }
 
 /// `POST /admin-tokens`.

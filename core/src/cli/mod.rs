@@ -227,6 +227,8 @@ enum Command {
         command: budgets::BudgetsCommand,
         #[command(flatten)]
         db: DatabaseArgs,
+        #[command(flatten)]
+        remote: admin::Remote,
     },
 }
 
@@ -319,7 +321,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             db,
             remote,
         } => admin::run_tokens(command, &remote, &db).await,
-        Command::Budgets { command, db } => budgets::run(command, &db).await,
+        Command::Budgets {
+            command,
+            db,
+            remote,
+        } => budgets::run(command, &db, &remote).await,
     }
 }
 

@@ -318,7 +318,7 @@ async fn teams_and_users_are_created_read_changed_and_deleted() {
             .map(Vec::len),
         Some(1)
     );
-    assert_eq!(get(&gw, "/teams?q=oper").await["data"][0]["id"], "ops");
+    assert_eq!(get(&gw, "/teams?q=OP").await["data"][0]["id"], "ops");
 
     // A team a key refers to stays.
     let (status, _) = post(
@@ -471,20 +471,54 @@ async fn a_read_token_may_only_read_and_tokens_are_shown_once() {
     assert!(!created_rows.to_string().contains(&read));
 }
 
+/// Waits (bounded) until the admin API lists `n` usage rows; returns them.
+async fn wait_usage(gw: &Gateway, n: usize) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let rows = get(gw, "/usage?limit=500").await["data"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if rows.len() >= n {
+            return rows;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {n} usage rows appeared",
+            rows.len()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
 #[tokio::test]
 async fn usage_rows_filters_aggregates_and_chargeback_add_up() {
     let mock = mock(MockConfig::default()).await;
-    let gw = gateway(&mock);
-    post(&gw, "/teams", json!({"id": "eng", "name": "Eng"})).await;
-    post(&gw, "/teams", json!({"id": "ops", "name": "Ops"})).await;
+    usage_and_chargeback(&gateway(&mock)).await;
+}
+
+#[tokio::test]
+async fn usage_aggregates_and_chargeback_work_on_postgres_too() {
+    let db = match PgDatabase::create() {
+        Ok(db) => db,
+        Err(why) => return skip("usage_aggregates_and_chargeback_work_on_postgres_too", &why),
+    };
+    let mock = mock(MockConfig::default()).await;
+    let gw = Gateway::start_db(&standard_policy(&mock), &[], &[], &db.url);
+    usage_and_chargeback(&gw).await;
+}
+
+async fn usage_and_chargeback(gw: &Gateway) {
+    post(gw, "/teams", json!({"id": "eng", "name": "Eng"})).await;
+    post(gw, "/teams", json!({"id": "ops", "name": "Ops"})).await;
     let (_, a) = post(
-        &gw,
+        gw,
         "/keys",
         json!({"name": "a", "team": "eng", "models": ["chat"]}),
     )
     .await;
     let (_, b) = post(
-        &gw,
+        gw,
         "/keys",
         json!({"name": "b", "team": "ops", "models": ["other"]}),
     )
@@ -496,23 +530,23 @@ async fn usage_rows_filters_aggregates_and_chargeback_add_up() {
     let b_secret = b["secret"].as_str().unwrap().to_string();
     let mut ids = Vec::new();
     for _ in 0..3 {
-        let r = chat(&gw, &a_secret, "chat").await;
+        let r = chat(gw, &a_secret, "chat").await;
         assert_eq!(r.status(), 200);
         ids.push(request_id(&r));
     }
     for _ in 0..2 {
-        assert_eq!(chat(&gw, &b_secret, "other").await.status(), 200);
+        assert_eq!(chat(gw, &b_secret, "other").await.status(), 200);
     }
-    let denied = chat(&gw, &b_secret, "chat").await;
+    let denied = chat(gw, &b_secret, "chat").await;
     let denied_id = expect_error(denied, 403, "model_not_allowed").await;
-    let rows = gw.wait_rows(6).await;
+    let rows = wait_usage(gw, 6).await;
     let total_cost: i64 = rows
         .iter()
         .map(|r| r["cost_nanos"].as_i64().unwrap_or(0))
         .sum();
     assert_eq!(total_cost, 3 * CHAT_COST);
 
-    let by_key = get(&gw, &format!("/usage?key={a_id}")).await;
+    let by_key = get(gw, &format!("/usage?key={a_id}")).await;
     assert_eq!(by_key["data"].as_array().map(Vec::len), Some(3));
     assert_eq!(by_key["data"][0]["cost_nanos"], CHAT_COST);
     assert_eq!(by_key["data"][0]["team"], "eng");
@@ -520,7 +554,7 @@ async fn usage_rows_filters_aggregates_and_chargeback_add_up() {
         by_key["data"][0]["decisions"].is_array(),
         "decisions are parsed JSON"
     );
-    let errors = get(&gw, "/usage?status=error").await;
+    let errors = get(gw, "/usage?status=error").await;
     assert_eq!(errors["data"].as_array().map(Vec::len), Some(1));
     assert_eq!(errors["data"][0]["request_id"], denied_id.as_str());
     assert!(errors["data"][0]["denied_stage"].is_string());
@@ -529,40 +563,40 @@ async fn usage_rows_filters_aggregates_and_chargeback_add_up() {
         .unwrap()
         .to_string();
     assert_eq!(
-        get(&gw, &format!("/usage?denied_stage={stage}")).await["data"]
+        get(gw, &format!("/usage?denied_stage={stage}")).await["data"]
             .as_array()
             .map(Vec::len),
         Some(1)
     );
     assert_eq!(
-        get(&gw, "/usage?team=ops").await["data"]
+        get(gw, "/usage?team=ops").await["data"]
             .as_array()
             .map(Vec::len),
         Some(3)
     );
     assert_eq!(
-        get(&gw, "/usage?model=other&status=200").await["data"]
+        get(gw, "/usage?model=other&status=200").await["data"]
             .as_array()
             .map(Vec::len),
         Some(2)
     );
     assert_eq!(
-        get(&gw, "/usage?endpoint=openai").await["data"]
+        get(gw, "/usage?endpoint=openai").await["data"]
             .as_array()
             .map(Vec::len),
         Some(6)
     );
     let future = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
     assert_eq!(
-        get(&gw, &format!("/usage?from={}", urlencode(&future))).await["data"]
+        get(gw, &format!("/usage?from={}", urlencode(&future))).await["data"]
             .as_array()
             .map(Vec::len),
         Some(0)
     );
-    let one = get(&gw, &format!("/usage/{}", ids[1])).await;
+    let one = get(gw, &format!("/usage/{}", ids[1])).await;
     assert_eq!(one["data"][0]["request_id"], ids[1].as_str());
     let (status, none) = send(
-        &gw,
+        gw,
         ADMIN_TOKEN,
         Method::GET,
         "/usage/0123456789abcdef0123456789abcdef",
@@ -578,7 +612,7 @@ async fn usage_rows_filters_aggregates_and_chargeback_add_up() {
     let mut seen = HashSet::new();
     let mut path = "/usage?limit=4".to_string();
     for _ in 0..5 {
-        let page = get(&gw, &path).await;
+        let page = get(gw, &path).await;
         for r in page["data"].as_array().expect("data") {
             assert!(seen.insert(r["id"].as_str().unwrap().to_string()));
         }
@@ -590,7 +624,7 @@ async fn usage_rows_filters_aggregates_and_chargeback_add_up() {
     assert_eq!(seen.len(), 6);
 
     // Aggregates add up.
-    let by_model = get(&gw, "/usage/aggregate?group_by=model").await;
+    let by_model = get(gw, "/usage/aggregate?group_by=model").await;
     let chat_row = by_model["data"]
         .as_array()
         .unwrap()
@@ -614,7 +648,7 @@ async fn usage_rows_filters_aggregates_and_chargeback_add_up() {
         .map(|r| r["requests"].as_i64().unwrap())
         .sum();
     assert_eq!(requests, 6);
-    let buckets = get(&gw, "/usage/aggregate?bucket=minute").await;
+    let buckets = get(gw, "/usage/aggregate?bucket=minute").await;
     let bucket_requests: i64 = buckets["data"]
         .as_array()
         .unwrap()
@@ -629,7 +663,7 @@ async fn usage_rows_filters_aggregates_and_chargeback_add_up() {
         .sum();
     assert_eq!((bucket_requests, bucket_cost), (6, total_cost));
     let (status, bad) = send(
-        &gw,
+        gw,
         ADMIN_TOKEN,
         Method::GET,
         "/usage/aggregate?bucket=week",
@@ -642,7 +676,7 @@ async fn usage_rows_filters_aggregates_and_chargeback_add_up() {
     );
 
     // Chargeback: the total is the exact sum of the rows; CSV parses and agrees.
-    let charge = get(&gw, "/chargeback?group_by=team").await;
+    let charge = get(gw, "/chargeback?group_by=team").await;
     assert_eq!(charge["total"]["cost_nanos"], total_cost);
     assert_eq!(charge["total"]["requests"], 6);
     let lines_cost: i64 = charge["lines"]
@@ -861,6 +895,28 @@ async fn policy_status_and_reloads_are_audited_with_their_actor() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    // The older reload route is audited too, with the environment token's id.
+    let env_reloads = |v: Value| v["data"].as_array().map_or(0, Vec::len);
+    let before = env_reloads(get(&gw, "/audit?action=policy.reload&actor=env").await);
+    let old = http()
+        .post(gw.url("/admin/policies/reload"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(old.status(), 200);
+    let after = env_reloads(get(&gw, "/audit?action=policy.reload&actor=env").await);
+    assert_eq!(after, before + 1);
+
+    // Short lists page too.
+    let first = get(&gw, "/models?limit=2").await;
+    assert_eq!(first["data"].as_array().map(Vec::len), Some(2));
+    let next = first["next_cursor"]
+        .as_str()
+        .expect("more models")
+        .to_string();
+    let second = get(&gw, &format!("/models?limit=2&cursor={next}")).await;
+    assert_ne!(first["data"][0]["name"], second["data"][0]["name"]);
     let providers = get(&gw, "/providers").await;
     assert!(!providers.to_string().contains(crate::common::PROVIDER_KEY));
     let mock_provider = providers["data"]
@@ -1102,10 +1158,47 @@ async fn the_cli_manages_the_same_objects_locally_and_through_a_gateway() {
         .unwrap();
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("admin_forbidden"));
-    // Routes that need the live gateway say so locally.
-    let local_policy = cli(
+    let by_model = ok_json(&cli(
         &gw,
         &["usage", "aggregate", "--group-by", "model", "--json"],
-    );
-    assert!(local_policy.status.success());
+    ));
+    let chat_row = by_model["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["group"] == "chat")
+        .cloned()
+        .expect("a chat row");
+    assert_eq!(chat_row["cost_nanos"], 2 * CHAT_COST);
+
+    // Budgets through the gateway: set creates, setting again changes the same budget.
+    let budget_args = |limit: &'static str| {
+        vec![
+            "budgets",
+            "set",
+            "--scope",
+            "team",
+            "--subject",
+            "eng",
+            "--window",
+            "daily",
+            "--limit-usd",
+            limit,
+            "--json",
+        ]
+    };
+    let first = ok_json(&remote(&budget_args("1")));
+    assert_eq!(first["source"], "store");
+    assert_eq!(first["limit_nanos"], 1_000_000_000i64);
+    let second = ok_json(&remote(&budget_args("2")));
+    assert_eq!(second["id"], first["id"]);
+    assert_eq!(second["limit_nanos"], 2_000_000_000i64);
+    let budget_audit = ok_json(&cli(&gw, &["audit", "--action", "budget", "--json"]));
+    let actions: Vec<&str> = budget_audit["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["budget.update", "budget.create"]);
 }
