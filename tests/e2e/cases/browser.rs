@@ -247,10 +247,11 @@ async fn dashboard_signs_in_creates_a_key_shows_its_usage_and_revokes_it_in_chro
         return;
     }
     if !chromium().is_file() {
-        skip(
-            test,
-            "chromium is not installed at /usr/bin/chromium (./scripts/test installs it with apt-get)",
+        let reason = format!(
+            "chromium is not installed at {} (./scripts/test installs it with apt-get)",
+            chromium().display()
         );
+        skip(test, &reason);
         return;
     }
     if !browser_node_modules()
