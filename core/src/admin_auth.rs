@@ -97,9 +97,70 @@ impl AdminAuth {
     }
 
     fn check_at(&self, client: Option<IpAddr>, presented: Option<&str>, now: Instant) -> Check {
-        let Some(expected) = &self.digest else {
+        if self.digest.is_none() {
             return Check::Disabled;
+        }
+        if let Some(wait) = self.backoff_at(client, now) {
+            return Check::Backoff(wait);
+        }
+        if presented.is_some_and(|p| self.matches_env(p)) {
+            self.succeeded(client);
+            return Check::Allowed;
+        }
+        self.failed_at(client, now);
+        Check::Denied
+    }
+
+    /// Whether an admin token is configured in the environment.
+    pub fn env_enabled(&self) -> bool {
+        self.digest.is_some()
+    }
+
+    /// Whether `presented` is the configured (environment) token, compared as SHA-256 digests
+    /// in constant time.
+    pub fn matches_env(&self, presented: &str) -> bool {
+        let Some(expected) = &self.digest else {
+            return false;
         };
+        let given = digest(presented);
+        given
+            .iter()
+            .zip(expected.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+    }
+
+    /// Seconds `client` must still wait after too many failures, if it is locked out.
+    pub fn backoff(&self, client: Option<IpAddr>) -> Option<u64> {
+        self.backoff_at(client, Instant::now())
+    }
+
+    fn backoff_at(&self, client: Option<IpAddr>, now: Instant) -> Option<u64> {
+        let failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let key = if failures.contains_key(&client) || failures.len() < MAX_CLIENTS {
+            client
+        } else {
+            None
+        };
+        let until = failures.get(&key).and_then(|f| f.locked_until)?;
+        (until > now).then(|| {
+            let wait = until.duration_since(now);
+            wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
+        })
+    }
+
+    /// Clears `client`'s failures after a token was accepted.
+    pub fn succeeded(&self, client: Option<IpAddr>) {
+        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        failures.remove(&client);
+    }
+
+    /// Counts a failed attempt of `client`, starting or doubling its backoff.
+    pub fn failed(&self, client: Option<IpAddr>) {
+        self.failed_at(client, Instant::now());
+    }
+
+    fn failed_at(&self, client: Option<IpAddr>, now: Instant) {
         let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         let key = if failures.contains_key(&client) || failures.len() < MAX_CLIENTS {
             client
@@ -111,22 +172,6 @@ impl AdminAuth {
                 None
             }
         };
-        if let Some(until) = failures.get(&key).and_then(|f| f.locked_until)
-            && until > now
-        {
-            let wait = until.duration_since(now);
-            return Check::Backoff(wait.as_secs() + u64::from(wait.subsec_nanos() > 0));
-        }
-        let given = digest(presented.unwrap_or(""));
-        let equal = given
-            .iter()
-            .zip(expected.iter())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0;
-        if equal && presented.is_some() {
-            failures.remove(&key);
-            return Check::Allowed;
-        }
         let entry = failures.entry(key).or_insert(Failures {
             count: 0,
             last: now,
@@ -142,7 +187,6 @@ impl AdminAuth {
             let backoff = Duration::from_secs(2u64 << doublings).min(MAX_BACKOFF);
             entry.locked_until = Some(now + backoff);
         }
-        Check::Denied
     }
 }
 

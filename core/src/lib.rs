@@ -3,6 +3,7 @@
 //! The binary (`src/main.rs`) is a thin CLI over this library. The request lifecycle is
 //! documented once, on [`pipeline`].
 
+pub mod admin;
 pub mod admin_auth;
 pub mod cli;
 pub mod clock;
@@ -23,5 +24,6 @@ pub mod state;
 pub mod store;
 pub mod telemetry;
 pub mod translate;
+pub mod ui;
 pub mod upstream;
 pub mod usage;

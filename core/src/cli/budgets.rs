@@ -8,6 +8,7 @@ use clap::Subcommand;
 use serde_json::Value;
 
 use super::DatabaseArgs;
+use super::admin::{self, Remote};
 use crate::spend::ledger::{budget_record, budget_view, stored_spec};
 
 #[derive(Debug, Subcommand)]
@@ -69,7 +70,100 @@ fn human(view: &Value) -> String {
     )
 }
 
-pub async fn run(command: BudgetsCommand, db: &DatabaseArgs) -> anyhow::Result<ExitCode> {
+fn record_json(r: &crate::store::ledger::BudgetRecord) -> Value {
+    serde_json::json!({
+        "id": r.id, "scope": r.scope, "subject": r.subject, "window": r.window,
+        "limit_nanos": r.limit_nanos, "timezone": r.timezone, "thresholds": r.thresholds,
+    })
+}
+
+/// `budgets ...` against a running gateway's admin API.
+async fn remote_run(
+    command: BudgetsCommand,
+    db: &DatabaseArgs,
+    remote: &Remote,
+) -> anyhow::Result<ExitCode> {
+    use axum::http::Method;
+    let path = |p: &str| admin::path_with_query(p, &[]);
+    let columns = &["id", "source", "scope", "subject", "window", "limit_usd"];
+    match command {
+        BudgetsCommand::Set {
+            scope,
+            subject,
+            window,
+            limit_usd,
+            timezone,
+            thresholds,
+            json,
+        } => {
+            let body = serde_json::json!({"scope": scope, "subject": subject, "window": window,
+                "limit_usd": limit_usd, "timezone": timezone, "thresholds": thresholds});
+            let mut answer =
+                admin::call(remote, db, Method::POST, &path("/budgets")?, Some(body)).await?;
+            if answer.status == 409 {
+                // It exists: change it.
+                let list = admin::call(remote, db, Method::GET, &path("/budgets?limit=500")?, None)
+                    .await?;
+                let existing = list.json()["data"].as_array().and_then(|d| {
+                    d.iter()
+                        .find(|b| {
+                            b["scope"] == scope.as_str()
+                                && b["subject"] == subject.as_str()
+                                && b["window"] == window.as_str()
+                        })
+                        .and_then(|b| b["id"].as_str().map(str::to_string))
+                });
+                if let Some(id) = existing {
+                    let body = serde_json::json!({"limit_usd": limit_usd, "timezone": timezone, "thresholds": thresholds});
+                    answer = admin::call(
+                        remote,
+                        db,
+                        Method::PATCH,
+                        &path(&format!("/budgets/{id}"))?,
+                        Some(body),
+                    )
+                    .await?;
+                }
+            }
+            Ok(admin::print(&answer, json, &[]))
+        }
+        BudgetsCommand::List { json } => {
+            let answer = admin::call(remote, db, Method::GET, &path("/budgets")?, None).await?;
+            Ok(admin::print(&answer, json, columns))
+        }
+        BudgetsCommand::Show { id } => {
+            let answer = admin::call(
+                remote,
+                db,
+                Method::GET,
+                &path(&format!("/budgets/{id}"))?,
+                None,
+            )
+            .await?;
+            Ok(admin::print(&answer, false, &[]))
+        }
+        BudgetsCommand::Delete { id } => {
+            let answer = admin::call(
+                remote,
+                db,
+                Method::DELETE,
+                &path(&format!("/budgets/{id}"))?,
+                None,
+            )
+            .await?;
+            Ok(admin::print(&answer, false, &[]))
+        }
+    }
+}
+
+pub async fn run(
+    command: BudgetsCommand,
+    db: &DatabaseArgs,
+    remote: &Remote,
+) -> anyhow::Result<ExitCode> {
+    if remote.gateway.is_some() {
+        return remote_run(command, db, remote).await;
+    }
     let store = db.open().await?;
     let code = match command {
         BudgetsCommand::Set {
@@ -84,6 +178,15 @@ pub async fn run(command: BudgetsCommand, db: &DatabaseArgs) -> anyhow::Result<E
             let record = budget_record(&scope, &subject, &window, limit_usd, &timezone, thresholds)
                 .map_err(anyhow::Error::msg)?;
             let saved = store.set_budget(&record).await?;
+            store
+                .audit(
+                    "cli",
+                    "budget.set",
+                    Some(&saved.id),
+                    None,
+                    Some(&record_json(&saved)),
+                )
+                .await?;
             let spec = stored_spec(&saved)
                 .ok_or_else(|| anyhow::anyhow!("stored budget could not be read back"))?;
             let view = budget_view(&store, &spec).await?;
@@ -125,6 +228,9 @@ pub async fn run(command: BudgetsCommand, db: &DatabaseArgs) -> anyhow::Result<E
         }
         BudgetsCommand::Delete { id } => {
             if store.delete_budget(&id).await? {
+                store
+                    .audit("cli", "budget.delete", Some(&id), None, None)
+                    .await?;
                 println!("deleted budget {id}");
                 ExitCode::SUCCESS
             } else {

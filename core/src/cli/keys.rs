@@ -12,6 +12,7 @@ use clap::Subcommand;
 use serde_json::{Value, json};
 
 use super::DatabaseArgs;
+use super::admin::{self, Remote};
 use crate::clock::now_ms;
 use crate::store::keys::NewKey;
 use crate::store::{KeyRecord, ModelGrant, Store};
@@ -80,6 +81,198 @@ pub enum KeysCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Show one key.
+    Get {
+        /// Key id.
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change a key's name, team, user, metadata, expiry or grants.
+    Update {
+        /// Key id.
+        id: String,
+        /// New name.
+        #[arg(long)]
+        name: Option<String>,
+        /// New team id ('' clears).
+        #[arg(long)]
+        team: Option<String>,
+        /// New user id ('' clears).
+        #[arg(long)]
+        user: Option<String>,
+        /// Replace the metadata (repeatable): K=V.
+        #[arg(long = "metadata", value_name = "K=V")]
+        metadata: Vec<String>,
+        /// New Model Access: `*` or a comma-separated list.
+        #[arg(long)]
+        models: Option<String>,
+        /// New MCP Access: `*`, a comma-separated list, or '' for none.
+        #[arg(long)]
+        mcp: Option<String>,
+        /// New expiry (RFC 3339); 'never' clears it.
+        #[arg(long)]
+        expires_at: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore a revoked key.
+    Unrevoke {
+        /// Key id.
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A key's rotation history.
+    Rotations {
+        /// Key id.
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn names(spec: &str) -> Value {
+    Value::from(
+        spec.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect::<Vec<_>>(),
+    )
+}
+
+/// The commands that go through the admin API: every one with `--gateway`, and the newer ones
+/// (get, update, unrevoke, rotations) locally too.
+async fn via_api(
+    command: KeysCommand,
+    remote: &Remote,
+    db: &DatabaseArgs,
+) -> anyhow::Result<ExitCode> {
+    use axum::http::Method;
+    let key_columns = &[
+        "id",
+        "name",
+        "team",
+        "user",
+        "prefix",
+        "status",
+        "expires_at",
+        "models",
+    ];
+    let path = |p: &str| admin::path_with_query(p, &[]);
+    let (method, target, body, json, columns): (Method, String, Option<Value>, bool, &[&str]) =
+        match command {
+            KeysCommand::Create {
+                name,
+                team,
+                owner,
+                metadata,
+                models,
+                mcp,
+                expires_at,
+                json,
+            } => {
+                let mut body = json!({"name": name, "team": team, "user": owner,
+                    "models": names(&models), "mcp_servers": names(&mcp), "expires_at": expires_at});
+                if let Some(m) = admin::metadata(&metadata)? {
+                    body["metadata"] = Value::Object(m);
+                }
+                (Method::POST, path("/keys")?, Some(body), json, &[])
+            }
+            KeysCommand::List { json } => (Method::GET, path("/keys")?, None, json, key_columns),
+            KeysCommand::Revoke { id, json } => (
+                Method::POST,
+                path(&format!("/keys/{id}/revoke"))?,
+                None,
+                json,
+                &[],
+            ),
+            KeysCommand::Rotate { id, json } => (
+                Method::POST,
+                path(&format!("/keys/{id}/rotate"))?,
+                None,
+                json,
+                &[],
+            ),
+            KeysCommand::Get { id, json } => {
+                (Method::GET, path(&format!("/keys/{id}"))?, None, json, &[])
+            }
+            KeysCommand::Unrevoke { id, json } => (
+                Method::POST,
+                path(&format!("/keys/{id}/unrevoke"))?,
+                None,
+                json,
+                &[],
+            ),
+            KeysCommand::Rotations { id, json } => (
+                Method::GET,
+                path(&format!("/keys/{id}/rotations"))?,
+                None,
+                json,
+                &["at", "actor", "old_prefix", "new_prefix"],
+            ),
+            KeysCommand::Update {
+                id,
+                name,
+                team,
+                user,
+                metadata,
+                models,
+                mcp,
+                expires_at,
+                json,
+            } => {
+                let mut body = json!({});
+                if let Some(n) = name {
+                    body["name"] = json!(n);
+                }
+                if let Some(t) = team {
+                    body["team"] = if t.is_empty() { Value::Null } else { json!(t) };
+                }
+                if let Some(u) = user {
+                    body["user"] = if u.is_empty() { Value::Null } else { json!(u) };
+                }
+                if let Some(m) = admin::metadata(&metadata)? {
+                    body["metadata"] = Value::Object(m);
+                }
+                if let Some(m) = models {
+                    body["models"] = names(&m);
+                }
+                if let Some(m) = mcp {
+                    body["mcp_servers"] = names(&m);
+                }
+                if let Some(e) = expires_at {
+                    body["expires_at"] = if e == "never" { Value::Null } else { json!(e) };
+                }
+                (
+                    Method::PATCH,
+                    path(&format!("/keys/{id}"))?,
+                    Some(body),
+                    json,
+                    &[],
+                )
+            }
+        };
+    let answer = admin::call(remote, db, method, &target, body).await?;
+    if answer.ok() && !json && answer.json()["secret"].is_string() {
+        let v = answer.json();
+        println!(
+            "key {} ({})",
+            v["key"]["id"].as_str().unwrap_or(""),
+            v["key"]["name"].as_str().unwrap_or("")
+        );
+        println!(
+            "secret (shown once, store it now): {}",
+            v["secret"].as_str().unwrap_or("")
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    Ok(admin::print(&answer, json, columns))
 }
 
 fn rfc3339(ms: Option<i64>) -> Value {
@@ -132,7 +325,22 @@ async fn confirm(store: &Store) -> anyhow::Result<()> {
     }
 }
 
-pub async fn run(command: KeysCommand, db: &DatabaseArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(
+    command: KeysCommand,
+    db: &DatabaseArgs,
+    remote: &Remote,
+) -> anyhow::Result<ExitCode> {
+    if remote.gateway.is_some()
+        || matches!(
+            command,
+            KeysCommand::Get { .. }
+                | KeysCommand::Update { .. }
+                | KeysCommand::Unrevoke { .. }
+                | KeysCommand::Rotations { .. }
+        )
+    {
+        return via_api(command, remote, db).await;
+    }
     let store = db.open().await?;
     let code = match command {
         KeysCommand::Create {
@@ -179,6 +387,15 @@ pub async fn run(command: KeysCommand, db: &DatabaseArgs) -> anyhow::Result<Exit
                     expires_at_ms,
                 })
                 .await?;
+            store
+                .audit(
+                    "cli",
+                    "key.create",
+                    Some(&key.id),
+                    None,
+                    Some(&crate::store::admin::key_json(&key)),
+                )
+                .await?;
             confirm(&store).await?;
             if json {
                 let mut out = key_json(&key);
@@ -224,6 +441,15 @@ pub async fn run(command: KeysCommand, db: &DatabaseArgs) -> anyhow::Result<Exit
                 ExitCode::FAILURE
             }
             Some(key) => {
+                store
+                    .audit(
+                        "cli",
+                        "key.revoke",
+                        Some(&key.id),
+                        None,
+                        Some(&crate::store::admin::key_json(&key)),
+                    )
+                    .await?;
                 confirm(&store).await?;
                 if json {
                     println!("{}", key_json(&key));
@@ -239,7 +465,8 @@ pub async fn run(command: KeysCommand, db: &DatabaseArgs) -> anyhow::Result<Exit
             ExitCode::SUCCESS
         }
         KeysCommand::Rotate { id, json } => {
-            if let Some(existing) = store.key_by_id(&id).await?
+            let existing = store.key_by_id(&id).await?;
+            if let Some(existing) = &existing
                 && existing.revoked_at_ms.is_some()
             {
                 eprintln!("error: key '{id}' is revoked; revoked keys cannot be rotated");
@@ -251,6 +478,19 @@ pub async fn run(command: KeysCommand, db: &DatabaseArgs) -> anyhow::Result<Exit
                     ExitCode::FAILURE
                 }
                 Some((key, secret)) => {
+                    let old_prefix = existing.map(|e| e.secret_prefix).unwrap_or_default();
+                    store
+                        .record_rotation("cli", &key.id, &old_prefix, &key.secret_prefix)
+                        .await?;
+                    store
+                        .audit(
+                            "cli",
+                            "key.rotate",
+                            Some(&key.id),
+                            None,
+                            Some(&crate::store::admin::key_json(&key)),
+                        )
+                        .await?;
                     confirm(&store).await?;
                     if json {
                         let mut out = key_json(&key);
@@ -267,6 +507,10 @@ pub async fn run(command: KeysCommand, db: &DatabaseArgs) -> anyhow::Result<Exit
                 }
             }
         }
+        KeysCommand::Get { .. }
+        | KeysCommand::Update { .. }
+        | KeysCommand::Unrevoke { .. }
+        | KeysCommand::Rotations { .. } => ExitCode::FAILURE,
     };
     store.close().await;
     Ok(code)

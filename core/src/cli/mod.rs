@@ -1,5 +1,7 @@
-//! The command line: `serve`, `check` and `keys`.
+//! The command line: `serve`, `check`, `keys` and the admin commands (`teams`, `users`,
+//! `budgets`, `usage`, `chargeback`, `audit`, `admin-tokens`).
 
+mod admin;
 mod budgets;
 mod demo_key;
 mod keys;
@@ -163,6 +165,62 @@ enum Command {
         command: keys::KeysCommand,
         #[command(flatten)]
         db: DatabaseArgs,
+        #[command(flatten)]
+        remote: admin::Remote,
+    },
+    /// Manage teams (keys' team refers to them).
+    Teams {
+        #[command(subcommand)]
+        command: admin::PrincipalCommand,
+        #[command(flatten)]
+        db: DatabaseArgs,
+        #[command(flatten)]
+        remote: admin::Remote,
+    },
+    /// Manage users (keys' user refers to them).
+    Users {
+        #[command(subcommand)]
+        command: admin::PrincipalCommand,
+        #[command(flatten)]
+        db: DatabaseArgs,
+        #[command(flatten)]
+        remote: admin::Remote,
+    },
+    /// Read usage rows and aggregates.
+    Usage {
+        #[command(subcommand)]
+        command: admin::UsageCommand,
+        #[command(flatten)]
+        db: DatabaseArgs,
+        #[command(flatten)]
+        remote: admin::Remote,
+    },
+    /// Cost per team, key or model over a period (table, JSON, CSV or HTML).
+    Chargeback {
+        #[command(flatten)]
+        args: admin::ChargebackArgs,
+        #[command(flatten)]
+        db: DatabaseArgs,
+        #[command(flatten)]
+        remote: admin::Remote,
+    },
+    /// Read the audit log of admin changes and policy reloads.
+    Audit {
+        #[command(flatten)]
+        args: admin::AuditArgs,
+        #[command(flatten)]
+        db: DatabaseArgs,
+        #[command(flatten)]
+        remote: admin::Remote,
+    },
+    /// Manage stored admin tokens (role admin or read).
+    AdminTokens {
+        #[command(subcommand)]
+        command: admin::TokensCommand,
+        #[command(flatten)]
+        db: DatabaseArgs,
+        #[command(flatten)]
+        remote: admin::Remote,
     },
     /// Manage budgets stored in the database (works while the gateway runs).
     Budgets {
@@ -170,6 +228,8 @@ enum Command {
         command: budgets::BudgetsCommand,
         #[command(flatten)]
         db: DatabaseArgs,
+        #[command(flatten)]
+        remote: admin::Remote,
     },
 }
 
@@ -230,8 +290,38 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Check { dir } => Ok(check(&dir)),
         Command::Test { dir } => Ok(crate::policy::testing::run_dir(&dir)),
-        Command::Keys { command, db } => keys::run(command, &db).await,
-        Command::Budgets { command, db } => budgets::run(command, &db).await,
+        Command::Keys {
+            command,
+            db,
+            remote,
+        } => keys::run(command, &db, &remote).await,
+        Command::Teams {
+            command,
+            db,
+            remote,
+        } => admin::run_principals("teams", command, &remote, &db).await,
+        Command::Users {
+            command,
+            db,
+            remote,
+        } => admin::run_principals("users", command, &remote, &db).await,
+        Command::Usage {
+            command,
+            db,
+            remote,
+        } => admin::run_usage(command, &remote, &db).await,
+        Command::Chargeback { args, db, remote } => admin::run_chargeback(args, &remote, &db).await,
+        Command::Audit { args, db, remote } => admin::run_audit(args, &remote, &db).await,
+        Command::AdminTokens {
+            command,
+            db,
+            remote,
+        } => admin::run_tokens(command, &remote, &db).await,
+        Command::Budgets {
+            command,
+            db,
+            remote,
+        } => budgets::run(command, &db, &remote).await,
     }
 }
 

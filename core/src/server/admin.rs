@@ -14,7 +14,6 @@ use serde_json::{Value, json};
 
 use crate::admin_auth::{self, Check};
 use crate::error::{Family, GatewayError, QuotaExceeded};
-use crate::policy::watch::{self as policy_watch, Trigger};
 use crate::state::AppState;
 
 /// Checks the admin bearer token (constant time, with a per-client backoff on failures).
@@ -102,7 +101,9 @@ pub async fn reload(State(app): State<Arc<AppState>>, request: Request) -> Respo
     if let Err(e) = authorize(&app, &request) {
         return e.render(Family::OpenAi);
     }
-    policy_watch::reload(&app.policies, Trigger::Admin).await;
+    if let Err(e) = crate::admin::reload_audited(&app, "env").await {
+        return store_down(e);
+    }
     Json(status_json(&app)).into_response()
 }
 
@@ -218,6 +219,16 @@ pub async fn set_budget(State(app): State<Arc<AppState>>, request: Request) -> R
         Ok(saved) => saved,
         Err(e) => return store_down(e),
     };
+    let after = json!({"id": saved.id, "scope": saved.scope, "subject": saved.subject,
+        "window": saved.window, "limit_nanos": saved.limit_nanos, "timezone": saved.timezone,
+        "thresholds": saved.thresholds});
+    if let Err(e) = app
+        .store
+        .audit("env", "budget.set", Some(&saved.id), None, Some(&after))
+        .await
+    {
+        return store_down(e);
+    }
     if let Err(e) = app.ledger.refresh_budgets().await {
         return store_down(e);
     }
@@ -242,6 +253,13 @@ pub async fn delete_budget(
     }
     match app.store.delete_budget(&id).await {
         Ok(true) => {
+            if let Err(e) = app
+                .store
+                .audit("env", "budget.delete", Some(&id), None, None)
+                .await
+            {
+                return store_down(e);
+            }
             let _ = app.ledger.refresh_budgets().await;
             Json(json!({"deleted": id})).into_response()
         }

@@ -37,6 +37,7 @@ use crate::store::usage_writer;
 
 /// Builds the router.
 pub fn router(app: Arc<AppState>) -> Router {
+    let admin_v1 = crate::admin::router(app.clone());
     Router::new()
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/completions", post(openai::completions))
@@ -82,8 +83,11 @@ pub fn router(app: Arc<AppState>) -> Router {
             get(admin::show_budget).delete(admin::delete_budget),
         )
         .route("/admin/test/clock", post(admin::test_clock))
+        .nest_service("/admin/v1", admin_v1)
+        .merge(crate::ui::routes())
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
+        .layer(middleware::from_fn(crate::ui::no_store_admin))
         .layer(middleware::from_fn(request_id))
         .with_state(app)
 }
@@ -205,6 +209,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     let watcher = tokio::spawn(keys.watch(instance_id.clone(), stop_rx.clone()));
     let ledger_watcher = tokio::spawn(ledger.clone().watch(stop_rx.clone()));
     drop(ledger);
+    tokio::spawn(crate::admin::audit_reloads(app.clone(), stop_rx.clone()));
     let reloader = tokio::spawn(reload_on_sighup(policies.clone(), stop_rx.clone()));
     let file_watcher = watch_files
         .then(|| tokio::spawn(policy_watch::watch_dir(policies.clone(), stop_rx.clone())));

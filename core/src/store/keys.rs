@@ -148,7 +148,7 @@ impl KeyRecord {
         }
     }
 
-    fn from_row(row: &AnyRow) -> Result<Self, StoreError> {
+    pub(crate) fn from_row(row: &AnyRow) -> Result<Self, StoreError> {
         Ok(Self {
             id: row.try_get("id")?,
             name: row.try_get("name")?,

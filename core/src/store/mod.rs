@@ -4,11 +4,14 @@
 //! replicas. Both run the same queries through sqlx's `Any` driver (times are Unix ms, JSON is
 //! text, `$n` placeholders), each with its own migrations folder for the DDL.
 
+pub mod admin;
 pub mod key_cache;
 pub mod keys;
 pub mod ledger;
 pub mod mcp;
 pub mod redact;
+pub(crate) mod sql;
+pub mod usage_query;
 pub mod usage_writer;
 
 use std::path::Path;

@@ -1,7 +1,9 @@
 //! Test cases, one file per area.
 
 mod adapter;
+mod admin_api;
 mod anthropic;
+mod browser;
 mod budgets;
 mod check;
 mod docs;
