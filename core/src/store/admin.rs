@@ -1049,12 +1049,52 @@ mod tests {
             Err(ChangeError::Conflict(_))
         ));
 
+        let mut past = new_key("gamma", None);
+        past.expires_at_ms = Some(1);
+        let (c, _) = store
+            .create_key_audited("env", &past)
+            .await
+            .expect("create");
+        let expired = KeyFilter {
+            status: Some("expired".into()),
+            ..KeyFilter::default()
+        };
+        let found = store.key_page(&expired, 10, None).await.expect("expired");
+        assert_eq!(
+            found.iter().map(|k| k.id.as_str()).collect::<Vec<_>>(),
+            [c.id.as_str()]
+        );
+        let active = KeyFilter {
+            status: Some("active".into()),
+            ..KeyFilter::default()
+        };
+        let found = store.key_page(&active, 10, None).await.expect("active");
+        assert_eq!(
+            found.iter().map(|k| k.id.as_str()).collect::<Vec<_>>(),
+            [a.id.as_str()]
+        );
+        let patched = store
+            .patch_key_audited(
+                "env",
+                &c.id,
+                &KeyPatch {
+                    expires_at_ms: Some(None),
+                    ..KeyPatch::default()
+                },
+            )
+            .await
+            .expect("patch");
+        assert_eq!(patched.expires_at_ms, None);
+        store
+            .set_key_revoked_audited("env", &c.id, true)
+            .await
+            .expect("revoke c");
         let filter = KeyFilter {
             status: Some("revoked".into()),
             ..KeyFilter::default()
         };
         let revoked = store.key_page(&filter, 10, None).await.expect("page");
-        assert_eq!(revoked.len(), 1);
+        assert_eq!(revoked.len(), 2);
         assert_eq!(revoked[0].id, b.id);
         let q = KeyFilter {
             q: Some("ALP".into()),
@@ -1084,7 +1124,15 @@ mod tests {
             .collect();
         assert_eq!(
             actions,
-            ["key.rotate", "key.revoke", "key.create", "key.create"]
+            [
+                "key.revoke",
+                "key.update",
+                "key.create",
+                "key.rotate",
+                "key.revoke",
+                "key.create",
+                "key.create"
+            ]
         );
         let text = Value::from(audit.clone()).to_string();
         assert!(!text.contains(&secret) && !text.contains(&new_secret));
@@ -1098,7 +1146,7 @@ mod tests {
                 .await
                 .expect("f")
                 .len(),
-            1
+            2
         );
         let rotations = store.key_rotations(&a.id).await.expect("rotations");
         assert_eq!(rotations.len(), 1);
