@@ -185,6 +185,9 @@ async fn via_api(
                 (Method::POST, path("/keys")?, Some(body), json, &[])
             }
             KeysCommand::List { json } => (Method::GET, path("/keys")?, None, json, key_columns),
+            KeysCommand::Demo { .. } => {
+                anyhow::bail!("`keys demo` works on the local store only: drop --gateway")
+            }
             KeysCommand::Revoke { id, json } => (
                 Method::POST,
                 path(&format!("/keys/{id}/revoke"))?,

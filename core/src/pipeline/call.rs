@@ -24,7 +24,6 @@ use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 use serde_json::{Value, json};
-use tokio::time::Sleep;
 use tracing::Instrument as _;
 
 use super::authorize::{Authorized, upstream_body};
