@@ -257,6 +257,7 @@ fn stream(
     guard: Option<inspect::StreamGuard>,
 ) -> Response {
     let relay = TranslatedStream {
+        ending: recorder.streams_end(),
         guard,
         ended: false,
         upstream: reply.body,
@@ -297,6 +298,8 @@ struct TranslatedStream {
     idle_timeout: Duration,
     idle: Pin<Box<Sleep>>,
     done: bool,
+    /// Resolves when the gateway's shutdown grace period is over.
+    ending: Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
 }
 
 impl TranslatedStream {
@@ -458,6 +461,13 @@ impl Stream for TranslatedStream {
                     return Poll::Ready(Some(Ok(bytes)));
                 }
                 Poll::Pending => {
+                    if this.ending.as_mut().poll(cx).is_ready() {
+                        let tail = this
+                            .translator
+                            .fail("the gateway is shutting down; the stream was ended");
+                        let bytes = this.end(tail, "shutdown", Some(super::call::SHUTTING_DOWN));
+                        return Poll::Ready(Some(Ok(bytes)));
+                    }
                     if this.idle.as_mut().poll(cx).is_ready() {
                         let tail = this
                             .translator

@@ -21,6 +21,7 @@ mod passthrough;
 mod paying;
 mod plugins;
 mod policies;
+mod records;
 mod sdk;
 mod shutdown;
 mod streaming;

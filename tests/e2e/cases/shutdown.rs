@@ -72,3 +72,65 @@ async fn sigterm_with_requests_in_flight_loses_no_usage_row() {
     assert_eq!(rows.len(), answered, "one usage row per answered request");
     assert!(rows.iter().all(|r| r["status"] == 200));
 }
+
+#[tokio::test]
+async fn a_stream_still_open_after_the_grace_period_is_ended_recorded_and_settled() {
+    // 2,000 chunks 50 ms apart: far longer than the grace period.
+    let mock = mock(MockConfig {
+        stream_chunks: 2000,
+        ..MockConfig::default()
+    })
+    .await;
+    let toml = format!(
+        "{}\n[[budgets]]\nscope = \"organization\"\nwindow = \"monthly\"\nlimit_usd = 100\n",
+        standard_policy(&mock)
+    );
+    let mut gw = Gateway::start_with(&toml, &[], &["--shutdown-grace-ms", "300"]);
+    let (_, secret) = gw.create_key("*");
+    let mut body = chat_body("slow-stream");
+    body["stream"] = true.into();
+    let mut response = http()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(&secret)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut text = String::new();
+    while text.matches("data: ").count() < 3 {
+        let chunk = response.chunk().await.unwrap().expect("stream open");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    gw.sigterm();
+    // The client gets a clean end: an error event in its family's shape, then the end of the
+    // body (no cut connection).
+    while let Some(chunk) = response.chunk().await.expect("a clean end, not a cut") {
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let last = text
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("data: "))
+        .unwrap();
+    let event: serde_json::Value = serde_json::from_str(last).unwrap();
+    assert_eq!(event["error"]["code"], "gateway_shutting_down", "{text}");
+    assert!(!text.contains("[DONE]"));
+    assert!(gw.wait_exit(Duration::from_secs(20)).success());
+    // Recorded as ended by the shutdown, billed what was streamed, and settled: the stored
+    // spend is that cost.
+    let rows = read_usage(&gw.db_url).await;
+    assert_eq!(rows.len(), 1);
+    let row = &rows[0];
+    assert_eq!(row["status"], 200);
+    assert_eq!(row["stream_status"], "shutdown");
+    assert_eq!(row["error_code"], "gateway_shutting_down");
+    assert!(row["output_tokens"].as_i64().unwrap() > 0, "{row}");
+    let cost = row["cost_nanos"].as_i64().unwrap();
+    assert!(cost > 0, "{row}");
+    let store = tollgate::store::Store::open(&gw.db_url).await.unwrap();
+    assert_eq!(store.outstanding_holds().await.unwrap(), 0);
+    let spent: Vec<(String, i64, i64)> = store.latest_counters().await.unwrap();
+    assert_eq!(spent.len(), 1, "{spent:?}");
+    assert_eq!(spent[0].2, cost, "stored spend equals the recorded cost");
+}
