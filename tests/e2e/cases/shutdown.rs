@@ -134,3 +134,74 @@ async fn a_stream_still_open_after_the_grace_period_is_ended_recorded_and_settle
     assert_eq!(spent.len(), 1, "{spent:?}");
     assert_eq!(spent[0].2, cost, "stored spend equals the recorded cost");
 }
+
+/// An MCP upstream whose answers to anything but `initialize` are SSE streams that never end.
+async fn endless_mcp_upstream() -> std::net::SocketAddr {
+    use axum::response::IntoResponse;
+    use futures_util::StreamExt as _;
+    let app = axum::Router::new().route(
+        "/mcp",
+        axum::routing::post(|body: axum::Json<serde_json::Value>| async move {
+            let id = body.0["id"].clone();
+            if body.0["method"] == "initialize" {
+                return (
+                    [("content-type", "application/json"), ("mcp-session-id", "up-1")],
+                    serde_json::json!({"jsonrpc": "2.0", "id": id, "result": {"protocolVersion": "2025-06-18", "capabilities": {}, "serverInfo": {"name": "endless", "version": "1"}}}).to_string(),
+                )
+                    .into_response();
+            }
+            let first = serde_json::json!({"jsonrpc": "2.0", "method": "notifications/progress", "params": {"progressToken": 1, "progress": 1}});
+            let events = futures_util::stream::once(async move {
+                Ok::<_, std::convert::Infallible>(format!("event: message\ndata: {first}\n\n"))
+            })
+            .chain(futures_util::stream::pending());
+            (
+                [("content-type", "text/event-stream")],
+                axum::body::Body::from_stream(events),
+            )
+                .into_response()
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+#[tokio::test]
+async fn an_mcp_stream_still_open_after_the_grace_period_ends_and_is_recorded() {
+    use futures_util::StreamExt as _;
+    let addr = endless_mcp_upstream().await;
+    let policy = format!(
+        "[mcp_servers.endless]\ntransport = \"streamable_http\"\nurl = \"http://{addr}/mcp\"\n"
+    );
+    let mut gw = Gateway::start_with(&policy, &[], &["--shutdown-grace-ms", "300"]);
+    let (_, key) = gw.create_key_with(&["--mcp", "endless"]);
+    let url = gw.url("/v1/mcp/endless");
+    let session = super::mcp::initialize(&url, &key, "2025-06-18").await;
+    let call = super::mcp::rpc(
+        2,
+        "tools/call",
+        serde_json::json!({"name": "wait", "arguments": {}}),
+    );
+    let mut response = super::mcp::post(&url, &key, Some(&session), &call).await;
+    assert_eq!(response.status(), 200);
+    let first = response.chunk().await.unwrap().expect("the first event");
+    assert!(String::from_utf8_lossy(&first).contains("notifications/progress"));
+    gw.sigterm();
+    // The stream ends: the rest of the body is empty and the connection closes cleanly.
+    let rest: Vec<_> = futures_util::stream::unfold(response, |mut r| async move {
+        r.chunk().await.expect("a clean end").map(|c| (c, r))
+    })
+    .collect()
+    .await;
+    assert!(rest.iter().all(|c| c.is_empty()), "{rest:?}");
+    assert!(gw.wait_exit(Duration::from_secs(20)).success());
+    let rows = read_usage(&gw.db_url).await;
+    let call_row = rows
+        .iter()
+        .find(|r| r["stream_status"] == "shutdown")
+        .unwrap_or_else(|| panic!("no row ended by the shutdown: {rows:#?}"));
+    assert_eq!(call_row["provider"], "mcp");
+    assert_eq!(call_row["status"], 200);
+}
