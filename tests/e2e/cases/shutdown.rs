@@ -205,3 +205,53 @@ async fn an_mcp_stream_still_open_after_the_grace_period_ends_and_is_recorded() 
     assert_eq!(call_row["provider"], "mcp");
     assert_eq!(call_row["status"], 200);
 }
+
+#[tokio::test]
+async fn a_translated_stream_still_open_after_the_grace_period_ends_with_an_anthropic_error_event()
+{
+    let mock = mock(MockConfig {
+        stream_chunks: 2000,
+        ..MockConfig::default()
+    })
+    .await;
+    let extra = r#"
+[models.slow-for-claude]
+provider = "openai"
+upstream_model = "mock-slow-stream"
+translate = true
+pricing = { input_per_mtok = 2.5, output_per_mtok = 10.0 }
+"#;
+    let mut gw = Gateway::start_with(
+        &crate::common::family_policy(&mock, extra),
+        &[],
+        &["--shutdown-grace-ms", "300"],
+    );
+    let (_, secret) = gw.create_key("*");
+    let body = serde_json::json!({"model": "slow-for-claude", "max_tokens": 100, "stream": true,
+        "messages": [{"role": "user", "content": "hello"}]});
+    let mut response = http()
+        .post(gw.url("/v1/messages"))
+        .header("x-api-key", &secret)
+        .header("anthropic-version", "2023-06-01")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut text = String::new();
+    while text.matches("content_block_delta").count() < 3 {
+        let chunk = response.chunk().await.unwrap().expect("stream open");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    gw.sigterm();
+    while let Some(chunk) = response.chunk().await.expect("a clean end, not a cut") {
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let last = text.trim_end().rsplit("\n\n").next().unwrap();
+    assert!(last.starts_with("event: error"), "{text}");
+    assert!(gw.wait_exit(Duration::from_secs(20)).success());
+    let rows = read_usage(&gw.db_url).await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["stream_status"], "shutdown");
+    assert_eq!(rows[0]["error_code"], "gateway_shutting_down");
+}
