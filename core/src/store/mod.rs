@@ -108,7 +108,8 @@ pub struct UsageRecord {
     pub provider_usage: Option<String>,
     /// The provider's own request id.
     pub provider_request_id: Option<String>,
-    /// How a stream ended: `completed`, `client_disconnected`, `upstream_error`, `idle_timeout`.
+    /// How a stream ended: `completed`, `client_disconnected`, `upstream_error`, `idle_timeout`,
+    /// `shutdown` (ended by the gateway at the end of a shutdown grace period).
     pub stream_status: Option<String>,
     /// JSON array of stage decisions.
     pub decisions: String,
