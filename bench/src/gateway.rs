@@ -297,6 +297,9 @@ impl Gateway {
             .arg("--policies")
             .arg(&policies)
             .args(["--listen", "127.0.0.1:0", "--database", &database])
+            // The usage journal (PostgreSQL scenarios) stays in the temp dir.
+            .arg("--data-dir")
+            .arg(dir.path())
             .env("RUST_LOG", "info")
             .env(PROVIDER_KEY_ENV, "sk-bench-provider-key")
             .stdin(Stdio::null())

@@ -2,7 +2,11 @@
 //! upstream client, deployment health and the ledger. The server builds it, the pipeline reads
 //! it; it imports neither.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+
+use tokio::sync::watch;
 
 use crate::admin_auth::AdminAuth;
 use crate::health::HealthRegistry;
@@ -37,6 +41,32 @@ pub struct AppState {
     pub mcp: Arc<crate::mcp::Runtime>,
     /// Request, token, cost and MCP figures for `/metrics`, fed by the record stage.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Set when the shutdown grace period is over: open streams end.
+    pub streams_end: StreamsEnd,
+}
+
+/// Tells the streams still open when the shutdown grace period is over to end: each sends its
+/// client a family-native error event, records itself (`stream_status = "shutdown"`) and
+/// settles with what was streamed, so the process can exit with nothing lost.
+#[derive(Clone, Debug)]
+pub struct StreamsEnd(watch::Receiver<bool>);
+
+impl StreamsEnd {
+    /// The signal and its sender (`send(true)` ends the streams).
+    pub fn channel() -> (watch::Sender<bool>, Self) {
+        let (tx, rx) = watch::channel(false);
+        (tx, Self(rx))
+    }
+
+    /// Resolves once the streams must end (never, if the sender is gone without signalling).
+    pub fn signalled(&self) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        let mut rx = self.0.clone();
+        Box::pin(async move {
+            if rx.wait_for(|end| *end).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        })
+    }
 }
 
 /// The gateway request id, set by the middleware on every request.

@@ -37,7 +37,8 @@ impl Pricing {
 }
 
 /// Normalized token counts of one call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct TokenUsage {
     /// All input tokens (cached ones included).
     pub input: i64,

@@ -142,6 +142,19 @@ enum Command {
         trusted_proxies: String,
         #[command(flatten)]
         http_limits: HttpLimitArgs,
+        /// Directory of the usage journal, where usage records wait while the store is away
+        /// (and dead letters the store refused fall back to). Default: `<database file>.journal`
+        /// beside an SQLite store, `<data-dir>/journal` with PostgreSQL. One gateway per
+        /// directory.
+        #[arg(long, env = "TOLLGATE_USAGE_JOURNAL_DIR")]
+        usage_journal_dir: Option<PathBuf>,
+        /// Size limit of the usage journal in MiB; records beyond it are lost (logged whole).
+        #[arg(long, env = "TOLLGATE_USAGE_JOURNAL_MAX_MIB", default_value_t = 256)]
+        usage_journal_max_mib: u64,
+        /// Milliseconds shutdown (SIGTERM, SIGINT) waits for in-flight requests and streams;
+        /// streams still open then are ended with an error event, recorded and settled.
+        #[arg(long, env = "TOLLGATE_SHUTDOWN_GRACE_MS", default_value_t = 30_000)]
+        shutdown_grace_ms: u64,
         /// Lets POST /admin/test/clock shift the gateway's clock. For tests of budget and quota
         /// windows only; never in production.
         #[arg(long, hide = true)]
@@ -252,9 +265,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             protect_metrics,
             trusted_proxies,
             http_limits,
+            usage_journal_dir,
+            usage_journal_max_mib,
+            shutdown_grace_ms,
             unsafe_test_clock,
             db,
         } => {
+            if usage_journal_max_mib == 0 {
+                anyhow::bail!("--usage-journal-max-mib must be greater than 0");
+            }
             let http_limits = http_limits.limits()?;
             let trusted_proxies = server::client_ip::TrustedProxies::parse(&trusted_proxies)
                 .map_err(|e| anyhow::anyhow!("--trusted-proxies: {e}"))?;
@@ -274,6 +293,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             };
             let store = db.open().await?;
+            let journal = crate::store::usage_writer::JournalConfig {
+                dir: usage_journal_dir.unwrap_or_else(|| match store.sqlite_path() {
+                    Some(file) => {
+                        let mut dir = file.as_os_str().to_owned();
+                        dir.push(".journal");
+                        PathBuf::from(dir)
+                    }
+                    None => db.data_dir.join("journal"),
+                }),
+                max_bytes: usage_journal_max_mib.saturating_mul(1024 * 1024),
+            };
             server::serve(ServeOptions {
                 policies,
                 store,
@@ -284,6 +314,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 test_clock: unsafe_test_clock,
                 http_limits,
                 trusted_proxies,
+                journal,
+                shutdown_grace: std::time::Duration::from_millis(shutdown_grace_ms),
             })
             .await?;
             Ok(ExitCode::SUCCESS)

@@ -331,6 +331,7 @@ pub async fn http(app: &Arc<AppState>, p: Prepared, url: &str, mut recorder: Rec
     recorder.set_stream_status("open");
     let code = status.as_u16();
     let runtime = app.mcp.clone();
+    let ending = recorder.streams_end();
     let on_end = Box::new(move |bytes_out: i64, reason: Option<&'static str>| {
         if let Some(endpoint) = registered.lock().ok().and_then(|mut s| s.take()) {
             runtime.sse.remove(&p.key.id, &endpoint);
@@ -344,7 +345,13 @@ pub async fn http(app: &Arc<AppState>, p: Prepared, url: &str, mut recorder: Rec
         );
         drop(p);
     });
-    let body = relay(response.bytes_stream().boxed(), rewrite, inject, on_end);
+    let body = relay(
+        response.bytes_stream().boxed(),
+        rewrite,
+        inject,
+        on_end,
+        ending,
+    );
     let mut answer = Response::new(body);
     *answer.status_mut() = status;
     *answer.headers_mut() = out_headers;
@@ -437,6 +444,7 @@ pub async fn stdio(
         let mut recorder = recorder;
         recorder.mark_first_byte();
         recorder.set_stream_status("open");
+        let ending = recorder.streams_end();
         let on_end = Box::new(move |bytes_out: i64, reason: Option<&'static str>| {
             finish(
                 recorder,
@@ -446,7 +454,7 @@ pub async fn stdio(
                 Some(reason.unwrap_or("completed")),
             );
         });
-        let mut answer = Response::new(relay(stream, None, None, on_end));
+        let mut answer = Response::new(relay(stream, None, None, on_end, ending));
         answer.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/event-stream"),

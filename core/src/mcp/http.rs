@@ -158,6 +158,8 @@ pub struct Relay<S> {
     bytes_out: i64,
     on_end: Option<OnEnd>,
     done: bool,
+    /// Resolves when the gateway's shutdown grace period is over: the stream ends cleanly.
+    ending: Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
 }
 
 impl<S> Relay<S> {
@@ -238,7 +240,15 @@ where
                 return Poll::Ready(Some(Ok(event)));
             }
             match Pin::new(&mut this.upstream).poll_next(cx) {
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    if this.ending.as_mut().poll(cx).is_ready() {
+                        // Shutdown: the SSE stream ends (an MCP client reconnects elsewhere).
+                        this.done = true;
+                        this.end(Some("shutdown"));
+                        return Poll::Ready(None);
+                    }
+                    return Poll::Pending;
+                }
                 Poll::Ready(Some(Ok(chunk))) => {
                     let out = match this.rewrite.take() {
                         None => chunk,
@@ -279,12 +289,13 @@ where
 }
 
 /// A body relaying `upstream`, rewriting SSE events with `rewrite`, adding the events sent to
-/// `inject`, calling `on_end` once.
+/// `inject`, calling `on_end` once; it ends (reason `shutdown`) when `ending` resolves.
 pub fn relay<S>(
     upstream: S,
     rewrite: Option<EventRewrite>,
     inject: Option<tokio::sync::mpsc::UnboundedReceiver<Bytes>>,
     on_end: OnEnd,
+    ending: Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
 ) -> Body
 where
     S: Stream<Item = Result<Bytes, reqwest::Error>> + Unpin + Send + 'static,
@@ -297,6 +308,7 @@ where
         bytes_out: 0,
         on_end: Some(on_end),
         done: false,
+        ending,
     })
 }
 

@@ -558,6 +558,7 @@ fn relay_stream(
     shape: Shape,
 ) -> Response {
     let relay = Relay {
+        ending: recorder.streams_end(),
         upstream: reply.body,
         tap: SseTap::for_api(shape.upstream, !client_wants_usage),
         shape,
@@ -583,6 +584,9 @@ fn relay_stream(
     response
 }
 
+/// The error code of a stream the gateway ended at shutdown.
+pub(crate) const SHUTTING_DOWN: &str = "gateway_shutting_down";
+
 /// The streamed body: upstream chunks through the tap, finishing the record at the end. If the
 /// client disconnects, hyper drops the body and the recorder's `Drop` records what was produced.
 struct Relay {
@@ -600,6 +604,8 @@ struct Relay {
     guard: Option<StreamGuard>,
     /// The upstream ended; the guard is inspecting the last events.
     upstream_ended: bool,
+    /// Resolves when the gateway's shutdown grace period is over.
+    ending: Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
 }
 
 impl Relay {
@@ -639,19 +645,19 @@ impl Relay {
                 Bytes::from(format!("data: {event}\n\n"))
             }
             Family::Anthropic => {
-                let kind = if code == "upstream_timeout" {
-                    "timeout_error"
-                } else {
-                    "api_error"
+                let kind = match code {
+                    "upstream_timeout" => "timeout_error",
+                    "gateway_shutting_down" => "overloaded_error",
+                    _ => "api_error",
                 };
                 let event = json!({"type": "error", "error": {"type": kind, "message": message, "code": code}});
                 Bytes::from(format!("event: error\ndata: {event}\n\n"))
             }
             Family::Gemini => {
-                let (status, name) = if code == "upstream_timeout" {
-                    (504, "DEADLINE_EXCEEDED")
-                } else {
-                    (502, "INTERNAL")
+                let (status, name) = match code {
+                    "upstream_timeout" => (504, "DEADLINE_EXCEEDED"),
+                    "gateway_shutting_down" => (503, "UNAVAILABLE"),
+                    _ => (502, "INTERNAL"),
                 };
                 let event = json!({"error": {"code": status, "message": message, "status": name,
                     "details": [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": code, "domain": "tollgate"}]}});
@@ -842,6 +848,22 @@ impl Relay {
                     return Poll::Ready((!rest.is_empty()).then_some(Ok(rest)));
                 }
                 Poll::Pending => {
+                    if this.ending.as_mut().poll(cx).is_ready() {
+                        // Shutdown: end the stream cleanly, recorded and settled with what was
+                        // streamed so far.
+                        let tail = this.tap.finish();
+                        let mut out = if this.guard.is_some() {
+                            BytesMut::new()
+                        } else {
+                            BytesMut::from(&tail[..])
+                        };
+                        out.extend_from_slice(&this.error_event(
+                            SHUTTING_DOWN,
+                            "the gateway is shutting down; the stream was ended",
+                        ));
+                        this.finish("shutdown", Some(SHUTTING_DOWN));
+                        return Poll::Ready(Some(Ok(out.freeze())));
+                    }
                     if let Poll::Ready(expired) = this.deadlines.poll_expired(cx) {
                         // With guardrails, an unterminated tail was never inspected: drop it.
                         let tail = this.tap.finish();

@@ -50,6 +50,8 @@ pub struct Recorder {
     /// The served model's price of one such image.
     per_image_nanos: Option<i64>,
     finished: bool,
+    /// Set when open streams must end (shutdown grace period over).
+    streams_end: crate::state::StreamsEnd,
 }
 
 impl Recorder {
@@ -92,7 +94,14 @@ impl Recorder {
             image_request: None,
             per_image_nanos: None,
             finished: false,
+            streams_end: app.streams_end.clone(),
         }
+    }
+
+    /// Resolves when the gateway ends the streams still open at the end of its shutdown grace
+    /// period; a streamed body ends itself then (`stream_status = "shutdown"`).
+    pub fn streams_end(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        self.streams_end.signalled()
     }
 
     /// Microseconds since the request entered the pipeline.

@@ -248,6 +248,7 @@ fn stream(
     guard: Option<inspect::StreamGuard>,
 ) -> Response {
     let relay = TranslatedStream {
+        ending: recorder.streams_end(),
         guard,
         ended: false,
         upstream: reply.body,
@@ -287,6 +288,8 @@ struct TranslatedStream {
     /// The provider's idle and total clocks.
     deadlines: Deadlines,
     done: bool,
+    /// Resolves when the gateway's shutdown grace period is over.
+    ending: Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
 }
 
 impl TranslatedStream {
@@ -447,6 +450,13 @@ impl Stream for TranslatedStream {
                     return Poll::Ready(Some(Ok(bytes)));
                 }
                 Poll::Pending => {
+                    if this.ending.as_mut().poll(cx).is_ready() {
+                        let tail = this
+                            .translator
+                            .fail("the gateway is shutting down; the stream was ended");
+                        let bytes = this.end(tail, "shutdown", Some(super::call::SHUTTING_DOWN));
+                        return Poll::Ready(Some(Ok(bytes)));
+                    }
                     if let Poll::Ready(expired) = this.deadlines.poll_expired(cx) {
                         let tail = this.translator.fail(expired.message());
                         let bytes =

@@ -115,8 +115,13 @@ impl HttpBody for TimedBody {
     }
 }
 
+/// How long the streams ended at the end of the grace period get to send their last event
+/// before their connections are cut.
+const STREAMS_END_WAIT: Duration = Duration::from_secs(5);
+
 /// Serves `router` on `listener` until `shutdown` resolves, then lets in-flight requests and
-/// streams finish for `grace` and ends the connections still open.
+/// streams finish for `grace`, tells the streams still open to end (`streams_end`), and cuts
+/// the connections still open after that.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
@@ -124,6 +129,7 @@ pub async fn serve(
     trusted: TrustedProxies,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
+    streams_end: tokio::sync::watch::Sender<bool>,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -191,11 +197,22 @@ pub async fn serve(
     }
     drop(listener);
     tracing::info!("shutting down: draining in-flight requests");
+    let drained = graceful.shutdown();
+    tokio::pin!(drained);
     tokio::select! {
-        () = graceful.shutdown() => {}
+        () = &mut drained => {}
         () = tokio::time::sleep(grace) => {
-            tracing::warn!("grace period over; ending the connections still open");
-            connections.abort_all();
+            // Open streams end themselves cleanly (a family-native end event, recorded and
+            // settled); what is still open after that is cut.
+            tracing::warn!("grace period over; ending the streams still open");
+            let _ = streams_end.send(true);
+            tokio::select! {
+                () = &mut drained => {}
+                () = tokio::time::sleep(STREAMS_END_WAIT) => {
+                    tracing::warn!("ending the connections still open");
+                    connections.abort_all();
+                }
+            }
         }
     }
     while connections.join_next().await.is_some() {}

@@ -128,7 +128,7 @@ async fn request_id(mut request: Request, next: Next) -> Response {
     response
 }
 
-/// How long graceful shutdown waits for in-flight requests and streams.
+/// How long shutdown waits for pending settlements and usage records to be written.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 /// Options of `tollgate serve`.
@@ -151,6 +151,10 @@ pub struct ServeOptions {
     pub http_limits: listener::HttpLimits,
     /// Proxies whose `X-Forwarded-For` names the client.
     pub trusted_proxies: client_ip::TrustedProxies,
+    /// The usage journal (records the store could not take yet).
+    pub journal: usage_writer::JournalConfig,
+    /// How long shutdown waits for in-flight requests and streams before it ends them.
+    pub shutdown_grace: Duration,
 }
 
 /// Runs the gateway until SIGTERM / SIGINT, then drains requests and flushes usage records.
@@ -165,6 +169,8 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         test_clock,
         http_limits,
         trusted_proxies,
+        journal,
+        shutdown_grace,
     } = options;
     let admin =
         AdminAuth::new(admin_token.as_deref(), protect_metrics).map_err(anyhow::Error::msg)?;
@@ -177,7 +183,17 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     store
         .register_instance(&instance_id, &local.to_string(), keys_version)
         .await?;
-    let (usage, writer) = usage_writer::spawn(store.clone());
+    // Before the ledger: a journal left by a previous run carries charges its counters need.
+    let (usage, writer) = usage_writer::start(store.clone(), &journal).await.map_err(
+        |e| match (e, store.sqlite_path()) {
+            (crate::store::journal::JournalError::Locked(_), Some(db)) => anyhow::anyhow!(
+                "another tollgate gateway is already serving on {}: SQLite holds budgets in one \
+                 gateway's memory, so it serves one gateway; run several replicas on PostgreSQL",
+                db.display()
+            ),
+            (e, _) => e.into(),
+        },
+    )?;
     let http = crate::upstream::client()?;
     let (ledger, settler) = Ledger::start(store.clone(), http.clone()).await?;
     let mcp = Arc::new(crate::mcp::Runtime::new(
@@ -191,6 +207,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         // Budgets apply: load the tokenizer now rather than on the first budgeted request.
         tokio::task::spawn_blocking(crate::spend::estimate::warm_up);
     }
+    let (end_streams, streams_end) = crate::state::StreamsEnd::channel();
     let app = Arc::new(AppState {
         policies: policies.clone(),
         store: store.clone(),
@@ -203,6 +220,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         test_clock,
         mcp: mcp.clone(),
         metrics: Arc::default(),
+        streams_end,
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -233,7 +251,8 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         http_limits,
         trusted_proxies,
         shutdown_signal(),
-        SHUTDOWN_GRACE,
+        shutdown_grace,
+        end_streams,
     )
     .await;
     // Stdio MCP children never outlive the gateway.

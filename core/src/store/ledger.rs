@@ -53,7 +53,7 @@ pub enum HoldOutcome {
 }
 
 /// The actual amount to settle on one counter.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Settlement {
     /// The counter.
     pub counter_id: String,
@@ -224,38 +224,6 @@ impl Store {
         }
         tx.commit().await?;
         Ok(states)
-    }
-
-    /// Writes usage rows and the counter charges they carry in one transaction (the embedded
-    /// ledger's write-behind): after any crash, a counter's stored `used` is the sum of the
-    /// charges of the stored usage rows.
-    pub async fn insert_usage_charged(
-        &self,
-        records: &[super::UsageRecord],
-        charges: &[Settlement],
-    ) -> Result<(), StoreError> {
-        use std::collections::BTreeMap;
-        let mut totals: BTreeMap<(&str, i64), i64> = BTreeMap::new();
-        for c in charges {
-            *totals
-                .entry((c.counter_id.as_str(), c.window_start_ms))
-                .or_default() += c.actual;
-        }
-        let mut tx = self.pool().begin().await?;
-        super::insert_usage_on(&mut tx, records, self.backend()).await?;
-        for ((counter, window), used) in totals {
-            sqlx::query(
-                "INSERT INTO counters (counter_id, window_start_ms, used, reserved) VALUES ($1, $2, $3, 0) \
-                 ON CONFLICT (counter_id, window_start_ms) DO UPDATE SET used = counters.used + $3",
-            )
-            .bind(counter)
-            .bind(window)
-            .bind(used)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(())
     }
 
     /// The latest window of every counter with its settled amount (rebuilding the embedded

@@ -5,13 +5,16 @@
 //! text, `$n` placeholders), each with its own migrations folder for the DDL.
 
 pub mod admin;
+pub mod journal;
 pub mod key_cache;
 pub mod keys;
 pub mod ledger;
 pub mod mcp;
 pub mod redact;
+pub mod sanitize;
 pub(crate) mod sql;
 pub mod usage_query;
+pub mod usage_rows;
 pub mod usage_writer;
 
 use std::path::Path;
@@ -21,6 +24,7 @@ use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Executor, Row};
 
 pub use keys::{KeyRecord, ModelGrant};
+pub use usage_rows::UsageEntry;
 
 use crate::clock::now_ms;
 use crate::usage::TokenUsage;
@@ -54,7 +58,8 @@ pub enum StoreError {
 }
 
 /// One usage record: everything tollgate knows about one call, never prompts or secrets.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct UsageRecord {
     /// Record id.
     pub id: String,
@@ -106,7 +111,8 @@ pub struct UsageRecord {
     pub provider_usage: Option<String>,
     /// The provider's own request id.
     pub provider_request_id: Option<String>,
-    /// How a stream ended: `completed`, `client_disconnected`, `upstream_error`, `idle_timeout`.
+    /// How a stream ended: `completed`, `client_disconnected`, `upstream_error`, `idle_timeout`,
+    /// `shutdown` (ended by the gateway at the end of a shutdown grace period).
     pub stream_status: Option<String>,
     /// JSON array of stage decisions.
     pub decisions: String,
@@ -121,7 +127,8 @@ pub struct UsageRecord {
 }
 
 /// What an MCP usage row carries beyond the common fields.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct McpUsage {
     /// The server slug.
     pub server: String,
@@ -329,14 +336,6 @@ impl Store {
         Ok(row.try_get(0)?)
     }
 
-    /// Writes a batch of usage records in one transaction.
-    pub async fn insert_usage(&self, records: &[UsageRecord]) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        insert_usage_on(&mut tx, records, self.backend).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
     pub(crate) fn pool(&self) -> &AnyPool {
         &self.pool
     }
@@ -347,12 +346,15 @@ impl Store {
     }
 }
 
-/// Inserts usage records on `conn` (an open transaction).
-pub(crate) async fn insert_usage_on(
+/// Inserts usage records on `conn` (an open transaction), skipping ids already stored (a
+/// journal replayed after an ambiguous commit); returns the ids inserted now.
+pub(crate) async fn insert_usage_on<'r>(
     conn: &mut sqlx::AnyConnection,
-    records: &[UsageRecord],
+    records: impl IntoIterator<Item = &'r UsageRecord>,
     backend: Backend,
-) -> Result<(), StoreError> {
+) -> Result<std::collections::HashSet<String>, StoreError> {
+    let records: Vec<&UsageRecord> = records.into_iter().collect();
+    let mut inserted = std::collections::HashSet::with_capacity(records.len());
     {
         // 43 columns; SQLite allows 32,766 bound parameters per statement.
         const ROWS_PER_STATEMENT: usize = 700;
@@ -368,7 +370,7 @@ pub(crate) async fn insert_usage_on(
                 chunk.len(),
                 43,
                 backend,
-            );
+            ) + " ON CONFLICT (id) DO NOTHING RETURNING id";
             // Batch sizes vary: do not fill the statement cache with one statement per size.
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
             for r in chunk {
@@ -419,9 +421,11 @@ pub(crate) async fn insert_usage_on(
                     .bind(mcp.map(|m| m.bytes_out))
                     .bind(mcp.and_then(|m| m.pricing.clone()));
             }
-            query.execute(&mut *conn).await?;
+            for row in query.fetch_all(&mut *conn).await? {
+                inserted.insert(row.try_get::<String, _>(0)?);
+            }
         }
-        Ok(())
+        Ok(inserted)
     }
 }
 

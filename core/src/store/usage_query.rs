@@ -528,7 +528,14 @@ mod tests {
                 )
             })
             .collect();
-        store.insert_usage(&records).await.expect("insert");
+        let entries: Vec<crate::store::usage_rows::UsageEntry> = records
+            .iter()
+            .map(|record| crate::store::usage_rows::UsageEntry {
+                record: record.clone(),
+                charges: Vec::new(),
+            })
+            .collect();
+        store.write_usage(&entries).await.expect("insert");
         let total_cost: i64 = records.iter().map(|r| r.cost_nanos).sum();
 
         let by_model = store

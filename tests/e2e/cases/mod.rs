@@ -27,6 +27,7 @@ mod passthrough;
 mod paying;
 mod plugins;
 mod policies;
+mod records;
 mod resilience;
 mod sdk;
 mod shutdown;

@@ -246,10 +246,40 @@ impl Gateway {
         db_url: String,
         env: &[(&str, &str)],
     ) -> Gateway {
+        let (child, base) = Self::spawn(dir.path(), policies, args, &db_url, env);
+        Gateway {
+            child,
+            base,
+            db_url,
+            dir,
+        }
+    }
+
+    /// Starts the gateway again on the same policy directory, store and data directory (its
+    /// usage journal) after the previous process exited.
+    pub fn restart(&mut self, args: &[&str]) {
+        assert!(
+            self.child.try_wait().expect("try_wait").is_some(),
+            "the gateway is still running"
+        );
+        let (child, base) = Self::spawn(self.dir.path(), &self.policies(), args, &self.db_url, &[]);
+        self.child = child;
+        self.base = base;
+    }
+
+    fn spawn(
+        data_dir: &Path,
+        policies: &Path,
+        args: &[&str],
+        db_url: &str,
+        env: &[(&str, &str)],
+    ) -> (Child, String) {
         let mut child = Command::new(bin())
             .args(["serve", "--policies"])
             .arg(policies)
-            .args(["--listen", "127.0.0.1:0", "--database", &db_url])
+            .args(["--listen", "127.0.0.1:0", "--database", db_url])
+            .arg("--data-dir")
+            .arg(data_dir)
             .args(args)
             .env("TG_TEST_PROVIDER_KEY", PROVIDER_KEY)
             .env("TOLLGATE_ADMIN_TOKEN", ADMIN_TOKEN)
@@ -275,12 +305,7 @@ impl Gateway {
         };
         // Keep draining stdout so the child never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines.by_ref() {});
-        Gateway {
-            child,
-            base,
-            db_url,
-            dir,
-        }
+        (child, base)
     }
 
     /// `base` + `path`.

@@ -1,0 +1,143 @@
+//! Writing usage rows: idempotent by row id, with the ledger charges they carry in the same
+//! transaction, and dead letters for rows the database refuses.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+
+use super::ledger::Settlement;
+use super::{Backend, Store, StoreError, UsageRecord};
+use crate::clock::now_ms;
+
+/// One usage record and the counter charges of its settlement (embedded ledger), written
+/// together or not at all.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UsageEntry {
+    /// The row.
+    pub record: UsageRecord,
+    /// What the request's settlement charged each counter.
+    #[serde(default)]
+    pub charges: Vec<Settlement>,
+}
+
+/// A row the database refused, kept for a person to read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    /// The usage record id.
+    pub id: String,
+    /// When it was refused (Unix ms).
+    pub failed_at_ms: i64,
+    /// The database's error (passwords redacted).
+    pub error: String,
+    /// The record and its charges as JSON ([`UsageEntry`]).
+    pub entry: String,
+}
+
+impl Store {
+    /// Writes usage rows and the counter charges they carry in one transaction. A row whose id
+    /// is already stored (a journal replayed after an ambiguous commit) is skipped with its
+    /// charges, so a counter's stored `used` stays the sum of the charges of the stored rows.
+    /// Returns how many rows were new.
+    pub async fn write_usage(&self, entries: &[UsageEntry]) -> Result<u64, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let inserted =
+            super::insert_usage_on(&mut tx, entries.iter().map(|e| &e.record), self.backend())
+                .await?;
+        let mut totals: BTreeMap<(&str, i64), i64> = BTreeMap::new();
+        for entry in entries {
+            if !inserted.contains(&entry.record.id) {
+                continue;
+            }
+            for c in &entry.charges {
+                *totals
+                    .entry((c.counter_id.as_str(), c.window_start_ms))
+                    .or_default() += c.actual;
+            }
+        }
+        for ((counter, window), used) in totals {
+            sqlx::query(
+                "INSERT INTO counters (counter_id, window_start_ms, used, reserved) VALUES ($1, $2, $3, 0) \
+                 ON CONFLICT (counter_id, window_start_ms) DO UPDATE SET used = counters.used + $3",
+            )
+            .bind(counter)
+            .bind(window)
+            .bind(used)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(inserted.len() as u64)
+    }
+
+    /// Keeps a refused row (and its charges, which are not applied) in `usage_dead_letters`.
+    pub async fn insert_dead_letter(
+        &self,
+        entry: &UsageEntry,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        let json = serde_json::to_string(entry).map_err(|e| StoreError::Corrupt {
+            what: "usage_dead_letters.entry",
+            detail: e.to_string(),
+        })?;
+        sqlx::query(
+            "INSERT INTO usage_dead_letters (id, failed_at_ms, error, entry) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(entry.record.id.replace('\0', "\u{FFFD}"))
+        .bind(now_ms())
+        .bind(error.replace('\0', "\u{FFFD}"))
+        .bind(json)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Every dead letter, oldest first.
+    pub async fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, failed_at_ms, error, entry FROM usage_dead_letters ORDER BY failed_at_ms, id",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(DeadLetter {
+                    id: r.try_get(0)?,
+                    failed_at_ms: r.try_get(1)?,
+                    error: r.try_get(2)?,
+                    entry: r.try_get(3)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Whether the database answers at all (tells a refused row from a store that is away).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").fetch_one(self.pool()).await?;
+        Ok(())
+    }
+}
+
+/// Whether `error` means the store is away or busy (retry the same rows later), rather than
+/// that it refused what was sent (isolate the row). Unknown database errors count as refusals:
+/// the writer then checks that the store answers before it keeps a row as a dead letter.
+pub fn is_outage(error: &StoreError, backend: Backend) -> bool {
+    let StoreError::Database(sqlx::Error::Database(db)) = error else {
+        // Connection, pool, TLS, protocol and I/O failures: the store is away.
+        return matches!(error, StoreError::Database(_));
+    };
+    let code = db.code().map(|c| c.to_string()).unwrap_or_default();
+    match backend {
+        // SQLSTATE classes: 08 connection, 40 rollback (deadlock, serialization), 53
+        // insufficient resources, 55 lock not available, 57 operator intervention (shutdown),
+        // 58 system error.
+        Backend::Postgres => ["08", "40", "53", "55", "57", "58", "XX"]
+            .iter()
+            .any(|class| code.starts_with(class)),
+        // Primary result codes: BUSY, LOCKED, NOMEM, READONLY, IOERR, FULL, CANTOPEN, PROTOCOL.
+        Backend::Sqlite => code
+            .parse::<i64>()
+            .is_ok_and(|c| matches!(c & 0xff, 5 | 6 | 7 | 8 | 10 | 13 | 14 | 15)),
+    }
+}

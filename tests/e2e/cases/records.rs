@@ -1,0 +1,380 @@
+//! Records are never lost: rows the database refuses are repaired or kept as dead letters
+//! without poisoning their batch, and records made while the store is away wait in the on-disk
+//! journal (across a restart) until it answers.
+
+use std::time::{Duration, Instant};
+
+use mock_upstream::MockConfig;
+use serde_json::{Value, json};
+use sqlx::Row;
+use tollgate::store::Store;
+
+use crate::common::{Gateway, PgDatabase, TcpProxy, chat_body, http, mock, skip, standard_policy};
+
+/// Runs `sql` on the store at `url` (SQLite or PostgreSQL).
+async fn exec(url: &str, sql: &str) {
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::any::AnyPoolOptions::new()
+        .max_connections(1)
+        .connect(url)
+        .await
+        .expect("connect");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
+        .execute(&pool)
+        .await
+        .expect(sql);
+    pool.close().await;
+}
+
+/// One integer from the store at `url`.
+async fn scalar(url: &str, sql: &str) -> i64 {
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::any::AnyPoolOptions::new()
+        .max_connections(1)
+        .connect(url)
+        .await
+        .expect("connect");
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
+        .fetch_one(&pool)
+        .await
+        .expect(sql);
+    pool.close().await;
+    row.try_get(0).expect("integer")
+}
+
+async fn wait_count(store: &Store, n: i64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let count = store.usage_count().await.unwrap();
+        if count >= n {
+            assert_eq!(count, n, "more usage rows than answered requests");
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {count} of {n} usage rows appeared"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Sends `n` chat calls at once; returns the statuses.
+async fn burst(gw: &Gateway, secret: &str, models: &[&str]) -> Vec<u16> {
+    let client = http();
+    let calls = models.iter().map(|model| {
+        client
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth(secret)
+            .json(&chat_body(model))
+            .send()
+    });
+    let mut statuses = Vec::new();
+    for response in futures_util::future::join_all(calls).await {
+        let response = response.expect("answered");
+        statuses.push(response.status().as_u16());
+        let _ = response.bytes().await;
+    }
+    statuses
+}
+
+const REFUSE_POISON_SQLITE: &str = "CREATE TRIGGER refuse_poison BEFORE INSERT ON usage_records \
+     WHEN NEW.requested_model = 'poison' BEGIN SELECT RAISE(ABORT, 'poison rows are refused'); END";
+
+const REFUSE_POISON_PG: &str = "CREATE FUNCTION refuse_poison() RETURNS trigger AS $$ \
+     BEGIN IF NEW.requested_model = 'poison' THEN RAISE EXCEPTION 'poison rows are refused'; END IF; \
+     RETURN NEW; END; $$ LANGUAGE plpgsql; \
+     CREATE TRIGGER refuse_poison BEFORE INSERT ON usage_records FOR EACH ROW EXECUTE FUNCTION refuse_poison()";
+
+/// A row the database refuses sits in a batch with good rows: the good rows are stored, the
+/// refused one is kept in `usage_dead_letters` with the error, and later rows still flow.
+async fn refused_row_is_isolated(gw: &Gateway, secret: &str) {
+    let store = Store::open(&gw.db_url).await.unwrap();
+    let mut models = vec!["chat"; 20];
+    models.insert(10, "poison");
+    let statuses = burst(gw, secret, &models).await;
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 20);
+    // The poison request was answered too (unknown model); only its row is refused.
+    assert_eq!(statuses[10], 400);
+    wait_count(&store, 20).await;
+    let letters = store.dead_letters().await.unwrap();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert!(
+        letters[0].error.contains("poison rows are refused"),
+        "{letters:?}"
+    );
+    let entry: Value = serde_json::from_str(&letters[0].entry).unwrap();
+    assert_eq!(entry["record"]["requested_model"], "poison");
+    assert_eq!(entry["record"]["status"], 400);
+    // The writer is not stuck on it.
+    assert_eq!(burst(gw, secret, &["chat"; 3]).await, [200; 3]);
+    wait_count(&store, 23).await;
+    assert_eq!(store.dead_letters().await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_row_sqlite_refuses_becomes_a_dead_letter_and_its_batch_is_written() {
+    let mock = mock(MockConfig::default()).await;
+    let gw = Gateway::start(&standard_policy(&mock));
+    let (_, secret) = gw.create_key("*");
+    exec(&gw.db_url, REFUSE_POISON_SQLITE).await;
+    refused_row_is_isolated(&gw, &secret).await;
+}
+
+#[tokio::test]
+async fn a_row_postgres_refuses_becomes_a_dead_letter_and_its_batch_is_written() {
+    let test = "a_row_postgres_refuses_becomes_a_dead_letter_and_its_batch_is_written";
+    let db = match PgDatabase::create() {
+        Ok(db) => db,
+        Err(why) => return skip(test, &format!("PostgreSQL is not available: {why}")),
+    };
+    let mock = mock(MockConfig::default()).await;
+    let gw = Gateway::start_db(&standard_policy(&mock), &[], &[], &db.url);
+    let (_, secret) = gw.create_key("*");
+    exec(&db.url, REFUSE_POISON_PG).await;
+    refused_row_is_isolated(&gw, &secret).await;
+}
+
+#[tokio::test]
+async fn a_nul_in_a_model_name_does_not_stop_postgres_from_storing_rows() {
+    let test = "a_nul_in_a_model_name_does_not_stop_postgres_from_storing_rows";
+    let db = match PgDatabase::create() {
+        Ok(db) => db,
+        Err(why) => return skip(test, &format!("PostgreSQL is not available: {why}")),
+    };
+    let mock = mock(MockConfig::default()).await;
+    let gw = Gateway::start_db(&standard_policy(&mock), &[], &[], &db.url);
+    let (_, secret) = gw.create_key("*");
+    let store = Store::open(&db.url).await.unwrap();
+    // PostgreSQL TEXT refuses U+0000: before sanitising, this row blocked the writer forever.
+    let statuses = burst(&gw, &secret, &["gpt\u{0}evil", "chat", "chat"]).await;
+    assert_eq!(statuses, [400, 200, 200]);
+    wait_count(&store, 3).await;
+    assert_eq!(burst(&gw, &secret, &["chat"]).await, [200]);
+    wait_count(&store, 4).await;
+    let repaired = scalar(
+        &db.url,
+        "SELECT COUNT(*) FROM usage_records WHERE requested_model = 'gpt\u{FFFD}evil' \
+         AND decisions LIKE '%sanitized%'",
+    )
+    .await;
+    assert_eq!(repaired, 1);
+    assert!(store.dead_letters().await.unwrap().is_empty());
+}
+
+const TEAM_BUDGET: &str = r#"
+[[budgets]]
+scope = "team"
+subject = "research"
+window = "monthly"
+limit_usd = 100
+"#;
+
+const ORG_BUDGET: &str = r#"
+[[budgets]]
+scope = "organization"
+window = "monthly"
+limit_usd = 100
+"#;
+
+// The proxy runs in this runtime while the harness blocks on the gateway's start: two workers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_made_while_postgres_is_away_reach_it_after_a_restart_exactly_once() {
+    let test = "records_made_while_postgres_is_away_reach_it_after_a_restart_exactly_once";
+    let db = match PgDatabase::create() {
+        Ok(db) => db,
+        Err(why) => return skip(test, &format!("PostgreSQL is not available: {why}")),
+    };
+    let proxy = TcpProxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let mock = mock(MockConfig::default()).await;
+    // Keys of team `research` are governed by its budget (a hold in the store per call); the
+    // other key is not, and is answered without the store once it is cached.
+    let toml = format!("{}{TEAM_BUDGET}", standard_policy(&mock));
+    let mut gw = Gateway::start_db(&toml, &[], &[], &db.url_via(proxy.addr));
+    let (_, governed) = gw.create_key_with(&["--models", "*", "--team", "research"]);
+    let (_, free) = gw.create_key("*");
+    let mut answered = 0;
+    for secret in [&governed, &free] {
+        let before = burst(&gw, secret, &["chat"; 2]).await;
+        assert_eq!(before, [200; 2]);
+        answered += before.len();
+    }
+
+    // Settlements on PostgreSQL are queued apart from the usage rows (not journaled): let the
+    // ones of the calls so far land before the store goes away.
+    let store = Store::open(&db.url).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while store.outstanding_holds().await.unwrap() > 0 {
+        assert!(Instant::now() < deadline, "holds were never settled");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The store goes away: governed calls fail closed, the others are answered and recorded.
+    proxy.cut();
+    let during = burst(&gw, &free, &["chat"; 12]).await;
+    assert_eq!(during, [200; 12], "ungoverned calls are answered");
+    answered += during.len();
+    let refused = burst(&gw, &governed, &["chat"; 2]).await;
+    assert_eq!(refused, [503; 2], "governed calls fail closed");
+    answered += refused.len();
+
+    // A restart during the outage: the gateway stops, its records are in the journal.
+    gw.sigterm();
+    assert!(gw.wait_exit(Duration::from_secs(40)).success());
+    let journal = gw.dir.path().join("journal").join("usage.log");
+    let journal_bytes = std::fs::metadata(&journal).map_or(0, |m| m.len());
+    assert!(
+        journal_bytes > 0,
+        "the records wait in {}",
+        journal.display()
+    );
+
+    // The store returns; the next start replays the journal before it serves.
+    proxy.restore();
+    gw.restart(&[]);
+    for secret in [&governed, &free] {
+        let after = burst(&gw, secret, &["chat"]).await;
+        assert_eq!(after, [200]);
+        answered += after.len();
+    }
+
+    wait_count(&store, answered as i64).await;
+    assert_eq!(
+        std::fs::metadata(&journal).map_or(0, |m| m.len()),
+        0,
+        "the replayed journal is cleared"
+    );
+    let ids = scalar(
+        &db.url,
+        "SELECT COUNT(DISTINCT request_id) FROM usage_records",
+    )
+    .await;
+    assert_eq!(ids, answered as i64, "each request recorded exactly once");
+    let unavailable = scalar(
+        &db.url,
+        "SELECT COUNT(*) FROM usage_records WHERE status = 503",
+    )
+    .await;
+    assert_eq!(unavailable, 2);
+    // Spend equals the sum of the stored costs; no hold is left.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let holds = store.outstanding_holds().await.unwrap();
+        let spent = scalar(
+            &db.url,
+            "SELECT CAST(COALESCE(SUM(used), 0) AS BIGINT) FROM counters WHERE counter_id LIKE 'budget:%'",
+        )
+        .await;
+        let costs = scalar(
+            &db.url,
+            "SELECT CAST(COALESCE(SUM(cost_nanos), 0) AS BIGINT) FROM usage_records WHERE team = 'research'",
+        )
+        .await;
+        if holds == 0 && spent == costs {
+            assert!(costs > 0);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "holds {holds}, spent {spent}, costs {costs}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(store.dead_letters().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_journal_left_by_a_crash_is_replayed_once_into_sqlite_with_its_charges() {
+    let mock = mock(MockConfig::default()).await;
+    let toml = format!("{}{ORG_BUDGET}", standard_policy(&mock));
+    let mut gw = Gateway::start(&toml);
+    let (_, secret) = gw.create_key("*");
+    assert_eq!(burst(&gw, &secret, &["chat"; 3]).await, [200; 3]);
+    let store = Store::open(&gw.db_url).await.unwrap();
+    wait_count(&store, 3).await;
+    let spent = scalar(
+        &gw.db_url,
+        "SELECT CAST(COALESCE(SUM(used), 0) AS BIGINT) FROM counters WHERE counter_id LIKE 'budget:%'",
+    )
+    .await;
+    assert!(spent > 0);
+    gw.sigterm();
+    assert!(gw.wait_exit(Duration::from_secs(20)).success());
+    // A crash after the rows were committed but before the journal was cleared: the same
+    // entries (one of them with a torn copy at the tail) are in the journal at the next start.
+    let rows = store.usage_count().await.unwrap();
+    store.close().await;
+    let journal_dir = gw.dir.path().join("tollgate.db.journal");
+    let entries: Vec<Value> = {
+        let pool = sqlx::sqlite::SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect(&gw.db_url)
+            .await
+            .unwrap();
+        let ids: Vec<(String, String, i64)> =
+            sqlx::query_as("SELECT id, request_id, cost_nanos FROM usage_records")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        let window: i64 = sqlx::query_scalar(
+            "SELECT window_start_ms FROM counters WHERE counter_id LIKE 'budget:%'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        let counter: String =
+            sqlx::query_scalar("SELECT counter_id FROM counters WHERE counter_id LIKE 'budget:%'")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        pool.close().await;
+        ids.into_iter()
+            .map(|(id, request_id, cost)| {
+                json!({
+                    "record": {"id": id, "request_id": request_id, "method": "POST",
+                               "endpoint": "/v1/chat/completions", "status": 200,
+                               "decisions": "[]", "cost_nanos": cost},
+                    "charges": [{"counter_id": counter, "window_start_ms": window, "actual": cost}],
+                })
+            })
+            .collect()
+    };
+    let mut bytes = Vec::new();
+    for entry in &entries {
+        let payload = serde_json::to_vec(entry).unwrap();
+        bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        bytes.extend_from_slice(&payload);
+    }
+    let torn = bytes[..bytes.len() / 3].to_vec();
+    bytes.extend_from_slice(&torn[..torn.len().min(20)]);
+    std::fs::write(journal_dir.join("usage.log"), &bytes).unwrap();
+    gw.restart(&[]);
+    // Served once replayed: nothing was stored twice, nothing charged twice.
+    let store = Store::open(&gw.db_url).await.unwrap();
+    assert_eq!(store.usage_count().await.unwrap(), rows);
+    let after = scalar(
+        &gw.db_url,
+        "SELECT CAST(COALESCE(SUM(used), 0) AS BIGINT) FROM counters WHERE counter_id LIKE 'budget:%'",
+    )
+    .await;
+    assert_eq!(after, spent);
+    assert_eq!(
+        std::fs::metadata(journal_dir.join("usage.log"))
+            .unwrap()
+            .len(),
+        0
+    );
+    // The torn tail was copied aside for a person, not silently dropped.
+    let aside = std::fs::read_dir(&journal_dir)
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("usage.log.corrupt-")
+        })
+        .count();
+    assert_eq!(aside, 1);
+    assert_eq!(burst(&gw, &secret, &["chat"]).await, [200]);
+    wait_count(&store, rows + 1).await;
+}
