@@ -61,6 +61,9 @@ pub struct Settlement {
     pub window_start_ms: i64,
     /// What the request really used (0 releases the whole hold).
     pub actual: i64,
+    /// The lease (shared store) the charge was admitted from: the usage writer moves it from
+    /// that lease into `used` (`None`: a plain charge).
+    pub lease: Option<String>,
 }
 
 /// A budget managed in the store.
@@ -227,35 +230,285 @@ impl Store {
     }
 
     /// Writes usage rows and the counter charges they carry in one transaction (the embedded
-    /// ledger's write-behind): after any crash, a counter's stored `used` is the sum of the
-    /// charges of the stored usage rows.
+    /// ledger's write-behind, and the shared store's charges admitted from a lease): after any
+    /// crash, a counter's stored `used` is the sum of the charges of the stored usage rows. A
+    /// charge from a lease moves out of the lease (and out of `reserved`) into `used`; if the
+    /// lease is gone (it expired and was returned) it is charged like any other.
     pub async fn insert_usage_charged(
         &self,
         records: &[super::UsageRecord],
         charges: &[Settlement],
     ) -> Result<(), StoreError> {
         use std::collections::BTreeMap;
-        let mut totals: BTreeMap<(&str, i64), i64> = BTreeMap::new();
+        let mut totals: BTreeMap<(&str, i64, Option<&str>), i64> = BTreeMap::new();
         for c in charges {
             *totals
-                .entry((c.counter_id.as_str(), c.window_start_ms))
+                .entry((c.counter_id.as_str(), c.window_start_ms, c.lease.as_deref()))
                 .or_default() += c.actual;
         }
         let mut tx = self.pool().begin().await?;
         super::insert_usage_on(&mut tx, records, self.backend()).await?;
-        for ((counter, window), used) in totals {
+        for ((counter, window, lease), used) in totals {
+            // What leaves the lease: the charge, as far as the lease still holds it.
+            let mut from_lease = 0;
+            if let Some(lease) = lease {
+                let row = sqlx::query(
+                    "SELECT amount FROM leases WHERE counter_id = $1 AND window_start_ms = $2 AND lease_id = $3",
+                )
+                .bind(counter)
+                .bind(window)
+                .bind(lease)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if let Some(row) = row {
+                    let amount: i64 = row.try_get(0)?;
+                    from_lease = used.clamp(0, amount.max(0));
+                    sqlx::query(
+                        "UPDATE leases SET amount = amount - $1 WHERE counter_id = $2 AND window_start_ms = $3 AND lease_id = $4",
+                    )
+                    .bind(from_lease)
+                    .bind(counter)
+                    .bind(window)
+                    .bind(lease)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+            }
             sqlx::query(
                 "INSERT INTO counters (counter_id, window_start_ms, used, reserved) VALUES ($1, $2, $3, 0) \
-                 ON CONFLICT (counter_id, window_start_ms) DO UPDATE SET used = counters.used + $3",
+                 ON CONFLICT (counter_id, window_start_ms) DO UPDATE SET used = counters.used + $3, reserved = counters.reserved - $4",
             )
             .bind(counter)
             .bind(window)
             .bind(used)
+            .bind(from_lease)
             .execute(&mut *tx)
             .await?;
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Leases up to `want` more of a counter window to `lease_id` of `replica_id`: at most a
+    /// `1/share` of what remains (so other replicas can lease too and the last part is held
+    /// per request), and nothing if that is less than `min`. Atomic with every hold and lease
+    /// of every replica: `used + reserved` never passes `limit`. Returns what was granted.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn grant_lease(
+        &self,
+        counter_id: &str,
+        window_start_ms: i64,
+        limit: i64,
+        lease_id: &str,
+        replica_id: &str,
+        want: i64,
+        min: i64,
+        share: i64,
+        expires_at_ms: i64,
+    ) -> Result<i64, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let state = counter_state_on(&mut tx, counter_id, window_start_ms).await?;
+        let remaining = limit
+            .saturating_sub(state.used)
+            .saturating_sub(state.reserved);
+        let grant = want.min(remaining / share.max(1));
+        if grant < min.max(1) {
+            tx.rollback().await?;
+            return Ok(0);
+        }
+        // The same conditional raise as a hold: a concurrent hold or lease that took the room
+        // since the read makes it affect nothing.
+        let raised = sqlx::query(
+            "INSERT INTO counters (counter_id, window_start_ms, used, reserved) \
+             SELECT $1, $2, 0, $3 WHERE $3 <= $4 \
+             ON CONFLICT (counter_id, window_start_ms) DO UPDATE SET reserved = counters.reserved + $3 \
+             WHERE counters.used + counters.reserved + $3 <= $4",
+        )
+        .bind(counter_id)
+        .bind(window_start_ms)
+        .bind(grant)
+        .bind(limit)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if raised == 0 {
+            tx.rollback().await?;
+            return Ok(0);
+        }
+        sqlx::query(
+            "INSERT INTO leases (counter_id, window_start_ms, lease_id, replica_id, amount, expires_at_ms, recalled) \
+             VALUES ($1, $2, $3, $4, $5, $6, 0) \
+             ON CONFLICT (counter_id, window_start_ms, lease_id) DO UPDATE SET amount = leases.amount + $5, expires_at_ms = $6, recalled = 0",
+        )
+        .bind(counter_id)
+        .bind(window_start_ms)
+        .bind(lease_id)
+        .bind(replica_id)
+        .bind(grant)
+        .bind(expires_at_ms)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(grant)
+    }
+
+    /// Returns `amount` of a lease (its replica does not use it), clears a recall, and drops
+    /// the row if `drop` and nothing is left. `false` if the lease is gone (it expired and was
+    /// returned already): nothing changes then.
+    pub async fn return_lease(
+        &self,
+        counter_id: &str,
+        window_start_ms: i64,
+        lease_id: &str,
+        amount: i64,
+        drop: bool,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let row = sqlx::query(
+            "UPDATE leases SET amount = amount - $1, recalled = 0 \
+             WHERE counter_id = $2 AND window_start_ms = $3 AND lease_id = $4 AND amount >= $1 RETURNING amount",
+        )
+        .bind(amount)
+        .bind(counter_id)
+        .bind(window_start_ms)
+        .bind(lease_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            tx.rollback().await?;
+            return Ok(false);
+        };
+        let left: i64 = row.try_get(0)?;
+        sqlx::query(
+            "UPDATE counters SET reserved = reserved - $1 WHERE counter_id = $2 AND window_start_ms = $3",
+        )
+        .bind(amount)
+        .bind(counter_id)
+        .bind(window_start_ms)
+        .execute(&mut *tx)
+        .await?;
+        if drop && left == 0 {
+            sqlx::query(
+                "DELETE FROM leases WHERE counter_id = $1 AND window_start_ms = $2 AND lease_id = $3 AND amount = 0",
+            )
+            .bind(counter_id)
+            .bind(window_start_ms)
+            .bind(lease_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Renews every lease of `replica_id` until `expires_at_ms` and lists them:
+    /// `(counter_id, window_start_ms, lease_id, recalled)`.
+    pub async fn renew_leases(
+        &self,
+        replica_id: &str,
+        expires_at_ms: i64,
+    ) -> Result<Vec<(String, i64, String, bool)>, StoreError> {
+        let rows = sqlx::query(
+            "UPDATE leases SET expires_at_ms = $1 WHERE replica_id = $2 \
+             RETURNING counter_id, window_start_ms, lease_id, recalled",
+        )
+        .bind(expires_at_ms)
+        .bind(replica_id)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let recalled: i64 = r.try_get(3)?;
+                Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, recalled != 0))
+            })
+            .collect()
+    }
+
+    /// Lists the leases of `replica_id`: `(counter_id, window_start_ms, lease_id, recalled)`.
+    pub async fn lease_rows(
+        &self,
+        replica_id: &str,
+    ) -> Result<Vec<(String, i64, String, bool)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT counter_id, window_start_ms, lease_id, recalled FROM leases WHERE replica_id = $1",
+        )
+        .bind(replica_id)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let recalled: i64 = r.try_get(3)?;
+                Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, recalled != 0))
+            })
+            .collect()
+    }
+
+    /// Asks every other replica leasing a counter window to return what it does not use (a
+    /// request was refused here). Returns how many leases now carry an unanswered recall.
+    pub async fn recall_leases(
+        &self,
+        counter_id: &str,
+        window_start_ms: i64,
+        replica_id: &str,
+        first: bool,
+    ) -> Result<i64, StoreError> {
+        if first {
+            sqlx::query(
+                "UPDATE leases SET recalled = 1 WHERE counter_id = $1 AND window_start_ms = $2 \
+                 AND replica_id <> $3 AND amount > 0",
+            )
+            .bind(counter_id)
+            .bind(window_start_ms)
+            .bind(replica_id)
+            .execute(self.pool())
+            .await?;
+        }
+        let row = sqlx::query(
+            "SELECT COUNT(*) FROM leases WHERE counter_id = $1 AND window_start_ms = $2 \
+             AND replica_id <> $3 AND recalled <> 0",
+        )
+        .bind(counter_id)
+        .bind(window_start_ms)
+        .bind(replica_id)
+        .fetch_one(self.pool())
+        .await?;
+        Ok(row.try_get(0)?)
+    }
+
+    /// Returns the leases that expired before `now_ms` (their replica died or stalled): what
+    /// they still hold goes back to the counter. Their charges are in `used` already, with the
+    /// usage rows they came from. Returns how many leases.
+    pub async fn reclaim_expired_leases(&self, now_ms: i64) -> Result<u64, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let rows = sqlx::query(
+            "DELETE FROM leases WHERE expires_at_ms < $1 RETURNING counter_id, window_start_ms, amount",
+        )
+        .bind(now_ms)
+        .fetch_all(&mut *tx)
+        .await?;
+        for row in &rows {
+            let counter: String = row.try_get(0)?;
+            let window: i64 = row.try_get(1)?;
+            let amount: i64 = row.try_get(2)?;
+            sqlx::query(
+                "UPDATE counters SET reserved = reserved - $1 WHERE counter_id = $2 AND window_start_ms = $3",
+            )
+            .bind(amount)
+            .bind(&counter)
+            .bind(window)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(rows.len() as u64)
+    }
+
+    /// Leased amounts now (tests and operators): Σ of every lease row's amount.
+    pub async fn leased_total(&self) -> Result<i64, StoreError> {
+        let row = sqlx::query("SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT) FROM leases")
+            .fetch_one(self.pool())
+            .await?;
+        Ok(row.try_get(0)?)
     }
 
     /// The latest window of every counter with its settled amount (rebuilding the embedded
@@ -516,6 +769,7 @@ mod tests {
                 counter_id: "budget:b".into(),
                 window_start_ms: 0,
                 actual: 40,
+                lease: None,
             }],
         )];
         store.settle_batch(&batch).await.expect("settle");
@@ -542,6 +796,7 @@ mod tests {
                 counter_id: "budget:b".into(),
                 window_start_ms: 0,
                 actual: 30,
+                lease: None,
             }],
         )];
         store.settle_batch(&batch).await.expect("settle");

@@ -10,6 +10,7 @@ mod faults;
 mod gemini;
 mod hardening;
 mod keys;
+mod leases;
 mod ledger;
 mod mcp;
 mod mcp_clients;
