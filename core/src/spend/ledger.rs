@@ -52,6 +52,11 @@ const LEASE_SHARE: i64 = 4;
 /// How often a request refused in the store waits for recalled slices before the refusal
 /// stands (bounded: a dead replica's lease answers only when it expires).
 const RECALL_TRIES: u32 = 10;
+/// Per-request holds in the store at once (below the pool's 16 connections, which the usage
+/// writer, the settlement worker and the lease keeper share). A burst of requests queues here
+/// rather than in the pool, whose acquire timeout would turn a busy store into a 503 as if it
+/// were down.
+const STORE_HOLDS_AT_ONCE: usize = 8;
 const QUEUE: usize = 65_536;
 
 /// What one held counter is for.
@@ -156,6 +161,8 @@ pub struct Ledger {
     hold_ttl_ms: AtomicI64,
     /// The lease time-to-live of the latest snapshot, in ms.
     lease_ttl_ms: AtomicI64,
+    /// Admits per-request holds to the store ([`STORE_HOLDS_AT_ONCE`]).
+    store_holds: tokio::sync::Semaphore,
 }
 
 impl std::fmt::Debug for Ledger {
@@ -210,6 +217,7 @@ impl Ledger {
             live: std::sync::Mutex::default(),
             hold_ttl_ms: AtomicI64::new(60_000),
             lease_ttl_ms: AtomicI64::new(10_000),
+            store_holds: tokio::sync::Semaphore::new(STORE_HOLDS_AT_ONCE),
         });
         ledger.refresh_budgets().await?;
         let worker = tokio::spawn(settle_worker(settle_rx, ledger.notifier()));
@@ -290,6 +298,7 @@ impl Ledger {
     ) -> Result<HoldOutcome, StoreError> {
         let mut attempt = 0;
         loop {
+            let turn = self.store_holds.acquire().await;
             let outcome = self.store.hold(hold_id, holds, expires_at_ms).await?;
             let HoldOutcome::Refused { index, .. } = &outcome else {
                 return Ok(outcome);
@@ -314,6 +323,7 @@ impl Ledger {
                     attempt == 0,
                 )
                 .await?;
+            drop(turn);
             if own <= 0 && others == 0 {
                 return Ok(outcome);
             }
@@ -643,7 +653,10 @@ impl Ledger {
         let mut local = false;
         let outcome = match &self.counters {
             Counters::Memory { ledger, .. } => Ok(ledger.hold(request_id, &holds)),
-            Counters::Store => self.store.hold(request_id, &holds, expires).await,
+            Counters::Store => {
+                let _turn = self.store_holds.acquire().await;
+                self.store.hold(request_id, &holds, expires).await
+            }
             Counters::Leased(book) => {
                 if book.hold(request_id, &holds, now) {
                     local = true;

@@ -249,9 +249,11 @@ impl Store {
         let mut tx = self.pool().begin().await?;
         super::insert_usage_on(&mut tx, records, self.backend()).await?;
         for ((counter, window, lease), used) in totals {
-            // What leaves the lease: the charge, as far as the lease still holds it.
+            // What leaves the lease: the charge, as far as the lease still holds it. The counter
+            // row is locked first, as every lease transaction does (no deadlock).
             let mut from_lease = 0;
             if let Some(lease) = lease {
+                lock_counter(&mut tx, counter, window).await?;
                 let row = sqlx::query(
                     "SELECT amount FROM leases WHERE counter_id = $1 AND window_start_ms = $2 AND lease_id = $3",
                 )
@@ -307,6 +309,7 @@ impl Store {
         expires_at_ms: i64,
     ) -> Result<i64, StoreError> {
         let mut tx = self.pool().begin().await?;
+        lock_counter(&mut tx, counter_id, window_start_ms).await?;
         let state = counter_state_on(&mut tx, counter_id, window_start_ms).await?;
         let remaining = limit
             .saturating_sub(state.used)
@@ -364,6 +367,7 @@ impl Store {
         drop: bool,
     ) -> Result<bool, StoreError> {
         let mut tx = self.pool().begin().await?;
+        lock_counter(&mut tx, counter_id, window_start_ms).await?;
         let row = sqlx::query(
             "UPDATE leases SET amount = amount - $1, recalled = 0 \
              WHERE counter_id = $2 AND window_start_ms = $3 AND lease_id = $4 AND amount >= $1 RETURNING amount",
@@ -402,26 +406,31 @@ impl Store {
     }
 
     /// Renews every lease of `replica_id` until `expires_at_ms` and lists them:
-    /// `(counter_id, window_start_ms, lease_id, recalled)`.
+    /// `(counter_id, window_start_ms, lease_id, recalled)`. One row per statement, so a
+    /// renewal never holds one lease row while waiting for another.
     pub async fn renew_leases(
         &self,
         replica_id: &str,
         expires_at_ms: i64,
     ) -> Result<Vec<(String, i64, String, bool)>, StoreError> {
-        let rows = sqlx::query(
-            "UPDATE leases SET expires_at_ms = $1 WHERE replica_id = $2 \
-             RETURNING counter_id, window_start_ms, lease_id, recalled",
-        )
-        .bind(expires_at_ms)
-        .bind(replica_id)
-        .fetch_all(self.pool())
-        .await?;
-        rows.iter()
-            .map(|r| {
-                let recalled: i64 = r.try_get(3)?;
-                Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, recalled != 0))
-            })
-            .collect()
+        let rows = self.lease_rows(replica_id).await?;
+        let mut renewed = Vec::with_capacity(rows.len());
+        for row in rows {
+            let touched = sqlx::query(
+                "UPDATE leases SET expires_at_ms = $1 WHERE counter_id = $2 AND window_start_ms = $3 AND lease_id = $4",
+            )
+            .bind(expires_at_ms)
+            .bind(&row.0)
+            .bind(row.1)
+            .bind(&row.2)
+            .execute(self.pool())
+            .await?
+            .rows_affected();
+            if touched == 1 {
+                renewed.push(row);
+            }
+        }
+        Ok(renewed)
     }
 
     /// Lists the leases of `replica_id`: `(counter_id, window_start_ms, lease_id, recalled)`.
@@ -479,28 +488,45 @@ impl Store {
     /// they still hold goes back to the counter. Their charges are in `used` already, with the
     /// usage rows they came from. Returns how many leases.
     pub async fn reclaim_expired_leases(&self, now_ms: i64) -> Result<u64, StoreError> {
-        let mut tx = self.pool().begin().await?;
-        let rows = sqlx::query(
-            "DELETE FROM leases WHERE expires_at_ms < $1 RETURNING counter_id, window_start_ms, amount",
+        let expired = sqlx::query(
+            "SELECT counter_id, window_start_ms, lease_id FROM leases WHERE expires_at_ms < $1 \
+             ORDER BY counter_id, window_start_ms LIMIT 1000",
         )
         .bind(now_ms)
-        .fetch_all(&mut *tx)
+        .fetch_all(self.pool())
         .await?;
-        for row in &rows {
+        let mut reclaimed = 0;
+        for row in expired {
             let counter: String = row.try_get(0)?;
             let window: i64 = row.try_get(1)?;
-            let amount: i64 = row.try_get(2)?;
-            sqlx::query(
-                "UPDATE counters SET reserved = reserved - $1 WHERE counter_id = $2 AND window_start_ms = $3",
+            let lease: String = row.try_get(2)?;
+            let mut tx = self.pool().begin().await?;
+            lock_counter(&mut tx, &counter, window).await?;
+            let removed = sqlx::query(
+                "DELETE FROM leases WHERE counter_id = $1 AND window_start_ms = $2 AND lease_id = $3 \
+                 AND expires_at_ms < $4 RETURNING amount",
             )
-            .bind(amount)
             .bind(&counter)
             .bind(window)
-            .execute(&mut *tx)
+            .bind(&lease)
+            .bind(now_ms)
+            .fetch_optional(&mut *tx)
             .await?;
+            if let Some(removed) = removed {
+                let amount: i64 = removed.try_get(0)?;
+                sqlx::query(
+                    "UPDATE counters SET reserved = reserved - $1 WHERE counter_id = $2 AND window_start_ms = $3",
+                )
+                .bind(amount)
+                .bind(&counter)
+                .bind(window)
+                .execute(&mut *tx)
+                .await?;
+                reclaimed += 1;
+            }
+            tx.commit().await?;
         }
-        tx.commit().await?;
-        Ok(rows.len() as u64)
+        Ok(reclaimed)
     }
 
     /// Leased amounts now (tests and operators): Σ of every lease row's amount.
@@ -711,6 +737,25 @@ impl Store {
             .rows_affected();
         Ok(deleted == 1)
     }
+}
+
+/// Locks a counter row for the rest of the transaction (creating it if needed). Every
+/// transaction that touches a counter and its leases locks the counter first, so they never
+/// deadlock.
+async fn lock_counter(
+    conn: &mut sqlx::AnyConnection,
+    counter_id: &str,
+    window_start_ms: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO counters (counter_id, window_start_ms, used, reserved) VALUES ($1, $2, 0, 0) \
+         ON CONFLICT (counter_id, window_start_ms) DO UPDATE SET used = counters.used",
+    )
+    .bind(counter_id)
+    .bind(window_start_ms)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 /// A counter's state, read on `conn` (a pooled connection or an open transaction).

@@ -14,10 +14,10 @@ use crate::common::{Gateway, PgDatabase, http, mock, skip};
 
 /// One call of `metered`: 7 output tokens at 1000 USD/M, held and charged exactly.
 const CALL_NANOS: i64 = 7_000_000;
-/// The budget: exactly 50 calls.
-const BUDGET_CALLS: i64 = 50;
+/// The budget: exactly 200 calls.
+const BUDGET_CALLS: i64 = 200;
 
-fn policy(mock: &MockHandle) -> String {
+fn policy(mock: &MockHandle, limit_usd: f64) -> String {
     let base = mock.base_url();
     format!(
         r#"
@@ -38,13 +38,19 @@ pricing = {{ input_per_mtok = 0.0, output_per_mtok = 1000.0 }}
 [[budgets]]
 scope = "organization"
 window = "monthly"
-limit_usd = 0.35
+limit_usd = {limit_usd}
 "#
     )
 }
 
 fn call_body() -> Value {
     json!({"model": "metered", "max_tokens": 7, "messages": [{"role": "user", "content": "hello"}]})
+}
+
+/// `n` concurrent calls; their statuses.
+async fn burst(gw: &Gateway, secret: &str, n: usize) -> Vec<u16> {
+    let calls = (0..n).map(|_| call(gw, secret));
+    futures_util::future::join_all(calls).await
 }
 
 async fn call(gw: &Gateway, secret: &str) -> u16 {
@@ -98,24 +104,41 @@ async fn a_replica_killed_holding_a_lease_leaves_the_rest_to_the_other_after_exp
         ..MockConfig::default()
     })
     .await;
-    let toml = policy(&mock);
+    let toml = policy(&mock, 1.4);
     let mut a = Gateway::start_db(&toml, &[], &[], &db.url);
     let b = Gateway::start_db(&toml, &[], &[], &db.url);
     let (_, secret) = a.create_key("*");
     let store = Store::open(&db.url).await.unwrap();
 
-    // `a` serves until it holds a lease with room left in it.
+    // `a` serves (a few calls at a time: a rare counter is not worth a lease) until it holds
+    // a lease with room left in it.
     let mut served_by_a = 0;
-    for _ in 0..40 {
-        assert_eq!(call(&a, &secret).await, 200);
-        served_by_a += 1;
+    for _ in 0..8 {
+        assert_eq!(burst(&a, &secret, 6).await, vec![200; 6]);
+        served_by_a += 6;
         if store.leased_total().await.unwrap() > 0 {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(30)).await;
     }
     let leased = store.leased_total().await.unwrap();
     assert!(leased > 0, "a took no lease after {served_by_a} calls");
+    // Its calls are recorded and settled; what it holds now is its lease's unused part.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (used, _, costs) = spend_and_costs(&db.url).await;
+        if used == served_by_a * CALL_NANOS && costs == used {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a's calls were not settled: {used} {costs}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        store.leased_total().await.unwrap() > 0,
+        "a holds a lease when killed"
+    );
     a.kill();
 
     // Its lease expires (1 s without renewal) and `b` returns it to the budget.
@@ -176,33 +199,49 @@ async fn two_replicas_serve_from_leases_and_return_them_when_idle() {
         ..MockConfig::default()
     })
     .await;
-    let toml = policy(&mock);
+    let toml = policy(&mock, 7.0);
     let a = Gateway::start_db(&toml, &[], &[], &db.url);
     let b = Gateway::start_db(&toml, &[], &[], &db.url);
     let (_, secret) = a.create_key("*");
-    for i in 0..30 {
-        let gw = if i % 2 == 0 { &a } else { &b };
-        assert_eq!(call(gw, &secret).await, 200);
-    }
-    // Calls were admitted from leases (the trail says where each hold came from).
-    let rows = a.wait_rows(30).await;
-    let from_lease = rows
-        .iter()
-        .filter(|r| {
-            let decisions: Value =
-                serde_json::from_str(r["decisions"].as_str().unwrap_or("[]")).unwrap_or_default();
-            decisions.as_array().is_some_and(|d| {
-                d.iter()
-                    .any(|d| d["stage"] == "reserve" && d["from"] == "lease")
+    // Bursts on both replicas (a rare counter is not worth a lease) until calls are admitted
+    // from leases; the usage trail says where each hold came from.
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&db.url)
+        .await
+        .unwrap();
+    let mut served = 0_i64;
+    let mut from_lease = 0;
+    for _ in 0..40 {
+        let (on_a, on_b) = tokio::join!(burst(&a, &secret, 8), burst(&b, &secret, 8));
+        assert_eq!((on_a, on_b), (vec![200; 8], vec![200; 8]));
+        served += 16;
+        let rows = sqlx::query("SELECT decisions FROM usage_records")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        from_lease = rows
+            .iter()
+            .filter(|r| {
+                let decisions: Value =
+                    serde_json::from_str(&r.get::<String, _>(0)).unwrap_or_default();
+                decisions.as_array().is_some_and(|d| {
+                    d.iter()
+                        .any(|d| d["stage"] == "reserve" && d["from"] == "lease")
+                })
             })
-        })
-        .count();
+            .count();
+        if from_lease > 0 {
+            break;
+        }
+    }
+    pool.close().await;
     assert!(from_lease > 0, "no call was admitted from a lease");
     // Idle slices go back: nothing stays reserved, and the spend is the usage costs.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let (used, reserved, costs) = spend_and_costs(&db.url).await;
-        if reserved == 0 && used == 30 * CALL_NANOS && costs == used {
+        if reserved == 0 && used == served * CALL_NANOS && costs == used {
             break;
         }
         assert!(
