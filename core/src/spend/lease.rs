@@ -31,9 +31,9 @@ const IDLE_TICKS: u32 = 80;
 const RECALL_TICKS: u32 = 40;
 /// Requests per [`RATE_TICKS`] below which a counter is not worth a lease: at a low rate the
 /// per-request hold in the store costs little, and a store outage is seen at once.
-const MIN_RATE: u32 = 4;
-/// The ticks the request rate is counted over (one second).
-const RATE_TICKS: usize = 40;
+const MIN_RATE: u32 = 8;
+/// The ticks the request rate is counted over (two seconds).
+const RATE_TICKS: usize = 80;
 
 /// One leased counter window.
 #[derive(Debug, Clone)]

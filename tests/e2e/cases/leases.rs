@@ -114,8 +114,8 @@ async fn a_replica_killed_holding_a_lease_leaves_the_rest_to_the_other_after_exp
     // a lease with room left in it.
     let mut served_by_a = 0;
     for _ in 0..8 {
-        assert_eq!(burst(&a, &secret, 6).await, vec![200; 6]);
-        served_by_a += 6;
+        assert_eq!(burst(&a, &secret, 8).await, vec![200; 8]);
+        served_by_a += 8;
         if store.leased_total().await.unwrap() > 0 {
             break;
         }
