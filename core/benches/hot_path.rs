@@ -272,11 +272,13 @@ fn budget_hold_settle(c: &mut Criterion) {
                             counter_id: "budget:org".into(),
                             window_start_ms: 0,
                             actual: 700,
+                            lease: None,
                         },
                         Settlement {
                             counter_id: "quota:rpm:key".into(),
                             window_start_ms: 0,
                             actual: 1,
+                            lease: None,
                         },
                     ],
                 )];
@@ -312,11 +314,13 @@ fn budget_hold_settle(c: &mut Criterion) {
                     counter_id: "budget:org".into(),
                     window_start_ms: 0,
                     actual: 700,
+                    lease: None,
                 },
                 Settlement {
                     counter_id: "quota:rpm:key".into(),
                     window_start_ms: 0,
                     actual: 1,
+                    lease: None,
                 },
             ];
             black_box(memory.settle(&id, &settle));

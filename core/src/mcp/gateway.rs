@@ -212,6 +212,7 @@ async fn reserve(
         input_tokens: worst_nanos,
         output_tokens: 0,
         fixed_nanos: 0,
+        counted: true,
     };
     if let Some(reservation) = app
         .ledger

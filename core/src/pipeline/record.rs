@@ -214,7 +214,9 @@ impl Recorder {
 
     /// Budget and quota holds to settle when the request is recorded.
     pub fn attach_reservation(&mut self, ledger: Arc<Ledger>, reservation: Reservation) {
-        self.input_estimate = Some(reservation.estimate.input_tokens);
+        if reservation.estimate.counted {
+            self.input_estimate = Some(reservation.estimate.input_tokens);
+        }
         self.reservation = Some((ledger, reservation));
     }
 

@@ -7,9 +7,11 @@
 //! positive integer or exceeds the model's maximum, an `n` that is not a positive integer, or an
 //! image size the model has no price for, is a 400 `invalid_request`.
 //!
-//! The estimate is [`crate::spend::estimate`]'s (real tokenizer for the prompt, the output limit
-//! or the model's `max_output_tokens` per completion times `n`, the highest prices of any
-//! deployment, plus per-image prices). A budget that cannot hold it answers 402
+//! The estimate is [`crate::spend::estimate`]'s: the prompt bounded by its length in bytes
+//! (no tokenizer run; if that bound does not fit, the prompt is counted with the tokenizer and
+//! held again, so a close budget is judged on the real count), the output limit or the model's
+//! `max_output_tokens` per completion times `n`, the highest prices of any deployment, plus
+//! per-image prices. A budget that cannot hold it answers 402
 //! `budget_exceeded`; a full quota 429 `quota_exceeded` or `rate_limit_exceeded` with
 //! `Retry-After`; an unreachable store 503 `budget_unavailable` (fail closed: nothing is sent
 //! upstream unbudgeted). Once held, the output cap that was held is written into the upstream
@@ -25,7 +27,7 @@ use super::{Endpoint, Flow, Recorder};
 use crate::error::{GatewayError, RequestError};
 use crate::policy::Snapshot;
 use crate::spend::cap::{self, CapFamily};
-use crate::spend::estimate::estimate;
+use crate::spend::estimate::{Estimate, estimate, estimate_bound};
 use crate::spend::image;
 use crate::state::AppState;
 use crate::store::KeyRecord;
@@ -109,27 +111,42 @@ pub async fn run(
     }
     let default_cap = u64::try_from(request.target.max_output_tokens()).unwrap_or(0);
     let per_completion = requested.unwrap_or(default_cap);
-    let mut estimate = estimate(
-        &request.budget_view(),
-        i64::try_from(per_completion).unwrap_or(i64::MAX),
-    );
-    estimate.fixed_nanos = image_nanos;
-    if family.is_some() {
-        estimate.output_tokens = i64::try_from(per_completion)
-            .unwrap_or(i64::MAX)
-            .saturating_mul(i64::try_from(completions).unwrap_or(i64::MAX));
-    }
-    match app
-        .ledger
-        .reserve(
-            snapshot,
-            key,
-            &request.target,
-            estimate,
-            recorder.request_id(),
-        )
-        .await
-    {
+    let complete = |mut estimate: Estimate| {
+        estimate.fixed_nanos = image_nanos;
+        if family.is_some() {
+            estimate.output_tokens = i64::try_from(per_completion)
+                .unwrap_or(i64::MAX)
+                .saturating_mul(i64::try_from(completions).unwrap_or(i64::MAX));
+        }
+        estimate
+    };
+    let max_output = i64::try_from(per_completion).unwrap_or(i64::MAX);
+    let held = {
+        let view = request.budget_view();
+        let bound = complete(estimate_bound(&view, max_output));
+        let mut held = app
+            .ledger
+            .reserve(snapshot, key, &request.target, bound, recorder.request_id())
+            .await;
+        if matches!(held, Err(GatewayError::Budget(_) | GatewayError::Quota(_))) {
+            // The byte bound does not fit: judge the close budget on the counted prompt.
+            let counted = complete(estimate(&view, max_output));
+            if counted.input_tokens < bound.input_tokens {
+                held = app
+                    .ledger
+                    .reserve(
+                        snapshot,
+                        key,
+                        &request.target,
+                        counted,
+                        recorder.request_id(),
+                    )
+                    .await;
+            }
+        }
+        held
+    };
+    match held {
         Ok(None) => Flow::Continue(()),
         Ok(Some(reservation)) => {
             if let Some(family) = family {

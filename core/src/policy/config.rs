@@ -225,10 +225,18 @@ pub struct ServerSection {
     /// stream included, that can still settle against its hold).
     #[serde(default = "default_hold_ttl_secs")]
     pub hold_ttl_secs: u64,
+    /// How long a replica's budget and quota lease (PostgreSQL) lives without renewal: a
+    /// crashed replica's unused slice returns to the others after this long.
+    #[serde(default = "default_lease_ttl_secs")]
+    pub lease_ttl_secs: u64,
 }
 
 fn default_hold_ttl_secs() -> u64 {
     900
+}
+
+fn default_lease_ttl_secs() -> u64 {
+    10
 }
 
 impl Default for ServerSection {
@@ -237,6 +245,7 @@ impl Default for ServerSection {
             max_body_bytes: default_max_body_bytes(),
             max_response_bytes: default_max_response_bytes(),
             hold_ttl_secs: default_hold_ttl_secs(),
+            lease_ttl_secs: default_lease_ttl_secs(),
         }
     }
 }

@@ -167,7 +167,15 @@ pub fn load_dir(
         max_body_bytes: file.server.max_body_bytes,
         max_response_bytes: file.server.max_response_bytes,
         hold_ttl: Duration::from_secs(file.server.hold_ttl_secs),
+        lease_ttl: Duration::from_secs(file.server.lease_ttl_secs),
     };
+    if file.server.lease_ttl_secs == 0 {
+        errors.push(map.error(
+            None,
+            "server.lease_ttl_secs",
+            "must be greater than 0".into(),
+        ));
+    }
     if file.server.hold_ttl_secs == 0 {
         errors.push(map.error(
             None,

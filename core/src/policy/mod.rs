@@ -246,6 +246,8 @@ pub struct ServerLimits {
     pub max_response_bytes: usize,
     /// Lifetime of budget and quota holds.
     pub hold_ttl: Duration,
+    /// Lifetime of a replica's lease without renewal (shared store).
+    pub lease_ttl: Duration,
 }
 
 /// Everything derived from one consistent read of the policy directory.

@@ -1,9 +1,16 @@
 //! The worst-case estimate a hold is taken for, before anything goes upstream.
 //!
-//! Input tokens are counted with OpenAI's `o200k_base` tokenizer (exact for current OpenAI
-//! models; for other families a close estimate) over every string in the prompt-bearing fields
-//! (`messages`, `input`, `instructions`, `prompt`, `tools`, `system`), plus 4 tokens per message
-//! and 3 for the reply's priming, as OpenAI bills them. Output is the request's largest of
+//! Input tokens are bounded over every string in the prompt-bearing fields (`messages`,
+//! `input`, `instructions`, `prompt`, `tools`, `system`), plus 4 tokens per message and 3 for
+//! the reply's priming, as OpenAI bills them. Two ways, same fields:
+//! - [`estimate_bound`]: the strings' length in bytes. A BPE token covers at least one byte,
+//!   so this is never below the real count, for any family's tokenizer, and costs nothing. The
+//!   reserve stage holds this first.
+//! - [`estimate`]: OpenAI's `o200k_base` tokenizer (exact for current OpenAI models; for other
+//!   families a close estimate), ≈ 25 µs per KB. Used only when the bound does not fit (the
+//!   budget or quota is close), and to bill a stream cut before the provider's usage.
+//!
+//! Output is the request's largest of
 //! `max_tokens`, `max_completion_tokens`, `max_output_tokens` (or the model's
 //! `max_output_tokens`) per completion, times `n`. The cost
 //! prices all input at the full input price (no cache discount) and all output at the output
@@ -32,6 +39,8 @@ pub struct Estimate {
     pub output_tokens: i64,
     /// Charges not priced by tokens (per-image prices), in nano-USD.
     pub fixed_nanos: i64,
+    /// `input_tokens` was counted with the tokenizer (not the byte bound).
+    pub counted: bool,
 }
 
 impl Estimate {
@@ -54,26 +63,44 @@ pub fn warm_up() {
     let _ = tiktoken_rs::o200k_base_singleton();
 }
 
-fn count_strings(value: &Value, tokens: &mut i64) {
+fn count_strings(value: &Value, tokens: &mut i64, count: fn(&str) -> usize) {
     match value {
         Value::String(text) => {
-            let n = tiktoken_rs::o200k_base_singleton()
-                .encode_ordinary(text)
-                .len();
-            *tokens += i64::try_from(n).unwrap_or(i64::MAX);
+            *tokens = tokens.saturating_add(i64::try_from(count(text)).unwrap_or(i64::MAX));
         }
-        Value::Array(items) => items.iter().for_each(|v| count_strings(v, tokens)),
-        Value::Object(map) => map.values().for_each(|v| count_strings(v, tokens)),
+        Value::Array(items) => items.iter().for_each(|v| count_strings(v, tokens, count)),
+        Value::Object(map) => map.values().for_each(|v| count_strings(v, tokens, count)),
         _ => {}
     }
 }
 
-/// Estimates a request body.
+fn tokens_of(text: &str) -> usize {
+    tiktoken_rs::o200k_base_singleton()
+        .encode_ordinary(text)
+        .len()
+}
+
+/// Estimates a request body, counting the prompt with the tokenizer.
 pub fn estimate(body: &Map<String, Value>, default_max_output: i64) -> Estimate {
+    estimate_with(body, default_max_output, tokens_of, true)
+}
+
+/// Estimates a request body with the prompt bounded by its length in bytes (never below the
+/// tokenizer's count; no tokenizer run).
+pub fn estimate_bound(body: &Map<String, Value>, default_max_output: i64) -> Estimate {
+    estimate_with(body, default_max_output, str::len, false)
+}
+
+fn estimate_with(
+    body: &Map<String, Value>,
+    default_max_output: i64,
+    count: fn(&str) -> usize,
+    counted: bool,
+) -> Estimate {
     let mut input = 0;
     for field in PROMPT_FIELDS {
         if let Some(value) = body.get(field) {
-            count_strings(value, &mut input);
+            count_strings(value, &mut input, count);
         }
     }
     let messages = body
@@ -96,6 +123,7 @@ pub fn estimate(body: &Map<String, Value>, default_max_output: i64) -> Estimate 
         input_tokens: input,
         output_tokens: output,
         fixed_nanos: 0,
+        counted,
     }
 }
 
@@ -144,6 +172,26 @@ mod tests {
         assert_eq!(estimate(&body, 4096).output_tokens, 300);
         let default = map(json!({"n": 2, "messages": [{"role": "user", "content": "hi"}]}));
         assert_eq!(estimate(&default, 50).output_tokens, 100);
+    }
+
+    #[test]
+    fn the_byte_bound_is_never_below_the_tokenizer() {
+        for text in [
+            "hello world",
+            "word ".repeat(500).as_str(),
+            "fn main() { println!(\"{}\", 1 + 2); }",
+            "日本語のテキストと emoji 🎉🎉 mixed",
+            "a",
+            "",
+        ] {
+            let body = map(json!({"messages": [{"role": "user", "content": text}],
+                "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]}));
+            let exact = estimate(&body, 10);
+            let bound = estimate_bound(&body, 10);
+            assert!(bound.input_tokens >= exact.input_tokens, "{text:?}");
+            assert_eq!(bound.output_tokens, exact.output_tokens);
+            assert!(exact.counted && !bound.counted);
+        }
     }
 
     #[test]

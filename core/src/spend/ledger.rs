@@ -7,9 +7,17 @@
 //!   transaction as the request's usage row, so after any crash the stored spend is the sum of
 //!   the stored usage rows' charges; the counters are rebuilt from the store at start. A second
 //!   gateway on the same file is refused (an exclusive lock on `<db>.serve-lock`).
-//! - **Shared (PostgreSQL, several replicas)**: atomic holds in SQL; settlements queued and
-//!   batched by a worker, idempotent per hold id; holds of running requests renewed; expired
-//!   holds of a crashed replica reclaimed by any replica.
+//! - **Shared (PostgreSQL, several replicas)**: leases ([`LeaseBook`]): each replica leases a
+//!   slice of every budget and quota window it serves from, atomically in the database (the sum
+//!   of leases, holds and spend never passes the limit), and admits requests from its slice in
+//!   memory; a keeper task tops slices up ahead of need, returns what idle slices do not use,
+//!   renews them, and answers recalls. What a request spends from a slice moves from the lease
+//!   into `used` in the same transaction as its usage row. When no slice can serve a request
+//!   (none yet, or too little remains to slice), it is held per request in SQL; a refusal there
+//!   first recalls the unused slices of every replica, so near the limit exactly the affordable
+//!   calls are served. Per-request holds are settled by a batching worker, idempotent per hold
+//!   id, renewed while running, and reclaimed by any replica when their gateway died; so are
+//!   leases, after `[server] lease_ttl_secs` without renewal.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -22,6 +30,7 @@ use tokio::task::JoinHandle;
 
 pub use super::budgets::{budget_record, budget_view, stored_spec};
 use super::estimate::Estimate;
+use super::lease::{LeaseAction, LeaseBook, LeaseRow};
 use super::memory::MemoryLedger;
 use super::settle::{Notifier, SettleJob, settle_worker, settlements_of};
 use super::{BudgetSpec, Metric, QuotaSpec, Scope};
@@ -35,6 +44,19 @@ use crate::usage::TokenUsage;
 /// How often budget definitions are re-read when they changed, and expired holds reclaimed.
 const POLL: Duration = Duration::from_millis(200);
 const RECLAIM_EVERY: Duration = Duration::from_secs(2);
+/// The lease keeper's tick (shared store).
+const LEASE_TICK: Duration = Duration::from_millis(25);
+/// A lease takes at most this share of what remains of a window (1/4): other replicas can
+/// lease too, and the last part is held per request.
+const LEASE_SHARE: i64 = 4;
+/// How often a request refused in the store waits for recalled slices before the refusal
+/// stands (bounded: a dead replica's lease answers only when it expires).
+const RECALL_TRIES: u32 = 10;
+/// Per-request holds in the store at once (below the pool's 16 connections, which the usage
+/// writer, the settlement worker and the lease keeper share). A burst of requests queues here
+/// rather than in the pool, whose acquire timeout would turn a busy store into a 503 as if it
+/// were down.
+const STORE_HOLDS_AT_ONCE: usize = 8;
 const QUEUE: usize = 65_536;
 
 /// What one held counter is for.
@@ -70,6 +92,8 @@ pub struct Reservation {
     pub cost_nanos: i64,
     /// Where threshold events go.
     pub webhook: Option<String>,
+    /// Admitted from this replica's leased slices (shared store), not held in the store.
+    pub local: bool,
 }
 
 impl Reservation {
@@ -81,6 +105,7 @@ impl Reservation {
             "estimated_input_tokens": self.estimate.input_tokens,
             "estimated_output_tokens": self.estimate.output_tokens,
             "held_cost_nanos": self.cost_nanos,
+            "from": if self.local { "lease" } else { "store" },
         })
     }
 }
@@ -112,8 +137,12 @@ enum Counters {
         ledger: MemoryLedger,
         _lock: std::fs::File,
     },
-    /// In the store (shared store).
+    /// In the store, one hold per request (a store that is neither an embedded file nor
+    /// PostgreSQL, e.g. an in-memory SQLite database).
     Store,
+    /// Leased slices in this replica's memory, per-request holds in the store when no slice
+    /// serves (PostgreSQL).
+    Leased(LeaseBook),
 }
 
 /// The ledger.
@@ -130,6 +159,10 @@ pub struct Ledger {
     live: std::sync::Mutex<std::collections::HashSet<String>>,
     /// The hold time-to-live of the latest snapshot, in ms.
     hold_ttl_ms: AtomicI64,
+    /// The lease time-to-live of the latest snapshot, in ms.
+    lease_ttl_ms: AtomicI64,
+    /// Admits per-request holds to the store ([`STORE_HOLDS_AT_ONCE`]).
+    store_holds: tokio::sync::Semaphore,
 }
 
 impl std::fmt::Debug for Ledger {
@@ -165,6 +198,10 @@ impl Ledger {
                     _lock: lock,
                 }
             }
+            (Backend::Postgres, _) => {
+                let replica = uuid::Uuid::now_v7().simple().to_string();
+                Counters::Leased(LeaseBook::new(&replica))
+            }
             _ => Counters::Store,
         };
         let (settle_tx, settle_rx) = mpsc::channel(QUEUE);
@@ -179,6 +216,8 @@ impl Ledger {
             http: http.clone(),
             live: std::sync::Mutex::default(),
             hold_ttl_ms: AtomicI64::new(60_000),
+            lease_ttl_ms: AtomicI64::new(10_000),
+            store_holds: tokio::sync::Semaphore::new(STORE_HOLDS_AT_ONCE),
         });
         ledger.refresh_budgets().await?;
         let worker = tokio::spawn(settle_worker(settle_rx, ledger.notifier()));
@@ -206,7 +245,9 @@ impl Ledger {
     ) -> Result<CounterState, StoreError> {
         match &self.counters {
             Counters::Memory { ledger, .. } => Ok(ledger.state(counter_id, window_start_ms)),
-            Counters::Store => self.store.counter_state(counter_id, window_start_ms).await,
+            Counters::Store | Counters::Leased(_) => {
+                self.store.counter_state(counter_id, window_start_ms).await
+            }
         }
     }
 
@@ -215,6 +256,8 @@ impl Ledger {
         match &self.counters {
             Counters::Memory { ledger, .. } => Ok(i64::try_from(ledger.outstanding()).unwrap_or(0)),
             Counters::Store => self.store.outstanding_holds().await,
+            Counters::Leased(book) => Ok(self.store.outstanding_holds().await?
+                + i64::try_from(book.outstanding()).unwrap_or(0)),
         }
     }
 
@@ -242,8 +285,177 @@ impl Ledger {
         Ok(())
     }
 
+    /// A per-request hold in the store, for a request no slice of this replica serves. A
+    /// refusal first recalls the unused slices of every replica on the refused counter (this
+    /// one's included) and is retried; it stands once no recall is left unanswered, or after a
+    /// bounded wait (a dead replica answers only when its lease expires).
+    async fn hold_in_store(
+        &self,
+        book: &LeaseBook,
+        hold_id: &str,
+        holds: &[HoldRequest],
+        expires_at_ms: i64,
+    ) -> Result<HoldOutcome, StoreError> {
+        let mut attempt = 0;
+        loop {
+            let turn = self.store_holds.acquire().await;
+            let outcome = self.store.hold(hold_id, holds, expires_at_ms).await?;
+            let HoldOutcome::Refused { index, .. } = &outcome else {
+                return Ok(outcome);
+            };
+            let Some(refused) = holds.get(*index) else {
+                return Ok(outcome);
+            };
+            if attempt >= RECALL_TRIES {
+                return Ok(outcome);
+            }
+            let key = (refused.counter_id.clone(), refused.window_start_ms);
+            let own = book.unused(&key);
+            if own > 0 {
+                book.recall(&key);
+            }
+            let others = self
+                .store
+                .recall_leases(
+                    &refused.counter_id,
+                    refused.window_start_ms,
+                    book.replica(),
+                    attempt == 0,
+                )
+                .await?;
+            drop(turn);
+            if own <= 0 && others == 0 {
+                return Ok(outcome);
+            }
+            attempt += 1;
+            tokio::time::sleep(LEASE_TICK * 2).await;
+        }
+    }
+
+    /// The lease keeper (shared store), until `stop` flips: every tick, renews this replica's
+    /// leases when due (and learns of recalls and of leases the store lost), then tops slices
+    /// up and returns what idle or recalled slices do not use. On stop every unused part is
+    /// returned, and what in-flight requests free as they settle, for a bounded while.
+    async fn keep_leases(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let Counters::Leased(book) = &self.counters else {
+            return;
+        };
+        let mut ticker = tokio::time::interval(LEASE_TICK);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_renewal: Option<tokio::time::Instant> = None;
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = stop.changed() => break,
+            }
+            let ttl = self.lease_ttl_ms.load(Ordering::Relaxed).max(100);
+            if book.leasing() {
+                let due = last_renewal.is_none_or(|at| {
+                    at.elapsed() >= Duration::from_millis(u64::try_from(ttl / 4).unwrap_or(0))
+                });
+                let started = now_ms();
+                let rows = if due {
+                    self.store
+                        .renew_leases(book.replica(), started.saturating_add(ttl))
+                        .await
+                } else {
+                    self.store.lease_rows(book.replica()).await
+                };
+                match rows {
+                    Ok(rows) => {
+                        let rows: Vec<LeaseRow> = rows
+                            .into_iter()
+                            .map(|(counter, window, lease_id, recalled)| LeaseRow {
+                                key: (counter, window),
+                                lease_id,
+                                recalled,
+                            })
+                            .collect();
+                        let valid_until = due.then(|| started.saturating_add(ttl * 3 / 4));
+                        if due {
+                            last_renewal = Some(tokio::time::Instant::now());
+                        }
+                        book.reconcile(&rows, valid_until);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "leases could not be renewed"),
+                }
+            }
+            for action in book.plan() {
+                self.apply_lease(book, action, ttl).await;
+            }
+        }
+        for action in book.drain() {
+            self.apply_lease(book, action, 0).await;
+        }
+        for _ in 0..100 {
+            if book.outstanding() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        for action in book.drain() {
+            self.apply_lease(book, action, 0).await;
+        }
+    }
+
+    /// Carries out one keeper action in the store and reports the outcome to the book.
+    async fn apply_lease(&self, book: &LeaseBook, action: LeaseAction, ttl: i64) {
+        match action {
+            LeaseAction::Grant {
+                key,
+                lease_id,
+                limit,
+                want,
+                min,
+            } => {
+                let now = now_ms();
+                match self
+                    .store
+                    .grant_lease(
+                        &key.0,
+                        key.1,
+                        limit,
+                        &lease_id,
+                        book.replica(),
+                        want,
+                        min,
+                        LEASE_SHARE,
+                        now.saturating_add(ttl),
+                    )
+                    .await
+                {
+                    Ok(0) => {}
+                    Ok(granted) => {
+                        book.granted(&key, &lease_id, granted, now.saturating_add(ttl * 3 / 4));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, counter = %key.0, "a lease could not be topped up")
+                    }
+                }
+            }
+            LeaseAction::Return {
+                key,
+                lease_id,
+                amount,
+                drop,
+            } => match self
+                .store
+                .return_lease(&key.0, key.1, &lease_id, amount, drop)
+                .await
+            {
+                Ok(_) => book.returned(&key, &lease_id, amount, true),
+                Err(e) => {
+                    tracing::warn!(error = %e, counter = %key.0, "an unused lease could not be returned");
+                    book.returned(&key, &lease_id, amount, false);
+                }
+            },
+        }
+    }
+
     /// Polls budget definitions and reclaims expired holds until `stop` flips.
     pub async fn watch(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let keeper = matches!(self.counters, Counters::Leased(_))
+            .then(|| tokio::spawn(self.clone().keep_leases(stop.clone())));
         let mut ticker = tokio::time::interval(POLL);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_reclaim = tokio::time::Instant::now();
@@ -252,7 +464,7 @@ impl Ledger {
         loop {
             tokio::select! {
                 _ = ticker.tick() => {}
-                _ = stop.changed() => return,
+                _ = stop.changed() => break,
             }
             if let Err(e) = self.refresh_budgets().await {
                 tracing::warn!(error = %e, "budget definitions could not be refreshed");
@@ -296,7 +508,25 @@ impl Ledger {
                     }
                     Err(e) => tracing::warn!(error = %e, "expired holds could not be reclaimed"),
                 }
+                if matches!(self.counters, Counters::Leased(_)) {
+                    match self.store.reclaim_expired_leases(now_ms()).await {
+                        Ok(0) => {}
+                        Ok(n) => {
+                            self.stats.reclaimed.fetch_add(n, Ordering::Relaxed);
+                            tracing::warn!(
+                                leases = n,
+                                "returned expired leases (a replica stopped renewing them)"
+                            );
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "expired leases could not be returned");
+                        }
+                    }
+                }
             }
+        }
+        if let Some(keeper) = keeper {
+            let _ = keeper.await;
         }
     }
 
@@ -415,10 +645,26 @@ impl Ledger {
         let holds: Vec<HoldRequest> = requests.iter().map(|r| r.0.clone()).collect();
         let ttl_ms = i64::try_from(snapshot.limits.hold_ttl.as_millis()).unwrap_or(i64::MAX);
         self.hold_ttl_ms.store(ttl_ms, Ordering::Relaxed);
+        self.lease_ttl_ms.store(
+            i64::try_from(snapshot.limits.lease_ttl.as_millis()).unwrap_or(i64::MAX),
+            Ordering::Relaxed,
+        );
         let expires = now.saturating_add(ttl_ms);
+        let mut local = false;
         let outcome = match &self.counters {
             Counters::Memory { ledger, .. } => Ok(ledger.hold(request_id, &holds)),
-            Counters::Store => self.store.hold(request_id, &holds, expires).await,
+            Counters::Store => {
+                let _turn = self.store_holds.acquire().await;
+                self.store.hold(request_id, &holds, expires).await
+            }
+            Counters::Leased(book) => {
+                if book.hold(request_id, &holds, now) {
+                    local = true;
+                    Ok(HoldOutcome::Held)
+                } else {
+                    self.hold_in_store(book, request_id, &holds, expires).await
+                }
+            }
         }
         .map_err(|e| {
             GatewayError::Unavailable(UnavailableError {
@@ -430,7 +676,8 @@ impl Ledger {
         match outcome {
             HoldOutcome::Held => {
                 self.stats.held.fetch_add(1, Ordering::Relaxed);
-                if matches!(self.counters, Counters::Store)
+                if !local
+                    && !self.in_memory()
                     && let Ok(mut live) = self.live.lock()
                 {
                     live.insert(request_id.to_string());
@@ -441,6 +688,7 @@ impl Ledger {
                     estimate,
                     cost_nanos,
                     webhook: snapshot.webhook_url.clone(),
+                    local,
                 }))
             }
             HoldOutcome::Refused { index, state } => {
@@ -588,6 +836,40 @@ impl Ledger {
                     notifier
                         .thresholds(&reservation, &states, Some(&before))
                         .await;
+                });
+            }
+            return charges;
+        }
+        if let Counters::Leased(book) = &self.counters
+            && reservation.local
+        {
+            let mut charges = settlements_of(&reservation, &tokens, cost_nanos);
+            if !book.settle(&reservation.hold_id, &mut charges) {
+                return Vec::new();
+            }
+            self.stats.settled.fetch_add(1, Ordering::Relaxed);
+            let thresholds = cost_nanos > 0
+                && reservation
+                    .held
+                    .iter()
+                    .any(|h| matches!(&h.kind, HeldFor::Budget(b) if !b.thresholds.is_empty()));
+            if thresholds {
+                // The charge reaches the store with the usage row; threshold events are
+                // checked on the stored state once the writer has had time to commit it.
+                let notifier = self.notifier();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    let mut states = Vec::new();
+                    for h in &reservation.held {
+                        if let Ok(state) = notifier
+                            .store
+                            .counter_state(&h.counter_id, h.window_start_ms)
+                            .await
+                        {
+                            states.push(((h.counter_id.clone(), h.window_start_ms), state));
+                        }
+                    }
+                    notifier.thresholds(&reservation, &states, None).await;
                 });
             }
             return charges;

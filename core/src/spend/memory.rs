@@ -230,6 +230,7 @@ mod tests {
             counter_id: counter.into(),
             window_start_ms: 0,
             actual,
+            lease: None,
         }
     }
 

@@ -6,6 +6,8 @@
 //! - [`ledger::Ledger`]: the runtime: budget definitions cached from the store, the hold taken by
 //!   the reserve stage, the settlement queue, expired-hold reclamation and threshold events.
 //! - [`memory::MemoryLedger`]: the in-memory half of the ledger (counters and holds).
+//! - [`lease::LeaseBook`]: a replica's leased slices of the shared store's counters, and the
+//!   holds admitted from them in memory.
 //! - [`cap`]: output limits checked and the held cap written into upstream requests;
 //!   [`image`]: per-image prices; [`estimate`]: the worst case a hold is taken for.
 
@@ -13,6 +15,9 @@ pub mod budgets;
 pub mod cap;
 pub mod estimate;
 pub mod image;
+pub mod lease;
+#[cfg(test)]
+mod lease_properties;
 pub mod ledger;
 pub mod memory;
 #[cfg(test)]

@@ -96,6 +96,7 @@ fn run_case(seed: u64) {
                         } else {
                             rng.random_range(0..=*amount)
                         },
+                        lease: None,
                     })
                     .collect();
                 assert!(ledger.settle(&hold.id, &settlements).is_some());
@@ -113,6 +114,7 @@ fn run_case(seed: u64) {
                     counter_id: COUNTERS[0].0.to_string(),
                     window_start_ms: window,
                     actual: 50,
+                    lease: None,
                 }];
                 assert!(
                     ledger.settle(id, &again).is_none(),

@@ -48,6 +48,7 @@ pub fn settlements_of(
                 HeldFor::Quota(Metric::OutputTokens) => tokens.output,
                 HeldFor::Quota(Metric::TotalTokens) => tokens.total(),
             },
+            lease: None,
         })
         .collect()
 }

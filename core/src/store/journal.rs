@@ -332,6 +332,7 @@ mod tests {
                 counter_id: "budget:b".into(),
                 window_start_ms: 0,
                 actual: 7,
+                lease: None,
             }],
         }
     }

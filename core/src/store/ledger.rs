@@ -61,6 +61,10 @@ pub struct Settlement {
     pub window_start_ms: i64,
     /// What the request really used (0 releases the whole hold).
     pub actual: i64,
+    /// The lease (shared store) the charge was admitted from: the usage writer moves it from
+    /// that lease into `used` (`None`: a plain charge).
+    #[serde(default)]
+    pub lease: Option<String>,
 }
 
 /// A budget managed in the store.
@@ -224,6 +228,267 @@ impl Store {
         }
         tx.commit().await?;
         Ok(states)
+    }
+
+    /// Applies counter charges without usage rows (the lease property test's replicas).
+    #[cfg(test)]
+    pub(crate) async fn apply_charges(&self, charges: &[Settlement]) -> Result<(), StoreError> {
+        let mut totals: ChargeTotals<'_> = ChargeTotals::new();
+        for c in charges {
+            *totals
+                .entry((c.counter_id.as_str(), c.window_start_ms, c.lease.as_deref()))
+                .or_default() += c.actual;
+        }
+        let mut tx = self.pool().begin().await?;
+        charge_counters(&mut tx, totals).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Leases up to `want` more of a counter window to `lease_id` of `replica_id`: at most a
+    /// `1/share` of what remains (so other replicas can lease too and the last part is held
+    /// per request), and nothing if that is less than `min`. Atomic with every hold and lease
+    /// of every replica: `used + reserved` never passes `limit`. Returns what was granted.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn grant_lease(
+        &self,
+        counter_id: &str,
+        window_start_ms: i64,
+        limit: i64,
+        lease_id: &str,
+        replica_id: &str,
+        want: i64,
+        min: i64,
+        share: i64,
+        expires_at_ms: i64,
+    ) -> Result<i64, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        lock_counter(&mut tx, counter_id, window_start_ms).await?;
+        let state = counter_state_on(&mut tx, counter_id, window_start_ms).await?;
+        let remaining = limit
+            .saturating_sub(state.used)
+            .saturating_sub(state.reserved);
+        let grant = want.min(remaining / share.max(1));
+        if grant < min.max(1) {
+            tx.rollback().await?;
+            return Ok(0);
+        }
+        // The same conditional raise as a hold: a concurrent hold or lease that took the room
+        // since the read makes it affect nothing.
+        let raised = sqlx::query(
+            "INSERT INTO counters (counter_id, window_start_ms, used, reserved) \
+             SELECT $1, $2, 0, $3 WHERE $3 <= $4 \
+             ON CONFLICT (counter_id, window_start_ms) DO UPDATE SET reserved = counters.reserved + $3 \
+             WHERE counters.used + counters.reserved + $3 <= $4",
+        )
+        .bind(counter_id)
+        .bind(window_start_ms)
+        .bind(grant)
+        .bind(limit)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if raised == 0 {
+            tx.rollback().await?;
+            return Ok(0);
+        }
+        sqlx::query(
+            "INSERT INTO leases (counter_id, window_start_ms, lease_id, replica_id, amount, expires_at_ms, recalled) \
+             VALUES ($1, $2, $3, $4, $5, $6, 0) \
+             ON CONFLICT (counter_id, window_start_ms, lease_id) DO UPDATE SET amount = leases.amount + $5, expires_at_ms = $6, recalled = 0",
+        )
+        .bind(counter_id)
+        .bind(window_start_ms)
+        .bind(lease_id)
+        .bind(replica_id)
+        .bind(grant)
+        .bind(expires_at_ms)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(grant)
+    }
+
+    /// Returns `amount` of a lease (its replica does not use it), clears a recall, and drops
+    /// the row if `drop` and nothing is left. `false` if the lease is gone (it expired and was
+    /// returned already): nothing changes then.
+    pub async fn return_lease(
+        &self,
+        counter_id: &str,
+        window_start_ms: i64,
+        lease_id: &str,
+        amount: i64,
+        drop: bool,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        lock_counter(&mut tx, counter_id, window_start_ms).await?;
+        let row = sqlx::query(
+            "UPDATE leases SET amount = amount - $1, recalled = 0 \
+             WHERE counter_id = $2 AND window_start_ms = $3 AND lease_id = $4 AND amount >= $1 RETURNING amount",
+        )
+        .bind(amount)
+        .bind(counter_id)
+        .bind(window_start_ms)
+        .bind(lease_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            tx.rollback().await?;
+            return Ok(false);
+        };
+        let left: i64 = row.try_get(0)?;
+        sqlx::query(
+            "UPDATE counters SET reserved = reserved - $1 WHERE counter_id = $2 AND window_start_ms = $3",
+        )
+        .bind(amount)
+        .bind(counter_id)
+        .bind(window_start_ms)
+        .execute(&mut *tx)
+        .await?;
+        if drop && left == 0 {
+            sqlx::query(
+                "DELETE FROM leases WHERE counter_id = $1 AND window_start_ms = $2 AND lease_id = $3 AND amount = 0",
+            )
+            .bind(counter_id)
+            .bind(window_start_ms)
+            .bind(lease_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Renews every lease of `replica_id` until `expires_at_ms` and lists them:
+    /// `(counter_id, window_start_ms, lease_id, recalled)`. One row per statement, so a
+    /// renewal never holds one lease row while waiting for another.
+    pub async fn renew_leases(
+        &self,
+        replica_id: &str,
+        expires_at_ms: i64,
+    ) -> Result<Vec<(String, i64, String, bool)>, StoreError> {
+        let rows = self.lease_rows(replica_id).await?;
+        let mut renewed = Vec::with_capacity(rows.len());
+        for row in rows {
+            let touched = sqlx::query(
+                "UPDATE leases SET expires_at_ms = $1 WHERE counter_id = $2 AND window_start_ms = $3 AND lease_id = $4",
+            )
+            .bind(expires_at_ms)
+            .bind(&row.0)
+            .bind(row.1)
+            .bind(&row.2)
+            .execute(self.pool())
+            .await?
+            .rows_affected();
+            if touched == 1 {
+                renewed.push(row);
+            }
+        }
+        Ok(renewed)
+    }
+
+    /// Lists the leases of `replica_id`: `(counter_id, window_start_ms, lease_id, recalled)`.
+    pub async fn lease_rows(
+        &self,
+        replica_id: &str,
+    ) -> Result<Vec<(String, i64, String, bool)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT counter_id, window_start_ms, lease_id, recalled FROM leases WHERE replica_id = $1",
+        )
+        .bind(replica_id)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let recalled: i64 = r.try_get(3)?;
+                Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, recalled != 0))
+            })
+            .collect()
+    }
+
+    /// Asks every other replica leasing a counter window to return what it does not use (a
+    /// request was refused here). Returns how many leases now carry an unanswered recall.
+    pub async fn recall_leases(
+        &self,
+        counter_id: &str,
+        window_start_ms: i64,
+        replica_id: &str,
+        first: bool,
+    ) -> Result<i64, StoreError> {
+        if first {
+            sqlx::query(
+                "UPDATE leases SET recalled = 1 WHERE counter_id = $1 AND window_start_ms = $2 \
+                 AND replica_id <> $3 AND amount > 0",
+            )
+            .bind(counter_id)
+            .bind(window_start_ms)
+            .bind(replica_id)
+            .execute(self.pool())
+            .await?;
+        }
+        let row = sqlx::query(
+            "SELECT COUNT(*) FROM leases WHERE counter_id = $1 AND window_start_ms = $2 \
+             AND replica_id <> $3 AND recalled <> 0",
+        )
+        .bind(counter_id)
+        .bind(window_start_ms)
+        .bind(replica_id)
+        .fetch_one(self.pool())
+        .await?;
+        Ok(row.try_get(0)?)
+    }
+
+    /// Returns the leases that expired before `now_ms` (their replica died or stalled): what
+    /// they still hold goes back to the counter. Their charges are in `used` already, with the
+    /// usage rows they came from. Returns how many leases.
+    pub async fn reclaim_expired_leases(&self, now_ms: i64) -> Result<u64, StoreError> {
+        let expired = sqlx::query(
+            "SELECT counter_id, window_start_ms, lease_id FROM leases WHERE expires_at_ms < $1 \
+             ORDER BY counter_id, window_start_ms LIMIT 1000",
+        )
+        .bind(now_ms)
+        .fetch_all(self.pool())
+        .await?;
+        let mut reclaimed = 0;
+        for row in expired {
+            let counter: String = row.try_get(0)?;
+            let window: i64 = row.try_get(1)?;
+            let lease: String = row.try_get(2)?;
+            let mut tx = self.pool().begin().await?;
+            lock_counter(&mut tx, &counter, window).await?;
+            let removed = sqlx::query(
+                "DELETE FROM leases WHERE counter_id = $1 AND window_start_ms = $2 AND lease_id = $3 \
+                 AND expires_at_ms < $4 RETURNING amount",
+            )
+            .bind(&counter)
+            .bind(window)
+            .bind(&lease)
+            .bind(now_ms)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(removed) = removed {
+                let amount: i64 = removed.try_get(0)?;
+                sqlx::query(
+                    "UPDATE counters SET reserved = reserved - $1 WHERE counter_id = $2 AND window_start_ms = $3",
+                )
+                .bind(amount)
+                .bind(&counter)
+                .bind(window)
+                .execute(&mut *tx)
+                .await?;
+                reclaimed += 1;
+            }
+            tx.commit().await?;
+        }
+        Ok(reclaimed)
+    }
+
+    /// Leased amounts now (tests and operators): Σ of every lease row's amount.
+    pub async fn leased_total(&self) -> Result<i64, StoreError> {
+        let row = sqlx::query("SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT) FROM leases")
+            .fetch_one(self.pool())
+            .await?;
+        Ok(row.try_get(0)?)
     }
 
     /// The latest window of every counter with its settled amount (rebuilding the embedded
@@ -428,6 +693,78 @@ impl Store {
     }
 }
 
+/// Locks a counter row for the rest of the transaction (creating it if needed). Every
+/// transaction that touches a counter and its leases locks the counter first, so they never
+/// deadlock.
+/// Charges summed per (counter, window, lease the charge was admitted from).
+pub(crate) type ChargeTotals<'a> = std::collections::BTreeMap<(&'a str, i64, Option<&'a str>), i64>;
+
+/// Adds charges to the counters' `used`, inside the caller's transaction (the one that writes
+/// their usage rows): after any crash, a counter's stored `used` is the sum of the charges of
+/// the stored rows. A charge admitted from a lease moves out of the lease (and out of
+/// `reserved`) into `used`; if the lease is gone (it expired and was returned) it is charged
+/// like any other. The counter row is locked before the lease row, as in every lease
+/// transaction (no deadlock).
+pub(crate) async fn charge_counters(
+    conn: &mut sqlx::AnyConnection,
+    totals: ChargeTotals<'_>,
+) -> Result<(), StoreError> {
+    for ((counter, window, lease), used) in totals {
+        let mut from_lease = 0;
+        if let Some(lease) = lease {
+            lock_counter(&mut *conn, counter, window).await?;
+            let row = sqlx::query(
+                "SELECT amount FROM leases WHERE counter_id = $1 AND window_start_ms = $2 AND lease_id = $3",
+            )
+            .bind(counter)
+            .bind(window)
+            .bind(lease)
+            .fetch_optional(&mut *conn)
+            .await?;
+            if let Some(row) = row {
+                let amount: i64 = row.try_get(0)?;
+                from_lease = used.clamp(0, amount.max(0));
+                sqlx::query(
+                    "UPDATE leases SET amount = amount - $1 WHERE counter_id = $2 AND window_start_ms = $3 AND lease_id = $4",
+                )
+                .bind(from_lease)
+                .bind(counter)
+                .bind(window)
+                .bind(lease)
+                .execute(&mut *conn)
+                .await?;
+            }
+        }
+        sqlx::query(
+            "INSERT INTO counters (counter_id, window_start_ms, used, reserved) VALUES ($1, $2, $3, 0) \
+             ON CONFLICT (counter_id, window_start_ms) DO UPDATE SET used = counters.used + $3, reserved = counters.reserved - $4",
+        )
+        .bind(counter)
+        .bind(window)
+        .bind(used)
+        .bind(from_lease)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+async fn lock_counter(
+    conn: &mut sqlx::AnyConnection,
+    counter_id: &str,
+    window_start_ms: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO counters (counter_id, window_start_ms, used, reserved) VALUES ($1, $2, 0, 0) \
+         ON CONFLICT (counter_id, window_start_ms) DO UPDATE SET used = counters.used",
+    )
+    .bind(counter_id)
+    .bind(window_start_ms)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
 /// A counter's state, read on `conn` (a pooled connection or an open transaction).
 async fn counter_state_on(
     conn: &mut sqlx::AnyConnection,
@@ -484,6 +821,7 @@ mod tests {
                 counter_id: "budget:b".into(),
                 window_start_ms: 0,
                 actual: 40,
+                lease: None,
             }],
         )];
         store.settle_batch(&batch).await.expect("settle");
@@ -510,6 +848,7 @@ mod tests {
                 counter_id: "budget:b".into(),
                 window_start_ms: 0,
                 actual: 30,
+                lease: None,
             }],
         )];
         store.settle_batch(&batch).await.expect("settle");

@@ -1,8 +1,6 @@
 //! Writing usage rows: idempotent by row id, with the ledger charges they carry in the same
 //! transaction, and dead letters for rows the database refuses.
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
@@ -44,28 +42,18 @@ impl Store {
         let inserted =
             super::insert_usage_on(&mut tx, entries.iter().map(|e| &e.record), self.backend())
                 .await?;
-        let mut totals: BTreeMap<(&str, i64), i64> = BTreeMap::new();
+        let mut totals = super::ledger::ChargeTotals::new();
         for entry in entries {
             if !inserted.contains(&entry.record.id) {
                 continue;
             }
             for c in &entry.charges {
                 *totals
-                    .entry((c.counter_id.as_str(), c.window_start_ms))
+                    .entry((c.counter_id.as_str(), c.window_start_ms, c.lease.as_deref()))
                     .or_default() += c.actual;
             }
         }
-        for ((counter, window), used) in totals {
-            sqlx::query(
-                "INSERT INTO counters (counter_id, window_start_ms, used, reserved) VALUES ($1, $2, $3, 0) \
-                 ON CONFLICT (counter_id, window_start_ms) DO UPDATE SET used = counters.used + $3",
-            )
-            .bind(counter)
-            .bind(window)
-            .bind(used)
-            .execute(&mut *tx)
-            .await?;
-        }
+        super::ledger::charge_counters(&mut tx, totals).await?;
         tx.commit().await?;
         Ok(inserted.len() as u64)
     }

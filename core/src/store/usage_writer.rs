@@ -442,6 +442,7 @@ mod tests {
                 counter_id: "budget:b".into(),
                 window_start_ms: 0,
                 actual: cost,
+                lease: None,
             }],
         }
     }

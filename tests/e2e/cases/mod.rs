@@ -14,6 +14,7 @@ mod gemini;
 mod hardening;
 mod inspect_texts;
 mod keys;
+mod leases;
 mod ledger;
 mod mcp;
 mod mcp_clients;

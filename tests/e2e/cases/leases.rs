@@ -1,0 +1,263 @@
+//! Leases on PostgreSQL: replicas admit from slices of the budget leased in the store, a
+//! replica killed while holding a lease loses nothing but time (its lease expires and returns),
+//! and the survivor then spends exactly the rest, with the stored spend equal to the stored
+//! usage costs.
+
+use std::time::{Duration, Instant};
+
+use mock_upstream::{MockConfig, MockHandle};
+use serde_json::{Value, json};
+use sqlx::Row;
+use tollgate::store::Store;
+
+use crate::common::{Gateway, PgDatabase, http, mock, skip};
+
+/// One call of `metered`: 7 output tokens at 1000 USD/M, held and charged exactly.
+const CALL_NANOS: i64 = 7_000_000;
+/// The budget: exactly 200 calls.
+const BUDGET_CALLS: i64 = 200;
+
+fn policy(mock: &MockHandle, limit_usd: f64) -> String {
+    let base = mock.base_url();
+    format!(
+        r#"
+[server]
+lease_ttl_secs = 1
+
+[providers.mock]
+family = "openai"
+base_url = "{base}"
+credential = {{ env = "TG_TEST_PROVIDER_KEY" }}
+timeout_ms = 10000
+
+[models.metered]
+provider = "mock"
+upstream_model = "upstream-metered"
+pricing = {{ input_per_mtok = 0.0, output_per_mtok = 1000.0 }}
+
+[[budgets]]
+scope = "organization"
+window = "monthly"
+limit_usd = {limit_usd}
+"#
+    )
+}
+
+fn call_body() -> Value {
+    json!({"model": "metered", "max_tokens": 7, "messages": [{"role": "user", "content": "hello"}]})
+}
+
+/// `n` concurrent calls; their statuses.
+async fn burst(gw: &Gateway, secret: &str, n: usize) -> Vec<u16> {
+    let calls = (0..n).map(|_| call(gw, secret));
+    futures_util::future::join_all(calls).await
+}
+
+async fn call(gw: &Gateway, secret: &str) -> u16 {
+    http()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(secret)
+        .json(&call_body())
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// `(used, reserved)` of the organization budget's counter, and the sum of the stored usage
+/// costs.
+async fn spend_and_costs(url: &str) -> (i64, i64, i64) {
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(url)
+        .await
+        .unwrap();
+    let row = sqlx::query(
+        "SELECT COALESCE(SUM(used), 0)::BIGINT, COALESCE(SUM(reserved), 0)::BIGINT FROM counters WHERE counter_id LIKE 'budget:%'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let costs: i64 = sqlx::query("SELECT COALESCE(SUM(cost_nanos), 0)::BIGINT FROM usage_records")
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+        .get(0);
+    pool.close().await;
+    (row.get(0), row.get(1), costs)
+}
+
+#[tokio::test]
+async fn a_replica_killed_holding_a_lease_leaves_the_rest_to_the_other_after_expiry() {
+    let db = match PgDatabase::create() {
+        Ok(db) => db,
+        Err(why) => {
+            return skip(
+                "a_replica_killed_holding_a_lease_leaves_the_rest_to_the_other_after_expiry",
+                &why,
+            );
+        }
+    };
+    let mock = mock(MockConfig {
+        record: false,
+        ..MockConfig::default()
+    })
+    .await;
+    let toml = policy(&mock, 1.4);
+    let mut a = Gateway::start_db(&toml, &[], &[], &db.url);
+    let b = Gateway::start_db(&toml, &[], &[], &db.url);
+    let (_, secret) = a.create_key("*");
+    let store = Store::open(&db.url).await.unwrap();
+
+    // `a` serves (a few calls at a time: a rare counter is not worth a lease) until it holds
+    // a lease with room left in it.
+    let mut served_by_a = 0;
+    for _ in 0..8 {
+        assert_eq!(burst(&a, &secret, 8).await, vec![200; 8]);
+        served_by_a += 8;
+        if store.leased_total().await.unwrap() > 0 {
+            break;
+        }
+    }
+    let leased = store.leased_total().await.unwrap();
+    assert!(leased > 0, "a took no lease after {served_by_a} calls");
+    // Its calls are recorded and settled; what it holds now is its lease's unused part.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (used, _, costs) = spend_and_costs(&db.url).await;
+        if used == served_by_a * CALL_NANOS && costs == used {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a's calls were not settled: {used} {costs}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        store.leased_total().await.unwrap() > 0,
+        "a holds a lease when killed"
+    );
+    a.kill();
+
+    // Its lease expires (1 s without renewal) and `b` returns it to the budget.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while store.leased_total().await.unwrap() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the dead replica's lease never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // `b` spends exactly the rest: the budget minus what `a` recorded.
+    let (used_before, _, _) = spend_and_costs(&db.url).await;
+    let mut served_by_b = 0;
+    loop {
+        match call(&b, &secret).await {
+            200 => served_by_b += 1,
+            402 => break,
+            other => panic!("unexpected status {other}"),
+        }
+        assert!(served_by_b <= BUDGET_CALLS, "b served beyond the budget");
+    }
+    assert_eq!(
+        used_before + served_by_b * CALL_NANOS,
+        BUDGET_CALLS * CALL_NANOS,
+        "b served the rest exactly ({served_by_b} calls after {used_before} nanos)"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (used, reserved, costs) = spend_and_costs(&db.url).await;
+        if used == BUDGET_CALLS * CALL_NANOS && costs == used {
+            // Nothing is held once b's slices are back or spent.
+            assert!(reserved >= 0);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "stored spend {used} != usage costs {costs} (reserved {reserved})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn two_replicas_serve_from_leases_and_return_them_when_idle() {
+    let db = match PgDatabase::create() {
+        Ok(db) => db,
+        Err(why) => {
+            return skip(
+                "two_replicas_serve_from_leases_and_return_them_when_idle",
+                &why,
+            );
+        }
+    };
+    let mock = mock(MockConfig {
+        record: false,
+        ..MockConfig::default()
+    })
+    .await;
+    let toml = policy(&mock, 7.0);
+    let a = Gateway::start_db(&toml, &[], &[], &db.url);
+    let b = Gateway::start_db(&toml, &[], &[], &db.url);
+    let (_, secret) = a.create_key("*");
+    // Bursts on both replicas (a rare counter is not worth a lease) until calls are admitted
+    // from leases; the usage trail says where each hold came from.
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&db.url)
+        .await
+        .unwrap();
+    let mut served = 0_i64;
+    let mut from_lease = 0;
+    for _ in 0..40 {
+        let (on_a, on_b) = tokio::join!(burst(&a, &secret, 8), burst(&b, &secret, 8));
+        assert_eq!((on_a, on_b), (vec![200; 8], vec![200; 8]));
+        served += 16;
+        let rows = sqlx::query("SELECT decisions FROM usage_records")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        from_lease = rows
+            .iter()
+            .filter(|r| {
+                let decisions: Value =
+                    serde_json::from_str(&r.get::<String, _>(0)).unwrap_or_default();
+                decisions.as_array().is_some_and(|d| {
+                    d.iter()
+                        .any(|d| d["stage"] == "reserve" && d["from"] == "lease")
+                })
+            })
+            .count();
+        if from_lease > 0 {
+            break;
+        }
+    }
+    pool.close().await;
+    assert!(from_lease > 0, "no call was admitted from a lease");
+    // Idle slices go back: nothing stays reserved, and the spend is the usage costs.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (used, reserved, costs) = spend_and_costs(&db.url).await;
+        if reserved == 0 && used == served * CALL_NANOS && costs == used {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "used {used}, reserved {reserved}, costs {costs}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(store_leased(&db.url).await, 0);
+}
+
+async fn store_leased(url: &str) -> i64 {
+    Store::open(url)
+        .await
+        .unwrap()
+        .leased_total()
+        .await
+        .unwrap()
+}
