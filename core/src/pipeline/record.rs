@@ -189,8 +189,18 @@ impl Recorder {
     /// Bills an abandoned upstream call (its usage can no longer be read) the estimate that was
     /// held for it; without a hold, the counted prompt.
     pub fn bill_held(&mut self) {
+        self.bill_held_because(
+            "held_estimate",
+            "the upstream call was abandoned before it reported usage; billed the held estimate",
+        );
+    }
+
+    /// Bills the held estimate (without a hold, the counted prompt) and says why in the trail.
+    fn bill_held_because(&mut self, usage: &str, reason: &str) {
         let Some((_, reservation)) = &self.reservation else {
             self.bill_produced(0);
+            self.decisions
+                .push(json!({"stage": "record", "usage": usage, "reason": reason}));
             return;
         };
         self.record.tokens = TokenUsage {
@@ -201,10 +211,31 @@ impl Recorder {
             cache_creation: 0,
         };
         self.record.cost_nanos = reservation.cost_nanos;
-        self.decisions.push(json!({
-            "stage": "record", "usage": "held_estimate",
-            "reason": "the upstream call was abandoned before it reported usage; billed the held estimate",
-        }));
+        self.decisions
+            .push(json!({"stage": "record", "usage": usage, "reason": reason}));
+    }
+
+    /// Prices the provider's reported tokens, unless they are implausible (a broken provider
+    /// claiming more than any model reads or writes in one call: priced, that would book up to
+    /// i64::MAX nano-USD and lock every budget it applies to). Those are billed the held
+    /// estimate, with the raw usage kept and the anomaly named in the trail.
+    fn price_reported(&mut self, tokens: TokenUsage) {
+        if plausible(&tokens) {
+            self.record.tokens = tokens;
+            self.record.cost_nanos = self.pricing.map_or(0, |p| p.cost_nanos(&tokens));
+        } else {
+            tracing::warn!(
+                request_id = %self.record.request_id,
+                provider = self.record.provider.as_deref().unwrap_or(""),
+                input = tokens.input,
+                output = tokens.output,
+                "implausible usage reported by the provider; billed the held estimate"
+            );
+            self.bill_held_because(
+                "implausible",
+                "the provider reported implausible usage (more tokens than any call can use); billed the held estimate",
+            );
+        }
     }
 
     /// The request id.
@@ -300,16 +331,14 @@ impl Recorder {
     /// The provider's usage object (raw, in `api`'s shape), priced with the model's pricing.
     pub fn set_usage(&mut self, api: Api, usage: &Value) {
         if let Some(tokens) = TokenUsage::from_api(api, usage) {
-            self.record.tokens = tokens;
-            self.record.cost_nanos = self.pricing.map_or(0, |p| p.cost_nanos(&tokens));
+            self.price_reported(tokens);
         }
         self.record.provider_usage = Some(usage.to_string());
     }
 
     /// Normalized tokens (from the translation core) and, when known, the raw usage payload.
     pub fn set_tokens(&mut self, tokens: TokenUsage, raw: Option<Value>) {
-        self.record.tokens = tokens;
-        self.record.cost_nanos = self.pricing.map_or(0, |p| p.cost_nanos(&tokens));
+        self.price_reported(tokens);
         if let Some(raw) = raw {
             self.record.provider_usage = Some(raw.to_string());
         }
@@ -491,4 +520,21 @@ impl Drop for Recorder {
             }
         }
     }
+}
+
+/// More tokens of one kind than any model reads or writes in one call (context windows are at
+/// most a few million tokens, `n` completions included).
+const MAX_PLAUSIBLE_TOKENS: i64 = 100_000_000;
+
+/// Whether a provider's reported usage can be real.
+fn plausible(tokens: &TokenUsage) -> bool {
+    [
+        tokens.input,
+        tokens.output,
+        tokens.cached_input,
+        tokens.reasoning,
+        tokens.cache_creation,
+    ]
+    .iter()
+    .all(|t| (0..=MAX_PLAUSIBLE_TOKENS).contains(t))
 }

@@ -33,6 +33,12 @@ upstream_model = "upstream-priced"
 pricing = {{ input_per_mtok = 2.5, output_per_mtok = 10.0, cached_input_per_mtok = 1.25 }}
 max_output_tokens = 300
 
+[models.absurd]
+provider = "mock"
+upstream_model = "mock-absurd-usage"
+pricing = {{ input_per_mtok = 2.5, output_per_mtok = 10.0, cached_input_per_mtok = 1.25 }}
+max_output_tokens = 300
+
 [models.slow-stream]
 provider = "mock"
 upstream_model = "mock-slow-stream"
@@ -342,4 +348,52 @@ async fn a_stream_longer_than_the_hold_ttl_keeps_its_hold() {
     assert_eq!(window["spent_nanos"], CHAT_NANOS, "charged once");
     let store = Store::open(&gw.db_url).await.unwrap();
     assert_eq!(store.outstanding_holds().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn a_provider_reporting_absurd_usage_is_billed_its_hold_not_the_budget() {
+    // A broken provider claims 1.8e18 prompt tokens: priced, that is i64::MAX nano-USD on the
+    // budget and every later call refused with 402. It is billed the held estimate instead,
+    // its raw usage kept and the anomaly named in the decision trail.
+    let mock = mock(MockConfig::default()).await;
+    let gw = Gateway::start(&policy(&mock, "", ""));
+    let (_, secret) = gw.create_key("*");
+    let send = |model: &'static str| {
+        http()
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth(&secret)
+            .json(&json!({"model": model, "max_tokens": 20,
+                          "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+    };
+    let response = send("absurd").await.expect("send");
+    assert_eq!(response.status(), 200);
+    let id = response.headers()["x-request-id"]
+        .to_str()
+        .expect("id")
+        .to_string();
+    let row = gw.row_for(&id).await;
+    let cost = row["cost_nanos"].as_i64().expect("cost");
+    assert!(
+        cost > 0 && cost < 1_000_000,
+        "billed the hold, not the claim: {row}"
+    );
+    assert!(
+        row["provider_usage"]
+            .as_str()
+            .is_some_and(|u| u.contains("1800000000000000000")),
+        "{row}"
+    );
+    assert!(
+        row["decisions"].to_string().contains("implausible"),
+        "{row}"
+    );
+    let window = settled_window(&gw).await;
+    assert_eq!(window["spent_nanos"], cost);
+    let next = send("priced").await.expect("send");
+    assert_eq!(
+        next.status(),
+        200,
+        "the budget is not exhausted by the claim"
+    );
 }

@@ -21,6 +21,7 @@
 //! | `mock-401`            | 401 `invalid_api_key` (the gateway's provider credential is refused) |
 //! | `mock-403`            | 403 (the provider credential lacks the permission)            |
 //! | `mock-reset-mid-body` | 200, then the connection is cut after the first part of the body (JSON or SSE) |
+//! | `mock-absurd-usage`   | chat: a normal answer whose usage claims 1.8e18 prompt tokens |
 //! | `mock-malformed-json` | 200 `application/json` whose body is not JSON                 |
 //! | `mock-truncated-sse`  | a chat stream that ends after three chunks: no finish, usage nor `[DONE]` |
 //! | `mock-no-usage`       | images: one image per `n` and no `usage` (as DALL-E answers)  |
@@ -413,6 +414,17 @@ async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
                 .header(header::CONTENT_TYPE, "application/json")
                 .body(Body::from_stream(body))
                 .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
+        }
+        "mock-absurd-usage" if !stream => {
+            return json_response(
+                StatusCode::OK,
+                &json!({
+                    "id": "chatcmpl-mock", "object": "chat.completion", "created": 1_700_000_000, "model": model,
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 1_800_000_000_000_000_000_u64, "completion_tokens": 5,
+                              "total_tokens": 1_800_000_000_000_000_005_u64},
+                }),
+            );
         }
         "mock-malformed-json" if !stream => {
             return (
