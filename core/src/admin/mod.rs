@@ -589,11 +589,40 @@ fn build(admin: Arc<Admin>) -> Router {
         .with_state(admin)
 }
 
+/// Serves one admin request and writes its access-log line (target `tollgate::admin_access`):
+/// who (the token id), which operation, and the outcome, for reads and refusals too. Changes
+/// are also in the audit table, with before and after.
 async fn serve(
     admin: &Arc<Admin>,
     route: &Route,
     params: HashMap<String, String>,
     request: Request,
+) -> Result<Reply, ApiError> {
+    let mut who = String::from("unauthenticated");
+    let outcome = serve_as(admin, route, params, request, &mut who).await;
+    match &outcome {
+        Ok(_) => tracing::info!(
+            target: "tollgate::admin_access",
+            actor = %who, method = %route.method, route = route.path,
+            operation = route.operation, status = route.status,
+            "admin request"
+        ),
+        Err(e) => tracing::warn!(
+            target: "tollgate::admin_access",
+            actor = %who, method = %route.method, route = route.path,
+            operation = route.operation, status = e.status, code = e.code,
+            "admin request refused"
+        ),
+    }
+    outcome
+}
+
+async fn serve_as(
+    admin: &Arc<Admin>,
+    route: &Route,
+    params: HashMap<String, String>,
+    request: Request,
+    who: &mut String,
 ) -> Result<Reply, ApiError> {
     let (parts, body) = request.into_parts();
     let actor = if route.auth {
@@ -604,6 +633,7 @@ async fn serve(
             role: Role::Read,
         }
     };
+    who.clone_from(&actor.id);
     if actor.role == Role::Read && route.method != Method::GET {
         return Err(ApiError::new(
             403,
