@@ -337,14 +337,7 @@ impl Store {
             return Ok(false);
         };
         let left: i64 = row.try_get(0)?;
-        sqlx::query(
-            "UPDATE counters SET reserved = reserved - $1 WHERE counter_id = $2 AND window_start_ms = $3",
-        )
-        .bind(amount)
-        .bind(counter_id)
-        .bind(window_start_ms)
-        .execute(&mut *tx)
-        .await?;
+        unreserve(&mut tx, counter_id, window_start_ms, amount).await?;
         if drop && left == 0 {
             sqlx::query(
                 "DELETE FROM leases WHERE counter_id = $1 AND window_start_ms = $2 AND lease_id = $3 AND amount = 0",
@@ -468,14 +461,7 @@ impl Store {
             .await?;
             if let Some(removed) = removed {
                 let amount: i64 = removed.try_get(0)?;
-                sqlx::query(
-                    "UPDATE counters SET reserved = reserved - $1 WHERE counter_id = $2 AND window_start_ms = $3",
-                )
-                .bind(amount)
-                .bind(&counter)
-                .bind(window)
-                .execute(&mut *tx)
-                .await?;
+                unreserve(&mut tx, &counter, window, amount).await?;
                 reclaimed += 1;
             }
             tx.commit().await?;
@@ -581,12 +567,7 @@ impl Store {
             if let Some(row) = removed {
                 let window: i64 = row.try_get(0)?;
                 let amount: i64 = row.try_get(1)?;
-                sqlx::query("UPDATE counters SET reserved = reserved - $1 WHERE counter_id = $2 AND window_start_ms = $3")
-                    .bind(amount)
-                    .bind(&counter)
-                    .bind(window)
-                    .execute(&mut *tx)
-                    .await?;
+                unreserve(&mut tx, &counter, window, amount).await?;
                 reclaimed += 1;
             }
             tx.commit().await?;
@@ -746,6 +727,25 @@ pub(crate) async fn charge_counters(
         .execute(&mut *conn)
         .await?;
     }
+    Ok(())
+}
+
+/// Takes `amount` out of a counter window's `reserved` (a lease returned or reclaimed, an
+/// expired hold dropped).
+async fn unreserve(
+    conn: &mut sqlx::AnyConnection,
+    counter_id: &str,
+    window_start_ms: i64,
+    amount: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE counters SET reserved = reserved - $1 WHERE counter_id = $2 AND window_start_ms = $3",
+    )
+    .bind(amount)
+    .bind(counter_id)
+    .bind(window_start_ms)
+    .execute(&mut *conn)
+    .await?;
     Ok(())
 }
 
