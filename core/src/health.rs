@@ -162,6 +162,12 @@ impl Health {
         self.open_for(duration);
     }
 
+    /// When the current cooldown ends (Unix ms), if the deployment is cooling down now.
+    pub fn cooldown_until_ms(&self) -> Option<i64> {
+        let until = self.cooldown_until_ms.load(Ordering::Relaxed);
+        (until > now_ms()).then_some(until)
+    }
+
     /// Latency EWMA in ms (0 before the first call).
     pub fn latency_ms(&self) -> f64 {
         f64::from_bits(self.latency_ms_bits.load(Ordering::Relaxed))

@@ -230,6 +230,11 @@ pub async fn providers(admin: Arc<Admin>, call: Call) -> Result<Reply, ApiError>
                 .map(|m| &m.name)
                 .collect();
             let cooling = models.iter().any(|m| app.health.get(m).in_cooldown());
+            // The provider is back when the last of its models' cooldowns ends.
+            let cooldown_until = models
+                .iter()
+                .filter_map(|m| app.health.get(m).cooldown_until_ms())
+                .max();
             json!({
                 "name": p.name,
                 "family": p.family.as_str(),
@@ -241,7 +246,7 @@ pub async fn providers(admin: Arc<Admin>, call: Call) -> Result<Reply, ApiError>
                     crate::policy::Credential::Missing(_) => "missing",
                 },
                 "healthy": p.enabled && !cooling,
-                "cooldown_until": Value::Null,
+                "cooldown_until": rfc3339(cooldown_until),
                 "models": models,
             })
         })

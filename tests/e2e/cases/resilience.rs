@@ -345,3 +345,66 @@ fn bad_timeouts_and_proxies_are_load_errors_with_their_line() {
     }
     assert!(!text.contains("hidden-pw"), "{text}");
 }
+
+#[tokio::test]
+async fn the_admin_api_says_when_a_cooling_provider_comes_back() {
+    let (a, b) = (
+        mock(MockConfig::default()).await,
+        mock(MockConfig::default()).await,
+    );
+    let toml = format!(
+        "[upstream]\ncooldown_after = 2\ncooldown_ms = 60000\nmax_cooldown_ms = 60000\n\n{}{}[groups.ab]\ndeployments = [{{ model = \"a\", priority = 0 }}, {{ model = \"b\", priority = 1 }}]\n",
+        provider("a", &a),
+        provider("b", &b)
+    );
+    let gw = Gateway::start(&toml);
+    let (_, secret) = gw.create_key("*");
+    let providers = || async {
+        let body: Value = http()
+            .get(gw.url("/admin/v1/providers"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let find = |name: &str| {
+            body["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["name"] == name)
+                .cloned()
+                .unwrap()
+        };
+        (find("a"), find("b"))
+    };
+    let (pa, pb) = providers().await;
+    assert_eq!(
+        (pa["healthy"].clone(), pa["cooldown_until"].clone()),
+        (json!(true), Value::Null)
+    );
+    assert_eq!(pb["cooldown_until"], Value::Null);
+
+    a.set_fault(Some("mock-500"));
+    for _ in 0..2 {
+        assert_eq!(chat(&gw, &secret, "ab").await.status(), 200);
+    }
+    let (pa, pb) = providers().await;
+    assert_eq!(pa["healthy"], false, "{pa}");
+    let until =
+        chrono::DateTime::parse_from_rfc3339(pa["cooldown_until"].as_str().expect("a time"))
+            .expect("RFC 3339");
+    let left = until
+        .signed_duration_since(chrono::Utc::now())
+        .num_seconds();
+    assert!(
+        (50..=60).contains(&left),
+        "cooling for about a minute, not {left} s"
+    );
+    assert_eq!(
+        (pb["healthy"].clone(), pb["cooldown_until"].clone()),
+        (json!(true), Value::Null)
+    );
+}
