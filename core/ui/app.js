@@ -9,12 +9,14 @@ import * as usage from "./pages/usage.js";
 import * as policy from "./pages/policy.js";
 import * as catalog from "./pages/catalog.js";
 import * as audit from "./pages/audit.js";
+import * as people from "./pages/people.js";
 
 const PAGES = [
   { path: "overview", title: "Overview", page: overview },
   { path: "usage", title: "Usage", page: usage },
   { path: "keys", title: "Keys", page: keys },
   { path: "budgets", title: "Budgets", page: budgets },
+  { path: "people", title: "Teams & users", page: people },
   { path: "policy", title: "Policy", page: policy },
   { path: "mcp", title: "MCP servers", page: catalog, view: "mcp" },
   { path: "providers", title: "Providers & models", page: catalog, view: "providers" },

@@ -7,7 +7,8 @@
 //
 // Steps: sign in, create a key (reading the revealed secret from the page), send a chat request
 // with it over HTTP, find it in the usage explorer with its cost, open its decision trail,
-// revoke the key in the UI, and see the next request refused with 401 api_key_revoked. Every
+// revoke the key in the UI, and see the next request refused with 401 api_key_revoked; manage a
+// team, a user and a team budget (create, edit, delete) in the UI. Every
 // step leaves a screenshot in TOLLGATE_ARTIFACTS. Any failed expectation, page error or CSP
 // violation exits non-zero.
 
@@ -71,6 +72,8 @@ async function main() {
     args: ["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"],
   });
   const problems = [];
+  // Set while a step sends a bad form on purpose: its 400 is not a problem.
+  let expect400 = false;
   try {
     const context = await browser.newContext({ viewport: { width: 1400, height: 900 } });
     const page = await context.newPage();
@@ -79,7 +82,9 @@ async function main() {
     page.on("console", (m) => {
       // A 401 on purpose shows as a failed resource load; anything else is a problem,
       // CSP violations above all.
-      if (m.type() === "error" && !/status of 401/.test(m.text())) problems.push(`console error: ${m.text()}`);
+      if (m.type() === "error" && !/status of 401/.test(m.text()) && !(expect400 && /status of 400/.test(m.text()))) {
+        problems.push(`console error: ${m.text()}`);
+      }
     });
 
     // 1. Sign in.
@@ -182,6 +187,7 @@ async function main() {
     for (const [name, ready] of [
       ["overview", ".page-overview .charts"],
       ["budgets", ".page-budgets .budget-grid, .page-budgets .empty"],
+      ["people", ".page-people table, .page-people .empty"],
       ["policy", ".page-policy .stats"],
       ["mcp", ".page-mcp table, .page-mcp .empty"],
       ["providers", ".page-providers table"],
@@ -193,6 +199,82 @@ async function main() {
       await screenshot(page, name);
     }
     check((await page.textContent(".page-audit")).includes("key.revoke"), "the audit log lists the revocation");
+
+    // 9b. Teams, users and budgets are managed in the UI too: create a team and a user in it,
+    // give the team a budget, change its limit, delete it; the admin API sees each change.
+    const api = async (p) => (await fetch(`${BASE}/admin/v1${p}`, { headers: { Authorization: `Bearer ${ADMIN_TOKEN}` } })).json();
+    await page.click("nav a[data-page=people]");
+    await page.waitForSelector("#create-team");
+    await page.click("#create-team");
+    await page.fill("#team-form input[name=id]", "browser-team");
+    await page.fill("#team-form input[name=name]", "Browser team");
+    await page.click("#team-form button[type=submit]");
+    await page.waitForSelector("tr.team-browser-team");
+    await page.click("#create-user");
+    await page.fill("#user-form input[name=id]", "browser-user");
+    await page.fill("#user-form input[name=name]", "Browser user");
+    await page.fill("#user-form input[name=team]", "no-such-team");
+    expect400 = true;
+    await page.click("#user-form button[type=submit]");
+    await page.waitForSelector("#user-form .error-box");
+    expect400 = false;
+    check((await page.textContent("#user-form .error-box")).includes("does not exist"), "a user in a missing team is refused in the form");
+    await page.fill("#user-form input[name=team]", "browser-team");
+    await page.click("#user-form button[type=submit]");
+    await page.waitForSelector("tr.user-browser-user");
+    check((await page.textContent("tr.user-browser-user")).includes("browser-team"), "the user is listed in its team");
+    await screenshot(page, "teams-and-users");
+    const user = await api("/users/browser-user");
+    check(user.team === "browser-team" && user.name === "Browser user", `the API has the user (${JSON.stringify(user)})`);
+
+    await page.click("nav a[data-page=budgets]");
+    await page.waitForSelector("#create-budget");
+    await page.click("#create-budget");
+    await page.selectOption("#budget-form select[name=scope]", "team");
+    await page.fill("#budget-form input[name=subject]", "browser-team");
+    await page.selectOption("#budget-form select[name=window]", "monthly");
+    await page.fill("#budget-form input[name=limit_usd]", "12.5");
+    await page.click("#budget-form button[type=submit]");
+    let budget = null;
+    for (let attempt = 0; attempt < 40 && !budget; attempt++) {
+      budget = ((await api("/budgets?limit=500")).data || []).find((b) => b.scope === "team" && b.subject === "browser-team");
+      if (!budget) await page.waitForTimeout(250);
+    }
+    check(budget && Number(budget.limit_nanos) === 12500000000, `the team budget was created with its limit (${JSON.stringify(budget)})`);
+    await page.waitForSelector(`.budget-${budget.id} button.edit`);
+    await screenshot(page, "budget-created");
+    await page.click(`.budget-${budget.id} button.edit`);
+    await page.fill("#budget-form input[name=limit_usd]", "20");
+    await page.click("#budget-form button[type=submit]");
+    let changed = false;
+    for (let attempt = 0; attempt < 40 && !changed; attempt++) {
+      changed = Number((await api(`/budgets/${budget.id}`)).limit_nanos) === 20000000000;
+      if (!changed) await page.waitForTimeout(250);
+    }
+    check(changed, "the budget's new limit reached the API");
+    await page.waitForSelector(`.budget-${budget.id} button.danger`);
+    await page.click(`.budget-${budget.id} button.danger`);
+    await page.waitForSelector("dialog .confirm");
+    await page.click("dialog .confirm button.danger");
+    let gone = false;
+    for (let attempt = 0; attempt < 40 && !gone; attempt++) {
+      gone = !((await api("/budgets?limit=500")).data || []).some((b) => b.id === budget.id);
+      if (!gone) await page.waitForTimeout(250);
+    }
+    check(gone, "the budget was deleted");
+    await page.click("nav a[data-page=people]");
+    await page.waitForSelector("tr.user-browser-user");
+    await page.click("tr.user-browser-user button.danger");
+    await page.waitForSelector("dialog .confirm");
+    await page.click("dialog .confirm button.danger");
+    await page.waitForSelector("tr.team-browser-team");
+    let userGone = false;
+    for (let attempt = 0; attempt < 40 && !userGone; attempt++) {
+      userGone = !((await api("/users?limit=500")).data || []).some((u) => u.id === "browser-user");
+      if (!userGone) await page.waitForTimeout(250);
+    }
+    check(userGone, "the user was deleted");
+    await screenshot(page, "people-after-delete");
 
     // 11. A broken policy file: the policy page shows the reload error with file and line.
     if (POLICY_DIR) {

@@ -57,6 +57,7 @@ const ASSETS: &[Asset] = &[
     asset!("pages/policy.js", JS),
     asset!("pages/catalog.js", JS),
     asset!("pages/audit.js", JS),
+    asset!("pages/people.js", JS),
 ];
 
 /// The names of the embedded files (for tests and docs).

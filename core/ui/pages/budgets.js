@@ -1,13 +1,18 @@
 // Budgets and quotas: how much of each window is used, held by requests in flight, and left.
 
 import { call } from "../api.js";
-import { badge, compact, dialog, errorBox, h, loading, meter, nanosUsd, num, replace, statusBadge, table, time } from "../dom.js";
+import { badge, compact, confirmAction, dialog, errorBox, field, h, loading, meter, nanosUsd, notify, num, replace, statusBadge, table, time } from "../dom.js";
 
 export async function render(section, ctx) {
   const budgetsBox = h("div", {}, loading());
   const quotasBox = h("div", {}, loading());
   section.append(
-    h("header", { class: "page-head" }, h("h1", {}, "Budgets")),
+    h(
+      "header",
+      { class: "page-head" },
+      h("h1", {}, "Budgets"),
+      ctx.canWrite ? h("button", { type: "button", id: "create-budget", onclick: () => editBudget(null, ctx) }, "Create budget") : null,
+    ),
     h("p", { class: "legend-line" }, swatch("meter-used"), " used ", swatch("meter-held"), " held by requests in flight ", swatch("meter-free"), " remaining"),
     budgetsBox,
     h("h2", {}, "Quotas"),
@@ -16,7 +21,7 @@ export async function render(section, ctx) {
   const [budgets, quotas] = await Promise.allSettled([call("budgets"), call("quotas")]);
   if (!ctx.current()) return;
   if (budgets.status === "rejected") replace(budgetsBox, errorBox(budgets.reason));
-  else replace(budgetsBox, budgetList(budgets.value.data || []));
+  else replace(budgetsBox, budgetList(budgets.value.data || [], ctx));
   if (quotas.status === "rejected") replace(quotasBox, errorBox(quotas.reason));
   else replace(quotasBox, quotaList(quotas.value.data || []));
 }
@@ -25,7 +30,7 @@ function swatch(cls) {
   return h("span", { class: `swatch-box ${cls}` });
 }
 
-function budgetList(rows) {
+function budgetList(rows, ctx) {
   if (!rows.length) return h("p", { class: "empty" }, "No budgets: define them in gateway.toml or through the admin API.");
   return h(
     "div",
@@ -37,7 +42,7 @@ function budgetList(rows) {
       const limit = Number(b.limit_nanos || 0);
       return h(
         "article",
-        { class: "card budget" },
+        { class: `card budget budget-${b.id}` },
         h(
           "header",
           {},
@@ -67,10 +72,73 @@ function budgetList(rows) {
           { class: "row-actions" },
           h("button", { type: "button", class: "ghost small", onclick: () => windowUsage(b, "current") }, "Current window's requests"),
           b.previous ? h("button", { type: "button", class: "ghost small", onclick: () => windowUsage(b, "previous") }, "Previous window") : null,
+          ctx.canWrite && b.source === "store" ? h("button", { type: "button", class: "ghost small edit", onclick: () => editBudget(b, ctx) }, "Edit") : null,
+          ctx.canWrite && b.source === "store" ? h("button", { type: "button", class: "danger small", onclick: () => removeBudget(b, ctx) }, "Delete") : null,
         ),
       );
     }),
   );
+}
+
+const SCOPES = ["organization", "team", "user", "key"];
+const WINDOWS = ["daily", "weekly", "monthly", "lifetime"];
+
+function select(name, options, selected) {
+  return h("select", { name }, options.map((o) => h("option", { value: o, selected: o === selected }, o)));
+}
+
+/** Creates a stored budget, or changes a stored budget's limit, time zone and alert thresholds. */
+async function editBudget(budget, ctx) {
+  const problem = h("div");
+  const limitUsd = budget ? Number(budget.limit_nanos || 0) / 1e9 : "";
+  const form = h(
+    "form",
+    { class: "stack", id: "budget-form" },
+    budget ? null : field("Scope", select("scope", SCOPES, "team")),
+    budget ? null : field("Subject", h("input", { name: "subject", autocomplete: "off" }), "the team, user or key id (empty for organization)"),
+    budget ? null : field("Window", select("window", WINDOWS, "monthly")),
+    field("Limit (USD)", h("input", { name: "limit_usd", type: "number", min: "0", step: "any", required: true, value: String(limitUsd) })),
+    field("Time zone", h("input", { name: "timezone", autocomplete: "off", value: budget && budget.timezone ? budget.timezone : "", placeholder: "UTC" }), "optional: an IANA name such as Europe/Paris"),
+    field("Alert thresholds (%)", h("input", { name: "thresholds", autocomplete: "off", value: budget && budget.thresholds ? budget.thresholds.join(", ") : "", placeholder: "50, 80, 100" }), "optional, comma separated"),
+    problem,
+    h("div", { class: "actions" }, h("button", { type: "submit" }, budget ? "Save" : "Create")),
+  );
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const data = new FormData(form);
+    const body = { limit_usd: Number(data.get("limit_usd")) };
+    const tz = String(data.get("timezone") || "").trim();
+    if (tz) body.timezone = tz;
+    const thresholds = String(data.get("thresholds") || "").split(",").map((t) => t.trim()).filter(Boolean);
+    if (thresholds.length) body.thresholds = thresholds.map(Number);
+    try {
+      if (budget) {
+        await call("updateBudget", { params: { id: budget.id }, body });
+      } else {
+        body.scope = String(data.get("scope"));
+        body.subject = String(data.get("subject") || "").trim();
+        body.window = String(data.get("window"));
+        await call("createBudget", { body });
+      }
+      notify(budget ? `budget ${budget.id} saved` : "budget created", "success");
+      form.closest("dialog").close();
+    } catch (err) {
+      replace(problem, errorBox(err));
+    }
+  });
+  await dialog(budget ? `Budget ${budget.id}` : "Create budget", form);
+  ctx.navigate("budgets", ctx.query);
+}
+
+async function removeBudget(budget, ctx) {
+  if (!(await confirmAction("Delete budget", `Delete budget ${budget.id}? Requests are no longer held against it.`, "Delete"))) return;
+  try {
+    await call("deleteBudget", { params: { id: budget.id } });
+    notify(`budget ${budget.id} deleted`, "success");
+  } catch (err) {
+    notify(`${err.code}: ${err.message}`, "error");
+  }
+  ctx.navigate("budgets", ctx.query);
 }
 
 async function windowUsage(budget, window) {
