@@ -196,7 +196,7 @@ impl<S> Relay<S> {
 }
 
 /// The end of the first event (index, separator length), for `\n\n`, `\r\n\r\n` and `\r\r`.
-fn find_boundary(text: &[u8]) -> Option<(usize, usize)> {
+pub fn find_boundary(text: &[u8]) -> Option<(usize, usize)> {
     let mut i = 0;
     while i + 1 < text.len() {
         if text[i] == b'\n' && text[i + 1] == b'\n' {
