@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::Value;
+use tracing::Instrument as _;
 
 use super::gateway::{Prepared, json_response, refuse, refuse_to};
 use super::http::{
@@ -192,15 +193,24 @@ pub async fn http(app: &Arc<AppState>, p: Prepared, url: &str, mut recorder: Rec
     } else {
         None
     };
+    // The call's client span; its W3C context goes upstream (nothing when traces are off).
+    let span = call_span(&p, &recorder);
+    for (name, value) in span.in_scope(crate::telemetry::outbound_headers) {
+        headers.insert(name, value);
+    }
     let mut request = app.http.request(p.method.clone(), &target).headers(headers);
     if let Some(body) = &p.body {
         request = request.body(body.clone());
     }
     let started = Instant::now();
-    let response = match tokio::time::timeout(p.server.timeout, request.send()).await {
+    let sent = tokio::time::timeout(p.server.timeout, request.send())
+        .instrument(span.clone())
+        .await;
+    let response = match sent {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
             let error = upstream_error(&p, format!("unreachable: {}", without_url(&e)));
+            crate::telemetry::set_error(&span, &error.to_string());
             return call_failed(app, &p, recorder, &error);
         }
         Err(_) => {
@@ -208,6 +218,7 @@ pub async fn http(app: &Arc<AppState>, p: Prepared, url: &str, mut recorder: Rec
                 &p,
                 format!("no answer within {} ms", p.server.timeout.as_millis()),
             );
+            crate::telemetry::set_error(&span, &error.to_string());
             return call_failed(app, &p, recorder, &error);
         }
     };
@@ -216,6 +227,12 @@ pub async fn http(app: &Arc<AppState>, p: Prepared, url: &str, mut recorder: Rec
         None,
     );
     let status = response.status();
+    crate::telemetry::set(
+        &span,
+        "http.response.status_code",
+        i64::from(status.as_u16()),
+    );
+    drop(span);
     if status.is_server_error() {
         let error = upstream_error(&p, format!("answered with status {}", status.as_u16()));
         return call_failed(app, &p, recorder, &error);
@@ -419,6 +436,17 @@ fn await_results(
     }
 }
 
+/// The client span of the call to the server, under the request's span.
+fn call_span(p: &Prepared, recorder: &Recorder) -> tracing::Span {
+    crate::telemetry::mcp_span(
+        recorder.span(),
+        &p.server.slug,
+        p.server.transport.as_str(),
+        p.usage.method.as_deref(),
+        p.usage.tool.as_deref(),
+    )
+}
+
 /// The error text without the URL (which may carry a query credential).
 fn without_url(e: &reqwest::Error) -> String {
     let mut text = e.to_string();
@@ -540,10 +568,16 @@ pub async fn stdio(
         }
         None => (children.shared(&p.server, command), None),
     };
-    let answers = match session
+    let span = call_span(&p, &recorder);
+    let exchanged = session
         .exchange(envelope.messages.clone(), p.server.timeout)
-        .await
-    {
+        .instrument(span.clone())
+        .await;
+    if let Err(e) = &exchanged {
+        crate::telemetry::set_error(&span, &e.to_string());
+    }
+    drop(span);
+    let answers = match exchanged {
         Ok(a) => a,
         Err(e) => {
             if let Some(id) = &new_id {

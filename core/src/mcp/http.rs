@@ -14,8 +14,11 @@ use super::jsonrpc::filter_tools;
 use super::server::ToolRules;
 
 /// Request headers never forwarded upstream: the caller's credentials, `Host`, the framing the
-/// gateway redoes, hop-by-hop headers, and compression (the gateway reads the answers).
-const NOT_FORWARDED: [&str; 16] = [
+/// gateway redoes, hop-by-hop headers, compression (the gateway reads the answers), and the
+/// caller's trace context (the gateway sends its own span's, as on the model path).
+const NOT_FORWARDED: [&str; 18] = [
+    "traceparent",
+    "tracestate",
     "authorization",
     "x-api-key",
     "x-goog-api-key",

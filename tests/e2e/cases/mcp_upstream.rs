@@ -227,3 +227,111 @@ async fn access_rules_read_mcp_variables_and_model_rules_leave_mcp_traffic_alone
         "{denied_row}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mcp_call_is_a_client_span_whose_trace_context_reaches_the_server() {
+    use crate::common::otlp::Receiver;
+    let receiver = Receiver::start().await;
+    let (addr, seen) = recording_upstream().await;
+    let policy = format!(
+        "[mcp_servers.rec]\ntransport = \"streamable_http\"\nurl = \"http://{addr}/mcp\"\n"
+    );
+    let gw = Gateway::start_env(
+        &policy,
+        &[],
+        &[],
+        &[
+            ("TOLLGATE_OTLP_ENDPOINT", receiver.base.as_str()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "50"),
+        ],
+    );
+    let (_, key) = gw.create_key_with(&["--mcp", "rec"]);
+    // The agent is part of a trace already: the gateway's spans continue it.
+    let client_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let client_span = "00f067aa0ba902b7";
+    let call = rpc(
+        3,
+        "tools/call",
+        json!({"name": "echo", "arguments": {"message": "traced"}}),
+    );
+    let answer = http()
+        .post(gw.url("/v1/mcp/rec"))
+        .bearer_auth(&key)
+        .header("accept", "application/json, text/event-stream")
+        .header("traceparent", format!("00-{client_trace}-{client_span}-01"))
+        .json(&call)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(answer.status().as_u16(), 200);
+    let spans = receiver
+        .wait_for("the MCP request and call spans", |spans| {
+            spans
+                .iter()
+                .any(|s| s.trace_id == client_trace && s.name == "POST /v1/mcp/rec")
+                && spans
+                    .iter()
+                    .any(|s| s.trace_id == client_trace && s.name == "mcp_call rec")
+        })
+        .await;
+    let request = spans
+        .iter()
+        .find(|s| s.trace_id == client_trace && s.name == "POST /v1/mcp/rec")
+        .expect("request span");
+    assert_eq!(
+        request.parent_span_id, client_span,
+        "continues the client's span"
+    );
+    assert_eq!(request.kind, 2, "a server span");
+    let a = &request.attributes;
+    assert_eq!(a["mcp.server"], "rec");
+    assert_eq!(a["mcp.method.name"], "tools/call");
+    assert_eq!(a["gen_ai.tool.name"], "echo");
+    assert_eq!(a["gen_ai.operation.name"], "execute_tool");
+    assert_eq!(a["http.response.status_code"], 200);
+    let mcp_call = spans
+        .iter()
+        .find(|s| s.trace_id == client_trace && s.name == "mcp_call rec")
+        .expect("call span");
+    assert_eq!(
+        mcp_call.parent_span_id, request.span_id,
+        "under the request"
+    );
+    assert_eq!(mcp_call.kind, 3, "a client span");
+    let c = &mcp_call.attributes;
+    assert_eq!(c["mcp.server"], "rec");
+    assert_eq!(c["mcp.transport"], "streamable_http");
+    assert_eq!(c["mcp.method.name"], "tools/call");
+    assert_eq!(c["gen_ai.tool.name"], "echo");
+    assert_eq!(c["http.response.status_code"], 200);
+    // The server saw the same trace, as a child of the call span, not the client's header.
+    let traceparent = seen.lock().expect("lock").last().expect("a request")["traceparent"]
+        .to_str()
+        .expect("text")
+        .to_string();
+    assert_eq!(
+        traceparent,
+        format!("00-{client_trace}-{}-01", mcp_call.span_id)
+    );
+
+    // Without an OTLP endpoint the caller's trace context is not forwarded (as for models).
+    let plain = Gateway::start(&policy);
+    let (_, key) = plain.create_key_with(&["--mcp", "rec"]);
+    let answer = http()
+        .post(plain.url("/v1/mcp/rec"))
+        .bearer_auth(&key)
+        .header("accept", "application/json, text/event-stream")
+        .header("traceparent", format!("00-{client_trace}-{client_span}-01"))
+        .json(&call)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(answer.status().as_u16(), 200);
+    let last = seen
+        .lock()
+        .expect("lock")
+        .last()
+        .cloned()
+        .expect("a request");
+    assert!(last.get("traceparent").is_none(), "{last:?}");
+}
