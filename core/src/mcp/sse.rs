@@ -327,6 +327,22 @@ impl PendingPost {
     }
 }
 
+impl Drop for PendingPost {
+    /// The last holder let go with results still awaited (the stream's relay was dropped while
+    /// it inspected one): the row is written as ended with the stream.
+    fn drop(&mut self) {
+        let Ok(state) = self.state.get_mut() else {
+            return;
+        };
+        if let Some((recorder, prepared)) = state.row.take() {
+            if state.outstanding > 0 && state.ending == Ending::Relayed {
+                state.ending = Ending::StreamClosed;
+            }
+            write_row(recorder, &prepared, summary(state));
+        }
+    }
+}
+
 /// The gathered outcome of a POST, taken out of its state to write the row outside the lock.
 struct Summary {
     bytes_out: i64,
