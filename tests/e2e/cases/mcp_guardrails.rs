@@ -5,7 +5,10 @@
 
 use serde_json::Value;
 
-use super::mcp::{NodeServer, everything_policy, have_real_mcp, python_client, wait_mcp_rows};
+use super::mcp::{
+    NodeServer, everything_policy, have_real_mcp, post, python_client, rpc, rpc_answer,
+    wait_mcp_rows,
+};
 use crate::common::{Gateway, repo_root};
 
 /// A `pii-guard` manifest bound to the `everything` server for `phases`, with `config`.
@@ -335,4 +338,51 @@ async fn a_blocking_plugin_refuses_a_tool_result_on_a_legacy_sse_stream() {
     assert_eq!(decisions.len(), 1, "{decisions:?}");
     assert_eq!(decisions[0]["phase"], "tool_result");
     assert_eq!(decisions[0]["outcome"], "deny");
+}
+
+#[tokio::test]
+async fn a_legacy_post_whose_result_cannot_be_inspected_here_is_refused() {
+    let test = "a_legacy_post_whose_result_cannot_be_inspected_here_is_refused";
+    if !have_real_mcp(test) {
+        return;
+    }
+    let node = NodeServer::start("sse");
+    let policy = format!(
+        "[mcp_servers.everything]\ntransport = \"sse\"\nurl = \"http://127.0.0.1:{}/sse\"\n\
+         [plugins]\nallowed_dirs = [{:?}]\n",
+        node.port,
+        repo_root().join("plugins/dist").display().to_string()
+    );
+    let manifest = pii_manifest("[\"tool_result\"]", "");
+    let gw = Gateway::start_with(
+        &policy,
+        &[("plugins/pii-guard.toml", manifest.as_str())],
+        &[],
+    );
+    let (_, key) = gw.create_key_with(&["--mcp", "everything"]);
+    // No stream of this session is open on this gateway (it lives on another replica, or
+    // never was): the result would arrive where no tool_result phase can run.
+    let call = rpc(
+        5,
+        "tools/call",
+        serde_json::json!({"name": "echo", "arguments": {"message": "jane.doe@example.com"}}),
+    );
+    let answer = post(
+        &gw.url("/v1/mcp/everything/message?sessionId=elsewhere"),
+        &key,
+        None,
+        &call,
+    )
+    .await;
+    assert_eq!(answer.status().as_u16(), 404);
+    let answer = rpc_answer(answer).await;
+    assert_eq!(answer["id"], 5);
+    assert_eq!(
+        answer["error"]["data"]["code"], "mcp_session_not_found",
+        "{answer}"
+    );
+    let rows = wait_mcp_rows(&gw, |rows| rows.iter().any(|r| r["status"] == 404)).await;
+    let row = rows.iter().find(|r| r["status"] == 404).expect("row");
+    assert_eq!(row["error_code"], "mcp_session_not_found");
+    assert_eq!(row["tool"], "echo");
 }
