@@ -201,6 +201,32 @@ pub fn attempt_span(
     )
 }
 
+/// The span of one call to an MCP server (a client span: its context goes upstream).
+pub fn mcp_span(
+    parent: &Span,
+    server: &str,
+    transport: &str,
+    method: Option<&str>,
+    tool: Option<&str>,
+) -> Span {
+    let span = tracing::info_span!(
+        target: TARGET,
+        parent: parent,
+        "mcp_call",
+        otel.kind = "client",
+        otel.name = %format_args!("mcp_call {server}"),
+        mcp.server = server,
+        mcp.transport = transport,
+    );
+    if let Some(method) = method {
+        set(&span, "mcp.method.name", method.to_string());
+    }
+    if let Some(tool) = tool {
+        set(&span, "gen_ai.tool.name", tool.to_string());
+    }
+    span
+}
+
 /// Sets an attribute on `span` (a no-op when traces are off).
 pub fn set(span: &Span, key: &'static str, value: impl Into<opentelemetry::Value>) {
     if !span.is_disabled() {

@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::Value;
+use tracing::Instrument as _;
 
 use super::gateway::{Prepared, json_response, refuse, refuse_to};
 use super::http::{
@@ -182,15 +183,34 @@ pub async fn http(app: &Arc<AppState>, p: Prepared, url: &str, mut recorder: Rec
             return call_failed(app, &p, recorder, &e.into());
         }
     }
+    // A legacy session's tool results come on its stream: their ids are awaited before the
+    // POST goes upstream (a result can beat the POST's own answer).
+    let awaiting = if legacy_sse && p.method == Method::POST {
+        match await_results(app, &p) {
+            Ok(a) => a,
+            Err(error) => return call_failed(app, &p, recorder, &error),
+        }
+    } else {
+        None
+    };
+    // The call's client span; its W3C context goes upstream (nothing when traces are off).
+    let span = call_span(&p, &recorder);
+    for (name, value) in span.in_scope(crate::telemetry::outbound_headers) {
+        headers.insert(name, value);
+    }
     let mut request = app.http.request(p.method.clone(), &target).headers(headers);
     if let Some(body) = &p.body {
         request = request.body(body.clone());
     }
     let started = Instant::now();
-    let response = match tokio::time::timeout(p.server.timeout, request.send()).await {
+    let sent = tokio::time::timeout(p.server.timeout, request.send())
+        .instrument(span.clone())
+        .await;
+    let response = match sent {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
             let error = upstream_error(&p, format!("unreachable: {}", without_url(&e)));
+            crate::telemetry::set_error(&span, &error.to_string());
             return call_failed(app, &p, recorder, &error);
         }
         Err(_) => {
@@ -198,6 +218,7 @@ pub async fn http(app: &Arc<AppState>, p: Prepared, url: &str, mut recorder: Rec
                 &p,
                 format!("no answer within {} ms", p.server.timeout.as_millis()),
             );
+            crate::telemetry::set_error(&span, &error.to_string());
             return call_failed(app, &p, recorder, &error);
         }
     };
@@ -206,6 +227,12 @@ pub async fn http(app: &Arc<AppState>, p: Prepared, url: &str, mut recorder: Rec
         None,
     );
     let status = response.status();
+    crate::telemetry::set(
+        &span,
+        "http.response.status_code",
+        i64::from(status.as_u16()),
+    );
+    drop(span);
     if status.is_server_error() {
         let error = upstream_error(&p, format!("answered with status {}", status.as_u16()));
         return call_failed(app, &p, recorder, &error);
@@ -223,6 +250,25 @@ pub async fn http(app: &Arc<AppState>, p: Prepared, url: &str, mut recorder: Rec
         if let Ok(v) = HeaderValue::from_str(&sealed) {
             out_headers.insert(session_header(), v);
         }
+    }
+    if let Some(awaiting) = awaiting
+        && status.is_success()
+    {
+        // The upstream accepted the POST (`202`): its row waits for the results on the stream.
+        let limit = p.snapshot.limits.max_response_bytes;
+        let bytes = match read_limited(response, limit).await {
+            Ok(b) => b,
+            Err(detail) => {
+                drop(awaiting);
+                let error = upstream_error(&p, detail);
+                return call_failed(app, &p, recorder, &error);
+            }
+        };
+        recorder.mark_first_byte();
+        let mut answer = (status, bytes).into_response();
+        *answer.headers_mut() = out_headers;
+        awaiting.attach(recorder, p);
+        return answer;
     }
     let content_type = response
         .headers()
@@ -304,58 +350,101 @@ pub async fn http(app: &Arc<AppState>, p: Prepared, url: &str, mut recorder: Rec
         return answer;
     }
     // A stream (SSE answer to a POST, the GET stream) or anything else: relayed as it comes.
-    let mut inject = None;
-    let registered: std::sync::Arc<std::sync::Mutex<Option<String>>> = Default::default();
-    let rewrite: Option<EventRewrite> = if legacy_sse {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        inject = Some(rx);
-        let (runtime, key_id, slot) = (app.mcp.clone(), p.key.id.clone(), registered.clone());
-        let on_endpoint: super::sse::OnEndpoint = std::sync::Arc::new(move |endpoint: &str| {
-            runtime.sse.register(&key_id, endpoint, tx.clone());
-            if let Ok(mut s) = slot.lock() {
-                *s = Some(endpoint.to_string());
-            }
-        });
-        Some(super::sse::stream_rewrite(
-            url.to_string(),
-            p.server.slug.clone(),
-            rules_filter(&p).then(|| p.server.tools.clone()),
-            Some(on_endpoint),
-        ))
-    } else if content_type.starts_with("text/event-stream") && rules_filter(&p) {
-        Some(tool_filter(p.server.tools.clone()))
-    } else {
-        None
-    };
     recorder.mark_first_byte();
     recorder.set_stream_status("open");
     let code = status.as_u16();
-    let runtime = app.mcp.clone();
     let ending = recorder.streams_end();
-    let on_end = Box::new(move |bytes_out: i64, reason: Option<&'static str>| {
-        if let Some(endpoint) = registered.lock().ok().and_then(|mut s| s.take()) {
-            runtime.sse.remove(&p.key.id, &endpoint);
-        }
-        finish(
-            recorder,
-            &p,
-            code,
-            bytes_out,
-            Some(reason.unwrap_or("completed")),
-        );
-        drop(p);
-    });
-    let body = relay(
-        response.bytes_stream().boxed(),
-        rewrite,
-        inject,
-        on_end,
-        ending,
-    );
+    let body = if legacy_sse && p.method == Method::GET {
+        // The legacy stream: relayed event by event, results matched to their calls.
+        let (tx, inject) = tokio::sync::mpsc::unbounded_channel();
+        let session = super::sse::Session::new(&p.key.id, tx);
+        let governor = super::sse::Governor {
+            session: session.clone(),
+            runtime: app.mcp.clone(),
+            sse_url: url.to_string(),
+            slug: p.server.slug.clone(),
+            rules: rules_filter(&p).then(|| p.server.tools.clone()),
+            max_event_bytes: p.snapshot.limits.max_response_bytes,
+        };
+        let runtime = app.mcp.clone();
+        let on_end = Box::new(move |bytes_out: i64, reason: Option<&'static str>| {
+            runtime.sse.remove(&session);
+            // Results that never came are given up (each call's row is written), and the bytes
+            // of those that did are on their calls' rows, not on the stream's.
+            session.close();
+            let own = bytes_out.saturating_sub(session.attributed()).max(0);
+            finish(recorder, &p, code, own, Some(reason.unwrap_or("completed")));
+            drop(p);
+        });
+        let upstream = super::sse::governed(response.bytes_stream(), governor);
+        relay(upstream, None, Some(inject), on_end, ending)
+    } else {
+        let rewrite: Option<EventRewrite> = (content_type.starts_with("text/event-stream")
+            && rules_filter(&p))
+        .then(|| tool_filter(p.server.tools.clone()));
+        let on_end = Box::new(move |bytes_out: i64, reason: Option<&'static str>| {
+            finish(
+                recorder,
+                &p,
+                code,
+                bytes_out,
+                Some(reason.unwrap_or("completed")),
+            );
+            drop(p);
+        });
+        relay(
+            response.bytes_stream().boxed(),
+            rewrite,
+            None,
+            on_end,
+            ending,
+        )
+    };
     let mut answer = Response::new(body);
     *answer.status_mut() = status;
     *answer.headers_mut() = out_headers;
     answer
+}
+
+/// Registers the `tools/call` ids of a legacy SSE POST with the session whose stream carries
+/// their results. A POST whose results a `tool_result` guardrail must inspect is refused when
+/// that stream is not open on this replica (`404 mcp_session_not_found`: the client reconnects);
+/// legacy SSE sessions are bound to the replica holding their stream.
+fn await_results(
+    app: &AppState,
+    p: &Prepared,
+) -> Result<Option<super::sse::Awaiting>, GatewayError> {
+    let Some(envelope) = &p.envelope else {
+        return Ok(None);
+    };
+    let tools = called_tools(&envelope.messages);
+    if tools.is_empty() {
+        return Ok(None);
+    }
+    let session = p
+        .sse_route
+        .as_ref()
+        .and_then(|r| app.mcp.sse.session(&r.key_id, &r.endpoint));
+    let guards = p
+        .tool_guards
+        .clone()
+        .filter(|g| g.has(crate::plugins::Phase::ToolResult));
+    match session {
+        Some(session) => session.expect(&p.server.slug, tools, guards),
+        None if guards.is_some() => Err(McpError::SessionNotFound.into()),
+        None => Ok(None),
+    }
+}
+
+/// The client span of the call to the server, under the request's span.
+fn call_span(p: &Prepared, recorder: &Recorder) -> tracing::Span {
+    crate::telemetry::mcp_span(
+        recorder.span(),
+        &p.server.slug,
+        p.server.transport.as_str(),
+        p.usage.method.as_deref(),
+        p.usage.tool.as_deref(),
+    )
 }
 
 /// The error text without the URL (which may carry a query credential).
@@ -479,10 +568,16 @@ pub async fn stdio(
         }
         None => (children.shared(&p.server, command), None),
     };
-    let answers = match session
+    let span = call_span(&p, &recorder);
+    let exchanged = session
         .exchange(envelope.messages.clone(), p.server.timeout)
-        .await
-    {
+        .instrument(span.clone())
+        .await;
+    if let Err(e) = &exchanged {
+        crate::telemetry::set_error(&span, &e.to_string());
+    }
+    drop(span);
+    let answers = match exchanged {
         Ok(a) => a,
         Err(e) => {
             if let Some(id) = &new_id {

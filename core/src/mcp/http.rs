@@ -14,8 +14,11 @@ use super::jsonrpc::filter_tools;
 use super::server::ToolRules;
 
 /// Request headers never forwarded upstream: the caller's credentials, `Host`, the framing the
-/// gateway redoes, hop-by-hop headers, and compression (the gateway reads the answers).
-const NOT_FORWARDED: [&str; 16] = [
+/// gateway redoes, hop-by-hop headers, compression (the gateway reads the answers), and the
+/// caller's trace context (the gateway sends its own span's, as on the model path).
+const NOT_FORWARDED: [&str; 18] = [
+    "traceparent",
+    "tracestate",
     "authorization",
     "x-api-key",
     "x-goog-api-key",
@@ -196,7 +199,7 @@ impl<S> Relay<S> {
 }
 
 /// The end of the first event (index, separator length), for `\n\n`, `\r\n\r\n` and `\r\r`.
-fn find_boundary(text: &[u8]) -> Option<(usize, usize)> {
+pub fn find_boundary(text: &[u8]) -> Option<(usize, usize)> {
     let mut i = 0;
     while i + 1 < text.len() {
         if text[i] == b'\n' && text[i + 1] == b'\n' {

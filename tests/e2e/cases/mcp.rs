@@ -591,3 +591,47 @@ async fn three_concurrent_sessions_each_get_their_own_answers() {
         assert_eq!(lines[3]["text"], format!("Echo: session {i}"));
     }
 }
+
+/// The server and virtual-server examples of `docs/mcp.md` load with `tollgate check` (the
+/// virtual example names a second server, `search`, which the test supplies).
+#[test]
+fn the_mcp_guide_server_examples_pass_check() {
+    let guide = std::fs::read_to_string(repo_root().join("docs/mcp.md")).expect("guide");
+    let mut tables = Vec::new();
+    let mut current: Option<String> = None;
+    for line in guide.lines() {
+        match (&mut current, line.strip_prefix("```")) {
+            (None, Some(info)) if info.trim() == "toml" => current = Some(String::new()),
+            (Some(_), Some(_)) => tables.extend(current.take()),
+            (Some(body), None) => {
+                body.push_str(line);
+                body.push('\n');
+            }
+            _ => {}
+        }
+    }
+    let examples: Vec<&String> = tables
+        .iter()
+        .filter(|t| t.starts_with("[mcp_servers.") || t.starts_with("[mcp_virtual."))
+        .collect();
+    assert!(examples.len() >= 2, "{tables:?}");
+    let dir = tempfile::tempdir().expect("dir");
+    let mut gateway = examples
+        .iter()
+        .map(|t| t.as_str())
+        .collect::<Vec<_>>()
+        .join("\n");
+    gateway.push_str("\n[mcp_servers.search]\ntransport = \"streamable_http\"\nurl = \"http://127.0.0.1:3002/mcp\"\n");
+    std::fs::write(dir.path().join("gateway.toml"), &gateway).expect("write");
+    let out = Command::new(crate::common::bin())
+        .arg("check")
+        .arg(dir.path())
+        .output()
+        .expect("check");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{gateway}\n{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
