@@ -153,10 +153,19 @@ struct BudgetUpdate {
     thresholds: Option<Vec<u32>>,
 }
 
+/// The largest budget limit: a billion USD.
+pub const MAX_LIMIT_USD: f64 = 1e9;
+
 fn limit_of(usd: Option<f64>, nanos: Option<i64>) -> Result<Option<i64>, ApiError> {
+    const MAX_NANOS: i64 = 1_000_000_000_000_000_000;
     match (usd, nanos) {
         (Some(_), Some(_)) => Err(ApiError::invalid("give limit_usd or limit_nanos, not both")),
-        (None, Some(n)) if n < 0 => Err(ApiError::invalid("limit_nanos must not be negative")),
+        (None, Some(n)) if !(0..=MAX_NANOS).contains(&n) => Err(ApiError::invalid(format!(
+            "limit_nanos must be from 0 to {MAX_NANOS} (a billion USD)"
+        ))),
+        (Some(u), None) if !(0.0..=MAX_LIMIT_USD).contains(&u) => Err(ApiError::invalid(format!(
+            "limit_usd {u} must be from 0 to {MAX_LIMIT_USD}"
+        ))),
         (None, Some(n)) => Ok(Some(n)),
         (Some(u), None) => crate::usage::Pricing::nanos_per_mtok(u)
             .map(Some)
@@ -296,6 +305,9 @@ pub async fn delete(admin: Arc<Admin>, call: Call) -> Result<Reply, ApiError> {
 /// `GET /budgets/{id}/usage?window=current|previous`.
 pub async fn usage(admin: Arc<Admin>, call: Call) -> Result<Reply, ApiError> {
     let (spec, _) = find(&admin, &call.param("id")).await?;
+    // Bad paging parameters are refused even where the window turns out empty.
+    let limit = call.limit()?;
+    let cursor = super::usage::cursor(&call)?;
     let (current, previous) = windows(&spec);
     let bounds = match call.q("window").as_deref() {
         None | Some("current") => current,
@@ -321,11 +333,7 @@ pub async fn usage(admin: Arc<Admin>, call: Call) -> Result<Reply, ApiError> {
         Scope::Model => filter.model = Some(spec.subject.clone()),
         Scope::Organization => {}
     }
-    let limit = call.limit()?;
-    let rows = admin
-        .store
-        .usage_page(&filter, limit + 1, super::usage::cursor(&call)?)
-        .await?;
+    let rows = admin.store.usage_page(&filter, limit + 1, cursor).await?;
     Ok(usage_page(rows, limit))
 }
 

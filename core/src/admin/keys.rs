@@ -64,6 +64,9 @@ fn grant(names: &[String], what: &str, empty_ok: bool) -> Result<ModelGrant, Api
     if names.iter().any(|n| n.trim().is_empty()) {
         return Err(ApiError::invalid(format!("{what} holds an empty name")));
     }
+    for n in names {
+        super::plain_text(what, n)?;
+    }
     if names.iter().any(|n| n == "*") {
         return Ok(ModelGrant::All);
     }
@@ -80,6 +83,7 @@ fn name(text: &str) -> Result<String, ApiError> {
     if text.is_empty() || text.chars().count() > 200 {
         return Err(ApiError::invalid("name must have 1 to 200 characters"));
     }
+    super::plain_text("name", text)?;
     Ok(text.to_string())
 }
 

@@ -263,10 +263,13 @@ pub type Handler = fn(Arc<Admin>, Call) -> BoxFuture<'static, Result<Reply, ApiE
 pub struct Param {
     /// Name.
     pub name: &'static str,
-    /// OpenAPI type: `string` or `integer`.
+    /// What it takes: `string`, `integer` (the page size: 1 to 500), `time` (RFC 3339 or Unix
+    /// milliseconds) or `status` (a usage status filter).
     pub kind: &'static str,
     /// Description (allowed values).
     pub description: &'static str,
+    /// The only values a `string` parameter takes (empty: any).
+    pub values: &'static [&'static str],
 }
 
 /// One route of the admin API.
@@ -319,6 +322,21 @@ const fn p(name: &'static str, kind: &'static str, description: &'static str) ->
         name,
         kind,
         description,
+        values: &[],
+    }
+}
+
+/// A string parameter that takes one of `values`.
+const fn one_of(
+    name: &'static str,
+    values: &'static [&'static str],
+    description: &'static str,
+) -> Param {
+    Param {
+        name,
+        kind: "string",
+        description,
+        values,
     }
 }
 
@@ -336,7 +354,11 @@ const KEY_LIST: &[Param] = &[
     PAGE[1],
     p("team", "string", "Only keys of this team."),
     p("user", "string", "Only keys of this user."),
-    p("status", "string", "active, expired or revoked."),
+    one_of(
+        "status",
+        &["active", "expired", "revoked"],
+        "active, expired or revoked.",
+    ),
     p(
         "q",
         "string",
@@ -368,12 +390,12 @@ const USER_LIST: &[Param] = &[
 const RANGE: [Param; 2] = [
     p(
         "from",
-        "string",
+        "time",
         "Start (inclusive): RFC 3339 time or Unix milliseconds.",
     ),
     p(
         "to",
-        "string",
+        "time",
         "End (exclusive): RFC 3339 time or Unix milliseconds.",
     ),
 ];
@@ -381,7 +403,7 @@ const RANGE: [Param; 2] = [
 const USAGE_FILTERS: [Param; 8] = [
     p(
         "status",
-        "string",
+        "status",
         "HTTP status (e.g. 429), ok (< 400), error (>= 400), 2xx, 3xx, 4xx or 5xx.",
     ),
     p("provider", "string", "Provider name; `mcp` for MCP calls."),
@@ -419,14 +441,16 @@ const USAGE_LIST: &[Param] = &[
 const AGGREGATE: &[Param] = &[
     RANGE[0],
     RANGE[1],
-    p(
+    one_of(
         "bucket",
-        "string",
+        &["minute", "hour", "day"],
         "minute, hour or day (UTC); without it one row per group.",
     ),
-    p(
+    one_of(
         "group_by",
-        "string",
+        &[
+            "team", "model", "provider", "key", "user", "status", "endpoint",
+        ],
         "team, model, provider, key, user, status or endpoint; without it one row per bucket.",
     ),
     USAGE_FILTERS[0],
@@ -442,16 +466,24 @@ const AGGREGATE: &[Param] = &[
 const CHARGEBACK: &[Param] = &[
     p(
         "from",
-        "string",
+        "time",
         "Start (inclusive): RFC 3339 or Unix ms; default the start of the current UTC month.",
     ),
     p(
         "to",
-        "string",
+        "time",
         "End (exclusive): RFC 3339 or Unix ms; default now.",
     ),
-    p("group_by", "string", "team (default), key or model."),
-    p("format", "string", "json (default), csv or html."),
+    one_of(
+        "group_by",
+        &["team", "key", "model"],
+        "team (default), key or model.",
+    ),
+    one_of(
+        "format",
+        &["json", "csv", "html"],
+        "json (default), csv or html.",
+    ),
 ];
 
 const AUDIT: &[Param] = &[
@@ -474,7 +506,11 @@ const AUDIT: &[Param] = &[
 const BUDGET_USAGE: &[Param] = &[
     PAGE[0],
     PAGE[1],
-    p("window", "string", "current (default) or previous."),
+    one_of(
+        "window",
+        &["current", "previous"],
+        "current (default) or previous.",
+    ),
 ];
 
 /// Every admin route. The router, the OpenAPI document and the CLI come from this table.
@@ -652,6 +688,10 @@ async fn serve_as(
             format!("admin request bodies are limited to {MAX_BODY} bytes"),
         )
     })?;
+    let body = match route.body {
+        Some(schema) if !body.is_empty() => openapi::conform_body(schema, &body)?,
+        _ => body,
+    };
     let call = Call {
         actor,
         params,
@@ -681,6 +721,12 @@ fn parse_query(route: &Route, uri: &axum::http::Uri) -> Result<HashMap<String, S
                     known.join(", ")
                 )
             }));
+        }
+        let param = route.query.iter().find(|p| p.name == name);
+        if value.is_empty() && param.is_some_and(|p| p.kind != "string" || !p.values.is_empty()) {
+            return Err(ApiError::invalid(format!(
+                "query parameter '{name}' is empty: give a value or leave it out"
+            )));
         }
         if query.insert(name.clone(), value).is_some() {
             return Err(ApiError::invalid(format!(
@@ -846,18 +892,38 @@ impl Call {
     }
 }
 
-/// Parses RFC 3339 or Unix milliseconds.
-pub fn parse_time(name: &str, text: &str) -> Result<i64, ApiError> {
-    if let Ok(ms) = text.parse::<i64>() {
-        return Ok(ms);
+/// Refuses text with control characters (a NUL, a newline...): names and grants end up in
+/// logs, CSV exports and PostgreSQL `TEXT`, which refuses NUL.
+pub fn plain_text(field: &str, text: &str) -> Result<(), ApiError> {
+    if text.chars().any(char::is_control) {
+        return Err(ApiError::invalid(format!(
+            "{field} must not contain control characters"
+        )));
     }
-    chrono::DateTime::parse_from_rfc3339(text)
-        .map(|t| t.timestamp_millis())
-        .map_err(|_| {
-            ApiError::invalid(format!(
-                "{name} '{text}' is neither an RFC 3339 time (2026-11-29T10:00:00Z) nor Unix milliseconds"
-            ))
-        })
+    Ok(())
+}
+
+/// The latest time a parameter takes: 9999-12-31T23:59:59.999Z, in Unix milliseconds.
+pub const MAX_TIME_MS: i64 = 253_402_300_799_999;
+
+/// Parses RFC 3339 or Unix milliseconds, from 1970 to the end of year 9999.
+pub fn parse_time(name: &str, text: &str) -> Result<i64, ApiError> {
+    let ms = match text.parse::<i64>() {
+        Ok(ms) => ms,
+        Err(_) => chrono::DateTime::parse_from_rfc3339(text)
+            .map(|t| t.timestamp_millis())
+            .map_err(|_| {
+                ApiError::invalid(format!(
+                    "{name} '{text}' is neither an RFC 3339 time (2026-11-29T10:00:00Z) nor Unix milliseconds"
+                ))
+            })?,
+    };
+    if !(0..=MAX_TIME_MS).contains(&ms) {
+        return Err(ApiError::invalid(format!(
+            "{name} '{text}' is outside 1970-01-01 to 9999-12-31"
+        )));
+    }
+    Ok(ms)
 }
 
 /// A list page.

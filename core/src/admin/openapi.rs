@@ -2,11 +2,69 @@
 //! route, its parameters, body and answer) and the schemas below.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
+use axum::body::Bytes;
 use serde_json::{Map, Value, json};
 
 use super::{Admin, ApiError, Call, Reply, routes};
+
+/// The component schemas, built once.
+fn components() -> &'static Map<String, Value> {
+    static SCHEMAS: OnceLock<Map<String, Value>> = OnceLock::new();
+    SCHEMAS.get_or_init(schemas)
+}
+
+fn types_of(schema: &Value) -> Vec<&str> {
+    match &schema["type"] {
+        Value::String(t) => vec![t.as_str()],
+        Value::Array(ts) => ts.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// An integral JSON number written as a float (`50.0`): JSON Schema counts it as an integer.
+fn integral(value: &Value) -> Option<Value> {
+    let f = value.as_f64().filter(|_| value.is_f64())?;
+    // Within ±2^53 a float holds every integer exactly.
+    (f.fract() == 0.0 && f.abs() <= 9_007_199_254_740_992.0).then(|| json!(f as i64))
+}
+
+/// Holds a request body to its documented schema `name` before a handler reads it: a JSON
+/// object (never an array or a scalar), `null` only where the schema allows it, and integral
+/// floats (`50.0`) as the integers JSON Schema takes them for. Field names and value types the
+/// handler checks itself.
+pub fn conform_body(name: &str, body: &Bytes) -> Result<Bytes, ApiError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))?;
+    let Value::Object(mut fields) = value else {
+        return Err(ApiError::invalid("the JSON body must be an object"));
+    };
+    let properties = &components()[name]["properties"];
+    for (field, value) in &mut fields {
+        let schema = &properties[field.as_str()];
+        let types = types_of(schema);
+        if value.is_null() {
+            if !types.is_empty() && !types.contains(&"null") || schema.get("$ref").is_some() {
+                return Err(ApiError::invalid(format!("'{field}' must not be null")));
+            }
+        } else if types.contains(&"integer") {
+            if let Some(int) = integral(value) {
+                *value = int;
+            }
+        } else if types.contains(&"array")
+            && types_of(&schema["items"]).contains(&"integer")
+            && let Value::Array(items) = value
+        {
+            for item in items {
+                if let Some(int) = integral(item) {
+                    *item = int;
+                }
+            }
+        }
+    }
+    Ok(Bytes::from(Value::Object(fields).to_string()))
+}
 
 fn s() -> Value {
     json!({"type": "string"})
@@ -49,6 +107,40 @@ fn nr(name: &str) -> Value {
 }
 fn any() -> Value {
     json!({})
+}
+/// Text with at least one visible character and no control character.
+const PLAIN: &str =
+    "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$";
+/// A display name: 1 to 200 characters, not only spaces.
+fn name() -> Value {
+    json!({"type": "string", "minLength": 1, "maxLength": 200, "pattern": PLAIN})
+}
+/// A team or user id: a slug.
+fn slug() -> Value {
+    json!({"type": "string", "pattern": "^[a-z0-9][a-z0-9._-]{0,63}$"})
+}
+fn nslug() -> Value {
+    json!({"type": ["string", "null"], "pattern": "^[a-z0-9][a-z0-9._-]{0,63}$"})
+}
+/// A key's team or user: a slug; `""` or `null` for none.
+fn owner() -> Value {
+    json!({"type": ["string", "null"], "pattern": "^([a-z0-9][a-z0-9._-]{0,63})?$"})
+}
+fn nemail() -> Value {
+    json!({"type": ["string", "null"], "maxLength": 254, "pattern": "^[^\\s@]*@[^\\s]*$"})
+}
+/// Model or MCP server names of a grant (`*` for all).
+fn grant_names(min: u64) -> Value {
+    json!({"type": "array", "minItems": min, "items": {"type": "string", "pattern": PLAIN}})
+}
+fn thresholds() -> Value {
+    json!({"type": "array", "items": {"type": "integer", "minimum": 1, "maximum": 1000}})
+}
+/// A request body: only the listed fields.
+fn input(props: &[(&str, Value)], required: &[&str]) -> Value {
+    let mut schema = obj(props, required);
+    schema["additionalProperties"] = Value::Bool(false);
+    schema
 }
 
 fn obj(props: &[(&str, Value)], required: &[&str]) -> Value {
@@ -152,13 +244,13 @@ fn schemas() -> Map<String, Value> {
     );
     put(
         "KeyCreate",
-        obj(
+        input(
             &[
-                ("name", s()),
-                ("team", ns()),
-                ("user", ns()),
-                ("models", strings()),
-                ("mcp_servers", strings()),
+                ("name", name()),
+                ("team", owner()),
+                ("user", owner()),
+                ("models", grant_names(1)),
+                ("mcp_servers", grant_names(0)),
                 ("metadata", any_object()),
                 ("expires_at", ntime()),
             ],
@@ -167,13 +259,13 @@ fn schemas() -> Map<String, Value> {
     );
     put(
         "KeyUpdate",
-        obj(
+        input(
             &[
-                ("name", s()),
-                ("team", ns()),
-                ("user", ns()),
-                ("models", strings()),
-                ("mcp_servers", strings()),
+                ("name", name()),
+                ("team", owner()),
+                ("user", owner()),
+                ("models", grant_names(1)),
+                ("mcp_servers", grant_names(0)),
                 ("metadata", any_object()),
                 ("expires_at", ntime()),
             ],
@@ -215,23 +307,23 @@ fn schemas() -> Map<String, Value> {
     put("UserList", list_of("User"));
     put(
         "TeamCreate",
-        obj(
-            &[("id", s()), ("name", s()), ("metadata", any_object())],
+        input(
+            &[("id", slug()), ("name", name()), ("metadata", any_object())],
             &["id", "name"],
         ),
     );
     put(
         "TeamUpdate",
-        obj(&[("name", s()), ("metadata", any_object())], &[]),
+        input(&[("name", name()), ("metadata", any_object())], &[]),
     );
     put(
         "UserCreate",
-        obj(
+        input(
             &[
-                ("id", s()),
-                ("name", s()),
-                ("email", ns()),
-                ("team", ns()),
+                ("id", slug()),
+                ("name", name()),
+                ("email", nemail()),
+                ("team", nslug()),
                 ("metadata", any_object()),
             ],
             &["id", "name"],
@@ -239,11 +331,11 @@ fn schemas() -> Map<String, Value> {
     );
     put(
         "UserUpdate",
-        obj(
+        input(
             &[
-                ("name", s()),
-                ("email", ns()),
-                ("team", ns()),
+                ("name", name()),
+                ("email", nemail()),
+                ("team", nslug()),
                 ("metadata", any_object()),
             ],
             &[],
@@ -306,38 +398,56 @@ fn schemas() -> Map<String, Value> {
         ),
     );
     put("BudgetList", list_of("Budget"));
-    put(
-        "BudgetCreate",
-        obj(
-            &[
-                ("scope", s()),
-                ("subject", s()),
-                ("window", s()),
-                ("limit_usd", num()),
-                ("limit_nanos", int()),
-                ("timezone", s()),
-                (
-                    "thresholds",
-                    json!({"type": "array", "items": {"type": "integer"}}),
-                ),
-            ],
-            &["scope", "window"],
+    let budget_limits = [
+        (
+            "limit_usd",
+            json!({"type": "number", "minimum": 0, "maximum": super::budgets::MAX_LIMIT_USD}),
         ),
-    );
-    put(
-        "BudgetUpdate",
-        obj(
-            &[
-                ("limit_usd", num()),
-                ("limit_nanos", int()),
-                ("timezone", s()),
-                (
-                    "thresholds",
-                    json!({"type": "array", "items": {"type": "integer"}}),
-                ),
-            ],
-            &[],
+        (
+            "limit_nanos",
+            json!({"type": "integer", "format": "int64", "minimum": 0, "maximum": 1_000_000_000_000_000_000_i64}),
         ),
+        ("timezone", r("TimeZone")),
+        ("thresholds", thresholds()),
+    ];
+    // limit_usd or limit_nanos, not both.
+    let one_limit = json!({"oneOf": [
+        {"required": ["limit_usd"], "not": {"required": ["limit_nanos"]}},
+        {"required": ["limit_nanos"], "not": {"required": ["limit_usd"]}},
+    ]});
+    let mut create = vec![
+        (
+            "scope",
+            json!({"type": "string", "enum": ["organization", "team", "user", "key"]}),
+        ),
+        ("subject", s()),
+        (
+            "window",
+            json!({"type": "string", "enum": ["daily", "weekly", "monthly", "lifetime"]}),
+        ),
+    ];
+    create.extend(budget_limits.iter().cloned());
+    let mut budget_create = input(&create, &["scope", "window"]);
+    // An organization budget has no subject; every other scope names one.
+    budget_create["allOf"] = json!([
+        one_limit,
+        {"oneOf": [
+            {"properties": {"scope": {"const": "organization"}, "subject": {"maxLength": 0}}},
+            {"properties": {"scope": {"enum": ["team", "user", "key"]}, "subject": {"minLength": 1}},
+             "required": ["subject"]},
+        ]},
+    ]);
+    put("BudgetCreate", budget_create);
+    let mut budget_update = input(&budget_limits, &[]);
+    budget_update["not"] = json!({"required": ["limit_usd", "limit_nanos"]});
+    put("BudgetUpdate", budget_update);
+    put(
+        "TimeZone",
+        json!({
+            "type": "string",
+            "description": "An IANA time zone name.",
+            "enum": chrono_tz::TZ_VARIANTS.iter().map(|tz| tz.name()).collect::<Vec<_>>(),
+        }),
     );
     put(
         "Quota",
@@ -604,9 +714,9 @@ fn schemas() -> Map<String, Value> {
     put("AdminTokenList", list_of("AdminToken"));
     put(
         "AdminTokenCreate",
-        obj(
+        input(
             &[
-                ("name", s()),
+                ("name", name()),
                 ("role", json!({"type": "string", "enum": ["admin", "read"]})),
             ],
             &["name", "role"],
@@ -621,6 +731,20 @@ fn schemas() -> Map<String, Value> {
     );
     put("OpenApi", any_object());
     m
+}
+
+/// The schema of a query parameter: what the handlers accept, no more.
+fn param_schema(p: &super::Param) -> Value {
+    match p.kind {
+        "integer" => json!({"type": "integer", "minimum": 1, "maximum": 500}),
+        "time" => json!({"anyOf": [
+            {"type": "string", "format": "date-time"},
+            {"type": "integer", "format": "int64", "minimum": 0, "maximum": super::MAX_TIME_MS},
+        ]}),
+        "status" => json!({"type": "string", "pattern": "^(ok|error|[1-5]xx|[1-5][0-9]{2})$"}),
+        _ if !p.values.is_empty() => json!({"type": "string", "enum": p.values}),
+        _ => s(),
+    }
 }
 
 fn error_response(description: &str) -> Value {
@@ -642,7 +766,7 @@ pub fn document() -> Value {
         for p in route.query {
             parameters.push(json!({
                 "name": p.name, "in": "query", "required": false,
-                "description": p.description, "schema": {"type": p.kind},
+                "description": p.description, "schema": param_schema(p),
             }));
         }
         let mut content = Map::new();
@@ -715,6 +839,7 @@ pub fn document() -> Value {
             .or_default()
             .insert(route.method.as_str().to_lowercase(), op);
     }
+    let schemas = components().clone();
     json!({
         "openapi": "3.1.0",
         "info": {
@@ -727,7 +852,7 @@ pub fn document() -> Value {
         "paths": paths,
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": schemas(),
+            "schemas": schemas,
         },
     })
 }
@@ -754,6 +879,48 @@ mod tests {
             Value::Array(items) => items.iter().for_each(|v| refs(v, out)),
             _ => {}
         }
+    }
+
+    #[test]
+    fn bodies_are_held_to_their_schema_before_a_handler_reads_them() {
+        let conform = |name: &str, body: &str| {
+            conform_body(name, &Bytes::from(body.to_string()))
+                .map(|b| serde_json::from_slice::<Value>(&b).unwrap())
+                .map_err(|e| e.message)
+        };
+        // serde would read a JSON array as the struct's fields in order.
+        assert!(
+            conform("BudgetUpdate", "[null, null]")
+                .unwrap_err()
+                .contains("object")
+        );
+        assert!(
+            conform("TeamUpdate", r#"{"metadata": null}"#)
+                .unwrap_err()
+                .contains("null")
+        );
+        assert!(
+            conform("BudgetUpdate", r#"{"timezone": null}"#)
+                .unwrap_err()
+                .contains("null")
+        );
+        // Nullable fields keep their null; integral floats become integers.
+        assert_eq!(
+            conform("UserUpdate", r#"{"team": null}"#).unwrap(),
+            json!({"team": null})
+        );
+        assert_eq!(
+            conform(
+                "BudgetUpdate",
+                r#"{"limit_nanos": 5.0, "thresholds": [50.0, 80]}"#
+            )
+            .unwrap(),
+            json!({"limit_nanos": 5, "thresholds": [50, 80]})
+        );
+        assert_eq!(
+            conform("BudgetUpdate", r#"{"limit_usd": 5.0}"#).unwrap(),
+            json!({"limit_usd": 5.0})
+        );
     }
 
     #[test]

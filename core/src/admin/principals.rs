@@ -48,12 +48,15 @@ fn check_name(name: &str) -> Result<String, ApiError> {
     if name.is_empty() || name.chars().count() > 200 {
         return Err(ApiError::invalid("name must have 1 to 200 characters"));
     }
+    super::plain_text("name", name)?;
     Ok(name.to_string())
 }
 
 fn check_email(email: Option<&str>) -> Result<(), ApiError> {
     if let Some(email) = email
-        && (email.len() > 254 || !email.contains('@') || email.chars().any(char::is_whitespace))
+        && (email.chars().count() > 254
+            || !email.contains('@')
+            || email.chars().any(char::is_whitespace))
     {
         return Err(ApiError::invalid(format!(
             "email '{email}' is not an address"

@@ -36,6 +36,7 @@ pub async fn create(admin: Arc<Admin>, call: Call) -> Result<Reply, ApiError> {
     if name.is_empty() || name.chars().count() > 200 {
         return Err(ApiError::invalid("name must have 1 to 200 characters"));
     }
+    super::plain_text("name", name)?;
     let Some(role) = Role::parse(&body.role) else {
         return Err(ApiError::invalid(format!(
             "role '{}' must be admin or read",

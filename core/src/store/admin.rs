@@ -429,7 +429,7 @@ impl Store {
         let minted = mint_secret();
         let now = now_ms();
         let id = format!("key_{}", uuid::Uuid::now_v7().simple());
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO api_keys (id, name, team, owner, metadata, secret_hash, secret_prefix, models, \
              created_at_ms, updated_at_ms, expires_at_ms, mcp_servers) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10, $11)",
@@ -468,7 +468,7 @@ impl Store {
         id: &str,
         patch: &KeyPatch,
     ) -> Result<KeyRecord, ChangeError> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         let before = must_key(key_on(&mut tx, id).await?, id)?;
         let mut after = before.clone();
         if let Some(name) = &patch.name {
@@ -529,7 +529,7 @@ impl Store {
         id: &str,
         revoke: bool,
     ) -> Result<KeyRecord, ChangeError> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         let before = must_key(key_on(&mut tx, id).await?, id)?;
         let now = now_ms();
         let sql = if revoke {
@@ -565,7 +565,7 @@ impl Store {
     ) -> Result<(KeyRecord, String), ChangeError> {
         let minted = mint_secret();
         let now = now_ms();
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         let before = must_key(key_on(&mut tx, id).await?, id)?;
         if before.revoked_at_ms.is_some() {
             return Err(ChangeError::Conflict(format!(
@@ -714,7 +714,7 @@ impl Store {
         kind: PrincipalKind,
         new: &Principal,
     ) -> Result<Principal, ChangeError> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         let mut exists = Sql::new("SELECT id FROM ");
         exists
             .push(kind.table())
@@ -796,7 +796,7 @@ impl Store {
         next: &Principal,
     ) -> Result<Principal, ChangeError> {
         let now = now_ms();
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         let mut update = Sql::new("UPDATE ");
         update
             .push(kind.table())
@@ -848,7 +848,7 @@ impl Store {
         kind: PrincipalKind,
         id: &str,
     ) -> Result<(), ChangeError> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         let mut sql = Sql::new("SELECT ");
         sql.push(kind.columns())
             .push(" FROM ")
@@ -918,7 +918,7 @@ impl Store {
             prefix: secret[..ADMIN_TOKEN_PREFIX.len() + 6].to_string(),
             created_at_ms: now_ms(),
         };
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO admin_tokens (id, name, role, secret_hash, secret_prefix, created_at_ms) VALUES ($1, $2, $3, $4, $5, $6)",
         )
@@ -969,7 +969,7 @@ impl Store {
 
     /// Deletes an admin token (it stops working at once) with its audit row.
     pub async fn delete_admin_token(&self, actor: &str, id: &str) -> Result<(), ChangeError> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         let row = sqlx::query(
             "SELECT id, name, role, secret_prefix, created_at_ms FROM admin_tokens WHERE id = $1",
         )

@@ -340,6 +340,19 @@ impl Store {
         &self.pool
     }
 
+    /// A transaction that reads, then writes. On SQLite it takes the write lock up front
+    /// (`BEGIN IMMEDIATE`, waiting out `busy_timeout`): a deferred transaction that read first
+    /// fails with SQLITE_BUSY_SNAPSHOT (517, "database is locked") when another connection
+    /// wrote in between, and no timeout helps. PostgreSQL's row locks need nothing more.
+    pub(crate) async fn begin_write(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => self.pool.begin().await,
+        }
+    }
+
     /// Closes the pool (after the usage writer has flushed).
     pub async fn close(&self) {
         self.pool.close().await;
