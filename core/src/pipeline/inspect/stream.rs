@@ -1,5 +1,9 @@
-//! The stream phase: a sliding window per choice over SSE answers, so a value split across
-//! two chunks is seen whole without buffering the stream.
+//! The stream phase: a sliding window per choice (or content block, or candidate) over SSE
+//! answers, so a value split across two chunks is seen whole without buffering the stream.
+//! Every streamed shape the gateway relays is read in its own form: OpenAI chat and legacy
+//! completion chunks, Responses API events, Anthropic Messages events and Gemini
+//! `streamGenerateContent` chunks ([`native`]); masks are written back in that form, and a
+//! block ends the stream with that family's error event.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -14,11 +18,51 @@ use serde_json::{Value, json};
 use super::Guards;
 use super::sse::{event_end, floor_boundary, parse_event, render_event};
 use super::verdict::{Outcome, categories, failed, validate};
-use crate::error::GuardrailError;
+use crate::error::{Family, GatewayError, GuardrailError};
 use crate::pipeline::Endpoint;
 use crate::plugins::host::{elapsed_us, wit};
 use crate::plugins::views::{self, TextMap};
 use crate::plugins::{FailureMode, Phase, Plugin, metrics};
+
+mod native;
+
+/// The event shape of the client's stream, which the window reads and writes back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Shape {
+    /// OpenAI chat completion chunks (and legacy completion chunks, `choices[].text`): the
+    /// chat, completions, unified and vLLM endpoints.
+    Chat,
+    /// OpenAI Responses API events.
+    Responses,
+    /// Anthropic Messages events (`content_block_delta` and friends).
+    Anthropic,
+    /// Gemini `streamGenerateContent` chunks (`candidates[].content.parts[]`).
+    Gemini,
+}
+
+impl Shape {
+    /// The shape of the stream a client of `endpoint` (a path of [`Endpoint::path`]) reads.
+    pub(super) fn of(endpoint: &str) -> Shape {
+        if endpoint == Endpoint::Responses.path() {
+            Shape::Responses
+        } else if endpoint == Endpoint::Messages.path() {
+            Shape::Anthropic
+        } else if endpoint == Endpoint::GeminiStream.path() {
+            Shape::Gemini
+        } else {
+            Shape::Chat
+        }
+    }
+
+    /// The family whose error envelope ends a blocked stream.
+    fn family(self) -> Family {
+        match self {
+            Shape::Chat | Shape::Responses => Family::OpenAi,
+            Shape::Anthropic => Family::Anthropic,
+            Shape::Gemini => Family::Gemini,
+        }
+    }
+}
 
 /// Per-plugin totals over one stream, for the usage record.
 #[derive(Debug, Default)]
@@ -60,6 +104,8 @@ pub(super) struct Window {
     held: String,
     /// The last event that carried text for this window, to re-emit held text at the end.
     template: Option<Value>,
+    /// Where the text goes in `template` (Anthropic and Gemini events, as a JSON pointer).
+    pointer: Option<&'static str>,
 }
 
 /// The state that moves into each inspection future.
@@ -75,14 +121,23 @@ pub(super) struct Core {
     /// Windows by (choice or output item, slot): slot 0 is the text, slot `k + 1` the
     /// arguments of tool call `k` (their deltas are windowed like text).
     windows: BTreeMap<(u32, u32), Window>,
-    responses_api: bool,
+    shape: Shape,
     stats: Arc<Mutex<Vec<PluginStats>>>,
 }
 
 /// A blocked stream: the error to end it with.
-pub(super) struct Blocked {
-    code: String,
-    message: String,
+pub(super) struct Blocked(GatewayError);
+
+/// The event that ends a blocked stream, in the client's family: an OpenAI `data:` error
+/// object, an Anthropic `event: error` (after which no `message_stop` comes), a Gemini error
+/// chunk (which google-genai raises as its `APIError` for the status in `code`).
+pub(super) fn error_event(shape: Shape, error: &GatewayError) -> Bytes {
+    let body = error.body(shape.family());
+    Bytes::from(match shape {
+        Shape::Chat | Shape::Responses => format!("data: {body}\n\n"),
+        Shape::Anthropic => format!("event: error\ndata: {body}\n\n"),
+        Shape::Gemini => format!("data: {body}\r\n\r\n"),
+    })
 }
 
 pub(super) type Busy = Pin<Box<dyn Future<Output = (Box<Core>, Result<Bytes, Blocked>)> + Send>>;
@@ -142,7 +197,7 @@ impl StreamGuard {
                 window_bytes,
                 pending: BytesMut::new(),
                 windows: BTreeMap::new(),
-                responses_api: guards.endpoint == Endpoint::Responses.path(),
+                shape: Shape::of(guards.endpoint),
                 stats: stats.clone(),
             })),
             busy: None,
@@ -178,12 +233,11 @@ impl StreamGuard {
                 self.core = Some(core);
                 Poll::Ready(match result {
                     Ok(bytes) => GuardOutput::Pass(bytes),
-                    Err(blocked) => {
-                        self.core = None;
-                        let event = json!({"error": {"code": blocked.code, "message": blocked.message, "type": "permission_error"}});
+                    Err(Blocked(error)) => {
+                        let shape = self.core.take().map_or(Shape::Chat, |c| c.shape);
                         GuardOutput::Block {
-                            bytes: Bytes::from(format!("data: {event}\n\n")),
-                            code: blocked.code,
+                            bytes: error_event(shape, &error),
+                            code: error.code().to_string(),
                         }
                     }
                 })
@@ -265,10 +319,11 @@ impl Core {
             tracing::debug!("dropping a stream event that is not JSON");
             return Ok(());
         };
-        if self.responses_api {
-            self.responses_event(&event.other, &mut value, out).await
-        } else {
-            self.chat_event(&event.other, &mut value, out).await
+        match self.shape {
+            Shape::Chat => self.chat_event(&event.other, &mut value, out).await,
+            Shape::Responses => self.responses_event(&event.other, &mut value, out).await,
+            Shape::Anthropic => self.anthropic_event(&event.other, &mut value, out).await,
+            Shape::Gemini => self.gemini_event(&event.other, &mut value, out).await,
         }
     }
 
@@ -290,6 +345,23 @@ impl Core {
                 .unwrap_or(c as u64) as u32;
             let last = choice.get("finish_reason").is_some_and(|f| !f.is_null());
             let delta = choice.get("delta");
+            // Legacy completion chunks carry their text in `choices[].text`.
+            if delta.is_none()
+                && let Some(text) = choice.get("text").and_then(Value::as_str)
+            {
+                let text = text.to_string();
+                let mut template = value.clone();
+                template["choices"] = json!([{"index": index, "text": "", "finish_reason": null}]);
+                if template.get("usage").is_some() {
+                    template["usage"] = Value::Null;
+                }
+                let window = self.windows.entry((index, 0)).or_default();
+                window.template = Some(template);
+                window.pointer = Some("/choices/0/text");
+                let released = self.advance((index, 0), &text, last).await?;
+                value["choices"][c]["text"] = Value::String(released);
+                continue;
+            }
             let text = delta
                 .and_then(|d| d.get("content"))
                 .and_then(Value::as_str)
@@ -507,16 +579,12 @@ impl Core {
                         Outcome::Deny { code, reason } => {
                             set_outcome(s, "deny");
                             let cats = categories(&verdict.findings);
-                            return Err(Blocked {
-                                message: GuardrailError {
-                                    plugin: plugin.name.clone(),
-                                    code: code.clone(),
-                                    categories: cats,
-                                    reason,
-                                }
-                                .to_string(),
+                            return Err(Blocked(GatewayError::Guardrail(GuardrailError {
+                                plugin: plugin.name.clone(),
                                 code,
-                            });
+                                categories: cats,
+                                reason,
+                            })));
                         }
                     }
                 }
@@ -526,11 +594,7 @@ impl Core {
                     metrics::failure(&plugin.name, failure.kind());
                     if plugin.failure_mode == FailureMode::Closed {
                         set_outcome(s, "error");
-                        let error = failed(plugin, &failure);
-                        return Err(Blocked {
-                            code: error.code().to_string(),
-                            message: error.to_string(),
-                        });
+                        return Err(Blocked(failed(plugin, &failure)));
                     }
                     self.skipped[i] = true;
                     "fail_open"
@@ -566,7 +630,15 @@ impl Core {
         let Some(mut event) = window.template.clone() else {
             return;
         };
-        if self.responses_api {
+        if let Some(pointer) = window.pointer {
+            if let Some(text) = event.pointer_mut(pointer) {
+                *text = Value::String(held);
+            }
+            match self.shape {
+                Shape::Anthropic => render_event(&["event: content_block_delta"], &event, out),
+                _ => render_event(&[], &event, out),
+            }
+        } else if self.shape == Shape::Responses {
             event["delta"] = Value::String(held);
             let line = format!(
                 "event: {}",
