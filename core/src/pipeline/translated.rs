@@ -312,10 +312,28 @@ impl TranslatedStream {
         out.freeze()
     }
 
+    /// Bills what the stream used: the upstream's usage, at least the output produced when the
+    /// stream did not complete (blocked, cut, failed), or the produced output alone when the
+    /// upstream never reported usage.
+    fn bill(translator: &StreamTranslator, recorder: &mut Recorder, complete: bool) {
+        let usage = translator.usage();
+        if usage.input == 0 && usage.output == 0 {
+            recorder.bill_produced(translator.produced_tokens());
+            return;
+        }
+        recorder.set_tokens(tokens(usage), None);
+        if !complete {
+            recorder.bill_at_least_output(translator.produced_tokens());
+        }
+    }
+
     fn record(&mut self, stream_status: &str, error_code: Option<&str>) {
         if let Some(mut recorder) = self.recorder.take() {
-            let usage = self.translator.usage();
-            recorder.set_tokens(tokens(usage), None);
+            Self::bill(
+                &self.translator,
+                &mut recorder,
+                stream_status == "completed",
+            );
             if let Some(guard) = &self.guard {
                 recorder.add_decisions(guard.decisions());
             }
@@ -370,7 +388,7 @@ impl TranslatedStream {
 impl Drop for TranslatedStream {
     fn drop(&mut self) {
         if let Some(recorder) = self.recorder.as_mut() {
-            recorder.set_tokens(tokens(self.translator.usage()), None);
+            Self::bill(&self.translator, recorder, false);
             recorder.set_stream_status("client_disconnected");
         }
     }
