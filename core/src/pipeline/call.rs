@@ -593,7 +593,10 @@ impl Relay {
         if let Some(mut recorder) = self.recorder.take() {
             if let Some(usage) = self.tap.usage() {
                 recorder.set_usage(self.shape.upstream, usage);
-                if self.tap.failed() {
+                // A stream that did not complete (failed, blocked by a guardrail, timed out,
+                // shut down) may have stopped before the usage that counts its output
+                // (Anthropic's message_delta): bill at least the output produced.
+                if self.tap.failed() || stream_status != "completed" {
                     recorder.bill_at_least_output(self.tap.produced_tokens());
                 }
             } else {
@@ -671,6 +674,7 @@ impl Drop for Relay {
         if let Some(recorder) = self.recorder.as_mut() {
             if let Some(usage) = self.tap.usage() {
                 recorder.set_usage(self.shape.upstream, usage);
+                recorder.bill_at_least_output(self.tap.produced_tokens());
             } else {
                 recorder.bill_produced(self.tap.produced_tokens());
             }

@@ -171,4 +171,8 @@ async fn a_blocking_plugin_makes_each_sdk_raise_its_own_error_mid_stream_and_bil
         let decision = stream_decision(row);
         assert_eq!(decision["outcome"], "deny", "{model}: {decision}");
     }
+    // Anthropic reports output 1 in message_start and the rest only in message_delta, which
+    // a blocked stream never reaches: the text produced before the block is billed instead.
+    let claude = row_of(&rows, "claude-secret");
+    assert!(claude["output_tokens"].as_i64().unwrap() > 1, "{claude}");
 }
