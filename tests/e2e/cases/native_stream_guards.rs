@@ -4,9 +4,9 @@
 //! the SDK raises mid-iteration; what was produced is billed and the verdict is in the trail.
 
 use mock_upstream::MockConfig;
-use serde_json::Value;
+use serde_json::{Value, json};
 
-use crate::common::{Gateway, family_policy, mock, repo_root, run_python};
+use crate::common::{Gateway, family_policy, http, mock, repo_root, request_id, run_python};
 
 /// Models whose mock answer streams `SECRET_CHUNKS` (an AWS key id and an address, each split
 /// across two chunks), natively and translated from OpenAI.
@@ -175,4 +175,68 @@ async fn a_blocking_plugin_makes_each_sdk_raise_its_own_error_mid_stream_and_bil
     // a blocked stream never reaches: the text produced before the block is billed instead.
     let claude = row_of(&rows, "claude-secret");
     assert!(claude["output_tokens"].as_i64().unwrap() > 1, "{claude}");
+}
+
+/// A Gemini stream without `alt=sse` (the default streamed JSON array), through `mode`:
+/// the array as the client parsed it, and the usage row.
+async fn gemini_array(mode: &str) -> (Vec<Value>, Value) {
+    let mock = mock(MockConfig::default()).await;
+    let gw = gateway(&mock, mode);
+    let (_, secret) = gw.create_key("*");
+    let response = http()
+        .post(gw.url("/v1/models/gemini-secret:streamGenerateContent"))
+        .header("x-goog-api-key", &secret)
+        .json(&json!({"contents": [{"role": "user", "parts": [{"text": "tell me"}]}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let id = request_id(&response);
+    let text = response.text().await.unwrap();
+    for raw in ["AKIAIOSF", "ODNN7EXAMPLE", "jane.d", "example.com"] {
+        assert!(!text.contains(raw), "{raw} leaked: {text}");
+    }
+    let chunks: Vec<Value> =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("not one JSON array ({e}): {text}"));
+    (chunks, gw.row_for(&id).await)
+}
+
+#[tokio::test]
+async fn a_gemini_json_array_stream_is_masked_in_its_chunks_and_ends_with_an_error_object_when_blocked()
+ {
+    let (chunks, row) = gemini_array("mask").await;
+    let text: String = chunks
+        .iter()
+        .flat_map(|c| {
+            c["candidates"][0]["content"]["parts"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .filter_map(|p| p["text"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(text, MASKED);
+    assert!(chunks.len() > 2, "still several chunks: {chunks:?}");
+    assert_eq!(
+        chunks.last().unwrap()["candidates"][0]["finishReason"],
+        "STOP"
+    );
+    assert_eq!(row["stream_status"], "completed");
+    assert_eq!(row["endpoint"], "/v1/models/{model}:streamGenerateContent");
+    assert_eq!(stream_decision(&row)["outcome"], "rewrite");
+
+    let (chunks, row) = gemini_array("block").await;
+    let error = &chunks.last().unwrap()["error"];
+    assert_eq!(error["code"], 403, "{chunks:?}");
+    assert_eq!(error["status"], "PERMISSION_DENIED");
+    assert_eq!(error["details"][0]["reason"], "safety_blocked");
+    assert!(
+        chunks
+            .iter()
+            .all(|c| c["candidates"][0]["finishReason"].is_null()),
+        "a blocked stream does not finish: {chunks:?}"
+    );
+    assert_eq!(row["stream_status"], "blocked");
+    assert!(row["output_tokens"].as_i64().unwrap() > 0, "{row}");
+    assert_eq!(stream_decision(&row)["outcome"], "deny");
 }

@@ -43,7 +43,8 @@ pub(super) enum Shape {
 impl Shape {
     /// The shape of the stream a client of `endpoint` (a path of [`Endpoint::path`]) reads.
     pub(super) fn of(endpoint: &str) -> Shape {
-        if endpoint == Endpoint::Responses.path() {
+        // `/v1/responses` and vLLM's `/v1/vllm/responses`.
+        if endpoint.ends_with("/responses") {
             Shape::Responses
         } else if endpoint == Endpoint::Messages.path() {
             Shape::Anthropic
@@ -683,6 +684,28 @@ pub(super) fn one_part_map() -> TextMap {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_streaming_endpoint_is_read_in_its_own_shape() {
+        use crate::family::{Endpoint, vllm_route};
+        let vllm = |path: &str| {
+            Endpoint::Vllm(vllm_route(path).unwrap_or_else(|| panic!("{path} is a vLLM route")))
+                .path()
+        };
+        for (endpoint, shape) in [
+            (Endpoint::ChatCompletions.path(), Shape::Chat),
+            (Endpoint::Completions.path(), Shape::Chat),
+            (Endpoint::Unified.path(), Shape::Chat),
+            (vllm("chat/completions"), Shape::Chat),
+            (vllm("v1/completions"), Shape::Chat),
+            (Endpoint::Responses.path(), Shape::Responses),
+            (vllm("v1/responses"), Shape::Responses),
+            (Endpoint::Messages.path(), Shape::Anthropic),
+            (Endpoint::GeminiStream.path(), Shape::Gemini),
+        ] {
+            assert_eq!(Shape::of(endpoint), shape, "{endpoint}");
+        }
+    }
 
     #[test]
     fn the_one_part_map_has_exactly_part_zero() {
