@@ -99,6 +99,9 @@ pub enum GuardOutput {
     },
 }
 
+/// The window slot of a chat choice's reasoning text (slot 0 is its text, `k + 1` tool call `k`).
+const REASONING: u32 = u32::MAX;
+
 /// A sliding window over one choice of the answer.
 #[derive(Debug, Default)]
 pub(super) struct Window {
@@ -380,7 +383,9 @@ impl Core {
                         .and_then(Value::as_u64)
                         .unwrap_or(pos as u64);
                     let args = call.get("function")?.get("arguments")?.as_str()?;
-                    Some((pos, u32::try_from(k).ok()?, args.to_string()))
+                    // Slot `k + 1` stays below the reasoning slot (and never overflows).
+                    let k = u32::try_from(k).ok().filter(|k| *k < REASONING - 1)?;
+                    Some((pos, k, args.to_string()))
                 })
                 .collect();
             if text.is_some() || !calls.is_empty() {
@@ -388,6 +393,40 @@ impl Core {
                     self.windows.entry((index, slot)).or_default().template = Some(value.clone());
                 }
             }
+            // Reasoning deltas (`reasoning_content`, what translated thinking becomes, or
+            // `reasoning`): a window of their own.
+            let reasoning = delta.and_then(|d| {
+                [
+                    ("reasoning_content", "/choices/0/delta/reasoning_content"),
+                    ("reasoning", "/choices/0/delta/reasoning"),
+                ]
+                .into_iter()
+                .find_map(|(field, pointer)| {
+                    let text = d.get(field)?.as_str()?;
+                    Some((field, pointer, text.to_string()))
+                })
+            });
+            let released_reasoning = match reasoning {
+                Some((field, pointer, text)) => {
+                    let mut template = value.clone();
+                    template["choices"] =
+                        json!([{"index": index, "delta": {field: ""}, "finish_reason": null}]);
+                    if template.get("usage").is_some() {
+                        template["usage"] = Value::Null;
+                    }
+                    let window = self.windows.entry((index, REASONING)).or_default();
+                    window.template = Some(template);
+                    window.pointer = Some(pointer);
+                    Some((field, self.advance((index, REASONING), &text, last).await?))
+                }
+                None => {
+                    if last {
+                        // Held reasoning goes out before the chunk that finishes the choice.
+                        self.flush((index, REASONING), out);
+                    }
+                    None
+                }
+            };
             let released = match text {
                 Some(text) => Some(self.advance((index, 0), &text, last).await?),
                 None if last => {
@@ -405,7 +444,7 @@ impl Core {
                 // The held tail of every tool call of this choice goes out with its end.
                 let open: Vec<u32> = self
                     .windows
-                    .range((index, 1)..=(index, u32::MAX))
+                    .range((index, 1)..(index, REASONING))
                     .filter(|(_, w)| !w.held.is_empty())
                     .map(|((_, slot), _)| slot - 1)
                     .collect();
@@ -422,6 +461,9 @@ impl Core {
             };
             if let Some(released) = released {
                 delta.insert("content".into(), Value::String(released));
+            }
+            if let Some((field, released)) = released_reasoning {
+                delta.insert(field.into(), Value::String(released));
             }
             for (pos, k, out) in released_calls {
                 let list = delta

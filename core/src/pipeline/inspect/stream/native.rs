@@ -507,6 +507,43 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn chat_reasoning_deltas_are_masked_in_their_own_window() {
+        let (_dir, plugins) = pii_guard("mask");
+        let mut guard = guard(plugins, Endpoint::ChatCompletions);
+        let chunk = |delta: Value, finish: Value| {
+            let c = json!({"object": "chat.completion.chunk",
+                           "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
+            format!("data: {c}\n\n")
+        };
+        let chunks = vec![
+            chunk(json!({"reasoning_content": "ask jane.d"}), Value::Null),
+            chunk(
+                json!({"reasoning_content": "oe@example.com first"}),
+                Value::Null,
+            ),
+            chunk(json!({"content": "done"}), Value::Null),
+            chunk(json!({}), json!("stop")),
+            "data: [DONE]\n\n".to_string(),
+        ];
+        let (out, _) = run(&mut guard, &chunks).await;
+        assert!(!out.contains("example.com"), "{out}");
+        let mut reasoning = String::new();
+        let mut content = String::new();
+        for (_, data) in out
+            .split("\n\n")
+            .filter(|e| !e.is_empty() && !e.contains("[DONE]"))
+            .map(|e| events(&format!("{e}\n\n")).remove(0))
+        {
+            let delta = &data["choices"][0]["delta"];
+            reasoning.push_str(delta["reasoning_content"].as_str().unwrap_or(""));
+            content.push_str(delta["content"].as_str().unwrap_or(""));
+        }
+        assert_eq!(reasoning, "ask [EMAIL] first");
+        assert_eq!(content, "done");
+        assert!(out.trim_end().ends_with("data: [DONE]"), "{out}");
+    }
+
+    #[tokio::test]
     async fn legacy_completion_chunks_window_their_text() {
         let (_dir, plugins) = pii_guard("mask");
         let mut guard = guard(plugins, Endpoint::Completions);
