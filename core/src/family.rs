@@ -195,6 +195,27 @@ pub enum ServeMode {
     Refused,
 }
 
+/// The Gemini API version prefix a client called: google-genai 3.x calls `/v1/`, older clients
+/// and the REST reference `/v1beta/`. Both serve the same methods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GeminiVersion {
+    /// `/v1beta/models/...`.
+    V1beta,
+    /// `/v1/models/...`.
+    V1,
+}
+
+impl GeminiVersion {
+    /// The prefix of a request path.
+    pub fn of_path(path: &str) -> Self {
+        if path.starts_with("/v1/") {
+            GeminiVersion::V1
+        } else {
+            GeminiVersion::V1beta
+        }
+    }
+}
+
 /// The endpoints tollgate serves natively.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
@@ -247,6 +268,23 @@ impl Endpoint {
             Endpoint::GeminiBatchEmbed => "/v1beta/models/{model}:batchEmbedContents",
             Endpoint::Vllm(route) => route.path,
             Endpoint::Unified => "/v1/llm/chat",
+        }
+    }
+
+    /// The path template the client called, as usage rows record it: [`Self::path`], with
+    /// Gemini's methods under the version prefix the client used (`{model}` stays a
+    /// placeholder). Policies and plugins see [`Self::path`], whatever the prefix.
+    pub fn called_path(self, version: GeminiVersion) -> &'static str {
+        if version == GeminiVersion::V1beta {
+            return self.path();
+        }
+        match self {
+            Endpoint::GeminiGenerate => "/v1/models/{model}:generateContent",
+            Endpoint::GeminiStream => "/v1/models/{model}:streamGenerateContent",
+            Endpoint::GeminiCountTokens => "/v1/models/{model}:countTokens",
+            Endpoint::GeminiEmbed => "/v1/models/{model}:embedContent",
+            Endpoint::GeminiBatchEmbed => "/v1/models/{model}:batchEmbedContents",
+            other => other.path(),
         }
     }
 
@@ -415,6 +453,21 @@ mod tests {
         assert!(!Endpoint::ChatCompletions.native_for(ProviderFamily::Gemini));
         assert!(!Endpoint::ChatCompletions.native_for(ProviderFamily::Vllm));
         assert_eq!(Endpoint::GeminiEmbed.family(), Family::Gemini);
+        assert_eq!(
+            Endpoint::GeminiStream.called_path(GeminiVersion::of_path(
+                "/v1/models/gemini-2.5-flash:streamGenerateContent"
+            )),
+            "/v1/models/{model}:streamGenerateContent"
+        );
+        assert_eq!(
+            Endpoint::GeminiGenerate
+                .called_path(GeminiVersion::of_path("/v1beta/models/m:generateContent")),
+            Endpoint::GeminiGenerate.path()
+        );
+        assert_eq!(
+            Endpoint::Messages.called_path(GeminiVersion::V1),
+            "/v1/messages"
+        );
     }
 
     #[test]

@@ -30,9 +30,8 @@ use super::authorize::{Authorized, upstream_body};
 use super::inspect::{self, GuardOutput, StreamGuard};
 use super::route::Route;
 use super::{Endpoint, Recorder, ServeMode, Stage, translated};
-use crate::error::{Family, GatewayError, GuardrailError, RequestError, UpstreamError};
+use crate::error::{Family, GatewayError, RequestError, UpstreamError};
 use crate::family::Api;
-use crate::plugins::{FailureMode, Phase};
 use crate::policy::{ProviderFamily, Target};
 use crate::state::AppState;
 use crate::upstream::gemini_array::SseToJsonArray;
@@ -90,9 +89,6 @@ pub async fn run(
     mut recorder: Recorder,
 ) -> Response {
     let family = endpoint.family();
-    if let Some(error) = unreadable_stream(&request) {
-        return recorder.deny(Stage::Inspect, &error, family);
-    }
     let opted_in = matches!(&request.target, Target::Group(g) if g.translate);
     // The unified endpoint's `provider` pin keeps only deployments of that family.
     let pin = match (endpoint == Endpoint::Unified)
@@ -395,29 +391,6 @@ impl<'a> Attempts<'a> {
     }
 }
 
-/// Stream guardrails read OpenAI-shaped chunks; an Anthropic or Gemini client stream would go
-/// past them unread, so a fail-closed stream guardrail refuses it (403 `plugin_blocked`) before
-/// anything is sent upstream.
-fn unreadable_stream(request: &Authorized) -> Option<GatewayError> {
-    if !request.stream || request.endpoint.family() == Family::OpenAi {
-        return None;
-    }
-    let plugin = request
-        .guards
-        .plugins
-        .iter()
-        .find(|p| p.has_phase(Phase::Stream) && p.failure_mode == FailureMode::Closed)?;
-    Some(GatewayError::from(GuardrailError {
-        plugin: plugin.name.clone(),
-        code: "plugin_blocked".into(),
-        categories: Vec::new(),
-        reason: format!(
-            "stream guardrails cannot inspect {} streams yet, and this one fails closed",
-            request.endpoint.api().as_str()
-        ),
-    }))
-}
-
 /// Whether a unified-endpoint `provider` pin names this family (Azure serves `openai`).
 fn pinned(family: ProviderFamily, pin: &str) -> bool {
     family.as_str() == pin || (pin == "openai" && family == ProviderFamily::Azure)
@@ -620,7 +593,10 @@ impl Relay {
         if let Some(mut recorder) = self.recorder.take() {
             if let Some(usage) = self.tap.usage() {
                 recorder.set_usage(self.shape.upstream, usage);
-                if self.tap.failed() {
+                // A stream that did not complete (failed, blocked by a guardrail, timed out,
+                // shut down) may have stopped before the usage that counts its output
+                // (Anthropic's message_delta): bill at least the output produced.
+                if self.tap.failed() || stream_status != "completed" {
                     recorder.bill_at_least_output(self.tap.produced_tokens());
                 }
             } else {
@@ -698,6 +674,7 @@ impl Drop for Relay {
         if let Some(recorder) = self.recorder.as_mut() {
             if let Some(usage) = self.tap.usage() {
                 recorder.set_usage(self.shape.upstream, usage);
+                recorder.bill_at_least_output(self.tap.produced_tokens());
             } else {
                 recorder.bill_produced(self.tap.produced_tokens());
             }

@@ -110,9 +110,20 @@ pub struct Inbound {
 
 /// Runs the lifecycle for one model call on `endpoint`.
 pub async fn handle(app: &Arc<AppState>, endpoint: Endpoint, inbound: Inbound) -> Response {
+    handle_at(app, endpoint, endpoint.path(), inbound).await
+}
+
+/// [`handle`], recording `called` as the endpoint the client called (Gemini's methods under
+/// `/v1/` or `/v1beta/`, see [`Endpoint::called_path`]).
+pub async fn handle_at(
+    app: &Arc<AppState>,
+    endpoint: Endpoint,
+    called: &'static str,
+    inbound: Inbound,
+) -> Response {
     let snapshot = app.policies.snapshot();
     let family = endpoint.family();
-    let mut recorder = Recorder::start(app, &snapshot, &inbound, endpoint.path());
+    let mut recorder = Recorder::start(app, &snapshot, &inbound, called);
     recorder.set_endpoint_family(endpoint.family_name());
 
     // 1. authenticate

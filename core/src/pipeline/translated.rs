@@ -151,11 +151,9 @@ pub async fn relay(
     })]);
     let ctx = context(request, &recorder, t.names.clone());
     if reply.status.is_success() && reply.is_event_stream() {
-        // Stream guardrails read OpenAI chunks: the unified endpoint's and translated chat
-        // completions' client streams.
-        let guard = (t.client == Dialect::OpenAiChat)
-            .then(|| inspect::StreamGuard::new(&request.guards))
-            .flatten();
+        // Stream guardrails read the client's stream in its own shape (OpenAI chunks, Anthropic
+        // events, Gemini chunks), before Gemini's JSON array framing.
+        let guard = inspect::StreamGuard::new(&request.guards);
         let deadlines = Deadlines::new(timeouts, sent);
         return stream(reply, recorder, deadlines, t, ctx, guard);
     }
@@ -276,7 +274,7 @@ fn stream(
 /// A translated stream: upstream bytes -> SSE events -> translator -> client events, event by
 /// event. Finishes the record at the end; a dropped stream (client gone) records what was used.
 struct TranslatedStream {
-    /// Stream-phase guardrails (3. inspect) on the client's OpenAI chunks.
+    /// Stream-phase guardrails (3. inspect) on the client's events.
     guard: Option<inspect::StreamGuard>,
     /// The upstream part is over; the guard is inspecting the last bytes.
     ended: bool,
@@ -293,21 +291,49 @@ struct TranslatedStream {
 }
 
 impl TranslatedStream {
-    fn encode(&mut self, events: Vec<SseEvent>) -> Bytes {
+    /// The client's SSE events (not yet framed as Gemini's JSON array).
+    fn encode(events: Vec<SseEvent>) -> Bytes {
         let mut out = BytesMut::new();
         for event in events {
             out.extend_from_slice(event.encode().as_bytes());
         }
-        match self.array.as_mut() {
-            Some(array) => array.frame(&out),
-            None => out.freeze(),
+        out.freeze()
+    }
+
+    /// Client SSE events in the client's framing; `close` ends Gemini's JSON array.
+    fn frame(&mut self, sse: Bytes, close: bool) -> Bytes {
+        let Some(array) = self.array.as_mut() else {
+            return sse;
+        };
+        let mut out = BytesMut::from(&array.frame(&sse)[..]);
+        if close {
+            out.extend_from_slice(&array.close());
+        }
+        out.freeze()
+    }
+
+    /// Bills what the stream used: the upstream's usage, at least the output produced when the
+    /// stream did not complete (blocked, cut, failed), or the produced output alone when the
+    /// upstream never reported usage.
+    fn bill(translator: &StreamTranslator, recorder: &mut Recorder, complete: bool) {
+        let usage = translator.usage();
+        if usage.input == 0 && usage.output == 0 {
+            recorder.bill_produced(translator.produced_tokens());
+            return;
+        }
+        recorder.set_tokens(tokens(usage), None);
+        if !complete {
+            recorder.bill_at_least_output(translator.produced_tokens());
         }
     }
 
     fn record(&mut self, stream_status: &str, error_code: Option<&str>) {
         if let Some(mut recorder) = self.recorder.take() {
-            let usage = self.translator.usage();
-            recorder.set_tokens(tokens(usage), None);
+            Self::bill(
+                &self.translator,
+                &mut recorder,
+                stream_status == "completed",
+            );
             if let Some(guard) = &self.guard {
                 recorder.add_decisions(guard.decisions());
             }
@@ -325,20 +351,17 @@ impl TranslatedStream {
         } else {
             (status, code)
         };
-        let mut out = BytesMut::from(&self.encode(tail)[..]);
-        if let Some(array) = self.array.as_mut() {
-            out.extend_from_slice(&array.close());
-        }
+        let out = Self::encode(tail);
         if let Some(guard) = self.guard.as_mut()
             && status == "completed"
         {
             self.ended = true;
-            guard.start(out.freeze(), true);
+            guard.start(out, true);
             return Bytes::new();
         }
         self.record(status, code);
         self.done = true;
-        out.freeze()
+        self.frame(out, true)
     }
 
     /// Client bytes out: through the guard when there is one (inspection starts; the output
@@ -351,6 +374,10 @@ impl TranslatedStream {
             guard.start(bytes, false);
             return None;
         }
+        let bytes = self.frame(bytes, false);
+        if bytes.is_empty() {
+            return None;
+        }
         if let Some(recorder) = self.recorder.as_mut() {
             recorder.mark_first_byte();
         }
@@ -361,7 +388,7 @@ impl TranslatedStream {
 impl Drop for TranslatedStream {
     fn drop(&mut self) {
         if let Some(recorder) = self.recorder.as_mut() {
-            recorder.set_tokens(tokens(self.translator.usage()), None);
+            Self::bill(&self.translator, recorder, false);
             recorder.set_stream_status("client_disconnected");
         }
     }
@@ -382,16 +409,17 @@ impl Stream for TranslatedStream {
                 let out = match guard.poll(cx) {
                     Poll::Pending => return Poll::Pending,
                     Poll::Ready(inspect::GuardOutput::Pass(out)) => {
-                        if this.ended {
+                        let ended = this.ended;
+                        if ended {
                             this.record("completed", None);
                             this.done = true;
                         }
-                        out
+                        this.frame(out, ended)
                     }
                     Poll::Ready(inspect::GuardOutput::Block { bytes, code }) => {
                         this.record("blocked", Some(code.as_str()));
                         this.done = true;
-                        bytes
+                        this.frame(bytes, true)
                     }
                 };
                 if out.is_empty() {
@@ -423,7 +451,7 @@ impl Stream for TranslatedStream {
                         let bytes = this.end(out, "upstream_error", None);
                         return Poll::Ready(Some(Ok(bytes)));
                     }
-                    let bytes = this.encode(out);
+                    let bytes = Self::encode(out);
                     match this.emit(bytes) {
                         Some(bytes) => return Poll::Ready(Some(Ok(bytes))),
                         None => continue,

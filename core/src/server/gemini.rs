@@ -12,6 +12,7 @@ use axum::response::Response;
 
 use super::openai::inbound;
 use crate::error::{Family, GatewayError};
+use crate::family::GeminiVersion;
 use crate::pipeline::{self, Endpoint};
 use crate::state::AppState;
 
@@ -43,9 +44,11 @@ pub async fn dispatch(
         ))
         .render(Family::Gemini);
     };
+    // Usage rows record the prefix the client called (google-genai 3.x calls `/v1/`).
+    let called = endpoint.called_path(GeminiVersion::of_path(request.uri().path()));
     let mut inbound = inbound(request);
     inbound.path_model = Some(model.to_string());
-    pipeline::handle(&app, endpoint, inbound).await
+    pipeline::handle_at(&app, endpoint, called, inbound).await
 }
 
 #[cfg(test)]

@@ -87,6 +87,26 @@ async fn the_google_genai_sdk_calls_generate_stream_tools_count_and_embed_native
     assert_eq!(rows[0]["output_tokens"], 7);
     assert_eq!(rows[1]["stream_status"], "completed");
     assert_eq!(rows[1]["output_tokens"], 7);
+    // Rows record the prefix the SDK called (google-genai 3.x: `/v1/`), templated.
+    let endpoints: Vec<&str> = rows
+        .iter()
+        .map(|r| r["endpoint"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        endpoints,
+        [
+            "/v1/models/{model}:generateContent",
+            "/v1/models/{model}:streamGenerateContent",
+            "/v1/models/{model}:generateContent",
+            "/v1/models/{model}:generateContent",
+            "/v1/models/{model}:countTokens",
+            "/v1/models/{model}:batchEmbedContents",
+            "/v1beta/models/{model}:generateContent",
+        ]
+    );
+    for row in &rows {
+        assert_eq!(row["endpoint_family"], "gemini");
+    }
 }
 
 #[tokio::test]

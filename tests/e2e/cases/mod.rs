@@ -23,6 +23,7 @@ mod mcp_replicas;
 mod mcp_stdio;
 mod mcp_upstream;
 mod mcp_virtual;
+mod native_stream_guards;
 mod observability;
 mod passthrough;
 mod paying;

@@ -239,7 +239,7 @@ print("stream:", text.strip())
 }
 
 #[tokio::test]
-async fn stream_guardrails_inspect_translated_openai_streams_and_refuse_streams_they_cannot_read() {
+async fn stream_guardrails_inspect_translated_and_native_streams_in_the_clients_shape() {
     let wasm = crate::common::repo_root().join("plugins/dist/pii-guard.wasm");
     assert!(
         wasm.is_file(),
@@ -284,8 +284,8 @@ async fn stream_guardrails_inspect_translated_openai_streams_and_refuse_streams_
         "{decisions:?}"
     );
 
-    // An Anthropic stream cannot be read by the guardrail yet: refused before any upstream call.
-    let before = mock.count();
+    // An Anthropic client stream is read in its own shape (it used to be refused with 403
+    // `plugin_blocked` before any upstream call): relayed, inspected, complete.
     let response = http()
         .post(gw.url("/v1/messages"))
         .header("x-api-key", &secret)
@@ -294,9 +294,18 @@ async fn stream_guardrails_inspect_translated_openai_streams_and_refuse_streams_
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 403);
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(body["type"], "error");
-    assert_eq!(body["error"]["code"], "plugin_blocked");
-    assert_eq!(mock.count(), before);
+    assert_eq!(response.status(), 200);
+    let id = request_id(&response);
+    let text = response.text().await.unwrap();
+    assert!(text.contains("event: content_block_delta"), "{text}");
+    assert!(text.contains("event: message_stop"), "{text}");
+    let row = gw.row_for(&id).await;
+    assert_eq!(row["stream_status"], "completed");
+    let decisions: Vec<Value> = serde_json::from_str(row["decisions"].as_str().unwrap()).unwrap();
+    assert!(
+        decisions
+            .iter()
+            .any(|d| d["phase"] == "stream" && d["calls"].as_i64().unwrap_or(0) > 0),
+        "{decisions:?}"
+    );
 }

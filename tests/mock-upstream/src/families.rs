@@ -12,6 +12,7 @@
 //! | `mock-429`            | 429 with `Retry-After: 7`                                     |
 //! | `mock-cache`          | Anthropic usage: input 7, cache read 9000, creation 1000, output 50 |
 //! | `mock-stream-error`   | a stream that sends some text, then an error event (after the 200) |
+//! | `mock-secret`         | a stream of [`SECRET_CHUNKS`](super::SECRET_CHUNKS): a key and an address split across chunks |
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -160,6 +161,8 @@ pub async fn anthropic_messages(
         vec!["calling a tool".to_string()]
     } else if model == "mock-stream-error" {
         vec!["tok0 ".into(), "tok1 ".into()]
+    } else if model == "mock-secret" {
+        super::SECRET_CHUNKS.iter().map(|c| c.to_string()).collect()
     } else if text == "mock answer" {
         (0..shared.config.stream_chunks)
             .map(|i| format!("tok{i} "))
@@ -333,7 +336,13 @@ pub async fn gemini(
         return json_response(StatusCode::OK, &chunk(parts, Some("STOP"), 7));
     }
     let mut chunks: Vec<Value> = Vec::new();
-    if parts[0].get("text").is_some() {
+    if model == "mock-secret" && parts[0].get("text").is_some() {
+        for (i, piece) in super::SECRET_CHUNKS.iter().enumerate() {
+            let output = i64::try_from(i).unwrap_or(0) + 1;
+            chunks.push(chunk(json!([{"text": piece}]), None, output));
+        }
+        chunks.push(chunk(json!([{"text": ""}]), Some("STOP"), 7));
+    } else if parts[0].get("text").is_some() {
         for i in 0..shared.config.stream_chunks.min(5) {
             chunks.push(chunk(
                 json!([{"text": format!("tok{i} ")}]),

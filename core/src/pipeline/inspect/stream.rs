@@ -1,5 +1,9 @@
-//! The stream phase: a sliding window per choice over SSE answers, so a value split across
-//! two chunks is seen whole without buffering the stream.
+//! The stream phase: a sliding window per choice (or content block, or candidate) over SSE
+//! answers, so a value split across two chunks is seen whole without buffering the stream.
+//! Every streamed shape the gateway relays is read in its own form: OpenAI chat and legacy
+//! completion chunks, Responses API events, Anthropic Messages events and Gemini
+//! `streamGenerateContent` chunks ([`native`]); masks are written back in that form, and a
+//! block ends the stream with that family's error event.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -14,11 +18,52 @@ use serde_json::{Value, json};
 use super::Guards;
 use super::sse::{event_end, floor_boundary, parse_event, render_event};
 use super::verdict::{Outcome, categories, failed, validate};
-use crate::error::GuardrailError;
+use crate::error::{Family, GatewayError, GuardrailError};
 use crate::pipeline::Endpoint;
 use crate::plugins::host::{elapsed_us, wit};
 use crate::plugins::views::{self, TextMap};
 use crate::plugins::{FailureMode, Phase, Plugin, metrics};
+
+mod native;
+
+/// The event shape of the client's stream, which the window reads and writes back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Shape {
+    /// OpenAI chat completion chunks (and legacy completion chunks, `choices[].text`): the
+    /// chat, completions, unified and vLLM endpoints.
+    Chat,
+    /// OpenAI Responses API events.
+    Responses,
+    /// Anthropic Messages events (`content_block_delta` and friends).
+    Anthropic,
+    /// Gemini `streamGenerateContent` chunks (`candidates[].content.parts[]`).
+    Gemini,
+}
+
+impl Shape {
+    /// The shape of the stream a client of `endpoint` (a path of [`Endpoint::path`]) reads.
+    pub(super) fn of(endpoint: &str) -> Shape {
+        // `/v1/responses` and vLLM's `/v1/vllm/responses`.
+        if endpoint.ends_with("/responses") {
+            Shape::Responses
+        } else if endpoint == Endpoint::Messages.path() {
+            Shape::Anthropic
+        } else if endpoint == Endpoint::GeminiStream.path() {
+            Shape::Gemini
+        } else {
+            Shape::Chat
+        }
+    }
+
+    /// The family whose error envelope ends a blocked stream.
+    fn family(self) -> Family {
+        match self {
+            Shape::Chat | Shape::Responses => Family::OpenAi,
+            Shape::Anthropic => Family::Anthropic,
+            Shape::Gemini => Family::Gemini,
+        }
+    }
+}
 
 /// Per-plugin totals over one stream, for the usage record.
 #[derive(Debug, Default)]
@@ -54,12 +99,17 @@ pub enum GuardOutput {
     },
 }
 
+/// The window slot of a chat choice's reasoning text (slot 0 is its text, `k + 1` tool call `k`).
+const REASONING: u32 = u32::MAX;
+
 /// A sliding window over one choice of the answer.
 #[derive(Debug, Default)]
 pub(super) struct Window {
     held: String,
     /// The last event that carried text for this window, to re-emit held text at the end.
     template: Option<Value>,
+    /// Where the text goes in `template` (Anthropic and Gemini events, as a JSON pointer).
+    pointer: Option<&'static str>,
 }
 
 /// The state that moves into each inspection future.
@@ -75,14 +125,23 @@ pub(super) struct Core {
     /// Windows by (choice or output item, slot): slot 0 is the text, slot `k + 1` the
     /// arguments of tool call `k` (their deltas are windowed like text).
     windows: BTreeMap<(u32, u32), Window>,
-    responses_api: bool,
+    shape: Shape,
     stats: Arc<Mutex<Vec<PluginStats>>>,
 }
 
 /// A blocked stream: the error to end it with.
-pub(super) struct Blocked {
-    code: String,
-    message: String,
+pub(super) struct Blocked(GatewayError);
+
+/// The event that ends a blocked stream, in the client's family: an OpenAI `data:` error
+/// object, an Anthropic `event: error` (after which no `message_stop` comes), a Gemini error
+/// chunk (which google-genai raises as its `APIError` for the status in `code`).
+pub(super) fn error_event(shape: Shape, error: &GatewayError) -> Bytes {
+    let body = error.body(shape.family());
+    Bytes::from(match shape {
+        Shape::Chat | Shape::Responses => format!("data: {body}\n\n"),
+        Shape::Anthropic => format!("event: error\ndata: {body}\n\n"),
+        Shape::Gemini => format!("data: {body}\r\n\r\n"),
+    })
 }
 
 pub(super) type Busy = Pin<Box<dyn Future<Output = (Box<Core>, Result<Bytes, Blocked>)> + Send>>;
@@ -142,7 +201,7 @@ impl StreamGuard {
                 window_bytes,
                 pending: BytesMut::new(),
                 windows: BTreeMap::new(),
-                responses_api: guards.endpoint == Endpoint::Responses.path(),
+                shape: Shape::of(guards.endpoint),
                 stats: stats.clone(),
             })),
             busy: None,
@@ -178,12 +237,11 @@ impl StreamGuard {
                 self.core = Some(core);
                 Poll::Ready(match result {
                     Ok(bytes) => GuardOutput::Pass(bytes),
-                    Err(blocked) => {
-                        self.core = None;
-                        let event = json!({"error": {"code": blocked.code, "message": blocked.message, "type": "permission_error"}});
+                    Err(Blocked(error)) => {
+                        let shape = self.core.take().map_or(Shape::Chat, |c| c.shape);
                         GuardOutput::Block {
-                            bytes: Bytes::from(format!("data: {event}\n\n")),
-                            code: blocked.code,
+                            bytes: error_event(shape, &error),
+                            code: error.code().to_string(),
                         }
                     }
                 })
@@ -265,10 +323,11 @@ impl Core {
             tracing::debug!("dropping a stream event that is not JSON");
             return Ok(());
         };
-        if self.responses_api {
-            self.responses_event(&event.other, &mut value, out).await
-        } else {
-            self.chat_event(&event.other, &mut value, out).await
+        match self.shape {
+            Shape::Chat => self.chat_event(&event.other, &mut value, out).await,
+            Shape::Responses => self.responses_event(&event.other, &mut value, out).await,
+            Shape::Anthropic => self.anthropic_event(&event.other, &mut value, out).await,
+            Shape::Gemini => self.gemini_event(&event.other, &mut value, out).await,
         }
     }
 
@@ -290,6 +349,23 @@ impl Core {
                 .unwrap_or(c as u64) as u32;
             let last = choice.get("finish_reason").is_some_and(|f| !f.is_null());
             let delta = choice.get("delta");
+            // Legacy completion chunks carry their text in `choices[].text`.
+            if delta.is_none()
+                && let Some(text) = choice.get("text").and_then(Value::as_str)
+            {
+                let text = text.to_string();
+                let mut template = value.clone();
+                template["choices"] = json!([{"index": index, "text": "", "finish_reason": null}]);
+                if template.get("usage").is_some() {
+                    template["usage"] = Value::Null;
+                }
+                let window = self.windows.entry((index, 0)).or_default();
+                window.template = Some(template);
+                window.pointer = Some("/choices/0/text");
+                let released = self.advance((index, 0), &text, last).await?;
+                value["choices"][c]["text"] = Value::String(released);
+                continue;
+            }
             let text = delta
                 .and_then(|d| d.get("content"))
                 .and_then(Value::as_str)
@@ -307,7 +383,9 @@ impl Core {
                         .and_then(Value::as_u64)
                         .unwrap_or(pos as u64);
                     let args = call.get("function")?.get("arguments")?.as_str()?;
-                    Some((pos, u32::try_from(k).ok()?, args.to_string()))
+                    // Slot `k + 1` stays below the reasoning slot (and never overflows).
+                    let k = u32::try_from(k).ok().filter(|k| *k < REASONING - 1)?;
+                    Some((pos, k, args.to_string()))
                 })
                 .collect();
             if text.is_some() || !calls.is_empty() {
@@ -315,6 +393,40 @@ impl Core {
                     self.windows.entry((index, slot)).or_default().template = Some(value.clone());
                 }
             }
+            // Reasoning deltas (`reasoning_content`, what translated thinking becomes, or
+            // `reasoning`): a window of their own.
+            let reasoning = delta.and_then(|d| {
+                [
+                    ("reasoning_content", "/choices/0/delta/reasoning_content"),
+                    ("reasoning", "/choices/0/delta/reasoning"),
+                ]
+                .into_iter()
+                .find_map(|(field, pointer)| {
+                    let text = d.get(field)?.as_str()?;
+                    Some((field, pointer, text.to_string()))
+                })
+            });
+            let released_reasoning = match reasoning {
+                Some((field, pointer, text)) => {
+                    let mut template = value.clone();
+                    template["choices"] =
+                        json!([{"index": index, "delta": {field: ""}, "finish_reason": null}]);
+                    if template.get("usage").is_some() {
+                        template["usage"] = Value::Null;
+                    }
+                    let window = self.windows.entry((index, REASONING)).or_default();
+                    window.template = Some(template);
+                    window.pointer = Some(pointer);
+                    Some((field, self.advance((index, REASONING), &text, last).await?))
+                }
+                None => {
+                    if last {
+                        // Held reasoning goes out before the chunk that finishes the choice.
+                        self.flush((index, REASONING), out);
+                    }
+                    None
+                }
+            };
             let released = match text {
                 Some(text) => Some(self.advance((index, 0), &text, last).await?),
                 None if last => {
@@ -332,7 +444,7 @@ impl Core {
                 // The held tail of every tool call of this choice goes out with its end.
                 let open: Vec<u32> = self
                     .windows
-                    .range((index, 1)..=(index, u32::MAX))
+                    .range((index, 1)..(index, REASONING))
                     .filter(|(_, w)| !w.held.is_empty())
                     .map(|((_, slot), _)| slot - 1)
                     .collect();
@@ -349,6 +461,9 @@ impl Core {
             };
             if let Some(released) = released {
                 delta.insert("content".into(), Value::String(released));
+            }
+            if let Some((field, released)) = released_reasoning {
+                delta.insert(field.into(), Value::String(released));
             }
             for (pos, k, out) in released_calls {
                 let list = delta
@@ -507,16 +622,12 @@ impl Core {
                         Outcome::Deny { code, reason } => {
                             set_outcome(s, "deny");
                             let cats = categories(&verdict.findings);
-                            return Err(Blocked {
-                                message: GuardrailError {
-                                    plugin: plugin.name.clone(),
-                                    code: code.clone(),
-                                    categories: cats,
-                                    reason,
-                                }
-                                .to_string(),
+                            return Err(Blocked(GatewayError::Guardrail(GuardrailError {
+                                plugin: plugin.name.clone(),
                                 code,
-                            });
+                                categories: cats,
+                                reason,
+                            })));
                         }
                     }
                 }
@@ -526,11 +637,7 @@ impl Core {
                     metrics::failure(&plugin.name, failure.kind());
                     if plugin.failure_mode == FailureMode::Closed {
                         set_outcome(s, "error");
-                        let error = failed(plugin, &failure);
-                        return Err(Blocked {
-                            code: error.code().to_string(),
-                            message: error.to_string(),
-                        });
+                        return Err(Blocked(failed(plugin, &failure)));
                     }
                     self.skipped[i] = true;
                     "fail_open"
@@ -566,7 +673,15 @@ impl Core {
         let Some(mut event) = window.template.clone() else {
             return;
         };
-        if self.responses_api {
+        if let Some(pointer) = window.pointer {
+            if let Some(text) = event.pointer_mut(pointer) {
+                *text = Value::String(held);
+            }
+            match self.shape {
+                Shape::Anthropic => render_event(&["event: content_block_delta"], &event, out),
+                _ => render_event(&[], &event, out),
+            }
+        } else if self.shape == Shape::Responses {
             event["delta"] = Value::String(held);
             let line = format!(
                 "event: {}",
@@ -611,6 +726,28 @@ pub(super) fn one_part_map() -> TextMap {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_streaming_endpoint_is_read_in_its_own_shape() {
+        use crate::family::{Endpoint, vllm_route};
+        let vllm = |path: &str| {
+            Endpoint::Vllm(vllm_route(path).unwrap_or_else(|| panic!("{path} is a vLLM route")))
+                .path()
+        };
+        for (endpoint, shape) in [
+            (Endpoint::ChatCompletions.path(), Shape::Chat),
+            (Endpoint::Completions.path(), Shape::Chat),
+            (Endpoint::Unified.path(), Shape::Chat),
+            (vllm("chat/completions"), Shape::Chat),
+            (vllm("v1/completions"), Shape::Chat),
+            (Endpoint::Responses.path(), Shape::Responses),
+            (vllm("v1/responses"), Shape::Responses),
+            (Endpoint::Messages.path(), Shape::Anthropic),
+            (Endpoint::GeminiStream.path(), Shape::Gemini),
+        ] {
+            assert_eq!(Shape::of(endpoint), shape, "{endpoint}");
+        }
+    }
 
     #[test]
     fn the_one_part_map_has_exactly_part_zero() {

@@ -70,7 +70,15 @@ pub struct StreamTranslator {
     failed: bool,
     ended: bool,
     hub: Vec<HubEvent>,
+    /// The output text, reasoning and tool arguments seen so far (up to [`MAX_PRODUCED`]
+    /// bytes; the rest is counted in `produced_overflow`), to bill a stream that ends before
+    /// the upstream reported its usage.
+    produced: String,
+    produced_overflow: usize,
 }
+
+/// The most produced text kept for counting; beyond it, bytes are counted at 4 per token.
+const MAX_PRODUCED: usize = 4 * 1024 * 1024;
 
 impl StreamTranslator {
     /// A translator for one stream from an upstream in `from` to a client in `to`.
@@ -93,6 +101,8 @@ impl StreamTranslator {
             failed: false,
             ended: false,
             hub: Vec::new(),
+            produced: String::new(),
+            produced_overflow: 0,
         }
     }
 
@@ -104,6 +114,18 @@ impl StreamTranslator {
         }
         self.hub.clear();
         self.decoder.push(event, &mut self.hub)?;
+        for item in &self.hub {
+            let text = match item {
+                HubEvent::Text(t) | HubEvent::Reasoning(t) => t,
+                HubEvent::ToolArgs { fragment, .. } => fragment,
+                _ => continue,
+            };
+            if self.produced.len() + text.len() <= MAX_PRODUCED {
+                self.produced.push_str(text);
+            } else {
+                self.produced_overflow += text.len();
+            }
+        }
         let mut out = Vec::new();
         if let Encoder::Passthrough { drop_usage_chunk } = self.encoder {
             if self.hub.iter().any(|e| matches!(e, HubEvent::Error { .. })) {
@@ -181,6 +203,15 @@ impl StreamTranslator {
     /// Usage seen so far (for billing on a cut or error).
     pub fn usage(&self) -> Usage {
         self.decoder.usage()
+    }
+
+    /// Output tokens the upstream produced so far, counted from its text, reasoning and tool
+    /// arguments (o200k; for a stream cut or blocked before the upstream reported its usage).
+    pub fn produced_tokens(&self) -> i64 {
+        let counted = tiktoken_rs::o200k_base_singleton()
+            .encode_ordinary(&self.produced)
+            .len();
+        i64::try_from(counted + self.produced_overflow.div_ceil(4)).unwrap_or(i64::MAX)
     }
 
     /// Whether the client stream ended in an error: the upstream reported an error event
