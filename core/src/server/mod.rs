@@ -128,7 +128,8 @@ async fn request_id(mut request: Request, next: Next) -> Response {
     response
 }
 
-/// How long shutdown waits for pending settlements and usage records to be written.
+/// How long shutdown waits for pending usage records (and the settlements they carry) to be
+/// written.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 /// Options of `tollgate serve`.
@@ -195,7 +196,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         },
     )?;
     let http = crate::upstream::client()?;
-    let (ledger, settler) = Ledger::start(store.clone(), http.clone()).await?;
+    let ledger = Ledger::start(store.clone(), http.clone()).await?;
     let mcp = Arc::new(crate::mcp::Runtime::new(
         store.mcp_session_secret().await?.as_bytes(),
     ));
@@ -261,12 +262,6 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     let _ = watcher.await;
     let _ = ledger_watcher.await;
-    // The last ledger handle went with the app state: pending settlements drain now.
-    if tokio::time::timeout(SHUTDOWN_GRACE, settler).await.is_err() {
-        tracing::error!(
-            "settlements did not finish within the grace period; their holds will be reclaimed at expiry"
-        );
-    }
     let _ = reloader.await;
     if let Some(file_watcher) = file_watcher {
         let _ = file_watcher.await;

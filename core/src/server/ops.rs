@@ -220,11 +220,6 @@ fn render_gateway(app: &AppState, out: &mut String) {
             &ledger.settled,
         ),
         (
-            "tollgate_settlement_failures_total",
-            "Settlement attempts that failed (each retried).",
-            &ledger.settle_failures,
-        ),
-        (
             "tollgate_holds_reclaimed_total",
             "Expired holds reclaimed by this gateway.",
             &ledger.reclaimed,

@@ -199,14 +199,8 @@ async fn records_made_while_postgres_is_away_reach_it_after_a_restart_exactly_on
         answered += before.len();
     }
 
-    // Settlements on PostgreSQL are queued apart from the usage rows (not journaled): let the
-    // ones of the calls so far land before the store goes away.
     let store = Store::open(&db.url).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while store.outstanding_holds().await.unwrap() > 0 {
-        assert!(Instant::now() < deadline, "holds were never settled");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_count(&store, answered as i64).await;
 
     // The store goes away: governed calls fail closed, the others are answered and recorded.
     proxy.cut();
@@ -280,6 +274,95 @@ async fn records_made_while_postgres_is_away_reach_it_after_a_restart_exactly_on
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(store.dead_letters().await.unwrap().is_empty());
+}
+
+// A per-request hold in PostgreSQL is settled with the request's usage row: a settlement made
+// while the store is away waits in the journal with its row, across a restart, and charges once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settlements_made_while_postgres_is_away_are_journaled_and_charged_once() {
+    let test = "settlements_made_while_postgres_is_away_are_journaled_and_charged_once";
+    let db = match PgDatabase::create() {
+        Ok(db) => db,
+        Err(why) => return skip(test, &format!("PostgreSQL is not available: {why}")),
+    };
+    let proxy = TcpProxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    // Slow answers: the holds are taken while the store is there, settled once it is gone.
+    let mock = mock(MockConfig {
+        latency: Duration::from_millis(2500),
+        ..MockConfig::default()
+    })
+    .await;
+    let toml = format!("{}{TEAM_BUDGET}", standard_policy(&mock));
+    let mut gw = Gateway::start_db(&toml, &[], &[], &db.url_via(proxy.addr));
+    let (_, governed) = gw.create_key_with(&["--models", "*", "--team", "research"]);
+    let store = Store::open(&db.url).await.unwrap();
+
+    let calls: Vec<_> = (0..3)
+        .map(|_| {
+            let (url, secret) = (gw.url("/v1/chat/completions"), governed.clone());
+            tokio::spawn(async move {
+                http()
+                    .post(url)
+                    .bearer_auth(secret)
+                    .json(&chat_body("chat"))
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+            })
+        })
+        .collect();
+    // A rare counter is not leased: each call holds its budget in the store.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while store.outstanding_holds().await.unwrap() < 3 {
+        assert!(Instant::now() < deadline, "the calls never held their budget");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    proxy.cut();
+    for call in calls {
+        assert_eq!(call.await.unwrap().unwrap(), 200, "held calls are answered");
+    }
+    assert_eq!(store.usage_count().await.unwrap(), 0);
+
+    // A restart during the outage: the rows and their settlements wait in the journal.
+    gw.sigterm();
+    assert!(gw.wait_exit(Duration::from_secs(40)).success());
+    assert_eq!(store.outstanding_holds().await.unwrap(), 3, "nothing settled yet");
+    proxy.restore();
+    gw.restart(&[]);
+
+    wait_count(&store, 3).await;
+    // Settled with the replayed rows, long before the holds would expire (60 s): no hold left,
+    // nothing reserved, and the budget's spend is exactly the rows' costs.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let holds = store.outstanding_holds().await.unwrap();
+        let reserved = scalar(
+            &db.url,
+            "SELECT CAST(COALESCE(SUM(reserved), 0) AS BIGINT) FROM counters",
+        )
+        .await;
+        let spent = scalar(
+            &db.url,
+            "SELECT CAST(COALESCE(SUM(used), 0) AS BIGINT) FROM counters WHERE counter_id LIKE 'budget:%'",
+        )
+        .await;
+        let costs = scalar(
+            &db.url,
+            "SELECT CAST(COALESCE(SUM(cost_nanos), 0) AS BIGINT) FROM usage_records",
+        )
+        .await;
+        if holds == 0 && reserved == 0 && spent == costs {
+            assert!(costs > 0);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "holds {holds}, reserved {reserved}, spent {spent}, costs {costs}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let settled = scalar(&db.url, "SELECT COUNT(*) FROM settled_holds").await;
+    assert_eq!(settled, 3, "each hold settled once");
 }
 
 #[tokio::test]
