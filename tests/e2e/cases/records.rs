@@ -276,6 +276,81 @@ async fn records_made_while_postgres_is_away_reach_it_after_a_restart_exactly_on
     assert!(store.dead_letters().await.unwrap().is_empty());
 }
 
+// A gateway started while PostgreSQL is away is live but not ready, refuses with the
+// family-native 503 (no URL, no password), connects and migrates in the background, then serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_started_while_postgres_is_away_becomes_ready_when_it_answers() {
+    let test = "a_gateway_started_while_postgres_is_away_becomes_ready_when_it_answers";
+    let db = match PgDatabase::create() {
+        Ok(db) => db,
+        Err(why) => return skip(test, &format!("PostgreSQL is not available: {why}")),
+    };
+    let proxy = TcpProxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    proxy.cut();
+    let mock = mock(MockConfig::default()).await;
+    // Trust authentication ignores the password; it must show nowhere a client can read.
+    let url = db
+        .url_via(proxy.addr)
+        .replacen("postgres://postgres@", "postgres://postgres:pw-not-to-leak@", 1);
+    let mut gw = Gateway::start_db(&standard_policy(&mock), &[], &[], &url);
+    let client = http();
+
+    let live = client.get(gw.url("/healthz")).send().await.unwrap();
+    assert_eq!(live.status(), 200, "live while the store is away");
+    let ready = client.get(gw.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let body: Value = ready.json().await.unwrap();
+    assert_eq!(body["status"], "not_ready");
+    assert_eq!(body["checks"]["store"]["ok"], false);
+    assert!(
+        body["reason"].as_str().unwrap().contains("not connected yet"),
+        "{body}"
+    );
+    let chat = client
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth("tg-any-key")
+        .json(&chat_body("chat"))
+        .send()
+        .await
+        .unwrap();
+    let text = chat.text().await.unwrap();
+    let body: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(body["error"]["code"], "store_unavailable", "{text}");
+    let messages = client
+        .post(gw.url("/v1/messages"))
+        .header("x-api-key", "tg-any-key")
+        .json(&json!({"model": "chat", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(messages.status(), 503);
+    let anthropic: Value = messages.json().await.unwrap();
+    assert_eq!(anthropic["type"], "error");
+    assert_eq!(anthropic["error"]["code"], "store_unavailable");
+    for leak in ["pw-not-to-leak", &proxy.addr.port().to_string(), "postgres://"] {
+        assert!(!text.contains(leak), "{leak} in {text}");
+        assert!(!anthropic.to_string().contains(leak), "{leak} in {anthropic}");
+    }
+
+    // The store comes back: the gateway connects, migrates and serves without a restart.
+    proxy.restore();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let ready = client.get(gw.url("/readyz")).send().await.unwrap();
+        if ready.status() == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never became ready");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (_, secret) = gw.create_key("*");
+    assert_eq!(burst(&gw, &secret, &["chat"; 2]).await, [200; 2]);
+    let store = Store::open(&db.url).await.unwrap();
+    wait_count(&store, 2).await;
+    gw.sigterm();
+    assert!(gw.wait_exit(Duration::from_secs(30)).success());
+}
+
 // A per-request hold in PostgreSQL is settled with the request's usage row: a settlement made
 // while the store is away waits in the journal with its row, across a restart, and charges once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
