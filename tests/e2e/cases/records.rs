@@ -184,7 +184,7 @@ async fn records_made_while_postgres_is_away_reach_it_after_a_restart_exactly_on
         Ok(db) => db,
         Err(why) => return skip(test, &format!("PostgreSQL is not available: {why}")),
     };
-    let proxy = TcpProxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let proxy = TcpProxy::start(crate::common::pg_addr()).await;
     let mock = mock(MockConfig::default()).await;
     // Keys of team `research` are governed by its budget (a hold in the store per call); the
     // other key is not, and is answered without the store once it is cached.
@@ -285,7 +285,7 @@ async fn a_gateway_started_while_postgres_is_away_becomes_ready_when_it_answers(
         Ok(db) => db,
         Err(why) => return skip(test, &format!("PostgreSQL is not available: {why}")),
     };
-    let proxy = TcpProxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let proxy = TcpProxy::start(crate::common::pg_addr()).await;
     proxy.cut();
     let mock = mock(MockConfig::default()).await;
     // Trust authentication ignores the password; it must show nowhere a client can read.
@@ -360,7 +360,7 @@ async fn settlements_made_while_postgres_is_away_are_journaled_and_charged_once(
         Ok(db) => db,
         Err(why) => return skip(test, &format!("PostgreSQL is not available: {why}")),
     };
-    let proxy = TcpProxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let proxy = TcpProxy::start(crate::common::pg_addr()).await;
     // Slow answers: the holds are taken while the store is there, settled once it is gone.
     let mock = mock(MockConfig {
         latency: Duration::from_millis(2500),
