@@ -308,14 +308,25 @@ impl Running {
 const CONNECT_RETRY_MIN: Duration = Duration::from_millis(250);
 const CONNECT_RETRY_MAX: Duration = Duration::from_secs(10);
 
+/// Whether a failure to start on a store is worth retrying (the store is away or busy), rather
+/// than a URL, credential, schema or journal problem that needs a person.
+fn retryable(error: &anyhow::Error) -> bool {
+    error.downcast_ref::<crate::store::StoreError>().is_some_and(|e| {
+        crate::store::is_unreachable(e)
+            || crate::store::usage_rows::is_outage(e, crate::store::Backend::Postgres)
+    })
+}
+
 /// Connects to the store at `url`, migrates it and builds the app with backoff until it
 /// answers, then hands the router to `starting` (the gateway is ready from then on). Returns
-/// `None` if the gateway stops first.
+/// `Ok(None)` if the gateway stops first, and an error that retrying cannot fix (after sending
+/// it to `fatal`, which stops the gateway).
 async fn connect_in_background(
     url: String,
     parts: AppParts,
     starting: Arc<ops::Starting>,
-) -> Option<Running> {
+    fatal: tokio::sync::oneshot::Sender<()>,
+) -> anyhow::Result<Option<Running>> {
     let mut stop = parts.stop.clone();
     let mut backoff = CONNECT_RETRY_MIN;
     loop {
@@ -325,13 +336,17 @@ async fn connect_in_background(
         };
         let outcome = tokio::select! {
             outcome = attempt => outcome,
-            _ = stop.wait_for(|stop| *stop) => return None,
+            _ = stop.wait_for(|stop| *stop) => return Ok(None),
         };
         match outcome {
             Ok((router, running)) => {
                 starting.ready(router);
                 tracing::info!("the store answered and is migrated: the gateway is ready");
-                return Some(running);
+                return Ok(Some(running));
+            }
+            Err(e) if !retryable(&e) => {
+                let _ = fatal.send(());
+                return Err(e.context("the store answered but the gateway cannot start on it"));
             }
             Err(e) => {
                 let attempts = starting.failed();
@@ -341,7 +356,7 @@ async fn connect_in_background(
         }
         tokio::select! {
             () = tokio::time::sleep(backoff) => {}
-            _ = stop.wait_for(|stop| *stop) => return None,
+            _ = stop.wait_for(|stop| *stop) => return Ok(None),
         }
         backoff = (backoff * 2).min(CONNECT_RETRY_MAX);
     }
@@ -377,6 +392,8 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         streams_end,
         stop: stop_rx.clone(),
     };
+    // A store that answers at last but cannot be served on stops the gateway.
+    let (fatal_tx, fatal_rx) = tokio::sync::oneshot::channel::<()>();
     let (router, running, connecting) = match store {
         StoreSource::Open(store) => {
             let (router, running) = start_app(store, &parts).await?;
@@ -393,7 +410,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
             tracing::warn!(
                 "the store did not answer at start: serving 503 store_unavailable and connecting in the background"
             );
-            let task = tokio::spawn(connect_in_background(url, parts, starting));
+            let task = tokio::spawn(connect_in_background(url, parts, starting, fatal_tx));
             (router, None, Some(task))
         }
     };
@@ -420,14 +437,30 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         router,
         http_limits,
         trusted_proxies,
-        shutdown_signal(),
+        async {
+            tokio::select! {
+                () = shutdown_signal() => {}
+                Ok(()) = fatal_rx => {}
+            }
+        },
         shutdown_grace,
         end_streams,
     )
     .await;
     let _ = stop_tx.send(true);
+    let mut failed = None;
     let running = match connecting {
-        Some(task) => task.await.ok().flatten(),
+        Some(task) => match task.await {
+            Ok(Ok(running)) => running,
+            Ok(Err(e)) => {
+                failed = Some(e);
+                None
+            }
+            Err(e) => {
+                failed = Some(anyhow::anyhow!("connecting to the store failed: {e}"));
+                None
+            }
+        },
         None => running,
     };
     if let Some(running) = running {
@@ -438,6 +471,9 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     let _ = reloader.await;
     if let Some(file_watcher) = file_watcher {
         let _ = file_watcher.await;
+    }
+    if let Some(e) = failed {
+        return Err(e);
     }
     tracing::info!("stopped");
     Ok(())
