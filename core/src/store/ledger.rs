@@ -906,4 +906,72 @@ mod tests {
             }
         );
     }
+
+    fn entry(id: &str, hold: &str, actual: i64) -> super::super::UsageEntry {
+        super::super::UsageEntry {
+            record: super::super::UsageRecord {
+                id: id.into(),
+                request_id: id.into(),
+                decisions: "[]".into(),
+                ..Default::default()
+            },
+            charges: vec![Settlement {
+                counter_id: "budget:b".into(),
+                window_start_ms: 0,
+                actual,
+                lease: None,
+                hold: Some(hold.into()),
+            }],
+        }
+    }
+
+    #[tokio::test]
+    async fn a_hold_settled_with_its_usage_row_releases_and_charges_once_across_replays() {
+        let (_dir, store) = temp_store().await;
+        store
+            .hold("h1", &[request(100)], i64::MAX)
+            .await
+            .expect("hold");
+        store
+            .hold("h2", &[request(50)], i64::MAX)
+            .await
+            .expect("hold");
+        let rows = [entry("r1", "h1", 40), entry("r2", "h2", 10)];
+        assert_eq!(store.write_usage(&rows).await.expect("write"), 2);
+        // A journal replayed after an ambiguous commit writes the same rows again.
+        assert_eq!(store.write_usage(&rows).await.expect("replay"), 0);
+        let state = store.counter_state("budget:b", 0).await.expect("state");
+        assert_eq!(
+            state,
+            CounterState {
+                used: 50,
+                reserved: 0
+            }
+        );
+        assert_eq!(store.outstanding_holds().await.expect("holds"), 0);
+    }
+
+    #[tokio::test]
+    async fn a_hold_reclaimed_before_its_row_lands_still_charges_its_spend_once() {
+        let (_dir, store) = temp_store().await;
+        store.hold("h1", &[request(100)], 5).await.expect("hold");
+        assert_eq!(store.reclaim_expired_holds(10).await.expect("reclaim"), 1);
+        assert_eq!(
+            store.write_usage(&[entry("r1", "h1", 30)]).await.expect("write"),
+            1
+        );
+        // Another row naming the same hold (never made by the gateway) charges nothing again.
+        assert_eq!(
+            store.write_usage(&[entry("r2", "h1", 30)]).await.expect("write"),
+            1
+        );
+        let state = store.counter_state("budget:b", 0).await.expect("state");
+        assert_eq!(
+            state,
+            CounterState {
+                used: 30,
+                reserved: 0
+            }
+        );
+    }
 }
