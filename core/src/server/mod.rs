@@ -311,10 +311,12 @@ const CONNECT_RETRY_MAX: Duration = Duration::from_secs(10);
 /// Whether a failure to start on a store is worth retrying (the store is away or busy), rather
 /// than a URL, credential, schema or journal problem that needs a person.
 fn retryable(error: &anyhow::Error) -> bool {
-    error.downcast_ref::<crate::store::StoreError>().is_some_and(|e| {
-        crate::store::is_unreachable(e)
-            || crate::store::usage_rows::is_outage(e, crate::store::Backend::Postgres)
-    })
+    error
+        .downcast_ref::<crate::store::StoreError>()
+        .is_some_and(|e| {
+            crate::store::is_unreachable(e)
+                || crate::store::usage_rows::is_outage(e, crate::store::Backend::Postgres)
+        })
 }
 
 /// Connects to the store at `url`, migrates it and builds the app with backoff until it

@@ -169,10 +169,7 @@ impl std::fmt::Debug for Ledger {
 impl Ledger {
     /// Starts the ledger. On an embedded store the counters are rebuilt in memory, and a store
     /// another gateway serves is refused.
-    pub async fn start(
-        store: Store,
-        http: reqwest::Client,
-    ) -> Result<Arc<Ledger>, StoreError> {
+    pub async fn start(store: Store, http: reqwest::Client) -> Result<Arc<Ledger>, StoreError> {
         let counters = match (store.backend(), store.sqlite_path()) {
             (Backend::Sqlite, Some(path)) => {
                 let lock = lock_embedded(path)?;

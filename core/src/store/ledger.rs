@@ -957,12 +957,18 @@ mod tests {
         store.hold("h1", &[request(100)], 5).await.expect("hold");
         assert_eq!(store.reclaim_expired_holds(10).await.expect("reclaim"), 1);
         assert_eq!(
-            store.write_usage(&[entry("r1", "h1", 30)]).await.expect("write"),
+            store
+                .write_usage(&[entry("r1", "h1", 30)])
+                .await
+                .expect("write"),
             1
         );
         // Another row naming the same hold (never made by the gateway) charges nothing again.
         assert_eq!(
-            store.write_usage(&[entry("r2", "h1", 30)]).await.expect("write"),
+            store
+                .write_usage(&[entry("r2", "h1", 30)])
+                .await
+                .expect("write"),
             1
         );
         let state = store.counter_state("budget:b", 0).await.expect("state");

@@ -191,7 +191,9 @@ pub fn is_unreachable(error: &StoreError) -> bool {
             // SQLSTATE 08 (connection), 57P03 (cannot connect now: starting up), 53
             // (insufficient resources, e.g. too many connections).
             let code = db.code().map(|c| c.to_string()).unwrap_or_default();
-            ["08", "57P", "53"].iter().any(|class| code.starts_with(class))
+            ["08", "57P", "53"]
+                .iter()
+                .any(|class| code.starts_with(class))
         }
         _ => false,
     }

@@ -72,7 +72,10 @@ impl Store {
             }
             for c in &entry.charges {
                 // A hold settled already (by another row) charges nothing again.
-                if c.hold.as_deref().is_some_and(|h| settled_before.contains(&h)) {
+                if c.hold
+                    .as_deref()
+                    .is_some_and(|h| settled_before.contains(&h))
+                {
                     continue;
                 }
                 *totals

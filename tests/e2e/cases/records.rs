@@ -289,9 +289,11 @@ async fn a_gateway_started_while_postgres_is_away_becomes_ready_when_it_answers(
     proxy.cut();
     let mock = mock(MockConfig::default()).await;
     // Trust authentication ignores the password; it must show nowhere a client can read.
-    let url = db
-        .url_via(proxy.addr)
-        .replacen("postgres://postgres@", "postgres://postgres:pw-not-to-leak@", 1);
+    let url = db.url_via(proxy.addr).replacen(
+        "postgres://postgres@",
+        "postgres://postgres:pw-not-to-leak@",
+        1,
+    );
     let mut gw = Gateway::start_db(&standard_policy(&mock), &[], &[], &url);
     let client = http();
 
@@ -303,7 +305,10 @@ async fn a_gateway_started_while_postgres_is_away_becomes_ready_when_it_answers(
     assert_eq!(body["status"], "not_ready");
     assert_eq!(body["checks"]["store"]["ok"], false);
     assert!(
-        body["reason"].as_str().unwrap().contains("not connected yet"),
+        body["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not connected yet"),
         "{body}"
     );
     let chat = client
@@ -327,9 +332,16 @@ async fn a_gateway_started_while_postgres_is_away_becomes_ready_when_it_answers(
     let anthropic: Value = messages.json().await.unwrap();
     assert_eq!(anthropic["type"], "error");
     assert_eq!(anthropic["error"]["code"], "store_unavailable");
-    for leak in ["pw-not-to-leak", &proxy.addr.port().to_string(), "postgres://"] {
+    for leak in [
+        "pw-not-to-leak",
+        &proxy.addr.port().to_string(),
+        "postgres://",
+    ] {
         assert!(!text.contains(leak), "{leak} in {text}");
-        assert!(!anthropic.to_string().contains(leak), "{leak} in {anthropic}");
+        assert!(
+            !anthropic.to_string().contains(leak),
+            "{leak} in {anthropic}"
+        );
     }
 
     // The store comes back: the gateway connects, migrates and serves without a restart.
@@ -389,7 +401,10 @@ async fn settlements_made_while_postgres_is_away_are_journaled_and_charged_once(
     // A rare counter is not leased: each call holds its budget in the store.
     let deadline = Instant::now() + Duration::from_secs(20);
     while store.outstanding_holds().await.unwrap() < 3 {
-        assert!(Instant::now() < deadline, "the calls never held their budget");
+        assert!(
+            Instant::now() < deadline,
+            "the calls never held their budget"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     proxy.cut();
@@ -401,7 +416,11 @@ async fn settlements_made_while_postgres_is_away_are_journaled_and_charged_once(
     // A restart during the outage: the rows and their settlements wait in the journal.
     gw.sigterm();
     assert!(gw.wait_exit(Duration::from_secs(40)).success());
-    assert_eq!(store.outstanding_holds().await.unwrap(), 3, "nothing settled yet");
+    assert_eq!(
+        store.outstanding_holds().await.unwrap(),
+        3,
+        "nothing settled yet"
+    );
     proxy.restore();
     gw.restart(&[]);
 

@@ -584,7 +584,8 @@ pub fn pg_addr() -> SocketAddr {
     let server = pg_server();
     let host = server.rsplit('@').next().unwrap_or(&server);
     let host = host.trim_start_matches("postgres://");
-    host.parse().expect("TOLLGATE_TEST_PG names HOST:PORT as an IP address and port")
+    host.parse()
+        .expect("TOLLGATE_TEST_PG names HOST:PORT as an IP address and port")
 }
 
 fn psql(sql: &str) -> Result<(), String> {
@@ -614,7 +615,9 @@ impl PgDatabase {
     /// The same database reached through another host:port (a proxy).
     pub fn url_via(&self, addr: SocketAddr) -> String {
         let server = pg_server();
-        let user = server.rsplit_once('@').map_or("postgres://postgres", |(user, _)| user);
+        let user = server
+            .rsplit_once('@')
+            .map_or("postgres://postgres", |(user, _)| user);
         format!("{user}@{addr}/{}", self.name)
     }
 }
