@@ -273,12 +273,14 @@ fn budget_hold_settle(c: &mut Criterion) {
                             window_start_ms: 0,
                             actual: 700,
                             lease: None,
+                            hold: None,
                         },
                         Settlement {
                             counter_id: "quota:rpm:key".into(),
                             window_start_ms: 0,
                             actual: 1,
                             lease: None,
+                            hold: None,
                         },
                     ],
                 )];
@@ -315,12 +317,14 @@ fn budget_hold_settle(c: &mut Criterion) {
                     window_start_ms: 0,
                     actual: 700,
                     lease: None,
+                    hold: None,
                 },
                 Settlement {
                     counter_id: "quota:rpm:key".into(),
                     window_start_ms: 0,
                     actual: 1,
                     lease: None,
+                    hold: None,
                 },
             ];
             black_box(memory.settle(&id, &settle));

@@ -1,6 +1,6 @@
 //! Fuzz target `translate_stream`: see `tollgate::fuzzing::translate_stream`.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+libfuzzer_sys::fuzz_target!(init: tollgate::fuzzing::init(), |data: &[u8]| {
     tollgate::fuzzing::translate_stream(data);
 });

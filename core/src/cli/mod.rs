@@ -292,9 +292,32 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     );
                 }
             };
-            let store = db.open().await?;
+            let url = db.url();
+            let store = match Store::open(&url).await {
+                Ok(store) => server::StoreSource::Open(store),
+                // A shared store that is down (or still starting) when the gateway starts:
+                // serve 503 until it answers rather than exit (an orchestrator restarting the
+                // process in a loop helps nobody).
+                Err(e)
+                    if crate::store::is_unreachable(&e)
+                        && (url.starts_with("postgres://") || url.starts_with("postgresql://")) =>
+                {
+                    tracing::warn!(error = %e, "the store is unreachable at start");
+                    server::StoreSource::Connect(url)
+                }
+                Err(e) => {
+                    return Err(anyhow::Error::new(e).context(format!(
+                        "opening the store at {}",
+                        crate::store::redact::redact_urls(&url)
+                    )));
+                }
+            };
+            let sqlite_path = match &store {
+                server::StoreSource::Open(store) => store.sqlite_path(),
+                server::StoreSource::Connect(_) => None,
+            };
             let journal = crate::store::usage_writer::JournalConfig {
-                dir: usage_journal_dir.unwrap_or_else(|| match store.sqlite_path() {
+                dir: usage_journal_dir.unwrap_or_else(|| match sqlite_path {
                     Some(file) => {
                         let mut dir = file.as_os_str().to_owned();
                         dir.push(".journal");

@@ -354,6 +354,86 @@ pub fn compile_rule(
     source: &str,
     source_hash: String,
 ) -> Result<AccessRule, LoadError> {
+    // The CEL parser, the walks over its tree and its evaluation recurse once per operator of a
+    // chain (`a || b || ...` is a tree as deep as it is long): a rule past the bound is refused
+    // before parsing, and parsing runs on a thread of its own with a large stack, so no rule
+    // can overflow a stack of the gateway (found by the `cel_rule` fuzz target).
+    let operators = operator_count(source);
+    if operators > MAX_RULE_OPERATORS {
+        return Err(load_error(
+            file,
+            None,
+            None,
+            format!(
+                "the rule is too complex: {operators} operators (at most {MAX_RULE_OPERATORS}); split it into several rules"
+            ),
+        ));
+    }
+    std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("cel-compile".into())
+            .stack_size(COMPILE_STACK)
+            .spawn_scoped(scope, || {
+                compile_rule_on_stack(name, file, source, source_hash)
+            })
+            .map_err(|e| load_error(file, None, None, format!("cannot start the compiler: {e}")))?
+            .join()
+            .unwrap_or_else(|_| {
+                Err(load_error(
+                    file,
+                    None,
+                    None,
+                    "the rule compiler failed".into(),
+                ))
+            })
+    })
+}
+
+/// Operators (and member, index and call brackets) a rule may have at most: the depth of its
+/// tree is bounded by it. An access rule of a few dozen conditions has about a hundred.
+pub const MAX_RULE_OPERATORS: usize = 256;
+/// The stack of the thread that compiles one rule (reserved, not committed, while it runs).
+const COMPILE_STACK: usize = 256 * 1024 * 1024;
+
+/// An upper bound of the operators of a CEL source: operator characters outside string
+/// literals and comments (a two-character operator counts twice).
+fn operator_count(source: &str) -> usize {
+    let mut count = 0;
+    let mut chars = source.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' | '\'' => {
+                // A string literal (escapes skipped; triple quotes are three empty-or-not
+                // literals to this scan, which only ever over-counts).
+                while let Some(d) = chars.next() {
+                    if d == '\\' {
+                        chars.next();
+                    } else if d == c {
+                        break;
+                    }
+                }
+            }
+            '/' if chars.peek() == Some(&'/') => {
+                for d in chars.by_ref() {
+                    if d == '\n' {
+                        break;
+                    }
+                }
+            }
+            '+' | '-' | '*' | '/' | '%' | '<' | '>' | '=' | '!' | '&' | '|' | '?' | '.' | '['
+            | '(' | '{' => count += 1,
+            _ => {}
+        }
+    }
+    count
+}
+
+fn compile_rule_on_stack(
+    name: &str,
+    file: &Path,
+    source: &str,
+    source_hash: String,
+) -> Result<AccessRule, LoadError> {
     let (mode, description) =
         header(source).map_err(|(line, message)| load_error(file, Some(line), Some(1), message))?;
     if source
@@ -610,6 +690,49 @@ mod tests {
             ..Bindings::default()
         };
         rule.evaluate(&bindings.context())
+    }
+
+    // Found by the `cel_rule` fuzz target: a long operator chain overflowed the stack while
+    // compiling (the whole process aborted; a hot reload took the serving gateway down).
+    #[test]
+    fn a_rule_too_deep_for_a_stack_is_refused_with_a_load_error() {
+        let chain = vec!["1"; 5_000].join(" + ");
+        let source = format!("request.model == 'x' || {chain} > 0");
+        let Err(error) = rule(&source) else {
+            panic!("a 5,000-term chain compiled");
+        };
+        assert!(error.to_string().contains("too complex"), "{error}");
+    }
+
+    #[test]
+    fn a_rule_at_the_operator_bound_compiles_and_evaluates_on_a_small_stack() {
+        // 1 + 2 * 120 = 241 operators: a tree 121 levels deep.
+        let source = format!("request.stream || {}", vec!["false"; 120].join(" || "));
+        assert!(
+            operator_count(&source) <= MAX_RULE_OPERATORS,
+            "{}",
+            operator_count(&source)
+        );
+        let r = rule(&source).expect("compiles");
+        // Requests are evaluated on the runtime's workers (2 MiB stacks).
+        let outcome = std::thread::Builder::new()
+            .stack_size(2 * 1024 * 1024)
+            .spawn(move || eval(&r, serde_json::json!({"stream": false})))
+            .expect("thread")
+            .join()
+            .expect("evaluated");
+        assert_eq!(
+            outcome,
+            RuleOutcome::Deny {
+                reason: None,
+                status: 403
+            }
+        );
+    }
+
+    #[test]
+    fn operators_in_strings_and_comments_do_not_count() {
+        assert_eq!(operator_count("// a + b\n'x+y' == \"a.b\\\"+\""), 2);
     }
 
     #[test]

@@ -73,6 +73,105 @@ pub async fn readyz(State(app): State<Arc<AppState>>) -> Response {
     }
 }
 
+/// The gateway while its store has not answered yet (a PostgreSQL store down at start):
+/// `/healthz` is live, `/readyz` answers 503 with the reason, every other request the
+/// family-native 503 `store_unavailable` (the store's error and URL stay in the log). Once the
+/// store is connected and migrated, every request goes to the full router.
+pub struct Starting {
+    backend: &'static str,
+    policies: Arc<crate::policy::Policies>,
+    ready: std::sync::OnceLock<axum::Router>,
+    attempts: std::sync::atomic::AtomicU64,
+}
+
+impl Starting {
+    /// Not ready yet, on a store of `backend` (`postgres`).
+    pub fn new(backend: &'static str, policies: Arc<crate::policy::Policies>) -> Self {
+        Self {
+            backend,
+            policies,
+            ready: std::sync::OnceLock::new(),
+            attempts: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// The store answered: `router` serves every request from now on.
+    pub fn ready(&self, router: axum::Router) {
+        let _ = self.ready.set(router);
+    }
+
+    /// Counts a failed attempt to reach the store; returns how many have failed.
+    pub fn failed(&self) -> u64 {
+        self.attempts.fetch_add(1, Ordering::Relaxed) + 1
+    }
+}
+
+/// The router of a gateway that started without its store ([`Starting`]).
+pub fn starting_router(starting: Arc<Starting>) -> axum::Router {
+    axum::Router::new()
+        .fallback(starting_request)
+        .with_state(starting)
+}
+
+async fn starting_request(State(starting): State<Arc<Starting>>, request: Request) -> Response {
+    use tower_service::Service as _;
+    if let Some(router) = starting.ready.get() {
+        let mut router = router.clone();
+        return match router.call(request).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        };
+    }
+    let path = request.uri().path();
+    if path == "/healthz" {
+        return "ok".into_response();
+    }
+    let reason = format!(
+        "the {} store is not connected yet: connecting and migrating in the background ({} attempts failed so far)",
+        starting.backend,
+        starting.attempts.load(Ordering::Relaxed)
+    );
+    if path == "/readyz" {
+        let snapshot = starting.policies.snapshot();
+        let checks = json!({
+            "policy": {
+                "ok": snapshot.generation > 0,
+                "generation": snapshot.generation,
+                "last_reload_failed": !starting.policies.status().last_errors.is_empty(),
+            },
+            "store": {"ok": false, "backend": starting.backend, "error": "not connected yet"},
+        });
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "not_ready", "reason": reason, "checks": checks})),
+        )
+            .into_response();
+    }
+    let request_path = path.to_string();
+    let family = if path.starts_with("/v1/messages") {
+        Family::Anthropic
+    } else if path.starts_with("/v1beta/")
+        || (path.starts_with("/v1/models/") && request.method() == axum::http::Method::POST)
+    {
+        Family::Gemini
+    } else {
+        family_of(&request)
+    };
+    let mut response = crate::error::GatewayError::Unavailable(crate::error::UnavailableError {
+        code: "store_unavailable",
+        what: "the store",
+        detail: reason,
+    })
+    .render(family);
+    // The full router's middleware gives every request its id; this answer has none yet.
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    tracing::debug!(request_id = %id, path = %request_path, "refused: the store is not connected yet");
+    response
+}
+
 /// `GET /metrics`: Prometheus text format (needs the admin token with `--protect-metrics`).
 pub async fn metrics(State(app): State<Arc<AppState>>, request: Request) -> Response {
     if app.admin.protects_metrics()
@@ -218,11 +317,6 @@ fn render_gateway(app: &AppState, out: &mut String) {
             "tollgate_settlements_total",
             "Holds settled with the real usage.",
             &ledger.settled,
-        ),
-        (
-            "tollgate_settlement_failures_total",
-            "Settlement attempts that failed (each retried).",
-            &ledger.settle_failures,
         ),
         (
             "tollgate_holds_reclaimed_total",

@@ -512,6 +512,7 @@ mod tests {
             window_start_ms: 0,
             actual: 25,
             lease: None,
+            hold: None,
         }];
         assert!(book.settle("a", &mut charges));
         assert_eq!(charges[0].lease.as_deref(), Some(lease_id.as_str()));
@@ -536,6 +537,7 @@ mod tests {
             window_start_ms: 0,
             actual: 40,
             lease: None,
+            hold: None,
         }];
         assert!(book.settle("a", &mut charges));
         assert_eq!(

@@ -284,6 +284,7 @@ async fn run_case(seed: u64) -> (usize, usize) {
                             rng.random_range(0..=*amount)
                         },
                         lease: None,
+                        hold: None,
                     })
                     .collect();
                 if live.local {
@@ -310,6 +311,7 @@ async fn run_case(seed: u64) -> (usize, usize) {
                     window_start_ms: window,
                     actual: 50,
                     lease: None,
+                    hold: None,
                 }];
                 if local {
                     if let Some(replica) = replicas.get(owner) {

@@ -25,14 +25,13 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use serde_json::{Value, json};
-use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
+use tokio::sync::watch;
 
 pub use super::budgets::{budget_record, budget_view, stored_spec};
 use super::estimate::Estimate;
 use super::lease::{LeaseAction, LeaseBook, LeaseRow};
 use super::memory::MemoryLedger;
-use super::settle::{Notifier, SettleJob, settle_worker, settlements_of};
+use super::settle::{Notifier, settlements_of};
 use super::{BudgetSpec, Metric, QuotaSpec, Scope};
 use crate::clock::now_ms;
 use crate::error::{BudgetExceeded, GatewayError, QuotaExceeded, UnavailableError};
@@ -53,11 +52,10 @@ const LEASE_SHARE: i64 = 4;
 /// stands (bounded: a dead replica's lease answers only when it expires).
 const RECALL_TRIES: u32 = 10;
 /// Per-request holds in the store at once (below the pool's 16 connections, which the usage
-/// writer, the settlement worker and the lease keeper share). A burst of requests queues here
+/// writer and the lease keeper share). A burst of requests queues here
 /// rather than in the pool, whose acquire timeout would turn a busy store into a 503 as if it
 /// were down.
 const STORE_HOLDS_AT_ONCE: usize = 8;
-const QUEUE: usize = 65_536;
 
 /// What one held counter is for.
 #[derive(Debug, Clone)]
@@ -125,8 +123,6 @@ pub struct LedgerStats {
     pub reclaimed: AtomicU64,
     /// Threshold events emitted.
     pub alerts: AtomicU64,
-    /// Settlement attempts that failed (retried).
-    pub settle_failures: AtomicU64,
 }
 
 /// Where counters and holds live.
@@ -151,7 +147,6 @@ pub struct Ledger {
     counters: Counters,
     stored_budgets: ArcSwap<Vec<Arc<BudgetSpec>>>,
     budgets_version: AtomicI64,
-    settle_tx: mpsc::Sender<SettleJob>,
     /// Counters.
     pub stats: Arc<LedgerStats>,
     http: reqwest::Client,
@@ -172,13 +167,9 @@ impl std::fmt::Debug for Ledger {
 }
 
 impl Ledger {
-    /// Starts the ledger and its settlement worker; await the handle after dropping every
-    /// `Arc<Ledger>` to flush pending settlements. On an embedded store the counters are rebuilt
-    /// in memory, and a store another gateway serves is refused.
-    pub async fn start(
-        store: Store,
-        http: reqwest::Client,
-    ) -> Result<(Arc<Ledger>, JoinHandle<()>), StoreError> {
+    /// Starts the ledger. On an embedded store the counters are rebuilt in memory, and a store
+    /// another gateway serves is refused.
+    pub async fn start(store: Store, http: reqwest::Client) -> Result<Arc<Ledger>, StoreError> {
         let counters = match (store.backend(), store.sqlite_path()) {
             (Backend::Sqlite, Some(path)) => {
                 let lock = lock_embedded(path)?;
@@ -204,14 +195,12 @@ impl Ledger {
             }
             _ => Counters::Store,
         };
-        let (settle_tx, settle_rx) = mpsc::channel(QUEUE);
         let stats = Arc::new(LedgerStats::default());
         let ledger = Arc::new(Ledger {
             counters,
             store: store.clone(),
             stored_budgets: ArcSwap::from_pointee(Vec::new()),
             budgets_version: AtomicI64::new(-1),
-            settle_tx,
             stats: stats.clone(),
             http: http.clone(),
             live: std::sync::Mutex::default(),
@@ -220,8 +209,7 @@ impl Ledger {
             store_holds: tokio::sync::Semaphore::new(STORE_HOLDS_AT_ONCE),
         });
         ledger.refresh_budgets().await?;
-        let worker = tokio::spawn(settle_worker(settle_rx, ledger.notifier()));
-        Ok((ledger, worker))
+        Ok(ledger)
     }
 
     fn notifier(&self) -> Notifier {
@@ -797,10 +785,11 @@ impl Ledger {
         }))
     }
 
-    /// Settles `reservation` with what the call really used. In memory: applied at once, and
-    /// the charges returned, for the usage writer to persist with the request's usage row. In
-    /// the store: queued (never blocks; the worker retries until the store takes it), and
-    /// nothing returned.
+    /// Settles `reservation` with what the call really used, and returns the charges for the
+    /// usage writer to persist with the request's usage row (in one transaction; journaled
+    /// while the store is away, so an outage or a restart loses no settlement and a replay
+    /// charges once). In memory and from a leased slice: applied here at once. A hold in the
+    /// store: the charges name it, and the writer deletes it with the row.
     pub fn settle(
         &self,
         reservation: Reservation,
@@ -848,57 +837,50 @@ impl Ledger {
                 return Vec::new();
             }
             self.stats.settled.fetch_add(1, Ordering::Relaxed);
-            let thresholds = cost_nanos > 0
-                && reservation
-                    .held
-                    .iter()
-                    .any(|h| matches!(&h.kind, HeldFor::Budget(b) if !b.thresholds.is_empty()));
-            if thresholds {
-                // The charge reaches the store with the usage row; threshold events are
-                // checked on the stored state once the writer has had time to commit it.
-                let notifier = self.notifier();
-                tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    let mut states = Vec::new();
-                    for h in &reservation.held {
-                        if let Ok(state) = notifier
-                            .store
-                            .counter_state(&h.counter_id, h.window_start_ms)
-                            .await
-                        {
-                            states.push(((h.counter_id.clone(), h.window_start_ms), state));
-                        }
-                    }
-                    notifier.thresholds(&reservation, &states, None).await;
-                });
-            }
+            self.thresholds_after_commit(reservation, cost_nanos);
             return charges;
         }
+        // A hold in the store: settled by the usage writer in the transaction of the request's
+        // usage row (journaled with it while the store is away), once per hold id.
         if let Ok(mut live) = self.live.lock() {
             live.remove(&reservation.hold_id);
         }
-        let job = SettleJob {
-            reservation,
-            tokens,
-            cost_nanos,
-        };
-        match self.settle_tx.try_send(job) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(job)) => {
-                let tx = self.settle_tx.clone();
-                tokio::spawn(async move {
-                    if tx.send(job).await.is_err() {
-                        tracing::error!(
-                            "settlement worker stopped; the hold will be reclaimed at expiry"
-                        );
-                    }
-                });
-            }
-            Err(mpsc::error::TrySendError::Closed(job)) => {
-                tracing::error!(hold = %job.reservation.hold_id, "settlement worker stopped; the hold will be reclaimed at expiry");
-            }
+        let mut charges = settlements_of(&reservation, &tokens, cost_nanos);
+        for charge in &mut charges {
+            charge.hold = Some(reservation.hold_id.clone());
         }
-        Vec::new()
+        self.stats.settled.fetch_add(1, Ordering::Relaxed);
+        self.thresholds_after_commit(reservation, cost_nanos);
+        charges
+    }
+
+    /// Budget threshold events of a settlement whose charges reach the store with the usage
+    /// row: checked on the stored state once the writer has had time to commit it (the store
+    /// deduplicates events per budget window and threshold).
+    fn thresholds_after_commit(&self, reservation: Reservation, cost_nanos: i64) {
+        let thresholds = cost_nanos > 0
+            && reservation
+                .held
+                .iter()
+                .any(|h| matches!(&h.kind, HeldFor::Budget(b) if !b.thresholds.is_empty()));
+        if !thresholds {
+            return;
+        }
+        let notifier = self.notifier();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let mut states = Vec::new();
+            for h in &reservation.held {
+                if let Ok(state) = notifier
+                    .store
+                    .counter_state(&h.counter_id, h.window_start_ms)
+                    .await
+                {
+                    states.push(((h.counter_id.clone(), h.window_start_ms), state));
+                }
+            }
+            notifier.thresholds(&reservation, &states, None).await;
+        });
     }
 
     /// The HTTP client (for webhooks).

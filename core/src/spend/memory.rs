@@ -231,6 +231,7 @@ mod tests {
             window_start_ms: 0,
             actual,
             lease: None,
+            hold: None,
         }
     }
 

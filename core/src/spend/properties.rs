@@ -97,6 +97,7 @@ fn run_case(seed: u64) {
                             rng.random_range(0..=*amount)
                         },
                         lease: None,
+                        hold: None,
                     })
                     .collect();
                 assert!(ledger.settle(&hold.id, &settlements).is_some());
@@ -115,6 +116,7 @@ fn run_case(seed: u64) {
                     window_start_ms: window,
                     actual: 50,
                     lease: None,
+                    hold: None,
                 }];
                 assert!(
                     ledger.settle(id, &again).is_none(),

@@ -1,5 +1,5 @@
-//! Settlement: what each held counter is charged when a request is recorded, the store-backed
-//! settlement worker (shared store: queued, batched, retried until the store takes it), and the
+//! Settlement: what each held counter is charged when a request is recorded (the usage writer
+//! persists the charges with the request's usage row, [`crate::store::usage_rows`]), and the
 //! budget threshold events both ledgers emit (once per budget window and threshold, webhook
 //! delivered with retries, off the request path).
 
@@ -8,7 +8,6 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
 
 use super::Metric;
 use super::ledger::{HeldFor, LedgerStats, Reservation};
@@ -16,16 +15,6 @@ use crate::clock::now_ms;
 use crate::store::Store;
 use crate::store::ledger::{CounterState, Settlement};
 use crate::usage::TokenUsage;
-
-/// Settlements per transaction at most.
-const SETTLE_BATCH: usize = 256;
-
-/// One request's settlement, queued for the store.
-pub(super) struct SettleJob {
-    pub(super) reservation: Reservation,
-    pub(super) tokens: TokenUsage,
-    pub(super) cost_nanos: i64,
-}
 
 /// What each counter of `reservation` is charged for a call that used `tokens` and cost
 /// `cost_nanos`.
@@ -49,6 +38,7 @@ pub fn settlements_of(
                 HeldFor::Quota(Metric::TotalTokens) => tokens.total(),
             },
             lease: None,
+            hold: None,
         })
         .collect()
 }
@@ -123,68 +113,6 @@ impl Notifier {
             }
         }
     }
-}
-
-/// The shared store's settlement worker: drains queued settlements in batches, one
-/// transaction each, retrying until the store takes them (settlements are idempotent per hold
-/// id, so a retry after an ambiguous commit charges once).
-pub(super) async fn settle_worker(mut rx: mpsc::Receiver<SettleJob>, notifier: Notifier) {
-    let mut jobs = Vec::with_capacity(SETTLE_BATCH);
-    while rx.recv_many(&mut jobs, SETTLE_BATCH).await > 0 {
-        let batch: Vec<(String, Vec<Settlement>)> = jobs
-            .iter()
-            .map(|job| {
-                (
-                    job.reservation.hold_id.clone(),
-                    settlements_of(&job.reservation, &job.tokens, job.cost_nanos),
-                )
-            })
-            .collect();
-        let mut backoff = Duration::from_millis(50);
-        let states = loop {
-            match notifier.store.settle_batch(&batch).await {
-                Ok(states) => break states,
-                Err(e) => {
-                    notifier
-                        .stats
-                        .settle_failures
-                        .fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(settlements = batch.len(), error = %e, "settlement failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            }
-        };
-        notifier
-            .stats
-            .settled
-            .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        // Threshold events, checked on the state after the batch, once per budget window.
-        let mut seen: Vec<(String, i64)> = Vec::new();
-        for job in &jobs {
-            if job.cost_nanos == 0 {
-                continue;
-            }
-            let fresh = job.reservation.held.iter().any(|h| {
-                matches!(h.kind, HeldFor::Budget(_))
-                    && !seen
-                        .iter()
-                        .any(|(c, w)| *c == h.counter_id && *w == h.window_start_ms)
-            });
-            if !fresh {
-                continue;
-            }
-            seen.extend(
-                job.reservation
-                    .held
-                    .iter()
-                    .map(|h| (h.counter_id.clone(), h.window_start_ms)),
-            );
-            notifier.thresholds(&job.reservation, &states, None).await;
-        }
-        jobs.clear();
-    }
-    tracing::debug!("settlement worker drained");
 }
 
 /// Delivers one event with retries (5 attempts, exponential backoff), off the request path.

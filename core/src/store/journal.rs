@@ -333,6 +333,7 @@ mod tests {
                 window_start_ms: 0,
                 actual: 7,
                 lease: None,
+                hold: None,
             }],
         }
     }

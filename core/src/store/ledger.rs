@@ -65,6 +65,12 @@ pub struct Settlement {
     /// that lease into `used` (`None`: a plain charge).
     #[serde(default)]
     pub lease: Option<String>,
+    /// The per-request hold in the store (shared store, no lease slice) this charge settles:
+    /// the usage writer deletes the hold and releases what it reserved in the row's
+    /// transaction, once per hold id (`settled_holds`), so a journaled settlement replayed
+    /// after an outage or a restart charges exactly once (`None`: nothing held in the store).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold: Option<String>,
 }
 
 /// A budget managed in the store.
@@ -158,52 +164,39 @@ impl Store {
         Ok(HoldOutcome::Held)
     }
 
-    /// Settles many requests' holds in one transaction: each hold is removed, and each counter
-    /// is adjusted once by the sum of what its holds released and what the requests really
-    /// used. A hold already reclaimed (expired) releases nothing, but its spend still counts.
-    /// Returns each touched counter's state afterwards (for threshold notifications).
+    /// Settles many requests' holds in one transaction, without usage rows (the ledger property
+    /// tests; the gateway settles each hold with its usage row, [`Store::write_usage`]): each
+    /// hold is removed, and each counter is adjusted once by the sum of what its holds released
+    /// and what the requests really used. A hold already reclaimed (expired) releases nothing,
+    /// but its spend still counts. Returns each touched counter's state afterwards.
     pub async fn settle_batch(
         &self,
         batch: &[(String, Vec<Settlement>)],
     ) -> Result<Vec<((String, i64), CounterState)>, StoreError> {
         use std::collections::BTreeMap;
         let mut tx = self.pool().begin().await?;
-        // (counter, window) -> (released, used)
-        let mut deltas: BTreeMap<(String, i64), (i64, i64)> = BTreeMap::new();
+        let mut released = Released::new();
+        let mut used: BTreeMap<(String, i64), i64> = BTreeMap::new();
         let now = now_ms();
         for (hold_id, settlements) in batch {
             // Once per hold id: a batch retried after an ambiguous commit (or a duplicate
             // settlement) finds its id already recorded and charges nothing again.
-            let first = sqlx::query(
-                "INSERT INTO settled_holds (hold_id, settled_at_ms) VALUES ($1, $2) \
-                 ON CONFLICT (hold_id) DO NOTHING",
-            )
-            .bind(hold_id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if first == 0 {
+            if !settle_hold(&mut tx, hold_id, now, &mut released).await? {
                 continue;
             }
-            let removed = sqlx::query(
-                "DELETE FROM holds WHERE id = $1 RETURNING counter_id, window_start_ms, amount",
-            )
-            .bind(hold_id)
-            .fetch_all(&mut *tx)
-            .await?;
-            for row in removed {
-                let counter: String = row.try_get(0)?;
-                let window: i64 = row.try_get(1)?;
-                let amount: i64 = row.try_get(2)?;
-                deltas.entry((counter, window)).or_default().0 += amount;
-            }
             for s in settlements {
-                deltas
+                *used
                     .entry((s.counter_id.clone(), s.window_start_ms))
-                    .or_default()
-                    .1 += s.actual;
+                    .or_default() += s.actual;
             }
+        }
+        // (counter, window) -> (released, used)
+        let mut deltas: BTreeMap<(String, i64), (i64, i64)> = BTreeMap::new();
+        for (key, amount) in released {
+            deltas.entry(key).or_default().0 += amount;
+        }
+        for (key, amount) in used {
+            deltas.entry(key).or_default().1 += amount;
         }
         let mut states = Vec::with_capacity(deltas.len());
         for ((counter, window), (released, used)) in deltas {
@@ -240,7 +233,7 @@ impl Store {
                 .or_default() += c.actual;
         }
         let mut tx = self.pool().begin().await?;
-        charge_counters(&mut tx, totals).await?;
+        charge_counters(&mut tx, totals, &Released::new()).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -680,18 +673,67 @@ impl Store {
 /// Charges summed per (counter, window, lease the charge was admitted from).
 pub(crate) type ChargeTotals<'a> = std::collections::BTreeMap<(&'a str, i64, Option<&'a str>), i64>;
 
+/// What settled per-request holds released, per (counter, window).
+pub(crate) type Released = std::collections::BTreeMap<(String, i64), i64>;
+
+/// Settles one per-request store hold inside the caller's transaction (the one that writes the
+/// usage row carrying its charges): records the hold id in `settled_holds` and deletes the
+/// hold, adding what it reserved to `released`. `false` if the hold id was settled before (its
+/// charges must not count again). A hold reclaimed at expiry (its gateway or the store was
+/// away too long) releases nothing here, but its spend still counts, once.
+pub(crate) async fn settle_hold(
+    conn: &mut sqlx::AnyConnection,
+    hold_id: &str,
+    now_ms: i64,
+    released: &mut Released,
+) -> Result<bool, StoreError> {
+    let first = sqlx::query(
+        "INSERT INTO settled_holds (hold_id, settled_at_ms) VALUES ($1, $2) \
+         ON CONFLICT (hold_id) DO NOTHING",
+    )
+    .bind(hold_id)
+    .bind(now_ms)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if first == 0 {
+        return Ok(false);
+    }
+    let removed = sqlx::query(
+        "DELETE FROM holds WHERE id = $1 RETURNING counter_id, window_start_ms, amount",
+    )
+    .bind(hold_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    for row in removed {
+        let counter: String = row.try_get(0)?;
+        let window: i64 = row.try_get(1)?;
+        let amount: i64 = row.try_get(2)?;
+        *released.entry((counter, window)).or_default() += amount;
+    }
+    Ok(true)
+}
+
 /// Adds charges to the counters' `used`, inside the caller's transaction (the one that writes
 /// their usage rows): after any crash, a counter's stored `used` is the sum of the charges of
 /// the stored rows. A charge admitted from a lease moves out of the lease (and out of
 /// `reserved`) into `used`; if the lease is gone (it expired and was returned) it is charged
-/// like any other. The counter row is locked before the lease row, as in every lease
-/// transaction (no deadlock).
+/// like any other. What settled per-request holds `released` leaves `reserved` in the same
+/// update (every released counter window has an entry in `totals`). The counter row is locked
+/// before the lease row, as in every lease transaction (no deadlock).
 pub(crate) async fn charge_counters(
     conn: &mut sqlx::AnyConnection,
     totals: ChargeTotals<'_>,
+    released: &Released,
 ) -> Result<(), StoreError> {
     for ((counter, window, lease), used) in totals {
-        let mut from_lease = 0;
+        let mut unreserved = match lease {
+            None => released
+                .get(&(counter.to_string(), window))
+                .copied()
+                .unwrap_or(0),
+            Some(_) => 0,
+        };
         if let Some(lease) = lease {
             lock_counter(&mut *conn, counter, window).await?;
             let row = sqlx::query(
@@ -704,11 +746,11 @@ pub(crate) async fn charge_counters(
             .await?;
             if let Some(row) = row {
                 let amount: i64 = row.try_get(0)?;
-                from_lease = used.clamp(0, amount.max(0));
+                unreserved = used.clamp(0, amount.max(0));
                 sqlx::query(
                     "UPDATE leases SET amount = amount - $1 WHERE counter_id = $2 AND window_start_ms = $3 AND lease_id = $4",
                 )
-                .bind(from_lease)
+                .bind(unreserved)
                 .bind(counter)
                 .bind(window)
                 .bind(lease)
@@ -723,7 +765,7 @@ pub(crate) async fn charge_counters(
         .bind(counter)
         .bind(window)
         .bind(used)
-        .bind(from_lease)
+        .bind(unreserved)
         .execute(&mut *conn)
         .await?;
     }
@@ -822,6 +864,7 @@ mod tests {
                 window_start_ms: 0,
                 actual: 40,
                 lease: None,
+                hold: None,
             }],
         )];
         store.settle_batch(&batch).await.expect("settle");
@@ -849,10 +892,85 @@ mod tests {
                 window_start_ms: 0,
                 actual: 30,
                 lease: None,
+                hold: None,
             }],
         )];
         store.settle_batch(&batch).await.expect("settle");
         store.settle_batch(&batch).await.expect("settle again");
+        let state = store.counter_state("budget:b", 0).await.expect("state");
+        assert_eq!(
+            state,
+            CounterState {
+                used: 30,
+                reserved: 0
+            }
+        );
+    }
+
+    fn entry(id: &str, hold: &str, actual: i64) -> super::super::UsageEntry {
+        super::super::UsageEntry {
+            record: super::super::UsageRecord {
+                id: id.into(),
+                request_id: id.into(),
+                decisions: "[]".into(),
+                ..Default::default()
+            },
+            charges: vec![Settlement {
+                counter_id: "budget:b".into(),
+                window_start_ms: 0,
+                actual,
+                lease: None,
+                hold: Some(hold.into()),
+            }],
+        }
+    }
+
+    #[tokio::test]
+    async fn a_hold_settled_with_its_usage_row_releases_and_charges_once_across_replays() {
+        let (_dir, store) = temp_store().await;
+        store
+            .hold("h1", &[request(100)], i64::MAX)
+            .await
+            .expect("hold");
+        store
+            .hold("h2", &[request(50)], i64::MAX)
+            .await
+            .expect("hold");
+        let rows = [entry("r1", "h1", 40), entry("r2", "h2", 10)];
+        assert_eq!(store.write_usage(&rows).await.expect("write"), 2);
+        // A journal replayed after an ambiguous commit writes the same rows again.
+        assert_eq!(store.write_usage(&rows).await.expect("replay"), 0);
+        let state = store.counter_state("budget:b", 0).await.expect("state");
+        assert_eq!(
+            state,
+            CounterState {
+                used: 50,
+                reserved: 0
+            }
+        );
+        assert_eq!(store.outstanding_holds().await.expect("holds"), 0);
+    }
+
+    #[tokio::test]
+    async fn a_hold_reclaimed_before_its_row_lands_still_charges_its_spend_once() {
+        let (_dir, store) = temp_store().await;
+        store.hold("h1", &[request(100)], 5).await.expect("hold");
+        assert_eq!(store.reclaim_expired_holds(10).await.expect("reclaim"), 1);
+        assert_eq!(
+            store
+                .write_usage(&[entry("r1", "h1", 30)])
+                .await
+                .expect("write"),
+            1
+        );
+        // Another row naming the same hold (never made by the gateway) charges nothing again.
+        assert_eq!(
+            store
+                .write_usage(&[entry("r2", "h1", 30)])
+                .await
+                .expect("write"),
+            1
+        );
         let state = store.counter_state("budget:b", 0).await.expect("state");
         assert_eq!(
             state,

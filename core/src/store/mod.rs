@@ -175,6 +175,30 @@ pub(crate) fn values_sql(prefix: &str, rows: usize, cols: usize, backend: Backen
     sql
 }
 
+/// Whether opening a store failed because the database is unreachable (connection refused,
+/// reset or timed out, the server starting or shutting down), as opposed to a URL, credential,
+/// or schema problem that retrying would not fix.
+pub fn is_unreachable(error: &StoreError) -> bool {
+    let sqlx_error = match error {
+        StoreError::Database(e) => e,
+        StoreError::Migrate(sqlx::migrate::MigrateError::Execute(e)) => e,
+        _ => return false,
+    };
+    match sqlx_error {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => true,
+        sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => {
+            // SQLSTATE 08 (connection), 57P03 (cannot connect now: starting up), 53
+            // (insufficient resources, e.g. too many connections).
+            let code = db.code().map(|c| c.to_string()).unwrap_or_default();
+            ["08", "57P", "53"]
+                .iter()
+                .any(|class| code.starts_with(class))
+        }
+        _ => false,
+    }
+}
+
 /// Which database a store runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {

@@ -42,18 +42,48 @@ impl Store {
         let inserted =
             super::insert_usage_on(&mut tx, entries.iter().map(|e| &e.record), self.backend())
                 .await?;
+        // What the per-request store holds these rows settle released, per counter window.
+        let mut released = super::ledger::Released::new();
+        let mut settled_before: Vec<&str> = Vec::new();
+        let now = now_ms();
+        for entry in entries {
+            if !inserted.contains(&entry.record.id) {
+                continue;
+            }
+            let mut holds: Vec<&str> = Vec::new();
+            for hold in entry.charges.iter().filter_map(|c| c.hold.as_deref()) {
+                if !holds.contains(&hold) {
+                    holds.push(hold);
+                }
+            }
+            for hold in holds {
+                if !super::ledger::settle_hold(&mut tx, hold, now, &mut released).await? {
+                    settled_before.push(hold);
+                }
+            }
+        }
         let mut totals = super::ledger::ChargeTotals::new();
+        for (counter, window) in released.keys() {
+            totals.entry((counter.as_str(), *window, None)).or_default();
+        }
         for entry in entries {
             if !inserted.contains(&entry.record.id) {
                 continue;
             }
             for c in &entry.charges {
+                // A hold settled already (by another row) charges nothing again.
+                if c.hold
+                    .as_deref()
+                    .is_some_and(|h| settled_before.contains(&h))
+                {
+                    continue;
+                }
                 *totals
                     .entry((c.counter_id.as_str(), c.window_start_ms, c.lease.as_deref()))
                     .or_default() += c.actual;
             }
         }
-        super::ledger::charge_counters(&mut tx, totals).await?;
+        super::ledger::charge_counters(&mut tx, totals, &released).await?;
         tx.commit().await?;
         Ok(inserted.len() as u64)
     }

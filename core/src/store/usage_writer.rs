@@ -443,6 +443,7 @@ mod tests {
                 window_start_ms: 0,
                 actual: cost,
                 lease: None,
+                hold: None,
             }],
         }
     }

@@ -662,7 +662,7 @@ async fn a_store_outage_fails_closed_with_503_and_recovers() {
         Ok(db) => db,
         Err(why) => return skip("a_store_outage_fails_closed_with_503_and_recovers", &why),
     };
-    let proxy = TcpProxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let proxy = TcpProxy::start(crate::common::pg_addr()).await;
     let mock = mock(MockConfig::default()).await;
     let toml = policy(
         &mock,

@@ -516,7 +516,7 @@ async fn a_key_revoked_while_the_store_is_away_is_refused_soon_after_it_returns(
         Ok(db) => db,
         Err(why) => return skip(test, &why),
     };
-    let proxy = TcpProxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let proxy = TcpProxy::start(crate::common::pg_addr()).await;
     let mock = mock(MockConfig::default()).await;
     let gw = Gateway::start_db(&policy(&mock), &[], &[], &db.url_via(proxy.addr));
     let (id, secret) = gw.create_key("*");

@@ -245,7 +245,7 @@ async fn readyz_answers_503_with_the_reason_while_the_store_is_away() {
         Ok(db) => db,
         Err(why) => return skip(test, &why),
     };
-    let proxy = TcpProxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let proxy = TcpProxy::start(crate::common::pg_addr()).await;
     let mock = mock(MockConfig::default()).await;
     let gw = Gateway::start_db(&standard_policy(&mock), &[], &[], &db.url_via(proxy.addr));
     let readyz = || async {

@@ -184,7 +184,7 @@ async fn records_made_while_postgres_is_away_reach_it_after_a_restart_exactly_on
         Ok(db) => db,
         Err(why) => return skip(test, &format!("PostgreSQL is not available: {why}")),
     };
-    let proxy = TcpProxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let proxy = TcpProxy::start(crate::common::pg_addr()).await;
     let mock = mock(MockConfig::default()).await;
     // Keys of team `research` are governed by its budget (a hold in the store per call); the
     // other key is not, and is answered without the store once it is cached.
@@ -199,14 +199,8 @@ async fn records_made_while_postgres_is_away_reach_it_after_a_restart_exactly_on
         answered += before.len();
     }
 
-    // Settlements on PostgreSQL are queued apart from the usage rows (not journaled): let the
-    // ones of the calls so far land before the store goes away.
     let store = Store::open(&db.url).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while store.outstanding_holds().await.unwrap() > 0 {
-        assert!(Instant::now() < deadline, "holds were never settled");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_count(&store, answered as i64).await;
 
     // The store goes away: governed calls fail closed, the others are answered and recorded.
     proxy.cut();
@@ -280,6 +274,189 @@ async fn records_made_while_postgres_is_away_reach_it_after_a_restart_exactly_on
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(store.dead_letters().await.unwrap().is_empty());
+}
+
+// A gateway started while PostgreSQL is away is live but not ready, refuses with the
+// family-native 503 (no URL, no password), connects and migrates in the background, then serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_started_while_postgres_is_away_becomes_ready_when_it_answers() {
+    let test = "a_gateway_started_while_postgres_is_away_becomes_ready_when_it_answers";
+    let db = match PgDatabase::create() {
+        Ok(db) => db,
+        Err(why) => return skip(test, &format!("PostgreSQL is not available: {why}")),
+    };
+    let proxy = TcpProxy::start(crate::common::pg_addr()).await;
+    proxy.cut();
+    let mock = mock(MockConfig::default()).await;
+    // Trust authentication ignores the password; it must show nowhere a client can read.
+    let url = db.url_via(proxy.addr).replacen(
+        "postgres://postgres@",
+        "postgres://postgres:pw-not-to-leak@",
+        1,
+    );
+    let mut gw = Gateway::start_db(&standard_policy(&mock), &[], &[], &url);
+    let client = http();
+
+    let live = client.get(gw.url("/healthz")).send().await.unwrap();
+    assert_eq!(live.status(), 200, "live while the store is away");
+    let ready = client.get(gw.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let body: Value = ready.json().await.unwrap();
+    assert_eq!(body["status"], "not_ready");
+    assert_eq!(body["checks"]["store"]["ok"], false);
+    assert!(
+        body["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not connected yet"),
+        "{body}"
+    );
+    let chat = client
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth("tg-any-key")
+        .json(&chat_body("chat"))
+        .send()
+        .await
+        .unwrap();
+    let text = chat.text().await.unwrap();
+    let body: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(body["error"]["code"], "store_unavailable", "{text}");
+    let messages = client
+        .post(gw.url("/v1/messages"))
+        .header("x-api-key", "tg-any-key")
+        .json(&json!({"model": "chat", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(messages.status(), 503);
+    let anthropic: Value = messages.json().await.unwrap();
+    assert_eq!(anthropic["type"], "error");
+    assert_eq!(anthropic["error"]["code"], "store_unavailable");
+    for leak in [
+        "pw-not-to-leak",
+        &proxy.addr.port().to_string(),
+        "postgres://",
+    ] {
+        assert!(!text.contains(leak), "{leak} in {text}");
+        assert!(
+            !anthropic.to_string().contains(leak),
+            "{leak} in {anthropic}"
+        );
+    }
+
+    // The store comes back: the gateway connects, migrates and serves without a restart.
+    proxy.restore();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let ready = client.get(gw.url("/readyz")).send().await.unwrap();
+        if ready.status() == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never became ready");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (_, secret) = gw.create_key("*");
+    assert_eq!(burst(&gw, &secret, &["chat"; 2]).await, [200; 2]);
+    let store = Store::open(&db.url).await.unwrap();
+    wait_count(&store, 2).await;
+    gw.sigterm();
+    assert!(gw.wait_exit(Duration::from_secs(30)).success());
+}
+
+// A per-request hold in PostgreSQL is settled with the request's usage row: a settlement made
+// while the store is away waits in the journal with its row, across a restart, and charges once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settlements_made_while_postgres_is_away_are_journaled_and_charged_once() {
+    let test = "settlements_made_while_postgres_is_away_are_journaled_and_charged_once";
+    let db = match PgDatabase::create() {
+        Ok(db) => db,
+        Err(why) => return skip(test, &format!("PostgreSQL is not available: {why}")),
+    };
+    let proxy = TcpProxy::start(crate::common::pg_addr()).await;
+    // Slow answers: the holds are taken while the store is there, settled once it is gone.
+    let mock = mock(MockConfig {
+        latency: Duration::from_millis(2500),
+        ..MockConfig::default()
+    })
+    .await;
+    let toml = format!("{}{TEAM_BUDGET}", standard_policy(&mock));
+    let mut gw = Gateway::start_db(&toml, &[], &[], &db.url_via(proxy.addr));
+    let (_, governed) = gw.create_key_with(&["--models", "*", "--team", "research"]);
+    let store = Store::open(&db.url).await.unwrap();
+
+    let calls: Vec<_> = (0..3)
+        .map(|_| {
+            let (url, secret) = (gw.url("/v1/chat/completions"), governed.clone());
+            tokio::spawn(async move {
+                http()
+                    .post(url)
+                    .bearer_auth(secret)
+                    .json(&chat_body("chat"))
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+            })
+        })
+        .collect();
+    // A rare counter is not leased: each call holds its budget in the store.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while store.outstanding_holds().await.unwrap() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the calls never held their budget"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    proxy.cut();
+    for call in calls {
+        assert_eq!(call.await.unwrap().unwrap(), 200, "held calls are answered");
+    }
+    assert_eq!(store.usage_count().await.unwrap(), 0);
+
+    // A restart during the outage: the rows and their settlements wait in the journal.
+    gw.sigterm();
+    assert!(gw.wait_exit(Duration::from_secs(40)).success());
+    assert_eq!(
+        store.outstanding_holds().await.unwrap(),
+        3,
+        "nothing settled yet"
+    );
+    proxy.restore();
+    gw.restart(&[]);
+
+    wait_count(&store, 3).await;
+    // Settled with the replayed rows, long before the holds would expire (60 s): no hold left,
+    // nothing reserved, and the budget's spend is exactly the rows' costs.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let holds = store.outstanding_holds().await.unwrap();
+        let reserved = scalar(
+            &db.url,
+            "SELECT CAST(COALESCE(SUM(reserved), 0) AS BIGINT) FROM counters",
+        )
+        .await;
+        let spent = scalar(
+            &db.url,
+            "SELECT CAST(COALESCE(SUM(used), 0) AS BIGINT) FROM counters WHERE counter_id LIKE 'budget:%'",
+        )
+        .await;
+        let costs = scalar(
+            &db.url,
+            "SELECT CAST(COALESCE(SUM(cost_nanos), 0) AS BIGINT) FROM usage_records",
+        )
+        .await;
+        if holds == 0 && reserved == 0 && spent == costs {
+            assert!(costs > 0);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "holds {holds}, reserved {reserved}, spent {spent}, costs {costs}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let settled = scalar(&db.url, "SELECT COUNT(*) FROM settled_holds").await;
+    assert_eq!(settled, 3, "each hold settled once");
 }
 
 #[tokio::test]

@@ -567,11 +567,31 @@ pub struct PgDatabase {
     name: String,
 }
 
-const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/test";
+/// The PostgreSQL server the tests use: `TOLLGATE_TEST_PG` (`postgres://USER@HOST:PORT`, no
+/// database; default `postgres://postgres@127.0.0.1:5432`). Point it at a closed port to see
+/// every PostgreSQL test print `SKIPPED`.
+fn pg_server() -> String {
+    std::env::var("TOLLGATE_TEST_PG")
+        .ok()
+        .filter(|url| !url.is_empty())
+        .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432".to_string())
+        .trim_end_matches('/')
+        .to_string()
+}
+
+/// The address of [`pg_server`] (for a [`TcpProxy`] in front of it).
+pub fn pg_addr() -> SocketAddr {
+    let server = pg_server();
+    let host = server.rsplit('@').next().unwrap_or(&server);
+    let host = host.trim_start_matches("postgres://");
+    host.parse()
+        .expect("TOLLGATE_TEST_PG names HOST:PORT as an IP address and port")
+}
 
 fn psql(sql: &str) -> Result<(), String> {
+    let admin = format!("{}/test", pg_server());
     let out = Command::new("psql")
-        .args([PG_ADMIN, "-v", "ON_ERROR_STOP=1", "-q", "-c", sql])
+        .args([admin.as_str(), "-v", "ON_ERROR_STOP=1", "-q", "-c", sql])
         .output()
         .map_err(|e| format!("psql is not available: {e}"))?;
     if out.status.success() {
@@ -587,14 +607,18 @@ impl PgDatabase {
         let name = format!("tg_test_{}", uuid::Uuid::new_v4().simple());
         psql(&format!("CREATE DATABASE {name}"))?;
         Ok(PgDatabase {
-            url: format!("postgres://postgres@127.0.0.1:5432/{name}"),
+            url: format!("{}/{name}", pg_server()),
             name,
         })
     }
 
     /// The same database reached through another host:port (a proxy).
     pub fn url_via(&self, addr: SocketAddr) -> String {
-        format!("postgres://postgres@{addr}/{}", self.name)
+        let server = pg_server();
+        let user = server
+            .rsplit_once('@')
+            .map_or("postgres://postgres", |(user, _)| user);
+        format!("{user}@{addr}/{}", self.name)
     }
 }
 
