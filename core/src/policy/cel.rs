@@ -547,6 +547,97 @@ pub fn json_to_cel(value: &serde_json::Value) -> Value {
     }
 }
 
+/// The `request` variable straight from the facts: the same value as
+/// `json_to_cel(&facts.to_json())`, without building the JSON first.
+pub fn request_to_cel(facts: &crate::policy::facts::RequestFacts) -> Value {
+    let string = |s: &str| Value::String(Arc::new(s.to_string()));
+    let headers: std::collections::HashMap<Key, Value> = facts
+        .headers
+        .iter()
+        .map(|(k, v)| (Key::String(Arc::new(k.clone())), string(v)))
+        .collect();
+    let metadata: std::collections::HashMap<Key, Value> = facts
+        .metadata
+        .iter()
+        .map(|(k, v)| (Key::String(Arc::new(k.clone())), json_to_cel(v)))
+        .collect();
+    let entries: [(&str, Value); 11] = [
+        ("endpoint", string(&facts.endpoint)),
+        ("path", string(&facts.path)),
+        ("model", string(&facts.model)),
+        ("stream", Value::Bool(facts.stream)),
+        (
+            "max_tokens",
+            facts.max_tokens.map_or(Value::Null, Value::Int),
+        ),
+        (
+            "estimated_input_tokens",
+            Value::Int(facts.estimated_input_tokens),
+        ),
+        (
+            // JSON has no NaN or infinity: `to_json` makes them null.
+            "temperature",
+            facts
+                .temperature
+                .filter(|t| t.is_finite())
+                .map_or(Value::Null, Value::Float),
+        ),
+        ("tools", Value::Bool(facts.has_tools)),
+        (
+            "headers",
+            Value::Map(CelMap {
+                map: Arc::new(headers),
+            }),
+        ),
+        (
+            "client_ip",
+            facts
+                .client_ip
+                .map_or(Value::Null, |ip| Value::String(Arc::new(ip.to_string()))),
+        ),
+        (
+            "metadata",
+            Value::Map(CelMap {
+                map: Arc::new(metadata),
+            }),
+        ),
+    ];
+    Value::Map(CelMap {
+        map: Arc::new(
+            entries
+                .into_iter()
+                .map(|(k, v)| (Key::String(Arc::new(k.to_string())), v))
+                .collect(),
+        ),
+    })
+}
+
+/// How many keys' `key` values [`key_to_cel`] keeps.
+const KEY_BINDINGS_KEPT: usize = 4096;
+
+/// The `key` variable of `key`, built once per key record: the key cache hands out the same
+/// `Arc` until the key changes (a change, revocation or expiry reload makes a new record), so a
+/// cached value is reused only while it is the very record it was built from.
+pub fn key_to_cel(key: &Arc<crate::store::KeyRecord>) -> Value {
+    type Kept = std::collections::HashMap<String, (Arc<crate::store::KeyRecord>, Value)>;
+    static KEPT: OnceLock<std::sync::Mutex<Kept>> = OnceLock::new();
+    let kept = KEPT.get_or_init(Default::default);
+    if let Ok(map) = kept.lock()
+        && let Some((record, value)) = map.get(&key.id)
+        && Arc::ptr_eq(record, key)
+    {
+        return value.clone();
+    }
+    let value = json_to_cel(&crate::policy::facts::key_json(key));
+    if let Ok(mut map) = kept.lock() {
+        if map.len() >= KEY_BINDINGS_KEPT && !map.contains_key(&key.id) {
+            map.clear();
+        }
+        map.insert(key.id.clone(), (key.clone(), value.clone()));
+    }
+    value
+}
+
 impl AccessRule {
     /// Evaluates the rule; never panics, errors are outcomes.
     pub fn evaluate(&self, ctx: &Context<'_, '_>) -> RuleOutcome {
@@ -724,5 +815,78 @@ mod tests {
         let r = rule("time_between(now, '00:00', '23:59', 'UTC') || time_between(now, '23:59', '00:00', 'Europe/Paris')").expect("compiles");
         assert_eq!(eval(&r, serde_json::json!({})), RuleOutcome::Allow);
         assert!(glob(b"a*c?", b"abbbcd") && !glob(b"a*c", b"abd") && glob(b"*", b""));
+    }
+
+    fn sample_facts() -> crate::policy::facts::RequestFacts {
+        let body = serde_json::json!({
+            "model": "m", "stream": true, "max_tokens": 64, "temperature": 0.5,
+            "tools": [{"type": "function"}], "metadata": {"tier": "gold", "n": 3, "x": [1, 2.5]},
+        });
+        let mut headers = axum::http::HeaderMap::new();
+        headers.insert("x-team", "platform".parse().expect("header"));
+        headers.insert("authorization", "Bearer secret".parse().expect("header"));
+        crate::policy::facts::RequestFacts::from_body(
+            "openai",
+            "/v1/chat/completions",
+            "m",
+            body.as_object().expect("object"),
+            1234,
+            Some(&headers),
+            Some("127.0.0.1".parse().expect("ip")),
+        )
+    }
+
+    fn sample_key(team: &str) -> Arc<crate::store::KeyRecord> {
+        Arc::new(crate::store::KeyRecord {
+            id: "key_cel_cache".into(),
+            name: "k".into(),
+            team: Some(team.into()),
+            owner: None,
+            metadata: serde_json::Map::new(),
+            secret_prefix: "tg_x".into(),
+            models: crate::store::ModelGrant::All,
+            mcp: crate::store::ModelGrant::Only(Vec::new()),
+            created_at_ms: 1,
+            updated_at_ms: 1,
+            expires_at_ms: None,
+            revoked_at_ms: None,
+            rotations: 0,
+        })
+    }
+
+    #[test]
+    fn request_built_from_facts_equals_the_json_route() {
+        let facts = sample_facts();
+        assert_eq!(request_to_cel(&facts), json_to_cel(&facts.to_json()));
+        let mut bare = facts.clone();
+        bare.max_tokens = None;
+        bare.temperature = None;
+        bare.client_ip = None;
+        bare.headers.clear();
+        bare.metadata.clear();
+        assert_eq!(request_to_cel(&bare), json_to_cel(&bare.to_json()));
+    }
+
+    #[test]
+    fn key_binding_is_rebuilt_when_the_key_record_changes() {
+        let first = sample_key("platform");
+        let value = key_to_cel(&first);
+        assert_eq!(value, json_to_cel(&crate::policy::facts::key_json(&first)));
+        // The same record again: the same value.
+        assert_eq!(key_to_cel(&first), value);
+        // The key changed (the key cache hands out a new record): the new team is seen.
+        let changed = sample_key("research");
+        let rule = rule("key.team == 'research'").expect("compiles");
+        let outcome = |key: &Arc<crate::store::KeyRecord>| {
+            let bindings = Bindings {
+                key: Some(key_to_cel(key)),
+                ..Bindings::default()
+            };
+            rule.evaluate(&bindings.context())
+        };
+        assert_ne!(outcome(&first), RuleOutcome::Allow);
+        assert_eq!(outcome(&changed), RuleOutcome::Allow);
+        // And back to a record equal to the first one but newly loaded.
+        assert_ne!(outcome(&sample_key("platform")), RuleOutcome::Allow);
     }
 }
