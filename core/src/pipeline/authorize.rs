@@ -20,7 +20,7 @@ use super::{Endpoint, Flow, Recorder};
 use crate::error::{AccessError, GatewayError, RequestError};
 use crate::family::{Api, ServeMode};
 use crate::policy::cel::{
-    Bindings, RuleMode, RuleOutcome, json_to_cel, key_to_cel, request_to_cel,
+    Bindings, RuleMode, RuleOutcome, json_to_cel, key_to_cel, request_to_cel, target_to_cel,
 };
 use crate::policy::facts::RequestFacts;
 use crate::policy::{Credential, Snapshot, Target};
@@ -137,9 +137,11 @@ pub fn decide_access(
     }
     let uses = snapshot.access_uses;
     let bindings = Bindings {
-        key: uses.key.then(|| key_to_cel(key)),
+        shared_key: uses.key.then(|| key_to_cel(key)),
+        shared_model: uses.model.then(|| target_to_cel(target)),
+        key: None,
         request: uses.request.then(|| request_to_cel(facts)),
-        model: uses.model.then(|| target.cel().clone()),
+        model: None,
         now: uses.now.then_some(facts.now),
         budget: uses
             .budget

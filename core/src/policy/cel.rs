@@ -13,6 +13,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use cel::common::ast::{EntryExpr, Expr, IdedExpr};
+use cel::common::traits::{
+    Adder, Comparer, Container, Divider, Indexer, Iterable, Modder, Multiplier, Negator, Sizer,
+    Subtractor, Zeroer,
+};
+use cel::common::types::Type;
+use cel::common::value::{Builtin, BuiltinRef, Val};
 use cel::objects::{Key, Map as CelMap};
 use cel::{Context, Env, ExecutionError, Program, Value};
 use chrono::{DateTime, FixedOffset, NaiveTime, Utc};
@@ -446,6 +452,10 @@ pub fn compile_rule(
 /// The per-request variable values, built once and shared by every rule.
 #[derive(Default)]
 pub struct Bindings {
+    /// `key`, converted once per key record ([`key_to_cel`]); wins over `key`.
+    pub shared_key: Option<SharedVal>,
+    /// `model`, converted once per policy snapshot ([`target_to_cel`]); wins over `model`.
+    pub shared_model: Option<SharedVal>,
     /// `key`.
     pub key: Option<Value>,
     /// `request`.
@@ -465,13 +475,17 @@ impl Bindings {
     pub fn context(&self) -> Context<'static, 'static> {
         let root = &engine().root;
         let mut ctx = root.new_inner_scope();
-        if let Some(v) = &self.key {
+        if let Some(v) = &self.shared_key {
+            ctx.add_variable_as_val("key", Box::new(v.clone()));
+        } else if let Some(v) = &self.key {
             ctx.add_variable_from_value("key", v.clone());
         }
         if let Some(v) = &self.request {
             ctx.add_variable_from_value("request", v.clone());
         }
-        if let Some(v) = &self.model {
+        if let Some(v) = &self.shared_model {
+            ctx.add_variable_as_val("model", Box::new(v.clone()));
+        } else if let Some(v) = &self.model {
             ctx.add_variable_from_value("model", v.clone());
         }
         if let Some(now) = self.now {
@@ -513,6 +527,8 @@ impl Bindings {
             "arguments": {"query": "sample"}, "transport": "streamable_http"
         });
         Bindings {
+            shared_key: None,
+            shared_model: None,
             key: Some(json_to_cel(&key)),
             request: Some(json_to_cel(&request)),
             model: Some(json_to_cel(&model)),
@@ -612,30 +628,206 @@ pub fn request_to_cel(facts: &crate::policy::facts::RequestFacts) -> Value {
     })
 }
 
-/// How many keys' `key` values [`key_to_cel`] keeps.
-const KEY_BINDINGS_KEPT: usize = 4096;
+/// How many records' values each cache of [`key_to_cel`] and [`target_to_cel`] keeps.
+const SHARED_KEPT: usize = 4096;
 
-/// The `key` variable of `key`, built once per key record: the key cache hands out the same
-/// `Arc` until the key changes (a change, revocation or expiry reload makes a new record), so a
-/// cached value is reused only while it is the very record it was built from.
-pub fn key_to_cel(key: &Arc<crate::store::KeyRecord>) -> Value {
-    type Kept = std::collections::HashMap<String, (Arc<crate::store::KeyRecord>, Value)>;
-    static KEPT: OnceLock<std::sync::Mutex<Kept>> = OnceLock::new();
-    let kept = KEPT.get_or_init(Default::default);
-    if let Ok(map) = kept.lock()
-        && let Some((record, value)) = map.get(&key.id)
-        && Arc::ptr_eq(record, key)
-    {
-        return value.clone();
-    }
-    let value = json_to_cel(&crate::policy::facts::key_json(key));
-    if let Ok(mut map) = kept.lock() {
-        if map.len() >= KEY_BINDINGS_KEPT && !map.contains_key(&key.id) {
-            map.clear();
+/// Values converted once per owning record, found by name and reused only while the owner is
+/// the very record (`Arc`) they were built from: a changed key or a reloaded snapshot brings
+/// new records, so nothing stale is ever served. The cache holds the owner, so its address
+/// cannot be reused while an entry points at it.
+struct SharedCache<T> {
+    kept: OnceLock<std::sync::Mutex<Kept<T>>>,
+}
+
+/// Name -> the record a value was built from, and the value.
+type Kept<T> = std::collections::HashMap<String, (Arc<T>, SharedVal)>;
+
+impl<T> SharedCache<T> {
+    const fn new() -> Self {
+        Self {
+            kept: OnceLock::new(),
         }
-        map.insert(key.id.clone(), (key.clone(), value.clone()));
     }
-    value
+
+    fn get_or_build(&self, name: &str, owner: &Arc<T>, build: impl FnOnce() -> Value) -> SharedVal {
+        let kept = self.kept.get_or_init(Default::default);
+        if let Ok(map) = kept.lock()
+            && let Some((record, value)) = map.get(name)
+            && Arc::ptr_eq(record, owner)
+        {
+            return value.clone();
+        }
+        let value = SharedVal::new(build());
+        if let Ok(mut map) = kept.lock() {
+            if map.len() >= SHARED_KEPT && !map.contains_key(name) {
+                map.clear();
+            }
+            map.insert(name.to_string(), (owner.clone(), value.clone()));
+        }
+        value
+    }
+}
+
+/// The `key` variable of `key`, converted once per key record: the key cache hands out the
+/// same `Arc` until the key changes (a change, revocation or expiry reload makes a new record).
+pub fn key_to_cel(key: &Arc<crate::store::KeyRecord>) -> SharedVal {
+    static KEYS: SharedCache<crate::store::KeyRecord> = SharedCache::new();
+    KEYS.get_or_build(&key.id, key, || {
+        json_to_cel(&crate::policy::facts::key_json(key))
+    })
+}
+
+/// The `model` variable of `target`, converted once per policy snapshot (a reload builds new
+/// models and groups, so their values are converted again).
+pub fn target_to_cel(target: &crate::policy::Target) -> SharedVal {
+    static MODELS: SharedCache<crate::policy::Model> = SharedCache::new();
+    static GROUPS: SharedCache<crate::policy::ModelGroup> = SharedCache::new();
+    match target {
+        crate::policy::Target::Model(model) => {
+            MODELS.get_or_build(&model.name, model, || model.cel.clone())
+        }
+        crate::policy::Target::Group(group) => {
+            GROUPS.get_or_build(&group.name, group, || group.cel.clone())
+        }
+    }
+}
+
+/// A CEL value converted once into the interpreter's representation and shared: binding it
+/// costs a reference count, where binding a [`Value`] converts (copies) it whole per request.
+#[derive(Debug, Clone)]
+pub struct SharedVal(Arc<dyn Val>);
+
+impl SharedVal {
+    /// Converts `value` (every [`json_to_cel`] value converts; anything else becomes null).
+    pub fn new(value: Value) -> Self {
+        let boxed: Box<dyn Val> = match Box::<dyn Val>::try_from(value) {
+            Ok(boxed) => boxed,
+            Err(_) => Box::new(cel::common::types::CelNull),
+        };
+        Self(Arc::from(boxed))
+    }
+}
+
+impl Val for SharedVal {
+    fn get_type(&self) -> &Type {
+        self.0.get_type()
+    }
+
+    fn cel_type() -> &'static Type
+    where
+        Self: Sized,
+    {
+        // Like `Struct`: the type is the shared value's, which varies per value.
+        panic!("SharedVal has no static CEL type: its type is the shared value's")
+    }
+
+    fn as_adder<'b, 'v>(&'b self) -> Option<&'b (dyn Adder + 'v)>
+    where
+        Self: 'v,
+    {
+        self.0.as_adder()
+    }
+
+    fn as_comparer(&self) -> Option<&dyn Comparer> {
+        self.0.as_comparer()
+    }
+
+    fn as_container(&self) -> Option<&dyn Container> {
+        self.0.as_container()
+    }
+
+    fn as_divider<'b, 'v>(&'b self) -> Option<&'b (dyn Divider + 'v)>
+    where
+        Self: 'v,
+    {
+        self.0.as_divider()
+    }
+
+    fn as_indexer<'b, 'v>(&'b self) -> Option<&'b (dyn Indexer + 'v)>
+    where
+        Self: 'v,
+    {
+        self.0.as_indexer()
+    }
+
+    fn into_indexer<'v>(self: Box<Self>) -> Option<Box<dyn Indexer + 'v>>
+    where
+        Self: 'v,
+    {
+        self.0.clone_as_boxed().into_indexer()
+    }
+
+    fn as_iterable<'b, 'v>(&'b self) -> Option<&'b (dyn Iterable + 'v)>
+    where
+        Self: 'v,
+    {
+        self.0.as_iterable()
+    }
+
+    fn as_modder<'b, 'v>(&'b self) -> Option<&'b (dyn Modder + 'v)>
+    where
+        Self: 'v,
+    {
+        self.0.as_modder()
+    }
+
+    fn as_multiplier<'b, 'v>(&'b self) -> Option<&'b (dyn Multiplier + 'v)>
+    where
+        Self: 'v,
+    {
+        self.0.as_multiplier()
+    }
+
+    fn as_negator<'b, 'v>(&'b self) -> Option<&'b (dyn Negator + 'v)>
+    where
+        Self: 'v,
+    {
+        self.0.as_negator()
+    }
+
+    fn as_sizer(&self) -> Option<&dyn Sizer> {
+        self.0.as_sizer()
+    }
+
+    fn as_subtractor<'b, 'v>(&'b self) -> Option<&'b (dyn Subtractor + 'v)>
+    where
+        Self: 'v,
+    {
+        self.0.as_subtractor()
+    }
+
+    fn as_zeroer(&self) -> Option<&dyn Zeroer> {
+        self.0.as_zeroer()
+    }
+
+    fn equals(&self, other: &dyn Val) -> bool {
+        self.0.equals(other)
+    }
+
+    fn clone_as_boxed<'v>(&self) -> Box<dyn Val + 'v>
+    where
+        Self: 'v,
+    {
+        Box::new(self.clone())
+    }
+
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        self.0.as_any()
+    }
+
+    fn as_builtin<'b, 'v>(&'b self) -> BuiltinRef<'b, 'v>
+    where
+        Self: 'v,
+    {
+        self.0.as_builtin()
+    }
+
+    fn into_builtin<'v>(self: Box<Self>) -> Option<Builtin<'v>>
+    where
+        Self: 'v,
+    {
+        self.0.clone_as_boxed().into_builtin()
+    }
 }
 
 impl AccessRule {
@@ -869,24 +1061,84 @@ mod tests {
 
     #[test]
     fn key_binding_is_rebuilt_when_the_key_record_changes() {
-        let first = sample_key("platform");
-        let value = key_to_cel(&first);
-        assert_eq!(value, json_to_cel(&crate::policy::facts::key_json(&first)));
-        // The same record again: the same value.
-        assert_eq!(key_to_cel(&first), value);
-        // The key changed (the key cache hands out a new record): the new team is seen.
-        let changed = sample_key("research");
-        let rule = rule("key.team == 'research'").expect("compiles");
+        let rule = rule("key.team == 'research' && key.id == 'key_cel_cache'").expect("compiles");
         let outcome = |key: &Arc<crate::store::KeyRecord>| {
             let bindings = Bindings {
-                key: Some(key_to_cel(key)),
+                shared_key: Some(key_to_cel(key)),
                 ..Bindings::default()
             };
             rule.evaluate(&bindings.context())
         };
+        let first = sample_key("platform");
         assert_ne!(outcome(&first), RuleOutcome::Allow);
+        // The same record again: the kept value, the same answer.
+        assert_ne!(outcome(&first), RuleOutcome::Allow);
+        // The key changed (the key cache hands out a new record): the new team is seen.
+        let changed = sample_key("research");
         assert_eq!(outcome(&changed), RuleOutcome::Allow);
-        // And back to a record equal to the first one but newly loaded.
+        // And back to the old team, newly loaded.
         assert_ne!(outcome(&sample_key("platform")), RuleOutcome::Allow);
+    }
+
+    #[test]
+    fn shared_values_evaluate_like_converted_ones() {
+        let key = json_to_cel(&crate::policy::facts::key_json(&sample_key("platform")));
+        let shared = Bindings {
+            shared_key: Some(SharedVal::new(key.clone())),
+            ..Bindings::default()
+        };
+        let converted = Bindings {
+            key: Some(key),
+            ..Bindings::default()
+        };
+        for source in [
+            "key.team == 'platform'",
+            "'*' in key.models",
+            "size(key.models) == 1",
+            "key.metadata == {}",
+            "has(key.owner) && key.owner == null",
+            "key.created_at_ms + 1 == 2",
+            "key.models.exists(m, m == '*')",
+            "key == key",
+            "key.team.startsWith('plat')",
+            "key.nope == 1",
+        ] {
+            let rule = rule(source).expect("compiles");
+            assert_eq!(
+                rule.evaluate(&shared.context()),
+                rule.evaluate(&converted.context()),
+                "{source}"
+            );
+        }
+    }
+
+    #[test]
+    fn model_binding_follows_a_policy_reload() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let write = |tags: &str| {
+            std::fs::write(
+                dir.path().join(crate::policy::load::GATEWAY_FILE),
+                format!(
+                    "[providers.p]\nfamily = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\ncredential = {{ env = \"TOLLGATE_NO_SUCH_ENV\" }}\n\n[models.m]\nprovider = \"p\"\ntags = [{tags}]\n"
+                ),
+            )
+            .expect("write");
+        };
+        let rule = rule("'premium' in model.tags").expect("compiles");
+        let outcome = |snapshot: &crate::policy::Snapshot| {
+            let bindings = Bindings {
+                shared_model: Some(target_to_cel(&snapshot.target("m").expect("model"))),
+                ..Bindings::default()
+            };
+            rule.evaluate(&bindings.context())
+        };
+        write("\"premium\"");
+        let first = crate::policy::load::load_dir(dir.path(), 1, None).expect("loads");
+        assert_eq!(outcome(&first), RuleOutcome::Allow);
+        write("\"basic\"");
+        let second = crate::policy::load::load_dir(dir.path(), 2, Some(&first)).expect("loads");
+        assert_ne!(outcome(&second), RuleOutcome::Allow);
+        // The old snapshot, still held by requests that started under it, keeps its answer.
+        assert_eq!(outcome(&first), RuleOutcome::Allow);
     }
 }
