@@ -9,6 +9,7 @@
 //! error: fail closed) decides. Shadow rules are recorded as `would_deny`, never enforced.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue};
@@ -18,8 +19,10 @@ use serde_json::{Map, Value, json};
 use super::{Endpoint, Flow, Recorder};
 use crate::error::{AccessError, GatewayError, RequestError};
 use crate::family::{Api, ServeMode};
-use crate::policy::cel::{Bindings, RuleMode, RuleOutcome, json_to_cel};
-use crate::policy::facts::{RequestFacts, key_json};
+use crate::policy::cel::{
+    Bindings, RuleMode, RuleOutcome, json_to_cel, key_to_cel, request_to_cel, target_to_cel,
+};
+use crate::policy::facts::RequestFacts;
 use crate::policy::{Credential, Snapshot, Target};
 use crate::spend::Scope;
 use crate::store::KeyRecord;
@@ -98,7 +101,7 @@ pub struct AccessVerdict {
 /// when a rule uses `budget` ([`crate::spend::ledger::Ledger::spend_view`]).
 pub fn decide_access(
     snapshot: &Snapshot,
-    key: &KeyRecord,
+    key: &Arc<KeyRecord>,
     target: &Target,
     facts: &RequestFacts,
     spend: Option<&serde_json::Value>,
@@ -134,9 +137,11 @@ pub fn decide_access(
     }
     let uses = snapshot.access_uses;
     let bindings = Bindings {
-        key: uses.key.then(|| json_to_cel(&key_json(key))),
-        request: uses.request.then(|| json_to_cel(&facts.to_json())),
-        model: uses.model.then(|| target.cel().clone()),
+        shared_key: uses.key.then(|| key_to_cel(key)),
+        shared_model: uses.model.then(|| target_to_cel(target)),
+        key: None,
+        request: uses.request.then(|| request_to_cel(facts)),
+        model: None,
         now: uses.now.then_some(facts.now),
         budget: uses
             .budget
@@ -233,7 +238,7 @@ pub struct Input<'a> {
     /// The endpoint.
     pub endpoint: Endpoint,
     /// The authenticated key.
-    pub key: &'a KeyRecord,
+    pub key: &'a Arc<KeyRecord>,
     /// Request headers.
     pub headers: &'a HeaderMap,
     /// Raw query string.

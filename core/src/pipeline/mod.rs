@@ -192,8 +192,10 @@ pub async fn handle_at(
     let mut gone = ClientGone(Some(recorder.client_gone_flag()));
     let task_app = app.clone();
     let span = recorder.span().clone();
+    // Boxed: the call's state machine is kilobytes; unboxed, spawning copies it into the task
+    // cell several times per request.
     let call = tokio::spawn(
-        async move { call::run(&task_app, endpoint, request, route, recorder).await }
+        Box::pin(async move { call::run(&task_app, endpoint, request, route, recorder).await })
             .instrument(span),
     );
     let response = match call.await {

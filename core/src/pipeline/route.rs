@@ -14,7 +14,7 @@ use super::Flow;
 use crate::error::{AccessError, GatewayError};
 use crate::health::HealthRegistry;
 use crate::policy::facts::RequestFacts;
-use crate::policy::rhai::{CandidateView, OnError};
+use crate::policy::rhai::{CandidateView, OnError, request_to_dynamic};
 use crate::policy::{Credential, Model, ModelGroup, Target};
 use crate::store::KeyRecord;
 
@@ -111,10 +111,8 @@ fn plan_group(
         None => configured,
         Some(script) => {
             trace["script"] = Value::String(script.name.clone());
-            let mut request = facts.to_json();
-            request["key_id"] = Value::String(key.id.clone());
-            request["team"] = key.team.clone().map_or(Value::Null, Value::String);
-            match script.order(&request, &views) {
+            let request = request_to_dynamic(facts, &key.id, key.team.as_deref());
+            match script.order_for(request, &views) {
                 Ok(order) if !order.is_empty() => order,
                 Ok(_) => {
                     return Err(GatewayError::Routing(format!(

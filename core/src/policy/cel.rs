@@ -13,6 +13,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use cel::common::ast::{EntryExpr, Expr, IdedExpr};
+use cel::common::traits::{
+    Adder, Comparer, Container, Divider, Indexer, Iterable, Modder, Multiplier, Negator, Sizer,
+    Subtractor, Zeroer,
+};
+use cel::common::types::Type;
+use cel::common::value::{Builtin, BuiltinRef, Val};
 use cel::objects::{Key, Map as CelMap};
 use cel::{Context, Env, ExecutionError, Program, Value};
 use chrono::{DateTime, FixedOffset, NaiveTime, Utc};
@@ -526,6 +532,10 @@ fn compile_rule_on_stack(
 /// The per-request variable values, built once and shared by every rule.
 #[derive(Default)]
 pub struct Bindings {
+    /// `key`, converted once per key record ([`key_to_cel`]); wins over `key`.
+    pub shared_key: Option<SharedVal>,
+    /// `model`, converted once per policy snapshot ([`target_to_cel`]); wins over `model`.
+    pub shared_model: Option<SharedVal>,
     /// `key`.
     pub key: Option<Value>,
     /// `request`.
@@ -545,13 +555,17 @@ impl Bindings {
     pub fn context(&self) -> Context<'static, 'static> {
         let root = &engine().root;
         let mut ctx = root.new_inner_scope();
-        if let Some(v) = &self.key {
+        if let Some(v) = &self.shared_key {
+            ctx.add_variable_as_val("key", Box::new(v.clone()));
+        } else if let Some(v) = &self.key {
             ctx.add_variable_from_value("key", v.clone());
         }
         if let Some(v) = &self.request {
             ctx.add_variable_from_value("request", v.clone());
         }
-        if let Some(v) = &self.model {
+        if let Some(v) = &self.shared_model {
+            ctx.add_variable_as_val("model", Box::new(v.clone()));
+        } else if let Some(v) = &self.model {
             ctx.add_variable_from_value("model", v.clone());
         }
         if let Some(now) = self.now {
@@ -593,6 +607,8 @@ impl Bindings {
             "arguments": {"query": "sample"}, "transport": "streamable_http"
         });
         Bindings {
+            shared_key: None,
+            shared_model: None,
             key: Some(json_to_cel(&key)),
             request: Some(json_to_cel(&request)),
             model: Some(json_to_cel(&model)),
@@ -624,6 +640,273 @@ pub fn json_to_cel(value: &serde_json::Value) -> Value {
                     .collect(),
             ),
         }),
+    }
+}
+
+/// The `request` variable straight from the facts: the same value as
+/// `json_to_cel(&facts.to_json())`, without building the JSON first.
+pub fn request_to_cel(facts: &crate::policy::facts::RequestFacts) -> Value {
+    let string = |s: &str| Value::String(Arc::new(s.to_string()));
+    let headers: std::collections::HashMap<Key, Value> = facts
+        .headers
+        .iter()
+        .map(|(k, v)| (Key::String(Arc::new(k.clone())), string(v)))
+        .collect();
+    let metadata: std::collections::HashMap<Key, Value> = facts
+        .metadata
+        .iter()
+        .map(|(k, v)| (Key::String(Arc::new(k.clone())), json_to_cel(v)))
+        .collect();
+    let entries: [(&str, Value); 11] = [
+        ("endpoint", string(&facts.endpoint)),
+        ("path", string(&facts.path)),
+        ("model", string(&facts.model)),
+        ("stream", Value::Bool(facts.stream)),
+        (
+            "max_tokens",
+            facts.max_tokens.map_or(Value::Null, Value::Int),
+        ),
+        (
+            "estimated_input_tokens",
+            Value::Int(facts.estimated_input_tokens),
+        ),
+        (
+            // JSON has no NaN or infinity: `to_json` makes them null.
+            "temperature",
+            facts
+                .temperature
+                .filter(|t| t.is_finite())
+                .map_or(Value::Null, Value::Float),
+        ),
+        ("tools", Value::Bool(facts.has_tools)),
+        (
+            "headers",
+            Value::Map(CelMap {
+                map: Arc::new(headers),
+            }),
+        ),
+        (
+            "client_ip",
+            facts
+                .client_ip
+                .map_or(Value::Null, |ip| Value::String(Arc::new(ip.to_string()))),
+        ),
+        (
+            "metadata",
+            Value::Map(CelMap {
+                map: Arc::new(metadata),
+            }),
+        ),
+    ];
+    Value::Map(CelMap {
+        map: Arc::new(
+            entries
+                .into_iter()
+                .map(|(k, v)| (Key::String(Arc::new(k.to_string())), v))
+                .collect(),
+        ),
+    })
+}
+
+/// How many records' values each cache of [`key_to_cel`] and [`target_to_cel`] keeps.
+const SHARED_KEPT: usize = 4096;
+
+/// Values converted once per owning record, found by name and reused only while the owner is
+/// the very record (`Arc`) they were built from: a changed key or a reloaded snapshot brings
+/// new records, so nothing stale is ever served. The cache holds the owner, so its address
+/// cannot be reused while an entry points at it.
+struct SharedCache<T> {
+    kept: OnceLock<std::sync::Mutex<Kept<T>>>,
+}
+
+/// Name -> the record a value was built from, and the value.
+type Kept<T> = std::collections::HashMap<String, (Arc<T>, SharedVal)>;
+
+impl<T> SharedCache<T> {
+    const fn new() -> Self {
+        Self {
+            kept: OnceLock::new(),
+        }
+    }
+
+    fn get_or_build(&self, name: &str, owner: &Arc<T>, build: impl FnOnce() -> Value) -> SharedVal {
+        let kept = self.kept.get_or_init(Default::default);
+        if let Ok(map) = kept.lock()
+            && let Some((record, value)) = map.get(name)
+            && Arc::ptr_eq(record, owner)
+        {
+            return value.clone();
+        }
+        let value = SharedVal::new(build());
+        if let Ok(mut map) = kept.lock() {
+            if map.len() >= SHARED_KEPT && !map.contains_key(name) {
+                map.clear();
+            }
+            map.insert(name.to_string(), (owner.clone(), value.clone()));
+        }
+        value
+    }
+}
+
+/// The `key` variable of `key`, converted once per key record: the key cache hands out the
+/// same `Arc` until the key changes (a change, revocation or expiry reload makes a new record).
+pub fn key_to_cel(key: &Arc<crate::store::KeyRecord>) -> SharedVal {
+    static KEYS: SharedCache<crate::store::KeyRecord> = SharedCache::new();
+    KEYS.get_or_build(&key.id, key, || {
+        json_to_cel(&crate::policy::facts::key_json(key))
+    })
+}
+
+/// The `model` variable of `target`, converted once per policy snapshot (a reload builds new
+/// models and groups, so their values are converted again).
+pub fn target_to_cel(target: &crate::policy::Target) -> SharedVal {
+    static MODELS: SharedCache<crate::policy::Model> = SharedCache::new();
+    static GROUPS: SharedCache<crate::policy::ModelGroup> = SharedCache::new();
+    match target {
+        crate::policy::Target::Model(model) => {
+            MODELS.get_or_build(&model.name, model, || model.cel.clone())
+        }
+        crate::policy::Target::Group(group) => {
+            GROUPS.get_or_build(&group.name, group, || group.cel.clone())
+        }
+    }
+}
+
+/// A CEL value converted once into the interpreter's representation and shared: binding it
+/// costs a reference count, where binding a [`Value`] converts (copies) it whole per request.
+#[derive(Debug, Clone)]
+pub struct SharedVal(Arc<dyn Val>);
+
+impl SharedVal {
+    /// Converts `value` (every [`json_to_cel`] value converts; anything else becomes null).
+    pub fn new(value: Value) -> Self {
+        let boxed: Box<dyn Val> = match Box::<dyn Val>::try_from(value) {
+            Ok(boxed) => boxed,
+            Err(_) => Box::new(cel::common::types::CelNull),
+        };
+        Self(Arc::from(boxed))
+    }
+}
+
+impl Val for SharedVal {
+    fn get_type(&self) -> &Type {
+        self.0.get_type()
+    }
+
+    fn cel_type() -> &'static Type
+    where
+        Self: Sized,
+    {
+        // Like `Struct`: the type is the shared value's, which varies per value.
+        panic!("SharedVal has no static CEL type: its type is the shared value's")
+    }
+
+    fn as_adder<'b, 'v>(&'b self) -> Option<&'b (dyn Adder + 'v)>
+    where
+        Self: 'v,
+    {
+        self.0.as_adder()
+    }
+
+    fn as_comparer(&self) -> Option<&dyn Comparer> {
+        self.0.as_comparer()
+    }
+
+    fn as_container(&self) -> Option<&dyn Container> {
+        self.0.as_container()
+    }
+
+    fn as_divider<'b, 'v>(&'b self) -> Option<&'b (dyn Divider + 'v)>
+    where
+        Self: 'v,
+    {
+        self.0.as_divider()
+    }
+
+    fn as_indexer<'b, 'v>(&'b self) -> Option<&'b (dyn Indexer + 'v)>
+    where
+        Self: 'v,
+    {
+        self.0.as_indexer()
+    }
+
+    fn into_indexer<'v>(self: Box<Self>) -> Option<Box<dyn Indexer + 'v>>
+    where
+        Self: 'v,
+    {
+        self.0.clone_as_boxed().into_indexer()
+    }
+
+    fn as_iterable<'b, 'v>(&'b self) -> Option<&'b (dyn Iterable + 'v)>
+    where
+        Self: 'v,
+    {
+        self.0.as_iterable()
+    }
+
+    fn as_modder<'b, 'v>(&'b self) -> Option<&'b (dyn Modder + 'v)>
+    where
+        Self: 'v,
+    {
+        self.0.as_modder()
+    }
+
+    fn as_multiplier<'b, 'v>(&'b self) -> Option<&'b (dyn Multiplier + 'v)>
+    where
+        Self: 'v,
+    {
+        self.0.as_multiplier()
+    }
+
+    fn as_negator<'b, 'v>(&'b self) -> Option<&'b (dyn Negator + 'v)>
+    where
+        Self: 'v,
+    {
+        self.0.as_negator()
+    }
+
+    fn as_sizer(&self) -> Option<&dyn Sizer> {
+        self.0.as_sizer()
+    }
+
+    fn as_subtractor<'b, 'v>(&'b self) -> Option<&'b (dyn Subtractor + 'v)>
+    where
+        Self: 'v,
+    {
+        self.0.as_subtractor()
+    }
+
+    fn as_zeroer(&self) -> Option<&dyn Zeroer> {
+        self.0.as_zeroer()
+    }
+
+    fn equals(&self, other: &dyn Val) -> bool {
+        self.0.equals(other)
+    }
+
+    fn clone_as_boxed<'v>(&self) -> Box<dyn Val + 'v>
+    where
+        Self: 'v,
+    {
+        Box::new(self.clone())
+    }
+
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        self.0.as_any()
+    }
+
+    fn as_builtin<'b, 'v>(&'b self) -> BuiltinRef<'b, 'v>
+    where
+        Self: 'v,
+    {
+        self.0.as_builtin()
+    }
+
+    fn into_builtin<'v>(self: Box<Self>) -> Option<Builtin<'v>>
+    where
+        Self: 'v,
+    {
+        self.0.clone_as_boxed().into_builtin()
     }
 }
 
@@ -847,5 +1130,138 @@ mod tests {
         let r = rule("time_between(now, '00:00', '23:59', 'UTC') || time_between(now, '23:59', '00:00', 'Europe/Paris')").expect("compiles");
         assert_eq!(eval(&r, serde_json::json!({})), RuleOutcome::Allow);
         assert!(glob(b"a*c?", b"abbbcd") && !glob(b"a*c", b"abd") && glob(b"*", b""));
+    }
+
+    fn sample_facts() -> crate::policy::facts::RequestFacts {
+        let body = serde_json::json!({
+            "model": "m", "stream": true, "max_tokens": 64, "temperature": 0.5,
+            "tools": [{"type": "function"}], "metadata": {"tier": "gold", "n": 3, "x": [1, 2.5]},
+        });
+        let mut headers = axum::http::HeaderMap::new();
+        headers.insert("x-team", "platform".parse().expect("header"));
+        headers.insert("authorization", "Bearer secret".parse().expect("header"));
+        crate::policy::facts::RequestFacts::from_body(
+            "openai",
+            "/v1/chat/completions",
+            "m",
+            body.as_object().expect("object"),
+            1234,
+            Some(&headers),
+            Some("127.0.0.1".parse().expect("ip")),
+        )
+    }
+
+    fn sample_key(team: &str) -> Arc<crate::store::KeyRecord> {
+        Arc::new(crate::store::KeyRecord {
+            id: "key_cel_cache".into(),
+            name: "k".into(),
+            team: Some(team.into()),
+            owner: None,
+            metadata: serde_json::Map::new(),
+            secret_prefix: "tg_x".into(),
+            models: crate::store::ModelGrant::All,
+            mcp: crate::store::ModelGrant::Only(Vec::new()),
+            created_at_ms: 1,
+            updated_at_ms: 1,
+            expires_at_ms: None,
+            revoked_at_ms: None,
+            rotations: 0,
+        })
+    }
+
+    #[test]
+    fn request_built_from_facts_equals_the_json_route() {
+        let facts = sample_facts();
+        assert_eq!(request_to_cel(&facts), json_to_cel(&facts.to_json()));
+        let mut bare = facts.clone();
+        bare.max_tokens = None;
+        bare.temperature = None;
+        bare.client_ip = None;
+        bare.headers.clear();
+        bare.metadata.clear();
+        assert_eq!(request_to_cel(&bare), json_to_cel(&bare.to_json()));
+    }
+
+    #[test]
+    fn key_binding_is_rebuilt_when_the_key_record_changes() {
+        let rule = rule("key.team == 'research' && key.id == 'key_cel_cache'").expect("compiles");
+        let outcome = |key: &Arc<crate::store::KeyRecord>| {
+            let bindings = Bindings {
+                shared_key: Some(key_to_cel(key)),
+                ..Bindings::default()
+            };
+            rule.evaluate(&bindings.context())
+        };
+        let first = sample_key("platform");
+        assert_ne!(outcome(&first), RuleOutcome::Allow);
+        // The same record again: the kept value, the same answer.
+        assert_ne!(outcome(&first), RuleOutcome::Allow);
+        // The key changed (the key cache hands out a new record): the new team is seen.
+        let changed = sample_key("research");
+        assert_eq!(outcome(&changed), RuleOutcome::Allow);
+        // And back to the old team, newly loaded.
+        assert_ne!(outcome(&sample_key("platform")), RuleOutcome::Allow);
+    }
+
+    #[test]
+    fn shared_values_evaluate_like_converted_ones() {
+        let key = json_to_cel(&crate::policy::facts::key_json(&sample_key("platform")));
+        let shared = Bindings {
+            shared_key: Some(SharedVal::new(key.clone())),
+            ..Bindings::default()
+        };
+        let converted = Bindings {
+            key: Some(key),
+            ..Bindings::default()
+        };
+        for source in [
+            "key.team == 'platform'",
+            "'*' in key.models",
+            "size(key.models) == 1",
+            "key.metadata == {}",
+            "has(key.owner) && key.owner == null",
+            "key.created_at_ms + 1 == 2",
+            "key.models.exists(m, m == '*')",
+            "key == key",
+            "key.team.startsWith('plat')",
+            "key.nope == 1",
+        ] {
+            let rule = rule(source).expect("compiles");
+            assert_eq!(
+                rule.evaluate(&shared.context()),
+                rule.evaluate(&converted.context()),
+                "{source}"
+            );
+        }
+    }
+
+    #[test]
+    fn model_binding_follows_a_policy_reload() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let write = |tags: &str| {
+            std::fs::write(
+                dir.path().join(crate::policy::load::GATEWAY_FILE),
+                format!(
+                    "[providers.p]\nfamily = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\ncredential = {{ env = \"TOLLGATE_NO_SUCH_ENV\" }}\n\n[models.m]\nprovider = \"p\"\ntags = [{tags}]\n"
+                ),
+            )
+            .expect("write");
+        };
+        let rule = rule("'premium' in model.tags").expect("compiles");
+        let outcome = |snapshot: &crate::policy::Snapshot| {
+            let bindings = Bindings {
+                shared_model: Some(target_to_cel(&snapshot.target("m").expect("model"))),
+                ..Bindings::default()
+            };
+            rule.evaluate(&bindings.context())
+        };
+        write("\"premium\"");
+        let first = crate::policy::load::load_dir(dir.path(), 1, None).expect("loads");
+        assert_eq!(outcome(&first), RuleOutcome::Allow);
+        write("\"basic\"");
+        let second = crate::policy::load::load_dir(dir.path(), 2, Some(&first)).expect("loads");
+        assert_ne!(outcome(&second), RuleOutcome::Allow);
+        // The old snapshot, still held by requests that started under it, keeps its answer.
+        assert_eq!(outcome(&first), RuleOutcome::Allow);
     }
 }

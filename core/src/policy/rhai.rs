@@ -106,6 +106,59 @@ impl CandidateView {
     }
 }
 
+/// The `request` argument of `route`, built straight from the facts: the same value as
+/// `rhai::serde::to_dynamic` of the facts' JSON with `key_id` and `team` added, without the
+/// JSON in between.
+pub fn request_to_dynamic(
+    facts: &crate::policy::facts::RequestFacts,
+    key_id: &str,
+    team: Option<&str>,
+) -> Dynamic {
+    let string = |s: &str| Dynamic::from(s.to_string());
+    let mut headers = Map::new();
+    for (name, value) in &facts.headers {
+        headers.insert(name.as_str().into(), string(value));
+    }
+    let metadata = if facts.metadata.is_empty() {
+        Dynamic::from_map(Map::new())
+    } else {
+        rhai::serde::to_dynamic(&facts.metadata).unwrap_or(Dynamic::UNIT)
+    };
+    let mut map = Map::new();
+    map.insert("endpoint".into(), string(&facts.endpoint));
+    map.insert("path".into(), string(&facts.path));
+    map.insert("model".into(), string(&facts.model));
+    map.insert("stream".into(), facts.stream.into());
+    map.insert(
+        "max_tokens".into(),
+        facts.max_tokens.map_or(Dynamic::UNIT, Dynamic::from),
+    );
+    map.insert(
+        "estimated_input_tokens".into(),
+        facts.estimated_input_tokens.into(),
+    );
+    // JSON has no NaN or infinity: the JSON view makes them null.
+    map.insert(
+        "temperature".into(),
+        facts
+            .temperature
+            .filter(|t| t.is_finite())
+            .map_or(Dynamic::UNIT, Dynamic::from),
+    );
+    map.insert("tools".into(), facts.has_tools.into());
+    map.insert("headers".into(), Dynamic::from_map(headers));
+    map.insert(
+        "client_ip".into(),
+        facts
+            .client_ip
+            .map_or(Dynamic::UNIT, |ip| Dynamic::from(ip.to_string())),
+    );
+    map.insert("metadata".into(), metadata);
+    map.insert("key_id".into(), string(key_id));
+    map.insert("team".into(), team.map_or(Dynamic::UNIT, string));
+    Dynamic::from_map(map)
+}
+
 thread_local! {
     static CALL_DEADLINE: Cell<Option<Instant>> = const { Cell::new(None) };
     static RNG: RefCell<StdRng> = RefCell::new(StdRng::from_os_rng());
@@ -226,13 +279,23 @@ pub fn compile_script(
 }
 
 impl RoutingScript {
-    /// Runs `route`; returns indices into `candidates` in the order to try.
+    /// Runs `route` on a JSON `request`; returns indices into `candidates` in the order to
+    /// try.
     pub fn order(
         &self,
         request: &serde_json::Value,
         candidates: &[CandidateView],
     ) -> Result<Vec<usize>, String> {
         let request: Dynamic = rhai::serde::to_dynamic(request).map_err(|e| e.to_string())?;
+        self.order_for(request, candidates)
+    }
+
+    /// Runs `route` on a `request` already in Rhai's form ([`request_to_dynamic`]).
+    pub fn order_for(
+        &self,
+        request: Dynamic,
+        candidates: &[CandidateView],
+    ) -> Result<Vec<usize>, String> {
         let list: Array = candidates
             .iter()
             .map(|c| Dynamic::from_map(c.to_map()))
@@ -401,5 +464,51 @@ mod tests {
                 .expect_err("bad")
                 .contains("not a candidate")
         );
+    }
+
+    #[test]
+    fn request_built_from_facts_equals_the_json_route() {
+        let body = serde_json::json!({
+            "model": "m", "max_tokens": 64, "temperature": 0.25,
+            "metadata": {"tier": "gold", "n": 3, "x": [1, 2.5], "nothing": null},
+        });
+        let mut headers = axum::http::HeaderMap::new();
+        headers.insert("x-team", "platform".parse().expect("header"));
+        let facts = crate::policy::facts::RequestFacts::from_body(
+            "openai",
+            "/v1/chat/completions",
+            "m",
+            body.as_object().expect("object"),
+            99,
+            Some(&headers),
+            Some("::1".parse().expect("ip")),
+        );
+        let via_json = |facts: &crate::policy::facts::RequestFacts, team: Option<&str>| {
+            let mut request = facts.to_json();
+            request["key_id"] = serde_json::Value::String("key_1".into());
+            request["team"] = team.map_or(serde_json::Value::Null, |t| t.into());
+            rhai::serde::to_dynamic(&request).expect("converts")
+        };
+        let back =
+            |d: Dynamic| -> serde_json::Value { rhai::serde::from_dynamic(&d).expect("back") };
+        assert_eq!(
+            back(request_to_dynamic(&facts, "key_1", Some("platform"))),
+            back(via_json(&facts, Some("platform")))
+        );
+        let mut bare = facts.clone();
+        bare.max_tokens = None;
+        bare.temperature = None;
+        bare.client_ip = None;
+        bare.metadata.clear();
+        assert_eq!(
+            back(request_to_dynamic(&bare, "key_1", None)),
+            back(via_json(&bare, None))
+        );
+        // Types, not only values: integers stay integers, absent values are unit.
+        let d = request_to_dynamic(&facts, "key_1", None);
+        let map = d.try_cast::<Map>().expect("map");
+        assert!(map["max_tokens"].is_int());
+        assert!(map["temperature"].is_float());
+        assert!(map["team"].is_unit());
     }
 }

@@ -191,7 +191,7 @@ fn run_case(snapshot: &Snapshot, case: &Case) -> Result<(), String> {
         metadata: r.metadata.clone(),
         now,
     };
-    let key = key_record(&case.key);
+    let key = std::sync::Arc::new(key_record(&case.key));
     // Weighted strategies are reproducible per case.
     rhai::seed_thread_rng(case.name.bytes().fold(1469598103934665603u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(1099511628211)
