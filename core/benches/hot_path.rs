@@ -192,6 +192,8 @@ fn policy_engines(c: &mut Criterion) {
     group.bench_function("cel_rule_with_binding", |b| {
         b.iter(|| {
             let bindings = Bindings {
+                shared_key: None,
+                shared_model: None,
                 key: Some(json_to_cel(&key)),
                 request: Some(json_to_cel(&request)),
                 model: Some(model_value.clone()),

@@ -270,6 +270,13 @@ pub async fn handle(app: &Arc<AppState>, request: McpInbound) -> Response {
         let error = McpError::NotAllowed(server.slug.clone()).into();
         return recorder.deny(Stage::Authorize, &error, Family::OpenAi);
     }
+    if !server.scope.admits(&key.id, key.team.as_deref()) {
+        recorder.add_decisions(vec![
+            json!({"stage": "authorize", "check": "mcp_scope", "server": server.slug, "outcome": "deny"}),
+        ]);
+        let error = McpError::NotAllowed(server.slug.clone()).into();
+        return recorder.deny(Stage::Authorize, &error, Family::OpenAi);
+    }
     recorder.add_decisions(vec![
         json!({"stage": "authorize", "check": "mcp_access", "server": server.slug, "outcome": "allow"}),
     ]);

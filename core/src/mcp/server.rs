@@ -99,6 +99,31 @@ impl UpstreamAuth {
     }
 }
 
+/// Which keys may use a server beyond their MCP Access grant: the Team Scope and the API Key
+/// Scope. Both empty: every key granted the server. Otherwise a key whose team is listed, or
+/// which is listed itself, and no other (403 `mcp_not_allowed`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct McpScope {
+    /// Team ids whose keys may use the server.
+    pub teams: Vec<String>,
+    /// Key ids that may use the server.
+    pub keys: Vec<String>,
+}
+
+impl McpScope {
+    /// Whether no scope is set.
+    pub fn is_open(&self) -> bool {
+        self.teams.is_empty() && self.keys.is_empty()
+    }
+
+    /// Whether the key `key_id` of team `team` is in scope.
+    pub fn admits(&self, key_id: &str, team: Option<&str>) -> bool {
+        self.is_open()
+            || self.keys.iter().any(|k| k == key_id)
+            || team.is_some_and(|t| self.teams.iter().any(|x| x == t))
+    }
+}
+
 /// Tool rules applied to every `tools/call` and to `tools/list` answers.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ToolRules {
@@ -204,6 +229,8 @@ pub struct McpServer {
     pub auth: UpstreamAuth,
     /// Tool rules and the keyword filter.
     pub tools: ToolRules,
+    /// The Team Scope and API Key Scope.
+    pub scope: McpScope,
     /// Prices.
     pub pricing: McpPricing,
     /// Limits.
@@ -259,6 +286,20 @@ impl McpServer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_scope_admits_its_teams_and_keys_and_no_other() {
+        assert!(McpScope::default().admits("key_a", None));
+        let scope = McpScope {
+            teams: vec!["blue".into()],
+            keys: vec!["key_b".into()],
+        };
+        assert!(scope.admits("key_a", Some("blue")));
+        assert!(scope.admits("key_b", None));
+        assert!(scope.admits("key_b", Some("red")));
+        assert!(!scope.admits("key_a", Some("red")));
+        assert!(!scope.admits("key_a", None));
+    }
 
     #[test]
     fn the_documented_pricing_example_costs_what_the_spec_says() {

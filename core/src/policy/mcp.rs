@@ -61,6 +61,13 @@ pub struct McpServerSection {
     /// A `tools/call` whose arguments contain one of these is refused (case-insensitive).
     #[serde(default)]
     pub blocked_keywords: Vec<String>,
+    /// Team Scope: if this or `keys` is not empty, only keys of these teams (or listed in `keys`)
+    /// may use the server, whatever their MCP Access grant.
+    #[serde(default)]
+    pub teams: Vec<String>,
+    /// API Key Scope: key ids that may use the server (see `teams`).
+    #[serde(default)]
+    pub keys: Vec<String>,
     /// Prices in nano-USD.
     #[serde(default)]
     pub pricing: McpPricingSection,
@@ -167,6 +174,14 @@ pub(super) fn load_virtual(
         for m in section.servers {
             let name = m.server.get_ref();
             match servers.get(name) {
+                Some(s) if !s.scope.is_open() => {
+                    errors.push(gateway.error(
+                        Some(m.server.span()),
+                        &format!("{key}.servers"),
+                        format!("'{name}' has a team or key scope: a scoped server cannot be a member of a virtual server"),
+                    ));
+                    continue;
+                }
                 Some(s) if matches!(s.transport, Transport::StreamableHttp { .. }) => {}
                 Some(_) => {
                     errors.push(gateway.error(
@@ -374,6 +389,10 @@ fn build(dir: &Path, slug: &str, s: McpServerSection) -> Result<McpServer, Vec<(
                 .map(|k| k.to_lowercase())
                 .filter(|k| !k.is_empty())
                 .collect(),
+        },
+        scope: crate::mcp::server::McpScope {
+            teams: s.teams,
+            keys: s.keys,
         },
         pricing: McpPricing {
             call_nanos: p.call_nanos,

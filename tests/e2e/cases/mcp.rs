@@ -635,3 +635,49 @@ fn the_mcp_guide_server_examples_pass_check() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Team Scope and API Key Scope (reference spec 3.4 step 6): a server scoped to a team serves
+/// that team's keys and the keys listed, and refuses every other key with 403 `mcp_not_allowed`
+/// even when its MCP Access grant names the server.
+#[tokio::test]
+async fn a_scoped_server_serves_only_the_teams_and_keys_in_its_scope() {
+    // Nothing listens upstream: a key in scope gets past authorize and fails at the call (502),
+    // a key out of scope never gets that far (403).
+    let gw = Gateway::start(&everything_policy(
+        free_port(),
+        "\n[mcp_servers.scoped]\ntransport = \"streamable_http\"\nurl = \"http://127.0.0.1:9/mcp\"\nteams = [\"blue\"]\n",
+    ));
+    let teams = Command::new(crate::common::bin())
+        .args([
+            "teams",
+            "create",
+            "--id",
+            "blue",
+            "--name",
+            "Blue",
+            "--database",
+            &gw.db_url,
+        ])
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run tollgate");
+    assert!(teams.status.success(), "{teams:?}");
+    let (_, blue) = gw.create_key_with(&["--mcp", "*", "--team", "blue"]);
+    let (_, other) = gw.create_key_with(&["--mcp", "*"]);
+    let url = gw.url("/v1/mcp/scoped");
+    let body = rpc(1, "tools/list", json!({}));
+    let refused = post(&url, &other, None, &body).await;
+    crate::common::expect_error(refused, 403, "mcp_not_allowed").await;
+    let admitted = post(&url, &blue, None, &body).await;
+    crate::common::expect_error(admitted, 502, "mcp_upstream_error").await;
+    let rows = wait_mcp_rows(&gw, |rows| rows.len() >= 2).await;
+    let denied = rows
+        .iter()
+        .find(|r| r["error_code"] == "mcp_not_allowed")
+        .expect("the refusal is recorded");
+    assert_eq!(denied["denied_stage"], "authorize");
+    assert!(
+        denied["decisions"].to_string().contains("mcp_scope"),
+        "{denied}"
+    );
+}
