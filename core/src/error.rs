@@ -167,6 +167,10 @@ pub enum McpError {
     /// No MCP Access grant for the server (403 `mcp_not_allowed`).
     #[error("this API key has no MCP Access to server '{0}'")]
     NotAllowed(String),
+    /// The key has the grant but is outside the server's Team Scope and API Key Scope (403
+    /// `mcp_not_allowed`).
+    #[error("MCP server '{0}' is scoped to other teams and keys than this API key's")]
+    OutOfScope(String),
     /// A tool rule or the keyword filter denied a call (403 `mcp_guardrail_block`).
     #[error("blocked by the MCP guardrail of server '{server}': {reason}")]
     GuardrailBlock {
@@ -377,7 +381,9 @@ impl GatewayError {
             GatewayError::Mcp(e) => match e {
                 McpError::InvalidRef => StatusCode::BAD_REQUEST,
                 McpError::NotFound(_) | McpError::SessionNotFound => StatusCode::NOT_FOUND,
-                McpError::NotAllowed(_) | McpError::GuardrailBlock { .. } => StatusCode::FORBIDDEN,
+                McpError::NotAllowed(_)
+                | McpError::OutOfScope(_)
+                | McpError::GuardrailBlock { .. } => StatusCode::FORBIDDEN,
                 McpError::Auth { .. } | McpError::Upstream { .. } | McpError::Stdio { .. } => {
                     StatusCode::BAD_GATEWAY
                 }
@@ -426,7 +432,7 @@ impl GatewayError {
             GatewayError::Mcp(e) => match e {
                 McpError::InvalidRef => "invalid_mcp_ref",
                 McpError::NotFound(_) => "mcp_not_found",
-                McpError::NotAllowed(_) => "mcp_not_allowed",
+                McpError::NotAllowed(_) | McpError::OutOfScope(_) => "mcp_not_allowed",
                 McpError::GuardrailBlock { .. } => "mcp_guardrail_block",
                 McpError::Auth { .. } => "mcp_auth_error",
                 McpError::Upstream { .. } => "mcp_upstream_error",
@@ -473,7 +479,9 @@ impl GatewayError {
                 McpError::InvalidRef | McpError::NotFound(_) | McpError::SessionNotFound => {
                     "invalid_request_error"
                 }
-                McpError::NotAllowed(_) | McpError::GuardrailBlock { .. } => "permission_error",
+                McpError::NotAllowed(_)
+                | McpError::OutOfScope(_)
+                | McpError::GuardrailBlock { .. } => "permission_error",
                 McpError::Auth { .. } | McpError::Upstream { .. } | McpError::Stdio { .. } => {
                     "api_error"
                 }

@@ -354,6 +354,7 @@ pub async fn http(app: &Arc<AppState>, p: Prepared, url: &str, mut recorder: Rec
     recorder.set_stream_status("open");
     let code = status.as_u16();
     let ending = recorder.streams_end();
+    let max_event_bytes = p.snapshot.limits.max_response_bytes;
     let body = if legacy_sse && p.method == Method::GET {
         // The legacy stream: relayed event by event, results matched to their calls.
         let (tx, inject) = tokio::sync::mpsc::unbounded_channel();
@@ -377,7 +378,14 @@ pub async fn http(app: &Arc<AppState>, p: Prepared, url: &str, mut recorder: Rec
             drop(p);
         });
         let upstream = super::sse::governed(response.bytes_stream(), governor);
-        relay(upstream, None, Some(inject), on_end, ending)
+        relay(
+            upstream,
+            None,
+            Some(inject),
+            on_end,
+            ending,
+            max_event_bytes,
+        )
     } else {
         let rewrite: Option<EventRewrite> = (content_type.starts_with("text/event-stream")
             && rules_filter(&p))
@@ -398,6 +406,7 @@ pub async fn http(app: &Arc<AppState>, p: Prepared, url: &str, mut recorder: Rec
             None,
             on_end,
             ending,
+            max_event_bytes,
         )
     };
     let mut answer = Response::new(body);
@@ -534,6 +543,7 @@ pub async fn stdio(
         recorder.mark_first_byte();
         recorder.set_stream_status("open");
         let ending = recorder.streams_end();
+        let max_event_bytes = p.snapshot.limits.max_response_bytes;
         let on_end = Box::new(move |bytes_out: i64, reason: Option<&'static str>| {
             finish(
                 recorder,
@@ -543,7 +553,7 @@ pub async fn stdio(
                 Some(reason.unwrap_or("completed")),
             );
         });
-        let mut answer = Response::new(relay(stream, None, None, on_end, ending));
+        let mut answer = Response::new(relay(stream, None, None, on_end, ending, max_event_bytes));
         answer.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/event-stream"),

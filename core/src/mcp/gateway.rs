@@ -274,7 +274,7 @@ pub async fn handle(app: &Arc<AppState>, request: McpInbound) -> Response {
         recorder.add_decisions(vec![
             json!({"stage": "authorize", "check": "mcp_scope", "server": server.slug, "outcome": "deny"}),
         ]);
-        let error = McpError::NotAllowed(server.slug.clone()).into();
+        let error = McpError::OutOfScope(server.slug.clone()).into();
         return recorder.deny(Stage::Authorize, &error, Family::OpenAi);
     }
     recorder.add_decisions(vec![

@@ -158,6 +158,9 @@ pub struct Relay<S> {
     inject: Option<tokio::sync::mpsc::UnboundedReceiver<Bytes>>,
     rewrite: Option<EventRewrite>,
     buffer: BytesMut,
+    /// The largest event held while rewriting (the policy's `max_response_bytes`): a stream
+    /// with a longer one ends with an error instead of buffering without bound.
+    max_event_bytes: usize,
     bytes_out: i64,
     on_end: Option<OnEnd>,
     done: bool,
@@ -259,6 +262,17 @@ where
                             this.buffer.extend_from_slice(&chunk);
                             let out = this.drain_events(&rewrite, false);
                             this.rewrite = Some(rewrite);
+                            if this.buffer.len() > this.max_event_bytes {
+                                tracing::warn!(
+                                    limit = this.max_event_bytes,
+                                    "an SSE event of an MCP server exceeds max_response_bytes: the stream ends"
+                                );
+                                this.done = true;
+                                this.end(Some("event_too_large"));
+                                return Poll::Ready(Some(Err(std::io::Error::other(
+                                    "an SSE event exceeds max_response_bytes",
+                                ))));
+                            }
                             out
                         }
                     };
@@ -291,14 +305,16 @@ where
     }
 }
 
-/// A body relaying `upstream`, rewriting SSE events with `rewrite`, adding the events sent to
-/// `inject`, calling `on_end` once; it ends (reason `shutdown`) when `ending` resolves.
+/// A body relaying `upstream`, rewriting SSE events with `rewrite` (an event longer than
+/// `max_event_bytes` ends it with an error), adding the events sent to `inject`, calling
+/// `on_end` once; it ends (reason `shutdown`) when `ending` resolves.
 pub fn relay<S>(
     upstream: S,
     rewrite: Option<EventRewrite>,
     inject: Option<tokio::sync::mpsc::UnboundedReceiver<Bytes>>,
     on_end: OnEnd,
     ending: Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+    max_event_bytes: usize,
 ) -> Body
 where
     S: Stream<Item = Result<Bytes, reqwest::Error>> + Unpin + Send + 'static,
@@ -308,6 +324,7 @@ where
         inject,
         rewrite,
         buffer: BytesMut::new(),
+        max_event_bytes,
         bytes_out: 0,
         on_end: Some(on_end),
         done: false,
@@ -318,6 +335,43 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_rewritten_stream_never_buffers_an_event_past_the_limit() {
+        use futures_util::StreamExt as _;
+        // One event that never ends, in 1 KiB chunks, against a 4 KiB limit.
+        let chunks = (0..64).map(|_| Ok::<_, reqwest::Error>(Bytes::from(vec![b'x'; 1024])));
+        let upstream = futures_util::stream::iter(
+            std::iter::once(Ok(Bytes::from_static(b"data: {}\n\n"))).chain(chunks),
+        );
+        let ended = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let seen = ended.clone();
+        let mut relay = Relay {
+            upstream,
+            inject: None,
+            rewrite: Some(Box::new(|e: &str| Some(e.to_string())) as EventRewrite),
+            buffer: BytesMut::new(),
+            max_event_bytes: 4096,
+            bytes_out: 0,
+            on_end: Some(Box::new(move |bytes, reason| {
+                *seen.lock().unwrap() = Some((bytes, reason));
+            })),
+            done: false,
+            ending: Box::pin(std::future::pending()),
+        };
+        let first = relay.next().await.unwrap().unwrap();
+        assert_eq!(&first[..], b"data: {}\n\n");
+        // The next poll reads chunks until the held event passes the limit, then fails.
+        let error = match relay.next().await {
+            Some(Ok(out)) => panic!("nothing complete to relay, got {out:?}"),
+            Some(Err(e)) => e,
+            None => panic!("the stream ended without an error"),
+        };
+        assert!(error.to_string().contains("max_response_bytes"));
+        assert!(relay.buffer.len() <= 4096 + 1024, "{}", relay.buffer.len());
+        assert!(relay.next().await.is_none());
+        assert_eq!(*ended.lock().unwrap(), Some((10, Some("event_too_large"))));
+    }
 
     #[test]
     fn caller_credentials_and_framing_never_go_upstream() {

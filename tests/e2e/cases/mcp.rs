@@ -668,8 +668,14 @@ async fn a_scoped_server_serves_only_the_teams_and_keys_in_its_scope() {
     let body = rpc(1, "tools/list", json!({}));
     let refused = post(&url, &other, None, &body).await;
     crate::common::expect_error(refused, 403, "mcp_not_allowed").await;
+    // Inside a JSON-RPC exchange the failure is a JSON-RPC error carrying the gateway's code.
     let admitted = post(&url, &blue, None, &body).await;
-    crate::common::expect_error(admitted, 502, "mcp_upstream_error").await;
+    assert_eq!(admitted.status(), 502);
+    let answer: Value = admitted.json().await.expect("JSON-RPC error");
+    assert_eq!(
+        answer["error"]["data"]["code"], "mcp_upstream_error",
+        "{answer}"
+    );
     let rows = wait_mcp_rows(&gw, |rows| rows.len() >= 2).await;
     let denied = rows
         .iter()
