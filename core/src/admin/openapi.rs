@@ -45,7 +45,9 @@ pub fn conform_body(name: &str, body: &Bytes) -> Result<Bytes, ApiError> {
         let schema = &properties[field.as_str()];
         let types = types_of(schema);
         if value.is_null() {
-            if !types.is_empty() && !types.contains(&"null") || schema.get("$ref").is_some() {
+            let nullable =
+                types.contains(&"null") || (types.is_empty() && schema.get("$ref").is_none());
+            if !nullable {
                 return Err(ApiError::invalid(format!("'{field}' must not be null")));
             }
         } else if types.contains(&"integer") {

@@ -343,10 +343,12 @@ impl Core {
             .map_or(0, Vec::len);
         for c in 0..count {
             let choice = &value["choices"][c];
+            // An index past u32 is not truncated onto another choice's window.
             let index = choice
                 .get("index")
                 .and_then(Value::as_u64)
-                .unwrap_or(c as u64) as u32;
+                .and_then(|i| u32::try_from(i).ok())
+                .unwrap_or(c as u32);
             let last = choice.get("finish_reason").is_some_and(|f| !f.is_null());
             let delta = choice.get("delta");
             // Legacy completion chunks carry their text in `choices[].text`.
