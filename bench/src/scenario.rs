@@ -123,8 +123,18 @@ pub fn all() -> Vec<Entry> {
     vec![
         Entry::Ready(Box::new(Passthrough)),
         Entry::Ready(Box::new(Streaming)),
-        Entry::Ready(Box::new(Governed { postgres: false })),
-        Entry::Ready(Box::new(Governed { postgres: true })),
+        Entry::Ready(Box::new(Governed {
+            postgres: false,
+            stream: false,
+        })),
+        Entry::Ready(Box::new(Governed {
+            postgres: true,
+            stream: false,
+        })),
+        Entry::Ready(Box::new(Governed {
+            postgres: false,
+            stream: true,
+        })),
         Entry::Ready(Box::new(Mcp)),
         Entry::Ready(Box::new(crate::families::Family::ANTHROPIC)),
         Entry::Ready(Box::new(crate::families::Family::ANTHROPIC_STREAM)),
@@ -327,27 +337,34 @@ pub fn plugin_dist() -> std::path::PathBuf {
 /// `governed`: everything on the path at once — key auth, three CEL access rules, a Rhai
 /// routing script over a three-deployment model group, the `pii-guard` WASM guardrail scanning
 /// the ~1 KB prompt, a budget hold + settle, a request quota, and the usage record.
-/// `governed-postgres` is the same with the PostgreSQL store.
+/// `governed-postgres` is the same with the PostgreSQL store; `governed-streaming` the same
+/// policy on a streamed request (time to first byte through every stage).
 #[derive(Debug)]
 pub struct Governed {
     /// Run on PostgreSQL instead of SQLite.
     pub postgres: bool,
+    /// Stream the answer (SSE, 20 content chunks) instead of one JSON answer.
+    pub stream: bool,
 }
 
 impl Scenario for Governed {
     fn name(&self) -> &'static str {
-        if self.postgres {
-            "governed-postgres"
-        } else {
-            "governed"
+        match (self.postgres, self.stream) {
+            (true, _) => "governed-postgres",
+            (false, true) => "governed-streaming",
+            (false, false) => "governed",
         }
     }
 
     fn summary(&self) -> &'static str {
-        if self.postgres {
-            "governed, with budget and quota holds in the PostgreSQL store"
-        } else {
-            "3 CEL rules, Rhai routing over 3 deployments, pii-guard on 1 KB, budget hold+settle, quota"
+        match (self.postgres, self.stream) {
+            (true, _) => "governed, with budget and quota holds in the PostgreSQL store",
+            (false, true) => {
+                "governed, on an SSE chat stream of 20 content chunks (usage read from the stream)"
+            }
+            (false, false) => {
+                "3 CEL rules, Rhai routing over 3 deployments, pii-guard on 1 KB, budget hold+settle, quota"
+            }
         }
     }
 
@@ -464,15 +481,27 @@ mode = "mask"
     }
 
     fn gateway_request(&self) -> RequestSpec {
-        unary_chat(MODEL)
+        if self.stream {
+            Streaming.gateway_request()
+        } else {
+            unary_chat(MODEL)
+        }
     }
 
     fn direct_request(&self) -> RequestSpec {
-        unary_chat(UPSTREAM_MODEL)
+        if self.stream {
+            Streaming.direct_request()
+        } else {
+            unary_chat(UPSTREAM_MODEL)
+        }
     }
 
     fn loads(&self, config: &BenchConfig) -> Vec<Load> {
-        open_and_closed(config, 16)
+        if self.stream {
+            Streaming.loads(config)
+        } else {
+            open_and_closed(config, 16)
+        }
     }
 
     fn store(&self) -> StoreKind {

@@ -68,6 +68,7 @@ fn harness_measures_every_runnable_scenario_and_writes_the_report() {
                 "passthrough",
                 "streaming",
                 "governed",
+                "governed-streaming",
                 "mcp",
                 "anthropic",
                 "anthropic-stream",
@@ -101,6 +102,7 @@ fn harness_measures_every_runnable_scenario_and_writes_the_report() {
         assert_eq!(status("governed-postgres").as_deref(), Some("measured"));
     }
     for name in [
+        "governed-streaming",
         "mcp",
         "anthropic",
         "anthropic-stream",

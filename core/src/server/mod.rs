@@ -103,9 +103,11 @@ async fn method_not_allowed(request: Request) -> Response {
 }
 
 /// Gives every request an id (32 hex chars), returns it as `x-request-id`, logs the outcome
-/// with the error's internal detail (which the client's body does not carry).
+/// with the error's internal detail (which the client's body does not carry). Time-ordered
+/// (UUIDv7), so the usage table's `request_id` index grows at its end instead of at random
+/// places (a random id touched a different index page per row).
 async fn request_id(mut request: Request, next: Next) -> Response {
-    let id = uuid::Uuid::new_v4().simple().to_string();
+    let id = uuid::Uuid::now_v7().simple().to_string();
     let started = Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
@@ -237,14 +239,9 @@ async fn start_app(store: Store, parts: &AppParts) -> anyhow::Result<(Router, Ru
             return Err(anyhow::Error::msg(e));
         }
     };
-    let snapshot_now = parts.policies.snapshot();
-    if !snapshot_now.budgets.is_empty()
-        || !snapshot_now.quotas.is_empty()
-        || ledger.has_stored_budgets()
-    {
-        // Budgets apply: load the tokenizer now rather than on the first budgeted request.
-        tokio::task::spawn_blocking(crate::spend::estimate::warm_up);
-    }
+    // The tokenizer is not loaded here: holds take the prompt's byte bound, so it loads on
+    // first use (a budget close to its limit, a stream cut before its usage); see
+    // `spend::estimate::tokenizer`.
     let app = Arc::new(AppState {
         policies: parts.policies.clone(),
         store: store.clone(),

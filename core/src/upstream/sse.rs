@@ -274,14 +274,7 @@ fn count_delta_tokens(data: &[u8]) -> i64 {
     let Ok(probe) = serde_json::from_slice::<DeltaProbe<'_>>(data) else {
         return count_native_tokens(data);
     };
-    let count = |text: &str| {
-        i64::try_from(
-            tiktoken_rs::o200k_base_singleton()
-                .encode_ordinary(text)
-                .len(),
-        )
-        .unwrap_or(0)
-    };
+    let count = |text: &str| i64::try_from(crate::spend::estimate::count_tokens(text)).unwrap_or(0);
     let mut tokens = 0;
     for choice in &probe.choices {
         if let Some(text) = choice.delta.as_ref().and_then(|d| d.content.as_deref()) {
@@ -330,12 +323,7 @@ fn count_native_tokens(data: &[u8]) -> i64 {
             }
         }
     }
-    i64::try_from(
-        tiktoken_rs::o200k_base_singleton()
-            .encode_ordinary(&text)
-            .len(),
-    )
-    .unwrap_or(0)
+    i64::try_from(crate::spend::estimate::count_tokens(&text)).unwrap_or(0)
 }
 
 /// Whether the event contains `"usage"` followed by an object (not `null`).

@@ -208,9 +208,7 @@ impl StreamTranslator {
     /// Output tokens the upstream produced so far, counted from its text, reasoning and tool
     /// arguments (o200k; for a stream cut or blocked before the upstream reported its usage).
     pub fn produced_tokens(&self) -> i64 {
-        let counted = tiktoken_rs::o200k_base_singleton()
-            .encode_ordinary(&self.produced)
-            .len();
+        let counted = crate::spend::estimate::count_tokens(&self.produced);
         i64::try_from(counted + self.produced_overflow.div_ceil(4)).unwrap_or(i64::MAX)
     }
 
