@@ -251,6 +251,10 @@ pub fn runtime() -> Result<&'static Runtime, String> {
             let mut config = wasmtime::Config::new();
             config.wasm_component_model(true);
             config.epoch_interruption(true);
+            // Compile on the calling thread: a parallel compile leaves a rayon pool whose idle
+            // threads keep the memory their compile freed (≈ 10 MiB of resident memory for the
+            // gateway's lifetime, docs/performance.md); a guardrail compiles once per content hash.
+            config.parallel_compilation(false);
             let engine = Engine::new(&config).map_err(|e| format!("wasmtime engine: {e}"))?;
             let mut linker = Linker::new(&engine);
             wasmtime_wasi::p2::add_to_linker_async(&mut linker)
