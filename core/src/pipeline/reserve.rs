@@ -128,8 +128,16 @@ pub async fn run(
             .ledger
             .reserve(snapshot, key, &request.target, bound, recorder.request_id())
             .await;
-        if matches!(held, Err(GatewayError::Budget(_) | GatewayError::Quota(_))) {
-            // The byte bound does not fit: judge the close budget on the counted prompt.
+        // The byte bound does not fit a budget or a quota that counts prompt tokens: judge it
+        // on the counted prompt. (A request or concurrency quota would refuse the count too,
+        // and the count would load the tokenizer for nothing.)
+        let recount = match &held {
+            Err(GatewayError::Budget(_)) => true,
+            Err(GatewayError::Quota(q)) => crate::spend::Metric::of_limit_name(&q.limit_name)
+                .is_some_and(|m| m.counts_prompt()),
+            _ => false,
+        };
+        if recount {
             let counted = complete(estimate(&view, max_output));
             if counted.input_tokens < bound.input_tokens {
                 held = app

@@ -139,6 +139,21 @@ impl Metric {
         }
     }
 
+    /// Whether the count of the prompt's tokens changes what a call uses of this metric (a
+    /// refusal on the prompt's byte bound may then fit on its counted tokens).
+    pub fn counts_prompt(self) -> bool {
+        matches!(
+            self,
+            Metric::InputTokens | Metric::TotalTokens | Metric::Cost
+        )
+    }
+
+    /// The metric of a refusal's limit name (`total_tokens_per_day`, `concurrency`).
+    pub fn of_limit_name(name: &str) -> Option<Metric> {
+        let metric = name.split_once("_per_").map_or(name, |(metric, _)| metric);
+        Metric::parse(metric)
+    }
+
     /// The name.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -223,4 +238,38 @@ pub fn parse_net(text: &str) -> Option<ipnet::IpNet> {
     text.parse::<ipnet::IpNet>()
         .ok()
         .or_else(|| text.parse::<IpAddr>().ok().map(ipnet::IpNet::from))
+}
+
+#[cfg(test)]
+mod metric_tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_is_recounted_only_where_the_prompt_count_matters() {
+        let metric = |name: &str| Metric::of_limit_name(name);
+        assert_eq!(metric("concurrency"), Some(Metric::Concurrency));
+        assert_eq!(metric("requests_per_minute"), Some(Metric::Requests));
+        assert_eq!(metric("total_tokens_per_day"), Some(Metric::TotalTokens));
+        assert_eq!(metric("cost_usd_per_month"), Some(Metric::Cost));
+        assert_eq!(metric("pending_tool_calls"), None);
+        let recounted: Vec<_> = [
+            Metric::Requests,
+            Metric::InputTokens,
+            Metric::OutputTokens,
+            Metric::TotalTokens,
+            Metric::Cost,
+            Metric::Concurrency,
+        ]
+        .into_iter()
+        .filter(|m| m.counts_prompt())
+        .collect();
+        assert_eq!(
+            recounted,
+            [Metric::InputTokens, Metric::TotalTokens, Metric::Cost]
+        );
+        // Every quota's limit name maps back to its metric.
+        for m in [Metric::Requests, Metric::OutputTokens, Metric::Concurrency] {
+            assert_eq!(Metric::of_limit_name(m.as_str()), Some(m));
+        }
+    }
 }
