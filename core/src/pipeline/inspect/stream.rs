@@ -76,6 +76,15 @@ pub(super) struct PluginStats {
     max_score: Option<f64>,
 }
 
+/// The stream window of a choice, candidate or content block: its `index` field, or `fallback`
+/// (its position) when absent. An index past u32 is not truncated onto another one's window.
+pub(super) fn window_index(item: &Value, fallback: usize) -> u32 {
+    item.get("index")
+        .and_then(Value::as_u64)
+        .and_then(|i| u32::try_from(i).ok())
+        .unwrap_or_else(|| u32::try_from(fallback).unwrap_or(u32::MAX))
+}
+
 pub(super) fn rank(outcome: &str) -> u8 {
     match outcome {
         "deny" | "error" => 3,
@@ -343,12 +352,7 @@ impl Core {
             .map_or(0, Vec::len);
         for c in 0..count {
             let choice = &value["choices"][c];
-            // An index past u32 is not truncated onto another choice's window.
-            let index = choice
-                .get("index")
-                .and_then(Value::as_u64)
-                .and_then(|i| u32::try_from(i).ok())
-                .unwrap_or(c as u32);
+            let index = window_index(choice, c);
             let last = choice.get("finish_reason").is_some_and(|f| !f.is_null());
             let delta = choice.get("delta");
             // Legacy completion chunks carry their text in `choices[].text`.

@@ -35,11 +35,7 @@ impl Core {
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_string();
-        let index = value
-            .get("index")
-            .and_then(Value::as_u64)
-            .and_then(|i| u32::try_from(i).ok())
-            .unwrap_or(0);
+        let index = super::window_index(value, 0);
         match kind.as_str() {
             "content_block_start" => {
                 if let Some(block) = value.get_mut("content_block") {
@@ -99,11 +95,7 @@ impl Core {
             .map_or(0, Vec::len);
         for c in 0..count {
             let candidate = &value["candidates"][c];
-            let index = candidate
-                .get("index")
-                .and_then(Value::as_u64)
-                .and_then(|i| u32::try_from(i).ok())
-                .unwrap_or(c as u32);
+            let index = super::window_index(candidate, c);
             let last = candidate.get("finishReason").is_some_and(|f| !f.is_null());
             let parts = candidate
                 .pointer("/content/parts")
