@@ -11,6 +11,7 @@ pub mod facts;
 pub mod load;
 pub mod mcp;
 pub mod rhai;
+mod route_memo;
 pub mod testing;
 mod upstream;
 pub mod watch;
@@ -329,6 +330,8 @@ pub struct ReloadStatus {
     pub reloads_ok: u64,
     /// Rejected loads since start.
     pub reloads_failed: u64,
+    /// Reloads that found the files as they were (nothing swapped).
+    pub reloads_unchanged: u64,
     /// When the last rejected load happened (Unix ms).
     pub last_error_at_ms: Option<i64>,
     /// Its errors, `file:line:col: message`; cleared by the next successful load.
@@ -396,6 +399,7 @@ impl Policies {
         match load_dir(&self.dir, next, Some(&current)) {
             Ok(snapshot) if snapshot.content_hash == current.content_hash => {
                 if let Ok(mut status) = self.status.lock() {
+                    status.reloads_unchanged += 1;
                     status.last_errors.clear();
                 }
                 Ok(Reloaded::Unchanged)

@@ -7,7 +7,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use notify::RecursiveMode;
+use notify::event::{AccessKind, AccessMode};
+use notify::{EventKind, RecursiveMode};
 use notify_debouncer_full::new_debouncer;
 use tokio::sync::{mpsc, watch};
 
@@ -51,6 +52,16 @@ pub async fn reload(policies: &Arc<Policies>, trigger: Trigger) {
     }
 }
 
+/// Whether a watcher event can change what a load reads: anything but a read access (a file
+/// closed after writing is a change).
+fn changes(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
+    }
+}
+
 /// Watches the policy directory until `stop` flips.
 pub async fn watch_dir(policies: Arc<Policies>, mut stop: watch::Receiver<bool>) {
     let (tx, mut rx) = mpsc::channel::<()>(1);
@@ -60,7 +71,10 @@ pub async fn watch_dir(policies: Arc<Policies>, mut stop: watch::Receiver<bool>)
         None,
         move |result: notify_debouncer_full::DebounceEventResult| {
             match result {
-                Ok(events) if !events.is_empty() => {
+                // Reading a file is an event too (inotify's open and close-without-write): a reload
+                // reads every file, so reacting to those reloaded the directory every debounce
+                // period forever. Only changes count.
+                Ok(events) if events.iter().any(|e| changes(&e.event.kind)) => {
                     // A full channel already holds a pending reload, which will see these changes.
                     let _ = tx.try_send(());
                 }
@@ -96,5 +110,32 @@ pub async fn watch_dir(policies: Arc<Policies>, mut stop: watch::Receiver<bool>)
             }
             _ = stop.changed() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use notify::event::{CreateKind, DataChange, ModifyKind, RemoveKind};
+
+    use super::*;
+
+    #[test]
+    fn reads_are_not_changes() {
+        assert!(!changes(&EventKind::Access(AccessKind::Open(
+            AccessMode::Read
+        ))));
+        assert!(!changes(&EventKind::Access(AccessKind::Close(
+            AccessMode::Read
+        ))));
+        assert!(!changes(&EventKind::Access(AccessKind::Read)));
+        assert!(changes(&EventKind::Access(AccessKind::Close(
+            AccessMode::Write
+        ))));
+        assert!(changes(&EventKind::Modify(ModifyKind::Data(
+            DataChange::Content
+        ))));
+        assert!(changes(&EventKind::Create(CreateKind::File)));
+        assert!(changes(&EventKind::Remove(RemoveKind::File)));
+        assert!(changes(&EventKind::Any));
     }
 }

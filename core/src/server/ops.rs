@@ -245,10 +245,11 @@ fn render_gateway(app: &AppState, out: &mut String) {
     metric(
         "tollgate_policy_reloads_total",
         "counter",
-        "Policy loads by result.",
+        "Policy loads by result (unchanged: the files were as they were).",
         &[
             ("{result=\"ok\"}", status.reloads_ok as f64),
             ("{result=\"error\"}", status.reloads_failed as f64),
+            ("{result=\"unchanged\"}", status.reloads_unchanged as f64),
         ],
     );
     metric(

@@ -558,3 +558,54 @@ fn check_reports_cel_and_rhai_errors_with_file_line_and_column() {
     assert!(out.contains("routing/r.rhai:2:"), "{out}");
     assert!(out.contains("3 error(s)"), "{out}");
 }
+
+/// The `tollgate_policy_reloads_total` sample for `result`.
+async fn reloads(gw: &Gateway, result: &str) -> f64 {
+    let metrics = http()
+        .get(gw.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let prefix = format!("tollgate_policy_reloads_total{{result=\"{result}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .unwrap_or_else(|| panic!("no {prefix} in {metrics}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// A reload reads every policy file; reading is not a change. The watcher used to count the
+/// reads of its own reload as changes and reloaded the directory every debounce period forever
+/// (about five times a second, idle or not).
+#[tokio::test]
+async fn an_idle_policy_directory_is_not_reloaded() {
+    let mock = mock(MockConfig::default()).await;
+    let gw = Gateway::start_with(
+        &standard_policy(&mock),
+        &[("access/allow.cel", "request.model != \"\"\n")],
+        &[],
+    );
+    let (_, secret) = gw.create_key("*");
+    assert_eq!(chat(&gw, &secret, &chat_body("chat")).await.status(), 200);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(reloads(&gw, "unchanged").await, 0.0);
+    assert_eq!(reloads(&gw, "ok").await, 1.0);
+    // Rewriting a file with the same content is seen, and found unchanged, once.
+    write(
+        &gw.policies().join("access/allow.cel"),
+        "request.model != \"\"\n",
+    );
+    let started = Instant::now();
+    while reloads(&gw, "unchanged").await < 1.0 {
+        assert!(started.elapsed() < Duration::from_secs(5), "no reload");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(reloads(&gw, "unchanged").await, 1.0);
+    assert_eq!(reloads(&gw, "ok").await, 1.0);
+}
