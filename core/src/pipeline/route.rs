@@ -111,7 +111,7 @@ fn plan_group(
         None => configured,
         Some(script) => {
             trace["script"] = Value::String(script.name.clone());
-            let request = request_to_dynamic(facts, &key.id, key.team.as_deref());
+            let request = || request_to_dynamic(facts, &key.id, key.team.as_deref());
             match script.order_for(request, &views) {
                 Ok(order) if !order.is_empty() => order,
                 Ok(_) => {

@@ -17,6 +17,7 @@ use rand::{Rng, SeedableRng};
 use rhai::{AST, Array, CallFnOptions, Dynamic, Engine, Map, Scope};
 
 use super::LoadError;
+use super::route_memo::{self, Memo};
 
 /// Operations one `route` call may run.
 pub const MAX_OPERATIONS: u64 = 200_000;
@@ -43,6 +44,8 @@ pub struct RoutingScript {
     /// SHA-256 of the source, for reuse across reloads.
     pub source_hash: String,
     ast: AST,
+    /// Remembered answers, when the script's answer depends on its candidates only.
+    memo: Option<Memo>,
 }
 
 impl std::fmt::Debug for RoutingScript {
@@ -50,6 +53,7 @@ impl std::fmt::Debug for RoutingScript {
         f.debug_struct("RoutingScript")
             .field("name", &self.name)
             .field("on_error", &self.on_error)
+            .field("memo", &self.memo)
             .finish_non_exhaustive()
     }
 }
@@ -81,12 +85,89 @@ pub struct CandidateView {
     pub in_cooldown: bool,
 }
 
+/// A candidate's `health` as scripts see it: read-only fields whose reads are noted, so that a
+/// remembered answer is reused only while the fields the script looked at are unchanged
+/// ([`route_memo`]).
+#[derive(Debug, Clone, Copy)]
+struct Health {
+    /// The candidate's position in the list given to `route`.
+    index: usize,
+    error_rate: f64,
+    latency_ms: f64,
+    in_cooldown: bool,
+}
+
+impl Health {
+    fn field(&mut self, name: &str) -> Option<Dynamic> {
+        let (bit, value) = match name {
+            "error_rate" => (route_memo::ERROR_RATE, Dynamic::from(self.error_rate)),
+            "latency_ms" => (route_memo::LATENCY_MS, Dynamic::from(self.latency_ms)),
+            "in_cooldown" => (route_memo::IN_COOLDOWN, Dynamic::from(self.in_cooldown)),
+            _ => return None,
+        };
+        route_memo::note_read(self.index, bit);
+        Some(value)
+    }
+
+    /// All fields (the script saw the whole value).
+    fn text(&mut self) -> String {
+        route_memo::note_read(self.index, route_memo::ALL_HEALTH);
+        format!(
+            "#{{\"error_rate\": {}, \"in_cooldown\": {}, \"latency_ms\": {}}}",
+            self.error_rate, self.in_cooldown, self.latency_ms
+        )
+    }
+
+    fn same(&mut self, other: Health) -> bool {
+        route_memo::note_read(self.index, route_memo::ALL_HEALTH);
+        route_memo::note_read(other.index, route_memo::ALL_HEALTH);
+        self.error_rate.to_bits() == other.error_rate.to_bits()
+            && self.latency_ms.to_bits() == other.latency_ms.to_bits()
+            && self.in_cooldown == other.in_cooldown
+    }
+}
+
+fn register_health(engine: &mut Engine) {
+    engine.register_type_with_name::<Health>("Health");
+    engine.register_get("error_rate", |h: &mut Health| {
+        route_memo::note_read(h.index, route_memo::ERROR_RATE);
+        h.error_rate
+    });
+    engine.register_get("latency_ms", |h: &mut Health| {
+        route_memo::note_read(h.index, route_memo::LATENCY_MS);
+        h.latency_ms
+    });
+    engine.register_get("in_cooldown", |h: &mut Health| {
+        route_memo::note_read(h.index, route_memo::IN_COOLDOWN);
+        h.in_cooldown
+    });
+    engine.register_indexer_get(
+        |h: &mut Health, name: &str| -> Result<Dynamic, Box<rhai::EvalAltResult>> {
+            h.field(name).ok_or_else(|| {
+                format!("health has no field '{name}' (error_rate, latency_ms, in_cooldown)").into()
+            })
+        },
+    );
+    engine.register_fn("keys", |_: &mut Health| -> Array {
+        ["error_rate", "latency_ms", "in_cooldown"]
+            .into_iter()
+            .map(Dynamic::from)
+            .collect()
+    });
+    engine.register_fn("to_string", Health::text);
+    engine.register_fn("to_debug", Health::text);
+    engine.register_fn("==", |a: &mut Health, b: Health| a.same(b));
+    engine.register_fn("!=", |a: &mut Health, b: Health| !a.same(b));
+}
+
 impl CandidateView {
-    fn to_map(&self) -> Map {
-        let mut health = Map::new();
-        health.insert("error_rate".into(), self.error_rate.into());
-        health.insert("latency_ms".into(), self.latency_ms.into());
-        health.insert("in_cooldown".into(), self.in_cooldown.into());
+    fn to_map(&self, index: usize) -> Map {
+        let health = Health {
+            index,
+            error_rate: self.error_rate,
+            latency_ms: self.latency_ms,
+            in_cooldown: self.in_cooldown,
+        };
         let mut price = Map::new();
         price.insert("input".into(), self.price_input.into());
         price.insert("output".into(), self.price_output.into());
@@ -101,7 +182,7 @@ impl CandidateView {
             Dynamic::from_array(self.tags.iter().cloned().map(Dynamic::from).collect()),
         );
         map.insert("price".into(), price.into());
-        map.insert("health".into(), health.into());
+        map.insert("health".into(), Dynamic::from(health));
         map
     }
 }
@@ -193,6 +274,7 @@ fn engine() -> &'static Engine {
             }
             None
         });
+        register_health(&mut engine);
         engine.register_fn("rand_float", || {
             RNG.with(|r| r.borrow_mut().random::<f64>())
         });
@@ -259,22 +341,25 @@ pub fn compile_script(
             e.err_type().to_string(),
         )
     })?;
-    if !ast
+    let Some(request) = ast
         .iter_functions()
-        .any(|f| f.name == "route" && f.params.len() == 2)
-    {
+        .find(|f| f.name == "route" && f.params.len() == 2)
+        .map(|f| f.params[0].to_string())
+    else {
         return Err(error(
             None,
             None,
             "the script must define fn route(request, candidates)".into(),
         ));
-    }
+    };
+    let memo = route_memo::memoizable(&ast, &request).then(Memo::default);
     Ok(RoutingScript {
         name: name.to_string(),
         file: file.to_path_buf(),
         on_error,
         source_hash,
         ast,
+        memo,
     })
 }
 
@@ -287,18 +372,39 @@ impl RoutingScript {
         candidates: &[CandidateView],
     ) -> Result<Vec<usize>, String> {
         let request: Dynamic = rhai::serde::to_dynamic(request).map_err(|e| e.to_string())?;
-        self.order_for(request, candidates)
+        self.order_for(|| request, candidates)
+    }
+
+    /// Whether this script's answers are remembered (it reads no `request` and calls nothing
+    /// nondeterministic).
+    pub fn remembers(&self) -> bool {
+        self.memo.is_some()
     }
 
     /// Runs `route` on a `request` already in Rhai's form ([`request_to_dynamic`]).
+    /// `request` is only built when the script runs (not when a remembered answer is reused).
     pub fn order_for(
         &self,
-        request: Dynamic,
+        request: impl FnOnce() -> Dynamic,
         candidates: &[CandidateView],
     ) -> Result<Vec<usize>, String> {
+        if let Some(order) = self.memo.as_ref().and_then(|m| m.get(candidates)) {
+            return Ok(order);
+        }
+        let (order, reads) =
+            route_memo::track(candidates.len(), || self.run(request(), candidates));
+        let order = order?;
+        if let Some(memo) = &self.memo {
+            memo.put(candidates, reads, &order);
+        }
+        Ok(order)
+    }
+
+    fn run(&self, request: Dynamic, candidates: &[CandidateView]) -> Result<Vec<usize>, String> {
         let list: Array = candidates
             .iter()
-            .map(|c| Dynamic::from_map(c.to_map()))
+            .enumerate()
+            .map(|(i, c)| Dynamic::from_map(c.to_map(i)))
             .collect();
         let mut scope = Scope::new();
         CALL_DEADLINE.with(|d| d.set(Some(Instant::now() + DEADLINE)));
@@ -463,6 +569,146 @@ mod tests {
             s.order(&serde_json::json!({}), &candidates())
                 .expect_err("bad")
                 .contains("not a candidate")
+        );
+    }
+
+    const LEAST_LATENCY: &str = "fn route(request, candidates) {
+        candidates.sort(|a, b| if a.health.latency_ms < b.health.latency_ms { -1 } else { 1 });
+        candidates
+    }";
+    const COOLDOWN_LAST: &str = "fn route(request, candidates) {
+        candidates.sort(|a, b| {
+            if a.health.in_cooldown != b.health.in_cooldown {
+                return if a.health.in_cooldown { 1 } else { -1 };
+            }
+            a.priority - b.priority
+        });
+        candidates
+    }";
+
+    #[test]
+    fn only_scripts_of_their_candidates_alone_are_remembered() {
+        let remembers = |body: &str| {
+            script(&format!("fn route(request, candidates) {{ {body} }}"))
+                .expect("compiles")
+                .remembers()
+        };
+        assert!(script(LEAST_LATENCY).expect("compiles").remembers());
+        assert!(script(COOLDOWN_LAST).expect("compiles").remembers());
+        assert!(remembers("candidates.filter(|c| c.weight > 0)"));
+        assert!(!remembers("if request.stream { candidates } else { [] }"));
+        assert!(!remembers("let r = request; candidates"));
+        assert!(!remembers(
+            "candidates.filter(|c| c.region == request.model)"
+        ));
+        assert!(!remembers("candidates.filter(|c| rand_float() < 0.5)"));
+        assert!(!remembers("let n = rand_int(0, 2); candidates"));
+        assert!(!remembers(
+            "let f = Fn(\"rand_float\"); if f.call() < 0.5 { candidates } else { [] }"
+        ));
+        assert!(!remembers(
+            "let name = \"rand\" + \"_float\"; let f = Fn(name); candidates"
+        ));
+        assert!(!remembers("let t = timestamp(); candidates"));
+        assert!(!remembers("print(\"x\"); candidates"));
+        assert!(!remembers("debug(candidates); candidates"));
+        // Another name for the request parameter.
+        assert!(
+            !script("fn route(req, cs) { if req.stream { cs } else { [] } }")
+                .expect("compiles")
+                .remembers()
+        );
+        assert!(
+            script("fn route(req, cs) { helper(cs) } fn helper(list) { list }")
+                .expect("compiles")
+                .remembers()
+        );
+    }
+
+    #[test]
+    fn a_remembered_answer_follows_the_health_it_read() {
+        let s = script(LEAST_LATENCY).expect("compiles");
+        let mut c = candidates();
+        // Latencies 30, 20, 10: the fastest first.
+        assert_eq!(s.order_for(|| Dynamic::UNIT, &c).expect("runs"), [2, 1, 0]);
+        assert_eq!(s.order_for(|| Dynamic::UNIT, &c).expect("runs"), [2, 1, 0]);
+        c[0].latency_ms = 1.0;
+        assert_eq!(s.order_for(|| Dynamic::UNIT, &c).expect("runs"), [0, 2, 1]);
+        c[0].in_cooldown = true;
+        assert_eq!(
+            s.order_for(|| Dynamic::UNIT, &c).expect("runs"),
+            [0, 2, 1],
+            "in_cooldown is not read by this script"
+        );
+
+        let s = script(COOLDOWN_LAST).expect("compiles");
+        let mut c = candidates();
+        assert_eq!(s.order_for(|| Dynamic::UNIT, &c).expect("runs"), [2, 1, 0]);
+        let memo = s.memo.as_ref().expect("remembered");
+        c[1].latency_ms = 999.0;
+        c[2].error_rate = 0.5;
+        assert_eq!(memo.get(&c), Some(vec![2, 1, 0]), "unread fields changed");
+        c[2].in_cooldown = true;
+        assert_eq!(memo.get(&c), None, "a read field changed");
+        assert_eq!(s.order_for(|| Dynamic::UNIT, &c).expect("runs"), [1, 0, 2]);
+        // Any other field of a candidate is part of the question.
+        c[0].priority = -1;
+        assert_eq!(memo.get(&c), None);
+        assert_eq!(s.order_for(|| Dynamic::UNIT, &c).expect("runs"), [0, 1, 2]);
+        c[0].model = "z".into();
+        assert_eq!(memo.get(&c), None);
+    }
+
+    #[test]
+    fn health_reads_like_a_map_and_whole_reads_depend_on_every_field() {
+        let s = script(
+            "fn route(request, candidates) {
+                let h = candidates[0].health;
+                if h[\"in_cooldown\"] || h.keys().len() != 3 { return []; }
+                if `${h}`.contains(\"latency_ms\") { candidates } else { [] }
+            }",
+        )
+        .expect("compiles");
+        let mut c = candidates();
+        assert_eq!(s.order_for(|| Dynamic::UNIT, &c).expect("runs"), [0, 1, 2]);
+        let memo = s.memo.as_ref().expect("remembered");
+        c[0].latency_ms = 5.0;
+        assert_eq!(memo.get(&c), None, "the whole health was read");
+        c[0].latency_ms = 30.0;
+        c[1].latency_ms = 5.0;
+        assert_eq!(
+            memo.get(&c),
+            Some(vec![0, 1, 2]),
+            "candidate 1 was not read"
+        );
+        let s =
+            script("fn route(request, candidates) { candidates[0].health[\"nope\"]; candidates }")
+                .expect("compiles");
+        let err = s
+            .order_for(|| Dynamic::UNIT, &c)
+            .expect_err("unknown field");
+        assert!(err.contains("nope"), "{err}");
+        assert_eq!(
+            s.memo.as_ref().expect("remembered").get(&c),
+            None,
+            "failures are not remembered"
+        );
+    }
+
+    #[test]
+    fn scripts_that_are_not_remembered_run_every_time() {
+        let s = script(
+            "fn route(request, candidates) { if request.pick == 0 { [candidates[0]] } else { [candidates[1]] } }",
+        )
+        .expect("compiles");
+        let c = candidates();
+        assert_eq!(
+            s.order(&serde_json::json!({"pick": 0}), &c).expect("runs"),
+            [0]
+        );
+        assert_eq!(
+            s.order(&serde_json::json!({"pick": 1}), &c).expect("runs"),
+            [1]
         );
     }
 
