@@ -980,4 +980,43 @@ mod tests {
             }
         );
     }
+
+    #[tokio::test]
+    async fn batches_of_any_size_are_written_whole_in_fixed_statement_shapes() {
+        let (_dir, store) = temp_store().await;
+        let unheld = |id: String, actual: i64| super::super::UsageEntry {
+            charges: vec![Settlement {
+                hold: None,
+                ..entry(&id, "", actual).charges.remove(0)
+            }],
+            ..entry(&id, "", actual)
+        };
+        let mut written = 0;
+        let mut spent = 0;
+        // 0, 1, a shape, shape ± 1, and sizes needing every shape at once.
+        for (batch, size) in [0usize, 1, 3, 4, 5, 63, 64, 65, 257, 341]
+            .into_iter()
+            .enumerate()
+        {
+            let rows: Vec<_> = (0..size)
+                .map(|i| unheld(format!("b{batch}-{i}"), 1 + i as i64))
+                .collect();
+            assert_eq!(store.write_usage(&rows).await.expect("write"), size as u64);
+            written += size;
+            spent += rows.iter().map(|r| r.charges[0].actual).sum::<i64>();
+            // Replaying the batch with one new row writes and charges the new row only.
+            let mut replay = rows;
+            replay.push(unheld(format!("b{batch}-new"), 7));
+            assert_eq!(store.write_usage(&replay).await.expect("replay"), 1);
+            written += 1;
+            spent += 7;
+        }
+        let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM usage_records")
+            .fetch_one(store.pool())
+            .await
+            .expect("count");
+        assert_eq!(rows, written as i64);
+        let state = store.counter_state("budget:b", 0).await.expect("state");
+        assert_eq!(state.used, spent);
+    }
 }

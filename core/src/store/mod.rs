@@ -18,6 +18,7 @@ pub mod usage_rows;
 pub mod usage_writer;
 
 use std::path::Path;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
@@ -383,6 +384,44 @@ impl Store {
     }
 }
 
+/// Rows per usage insert statement, largest first: a batch is written as statements of these
+/// sizes (43 columns; SQLite allows 32,766 bound parameters per statement, PostgreSQL 65,535).
+const USAGE_INSERT_ROWS: [usize; 5] = [256, 64, 16, 4, 1];
+
+/// The largest usage insert shape that fits `pending` rows, and its SQL.
+fn usage_insert_sql(pending: usize, backend: Backend) -> (usize, &'static str) {
+    static SQLITE: OnceLock<Vec<String>> = OnceLock::new();
+    static POSTGRES: OnceLock<Vec<String>> = OnceLock::new();
+    let shapes = match backend {
+        Backend::Sqlite => &SQLITE,
+        Backend::Postgres => &POSTGRES,
+    }
+    .get_or_init(|| {
+        USAGE_INSERT_ROWS
+            .iter()
+            .map(|rows| {
+                values_sql(
+                    "INSERT INTO usage_records (id, request_id, received_at_ms, completed_at_ms, key_id, team, \
+                     method, endpoint, stream, requested_model, served_model, upstream_model, provider, status, \
+                     error_code, denied_stage, latency_us, ttfb_us, upstream_latency_us, input_tokens, \
+                     output_tokens, cached_input_tokens, reasoning_tokens, total_tokens, cost_nanos, \
+                     provider_usage, provider_request_id, stream_status, decisions, route, user_agent, policy_generation, \
+                     endpoint_family, upstream_family, cache_creation_tokens, \
+                     mcp_server, mcp_transport, mcp_method, mcp_tool, mcp_tool_calls, bytes_in, bytes_out, mcp_pricing)",
+                    *rows,
+                    43,
+                    backend,
+                ) + " ON CONFLICT (id) DO NOTHING RETURNING id"
+            })
+            .collect()
+    });
+    let i = USAGE_INSERT_ROWS
+        .iter()
+        .position(|rows| *rows <= pending)
+        .unwrap_or(USAGE_INSERT_ROWS.len() - 1);
+    (USAGE_INSERT_ROWS[i], shapes[i].as_str())
+}
+
 /// Inserts usage records on `conn` (an open transaction), skipping ids already stored (a
 /// journal replayed after an ambiguous commit); returns the ids inserted now.
 pub(crate) async fn insert_usage_on<'r>(
@@ -393,23 +432,15 @@ pub(crate) async fn insert_usage_on<'r>(
     let records: Vec<&UsageRecord> = records.into_iter().collect();
     let mut inserted = std::collections::HashSet::with_capacity(records.len());
     {
-        // 43 columns; SQLite allows 32,766 bound parameters per statement.
-        const ROWS_PER_STATEMENT: usize = 700;
-        for chunk in records.chunks(ROWS_PER_STATEMENT) {
-            let sql = values_sql(
-                "INSERT INTO usage_records (id, request_id, received_at_ms, completed_at_ms, key_id, team, \
-                 method, endpoint, stream, requested_model, served_model, upstream_model, provider, status, \
-                 error_code, denied_stage, latency_us, ttfb_us, upstream_latency_us, input_tokens, \
-                 output_tokens, cached_input_tokens, reasoning_tokens, total_tokens, cost_nanos, \
-                 provider_usage, provider_request_id, stream_status, decisions, route, user_agent, policy_generation, \
-                 endpoint_family, upstream_family, cache_creation_tokens, \
-                 mcp_server, mcp_transport, mcp_method, mcp_tool, mcp_tool_calls, bytes_in, bytes_out, mcp_pricing)",
-                chunk.len(),
-                43,
-                backend,
-            ) + " ON CONFLICT (id) DO NOTHING RETURNING id";
-            // Batch sizes vary: do not fill the statement cache with one statement per size.
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
+        let mut rest = records.as_slice();
+        while !rest.is_empty() {
+            // A few fixed statement shapes, each prepared once per connection and then only
+            // bound: preparing a statement of a new size per batch (tens of rows of 43 columns)
+            // cost more than inserting the rows.
+            let (rows, sql) = usage_insert_sql(rest.len(), backend);
+            let (chunk, tail) = rest.split_at(rows);
+            rest = tail;
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
             for r in chunk {
                 query = query
                     .bind(r.id.clone())
