@@ -115,6 +115,31 @@ fn provider(endpoint: &str) -> Result<SdkTracerProvider, String> {
 /// is true, the OTLP trace exporter. A bad trace configuration is reported and leaves traces
 /// off.
 pub fn init(json: bool, traces: bool) -> Telemetry {
+    let endpoint = std::env::var(ENDPOINT_ENV)
+        .ok()
+        .filter(|e| traces && !e.trim().is_empty());
+    let mut problem = None;
+    let provider = endpoint.as_deref().and_then(|e| match provider(e) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            problem = Some(e);
+            None
+        }
+    });
+    if provider.is_some() {
+        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    }
+    let _ = subscriber(json, provider.as_ref()).try_init();
+    if let Some(problem) = problem {
+        tracing::error!("traces are off: {problem}");
+    } else if let Some(endpoint) = &endpoint {
+        tracing::info!(endpoint = %traces_url(endpoint), "exporting traces over OTLP/HTTP");
+    }
+    Telemetry { provider }
+}
+
+/// The log layer, plus the trace layer when there is an exporter.
+fn subscriber(json: bool, provider: Option<&SdkTracerProvider>) -> tracing::Dispatch {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Request and stage spans are for the trace exporter only, never log lines' context.
@@ -128,33 +153,18 @@ pub fn init(json: bool, traces: bool) -> Telemetry {
     } else {
         fmt.with_filter(filter).boxed()
     };
-    let endpoint = std::env::var(ENDPOINT_ENV)
-        .ok()
-        .filter(|e| traces && !e.trim().is_empty());
-    let mut problem = None;
-    let provider = endpoint.as_deref().and_then(|e| match provider(e) {
-        Ok(p) => Some(p),
-        Err(e) => {
-            problem = Some(e);
-            None
+    // Without an exporter the trace layer is left out, not added as `None`: an absent `Option`
+    // layer declares interest in every call site, so the request, stage and attempt spans were
+    // created, entered on every poll and closed for no one.
+    match provider {
+        Some(p) => {
+            let otel = tracing_opentelemetry::layer()
+                .with_tracer(p.tracer("tollgate"))
+                .with_filter(Targets::new().with_target(TARGET, LevelFilter::INFO));
+            tracing_subscriber::registry().with(fmt).with(otel).into()
         }
-    });
-    let otel = provider.as_ref().map(|p| {
-        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-        tracing_opentelemetry::layer()
-            .with_tracer(p.tracer("tollgate"))
-            .with_filter(Targets::new().with_target(TARGET, LevelFilter::INFO))
-    });
-    let _ = tracing_subscriber::registry()
-        .with(fmt)
-        .with(otel)
-        .try_init();
-    if let Some(problem) = problem {
-        tracing::error!("traces are off: {problem}");
-    } else if let Some(endpoint) = &endpoint {
-        tracing::info!(endpoint = %traces_url(endpoint), "exporting traces over OTLP/HTTP");
+        None => tracing_subscriber::registry().with(fmt).into(),
     }
-    Telemetry { provider }
 }
 
 /// The server span of one request, its parent read from the client's `traceparent`.
@@ -283,6 +293,22 @@ mod tests {
             traces_url("http://c:4318/v1/traces"),
             "http://c:4318/v1/traces"
         );
+    }
+
+    #[test]
+    fn without_an_exporter_request_spans_are_disabled_at_their_call_site() {
+        let spans = |dispatch: &tracing::Dispatch| {
+            tracing::dispatcher::with_default(dispatch, || {
+                let request = request_span(&HeaderMap::new(), "POST", "/v1/chat/completions", "id");
+                let stage = stage_span(&request, "route");
+                let attempt = attempt_span(&request, "openai", "p", "m", "u");
+                [request, stage, attempt].map(|s| s.is_disabled())
+            })
+        };
+        assert_eq!(spans(&subscriber(false, None)), [true; 3]);
+        assert_eq!(spans(&subscriber(true, None)), [true; 3]);
+        let provider = SdkTracerProvider::builder().build();
+        assert_eq!(spans(&subscriber(false, Some(&provider))), [false; 3]);
     }
 
     #[test]
