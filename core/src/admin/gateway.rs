@@ -85,6 +85,7 @@ fn policy_json(app: &AppState) -> Value {
         "last_error_at": rfc3339(status.last_error_at_ms),
         "reloads_ok": status.reloads_ok,
         "reloads_failed": status.reloads_failed,
+        "reloads_unchanged": status.reloads_unchanged,
     })
 }
 

@@ -623,6 +623,7 @@ fn schemas() -> Map<String, Value> {
                 ("last_error_at", ntime()),
                 ("reloads_ok", int()),
                 ("reloads_failed", int()),
+                ("reloads_unchanged", int()),
             ],
             &[
                 "generation",

@@ -81,6 +81,7 @@ fn status_json(app: &AppState) -> Value {
         })).collect::<Vec<_>>(),
         "reloads_ok": status.reloads_ok,
         "reloads_failed": status.reloads_failed,
+        "reloads_unchanged": status.reloads_unchanged,
         "last_error": if status.last_errors.is_empty() { Value::Null } else {
             json!({"at_ms": status.last_error_at_ms, "errors": status.last_errors})
         },

@@ -608,4 +608,7 @@ async fn an_idle_policy_directory_is_not_reloaded() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(reloads(&gw, "unchanged").await, 1.0);
     assert_eq!(reloads(&gw, "ok").await, 1.0);
+    let status = gw.admin_policies().await;
+    assert_eq!(status["reloads_unchanged"], 1, "{status}");
+    assert_eq!(status["reloads_ok"], 1, "{status}");
 }
