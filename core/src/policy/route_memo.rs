@@ -131,6 +131,11 @@ impl Entry {
     }
 }
 
+/// The same deployments with the same static fields (health aside).
+fn same_set(a: &[CandidateView], b: &[CandidateView]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(a, b)| same_static(a, b))
+}
+
 fn same_static(a: &CandidateView, b: &CandidateView) -> bool {
     a.model == b.model
         && a.provider == b.provider
@@ -175,14 +180,7 @@ impl Memo {
             // The same candidate set replaces its own slot; a new one evicts the oldest.
             let mut next: Vec<Arc<Entry>> = entries
                 .iter()
-                .filter(|e| {
-                    e.candidates.len() != candidates.len()
-                        || !e
-                            .candidates
-                            .iter()
-                            .zip(candidates)
-                            .all(|(a, b)| same_static(a, b))
-                })
+                .filter(|e| !same_set(&e.candidates, candidates))
                 .cloned()
                 .collect();
             if next.len() >= SLOTS {

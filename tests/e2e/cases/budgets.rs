@@ -777,14 +777,7 @@ async fn budget_thresholds_notify_a_webhook_once_per_window() {
     let first = events.lock().unwrap()[0].clone();
     assert_eq!(first["event"], "budget_threshold");
     assert_eq!(first["scope"], "organization");
-    let metrics = http()
-        .get(gw.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics_text().await;
     assert!(
         metrics.contains("tollgate_budget_threshold_events_total 2"),
         "{metrics}"

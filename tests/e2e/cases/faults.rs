@@ -133,14 +133,7 @@ async fn chat(gw: &Gateway, secret: &str, model: &str, stream: bool) -> reqwest:
 
 /// Tasks alive in the gateway's async runtime (from `/metrics`).
 async fn tasks(gw: &Gateway) -> usize {
-    let text = http()
-        .get(gw.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = gw.metrics_text().await;
     text.lines()
         .find_map(|l| l.strip_prefix("tollgate_runtime_alive_tasks "))
         .and_then(|v| v.trim().parse().ok())

@@ -1,7 +1,6 @@
 //! Observability: `/metrics` figures against the usage rows of real requests, `/readyz` with
 //! the store taken away, the key-validation endpoint, and OTLP traces received in process.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use mock_upstream::MockConfig;
@@ -10,7 +9,7 @@ use serde_json::Value;
 use crate::common::otlp::Receiver;
 use crate::common::{
     ADMIN_TOKEN, Gateway, PgDatabase, TcpProxy, chat_body, expect_error, http, mock, request_id,
-    skip, standard_policy,
+    sample, skip, standard_policy,
 };
 
 /// A policy with the standard mock models and a daily budget for the team `research`.
@@ -29,29 +28,6 @@ async fn chat(gw: &Gateway, secret: &str, model: &str) -> reqwest::Response {
         .send()
         .await
         .unwrap()
-}
-
-/// `/metrics` parsed into `name{labels}` -> value.
-async fn scrape(gw: &Gateway) -> BTreeMap<String, f64> {
-    let response = http().get(gw.url("/metrics")).send().await.unwrap();
-    assert_eq!(response.status(), 200);
-    let text = response.text().await.unwrap();
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .map(|l| {
-            let (series, value) = l.rsplit_once(' ').expect("sample line");
-            (
-                series.to_string(),
-                value.parse::<f64>().expect("sample value"),
-            )
-        })
-        .collect()
-}
-
-fn sample(metrics: &BTreeMap<String, f64>, series: &str) -> f64 {
-    *metrics
-        .get(series)
-        .unwrap_or_else(|| panic!("no sample {series} in {metrics:#?}"))
 }
 
 fn sum(rows: &[Value], pred: impl Fn(&Value) -> bool, field: &str) -> i64 {
@@ -86,7 +62,7 @@ async fn metrics_count_the_requests_tokens_and_cost_of_the_usage_rows() {
     // The writer's counters follow its commit; wait until nothing is queued.
     let deadline = Instant::now() + Duration::from_secs(10);
     let metrics = loop {
-        let metrics = scrape(&gw).await;
+        let metrics = gw.metrics().await;
         if sample(&metrics, "tollgate_usage_queue_depth") == 0.0 {
             break metrics;
         }
@@ -580,7 +556,7 @@ async fn mcp_calls_are_counted_by_server_method_and_tool_as_their_usage_rows() {
         "{refused}"
     );
     let rows = wait_mcp_rows(&gw, |rows| rows.len() == 4).await;
-    let metrics = scrape(&gw).await;
+    let metrics = gw.metrics().await;
     let calls = |method: &str, tool: &str, status: u16| {
         sample(
             &metrics,

@@ -486,14 +486,7 @@ async fn a_trapping_plugin_fails_closed_and_its_instance_is_replaced() {
         );
     }
     assert_eq!(mock.count(), 3);
-    let metrics = http()
-        .get(gw.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics_text().await;
     for line in [
         "tollgate_plugin_failures_total{plugin=\"misbehave\",kind=\"trap\"} 1",
         "tollgate_plugin_decisions_total{plugin=\"misbehave\",phase=\"request\",outcome=\"error\"} 1",

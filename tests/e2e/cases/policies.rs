@@ -9,7 +9,8 @@ use mock_upstream::MockConfig;
 use serde_json::{Value, json};
 
 use crate::common::{
-    ADMIN_TOKEN, Gateway, bin, chat_body, expect_error, http, mock, request_id, standard_policy,
+    ADMIN_TOKEN, Gateway, bin, chat_body, expect_error, http, mock, request_id, sample,
+    standard_policy,
 };
 
 async fn chat(gw: &Gateway, secret: &str, body: &Value) -> reqwest::Response {
@@ -132,14 +133,7 @@ async fn a_broken_rule_keeps_the_previous_set_serving_and_shows_the_error() {
         "policy_denied",
     )
     .await;
-    let metrics = http()
-        .get(gw.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics_text().await;
     assert!(
         metrics.contains("tollgate_policy_last_reload_failed 1"),
         "{metrics}"
@@ -324,6 +318,60 @@ async fn failover_moves_to_the_next_deployment_and_records_every_attempt() {
         upstream_models,
         [json!("mock-500"), json!("upstream-chat-v1")]
     );
+}
+
+/// A script that reads only its candidates is run once and its answer reused, but the answer
+/// follows the health fields the script read: when the failing deployment starts cooling down,
+/// the order changes at once.
+#[tokio::test]
+async fn a_remembered_route_changes_when_a_deployment_it_reads_cools_down() {
+    let mock = mock(MockConfig::default()).await;
+    let policy = format!(
+        "{}{}",
+        standard_policy(&mock),
+        r#"
+[groups.cooling]
+routing = "cooldown-last"
+deployments = [
+  { model = "fail-500", priority = 0 },
+  { model = "chat", priority = 1 },
+]
+"#
+    );
+    let script = "fn route(request, candidates) {
+    candidates.sort(|a, b| {
+        if a.health.in_cooldown != b.health.in_cooldown {
+            return if a.health.in_cooldown { 1 } else { -1 };
+        }
+        a.priority - b.priority
+    });
+    candidates
+}
+";
+    let gw = Gateway::start_with(&policy, &[("routing/cooldown-last.rhai", script)], &[]);
+    let (_, secret) = gw.create_key("*");
+    let mut orders = Vec::new();
+    for _ in 0..10 {
+        let response = chat(&gw, &secret, &chat_body("cooling")).await;
+        assert_eq!(response.status(), 200);
+        let row = gw.row_for(&request_id(&response)).await;
+        let route: Value = serde_json::from_str(row["route"].as_str().unwrap()).unwrap();
+        assert_eq!(row["served_model"], "chat");
+        orders.push(route["order"].clone());
+        if route["order"] == json!(["chat", "fail-500"]) {
+            break;
+        }
+    }
+    // Healthy: the priority order, for more than one request (the second is remembered).
+    assert_eq!(orders[0], json!(["fail-500", "chat"]), "{orders:?}");
+    assert_eq!(orders[1], json!(["fail-500", "chat"]), "{orders:?}");
+    // After `cooldown_after` (3) failures the cooling deployment goes last.
+    assert_eq!(
+        orders.last(),
+        Some(&json!(["chat", "fail-500"])),
+        "{orders:?}"
+    );
+    assert!(orders.len() <= 4, "{orders:?}");
 }
 
 #[tokio::test]
@@ -561,22 +609,8 @@ fn check_reports_cel_and_rhai_errors_with_file_line_and_column() {
 
 /// The `tollgate_policy_reloads_total` sample for `result`.
 async fn reloads(gw: &Gateway, result: &str) -> f64 {
-    let metrics = http()
-        .get(gw.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let prefix = format!("tollgate_policy_reloads_total{{result=\"{result}\"}} ");
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(prefix.as_str()))
-        .unwrap_or_else(|| panic!("no {prefix} in {metrics}"))
-        .trim()
-        .parse()
-        .unwrap()
+    let series = format!("tollgate_policy_reloads_total{{result=\"{result}\"}}");
+    sample(&gw.metrics().await, &series)
 }
 
 /// A reload reads every policy file; reading is not a change. The watcher used to count the

@@ -4,6 +4,7 @@
 pub mod otlp;
 pub mod proxy;
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -313,6 +314,29 @@ impl Gateway {
         format!("{}{path}", self.base)
     }
 
+    /// The text of `/metrics` (unprotected).
+    pub async fn metrics_text(&self) -> String {
+        let response = http().get(self.url("/metrics")).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        response.text().await.unwrap()
+    }
+
+    /// `/metrics` parsed into `name{labels}` -> value.
+    pub async fn metrics(&self) -> BTreeMap<String, f64> {
+        self.metrics_text()
+            .await
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .map(|l| {
+                let (series, value) = l.rsplit_once(' ').expect("sample line");
+                (
+                    series.to_string(),
+                    value.parse::<f64>().expect("sample value"),
+                )
+            })
+            .collect()
+    }
+
     /// Runs `tollgate keys ARGS --database DB`.
     pub fn keys(&self, args: &[&str]) -> Output {
         Command::new(bin())
@@ -514,6 +538,13 @@ pub async fn read_usage(db_url: &str) -> Vec<Value> {
 }
 
 /// A chat request body for `model`.
+/// One series of [`Gateway::metrics`]; panics when it is absent.
+pub fn sample(metrics: &BTreeMap<String, f64>, series: &str) -> f64 {
+    *metrics
+        .get(series)
+        .unwrap_or_else(|| panic!("no sample {series} in {metrics:#?}"))
+}
+
 pub fn chat_body(model: &str) -> Value {
     serde_json::json!({"model": model, "messages": [{"role": "user", "content": "hello"}]})
 }
