@@ -58,6 +58,7 @@ fn set_option(option: libmimalloc_sys::mi_option_t, value: c_long) {
 }
 
 #[allow(unsafe_code)]
+#[allow(clippy::useless_conversion)] // `c_long` is 32 bits on some targets
 fn get_option(option: libmimalloc_sys::mi_option_t) -> i64 {
     // SAFETY: as for `set_option`: a read of mimalloc's static option table by index.
     i64::from(unsafe { libmimalloc_sys::mi_option_get(option) })

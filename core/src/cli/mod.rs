@@ -58,6 +58,10 @@ pub struct HttpLimitArgs {
     /// Concurrent streams per HTTP/2 connection.
     #[arg(long, env = "TOLLGATE_HTTP2_MAX_STREAMS", default_value_t = 128)]
     http2_max_streams: u32,
+    /// Threads that serve client connections, each with its own event loop and upstream pool
+    /// (default: one per CPU). 0 serves connections on the shared work-stealing runtime.
+    #[arg(long, env = "TOLLGATE_CONNECTION_THREADS")]
+    connection_threads: Option<usize>,
 }
 
 impl HttpLimitArgs {
@@ -76,6 +80,9 @@ impl HttpLimitArgs {
             body_read_timeout: std::time::Duration::from_millis(self.body_read_timeout_ms),
             max_connections: self.max_connections,
             http2_max_concurrent_streams: self.http2_max_streams,
+            connection_threads: self.connection_threads.unwrap_or_else(|| {
+                server::listener::HttpLimits::default().connection_threads
+            }),
         })
     }
 }

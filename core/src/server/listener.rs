@@ -18,13 +18,14 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Sleep;
 use tower_service::Service;
 
 use super::client_ip::TrustedProxies;
+use super::threads::ConnectionThreads;
 
 /// Connection and read limits (`tollgate serve` flags; defaults in parentheses).
 #[derive(Debug, Clone)]
@@ -40,6 +41,9 @@ pub struct HttpLimits {
     pub max_connections: usize,
     /// Concurrent streams per HTTP/2 connection (128).
     pub http2_max_concurrent_streams: u32,
+    /// Threads that serve connections, each with its own runtime ([`super::threads`]); 0 serves
+    /// them on the main work-stealing runtime (one per CPU).
+    pub connection_threads: usize,
 }
 
 impl Default for HttpLimits {
@@ -49,6 +53,7 @@ impl Default for HttpLimits {
             body_read_timeout: Duration::from_secs(30),
             max_connections: 4096,
             http2_max_concurrent_streams: 128,
+            connection_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
 }
@@ -121,9 +126,12 @@ const STREAMS_END_WAIT: Duration = Duration::from_secs(5);
 
 /// Serves `router` on `listener` until `shutdown` resolves, then lets in-flight requests and
 /// streams finish for `grace`, tells the streams still open to end (`streams_end`), and cuts
-/// the connections still open after that.
+/// the connections still open after that. With `threads`, each connection is served by one of
+/// them; without, on the current runtime.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve(
     listener: TcpListener,
+    threads: Option<&ConnectionThreads>,
     router: Router,
     limits: HttpLimits,
     trusted: TrustedProxies,
@@ -187,13 +195,42 @@ pub async fn serve(
         });
         let builder = builder.clone();
         let watcher = graceful.watcher();
-        connections.spawn(async move {
+        let serve_one = async move |tcp: TcpStream| {
             let connection = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
             if let Err(e) = watcher.watch(connection).await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
-            drop(permit);
-        });
+        };
+        match threads.and_then(ConnectionThreads::pick) {
+            Some((thread, slot)) => {
+                // The socket moves to the thread's own reactor: its readiness then wakes that
+                // thread and no other.
+                let tcp = match tcp.into_std() {
+                    Ok(tcp) => tcp,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot hand a connection to its thread");
+                        continue;
+                    }
+                };
+                connections.spawn_on(
+                    async move {
+                        match TcpStream::from_std(tcp) {
+                            Ok(tcp) => serve_one(tcp).await,
+                            Err(e) => tracing::warn!(error = %e, "cannot register a connection"),
+                        }
+                        drop(slot);
+                        drop(permit);
+                    },
+                    &thread,
+                );
+            }
+            None => {
+                connections.spawn(async move {
+                    serve_one(tcp).await;
+                    drop(permit);
+                });
+            }
+        }
     }
     drop(listener);
     tracing::info!("shutting down: draining in-flight requests");

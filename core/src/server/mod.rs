@@ -8,6 +8,7 @@ pub mod listener;
 pub mod mcp;
 pub mod openai;
 pub mod ops;
+pub mod threads;
 pub mod unified;
 pub mod vllm;
 
@@ -431,8 +432,14 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
 
     // Returns once every connection has ended (the last ones cut at the end of the grace
     // period); the router, and with it the app state's usage sink, is gone then.
+    let threads = match http_limits.connection_threads {
+        0 => None,
+        n => Some(Arc::new(threads::ConnectionThreads::start(n)?)),
+    };
+    threads::publish(threads.clone());
     listener::serve(
         listener,
+        threads.as_deref(),
         router,
         http_limits,
         trusted_proxies,
@@ -470,6 +477,12 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     let _ = reloader.await;
     if let Some(file_watcher) = file_watcher {
         let _ = file_watcher.await;
+    }
+    // Connections have ended and usage is flushed: what still runs on the connection threads
+    // (nothing, normally) ends with them.
+    threads::publish(None);
+    if let Some(threads) = threads.and_then(|t| Arc::into_inner(t)) {
+        threads.stop().await;
     }
     if let Some(e) = failed {
         return Err(e);

@@ -196,14 +196,12 @@ pub async fn metrics(State(app): State<Arc<AppState>>, request: Request) -> Resp
 /// Tasks alive in the runtime (a leak, e.g. a task per failed call, shows as a climb) and the
 /// retries the gateway-wide retry budget allows now.
 fn render_runtime(app: &AppState, out: &mut String) {
-    let tasks = tokio::runtime::Handle::current()
-        .metrics()
-        .num_alive_tasks();
+    let tasks = super::threads::alive_tasks();
     family_header(
         out,
         "tollgate_runtime_alive_tasks",
         "gauge",
-        "Tasks alive in the gateway's async runtime.",
+        "Tasks alive in the gateway's async runtimes (main and connection threads).",
     );
     let _ = writeln!(out, "tollgate_runtime_alive_tasks {tasks}");
     family_header(

@@ -213,13 +213,17 @@ async fn run(store: Store, mut rx: mpsc::Receiver<UsageEntry>, shared: Arc<Share
             )
         };
         if !batch.is_empty() {
-            // Linger briefly so a moderate rate still writes many rows per transaction.
-            let linger = Instant::now() + LINGER;
-            while batch.len() < BATCH {
-                let room = BATCH - batch.len();
-                match tokio::time::timeout_at(linger, rx.recv_many(&mut batch, room)).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {}
+            // Linger briefly so a moderate rate still writes many rows per transaction. Sleep
+            // through it and take what arrived at its end: waiting on the channel instead
+            // would wake this task (and a worker of the main runtime, from the connection
+            // threads) once per record.
+            if batch.len() < BATCH && open {
+                tokio::time::sleep(LINGER).await;
+                while batch.len() < BATCH {
+                    match rx.try_recv() {
+                        Ok(entry) => batch.push(entry),
+                        Err(_) => break,
+                    }
                 }
             }
             stats

@@ -137,10 +137,15 @@ pub async fn send(
         code: "adapter_error",
         detail,
     })?;
-    let mut request = provider
-        .client
-        .as_ref()
-        .unwrap_or(http)
+    let own;
+    let client = match provider.client.as_ref() {
+        Some(client) => client,
+        None => {
+            own = super::thread_client(http);
+            &own
+        }
+    };
+    let mut request = client
         .post(format!("{base}{path}"))
         .body(native.body);
     let mut has_content_type = false;

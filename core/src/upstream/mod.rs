@@ -61,6 +61,31 @@ pub fn client() -> Result<reqwest::Client, reqwest::Error> {
         .build()
 }
 
+thread_local! {
+    /// This thread's own upstream client, on connection threads ([`use_thread_client`]).
+    static THREAD_CLIENT: std::cell::OnceCell<reqwest::Client> = const { std::cell::OnceCell::new() };
+}
+
+/// Gives the calling thread its own upstream client, built like [`client`], which calls from
+/// this thread use instead of the shared one (a provider with its own network settings keeps
+/// its client). A pooled upstream connection is driven by the runtime that opened it: on a
+/// connection thread ([`crate::server::threads`]) the thread's own pool keeps a call and its
+/// upstream connection on one thread. Without it a call could reuse a connection opened by
+/// another thread, and each of its reads and writes would wake that thread.
+pub fn use_thread_client() {
+    match client() {
+        Ok(own) => THREAD_CLIENT.with(|c| {
+            let _ = c.set(own);
+        }),
+        Err(e) => tracing::warn!(error = %e, "no thread upstream client; using the shared one"),
+    }
+}
+
+/// The client for a call from this thread: its own ([`use_thread_client`]) or `shared`.
+pub(crate) fn thread_client(shared: &reqwest::Client) -> reqwest::Client {
+    THREAD_CLIENT.with(|c| c.get().cloned()).unwrap_or_else(|| shared.clone())
+}
+
 /// The settings every upstream client shares; [`proxy::NetSettings`] adds a provider's own.
 pub(crate) fn client_builder() -> reqwest::ClientBuilder {
     // Installing twice is harmless (the first provider wins).
@@ -110,10 +135,15 @@ pub async fn send(
                 endpoint.path()
             ),
         })?;
-    let mut request = provider
-        .client
-        .as_ref()
-        .unwrap_or(http)
+    let own;
+    let client = match provider.client.as_ref() {
+        Some(client) => client,
+        None => {
+            own = thread_client(http);
+            &own
+        }
+    };
+    let mut request = client
         .post(call.url)
         .header(header::CONTENT_TYPE, "application/json")
         .header(
