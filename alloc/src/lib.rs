@@ -4,14 +4,19 @@
 //! buffers; glibc malloc took 12-14% of the gateway's CPU under load). mimalloc returns freed
 //! pages to the operating system after `purge_delay` (10 ms by default), but that delay is not a
 //! timer: it is an age checked only when the thread that owns the pages next allocates or frees.
-//! A thread that goes quiet after a burst (a SQLite worker after a batch, the second tokio
-//! worker when load drops, a thread that compiled a plugin at start) keeps its freed pages
-//! resident indefinitely. Measured on the governed benchmark: peak RSS 107-111 MiB with the
-//! default, 74 MiB with purging at free time (idle 77 MiB and 48 MiB), at the same CPU per
-//! request (`docs/performance.md`, "Fourth round").
+//! A thread that goes quiet keeps its freed pages resident indefinitely, and start-up is where
+//! that happens: policy loading, migrations and the Cranelift compilation of every plugin
+//! allocate tens of MiB on threads that then go quiet.
 //!
-//! [`configure`] sets the purge delay to zero unless the operator chose one with mimalloc's own
-//! `MIMALLOC_PURGE_DELAY` variable, which then wins.
+//! So [`configure`] (first thing in `main`) purges at free time while the gateway starts, and
+//! [`serving`] (once it listens) goes back to mimalloc's own delay: purging at free time while
+//! serving too kept peak RSS a few MiB lower but cost 5-6% of the gateway's CPU in page faults,
+//! `madvise` calls and the TLB shootdowns they send to the other cores. Measured on the governed
+//! benchmark (`docs/performance.md`, "Fourth round"): peak RSS 107-112 MiB with mimalloc's
+//! default throughout, 78 MiB purging at free throughout, 89 MiB this way; idle after start
+//! 77 MiB, then 48-50 MiB both ways.
+//!
+//! An operator who sets mimalloc's own `MIMALLOC_PURGE_DELAY` gets that value throughout.
 
 use std::ffi::c_long;
 
@@ -28,19 +33,30 @@ pub const PURGE_DELAY_ENV: &str = "MIMALLOC_PURGE_DELAY";
 /// What [`configure`] decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PurgeDelay {
-    /// Set to zero: an emptied page goes back to the OS when it is freed.
+    /// Zero until [`serving`]: an emptied page goes back to the OS when it is freed.
     AtFree,
     /// `MIMALLOC_PURGE_DELAY` was set; mimalloc uses that value (milliseconds).
     FromEnvironment(i64),
 }
 
-/// Sets the allocator up for a long-lived server. Call once, first thing in `main`.
+/// Purges at free time until [`serving`]. Call once, first thing in `main`.
 pub fn configure() -> PurgeDelay {
     if std::env::var_os(PURGE_DELAY_ENV).is_some() {
         return PurgeDelay::FromEnvironment(purge_delay_ms());
     }
     set_option(PURGE_DELAY, 0);
     PurgeDelay::AtFree
+}
+
+/// mimalloc 2's own purge delay, milliseconds.
+pub const DEFAULT_PURGE_DELAY_MS: i64 = 10;
+
+/// Back to mimalloc's own purge delay once the gateway serves (unless the operator chose one).
+/// A command that never serves (`keys`, `check`) keeps purging at free time; it is short-lived.
+pub fn serving() {
+    if std::env::var_os(PURGE_DELAY_ENV).is_none() {
+        set_option(PURGE_DELAY, DEFAULT_PURGE_DELAY_MS as c_long);
+    }
 }
 
 /// The purge delay mimalloc is using now, in milliseconds (-1: never purge).
@@ -89,6 +105,8 @@ mod tests {
                 let chosen: i64 = value.trim().parse().unwrap_or(10);
                 assert_eq!(configure(), PurgeDelay::FromEnvironment(chosen));
                 assert_eq!(purge_delay_ms(), chosen);
+                serving();
+                assert_eq!(purge_delay_ms(), chosen);
             }
             Err(_) => {
                 assert_eq!(
@@ -98,6 +116,8 @@ mod tests {
                 );
                 assert_eq!(configure(), PurgeDelay::AtFree);
                 assert_eq!(purge_delay_ms(), 0);
+                serving();
+                assert_eq!(purge_delay_ms(), DEFAULT_PURGE_DELAY_MS);
             }
         }
     }

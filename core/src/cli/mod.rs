@@ -80,9 +80,9 @@ impl HttpLimitArgs {
             body_read_timeout: std::time::Duration::from_millis(self.body_read_timeout_ms),
             max_connections: self.max_connections,
             http2_max_concurrent_streams: self.http2_max_streams,
-            connection_threads: self.connection_threads.unwrap_or_else(|| {
-                server::listener::HttpLimits::default().connection_threads
-            }),
+            connection_threads: self
+                .connection_threads
+                .unwrap_or_else(|| server::listener::HttpLimits::default().connection_threads),
         })
     }
 }

@@ -429,6 +429,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     );
     // A machine-readable line on stdout for scripts and tests.
     println!("tollgate listening on http://{local}");
+    tollgate_alloc::serving();
 
     // Returns once every connection has ended (the last ones cut at the end of the grace
     // period); the router, and with it the app state's usage sink, is gone then.
@@ -481,7 +482,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     // Connections have ended and usage is flushed: what still runs on the connection threads
     // (nothing, normally) ends with them.
     threads::publish(None);
-    if let Some(threads) = threads.and_then(|t| Arc::into_inner(t)) {
+    if let Some(threads) = threads.and_then(Arc::into_inner) {
         threads.stop().await;
     }
     if let Some(e) = failed {

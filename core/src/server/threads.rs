@@ -191,17 +191,15 @@ mod tests {
         let name = |handle: &Handle| {
             handle.spawn(async {
                 let outer = std::thread::current().name().map(str::to_owned);
-                let inner = tokio::spawn(async {
-                    std::thread::current().name().map(str::to_owned)
-                })
-                .await
-                .ok()
-                .flatten();
+                let inner =
+                    tokio::spawn(async { std::thread::current().name().map(str::to_owned) })
+                        .await
+                        .ok()
+                        .flatten();
                 (outer, inner)
             })
         };
-        let (Ok((x, x_inner)), Ok((y, y_inner))) = (name(&first).await, name(&second).await)
-        else {
+        let (Ok((x, x_inner)), Ok((y, y_inner))) = (name(&first).await, name(&second).await) else {
             panic!("tasks failed");
         };
         assert_eq!(x.as_deref(), Some("tollgate-conn-0"));

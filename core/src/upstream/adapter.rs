@@ -145,9 +145,7 @@ pub async fn send(
             &own
         }
     };
-    let mut request = client
-        .post(format!("{base}{path}"))
-        .body(native.body);
+    let mut request = client.post(format!("{base}{path}")).body(native.body);
     let mut has_content_type = false;
     for (key, value) in &native.headers {
         let key = key.to_ascii_lowercase();

@@ -83,7 +83,9 @@ pub fn use_thread_client() {
 
 /// The client for a call from this thread: its own ([`use_thread_client`]) or `shared`.
 pub(crate) fn thread_client(shared: &reqwest::Client) -> reqwest::Client {
-    THREAD_CLIENT.with(|c| c.get().cloned()).unwrap_or_else(|| shared.clone())
+    THREAD_CLIENT
+        .with(|c| c.get().cloned())
+        .unwrap_or_else(|| shared.clone())
 }
 
 /// The settings every upstream client shares; [`proxy::NetSettings`] adds a provider's own.
