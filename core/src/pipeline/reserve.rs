@@ -138,6 +138,7 @@ pub async fn run(
             _ => false,
         };
         if recount {
+            crate::spend::estimate::load().await;
             let counted = complete(estimate(&view, max_output));
             if counted.input_tokens < bound.input_tokens {
                 held = app

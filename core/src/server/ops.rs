@@ -204,6 +204,20 @@ fn render_runtime(app: &AppState, out: &mut String) {
         "Tasks alive in the gateway's async runtimes (main and connection threads).",
     );
     let _ = writeln!(out, "tollgate_runtime_alive_tasks {tasks}");
+    if let Some(open) = super::threads::open_connections() {
+        family_header(
+            out,
+            "tollgate_connection_thread_connections",
+            "gauge",
+            "Client connections open on each connection thread.",
+        );
+        for (thread, open) in open.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "tollgate_connection_thread_connections{{thread=\"{thread}\"}} {open}"
+            );
+        }
+    }
     family_header(
         out,
         "tollgate_retry_budget_tokens",

@@ -160,6 +160,14 @@ pub fn publish(threads: Option<Arc<ConnectionThreads>>) {
     }
 }
 
+/// Open connections per connection thread of the running gateway (`None` without them).
+pub fn open_connections() -> Option<Vec<usize>> {
+    CURRENT
+        .read()
+        .ok()
+        .and_then(|c| c.as_ref().map(|t| t.open_connections()))
+}
+
 /// Tasks alive in the running gateway: on its main runtime and its connection threads (the
 /// current runtime's alone when connections run on it).
 pub fn alive_tasks() -> usize {

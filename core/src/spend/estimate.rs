@@ -74,13 +74,24 @@ pub fn is_loaded() -> bool {
     LOADED.load(Ordering::Acquire)
 }
 
+/// Loads the tokenizer on the blocking pool if it is not loaded yet. Async callers about to
+/// count call it first: on a connection thread ([`crate::server::threads`]) a load inside
+/// [`tokenizer`] would hold up every other connection of that thread for its ≈ 0.2 s.
+pub async fn load() {
+    if !is_loaded() {
+        let _ = tokio::task::spawn_blocking(warm_up).await;
+    }
+}
+
 /// The `o200k_base` tokenizer, loaded on first use.
 ///
 /// Most requests never need it: holds take the byte bound first, and a stream is counted only
 /// when it ends without the provider's usage. So it is not loaded at start (it is the largest
-/// single item of the gateway's memory). The first use loads it; on the gateway's multi-thread
-/// runtime that load runs in [`tokio::task::block_in_place`], so the worker's other tasks move
-/// to another thread instead of waiting behind it.
+/// single item of the gateway's memory). The reserve stage loads it with [`load`] before it
+/// counts a prompt. A first use elsewhere loads it here: on a multi-thread runtime in
+/// [`tokio::task::block_in_place`], so the worker's other tasks move to another thread; on a
+/// connection thread inline, once per process (a stream billed from its text before any prompt
+/// was counted).
 pub fn tokenizer() -> &'static tiktoken_rs::CoreBPE {
     if !is_loaded() {
         let multi_thread = tokio::runtime::Handle::try_current()

@@ -168,3 +168,98 @@ async fn models_list_shows_only_granted_models() {
         .unwrap();
     assert_eq!(list["data"].as_array().unwrap().len(), 11);
 }
+
+/// Open connections per connection thread, from `/metrics` (the scrape's own connection
+/// included).
+async fn thread_connections(gw: &Gateway) -> Vec<f64> {
+    let metrics = gw.metrics().await;
+    (0..)
+        .map_while(|t| {
+            metrics
+                .get(&format!(
+                    "tollgate_connection_thread_connections{{thread=\"{t}\"}}"
+                ))
+                .copied()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn connections_are_spread_over_the_connection_threads_and_each_stays_on_one() {
+    let mock = mock(MockConfig::default()).await;
+    let gw = Gateway::start_with(&standard_policy(&mock), &[], &["--connection-threads", "2"]);
+    let (_, secret) = gw.create_key("*");
+    // Four clients, each keeping its own connection open between requests.
+    let clients: Vec<reqwest::Client> = (0..4)
+        .map(|_| {
+            reqwest::Client::builder()
+                .pool_max_idle_per_host(1)
+                .build()
+                .unwrap()
+        })
+        .collect();
+    let ask = async |client: &reqwest::Client| {
+        let response = client
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth(&secret)
+            .json(&chat_body("chat"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let answer: Value = response.json().await.unwrap();
+        assert_eq!(answer["choices"][0]["message"]["content"], "mock answer");
+    };
+    for client in &clients {
+        ask(client).await;
+    }
+    // Each new connection went to the thread with fewer: 2 and 2, plus the scrape's own.
+    let mut open = Vec::new();
+    for _ in 0..50 {
+        open = thread_connections(&gw).await;
+        if open.iter().sum::<f64>() == 5.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(40)).await;
+    }
+    assert_eq!(open.len(), 2, "{open:?}");
+    assert_eq!(open.iter().sum::<f64>(), 5.0, "{open:?}");
+    assert!(open.iter().all(|&n| n >= 2.0), "{open:?}");
+    // The connections are kept: a second round reuses them on their threads.
+    for client in &clients {
+        ask(client).await;
+    }
+    assert_eq!(thread_connections(&gw).await.iter().sum::<f64>(), 5.0);
+    assert_eq!(mock.received().len(), 8);
+    drop(clients);
+    let mut left = f64::MAX;
+    for _ in 0..50 {
+        left = thread_connections(&gw).await.iter().sum::<f64>();
+        if left == 1.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(40)).await;
+    }
+    assert_eq!(left, 1.0, "closed connections leave their threads");
+}
+
+#[tokio::test]
+async fn connection_threads_zero_serves_on_the_shared_runtime() {
+    let mock = mock(MockConfig::default()).await;
+    let gw = Gateway::start_with(&standard_policy(&mock), &[], &["--connection-threads", "0"]);
+    let (_, secret) = gw.create_key("*");
+    let response = http()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(&secret)
+        .json(&chat_body("chat"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(thread_connections(&gw).await.is_empty());
+    assert!(
+        gw.metrics()
+            .await
+            .contains_key("tollgate_runtime_alive_tasks")
+    );
+}
