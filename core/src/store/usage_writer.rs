@@ -43,6 +43,9 @@ use super::{Store, StoreError, UsageEntry, UsageRecord};
 pub const BATCH: usize = 500;
 /// How long the writer waits for more rows before committing a partial batch.
 pub const LINGER: Duration = Duration::from_millis(50);
+/// While lingering, how often the writer looks whether a full batch has queued (it does not
+/// wait on the channel, which would wake it once per record).
+const LINGER_TICK: Duration = Duration::from_millis(5);
 /// Queue capacity; beyond it records go to the journal.
 const QUEUE: usize = 65_536;
 /// First and longest wait between attempts to replay the journal into a store that is away.
@@ -213,12 +216,15 @@ async fn run(store: Store, mut rx: mpsc::Receiver<UsageEntry>, shared: Arc<Share
             )
         };
         if !batch.is_empty() {
-            // Linger briefly so a moderate rate still writes many rows per transaction. Sleep
-            // through it and take what arrived at its end: waiting on the channel instead
-            // would wake this task (and a worker of the main runtime, from the connection
-            // threads) once per record.
+            // Linger briefly so a moderate rate still writes many rows per transaction, until a
+            // full batch has queued. Look at the queue every few milliseconds: waiting on the
+            // channel instead would wake this task (and a worker of the main runtime, from the
+            // connection threads) once per record.
             if batch.len() < BATCH && open {
-                tokio::time::sleep(LINGER).await;
+                let until = Instant::now() + LINGER;
+                while batch.len() + rx.len() < BATCH && Instant::now() < until {
+                    tokio::time::sleep_until((Instant::now() + LINGER_TICK).min(until)).await;
+                }
                 while batch.len() < BATCH {
                     match rx.try_recv() {
                         Ok(entry) => batch.push(entry),
