@@ -38,10 +38,21 @@ impl Store {
     /// charges, so a counter's stored `used` stays the sum of the charges of the stored rows.
     /// Returns how many rows were new.
     pub async fn write_usage(&self, entries: &[UsageEntry]) -> Result<u64, StoreError> {
+        let records = || entries.iter().map(|e| &e.record);
         let mut tx = self.pool().begin().await?;
         let inserted =
-            super::insert_usage_on(&mut tx, entries.iter().map(|e| &e.record), self.backend())
-                .await?;
+            match super::insert_usage_on(&mut tx, records(), self.backend(), false).await? {
+                Some(inserted) => inserted,
+                None => {
+                    // Some ids are stored already (a journal replayed after an ambiguous
+                    // commit): start again and learn which rows are new.
+                    tx.rollback().await?;
+                    tx = self.pool().begin().await?;
+                    super::insert_usage_on(&mut tx, records(), self.backend(), true)
+                        .await?
+                        .unwrap_or_default()
+                }
+            };
         // What the per-request store holds these rows settle released, per counter window.
         let mut released = super::ledger::Released::new();
         let mut settled_before: Vec<&str> = Vec::new();
