@@ -78,16 +78,6 @@ impl ConnectionThreads {
         Ok(Self { threads, main })
     }
 
-    /// How many threads serve connections.
-    pub fn len(&self) -> usize {
-        self.threads.len()
-    }
-
-    /// Always false: there is at least one thread.
-    pub fn is_empty(&self) -> bool {
-        self.threads.is_empty()
-    }
-
     /// The runtime of the thread with the fewest open connections, and the slot that counts the
     /// new connection there until it is dropped.
     pub fn pick(&self) -> Option<(Handle, Slot)> {
@@ -187,7 +177,6 @@ mod tests {
         let Ok(threads) = ConnectionThreads::start(2) else {
             panic!("threads did not start");
         };
-        assert_eq!(threads.len(), 2);
         let Some((first, a)) = threads.pick() else {
             panic!("no thread");
         };

@@ -184,6 +184,34 @@ async fn thread_connections(gw: &Gateway) -> Vec<f64> {
         .collect()
 }
 
+/// Polls until the threads hold `total` open connections (closing is seen a moment after the
+/// client drops its side); returns the last reading.
+async fn wait_for_open(gw: &Gateway, total: f64) -> Vec<f64> {
+    let mut open = Vec::new();
+    for _ in 0..50 {
+        open = thread_connections(gw).await;
+        if open.iter().sum::<f64>() == total {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(40)).await;
+    }
+    open
+}
+
+/// A chat call on `client` that the mock answers.
+async fn ask(gw: &Gateway, client: &reqwest::Client, secret: &str) {
+    let response = client
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(secret)
+        .json(&chat_body("chat"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["choices"][0]["message"]["content"], "mock answer");
+}
+
 #[tokio::test]
 async fn connections_are_spread_over_the_connection_threads_and_each_stays_on_one() {
     let mock = mock(MockConfig::default()).await;
@@ -198,48 +226,22 @@ async fn connections_are_spread_over_the_connection_threads_and_each_stays_on_on
                 .unwrap()
         })
         .collect();
-    let ask = async |client: &reqwest::Client| {
-        let response = client
-            .post(gw.url("/v1/chat/completions"))
-            .bearer_auth(&secret)
-            .json(&chat_body("chat"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
-        let answer: Value = response.json().await.unwrap();
-        assert_eq!(answer["choices"][0]["message"]["content"], "mock answer");
-    };
     for client in &clients {
-        ask(client).await;
+        ask(&gw, client, &secret).await;
     }
     // Each new connection went to the thread with fewer: 2 and 2, plus the scrape's own.
-    let mut open = Vec::new();
-    for _ in 0..50 {
-        open = thread_connections(&gw).await;
-        if open.iter().sum::<f64>() == 5.0 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(40)).await;
-    }
+    let open = wait_for_open(&gw, 5.0).await;
     assert_eq!(open.len(), 2, "{open:?}");
     assert_eq!(open.iter().sum::<f64>(), 5.0, "{open:?}");
     assert!(open.iter().all(|&n| n >= 2.0), "{open:?}");
     // The connections are kept: a second round reuses them on their threads.
     for client in &clients {
-        ask(client).await;
+        ask(&gw, client, &secret).await;
     }
     assert_eq!(thread_connections(&gw).await.iter().sum::<f64>(), 5.0);
     assert_eq!(mock.received().len(), 8);
     drop(clients);
-    let mut left = f64::MAX;
-    for _ in 0..50 {
-        left = thread_connections(&gw).await.iter().sum::<f64>();
-        if left == 1.0 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(40)).await;
-    }
+    let left: f64 = wait_for_open(&gw, 1.0).await.iter().sum();
     assert_eq!(left, 1.0, "closed connections leave their threads");
 }
 
@@ -248,14 +250,7 @@ async fn connection_threads_zero_serves_on_the_shared_runtime() {
     let mock = mock(MockConfig::default()).await;
     let gw = Gateway::start_with(&standard_policy(&mock), &[], &["--connection-threads", "0"]);
     let (_, secret) = gw.create_key("*");
-    let response = http()
-        .post(gw.url("/v1/chat/completions"))
-        .bearer_auth(&secret)
-        .json(&chat_body("chat"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+    ask(&gw, &http(), &secret).await;
     assert!(thread_connections(&gw).await.is_empty());
     assert!(
         gw.metrics()
