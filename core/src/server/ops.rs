@@ -341,6 +341,11 @@ fn render_gateway(app: &AppState, out: &mut String) {
             "Budget threshold crossings notified.",
             &ledger.alerts,
         ),
+        (
+            "tollgate_budget_threshold_reads_total",
+            "Budget counters read from the store to check thresholds (coalesced per window).",
+            &ledger.threshold_reads,
+        ),
     ] {
         metric(
             name,

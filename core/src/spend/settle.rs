@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::Metric;
-use super::ledger::{HeldFor, LedgerStats, Reservation};
+use super::ledger::{Held, HeldFor, LedgerStats, Reservation};
 use crate::clock::now_ms;
 use crate::store::Store;
 use crate::store::ledger::{CounterState, Settlement};
@@ -52,17 +52,18 @@ pub(super) struct Notifier {
 }
 
 impl Notifier {
-    /// Emits the threshold events the budget counters of `reservation` crossed, given each
-    /// touched counter's state after settlement. `before_used` is, per counter, what was spent
-    /// before (the embedded ledger knows it; `None` checks every threshold already reached,
-    /// deduplicated by the store).
+    /// Emits the threshold events the budget counters in `held` crossed, given each touched
+    /// counter's state after settlement, to `webhook`. `before_used` is, per counter, what was
+    /// spent before (the embedded ledger knows it; `None` checks every threshold already
+    /// reached, deduplicated by the store).
     pub(super) async fn thresholds(
         &self,
-        reservation: &Reservation,
+        held: &[Held],
+        webhook: Option<&str>,
         states: &[((String, i64), CounterState)],
         before_used: Option<&[i64]>,
     ) {
-        for (i, held) in reservation.held.iter().enumerate() {
+        for (i, held) in held.iter().enumerate() {
             let HeldFor::Budget(budget) = &held.kind else {
                 continue;
             };
@@ -103,8 +104,8 @@ impl Notifier {
                             "at_ms": now_ms(),
                         });
                         tracing::warn!(budget = %budget.id, threshold, spent_nanos = state.used, limit_nanos = budget.limit_nanos, "budget threshold crossed");
-                        if let Some(url) = reservation.webhook.clone() {
-                            tokio::spawn(deliver(self.http.clone(), url, event));
+                        if let Some(url) = webhook {
+                            tokio::spawn(deliver(self.http.clone(), url.to_owned(), event));
                         }
                     }
                     Ok(false) => {}

@@ -261,3 +261,80 @@ async fn store_leased(url: &str) -> i64 {
         .await
         .unwrap()
 }
+
+/// Budget thresholds on the shared store are checked on the stored spend after the usage
+/// writer commits. Each check reads the counter from PostgreSQL, so they are coalesced per
+/// budget window: a busy budget costs one read per window and check delay, not one per request
+/// (a read per request was a quarter of a replica's CPU under load). The events still fire once
+/// per threshold.
+#[tokio::test]
+async fn budget_threshold_checks_on_postgres_are_coalesced_and_notify_once() {
+    let name = "budget_threshold_checks_on_postgres_are_coalesced_and_notify_once";
+    let db = match PgDatabase::create() {
+        Ok(db) => db,
+        Err(why) => return skip(name, &why),
+    };
+    let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Value>::new()));
+    let sink = events.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |axum::Json(event): axum::Json<Value>| {
+            let sink = sink.clone();
+            async move {
+                sink.lock().unwrap().push(event);
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let mock = mock(MockConfig {
+        record: false,
+        ..MockConfig::default()
+    })
+    .await;
+    // 200 calls' worth; thresholds at 25% and 50% (50 and 100 calls).
+    let limit_usd = BUDGET_CALLS as f64 * CALL_NANOS as f64 / 1e9;
+    let toml = format!(
+        "{}\n[notifications]\nwebhook_url = \"{hook}\"\n",
+        policy(&mock, limit_usd).replace("limit_usd =", "thresholds = [25, 50]\nlimit_usd =")
+    );
+    let gw = Gateway::start_db(&toml, &[], &[], &db.url);
+    let (_, secret) = gw.create_key("*");
+    let calls = 120;
+    for _ in 0..calls / 20 {
+        assert_eq!(burst(&gw, &secret, 20).await, vec![200; 20]);
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while events.lock().unwrap().len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "threshold events: {:?}",
+            events.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Later checks of the same window find the thresholds notified already.
+    assert_eq!(burst(&gw, &secret, 20).await, vec![200; 20]);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut thresholds: Vec<i64> = events
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|e| e["threshold_percent"].as_i64().unwrap())
+        .collect();
+    thresholds.sort_unstable();
+    assert_eq!(thresholds, [25, 50], "each threshold once");
+    let metrics = gw.metrics_text().await;
+    let reads = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("tollgate_budget_threshold_reads_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no threshold read counter: {metrics}"));
+    assert!(
+        reads >= 1.0 && reads < f64::from(calls + 20) / 4.0,
+        "{reads} store reads for {} settled calls",
+        calls + 20
+    );
+}
