@@ -20,7 +20,7 @@ use super::{Endpoint, Flow, Recorder};
 use crate::error::{AccessError, GatewayError, RequestError};
 use crate::family::{Api, ServeMode};
 use crate::policy::cel::{
-    Bindings, RuleMode, RuleOutcome, json_to_cel, key_to_cel, request_to_cel, target_to_cel,
+    Bindings, RuleMode, RuleOutcome, json_to_cel, key_to_cel, request_fields_to_cel, target_to_cel,
 };
 use crate::policy::facts::RequestFacts;
 use crate::policy::{Credential, Snapshot, Target};
@@ -140,7 +140,9 @@ pub fn decide_access(
         shared_key: uses.key.then(|| key_to_cel(key)),
         shared_model: uses.model.then(|| target_to_cel(target)),
         key: None,
-        request: uses.request.then(|| request_to_cel(facts)),
+        request: uses
+            .request
+            .then(|| request_fields_to_cel(facts, uses.request_fields)),
         model: None,
         now: uses.now.then_some(facts.now),
         budget: uses

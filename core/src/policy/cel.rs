@@ -54,6 +54,9 @@ pub struct Uses {
     pub budget: bool,
     /// `mcp` (MCP requests only: `server`, `method`, `tool`, `arguments`).
     pub mcp: bool,
+    /// The fields of `request` the rules select (`request.max_tokens`), as a mask over
+    /// [`REQUEST_FIELDS`]; every field when a rule uses `request` any other way.
+    pub request_fields: u16,
 }
 
 impl Uses {
@@ -66,6 +69,7 @@ impl Uses {
             now: self.now || other.now,
             budget: self.budget || other.budget,
             mcp: self.mcp || other.mcp,
+            request_fields: self.request_fields | other.request_fields,
         }
     }
 
@@ -207,29 +211,46 @@ fn time_between(
 }
 
 /// Free identifiers (not bound by a comprehension) and called function names of an expression.
+///
+/// `request_fields` collects the fields of `request` selected by name (`request.headers`);
+/// `request` used any other way (`request["headers"]`, passed whole to a function) takes them
+/// all.
 fn references(
     expr: &IdedExpr,
     bound: &mut Vec<String>,
     idents: &mut BTreeSet<String>,
     calls: &mut BTreeSet<String>,
+    request_fields: &mut u16,
 ) {
     match &expr.expr {
         Expr::Ident(name) => {
             if !bound.iter().any(|b| b == name) {
+                if name == "request" {
+                    *request_fields = ALL_REQUEST_FIELDS;
+                }
                 idents.insert(name.clone());
+            }
+        }
+        Expr::Select(select)
+            if matches!(&select.operand.expr, Expr::Ident(name)
+                if name == "request" && !bound.iter().any(|b| b == name)) =>
+        {
+            idents.insert("request".to_string());
+            if let Some(i) = REQUEST_FIELDS.iter().position(|f| *f == select.field) {
+                *request_fields |= 1 << i;
             }
         }
         Expr::Call(call) => {
             calls.insert(call.func_name.clone());
             if let Some(target) = &call.target {
-                references(target, bound, idents, calls);
+                references(target, bound, idents, calls, request_fields);
             }
             for arg in &call.args {
-                references(arg, bound, idents, calls);
+                references(arg, bound, idents, calls, request_fields);
             }
         }
         Expr::Comprehension(comp) => {
-            references(&comp.iter_range, bound, idents, calls);
+            references(&comp.iter_range, bound, idents, calls, request_fields);
             let before = bound.len();
             bound.push(comp.iter_var.clone());
             if let Some(v) = &comp.iter_var2 {
@@ -242,35 +263,37 @@ fn references(
                 &comp.loop_step,
                 &comp.result,
             ] {
-                references(e, bound, idents, calls);
+                references(e, bound, idents, calls, request_fields);
             }
             bound.truncate(before);
         }
         Expr::List(list) => {
             for e in &list.elements {
-                references(e, bound, idents, calls);
+                references(e, bound, idents, calls, request_fields);
             }
         }
         Expr::Map(map) => {
             for entry in &map.entries {
                 if let EntryExpr::MapEntry(e) = &entry.expr {
-                    references(&e.key, bound, idents, calls);
-                    references(&e.value, bound, idents, calls);
+                    references(&e.key, bound, idents, calls, request_fields);
+                    references(&e.value, bound, idents, calls, request_fields);
                 }
             }
         }
         Expr::Struct(st) => {
             for entry in &st.entries {
                 match &entry.expr {
-                    EntryExpr::StructField(f) => references(&f.value, bound, idents, calls),
+                    EntryExpr::StructField(f) => {
+                        references(&f.value, bound, idents, calls, request_fields)
+                    }
                     EntryExpr::MapEntry(e) => {
-                        references(&e.key, bound, idents, calls);
-                        references(&e.value, bound, idents, calls);
+                        references(&e.key, bound, idents, calls, request_fields);
+                        references(&e.value, bound, idents, calls, request_fields);
                     }
                 }
             }
         }
-        Expr::Select(select) => references(&select.operand, bound, idents, calls),
+        Expr::Select(select) => references(&select.operand, bound, idents, calls, request_fields),
         Expr::Literal(_) | Expr::Unspecified => {}
     }
 }
@@ -467,12 +490,13 @@ fn compile_rule_on_stack(
         );
         load_error(file, line, column, message)
     })?;
-    let (mut idents, mut calls) = (BTreeSet::new(), BTreeSet::new());
+    let (mut idents, mut calls, mut request_fields) = (BTreeSet::new(), BTreeSet::new(), 0);
     references(
         program.expression(),
         &mut Vec::new(),
         &mut idents,
         &mut calls,
+        &mut request_fields,
     );
     for ident in &idents {
         if !VARIABLES.contains(&ident.as_str()) {
@@ -504,6 +528,7 @@ fn compile_rule_on_stack(
         now: idents.contains("now"),
         budget: idents.contains("budget"),
         mcp: idents.contains("mcp"),
+        request_fields,
     };
     let rule = AccessRule {
         name: name.to_string(),
@@ -643,66 +668,83 @@ pub fn json_to_cel(value: &serde_json::Value) -> Value {
     }
 }
 
+/// The fields of the `request` variable, in the order [`request_fields_to_cel`] builds them;
+/// bit `i` of a field mask ([`Uses::request_fields`]) stands for `REQUEST_FIELDS[i]`.
+pub const REQUEST_FIELDS: [&str; 11] = [
+    "endpoint",
+    "path",
+    "model",
+    "stream",
+    "max_tokens",
+    "estimated_input_tokens",
+    "temperature",
+    "tools",
+    "headers",
+    "client_ip",
+    "metadata",
+];
+
+/// A field mask with every field of `request`.
+pub const ALL_REQUEST_FIELDS: u16 = (1 << REQUEST_FIELDS.len()) - 1;
+
 /// The `request` variable straight from the facts: the same value as
 /// `json_to_cel(&facts.to_json())`, without building the JSON first.
 pub fn request_to_cel(facts: &crate::policy::facts::RequestFacts) -> Value {
+    request_fields_to_cel(facts, ALL_REQUEST_FIELDS)
+}
+
+/// The `request` variable with only the fields of mask `fields` (the ones the rules select):
+/// the rest, the headers above all, would be converted per request for nothing. A rule that
+/// uses `request` other than by selecting fields gets them all ([`Uses::request_fields`]).
+pub fn request_fields_to_cel(facts: &crate::policy::facts::RequestFacts, fields: u16) -> Value {
     let string = |s: &str| Value::String(Arc::new(s.to_string()));
-    let headers: std::collections::HashMap<Key, Value> = facts
-        .headers
-        .iter()
-        .map(|(k, v)| (Key::String(Arc::new(k.clone())), string(v)))
-        .collect();
-    let metadata: std::collections::HashMap<Key, Value> = facts
-        .metadata
-        .iter()
-        .map(|(k, v)| (Key::String(Arc::new(k.clone())), json_to_cel(v)))
-        .collect();
-    let entries: [(&str, Value); 11] = [
-        ("endpoint", string(&facts.endpoint)),
-        ("path", string(&facts.path)),
-        ("model", string(&facts.model)),
-        ("stream", Value::Bool(facts.stream)),
-        (
-            "max_tokens",
-            facts.max_tokens.map_or(Value::Null, Value::Int),
-        ),
-        (
-            "estimated_input_tokens",
-            Value::Int(facts.estimated_input_tokens),
-        ),
-        (
+    let field = |name: &str| -> Option<Value> {
+        Some(match name {
+            "endpoint" => string(&facts.endpoint),
+            "path" => string(&facts.path),
+            "model" => string(&facts.model),
+            "stream" => Value::Bool(facts.stream),
+            "max_tokens" => facts.max_tokens.map_or(Value::Null, Value::Int),
+            "estimated_input_tokens" => Value::Int(facts.estimated_input_tokens),
             // JSON has no NaN or infinity: `to_json` makes them null.
-            "temperature",
-            facts
+            "temperature" => facts
                 .temperature
                 .filter(|t| t.is_finite())
                 .map_or(Value::Null, Value::Float),
-        ),
-        ("tools", Value::Bool(facts.has_tools)),
-        (
-            "headers",
-            Value::Map(CelMap {
-                map: Arc::new(headers),
+            "tools" => Value::Bool(facts.has_tools),
+            "headers" => Value::Map(CelMap {
+                map: Arc::new(
+                    facts
+                        .headers
+                        .iter()
+                        .map(|(k, v)| (Key::String(Arc::new(k.clone())), string(v)))
+                        .collect(),
+                ),
             }),
-        ),
-        (
-            "client_ip",
-            facts
+            "client_ip" => facts
                 .client_ip
                 .map_or(Value::Null, |ip| Value::String(Arc::new(ip.to_string()))),
-        ),
-        (
-            "metadata",
-            Value::Map(CelMap {
-                map: Arc::new(metadata),
+            "metadata" => Value::Map(CelMap {
+                map: Arc::new(
+                    facts
+                        .metadata
+                        .iter()
+                        .map(|(k, v)| (Key::String(Arc::new(k.clone())), json_to_cel(v)))
+                        .collect(),
+                ),
             }),
-        ),
-    ];
+            _ => return None,
+        })
+    };
     Value::Map(CelMap {
         map: Arc::new(
-            entries
-                .into_iter()
-                .map(|(k, v)| (Key::String(Arc::new(k.to_string())), v))
+            REQUEST_FIELDS
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| fields & (1 << i) != 0)
+                .filter_map(|(_, name)| {
+                    Some((Key::String(Arc::new((*name).to_string())), field(name)?))
+                })
                 .collect(),
         ),
     })
@@ -1149,6 +1191,70 @@ mod tests {
             Some(&headers),
             Some("127.0.0.1".parse().expect("ip")),
         )
+    }
+
+    fn mask(fields: &[&str]) -> u16 {
+        fields.iter().fold(0, |m, f| {
+            m | 1
+                << REQUEST_FIELDS
+                    .iter()
+                    .position(|x| x == f)
+                    .expect("a request field")
+        })
+    }
+
+    #[test]
+    fn rules_bind_only_the_request_fields_they_select() {
+        let uses = |source: &str| rule(source).expect("compiles").uses;
+        let selected = uses(r#"request.max_tokens == null || request.client_ip == "127.0.0.1""#);
+        assert!(selected.request);
+        assert_eq!(selected.request_fields, mask(&["max_tokens", "client_ip"]));
+        assert_eq!(
+            uses("has(request.headers) && request.headers['x-team'] == 'platform'").request_fields,
+            mask(&["headers"])
+        );
+        // `request` read any other way binds every field.
+        for whole in [
+            "request['headers'].size() > 0",
+            "size(request) > 3",
+            "[request].all(r, r.stream)",
+        ] {
+            assert_eq!(uses(whole).request_fields, ALL_REQUEST_FIELDS, "{whole}");
+        }
+        // A comprehension variable named like a binding is not the binding.
+        assert_eq!(uses("[1].all(request, request > 0)").request_fields, 0);
+        assert_eq!(uses("key.team == 'a'").request_fields, 0);
+        let both = uses("request.stream").or(uses("request.model == 'm'"));
+        assert_eq!(both.request_fields, mask(&["stream", "model"]));
+    }
+
+    #[test]
+    fn pruned_request_decides_as_the_whole_one() {
+        let facts = sample_facts();
+        for source in [
+            "request.max_tokens <= 64 && request.stream",
+            "request.headers['x-team'] == 'platform'",
+            "has(request.metadata.tier) && request.metadata.n == 3",
+            "request.temperature > 0.4 && request.tools",
+            "request.max_tokens > 100",
+            "request.nonexistent == 1",
+            "request['model'] == 'm'",
+            "request.estimated_input_tokens == 1234 && request.endpoint == 'openai'",
+        ] {
+            let rule = rule(source).expect("compiles");
+            let outcome = |request: Value| {
+                let bindings = Bindings {
+                    request: Some(request),
+                    ..Bindings::default()
+                };
+                rule.evaluate(&bindings.context())
+            };
+            assert_eq!(
+                outcome(request_fields_to_cel(&facts, rule.uses.request_fields)),
+                outcome(request_to_cel(&facts)),
+                "{source}"
+            );
+        }
     }
 
     fn sample_key(team: &str) -> Arc<crate::store::KeyRecord> {
