@@ -161,7 +161,48 @@ pub struct Ledger {
     /// Admits per-request holds to the store ([`STORE_HOLDS_AT_ONCE`]).
     store_holds: tokio::sync::Semaphore,
     /// Budget windows whose thresholds are checked on the next scheduled check.
-    thresholds_pending: Arc<std::sync::Mutex<Vec<PendingThreshold>>>,
+    thresholds_pending: Arc<std::sync::Mutex<PendingThresholds>>,
+}
+
+/// Budget windows waiting for their scheduled threshold check.
+#[derive(Default)]
+struct PendingThresholds {
+    checks: Vec<PendingThreshold>,
+    /// When the check that will take them was scheduled (Unix ms).
+    scheduled_at_ms: i64,
+}
+
+impl PendingThresholds {
+    /// Adds the budget windows with thresholds among `held` (unless pending already); whether
+    /// the caller must schedule a check: none is pending, or the pending one is stale.
+    fn join(&mut self, held: &[Held], webhook: Option<&str>, now_ms: i64) -> bool {
+        let idle = self.checks.is_empty();
+        let stale = !idle && now_ms - self.scheduled_at_ms > THRESHOLD_STALE_MS;
+        for held in held {
+            let HeldFor::Budget(budget) = &held.kind else {
+                continue;
+            };
+            if budget.thresholds.is_empty() {
+                continue;
+            }
+            let known = self.checks.iter().any(|p| {
+                p.held.counter_id == held.counter_id
+                    && p.held.window_start_ms == held.window_start_ms
+                    && p.webhook.as_deref() == webhook
+            });
+            if !known {
+                self.checks.push(PendingThreshold {
+                    held: held.clone(),
+                    webhook: webhook.map(str::to_owned),
+                });
+            }
+        }
+        let schedule = (idle && !self.checks.is_empty()) || stale;
+        if schedule {
+            self.scheduled_at_ms = now_ms;
+        }
+        schedule
+    }
 }
 
 /// A budget window to check for crossed thresholds, and where its events go.
@@ -173,6 +214,9 @@ struct PendingThreshold {
 /// How long after a settlement whose charges the usage writer commits its budget thresholds
 /// are checked on the stored state (the writer commits within its linger).
 const THRESHOLD_DELAY: Duration = Duration::from_millis(500);
+/// A scheduled check that has not taken its windows after this long never will (its runtime
+/// stopped): the next settlement schedules another, so windows are never stranded.
+const THRESHOLD_STALE_MS: i64 = 5_000;
 
 impl std::fmt::Debug for Ledger {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -886,34 +930,11 @@ impl Ledger {
         if cost_nanos <= 0 {
             return;
         }
-        let webhook = reservation.webhook.as_deref();
-        let mut schedule = false;
-        {
-            let mut pending = self
-                .thresholds_pending
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            for held in &reservation.held {
-                let HeldFor::Budget(budget) = &held.kind else {
-                    continue;
-                };
-                if budget.thresholds.is_empty() {
-                    continue;
-                }
-                let known = pending.iter().any(|p| {
-                    p.held.counter_id == held.counter_id
-                        && p.held.window_start_ms == held.window_start_ms
-                        && p.webhook.as_deref() == webhook
-                });
-                if !known {
-                    schedule |= pending.is_empty();
-                    pending.push(PendingThreshold {
-                        held: held.clone(),
-                        webhook: webhook.map(str::to_owned),
-                    });
-                }
-            }
-        }
+        let schedule = self
+            .thresholds_pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .join(&reservation.held, reservation.webhook.as_deref(), now_ms());
         if !schedule {
             return;
         }
@@ -921,7 +942,12 @@ impl Ledger {
         let pending = self.thresholds_pending.clone();
         tokio::spawn(async move {
             tokio::time::sleep(THRESHOLD_DELAY).await;
-            let due = std::mem::take(&mut *pending.lock().unwrap_or_else(PoisonError::into_inner));
+            let due = std::mem::take(
+                &mut pending
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .checks,
+            );
             let mut states: Vec<((String, i64), CounterState)> = Vec::new();
             for check in &due {
                 let key = (check.held.counter_id.clone(), check.held.window_start_ms);
@@ -979,5 +1005,54 @@ fn lock_embedded(db: &std::path::Path) -> Result<std::fs::File, StoreError> {
             "cannot lock {}: {e}",
             path.to_string_lossy()
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn budget_held(id: &str, thresholds: Vec<u32>) -> Held {
+        Held {
+            counter_id: format!("budget:{id}"),
+            window_start_ms: 1_000,
+            kind: HeldFor::Budget(Arc::new(BudgetSpec {
+                id: id.into(),
+                scope: Scope::Organization,
+                subject: String::new(),
+                window: super::super::window::Window::Month,
+                tz: chrono_tz::UTC,
+                limit_nanos: 1_000_000,
+                thresholds,
+                source: super::super::Source::Policy,
+            })),
+        }
+    }
+
+    #[test]
+    fn threshold_checks_coalesce_per_window_and_are_never_stranded() {
+        let mut pending = PendingThresholds::default();
+        let a = budget_held("a", vec![50]);
+        let quiet = budget_held("q", Vec::new());
+        // The first settlement schedules; the next ones of the same window join it.
+        assert!(pending.join(&[a.clone(), quiet.clone()], Some("http://hook"), 0));
+        assert!(!pending.join(std::slice::from_ref(&a), Some("http://hook"), 100));
+        assert_eq!(
+            pending.checks.len(),
+            1,
+            "a budget without thresholds is never checked"
+        );
+        // Another webhook or window is a separate check under the same schedule.
+        assert!(!pending.join(std::slice::from_ref(&a), None, 200));
+        assert!(!pending.join(&[budget_held("b", vec![80])], None, 300));
+        assert_eq!(pending.checks.len(), 3);
+        // The scheduled check never took them (its runtime stopped): a later settlement
+        // schedules again instead of leaving them pending forever.
+        assert!(pending.join(std::slice::from_ref(&a), None, THRESHOLD_STALE_MS + 1));
+        assert!(!pending.join(std::slice::from_ref(&a), None, THRESHOLD_STALE_MS + 2));
+        // Once a check has taken them, the next settlement schedules anew.
+        pending.checks.clear();
+        assert!(!pending.join(&[quiet], None, THRESHOLD_STALE_MS + 3));
+        assert!(pending.join(&[a], None, THRESHOLD_STALE_MS + 4));
     }
 }
