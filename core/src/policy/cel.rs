@@ -658,14 +658,21 @@ pub fn json_to_cel(value: &serde_json::Value) -> Value {
         serde_json::Value::Array(items) => {
             Value::List(Arc::new(items.iter().map(json_to_cel).collect()))
         }
-        serde_json::Value::Object(map) => Value::Map(CelMap {
-            map: Arc::new(
-                map.iter()
-                    .map(|(k, v)| (Key::String(Arc::new(k.clone())), json_to_cel(v)))
-                    .collect(),
-            ),
-        }),
+        serde_json::Value::Object(map) => {
+            string_keyed(map.iter().map(|(k, v)| (k, json_to_cel(v))))
+        }
     }
+}
+
+/// A CEL map with string keys.
+fn string_keyed<'a>(entries: impl Iterator<Item = (&'a String, Value)>) -> Value {
+    Value::Map(CelMap {
+        map: Arc::new(
+            entries
+                .map(|(k, v)| (Key::String(Arc::new(k.clone())), v))
+                .collect(),
+        ),
+    })
 }
 
 /// The fields of the `request` variable, in the order [`request_fields_to_cel`] builds them;
@@ -712,27 +719,11 @@ pub fn request_fields_to_cel(facts: &crate::policy::facts::RequestFacts, fields:
                 .filter(|t| t.is_finite())
                 .map_or(Value::Null, Value::Float),
             "tools" => Value::Bool(facts.has_tools),
-            "headers" => Value::Map(CelMap {
-                map: Arc::new(
-                    facts
-                        .headers
-                        .iter()
-                        .map(|(k, v)| (Key::String(Arc::new(k.clone())), string(v)))
-                        .collect(),
-                ),
-            }),
+            "headers" => string_keyed(facts.headers.iter().map(|(k, v)| (k, string(v)))),
             "client_ip" => facts
                 .client_ip
                 .map_or(Value::Null, |ip| Value::String(Arc::new(ip.to_string()))),
-            "metadata" => Value::Map(CelMap {
-                map: Arc::new(
-                    facts
-                        .metadata
-                        .iter()
-                        .map(|(k, v)| (Key::String(Arc::new(k.clone())), json_to_cel(v)))
-                        .collect(),
-                ),
-            }),
+            "metadata" => string_keyed(facts.metadata.iter().map(|(k, v)| (k, json_to_cel(v)))),
             _ => return None,
         })
     };

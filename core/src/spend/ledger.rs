@@ -927,7 +927,12 @@ impl Ledger {
     /// it. So a busy budget costs the store one read per window and delay, not one per request
     /// (a read per request was a quarter of a replica's CPU under load on PostgreSQL).
     fn thresholds_after_commit(&self, reservation: Reservation, cost_nanos: i64) {
-        if cost_nanos <= 0 {
+        let thresholds = reservation
+            .held
+            .iter()
+            .any(|h| matches!(&h.kind, HeldFor::Budget(b) if !b.thresholds.is_empty()));
+        // Most requests settle budgets without thresholds: no lock, no clock read.
+        if cost_nanos <= 0 || !thresholds {
             return;
         }
         let schedule = self

@@ -8,7 +8,9 @@ use mock_upstream::{MockConfig, MockHandle};
 use serde_json::{Value, json};
 use tollgate::store::Store;
 
-use crate::common::{Gateway, PgDatabase, TcpProxy, expect_error, http, mock, request_id, skip};
+use crate::common::{
+    Gateway, PgDatabase, TcpProxy, expect_error, http, mock, request_id, skip, webhook_sink,
+};
 
 /// One call of `metered` costs exactly 7 output tokens × 1000 USD/M = 0.007 USD = 7,000,000
 /// nano-USD, and the hold for it (`max_tokens: 7`, free input) is exactly the same amount.
@@ -729,21 +731,7 @@ async fn access_rules_see_the_remaining_budget() {
 
 #[tokio::test]
 async fn budget_thresholds_notify_a_webhook_once_per_window() {
-    let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Value>::new()));
-    let sink = events.clone();
-    let app = axum::Router::new().route(
-        "/hook",
-        axum::routing::post(move |axum::Json(event): axum::Json<Value>| {
-            let sink = sink.clone();
-            async move {
-                sink.lock().unwrap().push(event);
-                "ok"
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let hook = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let (hook, events) = webhook_sink().await;
     let mock = mock(MockConfig::default()).await;
     let extra = format!(
         "[notifications]\nwebhook_url = \"{hook}\"\n\n[[budgets]]\nscope = \"organization\"\nwindow = \"monthly\"\nlimit_usd = 0.028\nthresholds = [50, 100]\n"

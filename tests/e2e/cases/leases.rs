@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use sqlx::Row;
 use tollgate::store::Store;
 
-use crate::common::{Gateway, PgDatabase, http, mock, skip};
+use crate::common::{Gateway, PgDatabase, http, mock, sample, skip, webhook_sink};
 
 /// One call of `metered`: 7 output tokens at 1000 USD/M, held and charged exactly.
 const CALL_NANOS: i64 = 7_000_000;
@@ -274,21 +274,7 @@ async fn budget_threshold_checks_on_postgres_are_coalesced_and_notify_once() {
         Ok(db) => db,
         Err(why) => return skip(name, &why),
     };
-    let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Value>::new()));
-    let sink = events.clone();
-    let app = axum::Router::new().route(
-        "/hook",
-        axum::routing::post(move |axum::Json(event): axum::Json<Value>| {
-            let sink = sink.clone();
-            async move {
-                sink.lock().unwrap().push(event);
-                "ok"
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let hook = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let (hook, events) = webhook_sink().await;
     let mock = mock(MockConfig {
         record: false,
         ..MockConfig::default()
@@ -326,12 +312,7 @@ async fn budget_threshold_checks_on_postgres_are_coalesced_and_notify_once() {
         .collect();
     thresholds.sort_unstable();
     assert_eq!(thresholds, [25, 50], "each threshold once");
-    let metrics = gw.metrics_text().await;
-    let reads = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("tollgate_budget_threshold_reads_total "))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .unwrap_or_else(|| panic!("no threshold read counter: {metrics}"));
+    let reads = sample(&gw.metrics().await, "tollgate_budget_threshold_reads_total");
     assert!(
         reads >= 1.0 && reads < f64::from(calls + 20) / 4.0,
         "{reads} store reads for {} settled calls",

@@ -537,7 +537,6 @@ pub async fn read_usage(db_url: &str) -> Vec<Value> {
         .collect()
 }
 
-/// A chat request body for `model`.
 /// One series of [`Gateway::metrics`]; panics when it is absent.
 pub fn sample(metrics: &BTreeMap<String, f64>, series: &str) -> f64 {
     *metrics
@@ -545,6 +544,30 @@ pub fn sample(metrics: &BTreeMap<String, f64>, series: &str) -> f64 {
         .unwrap_or_else(|| panic!("no sample {series} in {metrics:#?}"))
 }
 
+/// Events POSTed to a webhook receiver on a free loopback port.
+pub type WebhookEvents = std::sync::Arc<std::sync::Mutex<Vec<Value>>>;
+
+/// Starts a webhook receiver that keeps every JSON event POSTed to it; its URL and the events.
+pub async fn webhook_sink() -> (String, WebhookEvents) {
+    let events = WebhookEvents::default();
+    let sink = events.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |axum::Json(event): axum::Json<Value>| {
+            let sink = sink.clone();
+            async move {
+                sink.lock().unwrap().push(event);
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (hook, events)
+}
+
+/// A chat request body for `model`.
 pub fn chat_body(model: &str) -> Value {
     serde_json::json!({"model": model, "messages": [{"role": "user", "content": "hello"}]})
 }
