@@ -423,6 +423,8 @@ impl Recorder {
             }
             record.route = Some(json_text(&route));
         }
+        // decisions, route and provider_usage are all json_text's output.
+        record.json_serialized = true;
         let record_span = crate::telemetry::stage_span(&self.span, "record");
         let _entered = record_span.enter();
         annotate(&self.span, &record);

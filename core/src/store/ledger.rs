@@ -667,14 +667,35 @@ impl Store {
     }
 }
 
-/// Locks a counter row for the rest of the transaction (creating it if needed). Every
-/// transaction that touches a counter and its leases locks the counter first, so they never
-/// deadlock.
 /// Charges summed per (counter, window, lease the charge was admitted from).
 pub(crate) type ChargeTotals<'a> = std::collections::BTreeMap<(&'a str, i64, Option<&'a str>), i64>;
 
 /// What settled per-request holds released, per (counter, window).
 pub(crate) type Released = std::collections::BTreeMap<(String, i64), i64>;
+
+// The statements that settle usage rows' charges, shared by the sqlx transaction
+// ([`settle_hold`], [`charge_counters`]) and the embedded store's rows connection
+// (`super::sqlite_rows`). `$n` numbers its parameters in order of first use, which SQLite
+// binds by position too.
+/// Marks a per-request hold settled (no row changed: it was settled before).
+pub(crate) const SETTLE_HOLD_SQL: &str = "INSERT INTO settled_holds (hold_id, settled_at_ms) \
+     VALUES ($1, $2) ON CONFLICT (hold_id) DO NOTHING";
+/// Deletes a settled hold, naming what it reserved.
+pub(crate) const DELETE_HOLD_SQL: &str =
+    "DELETE FROM holds WHERE id = $1 RETURNING counter_id, window_start_ms, amount";
+/// What a lease still holds.
+pub(crate) const LEASE_AMOUNT_SQL: &str = "SELECT amount FROM leases \
+     WHERE counter_id = $1 AND window_start_ms = $2 AND lease_id = $3";
+/// Moves a charge out of its lease.
+pub(crate) const LEASE_CHARGE_SQL: &str = "UPDATE leases SET amount = amount - $1 \
+     WHERE counter_id = $2 AND window_start_ms = $3 AND lease_id = $4";
+/// Adds a charge to a counter window's `used` and takes what it released out of `reserved`.
+pub(crate) const CHARGE_COUNTER_SQL: &str = "INSERT INTO counters (counter_id, window_start_ms, used, reserved) \
+     VALUES ($1, $2, $3, 0) ON CONFLICT (counter_id, window_start_ms) \
+     DO UPDATE SET used = counters.used + $3, reserved = counters.reserved - $4";
+/// Locks (creating if needed) a counter window's row.
+pub(crate) const LOCK_COUNTER_SQL: &str = "INSERT INTO counters (counter_id, window_start_ms, used, reserved) \
+     VALUES ($1, $2, 0, 0) ON CONFLICT (counter_id, window_start_ms) DO UPDATE SET used = counters.used";
 
 /// Settles one per-request store hold inside the caller's transaction (the one that writes the
 /// usage row carrying its charges): records the hold id in `settled_holds` and deletes the
@@ -687,24 +708,19 @@ pub(crate) async fn settle_hold(
     now_ms: i64,
     released: &mut Released,
 ) -> Result<bool, StoreError> {
-    let first = sqlx::query(
-        "INSERT INTO settled_holds (hold_id, settled_at_ms) VALUES ($1, $2) \
-         ON CONFLICT (hold_id) DO NOTHING",
-    )
-    .bind(hold_id)
-    .bind(now_ms)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
+    let first = sqlx::query(SETTLE_HOLD_SQL)
+        .bind(hold_id)
+        .bind(now_ms)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
     if first == 0 {
         return Ok(false);
     }
-    let removed = sqlx::query(
-        "DELETE FROM holds WHERE id = $1 RETURNING counter_id, window_start_ms, amount",
-    )
-    .bind(hold_id)
-    .fetch_all(&mut *conn)
-    .await?;
+    let removed = sqlx::query(DELETE_HOLD_SQL)
+        .bind(hold_id)
+        .fetch_all(&mut *conn)
+        .await?;
     for row in removed {
         let counter: String = row.try_get(0)?;
         let window: i64 = row.try_get(1)?;
@@ -736,38 +752,31 @@ pub(crate) async fn charge_counters(
         };
         if let Some(lease) = lease {
             lock_counter(&mut *conn, counter, window).await?;
-            let row = sqlx::query(
-                "SELECT amount FROM leases WHERE counter_id = $1 AND window_start_ms = $2 AND lease_id = $3",
-            )
-            .bind(counter)
-            .bind(window)
-            .bind(lease)
-            .fetch_optional(&mut *conn)
-            .await?;
-            if let Some(row) = row {
-                let amount: i64 = row.try_get(0)?;
-                unreserved = used.clamp(0, amount.max(0));
-                sqlx::query(
-                    "UPDATE leases SET amount = amount - $1 WHERE counter_id = $2 AND window_start_ms = $3 AND lease_id = $4",
-                )
-                .bind(unreserved)
+            let row = sqlx::query(LEASE_AMOUNT_SQL)
                 .bind(counter)
                 .bind(window)
                 .bind(lease)
-                .execute(&mut *conn)
+                .fetch_optional(&mut *conn)
                 .await?;
+            if let Some(row) = row {
+                let amount: i64 = row.try_get(0)?;
+                unreserved = used.clamp(0, amount.max(0));
+                sqlx::query(LEASE_CHARGE_SQL)
+                    .bind(unreserved)
+                    .bind(counter)
+                    .bind(window)
+                    .bind(lease)
+                    .execute(&mut *conn)
+                    .await?;
             }
         }
-        sqlx::query(
-            "INSERT INTO counters (counter_id, window_start_ms, used, reserved) VALUES ($1, $2, $3, 0) \
-             ON CONFLICT (counter_id, window_start_ms) DO UPDATE SET used = counters.used + $3, reserved = counters.reserved - $4",
-        )
-        .bind(counter)
-        .bind(window)
-        .bind(used)
-        .bind(unreserved)
-        .execute(&mut *conn)
-        .await?;
+        sqlx::query(CHARGE_COUNTER_SQL)
+            .bind(counter)
+            .bind(window)
+            .bind(used)
+            .bind(unreserved)
+            .execute(&mut *conn)
+            .await?;
     }
     Ok(())
 }
@@ -791,19 +800,19 @@ async fn unreserve(
     Ok(())
 }
 
+/// Locks a counter row for the rest of the transaction (creating it if needed). Every
+/// transaction that touches a counter and its leases locks the counter first, so they never
+/// deadlock.
 async fn lock_counter(
     conn: &mut sqlx::AnyConnection,
     counter_id: &str,
     window_start_ms: i64,
 ) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO counters (counter_id, window_start_ms, used, reserved) VALUES ($1, $2, 0, 0) \
-         ON CONFLICT (counter_id, window_start_ms) DO UPDATE SET used = counters.used",
-    )
-    .bind(counter_id)
-    .bind(window_start_ms)
-    .execute(&mut *conn)
-    .await?;
+    sqlx::query(LOCK_COUNTER_SQL)
+        .bind(counter_id)
+        .bind(window_start_ms)
+        .execute(&mut *conn)
+        .await?;
     Ok(())
 }
 
@@ -838,6 +847,18 @@ mod tests {
         let url = format!("sqlite://{}", dir.path().join("t.db").display());
         let store = Store::open(&url).await.expect("store");
         (dir, store)
+    }
+
+    /// An embedded store writing usage rows on its rows connection, and one writing them
+    /// through the pool (the path of the shared store), each in a directory of its own.
+    async fn both_row_paths() -> Vec<(tempfile::TempDir, Store)> {
+        let (dir, store) = temp_store().await;
+        assert!(store.sqlite_rows().is_some());
+        let (pool_dir, pool_store) = temp_store().await;
+        vec![
+            (dir, store),
+            (pool_dir, pool_store.without_rows_connection()),
+        ]
     }
 
     fn request(amount: i64) -> HoldRequest {
@@ -927,96 +948,99 @@ mod tests {
 
     #[tokio::test]
     async fn a_hold_settled_with_its_usage_row_releases_and_charges_once_across_replays() {
-        let (_dir, store) = temp_store().await;
-        store
-            .hold("h1", &[request(100)], i64::MAX)
-            .await
-            .expect("hold");
-        store
-            .hold("h2", &[request(50)], i64::MAX)
-            .await
-            .expect("hold");
-        let rows = [entry("r1", "h1", 40), entry("r2", "h2", 10)];
-        assert_eq!(store.write_usage(&rows).await.expect("write"), 2);
-        // A journal replayed after an ambiguous commit writes the same rows again.
-        assert_eq!(store.write_usage(&rows).await.expect("replay"), 0);
-        let state = store.counter_state("budget:b", 0).await.expect("state");
-        assert_eq!(
-            state,
-            CounterState {
-                used: 50,
-                reserved: 0
-            }
-        );
-        assert_eq!(store.outstanding_holds().await.expect("holds"), 0);
+        for (_dir, store) in both_row_paths().await {
+            store
+                .hold("h1", &[request(100)], i64::MAX)
+                .await
+                .expect("hold");
+            store
+                .hold("h2", &[request(50)], i64::MAX)
+                .await
+                .expect("hold");
+            let rows = [entry("r1", "h1", 40), entry("r2", "h2", 10)];
+            assert_eq!(store.write_usage(&rows).await.expect("write"), 2);
+            // A journal replayed after an ambiguous commit writes the same rows again.
+            assert_eq!(store.write_usage(&rows).await.expect("replay"), 0);
+            let state = store.counter_state("budget:b", 0).await.expect("state");
+            assert_eq!(
+                state,
+                CounterState {
+                    used: 50,
+                    reserved: 0
+                }
+            );
+            assert_eq!(store.outstanding_holds().await.expect("holds"), 0);
+        }
     }
 
     #[tokio::test]
     async fn a_hold_reclaimed_before_its_row_lands_still_charges_its_spend_once() {
-        let (_dir, store) = temp_store().await;
-        store.hold("h1", &[request(100)], 5).await.expect("hold");
-        assert_eq!(store.reclaim_expired_holds(10).await.expect("reclaim"), 1);
-        assert_eq!(
-            store
-                .write_usage(&[entry("r1", "h1", 30)])
-                .await
-                .expect("write"),
-            1
-        );
-        // Another row naming the same hold (never made by the gateway) charges nothing again.
-        assert_eq!(
-            store
-                .write_usage(&[entry("r2", "h1", 30)])
-                .await
-                .expect("write"),
-            1
-        );
-        let state = store.counter_state("budget:b", 0).await.expect("state");
-        assert_eq!(
-            state,
-            CounterState {
-                used: 30,
-                reserved: 0
-            }
-        );
+        for (_dir, store) in both_row_paths().await {
+            store.hold("h1", &[request(100)], 5).await.expect("hold");
+            assert_eq!(store.reclaim_expired_holds(10).await.expect("reclaim"), 1);
+            assert_eq!(
+                store
+                    .write_usage(&[entry("r1", "h1", 30)])
+                    .await
+                    .expect("write"),
+                1
+            );
+            // Another row naming the same hold (never made by the gateway) charges nothing again.
+            assert_eq!(
+                store
+                    .write_usage(&[entry("r2", "h1", 30)])
+                    .await
+                    .expect("write"),
+                1
+            );
+            let state = store.counter_state("budget:b", 0).await.expect("state");
+            assert_eq!(
+                state,
+                CounterState {
+                    used: 30,
+                    reserved: 0
+                }
+            );
+        }
     }
 
     #[tokio::test]
-    async fn batches_of_any_size_are_written_whole_in_fixed_statement_shapes() {
-        let (_dir, store) = temp_store().await;
-        let unheld = |id: String, actual: i64| super::super::UsageEntry {
-            charges: vec![Settlement {
-                hold: None,
-                ..entry(&id, "", actual).charges.remove(0)
-            }],
-            ..entry(&id, "", actual)
-        };
-        let mut written = 0;
-        let mut spent = 0;
-        // 0, 1, a shape, shape ± 1, and sizes needing every shape at once.
-        for (batch, size) in [0usize, 1, 3, 4, 5, 63, 64, 65, 257, 341]
-            .into_iter()
-            .enumerate()
-        {
-            let rows: Vec<_> = (0..size)
-                .map(|i| unheld(format!("b{batch}-{i}"), 1 + i as i64))
-                .collect();
-            assert_eq!(store.write_usage(&rows).await.expect("write"), size as u64);
-            written += size;
-            spent += rows.iter().map(|r| r.charges[0].actual).sum::<i64>();
-            // Replaying the batch with one new row writes and charges the new row only.
-            let mut replay = rows;
-            replay.push(unheld(format!("b{batch}-new"), 7));
-            assert_eq!(store.write_usage(&replay).await.expect("replay"), 1);
-            written += 1;
-            spent += 7;
+    async fn batches_of_any_size_are_written_whole_on_either_row_path() {
+        for (_dir, store) in both_row_paths().await {
+            let unheld = |id: String, actual: i64| super::super::UsageEntry {
+                charges: vec![Settlement {
+                    hold: None,
+                    ..entry(&id, "", actual).charges.remove(0)
+                }],
+                ..entry(&id, "", actual)
+            };
+            let mut written = 0;
+            let mut spent = 0;
+            // 0, 1, a shape, shape ± 1, and sizes needing every shape at once.
+            for (batch, size) in [0usize, 1, 3, 4, 5, 63, 64, 65, 257, 341]
+                .into_iter()
+                .enumerate()
+            {
+                let rows: Vec<_> = (0..size)
+                    .map(|i| unheld(format!("b{batch}-{i}"), 1 + i as i64))
+                    .collect();
+                assert_eq!(store.write_usage(&rows).await.expect("write"), size as u64);
+                written += size;
+                spent += rows.iter().map(|r| r.charges[0].actual).sum::<i64>();
+                // Replaying the batch with one new row writes and charges the new row only.
+                let mut replay = rows;
+                replay.push(unheld(format!("b{batch}-new"), 7));
+                assert_eq!(store.write_usage(&replay).await.expect("replay"), 1);
+                written += 1;
+                spent += 7;
+            }
+            let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM usage_records")
+                .fetch_one(store.pool())
+                .await
+                .expect("count");
+            assert_eq!(rows, written as i64);
+            let state = store.counter_state("budget:b", 0).await.expect("state");
+            assert_eq!(state.used, spent);
         }
-        let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM usage_records")
-            .fetch_one(store.pool())
-            .await
-            .expect("count");
-        assert_eq!(rows, written as i64);
-        let state = store.counter_state("budget:b", 0).await.expect("state");
-        assert_eq!(state.used, spent);
     }
 }

@@ -13,6 +13,7 @@ pub mod mcp;
 pub mod redact;
 pub mod sanitize;
 pub(crate) mod sql;
+pub(crate) mod sqlite_rows;
 pub mod usage_query;
 pub mod usage_rows;
 pub mod usage_writer;
@@ -46,6 +47,9 @@ pub enum StoreError {
     #[error("migration error: {}", redact::redact_urls(&.0.to_string()))]
     Migrate(#[from] sqlx::migrate::MigrateError),
     /// Another gateway serves on this embedded store.
+    /// The embedded store's rows connection (`sqlite_rows`).
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
     #[error("{0}")]
     Locked(String),
     /// A stored value is not what the schema promises.
@@ -125,6 +129,12 @@ pub struct UsageRecord {
     pub policy_generation: i64,
     /// The MCP side of an MCP request (`provider = mcp`); `None` for model calls.
     pub mcp: Option<McpUsage>,
+    /// Set where this process serialised the JSON columns (`decisions`, `route`,
+    /// `provider_usage`) itself with `serde_json`: they are then well-formed and free of NUL, and
+    /// [`sanitize::sanitize`] only bounds their length instead of parsing them again. Never
+    /// stored or journaled: a record read back is checked in full.
+    #[serde(skip)]
+    pub(crate) json_serialized: bool,
 }
 
 /// What an MCP usage row carries beyond the common fields.
@@ -216,6 +226,8 @@ pub struct Store {
     backend: Backend,
     /// The database file of an embedded store.
     path: Option<std::path::PathBuf>,
+    /// The embedded store's connection for usage rows (a file store; not `:memory:`).
+    rows: Option<std::sync::Arc<sqlite_rows::SqliteRows>>,
 }
 
 impl Store {
@@ -254,10 +266,13 @@ impl Store {
                 .connect(&format!("sqlite://{path}?mode=rwc"))
                 .await?;
             sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+            let file = Path::new(path).to_path_buf();
+            let rows = sqlite_rows::SqliteRows::for_file(&file).map(std::sync::Arc::new);
             Ok(Self {
                 pool,
                 backend: Backend::Sqlite,
-                path: Some(Path::new(path).to_path_buf()),
+                path: Some(file),
+                rows,
             })
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let pool = AnyPoolOptions::new()
@@ -271,6 +286,7 @@ impl Store {
                 pool,
                 backend: Backend::Postgres,
                 path: None,
+                rows: None,
             })
         } else {
             Err(StoreError::UnsupportedUrl(url.to_string()))
@@ -378,11 +394,38 @@ impl Store {
         }
     }
 
-    /// Closes the pool (after the usage writer has flushed).
+    /// This store without its rows connection: usage rows go through the pool, as on the
+    /// shared store (tests of both paths).
+    #[cfg(test)]
+    pub(crate) fn without_rows_connection(mut self) -> Self {
+        self.rows = None;
+        self
+    }
+
+    /// The embedded store's rows connection.
+    pub(crate) fn sqlite_rows(&self) -> Option<&std::sync::Arc<sqlite_rows::SqliteRows>> {
+        self.rows.as_ref()
+    }
+
+    /// Closes the pool and the rows connection (after the usage writer has flushed).
     pub async fn close(&self) {
+        if let Some(rows) = &self.rows {
+            rows.close();
+        }
         self.pool.close().await;
     }
 }
+
+/// The usage insert's columns, in the order [`bind_usage`] and `sqlite_rows` bind them.
+pub(crate) const USAGE_INSERT: &str = "INSERT INTO usage_records (id, request_id, received_at_ms, completed_at_ms, key_id, team, \
+     method, endpoint, stream, requested_model, served_model, upstream_model, provider, status, \
+     error_code, denied_stage, latency_us, ttfb_us, upstream_latency_us, input_tokens, \
+     output_tokens, cached_input_tokens, reasoning_tokens, total_tokens, cost_nanos, \
+     provider_usage, provider_request_id, stream_status, decisions, route, user_agent, policy_generation, \
+     endpoint_family, upstream_family, cache_creation_tokens, \
+     mcp_server, mcp_transport, mcp_method, mcp_tool, mcp_tool_calls, bytes_in, bytes_out, mcp_pricing)";
+/// How many columns [`USAGE_INSERT`] names.
+pub(crate) const USAGE_COLUMNS: usize = 43;
 
 /// Rows per usage insert statement, largest first: a batch is written as statements of these
 /// sizes (43 columns; SQLite allows 32,766 bound parameters per statement, PostgreSQL 65,535).
@@ -402,22 +445,12 @@ fn usage_insert_sql(pending: usize, backend: Backend, returning: bool) -> (usize
         USAGE_INSERT_ROWS
             .iter()
             .map(|rows| {
-                values_sql(
-                    "INSERT INTO usage_records (id, request_id, received_at_ms, completed_at_ms, key_id, team, \
-                     method, endpoint, stream, requested_model, served_model, upstream_model, provider, status, \
-                     error_code, denied_stage, latency_us, ttfb_us, upstream_latency_us, input_tokens, \
-                     output_tokens, cached_input_tokens, reasoning_tokens, total_tokens, cost_nanos, \
-                     provider_usage, provider_request_id, stream_status, decisions, route, user_agent, policy_generation, \
-                     endpoint_family, upstream_family, cache_creation_tokens, \
-                     mcp_server, mcp_transport, mcp_method, mcp_tool, mcp_tool_calls, bytes_in, bytes_out, mcp_pricing)",
-                    *rows,
-                    43,
-                    backend,
-                ) + if returning {
-                    " ON CONFLICT (id) DO NOTHING RETURNING id"
-                } else {
-                    " ON CONFLICT (id) DO NOTHING"
-                }
+                values_sql(USAGE_INSERT, *rows, USAGE_COLUMNS, backend)
+                    + if returning {
+                        " ON CONFLICT (id) DO NOTHING RETURNING id"
+                    } else {
+                        " ON CONFLICT (id) DO NOTHING"
+                    }
             })
             .collect()
     });

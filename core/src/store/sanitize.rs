@@ -69,17 +69,18 @@ pub fn sanitize(record: &mut UsageRecord) -> Vec<&'static str> {
             changed.push("mcp_pricing");
         }
     }
+    let serialized = record.json_serialized;
     for (name, value) in [
         ("provider_usage", &mut record.provider_usage),
         ("route", &mut record.route),
     ] {
         if let Some(value) = value
-            && clean_json(value)
+            && clean_json_of(value, serialized)
         {
             changed.push(name);
         }
     }
-    if clean_json(&mut record.decisions) || !record.decisions.starts_with('[') {
+    if clean_json_of(&mut record.decisions, serialized) || !record.decisions.starts_with('[') {
         changed.push("decisions");
     }
     if !changed.is_empty() {
@@ -105,6 +106,15 @@ fn clean_text(value: &mut String, max: usize) -> bool {
         changed = true;
     }
     changed
+}
+
+/// [`clean_json`], for text `serde_json` wrote in this process when `serialized`: that is
+/// well-formed and escapes NUL, so only its length can need a repair.
+fn clean_json_of(value: &mut String, serialized: bool) -> bool {
+    if serialized && value.len() <= MAX_JSON {
+        return false;
+    }
+    clean_json(value)
 }
 
 /// Makes `value` well-formed JSON of at most [`MAX_JSON`] bytes without NUL; true if it changed.
@@ -211,6 +221,24 @@ mod tests {
         assert_eq!(route["tollgate_repaired"], "too_long");
         let decisions: Value = serde_json::from_str(&r.decisions).unwrap();
         assert!(decisions.is_array(), "{decisions}");
+    }
+
+    #[test]
+    fn json_this_process_serialised_is_only_bounded_and_the_mark_is_not_kept() {
+        let mut r = record();
+        r.json_serialized = true;
+        r.provider_usage = Some(serde_json::to_string(&json!({"a": "\u{0}"})).unwrap());
+        r.decisions = serde_json::to_string(&json!([{"stage": "authorize"}])).unwrap();
+        r.route = Some(serde_json::to_string(&json!(["x".repeat(MAX_JSON)])).unwrap());
+        assert_eq!(sanitize(&mut r), ["route"]);
+        let route: Value = serde_json::from_str(r.route.as_deref().unwrap()).unwrap();
+        assert_eq!(route["tollgate_repaired"], "too_long");
+        // A record read back (the journal) is parsed in full again.
+        let mut back: UsageRecord =
+            serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+        assert!(!back.json_serialized);
+        back.provider_usage = Some("{not json".into());
+        assert_eq!(sanitize(&mut back), ["provider_usage"]);
     }
 
     #[test]

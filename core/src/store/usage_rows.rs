@@ -38,6 +38,31 @@ impl Store {
     /// charges, so a counter's stored `used` stays the sum of the charges of the stored rows.
     /// Returns how many rows were new.
     pub async fn write_usage(&self, entries: &[UsageEntry]) -> Result<u64, StoreError> {
+        if let Some(rows) = self.sqlite_rows() {
+            let entries = entries.to_vec();
+            return super::sqlite_rows::write_blocking(rows.clone(), entries)
+                .await
+                .1;
+        }
+        self.write_usage_sqlx(entries).await
+    }
+
+    /// [`Store::write_usage`] of entries the caller hands over and gets back: the embedded
+    /// store writes them on its rows connection's thread without copying them.
+    pub async fn write_usage_owned(
+        &self,
+        entries: Vec<UsageEntry>,
+    ) -> (Vec<UsageEntry>, Result<u64, StoreError>) {
+        if let Some(rows) = self.sqlite_rows() {
+            return super::sqlite_rows::write_blocking(rows.clone(), entries).await;
+        }
+        let written = self.write_usage_sqlx(&entries).await;
+        (entries, written)
+    }
+
+    /// [`Store::write_usage`] through the pool (the shared store, or an embedded store without
+    /// a rows connection).
+    async fn write_usage_sqlx(&self, entries: &[UsageEntry]) -> Result<u64, StoreError> {
         let records = || entries.iter().map(|e| &e.record);
         let mut tx = self.pool().begin().await?;
         let inserted =
@@ -53,47 +78,20 @@ impl Store {
                         .unwrap_or_default()
                 }
             };
+        let new: Vec<bool> = entries
+            .iter()
+            .map(|e| inserted.contains(&e.record.id))
+            .collect();
         // What the per-request store holds these rows settle released, per counter window.
         let mut released = super::ledger::Released::new();
         let mut settled_before: Vec<&str> = Vec::new();
         let now = now_ms();
-        for entry in entries {
-            if !inserted.contains(&entry.record.id) {
-                continue;
-            }
-            let mut holds: Vec<&str> = Vec::new();
-            for hold in entry.charges.iter().filter_map(|c| c.hold.as_deref()) {
-                if !holds.contains(&hold) {
-                    holds.push(hold);
-                }
-            }
-            for hold in holds {
-                if !super::ledger::settle_hold(&mut tx, hold, now, &mut released).await? {
-                    settled_before.push(hold);
-                }
+        for hold in holds_to_settle(entries, &new) {
+            if !super::ledger::settle_hold(&mut tx, hold, now, &mut released).await? {
+                settled_before.push(hold);
             }
         }
-        let mut totals = super::ledger::ChargeTotals::new();
-        for (counter, window) in released.keys() {
-            totals.entry((counter.as_str(), *window, None)).or_default();
-        }
-        for entry in entries {
-            if !inserted.contains(&entry.record.id) {
-                continue;
-            }
-            for c in &entry.charges {
-                // A hold settled already (by another row) charges nothing again.
-                if c.hold
-                    .as_deref()
-                    .is_some_and(|h| settled_before.contains(&h))
-                {
-                    continue;
-                }
-                *totals
-                    .entry((c.counter_id.as_str(), c.window_start_ms, c.lease.as_deref()))
-                    .or_default() += c.actual;
-            }
-        }
+        let totals = charge_totals(entries, &new, &released, &settled_before);
         super::ledger::charge_counters(&mut tx, totals, &released).await?;
         tx.commit().await?;
         Ok(inserted.len() as u64)
@@ -148,10 +146,61 @@ impl Store {
     }
 }
 
+/// The per-request store holds the new rows (`new[i]`: `entries[i]` was inserted now) settle,
+/// each row's distinct holds in order.
+pub(crate) fn holds_to_settle<'e>(entries: &'e [UsageEntry], new: &[bool]) -> Vec<&'e str> {
+    let mut holds: Vec<&str> = Vec::new();
+    for (entry, _) in entries.iter().zip(new).filter(|(_, new)| **new) {
+        let first = holds.len();
+        for hold in entry.charges.iter().filter_map(|c| c.hold.as_deref()) {
+            if !holds[first..].contains(&hold) {
+                holds.push(hold);
+            }
+        }
+    }
+    holds
+}
+
+/// The counter charges of the new rows, summed per (counter, window, lease), with an entry for
+/// every counter window settled holds `released` (so its `reserved` drops in the same update).
+/// A charge of a hold settled before (`settled_before`, by another row) counts nothing again.
+pub(crate) fn charge_totals<'e>(
+    entries: &'e [UsageEntry],
+    new: &[bool],
+    released: &'e super::ledger::Released,
+    settled_before: &[&str],
+) -> super::ledger::ChargeTotals<'e> {
+    let mut totals = super::ledger::ChargeTotals::new();
+    for (counter, window) in released.keys() {
+        totals.entry((counter.as_str(), *window, None)).or_default();
+    }
+    for (entry, _) in entries.iter().zip(new).filter(|(_, new)| **new) {
+        for c in &entry.charges {
+            if c.hold
+                .as_deref()
+                .is_some_and(|h| settled_before.contains(&h))
+            {
+                continue;
+            }
+            *totals
+                .entry((c.counter_id.as_str(), c.window_start_ms, c.lease.as_deref()))
+                .or_default() += c.actual;
+        }
+    }
+    totals
+}
+
 /// Whether `error` means the store is away or busy (retry the same rows later), rather than
 /// that it refused what was sent (isolate the row). Unknown database errors count as refusals:
 /// the writer then checks that the store answers before it keeps a row as a dead letter.
 pub fn is_outage(error: &StoreError, backend: Backend) -> bool {
+    if let StoreError::Sqlite(e) = error {
+        // The embedded store's rows connection: SQLite's own result code, or (anything else
+        // rusqlite reports) a refusal.
+        return e
+            .sqlite_error()
+            .is_some_and(|f| sqlite_outage(f.extended_code));
+    }
     let StoreError::Database(sqlx::Error::Database(db)) = error else {
         // Connection, pool, TLS, protocol and I/O failures: the store is away.
         return matches!(error, StoreError::Database(_));
@@ -164,9 +213,12 @@ pub fn is_outage(error: &StoreError, backend: Backend) -> bool {
         Backend::Postgres => ["08", "40", "53", "55", "57", "58", "XX"]
             .iter()
             .any(|class| code.starts_with(class)),
-        // Primary result codes: BUSY, LOCKED, NOMEM, READONLY, IOERR, FULL, CANTOPEN, PROTOCOL.
-        Backend::Sqlite => code
-            .parse::<i64>()
-            .is_ok_and(|c| matches!(c & 0xff, 5 | 6 | 7 | 8 | 10 | 13 | 14 | 15)),
+        Backend::Sqlite => code.parse::<i32>().is_ok_and(sqlite_outage),
     }
+}
+
+/// Primary result codes of a store that is away or busy: BUSY, LOCKED, NOMEM, READONLY, IOERR,
+/// FULL, CANTOPEN, PROTOCOL.
+fn sqlite_outage(extended_code: i32) -> bool {
+    matches!(extended_code & 0xff, 5 | 6 | 7 | 8 | 10 | 13 | 14 | 15)
 }

@@ -302,8 +302,9 @@ async fn write_isolating(
         }
     }
     let mut pending = VecDeque::from([entries]);
-    while let Some(mut chunk) = pending.pop_front() {
-        let error = match store.write_usage(&chunk).await {
+    while let Some(chunk) = pending.pop_front() {
+        let (mut chunk, written) = store.write_usage_owned(chunk).await;
+        let error = match written {
             Ok(_) => {
                 stats
                     .written

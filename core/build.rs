@@ -1,0 +1,4 @@
+//! `sqlx::migrate!` embeds the migrations folders at compile time: rebuild when one changes.
+fn main() {
+    println!("cargo:rerun-if-changed=migrations");
+}
