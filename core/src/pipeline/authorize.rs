@@ -14,8 +14,9 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue};
 use bytes::Bytes;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
+use super::decision::Decision;
 use super::{Endpoint, Flow, Recorder};
 use crate::error::{AccessError, GatewayError, RequestError};
 use crate::family::{Api, ServeMode};
@@ -91,7 +92,26 @@ pub struct AccessVerdict {
     /// `Ok` to go on, or the denial.
     pub result: Result<(), GatewayError>,
     /// One entry per check and rule.
-    pub decisions: Vec<Value>,
+    pub decisions: Vec<Decision>,
+}
+
+/// `{"stage": "authorize", "check": "model_access", "outcome": "allow"}`.
+#[derive(serde::Serialize)]
+struct AccessCheck {
+    stage: &'static str,
+    check: &'static str,
+    outcome: &'static str,
+}
+
+/// The trail entry of one access rule.
+#[derive(serde::Serialize)]
+struct RuleDecision<'a> {
+    stage: &'static str,
+    rule: &'a str,
+    mode: &'static str,
+    outcome: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
 }
 
 /// Decides access for `key` calling `target` with `facts`: the grant, the provider state of a
@@ -128,7 +148,11 @@ pub fn decide_access(
             };
         }
     }
-    decisions.push(json!({"stage": "authorize", "check": "model_access", "outcome": "allow"}));
+    decisions.push(Decision::of(&AccessCheck {
+        stage: "authorize",
+        check: "model_access",
+        outcome: "allow",
+    }));
     if snapshot.access_rules.is_empty() {
         return AccessVerdict {
             result: Ok(()),
@@ -173,11 +197,13 @@ pub fn decide_access(
                 403,
             ),
         };
-        let mut entry = json!({"stage": "authorize", "rule": rule.name, "mode": if shadow { "shadow" } else { "enforce" }, "outcome": label});
-        if let Some(r) = &reason {
-            entry["reason"] = Value::String(r.clone());
-        }
-        decisions.push(entry);
+        decisions.push(Decision::of(&RuleDecision {
+            stage: "authorize",
+            rule: &rule.name,
+            mode: if shadow { "shadow" } else { "enforce" },
+            outcome: label,
+            reason: reason.as_deref(),
+        }));
         if !shadow && outcome != RuleOutcome::Allow && denial.is_none() {
             denial = Some(AccessError::PolicyDenied {
                 rule: rule.name.clone(),

@@ -28,6 +28,7 @@
 pub mod authenticate;
 pub mod authorize;
 pub mod call;
+pub mod decision;
 pub mod inspect;
 pub mod record;
 pub mod reserve;

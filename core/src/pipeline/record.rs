@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
+use super::decision::{Decision, Outcome};
 use axum::response::Response;
 use serde_json::{Value, json};
 
@@ -37,7 +38,7 @@ pub struct Recorder {
     started: Instant,
     record: UsageRecord,
     pricing: Option<Pricing>,
-    decisions: Vec<Value>,
+    decisions: Vec<super::decision::Decision>,
     route: Option<Value>,
     attempts: Vec<Value>,
     reservation: Option<(Arc<Ledger>, Reservation)>,
@@ -113,8 +114,10 @@ impl Recorder {
     pub fn set_key(&mut self, key: &KeyRecord) {
         self.record.key_id = Some(key.id.clone());
         self.record.team = key.team.clone();
-        self.decisions
-            .push(json!({"stage": "authenticate", "outcome": "allow"}));
+        self.decisions.push(Decision::of(&Outcome {
+            stage: "authenticate",
+            outcome: "allow",
+        }));
     }
 
     /// The model name the client sent.
@@ -172,7 +175,7 @@ impl Recorder {
         self.record.cost_nanos = per_image.saturating_mul(images);
         self.decisions.push(json!({
             "stage": "record", "usage": "per_image", "images": images, "per_image_nanos": per_image,
-        }));
+        }).into());
     }
 
     /// A flag the server sets when the client goes away before the answer: the call still
@@ -200,7 +203,7 @@ impl Recorder {
         let Some((_, reservation)) = &self.reservation else {
             self.bill_produced(0);
             self.decisions
-                .push(json!({"stage": "record", "usage": usage, "reason": reason}));
+                .push(json!({"stage": "record", "usage": usage, "reason": reason}).into());
             return;
         };
         self.record.tokens = TokenUsage {
@@ -212,7 +215,7 @@ impl Recorder {
         };
         self.record.cost_nanos = reservation.cost_nanos;
         self.decisions
-            .push(json!({"stage": "record", "usage": usage, "reason": reason}));
+            .push(json!({"stage": "record", "usage": usage, "reason": reason}).into());
     }
 
     /// Prices the provider's reported tokens, unless they are implausible (a broken provider
@@ -292,7 +295,7 @@ impl Recorder {
         self.decisions.push(json!({
             "stage": "record", "usage": "counted",
             "reason": "the stream ended before the provider reported usage; billed the counted prompt and produced text",
-        }));
+        }).into());
     }
 
     /// The provider of the current attempt.
@@ -301,8 +304,11 @@ impl Recorder {
     }
 
     /// Decisions of a stage (rules, checks).
-    pub fn add_decisions(&mut self, decisions: Vec<Value>) {
-        self.decisions.extend(decisions);
+    pub fn add_decisions<D: Into<super::decision::Decision>>(
+        &mut self,
+        decisions: impl IntoIterator<Item = D>,
+    ) {
+        self.decisions.extend(decisions.into_iter().map(Into::into));
     }
 
     /// The routing trace.
@@ -389,9 +395,12 @@ impl Recorder {
         response: Response,
     ) -> Response {
         self.record.denied_stage = Some(stage.as_str().to_string());
-        self.decisions.push(json!({
-            "stage": stage.as_str(), "outcome": "deny", "code": error.code()
-        }));
+        self.decisions.push(
+            json!({
+                "stage": stage.as_str(), "outcome": "deny", "code": error.code()
+            })
+            .into(),
+        );
         self.mark_first_byte();
         self.complete(error.status().as_u16(), Some(error.code()));
         response
@@ -405,9 +414,12 @@ impl Recorder {
         let mut record = std::mem::take(&mut self.record);
         if self.client_gone.load(Ordering::Acquire) && status != CLIENT_CLOSED {
             // The answer was ready but nobody was there to take it; what it used is billed.
-            self.decisions.push(json!({
-                "stage": "record", "client": "closed", "unsent_status": status,
-            }));
+            self.decisions.push(
+                json!({
+                    "stage": "record", "client": "closed", "unsent_status": status,
+                })
+                .into(),
+            );
             record.status = CLIENT_CLOSED;
             record.error_code = Some("client_closed_request".into());
         } else {

@@ -232,6 +232,7 @@ fn run_case(snapshot: &Snapshot, case: &Case) -> Result<(), String> {
     };
     let would_deny: Vec<String> = decisions
         .iter()
+        .map(crate::pipeline::decision::Decision::to_value)
         .filter(|d| d["outcome"] == "would_deny")
         .filter_map(|d| d["rule"].as_str().map(str::to_string))
         .collect();

@@ -96,14 +96,25 @@ pub struct Reservation {
 
 impl Reservation {
     /// The trail entry for the usage record.
-    pub fn decision(&self) -> Value {
-        json!({
-            "stage": "reserve", "outcome": "held",
-            "counters": self.held.iter().map(|h| h.counter_id.clone()).collect::<Vec<_>>(),
-            "estimated_input_tokens": self.estimate.input_tokens,
-            "estimated_output_tokens": self.estimate.output_tokens,
-            "held_cost_nanos": self.cost_nanos,
-            "from": if self.local { "lease" } else { "store" },
+    pub fn decision(&self) -> crate::pipeline::decision::Decision {
+        #[derive(serde::Serialize)]
+        struct Held<'a> {
+            stage: &'static str,
+            outcome: &'static str,
+            counters: Vec<&'a str>,
+            estimated_input_tokens: i64,
+            estimated_output_tokens: i64,
+            held_cost_nanos: i64,
+            from: &'static str,
+        }
+        crate::pipeline::decision::Decision::of(&Held {
+            stage: "reserve",
+            outcome: "held",
+            counters: self.held.iter().map(|h| h.counter_id.as_str()).collect(),
+            estimated_input_tokens: self.estimate.input_tokens,
+            estimated_output_tokens: self.estimate.output_tokens,
+            held_cost_nanos: self.cost_nanos,
+            from: if self.local { "lease" } else { "store" },
         })
     }
 }

@@ -2,7 +2,9 @@
 //!
 //! SQLite (one file, WAL) is the embedded default; PostgreSQL is the store for several gateway
 //! replicas. Both run the same queries through sqlx's `Any` driver (times are Unix ms, JSON is
-//! text, `$n` placeholders), each with its own migrations folder for the DDL.
+//! text, `$n` placeholders), each with its own migrations folder for the DDL. The one exception
+//! is the embedded store's usage rows: the usage writer inserts them, with the counter charges
+//! they carry, on a SQLite connection of its own ([`sqlite_rows`]), with the same statements.
 
 pub mod admin;
 pub mod journal;
