@@ -182,11 +182,12 @@ pub async fn handle_at(
     let span = stage_span(recorder.span(), "route");
     let routed = span.in_scope(|| route::run(&request.target, &request.facts, &key, &app.health));
     drop(span);
-    let route = match routed {
+    let mut route = match routed {
         Flow::Continue(route) => route,
         Flow::Respond(error) => return recorder.deny(Stage::Route, &error, family),
     };
-    recorder.set_route(route.trace.clone());
+    // The trace goes to the record; the call needs only the candidates.
+    recorder.set_route(std::mem::take(&mut route.trace));
 
     // 6. call (7. record runs when the relayed response finishes). The call runs as its own
     // task: if the client goes away, the provider's answer is still read, billed and settled.
