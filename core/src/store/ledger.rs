@@ -743,13 +743,7 @@ pub(crate) async fn charge_counters(
     released: &Released,
 ) -> Result<(), StoreError> {
     for ((counter, window, lease), used) in totals {
-        let mut unreserved = match lease {
-            None => released
-                .get(&(counter.to_string(), window))
-                .copied()
-                .unwrap_or(0),
-            Some(_) => 0,
-        };
+        let mut unreserved = released_by_holds(released, counter, window, lease);
         if let Some(lease) = lease {
             lock_counter(&mut *conn, counter, window).await?;
             let row = sqlx::query(LEASE_AMOUNT_SQL)
@@ -759,8 +753,7 @@ pub(crate) async fn charge_counters(
                 .fetch_optional(&mut *conn)
                 .await?;
             if let Some(row) = row {
-                let amount: i64 = row.try_get(0)?;
-                unreserved = used.clamp(0, amount.max(0));
+                unreserved = charged_from_lease(used, row.try_get(0)?);
                 sqlx::query(LEASE_CHARGE_SQL)
                     .bind(unreserved)
                     .bind(counter)
@@ -779,6 +772,30 @@ pub(crate) async fn charge_counters(
             .await?;
     }
     Ok(())
+}
+
+/// What a charge total takes out of its counter window's `reserved` before any lease: what the
+/// settled per-request holds released there (a total admitted from a lease releases nothing
+/// here; [`charged_from_lease`] does).
+pub(crate) fn released_by_holds(
+    released: &Released,
+    counter: &str,
+    window: i64,
+    lease: Option<&str>,
+) -> i64 {
+    match lease {
+        None => released
+            .get(&(counter.to_string(), window))
+            .copied()
+            .unwrap_or(0),
+        Some(_) => 0,
+    }
+}
+
+/// What a charge of `used` moves out of a lease still holding `amount` (and out of
+/// `reserved`): the charge, at most what the lease holds.
+pub(crate) fn charged_from_lease(used: i64, amount: i64) -> i64 {
+    used.clamp(0, amount.max(0))
 }
 
 /// Takes `amount` out of a counter window's `reserved` (a lease returned or reclaimed, an

@@ -20,7 +20,7 @@ use rusqlite::{Connection, OpenFlags, TransactionBehavior, params};
 
 use super::ledger::{
     CHARGE_COUNTER_SQL, ChargeTotals, DELETE_HOLD_SQL, LEASE_AMOUNT_SQL, LEASE_CHARGE_SQL,
-    LOCK_COUNTER_SQL, Released, SETTLE_HOLD_SQL,
+    LOCK_COUNTER_SQL, Released, SETTLE_HOLD_SQL, charged_from_lease, released_by_holds,
 };
 use super::usage_rows::{charge_totals, holds_to_settle};
 use super::{Backend, StoreError, USAGE_COLUMNS, USAGE_INSERT, UsageEntry, UsageRecord};
@@ -43,7 +43,7 @@ impl SqliteRows {
     /// second connection would see a database of its own).
     pub(crate) fn for_file(path: &Path) -> Option<Self> {
         let name = path.to_string_lossy();
-        if name.is_empty() || name.starts_with(":memory:") || name.contains("mode=memory") {
+        if name.is_empty() || name.contains(":memory:") || name.contains("mode=memory") {
             return None;
         }
         Some(Self {
@@ -247,13 +247,7 @@ fn charge_counters(
     released: &Released,
 ) -> rusqlite::Result<()> {
     for ((counter, window, lease), used) in totals {
-        let mut unreserved = match lease {
-            None => released
-                .get(&(counter.to_string(), window))
-                .copied()
-                .unwrap_or(0),
-            Some(_) => 0,
-        };
+        let mut unreserved = released_by_holds(released, counter, window, lease);
         if let Some(lease) = lease {
             conn.prepare_cached(LOCK_COUNTER_SQL)?
                 .execute(params![counter, window])?;
@@ -262,7 +256,7 @@ fn charge_counters(
                 .query_row(params![counter, window, lease], |row| row.get::<_, i64>(0));
             match amount {
                 Ok(amount) => {
-                    unreserved = used.clamp(0, amount.max(0));
+                    unreserved = charged_from_lease(used, amount);
                     conn.prepare_cached(LEASE_CHARGE_SQL)?
                         .execute(params![unreserved, counter, window, lease])?;
                 }
@@ -307,6 +301,7 @@ mod tests {
     fn an_in_memory_database_has_no_rows_connection() {
         assert!(SqliteRows::for_file(Path::new(":memory:")).is_none());
         assert!(SqliteRows::for_file(Path::new("")).is_none());
+        assert!(SqliteRows::for_file(Path::new("file::memory:")).is_none());
         assert!(SqliteRows::for_file(Path::new("/tmp/x/t.db")).is_some());
     }
 
