@@ -279,6 +279,7 @@ impl McpServer {
             output_limit: None,
             image_pricing: Default::default(),
             cel: crate::policy::cel::json_to_cel(&json!({"name": name, "provider": "mcp"})),
+            calls: Default::default(),
         }))
     }
 }

@@ -20,6 +20,7 @@ use super::decision::Decision;
 use super::{Endpoint, Flow, Recorder};
 use crate::error::{AccessError, GatewayError, RequestError};
 use crate::family::{Api, ServeMode};
+use crate::policy::access_memo::RulesVerdict;
 use crate::policy::cel::{
     Bindings, RuleMode, RuleOutcome, json_to_cel, key_to_cel, request_fields_to_cel, target_to_cel,
 };
@@ -159,6 +160,24 @@ pub fn decide_access(
             decisions,
         };
     }
+    let verdict = snapshot.access_memo.verdict(key, target, facts, || {
+        evaluate_rules(snapshot, key, target, facts, spend)
+    });
+    decisions.extend(verdict.decisions.iter().cloned());
+    AccessVerdict {
+        result: verdict.denial.clone().map_or(Ok(()), |d| Err(d.into())),
+        decisions,
+    }
+}
+
+/// Binds the variables the rules read and evaluates every rule that decides model calls.
+fn evaluate_rules(
+    snapshot: &Snapshot,
+    key: &Arc<KeyRecord>,
+    target: &Target,
+    facts: &RequestFacts,
+    spend: Option<&serde_json::Value>,
+) -> RulesVerdict {
     let uses = snapshot.access_uses;
     let bindings = Bindings {
         shared_key: uses.key.then(|| key_to_cel(key)),
@@ -175,6 +194,7 @@ pub fn decide_access(
         mcp: None,
     };
     let ctx = bindings.context();
+    let mut decisions = Vec::new();
     let mut denial = None;
     // Rules reading `mcp` decide MCP requests only.
     for rule in snapshot
@@ -212,10 +232,7 @@ pub fn decide_access(
             });
         }
     }
-    AccessVerdict {
-        result: denial.map_or(Ok(()), |d| Err(d.into())),
-        decisions,
-    }
+    RulesVerdict { decisions, denial }
 }
 
 /// Reads the body, enforcing `limit`.
@@ -489,6 +506,159 @@ pub fn upstream_body(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn key(team: &str) -> Arc<KeyRecord> {
+        Arc::new(KeyRecord {
+            id: "key_memo".into(),
+            name: "k".into(),
+            team: Some(team.into()),
+            owner: None,
+            metadata: Map::new(),
+            secret_prefix: "tg_x".into(),
+            models: crate::store::ModelGrant::All,
+            mcp: crate::store::ModelGrant::Only(Vec::new()),
+            created_at_ms: 1,
+            updated_at_ms: 1,
+            expires_at_ms: None,
+            revoked_at_ms: None,
+            rotations: 0,
+        })
+    }
+
+    fn facts(max_tokens: u32) -> RequestFacts {
+        let body = serde_json::json!({"model": "m", "max_tokens": max_tokens});
+        RequestFacts::from_body(
+            "openai",
+            "/v1/chat/completions",
+            "m",
+            body.as_object().expect("object"),
+            100,
+            None,
+            Some("127.0.0.1".parse().expect("ip")),
+        )
+    }
+
+    fn policy_dir(rules: &[(&str, &str)]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            dir.path().join(crate::policy::load::GATEWAY_FILE),
+            "[providers.p]\nfamily = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\ncredential = { env = \"PATH\" }\n\n[models.m]\nprovider = \"p\"\ntags = [\"premium\"]\n",
+        )
+        .expect("gateway.toml");
+        std::fs::create_dir(dir.path().join("access")).expect("access dir");
+        for (name, source) in rules {
+            std::fs::write(
+                dir.path().join("access").join(format!("{name}.cel")),
+                source,
+            )
+            .expect("rule");
+        }
+        dir
+    }
+
+    /// The trail text and the denied rule of a verdict.
+    fn summary(verdict: &AccessVerdict) -> (Vec<String>, Option<String>) {
+        let trail = verdict
+            .decisions
+            .iter()
+            .map(|d| d.json().to_string())
+            .collect();
+        let denied = verdict.result.as_ref().err().map(ToString::to_string);
+        (trail, denied)
+    }
+
+    #[test]
+    fn remembered_access_verdicts_equal_fresh_ones_and_follow_their_inputs() {
+        let dir = policy_dir(&[
+            (
+                "a-max-tokens",
+                "request.max_tokens == null || request.max_tokens <= 100",
+            ),
+            (
+                "b-loopback",
+                "request.client_ip == null || cidr_contains('127.0.0.0/8', request.client_ip)",
+            ),
+            (
+                "c-premium",
+                "!('premium' in model.tags) || key.team == 'research'",
+            ),
+            ("d-watch", "// @mode shadow\nkey.team == 'nobody'"),
+        ]);
+        let snapshot = crate::policy::load::load_dir(dir.path(), 1, None).expect("loads");
+        assert!(snapshot.access_memo.enabled());
+        let target = snapshot.target("m").expect("model");
+        // What evaluating every rule gives, without the memo.
+        let fresh = |key: &Arc<KeyRecord>, facts: &RequestFacts| {
+            let mut decisions = vec![Decision::of(&AccessCheck {
+                stage: "authorize",
+                check: "model_access",
+                outcome: "allow",
+            })];
+            let verdict = evaluate_rules(&snapshot, key, &target, facts, None);
+            decisions.extend(verdict.decisions);
+            summary(&AccessVerdict {
+                result: verdict.denial.map_or(Ok(()), |d| Err(d.into())),
+                decisions,
+            })
+        };
+        let platform = key("platform");
+        let decide = |key: &Arc<KeyRecord>, facts: &RequestFacts| {
+            summary(&decide_access(&snapshot, key, &target, facts, None))
+        };
+
+        let first = decide(&platform, &facts(64));
+        assert_eq!(snapshot.access_memo.hits(), 0);
+        assert!(
+            first.1.as_deref().is_some_and(|d| d.contains("c-premium")),
+            "{first:?}"
+        );
+        assert!(
+            first.0.iter().any(|d| d.contains("would_deny")),
+            "{first:?}"
+        );
+        assert_eq!(decide(&platform, &facts(64)), first);
+        assert_eq!(snapshot.access_memo.hits(), 1);
+        assert_eq!(first, fresh(&platform, &facts(64)));
+
+        // Another value of a selected field is another input.
+        let large = decide(&platform, &facts(500));
+        assert_eq!(snapshot.access_memo.hits(), 1);
+        assert!(
+            large
+                .1
+                .as_deref()
+                .is_some_and(|d| d.contains("a-max-tokens")),
+            "{large:?}"
+        );
+        assert_eq!(large, fresh(&platform, &facts(500)));
+
+        // The key changed (the key cache hands out a new record): its new team is seen.
+        let research = key("research");
+        let allowed = decide(&research, &facts(64));
+        assert_eq!(allowed.1, None, "{allowed:?}");
+        assert_eq!(allowed, fresh(&research, &facts(64)));
+        assert_eq!(decide(&research, &facts(64)), allowed);
+        assert_eq!(snapshot.access_memo.hits(), 2);
+        // The old record is still answered as before.
+        assert_eq!(decide(&platform, &facts(64)), first);
+        assert_eq!(snapshot.access_memo.hits(), 3);
+    }
+
+    #[test]
+    fn rules_reading_the_clock_are_evaluated_every_time() {
+        let dir = policy_dir(&[(
+            "hours",
+            "time_between(now, '00:00', '23:59', 'UTC') || true",
+        )]);
+        let snapshot = crate::policy::load::load_dir(dir.path(), 1, None).expect("loads");
+        assert!(!snapshot.access_memo.enabled());
+        let target = snapshot.target("m").expect("model");
+        for _ in 0..3 {
+            let verdict = decide_access(&snapshot, &key("platform"), &target, &facts(1), None);
+            assert!(verdict.result.is_ok());
+        }
+        assert_eq!(snapshot.access_memo.hits(), 0);
+    }
 
     #[test]
     fn syntax_errors_carry_a_position() {

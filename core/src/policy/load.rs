@@ -367,6 +367,7 @@ pub fn load_dir(
                 image_pricing,
                 translate: section.translate,
                 cel: cel::json_to_cel(&view),
+                calls: Default::default(),
             }),
         );
     }
@@ -402,6 +403,12 @@ pub fn load_dir(
     let access_uses = access_rules
         .iter()
         .fold(cel::Uses::default(), |u, r| u.or(r.uses));
+    let access_memo = super::access_memo::AccessMemo::new(
+        access_rules
+            .iter()
+            .filter(|r| r.uses.applies_to_models())
+            .fold(cel::Uses::default(), |u, r| u.or(r.uses)),
+    );
 
     // Routing scripts.
     let mut routing = BTreeMap::new();
@@ -580,6 +587,7 @@ pub fn load_dir(
         groups,
         access_rules,
         access_uses,
+        access_memo,
         routing,
         plugins,
         adapters,

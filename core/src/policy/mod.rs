@@ -4,6 +4,7 @@
 //! reloads) and shared through [`Policies`], an `ArcSwap`. A request takes the snapshot once at
 //! entry and keeps it until it is recorded, so a swap never changes a request mid-flight.
 
+pub mod access_memo;
 pub mod cel;
 pub mod config;
 mod credential;
@@ -114,6 +115,8 @@ pub struct Model {
     pub image_pricing: crate::spend::image::ImagePricing,
     /// The `model` variable access rules see for this model, built once per snapshot.
     pub cel: ::cel::Value,
+    /// Its upstream calls, prepared on first use.
+    pub calls: crate::upstream::target::CallMemo,
 }
 
 /// One deployment of a model group.
@@ -274,6 +277,8 @@ pub struct Snapshot {
     pub access_rules: Vec<Arc<cel::AccessRule>>,
     /// The union of what the access rules read.
     pub access_uses: cel::Uses,
+    /// The access rules' verdicts while their inputs stay the same.
+    pub access_memo: access_memo::AccessMemo,
     /// Routing scripts by name.
     pub routing: BTreeMap<String, Arc<rhai::RoutingScript>>,
     /// Guardrail plugins (`plugins/*.toml`), in manifest file-name order.

@@ -129,7 +129,7 @@ pub async fn send(
         forward,
     } = out;
     let call =
-        target::build(model, endpoint, stream).ok_or_else(|| UpstreamError::BadResponse {
+        target::prepare(model, endpoint, stream).ok_or_else(|| UpstreamError::BadResponse {
             provider: provider.name.clone(),
             detail: format!(
                 "a '{}' provider cannot serve {}",
@@ -145,8 +145,12 @@ pub async fn send(
             &own
         }
     };
-    let mut request = client
-        .post(call.url)
+    let request = match &call.url {
+        Ok(url) => client.post(url.clone()),
+        // reqwest refuses it at `send`, with its own error.
+        Err(text) => client.post(text.as_str()),
+    };
+    let mut request = request
         .header(header::CONTENT_TYPE, "application/json")
         .header(
             header::ACCEPT,
@@ -161,9 +165,9 @@ pub async fn send(
         request = request.header(*name, value.clone());
     }
     // The client's own protocol version wins over the provider's default.
-    for (name, value) in call.headers {
-        if !forward.iter().any(|(n, _)| *n == name) {
-            request = request.header(name, value);
+    for (name, value) in &call.headers {
+        if !forward.iter().any(|(n, _)| n == name) {
+            request = request.header(*name, value.clone());
         }
     }
     // W3C trace context of the current attempt's span (nothing when traces are off).

@@ -9,6 +9,8 @@
 //! | gemini    | `{base}/models/{upstream_model}:generateContent` (`?alt=sse` for streams) | `x-goog-api-key` |
 //! | vllm      | `{base}{route}` (base is the server root: routes carry `/v1` or not) | optional bearer |
 
+use std::sync::{Arc, RwLock};
+
 use axum::http::HeaderValue;
 
 use crate::family::{Endpoint, ProviderFamily};
@@ -109,6 +111,47 @@ pub fn build(model: &Model, endpoint: Endpoint, stream: bool) -> Option<Call> {
     Some(call)
 }
 
+/// A call of one endpoint, ready to send: its URL parsed.
+#[derive(Debug)]
+pub struct Prepared {
+    /// The parsed URL, or the text reqwest is left to refuse (with its own error).
+    pub url: Result<reqwest::Url, String>,
+    /// How the credential goes.
+    pub auth: Auth,
+    /// Protocol headers of the family.
+    pub headers: Vec<(&'static str, HeaderValue)>,
+}
+
+/// A model's prepared calls by endpoint and streaming, made on first use: otherwise every call
+/// would format its URL and have reqwest parse it again (host normalisation included). A model
+/// belongs to one policy snapshot and never changes, so neither do its calls.
+#[derive(Debug, Default)]
+pub struct CallMemo(RwLock<Vec<(Endpoint, bool, Arc<Prepared>)>>);
+
+/// The prepared call of `endpoint` on `model`'s provider ([`build`], parsed and remembered).
+pub fn prepare(model: &Model, endpoint: Endpoint, stream: bool) -> Option<Arc<Prepared>> {
+    let memo = &model.calls.0;
+    if let Ok(calls) = memo.read()
+        && let Some((.., call)) = calls
+            .iter()
+            .find(|(e, s, _)| *e == endpoint && *s == stream)
+    {
+        return Some(call.clone());
+    }
+    let Call { url, auth, headers } = build(model, endpoint, stream)?;
+    let prepared = Arc::new(Prepared {
+        url: reqwest::Url::parse(&url).map_err(|_| url),
+        auth,
+        headers,
+    });
+    if let Ok(mut calls) = memo.write()
+        && !calls.iter().any(|(e, s, _)| *e == endpoint && *s == stream)
+    {
+        calls.push((endpoint, stream, prepared.clone()));
+    }
+    Some(prepared)
+}
+
 /// Percent-encodes a path segment or query value (model ids may carry `/` or `@`).
 fn encode(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -157,6 +200,7 @@ mod tests {
             output_limit: None,
             image_pricing: Default::default(),
             cel: ::cel::Value::Null,
+            calls: Default::default(),
         }
     }
 
@@ -195,5 +239,30 @@ mod tests {
             build(&v, Endpoint::Vllm(route), false).expect("vllm").url,
             "http://v:8000/tokenize"
         );
+    }
+
+    #[test]
+    fn calls_are_prepared_once_per_endpoint_and_stream() {
+        let g = model(ProviderFamily::Gemini, "http://g/v1beta", None);
+        let stream = prepare(&g, Endpoint::GeminiStream, true).expect("gemini");
+        assert_eq!(
+            stream.url.as_ref().map(reqwest::Url::as_str),
+            Ok("http://g/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse")
+        );
+        assert!(Arc::ptr_eq(
+            &stream,
+            &prepare(&g, Endpoint::GeminiStream, true).expect("again")
+        ));
+        let whole = prepare(&g, Endpoint::GeminiStream, false).expect("not streamed");
+        assert!(!Arc::ptr_eq(&stream, &whole));
+        assert_eq!(
+            whole.url.as_ref().map(reqwest::Url::as_str),
+            Ok("http://g/v1beta/models/gemini-2.5-flash:streamGenerateContent")
+        );
+        assert!(prepare(&g, Endpoint::ChatCompletions, false).is_none());
+        // A URL that does not parse is kept as text: reqwest refuses it when sent.
+        let bad = model(ProviderFamily::Openai, "http://[bad/v1", None);
+        let call = prepare(&bad, Endpoint::ChatCompletions, false).expect("built");
+        assert_eq!(call.url, Err("http://[bad/v1/chat/completions".to_string()));
     }
 }
