@@ -115,6 +115,14 @@ pub fn request_body(data: &[u8]) {
         };
         let _ = translate::request(from, to, &value, &opts);
     }
+    // The spliced upstream body says what re-encoding the decoded body would.
+    if let Some(span) = crate::pipeline::splice::model_span(body) {
+        let spliced = crate::pipeline::splice::with_model(body, span, "upstream-model");
+        let decoded = serde_json::from_slice::<Value>(&spliced).ok();
+        let mut expected = map.clone();
+        expected.insert("model".into(), Value::String("upstream-model".into()));
+        assert_eq!(decoded, Some(Value::Object(expected)), "spliced != re-encoded");
+    }
     let _ = upstream_body(&mut map, "upstream-model", endpoint.api());
 }
 

@@ -35,7 +35,10 @@ pub struct Authorized {
     /// What the model name resolved to.
     pub target: Target,
     /// The decoded body; `model` is rewritten per attempt.
-    pub body: Map<String, Value>,
+    body: Map<String, Value>,
+    /// The client's bytes of `body`, while the gateway changed nothing in it but `model`
+    /// ([`Authorized::edit_body`]): an attempt's upstream body is spliced from them.
+    raw: Option<Bytes>,
     /// What policies saw.
     pub facts: RequestFacts,
     /// Whether the client asked for a stream.
@@ -58,6 +61,39 @@ pub struct Authorized {
 }
 
 impl Authorized {
+    /// The decoded body.
+    pub fn body(&self) -> &Map<String, Value> {
+        &self.body
+    }
+
+    /// Changes the body with `edit`, which says whether it changed anything; from the first
+    /// change on, attempts re-encode the body instead of splicing the client's bytes.
+    pub fn edit_body(&mut self, edit: impl FnOnce(&mut Map<String, Value>) -> bool) -> bool {
+        let changed = edit(&mut self.body);
+        if changed {
+            self.raw = None;
+        }
+        changed
+    }
+
+    /// The body one attempt sends: `model` set to `upstream` (Gemini: removed, the URL names
+    /// it). The client's bytes with the model spliced in when they stand for the decoded body
+    /// ([`super::splice`]), the body re-encoded otherwise.
+    pub fn upstream_body(&mut self, upstream: &str, api: Api) -> Result<Bytes, RequestError> {
+        if api != Api::Gemini
+            && let Some(raw) = &self.raw
+            && let Some(span) = super::splice::model_span(raw)
+        {
+            let spliced = Bytes::from(super::splice::with_model(raw, span, upstream));
+            // The decoded body says what the re-encoding would have sent (translation and
+            // later attempts read it).
+            self.body
+                .insert("model".into(), Value::String(upstream.to_string()));
+            return Ok(spliced);
+        }
+        upstream_body(&mut self.body, upstream, api)
+    }
+
     /// The body as the budget estimate reads it: Gemini's prompt and output bound live in
     /// other fields than OpenAI's and Anthropic's.
     pub fn budget_view(&self) -> std::borrow::Cow<'_, Map<String, Value>> {
@@ -415,6 +451,7 @@ async fn decide(
     Ok(Authorized {
         target,
         body,
+        raw: Some(bytes),
         facts,
         stream,
         client_wants_usage,
@@ -658,6 +695,75 @@ mod tests {
             assert!(verdict.result.is_ok());
         }
         assert_eq!(snapshot.access_memo.hits(), 0);
+    }
+
+    fn authorized(snapshot: &Snapshot, raw: &str) -> Authorized {
+        let bytes = Bytes::from(raw.to_string());
+        Authorized {
+            target: snapshot.target("m").expect("model"),
+            body: parse_object(&bytes).expect("object"),
+            raw: Some(bytes),
+            facts: facts(1),
+            stream: false,
+            client_wants_usage: false,
+            max_response_bytes: 1 << 20,
+            retry: snapshot.retry.clone(),
+            guards: Default::default(),
+            endpoint: Endpoint::ChatCompletions,
+            forward: Vec::new(),
+            gemini_sse: false,
+        }
+    }
+
+    #[test]
+    fn upstream_bodies_are_the_clients_bytes_until_the_gateway_changes_the_body() {
+        let dir = policy_dir(&[]);
+        let snapshot = crate::policy::load::load_dir(dir.path(), 1, None).expect("loads");
+        let raw = r#"{ "model": "m",
+  "messages": [{"role": "user", "content": "caf\u00e9 \"q\""}], "max_tokens": 64 }"#;
+        let mut request = authorized(&snapshot, raw);
+        let sent = request.upstream_body("up-1", Api::OpenAi).expect("body");
+        assert_eq!(sent, raw.replace("\"m\"", "\"up-1\""));
+        assert_eq!(request.body()["model"], "up-1");
+        // An edit that changed nothing keeps the bytes; a failover attempt splices again.
+        assert!(!request.edit_body(|_| false));
+        let again = request.upstream_body("up-2", Api::OpenAi).expect("body");
+        assert_eq!(again, raw.replace("\"m\"", "\"up-2\""));
+        // A real change (a capped output) is re-encoded from the decoded body from then on.
+        assert!(request.edit_body(|body| {
+            crate::spend::cap::inject_output_cap(crate::spend::cap::CapFamily::OpenAiChat, body, 32)
+        }));
+        let capped = request.upstream_body("up-3", Api::OpenAi).expect("body");
+        let value: Value = serde_json::from_slice(&capped).expect("json");
+        assert_eq!(value["max_tokens"], 32);
+        assert_eq!(value["model"], "up-3");
+        assert_eq!(value["messages"][0]["content"], "caf\u{e9} \"q\"");
+        // Gemini names the model in the URL: the body carries none.
+        let mut gemini = authorized(&snapshot, raw);
+        let sent = gemini.upstream_body("up-1", Api::Gemini).expect("body");
+        let value: Value = serde_json::from_slice(&sent).expect("json");
+        assert!(value.get("model").is_none(), "{value}");
+    }
+
+    #[test]
+    fn a_body_repeating_a_key_reaches_the_provider_as_the_gateway_read_it() {
+        let dir = policy_dir(&[]);
+        let snapshot = crate::policy::load::load_dir(dir.path(), 1, None).expect("loads");
+        // Guardrails and holds read the last of two equal keys; a provider keeping the first
+        // must not see another prompt or limit, so such a body is re-encoded (one of each).
+        for raw in [
+            r#"{"model":"m","messages":[{"role":"user","content":"unseen","content":"checked"}]}"#,
+            r#"{"model":"m","max_tokens":100000,"max_tokens":16,"messages":[]}"#,
+        ] {
+            let mut request = authorized(&snapshot, raw);
+            let sent = request.upstream_body("up", Api::OpenAi).expect("body");
+            let text = std::str::from_utf8(&sent).expect("utf-8");
+            assert!(
+                !text.contains("unseen") && !text.contains("100000"),
+                "{text}"
+            );
+            assert_eq!(sent, serde_json::to_vec(request.body()).expect("encodes"));
+        }
     }
 
     #[test]

@@ -26,7 +26,7 @@ use futures_util::{Stream, StreamExt};
 use serde_json::{Value, json};
 use tracing::Instrument as _;
 
-use super::authorize::{Authorized, upstream_body};
+use super::authorize::Authorized;
 use super::inspect::{self, GuardOutput, StreamGuard};
 use super::route::Route;
 use super::{Endpoint, Recorder, ServeMode, Stage, translated};
@@ -92,7 +92,14 @@ pub async fn run(
     let opted_in = matches!(&request.target, Target::Group(g) if g.translate);
     // The unified endpoint's `provider` pin keeps only deployments of that family.
     let pin = match (endpoint == Endpoint::Unified)
-        .then(|| request.body.remove("provider"))
+        .then(|| {
+            let mut pin = None;
+            request.edit_body(|body| {
+                pin = body.remove("provider");
+                pin.is_some()
+            });
+            pin
+        })
         .flatten()
     {
         None | Some(Value::Null) => None,
@@ -144,7 +151,7 @@ pub async fn run(
                 }
             } else {
                 let api = provider.family.api().unwrap_or(endpoint.api());
-                match upstream_body(&mut request.body, &model.upstream_model, api) {
+                match request.upstream_body(&model.upstream_model, api) {
                     Ok(body) => (endpoint, body, None),
                     Err(e) => return recorder.deny(Stage::Call, &GatewayError::from(e), family),
                 }

@@ -33,6 +33,7 @@ pub mod inspect;
 pub mod record;
 pub mod reserve;
 pub mod route;
+pub mod splice;
 pub mod translated;
 
 use std::sync::Arc;

@@ -72,12 +72,15 @@ pub async fn run(
     let family = cap_family(endpoint);
     let (requested, completions) = match family {
         Some(family) => {
-            let requested =
-                match cap::requested_output(family, &request.body, request.target.output_limit()) {
-                    Ok(requested) => requested,
-                    Err(message) => return invalid(message),
-                };
-            match family.completions(&request.body) {
+            let requested = match cap::requested_output(
+                family,
+                request.body(),
+                request.target.output_limit(),
+            ) {
+                Ok(requested) => requested,
+                Err(message) => return invalid(message),
+            };
+            match family.completions(request.body()) {
                 Ok(n) => (requested, n),
                 Err(message) => return invalid(message),
             }
@@ -87,7 +90,7 @@ pub async fn run(
     let mut image_nanos = 0_i64;
     if endpoint == Endpoint::ImagesGenerations {
         let prices = request.target.image_pricing();
-        let (size, quality) = image::requested(&request.body);
+        let (size, quality) = image::requested(request.body());
         recorder.set_image_request(size.clone(), quality.clone());
         if !prices.is_empty() {
             let Some(per_image) = prices.price(&size, quality.as_deref()) else {
@@ -98,7 +101,7 @@ pub async fn run(
                         .unwrap_or_default()
                 ));
             };
-            let n = match cap::positive_count(&request.body, "n") {
+            let n = match cap::positive_count(request.body(), "n") {
                 Ok(n) => n,
                 Err(message) => return invalid(message),
             };
@@ -159,7 +162,7 @@ pub async fn run(
         Ok(None) => Flow::Continue(()),
         Ok(Some(reservation)) => {
             if let Some(family) = family {
-                cap::inject_output_cap(family, &mut request.body, per_completion);
+                request.edit_body(|body| cap::inject_output_cap(family, body, per_completion));
             }
             recorder.add_decisions(vec![reservation.decision()]);
             recorder.attach_reservation(app.ledger.clone(), reservation);

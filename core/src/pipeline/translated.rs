@@ -73,7 +73,7 @@ pub fn prepare(
         default_max_tokens: u64::try_from(model.max_output_tokens.max(1)).unwrap_or(4096),
         stream: request.stream,
     };
-    let body = Value::Object(request.body.clone());
+    let body = Value::Object(request.body().clone());
     let translated = translate::request(client, upstream, &body, &options)
         .map_err(|e| RequestError::Invalid(format!("cannot translate the request: {e}")))?;
     let mut upstream_body = translated.body;

@@ -104,19 +104,22 @@ pub fn requested_output(
 
 /// Writes `cap` (output tokens per completion) into `body` in `family`'s field: a limit the
 /// client set above it is lowered, a limit at or below it is kept, and a request without one
-/// gets it. Pure, so every family's request builder can call it on the body it sends.
-pub fn inject_output_cap(family: CapFamily, body: &mut Map<String, Value>, cap: u64) {
+/// gets it; says whether it changed the body. Pure, so every family's request builder can call it
+/// on the body it sends.
+pub fn inject_output_cap(family: CapFamily, body: &mut Map<String, Value>, cap: u64) -> bool {
     let mut present = false;
+    let mut changed = false;
     for path in family.fields() {
         if let Some(slot) = slot_mut(body, path) {
             present = true;
             if positive(slot).is_none_or(|n| n > cap) {
                 *slot = Value::from(cap);
+                changed = true;
             }
         }
     }
     if present {
-        return;
+        return changed;
     }
     match family {
         CapFamily::OpenAiChat => {
@@ -140,6 +143,7 @@ pub fn inject_output_cap(family: CapFamily, body: &mut Map<String, Value>, cap: 
             }
         }
     }
+    true
 }
 
 /// The set (non-null) value at `path`.

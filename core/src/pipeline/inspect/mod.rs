@@ -92,7 +92,7 @@ pub async fn run(
                 endpoint.path(),
                 &model,
                 request.stream,
-                &request.body,
+                request.body(),
                 &caller,
             )
         });
@@ -107,7 +107,10 @@ pub async fn run(
                 ));
             }
             Ok((Outcome::Rewrite(edits), verdict)) => {
-                views::apply_edits_to_body(&mut request.body, map, &edits);
+                request.edit_body(|body| {
+                    views::apply_edits_to_body(body, map, &edits);
+                    true
+                });
                 view = None;
                 decisions.push(with_verdict(
                     decision(plugin, Phase::Request, "rewrite", elapsed),
