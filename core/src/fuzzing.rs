@@ -121,7 +121,11 @@ pub fn request_body(data: &[u8]) {
         let decoded = serde_json::from_slice::<Value>(&spliced).ok();
         let mut expected = map.clone();
         expected.insert("model".into(), Value::String("upstream-model".into()));
-        assert_eq!(decoded, Some(Value::Object(expected)), "spliced != re-encoded");
+        assert_eq!(
+            decoded,
+            Some(Value::Object(expected)),
+            "spliced != re-encoded"
+        );
     }
     let _ = upstream_body(&mut map, "upstream-model", endpoint.api());
 }
