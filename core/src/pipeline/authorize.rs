@@ -436,22 +436,26 @@ async fn decide(
         input.endpoint.upstream_path(),
         "/chat/completions" | "/completions" | "/v1/chat/completions" | "/v1/completions"
     );
+    let mut changed = false;
     if stream && openai_stream {
         // Always ask for usage so streams can be billed; the relay hides the usage chunk from
         // clients that did not ask for it.
         let options = body
             .entry("stream_options")
             .or_insert_with(|| Value::Object(Map::new()));
-        if let Value::Object(options) = options {
-            options.insert("include_usage".into(), Value::Bool(true));
+        if let Value::Object(options) = options
+            && options.insert("include_usage".into(), Value::Bool(true)) != Some(Value::Bool(true))
+        {
+            changed = true;
         }
     }
     // The unified endpoint's top-level `include_usage` is not an OpenAI field.
-    body.remove("include_usage");
+    changed |= body.remove("include_usage").is_some();
     Ok(Authorized {
         target,
         body,
-        raw: Some(bytes),
+        // Splicing stands for the decoded body only while nothing but `model` changed.
+        raw: (!changed).then_some(bytes),
         facts,
         stream,
         client_wants_usage,
