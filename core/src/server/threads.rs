@@ -16,12 +16,27 @@
 //! lease keeper) stays on the main multi-thread runtime. A new connection goes to the thread
 //! with the fewest open connections. `tollgate serve --connection-threads 0` serves connections
 //! on the main runtime instead (work stealing evens out a few very busy HTTP/2 connections).
+//!
+//! Each thread keeps a timer due within a second ([`TIMER_FLOOR`]), so that registering a
+//! request's deadlines does not wake its own driver.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
+
+/// How far ahead each connection thread always has a timer due.
+///
+/// tokio's time driver sleeps until its earliest timer, and a thread with no timer sleeps until
+/// woken. Registering a timer due before that (any timer, when there was none) wakes the driver
+/// to shorten its sleep: an `eventfd` write, then an `epoll_wait` that returns at once. A
+/// request registers its provider deadlines while its thread has nothing else timed, so each
+/// request paid that pair of system calls (one `eventfd` write per request under `strace`). With
+/// a timer always due within this floor, deadlines further away (provider timeouts are seconds)
+/// are registered without waking anything; the floor costs one wake-up per second per thread.
+const TIMER_FLOOR: Duration = Duration::from_secs(1);
 
 /// The connection threads of one `serve`.
 pub struct ConnectionThreads {
@@ -65,7 +80,16 @@ impl ConnectionThreads {
                     crate::upstream::use_thread_client();
                     // Tasks spawned on this runtime run only while it is blocked on here.
                     runtime.block_on(async {
-                        let _ = stopped.await;
+                        // A timer always due within TIMER_FLOOR (module docs).
+                        let mut floor = tokio::time::interval(TIMER_FLOOR);
+                        floor.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                        tokio::pin!(stopped);
+                        loop {
+                            tokio::select! {
+                                _ = &mut stopped => break,
+                                _ = floor.tick() => {}
+                            }
+                        }
                     });
                 })?;
             threads.push(Worker {
