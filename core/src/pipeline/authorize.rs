@@ -549,21 +549,7 @@ mod tests {
     use super::*;
 
     fn key(team: &str) -> Arc<KeyRecord> {
-        Arc::new(KeyRecord {
-            id: "key_memo".into(),
-            name: "k".into(),
-            team: Some(team.into()),
-            owner: None,
-            metadata: Map::new(),
-            secret_prefix: "tg_x".into(),
-            models: crate::store::ModelGrant::All,
-            mcp: crate::store::ModelGrant::Only(Vec::new()),
-            created_at_ms: 1,
-            updated_at_ms: 1,
-            expires_at_ms: None,
-            revoked_at_ms: None,
-            rotations: 0,
-        })
+        Arc::new(KeyRecord::for_tests("key_memo", team))
     }
 
     fn facts(max_tokens: u32) -> RequestFacts {

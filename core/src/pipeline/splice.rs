@@ -45,6 +45,11 @@ pub fn with_model(raw: &[u8], span: std::ops::Range<usize>, upstream: &str) -> V
 /// Nesting the scanner follows at most (serde_json's own recursion limit is 128).
 const MAX_DEPTH: usize = 128;
 
+/// Members of one object the scanner compares for repeats at most: each new key is compared
+/// with the earlier ones, so a body of one huge flat object (a client's choice, up to
+/// `max_body_bytes`) would cost quadratic time. Larger objects are re-encoded instead.
+const MAX_KEYS: usize = 64;
+
 struct Scan<'a> {
     raw: &'a [u8],
     at: usize,
@@ -103,7 +108,7 @@ impl<'a> Scan<'a> {
         }
         loop {
             let (key, escaped) = self.string()?;
-            if escaped || keys.contains(&key) {
+            if escaped || keys.len() == MAX_KEYS || keys.contains(&key) {
                 return None;
             }
             keys.push(key);
@@ -116,15 +121,21 @@ impl<'a> Scan<'a> {
             {
                 *slot = Some(start..self.at);
             }
-            self.ws();
-            match self.peek()? {
-                b',' => self.at += 1,
-                b'}' => {
-                    self.at += 1;
-                    return Some(());
-                }
-                _ => return None,
+            if !self.more(b'}')? {
+                return Some(());
             }
+        }
+    }
+
+    /// After an item: `true` past a `,` (another item follows), `false` past `close`.
+    fn more(&mut self, close: u8) -> Option<bool> {
+        self.ws();
+        let next = self.peek()?;
+        self.at += 1;
+        match next {
+            b',' => Some(true),
+            b if b == close => Some(false),
+            _ => None,
         }
     }
 
@@ -145,14 +156,8 @@ impl<'a> Scan<'a> {
                 }
                 loop {
                     self.value(depth + 1)?;
-                    self.ws();
-                    match self.peek()? {
-                        b',' => self.at += 1,
-                        b']' => {
-                            self.at += 1;
-                            return Some(());
-                        }
-                        _ => return None,
+                    if !self.more(b']')? {
+                        return Some(());
                     }
                 }
             }
@@ -233,6 +238,17 @@ mod tests {
         ] {
             assert_eq!(model_span(raw.as_bytes()), None, "{raw}");
         }
+        // An object too large to compare its keys pairwise is re-encoded, at any depth.
+        let members = |n: usize| (0..n).map(|i| format!("\"k{i}\":{i}")).collect::<Vec<_>>();
+        let flat = format!("{{\"model\":\"a\",{}}}", members(MAX_KEYS - 1).join(","));
+        assert!(model_span(flat.as_bytes()).is_some());
+        let flat = format!("{{\"model\":\"a\",{}}}", members(MAX_KEYS).join(","));
+        assert_eq!(model_span(flat.as_bytes()), None);
+        let nested = format!(
+            "{{\"model\":\"a\",\"x\":[{{{}}}]}}",
+            members(10_000).join(",")
+        );
+        assert_eq!(model_span(nested.as_bytes()), None);
         let deep = format!(
             "{{\"model\":\"a\",\"x\":{}{}}}",
             "[".repeat(200),

@@ -32,19 +32,9 @@ use crate::store::KeyRecord;
 /// Verdicts one snapshot remembers at most; when full it starts over.
 const KEPT: usize = 4096;
 
-/// `request` fields whose values key the memo; a rule selecting any other field (`headers`,
-/// `metadata`) turns the memo off.
-const KEYED_FIELDS: [&str; 9] = [
-    "endpoint",
-    "path",
-    "model",
-    "stream",
-    "max_tokens",
-    "estimated_input_tokens",
-    "temperature",
-    "tools",
-    "client_ip",
-];
+/// `request` fields a rule may select without turning the memo off: every other field's value
+/// keys it.
+const UNKEYED_FIELDS: [&str; 2] = ["headers", "metadata"];
 
 /// What the model-deciding rules concluded for one set of inputs.
 #[derive(Debug)]
@@ -106,7 +96,7 @@ impl AccessMemo {
         let keyed = REQUEST_FIELDS
             .iter()
             .enumerate()
-            .filter(|(_, name)| KEYED_FIELDS.contains(name))
+            .filter(|(_, name)| !UNKEYED_FIELDS.contains(name))
             .fold(0u16, |mask, (i, _)| mask | (1 << i));
         let fields = if uses.request { uses.request_fields } else { 0 };
         let usable = !uses.now && !uses.budget && fields & !keyed == 0;

@@ -1249,21 +1249,7 @@ mod tests {
     }
 
     fn sample_key(team: &str) -> Arc<crate::store::KeyRecord> {
-        Arc::new(crate::store::KeyRecord {
-            id: "key_cel_cache".into(),
-            name: "k".into(),
-            team: Some(team.into()),
-            owner: None,
-            metadata: serde_json::Map::new(),
-            secret_prefix: "tg_x".into(),
-            models: crate::store::ModelGrant::All,
-            mcp: crate::store::ModelGrant::Only(Vec::new()),
-            created_at_ms: 1,
-            updated_at_ms: 1,
-            expires_at_ms: None,
-            revoked_at_ms: None,
-            rotations: 0,
-        })
+        Arc::new(crate::store::KeyRecord::for_tests("key_cel_cache", team))
     }
 
     #[test]

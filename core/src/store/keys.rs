@@ -137,6 +137,26 @@ impl KeyState {
 }
 
 impl KeyRecord {
+    /// An active key of `team` granted every model and no MCP server (unit tests).
+    #[cfg(test)]
+    pub(crate) fn for_tests(id: &str, team: &str) -> Self {
+        KeyRecord {
+            id: id.into(),
+            name: "k".into(),
+            team: Some(team.into()),
+            owner: None,
+            metadata: serde_json::Map::new(),
+            secret_prefix: "tg_x".into(),
+            models: ModelGrant::All,
+            mcp: ModelGrant::Only(Vec::new()),
+            created_at_ms: 1,
+            updated_at_ms: 1,
+            expires_at_ms: None,
+            revoked_at_ms: None,
+            rotations: 0,
+        }
+    }
+
     /// The key's state at `now_ms`; revocation wins over expiry.
     pub fn state(&self, now_ms: i64) -> KeyState {
         if self.revoked_at_ms.is_some() {
