@@ -16,3 +16,5 @@ for i in range(n):
         bad += 1
         if bad < 3: print("status", r.status, d[:300], file=sys.stderr)
 print("done", n, "bad", bad, file=sys.stderr)
+# A count of failed requests measures the error path, not the one asked for.
+sys.exit(1 if bad else 0)

@@ -20,6 +20,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 TARGET=${CARGO_TARGET_DIR:-$HERE/../../target}
 SCEN=$1; N=$2; BIN=${3:-$TARGET/release/tollgate}
 MOCK=$TARGET/release/mock-upstream
+[ -x "$MOCK" ] || { echo "no $MOCK: build it (cargo build --release --workspace) or set CARGO_TARGET_DIR" >&2; exit 1; }
 W=$(mktemp -d /tmp/tollgate-callgrind.XXXX); cd $W
 MP=$((20000 + RANDOM % 10000)); GP=$((MP+1))
 $MOCK --listen 127.0.0.1:$MP > mock.log 2>&1 & MOCKPID=$!

@@ -133,6 +133,23 @@ impl TokenUsage {
         })
     }
 
+    /// [`TokenUsage::from_api`] of a usage object's JSON text, without building a [`Value`]:
+    /// the counts are read straight from the text. An object the direct read does not take
+    /// (a repeated key, a details entry that is not an object) is read as a [`Value`], so the
+    /// answer is always the same as [`TokenUsage::from_api`]'s.
+    pub fn from_api_text(api: crate::family::Api, usage: &str) -> Option<Self> {
+        if !usage.trim_start().starts_with('{') {
+            return None;
+        }
+        match serde_json::from_str::<raw::Counts>(usage) {
+            Ok(counts) => counts.tokens(api),
+            Err(_) => {
+                let value = serde_json::from_str::<Value>(usage).ok()?;
+                Self::from_api(api, &value)
+            }
+        }
+    }
+
     /// Reads a usage payload in the shape of `api` (vLLM's is OpenAI's).
     pub fn from_api(api: crate::family::Api, usage: &Value) -> Option<Self> {
         use crate::family::Api;
@@ -144,10 +161,203 @@ impl TokenUsage {
     }
 }
 
+/// The direct read of [`TokenUsage::from_api_text`]: every count any family reports, each
+/// read the way [`Value::as_i64`] reads it, keeping whether the key was there at all.
+mod raw {
+    use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+    use super::TokenUsage;
+    use crate::family::Api;
+
+    /// One count: absent, or present with [`serde_json::Value::as_i64`]'s reading of its value
+    /// (0 when it is not an integer that fits).
+    #[derive(Debug, Clone, Copy, Default)]
+    pub(super) enum Count {
+        #[default]
+        Absent,
+        Present(Option<i64>),
+    }
+
+    impl Count {
+        fn get(self) -> i64 {
+            match self {
+                Count::Present(Some(n)) => n,
+                _ => 0,
+            }
+        }
+
+        fn is_present(self) -> bool {
+            matches!(self, Count::Present(_))
+        }
+    }
+
+    impl<'de> serde::Deserialize<'de> for Count {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            struct Any;
+            impl<'de> Visitor<'de> for Any {
+                type Value = Option<i64>;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("any JSON value")
+                }
+                fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+                    Ok(Some(v))
+                }
+                fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+                    Ok(i64::try_from(v).ok())
+                }
+                fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                    Ok(None)
+                }
+                fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                    Ok(None)
+                }
+                fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+                    Ok(None)
+                }
+                fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                    Ok(None)
+                }
+                fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                    while seq.next_element::<IgnoredAny>()?.is_some() {}
+                    Ok(None)
+                }
+                fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                    while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                    Ok(None)
+                }
+            }
+            deserializer.deserialize_any(Any).map(Count::Present)
+        }
+    }
+
+    /// `*_details` objects.
+    #[derive(Debug, Default, serde::Deserialize)]
+    #[serde(default)]
+    pub(super) struct Details {
+        cached_tokens: Count,
+        reasoning_tokens: Count,
+    }
+
+    /// A usage object of any family (unknown keys skipped).
+    #[derive(Debug, Default, serde::Deserialize)]
+    #[serde(default)]
+    pub(super) struct Counts {
+        // OpenAI Chat Completions / Embeddings, vLLM.
+        prompt_tokens: Count,
+        completion_tokens: Count,
+        prompt_tokens_details: Details,
+        completion_tokens_details: Details,
+        // OpenAI Responses / Images; Anthropic.
+        input_tokens: Count,
+        output_tokens: Count,
+        input_tokens_details: Details,
+        output_tokens_details: Details,
+        cache_read_input_tokens: Count,
+        cache_creation_input_tokens: Count,
+        // Gemini.
+        #[serde(rename = "promptTokenCount")]
+        prompt_token_count: Count,
+        #[serde(rename = "toolUsePromptTokenCount")]
+        tool_use_prompt_token_count: Count,
+        #[serde(rename = "candidatesTokenCount")]
+        candidates_token_count: Count,
+        #[serde(rename = "thoughtsTokenCount")]
+        thoughts_token_count: Count,
+        #[serde(rename = "cachedContentTokenCount")]
+        cached_content_token_count: Count,
+    }
+
+    impl Counts {
+        /// The same reading as [`TokenUsage::from_api`]'s of the same object.
+        pub(super) fn tokens(&self, api: Api) -> Option<TokenUsage> {
+            match api {
+                Api::OpenAi | Api::Vllm => {
+                    if self.prompt_tokens.is_present() {
+                        Some(TokenUsage {
+                            input: self.prompt_tokens.get(),
+                            output: self.completion_tokens.get(),
+                            cached_input: self.prompt_tokens_details.cached_tokens.get(),
+                            reasoning: self.completion_tokens_details.reasoning_tokens.get(),
+                            cache_creation: 0,
+                        })
+                    } else if self.input_tokens.is_present() || self.output_tokens.is_present() {
+                        Some(TokenUsage {
+                            input: self.input_tokens.get(),
+                            output: self.output_tokens.get(),
+                            cached_input: self.input_tokens_details.cached_tokens.get(),
+                            reasoning: self.output_tokens_details.reasoning_tokens.get(),
+                            cache_creation: 0,
+                        })
+                    } else {
+                        None
+                    }
+                }
+                Api::Anthropic => {
+                    let read = self.cache_read_input_tokens.get();
+                    let written = self.cache_creation_input_tokens.get();
+                    Some(TokenUsage {
+                        input: self.input_tokens.get() + read + written,
+                        output: self.output_tokens.get(),
+                        cached_input: read,
+                        reasoning: 0,
+                        cache_creation: written,
+                    })
+                }
+                Api::Gemini => {
+                    let thoughts = self.thoughts_token_count.get();
+                    Some(TokenUsage {
+                        input: self.prompt_token_count.get()
+                            + self.tool_use_prompt_token_count.get(),
+                        output: self.candidates_token_count.get() + thoughts,
+                        cached_input: self.cached_content_token_count.get(),
+                        reasoning: thoughts,
+                        cache_creation: 0,
+                    })
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// The direct read of a usage text equals the [`Value`] read of the same text, for every
+    /// family, over usual, odd and hostile usage objects.
+    #[test]
+    fn usage_text_is_read_as_its_value_is() {
+        use crate::family::Api;
+        let objects = [
+            r#"{"prompt_tokens":11,"completion_tokens":7,"total_tokens":18,"prompt_tokens_details":{"cached_tokens":2,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":3,"audio_tokens":0}}"#,
+            r#"{"input_tokens":5,"output_tokens":9,"input_tokens_details":{"cached_tokens":1},"output_tokens_details":{"reasoning_tokens":4}}"#,
+            r#"{"input_tokens":10,"cache_read_input_tokens":3,"cache_creation_input_tokens":2,"output_tokens":6}"#,
+            r#"{"promptTokenCount":8,"candidatesTokenCount":4,"thoughtsTokenCount":2,"toolUsePromptTokenCount":1,"cachedContentTokenCount":3}"#,
+            r#"{"prompt_tokens":null,"completion_tokens":"7"}"#,
+            r#"{"prompt_tokens":1.5,"completion_tokens":18446744073709551615,"prompt_tokens_details":null}"#,
+            r#"{"prompt_tokens":-4,"completion_tokens":[1,2],"completion_tokens_details":{"reasoning_tokens":{"x":1}}}"#,
+            r#"{"prompt_tokens":1,"prompt_tokens":2,"completion_tokens":3}"#,
+            r#"{"prompt_tokens_details":[],"input_tokens":2}"#,
+            r#"{"unrelated":{"deep":[{"a":1}]},"output_tokens":3}"#,
+            r#"{}"#,
+            r#"  { "prompt_tokens" : 3 , "completion_tokens" : 4 }"#,
+            "[1,2]",
+            "7",
+            "null",
+            r#""text""#,
+        ];
+        for text in objects {
+            let value: Value = serde_json::from_str(text).expect(text);
+            for api in [Api::OpenAi, Api::Vllm, Api::Anthropic, Api::Gemini] {
+                assert_eq!(
+                    TokenUsage::from_api_text(api, text),
+                    TokenUsage::from_api(api, &value),
+                    "{api:?} {text}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn chat_usage_with_details_is_normalized() {

@@ -23,6 +23,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use tracing::Instrument as _;
 
@@ -438,7 +439,7 @@ async fn relay(
     };
     if status.is_success() {
         match read_usage(&body, shape.upstream) {
-            Ok(Some(usage)) => recorder.set_usage(shape.upstream, &usage),
+            Ok(Some(usage)) => recorder.set_usage_text(shape.upstream, usage.get()),
             // Image answers without usage are priced per image.
             Ok(None) => recorder.bill_images(&body),
             // A success that says it is JSON and is not: unusable, not relayed as is.
@@ -506,21 +507,22 @@ pub(super) async fn read_body(
     }
 }
 
-/// Reads only the usage object from a JSON body (`usage`, Gemini's `usageMetadata`), without
-/// building the rest; fails if it is not JSON.
-fn read_usage(body: &[u8], api: Api) -> Result<Option<Value>, serde_json::Error> {
+/// Reads only the usage object's text from a JSON body (`usage`, Gemini's `usageMetadata`),
+/// without building the rest; fails if it is not JSON.
+fn read_usage(body: &[u8], api: Api) -> Result<Option<&RawValue>, serde_json::Error> {
     #[derive(serde::Deserialize)]
-    struct Probe {
-        usage: Option<Value>,
-        #[serde(rename = "usageMetadata")]
-        usage_metadata: Option<Value>,
+    struct Probe<'a> {
+        #[serde(borrow)]
+        usage: Option<&'a RawValue>,
+        #[serde(borrow, rename = "usageMetadata")]
+        usage_metadata: Option<&'a RawValue>,
     }
-    let probe = serde_json::from_slice::<Probe>(body)?;
+    let probe = serde_json::from_slice::<Probe<'_>>(body)?;
     Ok(match api {
         Api::Gemini => probe.usage_metadata,
         _ => probe.usage,
     }
-    .filter(Value::is_object))
+    .filter(|raw| raw.get().starts_with('{')))
 }
 
 fn is_json(content_type: Option<&HeaderValue>) -> bool {

@@ -342,6 +342,15 @@ impl Recorder {
         self.record.provider_usage = Some(json_text(usage));
     }
 
+    /// [`Recorder::set_usage`] of a usage object's JSON text (read from a whole answer): the
+    /// text is kept as the provider wrote it.
+    pub fn set_usage_text(&mut self, api: Api, usage: &str) {
+        if let Some(tokens) = TokenUsage::from_api_text(api, usage) {
+            self.price_reported(tokens);
+        }
+        self.record.provider_usage = Some(usage.to_string());
+    }
+
     /// Normalized tokens (from the translation core) and, when known, the raw usage payload.
     pub fn set_tokens(&mut self, tokens: TokenUsage, raw: Option<Value>) {
         self.price_reported(tokens);
@@ -435,7 +444,8 @@ impl Recorder {
             }
             record.route = Some(json_text(&route));
         }
-        // decisions, route and provider_usage are all json_text's output.
+        // decisions and route are json_text's output, provider_usage too or a usage text
+        // serde_json read whole (`set_usage_text`): well-formed, no NUL.
         record.json_serialized = true;
         let record_span = crate::telemetry::stage_span(&self.span, "record");
         let _entered = record_span.enter();

@@ -8,6 +8,7 @@
 pub mod adapter;
 pub mod demo;
 mod demo_native;
+pub mod direct;
 pub mod gemini_array;
 pub mod proxy;
 pub mod retry;
@@ -18,13 +19,13 @@ pub mod timeouts;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 
 use crate::error::UpstreamError;
 use crate::family::Endpoint;
-use crate::policy::{Credential, Model, Provider};
+use crate::policy::{Model, Provider};
 
 /// A provider's body, chunk by chunk.
 pub type BodyStream = Pin<Box<dyn Stream<Item = Result<Bytes, String>> + Send>>;
@@ -93,7 +94,7 @@ pub(crate) fn client_builder() -> reqwest::ClientBuilder {
     // Installing twice is harmless (the first provider wins).
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
-        .user_agent(concat!("tollgate/", env!("CARGO_PKG_VERSION")))
+        .user_agent(USER_AGENT)
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(256)
         .tcp_nodelay(true)
@@ -137,6 +138,58 @@ pub async fn send(
                 endpoint.path()
             ),
         })?;
+    let credential = call
+        .credential
+        .as_ref()
+        .map_err(|_| UpstreamError::Unreachable {
+            provider: provider.name.clone(),
+            detail: "the provider credential is not a valid header value".into(),
+        })?;
+    let mut headers = HeaderMap::with_capacity(8);
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(
+        header::ACCEPT,
+        HeaderValue::from_static(if stream {
+            "text/event-stream"
+        } else {
+            "application/json"
+        }),
+    );
+    for (name, value) in forward {
+        headers.append(*name, value.clone());
+    }
+    // The client's own protocol version wins over the provider's default.
+    for (name, value) in &call.headers {
+        if !forward.iter().any(|(n, _)| n == name) {
+            headers.append(*name, value.clone());
+        }
+    }
+    // W3C trace context of the current attempt's span (nothing when traces are off).
+    headers.extend(crate::telemetry::outbound_headers());
+    if let Some((name, value)) = credential {
+        headers.insert(name.clone(), value.clone());
+    }
+    if provider.client.is_none()
+        && let Some(uri) = &call.uri
+        && direct::available()
+    {
+        headers.insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
+        let mut request = hyper::Request::new(http_body_util::Full::new(body));
+        *request.method_mut() = hyper::Method::POST;
+        *request.uri_mut() = uri.clone();
+        *request.headers_mut() = headers;
+        return match direct::send(request) {
+            Some(pending) => await_direct(provider, pending, Instant::now()).await,
+            None => Err(UpstreamError::Unreachable {
+                provider: provider.name.clone(),
+                detail: "no direct upstream client on this thread".into(),
+            }),
+        };
+    }
+    // A provider with its own network settings, or a URL only reqwest's parser takes.
     let own;
     let client = match provider.client.as_ref() {
         Some(client) => client,
@@ -150,52 +203,71 @@ pub async fn send(
         // reqwest refuses it at `send`, with its own error.
         Err(text) => client.post(text.as_str()),
     };
-    let mut request = request
-        .header(header::CONTENT_TYPE, "application/json")
-        .header(
-            header::ACCEPT,
-            if stream {
-                "text/event-stream"
-            } else {
-                "application/json"
-            },
-        )
-        .body(body);
-    for (name, value) in forward {
-        request = request.header(*name, value.clone());
-    }
-    // The client's own protocol version wins over the provider's default.
-    for (name, value) in &call.headers {
-        if !forward.iter().any(|(n, _)| n == name) {
-            request = request.header(*name, value.clone());
-        }
-    }
-    // W3C trace context of the current attempt's span (nothing when traces are off).
-    for (name, value) in crate::telemetry::outbound_headers() {
-        request = request.header(name, value);
-    }
-    if let Credential::Present(secret) = &provider.credential {
-        request = match call.auth {
-            target::Auth::Bearer => request.bearer_auth(secret.expose()),
-            target::Auth::Header(name) => request.header(name, secret.expose()),
-        };
-    }
-    let response = await_headers(provider, request, Instant::now()).await?;
+    let response = await_headers(
+        provider,
+        request.headers(headers).body(body),
+        Instant::now(),
+    )
+    .await?;
     let status = response.status();
     let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
     let retry_after = response.headers().get(header::RETRY_AFTER).cloned();
-    let provider_request_id = response
-        .headers()
-        .get("x-request-id")
-        .or_else(|| response.headers().get("request-id"))
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+    let provider_request_id = request_id(response.headers());
     let body = response.bytes_stream().map(|r| r.map_err(|e| describe(&e)));
     Ok(UpstreamReply {
         status,
         content_type,
         provider_request_id,
         retry_after,
+        body: Box::pin(body),
+    })
+}
+
+/// The `user-agent` of every provider call.
+const USER_AGENT: &str = concat!("tollgate/", env!("CARGO_PKG_VERSION"));
+
+/// The provider's own request id (`x-request-id`, or Anthropic's `request-id`).
+fn request_id(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("x-request-id")
+        .or_else(|| headers.get("request-id"))
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+/// Waits for a direct call's response headers within the provider's first-byte time (and
+/// what is left of its total time), like [`await_headers`].
+async fn await_direct(
+    provider: &Provider,
+    pending: hyper_util::client::legacy::ResponseFuture,
+    sent: Instant,
+) -> Result<UpstreamReply, UpstreamError> {
+    use http_body_util::BodyExt as _;
+    let wait = provider.timeouts.headers_left(sent);
+    let timeout = || UpstreamError::Timeout {
+        provider: provider.name.clone(),
+        timeout_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+    };
+    let response = match tokio::time::timeout(wait, pending).await {
+        Err(_) => return Err(timeout()),
+        Ok(Err(e)) if direct::is_timeout(&e) => return Err(timeout()),
+        Ok(Err(e)) => {
+            return Err(UpstreamError::Unreachable {
+                provider: provider.name.clone(),
+                detail: direct::describe(&e),
+            });
+        }
+        Ok(Ok(response)) => response,
+    };
+    let (parts, body) = response.into_parts();
+    let body = body
+        .into_data_stream()
+        .map(|r| r.map_err(|e| direct::describe(&e)));
+    Ok(UpstreamReply {
+        status: parts.status,
+        content_type: parts.headers.get(header::CONTENT_TYPE).cloned(),
+        provider_request_id: request_id(&parts.headers),
+        retry_after: parts.headers.get(header::RETRY_AFTER).cloned(),
         body: Box::pin(body),
     })
 }

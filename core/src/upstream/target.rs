@@ -11,10 +11,10 @@
 
 use std::sync::{Arc, RwLock};
 
-use axum::http::HeaderValue;
+use axum::http::{HeaderName, HeaderValue, Uri, header};
 
 use crate::family::{Endpoint, ProviderFamily};
-use crate::policy::Model;
+use crate::policy::{Credential, Model};
 
 /// The `anthropic-version` sent when neither the client nor the provider config names one.
 pub const ANTHROPIC_VERSION: &str = "2023-06-01";
@@ -111,15 +111,46 @@ pub fn build(model: &Model, endpoint: Endpoint, stream: bool) -> Option<Call> {
     Some(call)
 }
 
-/// A call of one endpoint, ready to send: its URL parsed.
+/// A call of one endpoint, ready to send: its URL parsed, its credential header made.
 #[derive(Debug)]
 pub struct Prepared {
     /// The parsed URL, or the text reqwest is left to refuse (with its own error).
     pub url: Result<reqwest::Url, String>,
-    /// How the credential goes.
-    pub auth: Auth,
+    /// The same URL as an HTTP URI, for the direct path ([`super::direct`]); `None` when it
+    /// is not one (reqwest's parse is more lenient, so such a call goes through reqwest).
+    pub uri: Option<Uri>,
+    /// The credential's header (marked sensitive: never printed), `None` when the provider
+    /// needs none; `Err` when the credential cannot be a header value.
+    pub credential: Result<Option<(HeaderName, HeaderValue)>, InvalidCredential>,
     /// Protocol headers of the family.
     pub headers: Vec<(&'static str, HeaderValue)>,
+}
+
+/// A provider credential that cannot be sent as a header value (a control character in it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InvalidCredential;
+
+/// The header carrying `credential` the way `auth` says, marked sensitive.
+fn credential_header(
+    credential: &Credential,
+    auth: Auth,
+) -> Result<Option<(HeaderName, HeaderValue)>, InvalidCredential> {
+    let Credential::Present(secret) = credential else {
+        return Ok(None);
+    };
+    let (name, value) = match auth {
+        Auth::Bearer => (
+            header::AUTHORIZATION,
+            HeaderValue::from_str(&format!("Bearer {}", secret.expose())),
+        ),
+        Auth::Header(name) => (
+            HeaderName::from_static(name),
+            HeaderValue::from_str(secret.expose()),
+        ),
+    };
+    let mut value = value.map_err(|_| InvalidCredential)?;
+    value.set_sensitive(true);
+    Ok(Some((name, value)))
 }
 
 /// A model's prepared calls by endpoint and streaming, made on first use: otherwise every call
@@ -139,9 +170,15 @@ pub fn prepare(model: &Model, endpoint: Endpoint, stream: bool) -> Option<Arc<Pr
         return Some(call.clone());
     }
     let Call { url, auth, headers } = build(model, endpoint, stream)?;
+    let url = reqwest::Url::parse(&url).map_err(|_| url);
+    let uri = url
+        .as_ref()
+        .ok()
+        .and_then(|url| url.as_str().parse::<Uri>().ok());
     let prepared = Arc::new(Prepared {
-        url: reqwest::Url::parse(&url).map_err(|_| url),
-        auth,
+        url,
+        uri,
+        credential: credential_header(&model.provider.credential, auth),
         headers,
     });
     if let Ok(mut calls) = memo.write()
@@ -264,5 +301,44 @@ mod tests {
         let bad = model(ProviderFamily::Openai, "http://[bad/v1", None);
         let call = prepare(&bad, Endpoint::ChatCompletions, false).expect("built");
         assert_eq!(call.url, Err("http://[bad/v1/chat/completions".to_string()));
+        assert!(call.uri.is_none(), "nothing to send on the direct path");
+        let good = prepare(&g, Endpoint::GeminiStream, true).expect("gemini");
+        assert_eq!(
+            good.uri.as_ref().map(ToString::to_string).as_deref(),
+            Some("http://g/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse")
+        );
+    }
+
+    #[test]
+    fn the_credential_header_is_made_once_and_never_printed() {
+        let with_key = |family, key: &str| {
+            let mut m = model(family, "https://p.example/v1", Some("2024-10-21"));
+            let provider = Arc::get_mut(&mut m.provider).expect("own provider");
+            provider.credential = Credential::Present(crate::policy::Secret::new(key.into()));
+            m
+        };
+        let openai = with_key(ProviderFamily::Openai, "sk-live-123");
+        let call = prepare(&openai, Endpoint::ChatCompletions, false).expect("openai");
+        let (name, value) = call.credential.clone().expect("valid").expect("present");
+        assert_eq!(name, header::AUTHORIZATION);
+        assert_eq!(value, "Bearer sk-live-123");
+        assert!(value.is_sensitive());
+        assert!(!format!("{call:?}").contains("sk-live-123"));
+
+        let azure = with_key(ProviderFamily::Azure, "az-key");
+        let call = prepare(&azure, Endpoint::ChatCompletions, false).expect("azure");
+        let (name, value) = call.credential.clone().expect("valid").expect("present");
+        assert_eq!(
+            (name.as_str(), value.to_str().ok()),
+            ("api-key", Some("az-key"))
+        );
+
+        let none = model(ProviderFamily::Openai, "http://v/v1", None);
+        let call = prepare(&none, Endpoint::ChatCompletions, false).expect("no key");
+        assert_eq!(call.credential, Ok(None));
+
+        let broken = with_key(ProviderFamily::Openai, "sk-line\nbreak");
+        let call = prepare(&broken, Endpoint::ChatCompletions, false).expect("built");
+        assert_eq!(call.credential, Err(InvalidCredential));
     }
 }

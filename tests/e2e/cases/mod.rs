@@ -34,6 +34,7 @@ mod resilience;
 mod sdk;
 mod shutdown;
 mod streaming;
+mod tls;
 mod translation;
 mod unified;
 mod usage;
