@@ -6,7 +6,9 @@
 //! system-proxy matcher looks the host up, and its request and response are re-boxed on the
 //! way. A provider with default network settings (no proxy of its own) is called here instead;
 //! providers with their own proxy or connect timeout keep their reqwest client
-//! ([`super::proxy::NetSettings::client`]), and so do adapters and MCP servers.
+//! ([`super::proxy::NetSettings::client`]), and so do adapters and MCP servers. While the
+//! environment names a proxy (`HTTPS_PROXY`...), every provider goes through reqwest, which
+//! follows those variables.
 //!
 //! Each thread has its own client, built on first use: a pooled upstream connection is driven by
 //! the runtime that opened it, so on a connection thread ([`crate::server::threads`]) a call and
@@ -57,14 +59,37 @@ pub fn client() -> Result<Direct, String> {
         .build(https))
 }
 
+/// The proxy variables of the environment that reqwest's client follows (`NO_PROXY` only
+/// narrows them). While any is set, every provider call goes through reqwest, which applies
+/// them as it always has.
+const PROXY_VARIABLES: [&str; 6] = [
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+];
+
+/// Whether the environment names an outbound proxy ([`PROXY_VARIABLES`]).
+pub fn proxy_in_environment() -> bool {
+    PROXY_VARIABLES
+        .iter()
+        .any(|name| std::env::var_os(name).is_some_and(|value| !value.is_empty()))
+}
+
 thread_local! {
-    /// This thread's client, built on first use; `None` if it could not be built (the calls
-    /// then go through reqwest).
-    static DIRECT: Option<Direct> = match client() {
-        Ok(client) => Some(client),
-        Err(e) => {
-            tracing::warn!(error = %e, "no direct upstream client; calls go through reqwest");
-            None
+    /// This thread's client, built on first use; `None` when the environment names a proxy or
+    /// the client could not be built (the calls then go through reqwest).
+    static DIRECT: Option<Direct> = if proxy_in_environment() {
+        None
+    } else {
+        match client() {
+            Ok(client) => Some(client),
+            Err(e) => {
+                tracing::warn!(error = %e, "no direct upstream client; calls go through reqwest");
+                None
+            }
         }
     };
 }

@@ -296,6 +296,37 @@ provider = "own"
 }
 
 #[tokio::test]
+async fn the_environments_proxy_carries_providers_without_a_proxy_setting() {
+    let mock = mock(MockConfig::default()).await;
+    let proxy = Proxy::start().await;
+    let toml = format!(
+        r#"
+[providers.plain]
+family = "openai"
+base_url = "{}"
+credential = {{ env = "TG_TEST_PROVIDER_KEY" }}
+
+[models.plain]
+provider = "plain"
+"#,
+        mock.base_url()
+    );
+    let url = proxy.url("");
+    let gw = Gateway::start_env(&toml, &[], &[], &[("HTTP_PROXY", url.as_str())]);
+    let (_, secret) = gw.create_key("*");
+    for _ in 0..2 {
+        assert_eq!(chat(&gw, &secret, "plain").await.status(), 200);
+    }
+    let seen = proxy.seen();
+    assert_eq!(seen.len(), 2, "every call went through the proxy: {seen:?}");
+    assert!(
+        seen[0].line.starts_with("POST http://127.0.0.1:"),
+        "{seen:?}"
+    );
+    assert_eq!(mock.count(), 2);
+}
+
+#[tokio::test]
 async fn a_proxy_that_refuses_connections_is_a_clean_upstream_error() {
     let mock = mock(MockConfig::default()).await;
     let toml = format!(
