@@ -39,7 +39,7 @@ pub struct Recorder {
     record: UsageRecord,
     pricing: Option<Pricing>,
     decisions: Vec<super::decision::Decision>,
-    route: Option<Value>,
+    route: Option<super::route::Trace>,
     attempts: Vec<Value>,
     reservation: Option<(Arc<Ledger>, Reservation)>,
     input_estimate: Option<i64>,
@@ -312,7 +312,7 @@ impl Recorder {
     }
 
     /// The routing trace.
-    pub fn set_route(&mut self, trace: Value) {
+    pub fn set_route(&mut self, trace: super::route::Trace) {
         self.route = Some(trace);
     }
 
@@ -439,9 +439,7 @@ impl Recorder {
         record.completed_at_ms = now_ms();
         record.decisions = json_text(&std::mem::take(&mut self.decisions));
         if let Some(mut route) = self.route.take() {
-            if !self.attempts.is_empty() {
-                route["attempts"] = Value::from(std::mem::take(&mut self.attempts));
-            }
+            route.attempts = std::mem::take(&mut self.attempts);
             record.route = Some(json_text(&route));
         }
         // decisions and route are json_text's output, provider_usage too or a usage text

@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::Flow;
 use crate::error::{AccessError, GatewayError};
@@ -24,7 +24,44 @@ pub struct Route {
     /// Models to try, first to last.
     pub candidates: Vec<Arc<Model>>,
     /// The routing trace for the usage record.
-    pub trace: Value,
+    pub trace: Trace,
+}
+
+/// How a route was chosen: the usage record's `route` column. Written straight to JSON (no
+/// intermediate `Value` map per request), in this key order: `target`, `kind`, `excluded`
+/// (groups), `script`, `script_error`, `fallback`, `order`, `attempts`.
+#[derive(Debug, Default, Clone, PartialEq, serde::Serialize)]
+pub struct Trace {
+    /// The model or group the request named.
+    pub target: String,
+    /// `direct` (a model) or `group`.
+    pub kind: &'static str,
+    /// A group's deployments left out, with the reason.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub excluded: Option<Vec<Excluded>>,
+    /// The group's routing script.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub script: Option<String>,
+    /// The script's error, when it failed and the group falls back.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub script_error: Option<String>,
+    /// Set when the configured order was used because the script failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<bool>,
+    /// The models to try, first to last.
+    pub order: Vec<String>,
+    /// The upstream attempts, added when the call ends.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub attempts: Vec<Value>,
+}
+
+/// A deployment left out of a group's route.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Excluded {
+    /// Its model.
+    pub model: String,
+    /// Why.
+    pub reason: String,
 }
 
 fn unusable(model: &Model) -> Option<AccessError> {
@@ -51,7 +88,12 @@ pub fn plan(
     match target {
         Target::Model(model) => Ok(Route {
             candidates: vec![model.clone()],
-            trace: json!({"target": model.name, "kind": "direct", "order": [model.name]}),
+            trace: Trace {
+                target: model.name.clone(),
+                kind: "direct",
+                order: vec![model.name.clone()],
+                ..Trace::default()
+            },
         }),
         Target::Group(group) => plan_group(group, facts, key, health),
     }
@@ -71,7 +113,10 @@ fn plan_group(
         .filter(|d| match unusable(&d.model) {
             None => true,
             Some(problem) => {
-                excluded.push(json!({"model": d.model.name, "reason": problem.to_string()}));
+                excluded.push(Excluded {
+                    model: d.model.name.clone(),
+                    reason: problem.to_string(),
+                });
                 first_problem.get_or_insert(problem);
                 false
             }
@@ -106,11 +151,16 @@ fn plan_group(
     let mut configured: Vec<usize> = (0..views.len()).collect();
     configured.sort_by_key(|i| views[*i].in_cooldown);
 
-    let mut trace = json!({"target": group.name, "kind": "group", "excluded": excluded});
+    let mut trace = Trace {
+        target: group.name.clone(),
+        kind: "group",
+        excluded: Some(excluded),
+        ..Trace::default()
+    };
     let order = match &group.script {
         None => configured,
         Some(script) => {
-            trace["script"] = Value::String(script.name.clone());
+            trace.script = Some(script.name.clone());
             let request = || request_to_dynamic(facts, &key.id, key.team.as_deref());
             match script.order_for(request, &views) {
                 Ok(order) if !order.is_empty() => order,
@@ -123,8 +173,8 @@ fn plan_group(
                 Err(error) => match script.on_error {
                     OnError::Fail => return Err(GatewayError::Routing(error)),
                     OnError::Fallback => {
-                        trace["script_error"] = Value::String(error);
-                        trace["fallback"] = Value::Bool(true);
+                        trace.script_error = Some(error);
+                        trace.fallback = Some(true);
                         configured
                     }
                 },
@@ -132,12 +182,7 @@ fn plan_group(
         }
     };
     let candidates: Vec<Arc<Model>> = order.iter().map(|i| usable[*i].model.clone()).collect();
-    trace["order"] = json!(
-        candidates
-            .iter()
-            .map(|m| m.name.clone())
-            .collect::<Vec<_>>()
-    );
+    trace.order = candidates.iter().map(|m| m.name.clone()).collect();
     Ok(Route { candidates, trace })
 }
 
