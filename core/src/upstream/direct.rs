@@ -122,12 +122,5 @@ pub(crate) fn is_timeout(error: &hyper_util::client::legacy::Error) -> bool {
 
 /// An error and its causes, for the log (clients never see it).
 pub(crate) fn describe(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    crate::store::redact::redact_urls(&text)
+    super::with_causes(error.to_string(), error.source())
 }

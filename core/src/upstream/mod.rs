@@ -63,29 +63,40 @@ pub fn client() -> Result<reqwest::Client, reqwest::Error> {
 }
 
 thread_local! {
-    /// This thread's own upstream client, on connection threads ([`use_thread_client`]).
-    static THREAD_CLIENT: std::cell::OnceCell<reqwest::Client> = const { std::cell::OnceCell::new() };
+    /// Whether this thread has its own upstream client ([`use_thread_client`]).
+    static OWN_CLIENT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// That client, built on the thread's first call through reqwest; `None` if it could not
+    /// be built.
+    static THREAD_CLIENT: std::cell::OnceCell<Option<reqwest::Client>> = const { std::cell::OnceCell::new() };
 }
 
-/// Gives the calling thread its own upstream client, built like [`client`], which calls from
-/// this thread use instead of the shared one (a provider with its own network settings keeps
-/// its client). A pooled upstream connection is driven by the runtime that opened it: on a
-/// connection thread ([`crate::server::threads`]) the thread's own pool keeps a call and its
-/// upstream connection on one thread. Without it a call could reuse a connection opened by
-/// another thread, and each of its reads and writes would wake that thread.
+/// Gives the calling thread its own upstream client, built like [`client`] on the thread's
+/// first call through reqwest (most calls go through [`direct`], which has a client per thread
+/// of its own), which calls from this thread use instead of the shared one (a provider with its
+/// own network settings keeps its client). A pooled upstream connection is driven by the
+/// runtime that opened it: on a connection thread ([`crate::server::threads`]) the thread's own
+/// pool keeps a call and its upstream connection on one thread. Without it a call could reuse a
+/// connection opened by another thread, and each of its reads and writes would wake that thread.
 pub fn use_thread_client() {
-    match client() {
-        Ok(own) => THREAD_CLIENT.with(|c| {
-            let _ = c.set(own);
-        }),
-        Err(e) => tracing::warn!(error = %e, "no thread upstream client; using the shared one"),
-    }
+    OWN_CLIENT.with(|own| own.set(true));
 }
 
 /// The client for a call from this thread: its own ([`use_thread_client`]) or `shared`.
 pub(crate) fn thread_client(shared: &reqwest::Client) -> reqwest::Client {
+    if !OWN_CLIENT.with(std::cell::Cell::get) {
+        return shared.clone();
+    }
     THREAD_CLIENT
-        .with(|c| c.get().cloned())
+        .with(|c| {
+            c.get_or_init(|| match client() {
+                Ok(own) => Some(own),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no thread upstream client; using the shared one");
+                    None
+                }
+            })
+            .clone()
+        })
         .unwrap_or_else(|| shared.clone())
 }
 
@@ -307,7 +318,14 @@ fn describe(e: &reqwest::Error) -> String {
         bare.set_query(None);
         text = text.replace(url.as_str(), bare.as_str());
     }
-    let mut source = std::error::Error::source(e);
+    with_causes(text, std::error::Error::source(e))
+}
+
+/// `text` followed by each cause in `source`'s chain, URLs' passwords redacted.
+pub(crate) fn with_causes(
+    mut text: String,
+    mut source: Option<&(dyn std::error::Error + 'static)>,
+) -> String {
     while let Some(s) = source {
         text.push_str(": ");
         text.push_str(&s.to_string());

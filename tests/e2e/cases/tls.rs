@@ -127,13 +127,12 @@ pricing = {{ input_per_mtok = 2.5, output_per_mtok = 10.0 }}
     )
 }
 
-#[tokio::test]
-async fn a_provider_over_tls_is_verified_and_spoken_to_over_http2() {
-    let (ca_pem, config) = authority();
-    let (port, seen) = tls_provider(config).await;
+/// Starts the gateway on [`policy`] trusting only `ca_pem` (`SSL_CERT_FILE`); returns it, a
+/// key's secret, and the directory holding the PEM (kept as long as the gateway runs).
+fn gateway_trusting(port: u16, ca_pem: &str) -> (Gateway, String, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("dir");
     let ca_file = dir.path().join("ca.pem");
-    std::fs::write(&ca_file, &ca_pem).expect("write ca");
+    std::fs::write(&ca_file, ca_pem).expect("write ca");
     let gw = Gateway::start_env(
         &policy(port),
         &[],
@@ -141,14 +140,26 @@ async fn a_provider_over_tls_is_verified_and_spoken_to_over_http2() {
         &[("SSL_CERT_FILE", ca_file.to_str().expect("utf-8 path"))],
     );
     let (_, secret) = gw.create_key("*");
+    (gw, secret, dir)
+}
+
+async fn chat(gw: &Gateway, secret: &str) -> reqwest::Response {
+    http()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(secret)
+        .json(&chat_body("chat"))
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_provider_over_tls_is_verified_and_spoken_to_over_http2() {
+    let (ca_pem, config) = authority();
+    let (port, seen) = tls_provider(config).await;
+    let (gw, secret, _dir) = gateway_trusting(port, &ca_pem);
     for round in 0..3 {
-        let response = http()
-            .post(gw.url("/v1/chat/completions"))
-            .bearer_auth(&secret)
-            .json(&chat_body("chat"))
-            .send()
-            .await
-            .unwrap();
+        let response = chat(&gw, &secret).await;
         assert_eq!(response.status(), 200, "round {round}");
         let id = request_id(&response);
         let answer: Value = response.json().await.unwrap();
@@ -177,23 +188,8 @@ async fn a_provider_whose_certificate_is_not_trusted_is_never_sent_the_request()
     let (port, seen) = tls_provider(config).await;
     // Trust another authority only.
     let (other_ca, _) = authority();
-    let dir = tempfile::tempdir().expect("dir");
-    let ca_file = dir.path().join("other-ca.pem");
-    std::fs::write(&ca_file, &other_ca).expect("write ca");
-    let gw = Gateway::start_env(
-        &policy(port),
-        &[],
-        &[],
-        &[("SSL_CERT_FILE", ca_file.to_str().expect("utf-8 path"))],
-    );
-    let (_, secret) = gw.create_key("*");
-    let response = http()
-        .post(gw.url("/v1/chat/completions"))
-        .bearer_auth(&secret)
-        .json(&chat_body("chat"))
-        .send()
-        .await
-        .unwrap();
+    let (gw, secret, _dir) = gateway_trusting(port, &other_ca);
+    let response = chat(&gw, &secret).await;
     assert_eq!(response.status(), 502);
     let id = request_id(&response);
     let body: Value = response.json().await.unwrap();
