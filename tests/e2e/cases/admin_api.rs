@@ -9,8 +9,8 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::common::{
-    ADMIN_TOKEN, Gateway, PgDatabase, bin, chat_body, expect_error, http, mock, request_id, skip,
-    standard_policy,
+    ADMIN_TOKEN, Gateway, PgDatabase, bin, chat_body, expect_error, http, mock, post_chat,
+    request_id, skip, standard_policy,
 };
 
 /// Cost of one `chat` call against the mock (11 input, 7 output tokens, 2 of them cached).
@@ -42,16 +42,6 @@ async fn get(gw: &Gateway, path: &str) -> Value {
 
 async fn post(gw: &Gateway, path: &str, body: Value) -> (u16, Value) {
     send(gw, ADMIN_TOKEN, Method::POST, path, Some(body)).await
-}
-
-async fn chat(gw: &Gateway, secret: &str, model: &str) -> reqwest::Response {
-    http()
-        .post(gw.url("/v1/chat/completions"))
-        .bearer_auth(secret)
-        .json(&chat_body(model))
-        .send()
-        .await
-        .expect("chat")
 }
 
 /// The whole key lifecycle through the API; run on SQLite and PostgreSQL.
@@ -130,7 +120,12 @@ async fn key_lifecycle(gw: &Gateway) {
     );
 
     // Grants decide the next request.
-    expect_error(chat(gw, &secret, "chat").await, 403, "model_not_allowed").await;
+    expect_error(
+        post_chat(gw, &secret, "chat").await,
+        403,
+        "model_not_allowed",
+    )
+    .await;
     let (status, patched) = send(
         gw,
         ADMIN_TOKEN,
@@ -141,12 +136,12 @@ async fn key_lifecycle(gw: &Gateway) {
     .await;
     assert_eq!(status, 200, "{patched}");
     assert_eq!(patched["models"], json!(["chat"]));
-    assert_eq!(chat(gw, &secret, "chat").await.status(), 200);
+    assert_eq!(post_chat(gw, &secret, "chat").await.status(), 200);
 
     // Revoke, unrevoke.
     let (status, revoked) = post(gw, &format!("/keys/{id}/revoke"), json!({})).await;
     assert_eq!((status, revoked["status"].as_str()), (200, Some("revoked")));
-    expect_error(chat(gw, &secret, "chat").await, 401, "api_key_revoked").await;
+    expect_error(post_chat(gw, &secret, "chat").await, 401, "api_key_revoked").await;
     assert_eq!(
         get(gw, "/keys?status=revoked").await["data"]
             .as_array()
@@ -160,15 +155,15 @@ async fn key_lifecycle(gw: &Gateway) {
     );
     let (status, _) = post(gw, &format!("/keys/{id}/unrevoke"), json!({})).await;
     assert_eq!(status, 200);
-    assert_eq!(chat(gw, &secret, "chat").await.status(), 200);
+    assert_eq!(post_chat(gw, &secret, "chat").await.status(), 200);
 
     // Rotate: the old secret stops, the new one works, the history shows it.
     let (status, rotated) = post(gw, &format!("/keys/{id}/rotate"), json!({})).await;
     assert_eq!(status, 200, "{rotated}");
     let new_secret = rotated["secret"].as_str().expect("new secret").to_string();
     assert_ne!(new_secret, secret);
-    expect_error(chat(gw, &secret, "chat").await, 401, "unauthorized").await;
-    assert_eq!(chat(gw, &new_secret, "chat").await.status(), 200);
+    expect_error(post_chat(gw, &secret, "chat").await, 401, "unauthorized").await;
+    assert_eq!(post_chat(gw, &new_secret, "chat").await.status(), 200);
     let rotations = get(gw, &format!("/keys/{id}/rotations")).await;
     assert_eq!(rotations["data"].as_array().map(Vec::len), Some(1));
     assert_eq!(rotations["data"][0]["old_prefix"], first_prefix.as_str());
@@ -530,14 +525,14 @@ async fn usage_and_chargeback(gw: &Gateway) {
     let b_secret = b["secret"].as_str().unwrap().to_string();
     let mut ids = Vec::new();
     for _ in 0..3 {
-        let r = chat(gw, &a_secret, "chat").await;
+        let r = post_chat(gw, &a_secret, "chat").await;
         assert_eq!(r.status(), 200);
         ids.push(request_id(&r));
     }
     for _ in 0..2 {
-        assert_eq!(chat(gw, &b_secret, "other").await.status(), 200);
+        assert_eq!(post_chat(gw, &b_secret, "other").await.status(), 200);
     }
-    let denied = chat(gw, &b_secret, "chat").await;
+    let denied = post_chat(gw, &b_secret, "chat").await;
     let denied_id = expect_error(denied, 403, "model_not_allowed").await;
     let rows = wait_usage(gw, 6).await;
     let total_cost: i64 = rows
@@ -775,7 +770,7 @@ async fn budgets_show_their_windows_and_the_rows_they_count() {
         (409, Some("conflict"))
     );
 
-    assert_eq!(chat(&gw, &secret, "chat").await.status(), 200);
+    assert_eq!(post_chat(&gw, &secret, "chat").await.status(), 200);
     let deadline = Instant::now() + Duration::from_secs(10);
     let view = loop {
         let view = get(&gw, &format!("/budgets/{id}")).await;
@@ -809,7 +804,12 @@ async fn budgets_show_their_windows_and_the_rows_they_count() {
     .await;
     assert_eq!(status, 200, "{patched}");
     assert_eq!(patched["current"]["remaining_nanos"], 0);
-    expect_error(chat(&gw, &secret, "chat").await, 402, "budget_exceeded").await;
+    expect_error(
+        post_chat(&gw, &secret, "chat").await,
+        402,
+        "budget_exceeded",
+    )
+    .await;
     assert_eq!(
         get(&gw, "/budgets").await["data"].as_array().map(Vec::len),
         Some(1)
@@ -1067,7 +1067,7 @@ async fn the_cli_manages_the_same_objects_locally_and_through_a_gateway() {
     assert!(String::from_utf8_lossy(&dup.stderr).contains("conflict"));
     // The original `keys create` still works and is audited.
     let (key_id, secret) = gw.create_key_with(&["--models", "chat", "--team", "eng"]);
-    assert_eq!(chat(&gw, &secret, "chat").await.status(), 200);
+    assert_eq!(post_chat(&gw, &secret, "chat").await.status(), 200);
     // Through the gateway with a token.
     let remote = |args: &[&str]| {
         let mut all: Vec<&str> = args.to_vec();
@@ -1082,10 +1082,15 @@ async fn the_cli_manages_the_same_objects_locally_and_through_a_gateway() {
     assert_eq!(teams["data"][0]["id"], "eng");
     let revoked = ok_json(&remote(&["keys", "revoke", &key_id, "--json"]));
     assert_eq!(revoked["status"], "revoked");
-    expect_error(chat(&gw, &secret, "chat").await, 401, "api_key_revoked").await;
+    expect_error(
+        post_chat(&gw, &secret, "chat").await,
+        401,
+        "api_key_revoked",
+    )
+    .await;
     let unrevoked = ok_json(&cli(&gw, &["keys", "unrevoke", &key_id, "--json"]));
     assert_eq!(unrevoked["status"], "active");
-    assert_eq!(chat(&gw, &secret, "chat").await.status(), 200);
+    assert_eq!(post_chat(&gw, &secret, "chat").await.status(), 200);
     let rotated = ok_json(&cli(&gw, &["keys", "rotate", &key_id, "--json"]));
     let history = ok_json(&remote(&["keys", "rotations", &key_id, "--json"]));
     assert_eq!(history["data"][0]["new_prefix"], rotated["prefix"]);

@@ -6,7 +6,7 @@ use std::process::Command;
 
 use mock_upstream::MockConfig;
 
-use crate::common::{Gateway, bin, chat_body, http, mock, repo_root, standard_policy};
+use crate::common::{Gateway, bin, mock, post_chat, repo_root, standard_policy};
 
 fn demo_key(gw: &Gateway, file: &std::path::Path) -> (String, String) {
     let out = Command::new(bin())
@@ -27,15 +27,7 @@ fn demo_key(gw: &Gateway, file: &std::path::Path) -> (String, String) {
 }
 
 async fn works(gw: &Gateway, secret: &str) -> bool {
-    http()
-        .post(gw.url("/v1/chat/completions"))
-        .bearer_auth(secret)
-        .json(&chat_body("chat"))
-        .send()
-        .await
-        .unwrap()
-        .status()
-        == 200
+    post_chat(gw, secret, "chat").await.status() == 200
 }
 
 #[tokio::test]

@@ -5,17 +5,7 @@ use std::time::Duration;
 use mock_upstream::MockConfig;
 use serde_json::Value;
 
-use crate::common::{Gateway, chat_body, expect_error, http, mock, standard_policy};
-
-async fn call(gw: &Gateway, secret: &str) -> reqwest::Response {
-    http()
-        .post(gw.url("/v1/chat/completions"))
-        .bearer_auth(secret)
-        .json(&chat_body("chat"))
-        .send()
-        .await
-        .unwrap()
-}
+use crate::common::{Gateway, expect_error, mock, post_chat, standard_policy};
 
 #[tokio::test]
 async fn revoked_key_is_refused_on_the_next_request() {
@@ -23,7 +13,7 @@ async fn revoked_key_is_refused_on_the_next_request() {
     let gw = Gateway::start(&standard_policy(&mock));
     let (id, secret) = gw.create_key("*");
     assert_eq!(
-        call(&gw, &secret).await.status(),
+        post_chat(&gw, &secret, "chat").await.status(),
         200,
         "warms the key cache"
     );
@@ -33,7 +23,12 @@ async fn revoked_key_is_refused_on_the_next_request() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    expect_error(call(&gw, &secret).await, 401, "api_key_revoked").await;
+    expect_error(
+        post_chat(&gw, &secret, "chat").await,
+        401,
+        "api_key_revoked",
+    )
+    .await;
     let listed: Value = serde_json::from_slice(&gw.keys(&["list", "--json"]).stdout).unwrap();
     assert_eq!(listed[0]["state"], "revoked");
     assert!(!String::from_utf8_lossy(&gw.keys(&["list"]).stdout).contains(&secret));
@@ -45,9 +40,14 @@ async fn expired_key_gets_api_key_expired() {
     let gw = Gateway::start(&standard_policy(&mock));
     let expires = chrono::Utc::now() + chrono::Duration::milliseconds(1500);
     let (_, secret) = gw.create_key_with(&["--models", "*", "--expires-at", &expires.to_rfc3339()]);
-    assert_eq!(call(&gw, &secret).await.status(), 200);
+    assert_eq!(post_chat(&gw, &secret, "chat").await.status(), 200);
     tokio::time::sleep(Duration::from_millis(1700)).await;
-    expect_error(call(&gw, &secret).await, 401, "api_key_expired").await;
+    expect_error(
+        post_chat(&gw, &secret, "chat").await,
+        401,
+        "api_key_expired",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -72,7 +72,7 @@ async fn rotated_key_keeps_its_id_and_only_the_new_secret_works() {
     let mock = mock(MockConfig::default()).await;
     let gw = Gateway::start(&standard_policy(&mock));
     let (id, old) = gw.create_key("chat");
-    assert_eq!(call(&gw, &old).await.status(), 200);
+    assert_eq!(post_chat(&gw, &old, "chat").await.status(), 200);
     let out = gw.keys(&["rotate", &id, "--json"]);
     assert!(
         out.status.success(),
@@ -84,8 +84,8 @@ async fn rotated_key_keeps_its_id_and_only_the_new_secret_works() {
     assert_eq!(rotated["rotations"], 1);
     let new = rotated["secret"].as_str().unwrap();
     assert_ne!(new, old);
-    expect_error(call(&gw, &old).await, 401, "unauthorized").await;
-    let response = call(&gw, new).await;
+    expect_error(post_chat(&gw, &old, "chat").await, 401, "unauthorized").await;
+    let response = post_chat(&gw, new, "chat").await;
     assert_eq!(response.status(), 200);
     let row = gw.row_for(&crate::common::request_id(&response)).await;
     assert_eq!(

@@ -8,8 +8,8 @@ use serde_json::Value;
 
 use crate::common::otlp::Receiver;
 use crate::common::{
-    ADMIN_TOKEN, Gateway, PgDatabase, TcpProxy, chat_body, expect_error, http, mock, request_id,
-    sample, skip, standard_policy,
+    ADMIN_TOKEN, Gateway, PgDatabase, TcpProxy, chat_body, expect_error, http, mock, post_chat,
+    request_id, sample, skip, standard_policy,
 };
 
 /// A policy with the standard mock models and a daily budget for the team `research`.
@@ -18,16 +18,6 @@ fn budgeted_policy(mock: &mock_upstream::MockHandle) -> String {
         "{}\n[[budgets]]\nscope = \"team\"\nsubject = \"research\"\nwindow = \"daily\"\nlimit_usd = 1.0\n",
         standard_policy(mock)
     )
-}
-
-async fn chat(gw: &Gateway, secret: &str, model: &str) -> reqwest::Response {
-    http()
-        .post(gw.url("/v1/chat/completions"))
-        .bearer_auth(secret)
-        .json(&chat_body(model))
-        .send()
-        .await
-        .unwrap()
 }
 
 fn sum(rows: &[Value], pred: impl Fn(&Value) -> bool, field: &str) -> i64 {
@@ -43,17 +33,17 @@ async fn metrics_count_the_requests_tokens_and_cost_of_the_usage_rows() {
     let gw = Gateway::start(&budgeted_policy(&mock));
     let (_, secret) = gw.create_key_with(&["--models", "*", "--team", "research"]);
     for _ in 0..3 {
-        assert_eq!(chat(&gw, &secret, "chat").await.status(), 200);
+        assert_eq!(post_chat(&gw, &secret, "chat").await.status(), 200);
     }
-    assert_eq!(chat(&gw, &secret, "fail-400").await.status(), 400);
+    assert_eq!(post_chat(&gw, &secret, "fail-400").await.status(), 400);
     expect_error(
-        chat(&gw, &secret, "no-such-model").await,
+        post_chat(&gw, &secret, "no-such-model").await,
         400,
         "model_not_found",
     )
     .await;
     expect_error(
-        chat(&gw, "tg_0000000000000000000000000000000000000000", "chat").await,
+        post_chat(&gw, "tg_0000000000000000000000000000000000000000", "chat").await,
         401,
         "unauthorized",
     )
@@ -283,7 +273,7 @@ async fn key_info_shows_the_callers_own_key_grants_and_remaining_budget() {
         expires,
     ]);
     let (other_id, _) = gw.create_key_with(&["--models", "*", "--team", "research"]);
-    let answered = chat(&gw, &secret, "chat").await;
+    let answered = post_chat(&gw, &secret, "chat").await;
     assert_eq!(answered.status(), 200);
     let row = gw.row_for(&request_id(&answered)).await;
     let cost = row["cost_nanos"].as_i64().unwrap();
@@ -462,7 +452,7 @@ async fn a_request_is_one_trace_with_a_span_per_stage_and_its_context_reaches_th
     );
 
     // Without a client trace the gateway starts one, and still propagates it.
-    let response = chat(&gw, &secret, "chat").await;
+    let response = post_chat(&gw, &secret, "chat").await;
     assert_eq!(response.status(), 200);
     let id = request_id(&response);
     let spans = receiver
@@ -601,7 +591,7 @@ async fn a_failover_is_one_upstream_attempt_span_per_deployment_tried() {
         ],
     );
     let (_, secret) = gw.create_key("*");
-    let response = chat(&gw, &secret, "failover").await;
+    let response = post_chat(&gw, &secret, "failover").await;
     assert_eq!(response.status(), 200);
     let id = Value::from(request_id(&response));
     let spans = receiver

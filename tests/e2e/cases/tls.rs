@@ -13,7 +13,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
-use crate::common::{Gateway, PROVIDER_KEY, chat_body, http, request_id};
+use crate::common::{Gateway, PROVIDER_KEY, post_chat, request_id};
 
 /// What the TLS provider saw of one request.
 #[derive(Debug, Clone)]
@@ -143,23 +143,13 @@ fn gateway_trusting(port: u16, ca_pem: &str) -> (Gateway, String, tempfile::Temp
     (gw, secret, dir)
 }
 
-async fn chat(gw: &Gateway, secret: &str) -> reqwest::Response {
-    http()
-        .post(gw.url("/v1/chat/completions"))
-        .bearer_auth(secret)
-        .json(&chat_body("chat"))
-        .send()
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn a_provider_over_tls_is_verified_and_spoken_to_over_http2() {
     let (ca_pem, config) = authority();
     let (port, seen) = tls_provider(config).await;
     let (gw, secret, _dir) = gateway_trusting(port, &ca_pem);
     for round in 0..3 {
-        let response = chat(&gw, &secret).await;
+        let response = post_chat(&gw, &secret, "chat").await;
         assert_eq!(response.status(), 200, "round {round}");
         let id = request_id(&response);
         let answer: Value = response.json().await.unwrap();
@@ -189,7 +179,7 @@ async fn a_provider_whose_certificate_is_not_trusted_is_never_sent_the_request()
     // Trust another authority only.
     let (other_ca, _) = authority();
     let (gw, secret, _dir) = gateway_trusting(port, &other_ca);
-    let response = chat(&gw, &secret).await;
+    let response = post_chat(&gw, &secret, "chat").await;
     assert_eq!(response.status(), 502);
     let id = request_id(&response);
     let body: Value = response.json().await.unwrap();

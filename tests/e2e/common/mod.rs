@@ -572,6 +572,17 @@ pub fn chat_body(model: &str) -> Value {
     serde_json::json!({"model": model, "messages": [{"role": "user", "content": "hello"}]})
 }
 
+/// Posts [`chat_body`]`(model)` to the gateway's chat completions endpoint with `secret`.
+pub async fn post_chat(gw: &Gateway, secret: &str, model: &str) -> reqwest::Response {
+    http()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(secret)
+        .json(&chat_body(model))
+        .send()
+        .await
+        .expect("chat request")
+}
+
 /// The request id header of a response.
 pub fn request_id(response: &reqwest::Response) -> String {
     response
