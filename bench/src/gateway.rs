@@ -253,6 +253,19 @@ impl Gateway {
             std::fs::write(&path, contents)
                 .with_context(|| format!("cannot write {}", path.display()))?;
         }
+        for (relative, source) in scenario.policy_copies() {
+            let path = policies.join(&relative);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)
+                    .with_context(|| format!("cannot create {}", parent.display()))?;
+            }
+            std::fs::copy(&source, &path).with_context(|| {
+                format!(
+                    "cannot copy {} (build the plugins first: ./scripts/build-plugins)",
+                    source.display()
+                )
+            })?;
+        }
         let (database, postgres) = match scenario.store() {
             StoreKind::Sqlite => (
                 format!("sqlite://{}", dir.path().join("tollgate.db").display()),
@@ -264,10 +277,13 @@ impl Gateway {
             }
         };
 
-        let created = Command::new(bin)
-            .args([
-                "keys", "create", "--name", "bench", "--mcp", "*", "--models",
-            ])
+        let mut create = Command::new(bin);
+        create.args(["keys", "create", "--name", "bench"]);
+        if scenario.key_mcp() {
+            create.args(["--mcp", "*"]);
+        }
+        let created = create
+            .arg("--models")
             .arg(scenario.key_models())
             .args(["--json", "--database", &database])
             .env("RUST_LOG", "warn")

@@ -59,6 +59,11 @@ pub struct BenchConfig {
     pub request_timeout: Duration,
     /// The `tollgate` binary; `None` looks for it (see [`gateway::locate_binary`]).
     pub tollgate_bin: Option<PathBuf>,
+    /// An earlier `tollgate` build measured in the same run under the same loads, in
+    /// `baseline_scenarios`; `None`: no baseline.
+    pub baseline_bin: Option<PathBuf>,
+    /// The scenarios the baseline build is measured in.
+    pub baseline_scenarios: Vec<String>,
     /// Worker threads of the load driver's runtime.
     pub driver_threads: usize,
     /// Worker threads of the in-process mock's runtime.
@@ -83,6 +88,8 @@ impl Default for BenchConfig {
             window: Duration::from_secs(10),
             request_timeout: Duration::from_secs(10),
             tollgate_bin: None,
+            baseline_bin: None,
+            baseline_scenarios: vec!["governed".into()],
             driver_threads: 1,
             mock_threads: 1,
             progress: true,
@@ -177,6 +184,8 @@ pub fn run(config: &BenchConfig) -> anyhow::Result<Report> {
                 note: Some("not available yet (capability not built)".into()),
                 loads: Vec::new(),
                 gateway: None,
+                baseline: None,
+                baseline_error: None,
                 drift: Vec::new(),
             }),
             Entry::Ready(scenario) => {
@@ -197,6 +206,8 @@ pub fn run(config: &BenchConfig) -> anyhow::Result<Report> {
                         note: Some(format!("{e:#}")),
                         loads: Vec::new(),
                         gateway: None,
+                        baseline: None,
+                        baseline_error: None,
                         drift: Vec::new(),
                     }
                 }));
@@ -218,7 +229,10 @@ fn run_phase(
     load: Load,
     label: &str,
 ) -> anyhow::Result<PhaseResult> {
-    let options = config.phase_options(load, label.ends_with("tollgate"));
+    let options = config.phase_options(
+        load,
+        label.ends_with("tollgate") || label.ends_with("baseline"),
+    );
     config.say(format!(
         "{label} {} for {:?} (+{:?} warm-up)",
         load.label(),
@@ -287,41 +301,35 @@ fn run_scenario(
     }
     nginx_results.resize_with(loads.len(), || None);
 
-    config.say(format!("{name}: starting tollgate"));
-    let gateway = Gateway::start(bin, scenario, upstream)?;
-    let through = Arc::new(Target::new(
-        gateway.addr,
-        scenario.gateway_request(),
-        Some(&gateway.secret),
-    )?);
-    let mut gateway_results = Vec::new();
-    for &load in &loads {
-        let cpu_before = gateway.cpu_time();
-        match run_phase(config, rt, &through, load, &format!("{name} tollgate")) {
-            Ok(mut result) => {
-                let sent = result.requests + result.warmup_requests;
-                if let (Some(before), Some(after)) = (cpu_before, gateway.cpu_time())
-                    && sent > 0
-                {
-                    let used = after.saturating_sub(before).as_secs_f64() * 1e6;
-                    result.gateway_cpu_us_per_request = Some(used / sent as f64);
-                }
-                gateway_results.push(result);
-            }
-            Err(e) => {
-                let log = gateway.log_tail();
-                return Err(e.context(format!("tollgate's log:\n{log}")));
-            }
-        }
-    }
-    let log = gateway.log_tail();
-    let stats = gateway.stop()?;
+    let (gateway_results, stats) =
+        measure_gateway(config, bin, scenario, upstream, rt, &loads, "tollgate")?;
     if !stats.clean_exit {
         config.say(format!(
-            "{name}: tollgate did not stop cleanly ({}); log:\n{log}",
+            "{name}: tollgate did not stop cleanly ({})",
             stats.exit_status
         ));
     }
+
+    // The earlier build, same loads, same mock, same run. Its failure is reported, not fatal:
+    // an old build may not know what a newer scenario needs.
+    let mut baseline_note = None;
+    let mut baseline_results: Vec<Option<PhaseResult>> = Vec::new();
+    let mut baseline_stats = None;
+    if let Some(baseline) = &config.baseline_bin
+        && config.baseline_scenarios.iter().any(|s| s == name)
+    {
+        match measure_gateway(config, baseline, scenario, upstream, rt, &loads, "baseline") {
+            Ok((results, stats)) => {
+                baseline_results = results.into_iter().map(Some).collect();
+                baseline_stats = Some(stats);
+            }
+            Err(e) => {
+                config.say(format!("{name}: the baseline build failed: {e:#}"));
+                baseline_note = Some(format!("the baseline build failed: {e:#}"));
+            }
+        }
+    }
+    baseline_results.resize_with(loads.len(), || None);
 
     let drift = gateway_results
         .iter()
@@ -332,10 +340,14 @@ fn run_scenario(
         .zip(direct_results)
         .zip(gateway_results)
         .zip(nginx_results)
-        .map(|(((&load, direct), tollgate), nginx)| {
-            Comparison::new(load, direct, tollgate).with_nginx(nginx)
+        .zip(baseline_results)
+        .map(|((((&load, direct), tollgate), nginx), baseline)| {
+            Comparison::new(load, direct, tollgate)
+                .with_nginx(nginx)
+                .with_baseline(baseline)
         })
         .collect();
+
     Ok(ScenarioReport {
         name: name.to_string(),
         summary: scenario.summary().to_string(),
@@ -344,8 +356,57 @@ fn run_scenario(
             .then(|| format!("tollgate did not stop cleanly: {}", stats.exit_status)),
         loads: comparisons,
         gateway: Some(stats),
+        baseline: baseline_stats,
+        baseline_error: baseline_note,
         drift,
     })
+}
+
+/// Starts `bin` on the scenario's policies and measures it under `loads`; `label` names the
+/// build in progress lines and errors (`tollgate`, `baseline`).
+fn measure_gateway(
+    config: &BenchConfig,
+    bin: &Path,
+    scenario: &dyn Scenario,
+    upstream: &Upstream,
+    rt: &tokio::runtime::Runtime,
+    loads: &[Load],
+    label: &str,
+) -> anyhow::Result<(Vec<PhaseResult>, gateway::GatewayStats)> {
+    let name = scenario.name();
+    config.say(format!("{name}: starting {label} ({})", bin.display()));
+    let gateway = Gateway::start(bin, scenario, upstream)?;
+    let through = Arc::new(Target::new(
+        gateway.addr,
+        scenario.gateway_request(),
+        Some(&gateway.secret),
+    )?);
+    let mut results = Vec::new();
+    for &load in loads {
+        let cpu_before = gateway.cpu_time();
+        match run_phase(config, rt, &through, load, &format!("{name} {label}")) {
+            Ok(mut result) => {
+                let sent = result.requests + result.warmup_requests;
+                if let (Some(before), Some(after)) = (cpu_before, gateway.cpu_time())
+                    && sent > 0
+                {
+                    let used = after.saturating_sub(before).as_secs_f64() * 1e6;
+                    result.gateway_cpu_us_per_request = Some(used / sent as f64);
+                }
+                results.push(result);
+            }
+            Err(e) => {
+                let log = gateway.log_tail();
+                return Err(e.context(format!("{label}'s log:\n{log}")));
+            }
+        }
+    }
+    let log = gateway.log_tail();
+    let stats = gateway.stop()?;
+    if !stats.clean_exit {
+        config.say(format!("{name}: {label}'s log:\n{log}"));
+    }
+    Ok((results, stats))
 }
 
 fn write_json(report: &Report, out: &Path) -> anyhow::Result<()> {

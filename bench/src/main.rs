@@ -50,6 +50,14 @@ struct Args {
     /// The tollgate binary (default: $TOLLGATE_BIN, else next to this executable).
     #[arg(long)]
     tollgate_bin: Option<PathBuf>,
+    /// An earlier tollgate build to measure in the same run, under the same loads (for example
+    /// the build from before a round of optimisation): the table gets a `baseline` row and the
+    /// report tollgate's throughput and CPU as multiples of it.
+    #[arg(long)]
+    baseline_bin: Option<PathBuf>,
+    /// Comma-separated scenarios the baseline build is measured in (default: governed).
+    #[arg(long, value_delimiter = ',', default_value = "governed")]
+    baseline_scenarios: Vec<String>,
     /// Worker threads of the load driver.
     #[arg(long, default_value_t = 1)]
     driver_threads: usize,
@@ -78,6 +86,8 @@ fn config(args: Args) -> Result<BenchConfig, String> {
         long: args.long,
         request_timeout: seconds(args.timeout_secs, "--timeout-secs")?,
         tollgate_bin: args.tollgate_bin,
+        baseline_bin: args.baseline_bin,
+        baseline_scenarios: args.baseline_scenarios,
         driver_threads: args.driver_threads,
         mock_threads: args.mock_threads,
         progress: !args.quiet,

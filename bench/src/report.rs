@@ -35,6 +35,9 @@ pub const TARGET_GOVERNED_TTFB_P50_OVERHEAD_US: i64 = 600;
 pub const TARGET_POSTGRES_VS_SQLITE: f64 = 1.5;
 /// Driver dispatch lag (p99, µs) above which open-loop latencies are reported as unreliable.
 pub const MAX_DISPATCH_LAG_US: u64 = 1000;
+/// Issue 10: governed closed-loop throughput (c=16), as a multiple of the build from before the
+/// work, measured in the same run (`--baseline-bin`).
+pub const TARGET_GOVERNED_VS_BASELINE: f64 = 5.0;
 /// Peak RSS of the gateway, KiB (100 MiB).
 pub const TARGET_PEAK_RSS_KB: u64 = 100 * 1024;
 
@@ -86,6 +89,12 @@ pub struct Comparison {
     pub nginx: Option<PhaseResult>,
     /// tollgate's CPU per request / nginx's.
     pub cpu_vs_nginx: Option<f64>,
+    /// The same load through the baseline build (`--baseline-bin`), when one was measured.
+    pub baseline: Option<PhaseResult>,
+    /// Closed loop: tollgate's throughput / the baseline build's.
+    pub throughput_vs_baseline: Option<f64>,
+    /// tollgate's CPU per request / the baseline build's.
+    pub cpu_vs_baseline: Option<f64>,
 }
 
 impl Comparison {
@@ -111,7 +120,38 @@ impl Comparison {
             throughput_ratio,
             nginx: None,
             cpu_vs_nginx: None,
+            baseline: None,
+            throughput_vs_baseline: None,
+            cpu_vs_baseline: None,
         }
+    }
+
+    /// Adds the baseline build's result of the same load.
+    pub fn with_baseline(mut self, baseline: Option<PhaseResult>) -> Self {
+        if let Some(b) = &baseline {
+            self.throughput_vs_baseline = (matches!(self.load, Load::Closed { .. }) && b.rps > 0.0)
+                .then(|| self.tollgate.rps / b.rps);
+            self.cpu_vs_baseline = match (
+                self.tollgate.gateway_cpu_us_per_request,
+                b.gateway_cpu_us_per_request,
+            ) {
+                (Some(ours), Some(theirs)) if theirs > 0.0 => Some(ours / theirs),
+                _ => None,
+            };
+        }
+        self.baseline = baseline;
+        self
+    }
+
+    /// The measured paths: direct, then tollgate, then the baseline build if measured.
+    fn measured(&self) -> impl Iterator<Item = (&'static str, &PhaseResult)> {
+        [
+            ("direct", Some(&self.direct)),
+            ("tollgate", Some(&self.tollgate)),
+            ("baseline", self.baseline.as_ref()),
+        ]
+        .into_iter()
+        .filter_map(|(path, r)| r.map(|r| (path, r)))
     }
 
     /// Adds the nginx baseline of the same load.
@@ -192,6 +232,10 @@ pub struct ScenarioReport {
     pub loads: Vec<Comparison>,
     /// The gateway's memory.
     pub gateway: Option<GatewayStats>,
+    /// The baseline build's memory, when it was measured.
+    pub baseline: Option<GatewayStats>,
+    /// Why the baseline build asked for could not be measured.
+    pub baseline_error: Option<String>,
     /// First versus last window (long runs).
     pub drift: Vec<Drift>,
 }
@@ -279,10 +323,12 @@ impl Report {
         self.scenarios.iter().all(|s| match s.status {
             ScenarioStatus::NotAvailable => true,
             ScenarioStatus::Failed => false,
-            ScenarioStatus::Measured => s
-                .loads
-                .iter()
-                .all(|c| c.direct.all_succeeded() && c.tollgate.all_succeeded()),
+            ScenarioStatus::Measured => {
+                s.baseline_error.is_none()
+                    && s.loads
+                        .iter()
+                        .all(|c| c.measured().all(|(_, r)| r.all_succeeded()))
+            }
         })
     }
 
@@ -297,8 +343,11 @@ impl Report {
                     s.note.clone().unwrap_or_default()
                 ));
             }
+            if let Some(error) = &s.baseline_error {
+                out.push(format!("{}: {error}", s.name));
+            }
             for c in &s.loads {
-                for (path, r) in [("direct", &c.direct), ("tollgate", &c.tollgate)] {
+                for (path, r) in c.measured() {
                     for (message, n) in &r.errors {
                         out.push(format!(
                             "{} {} {path}: {n} x {message}",
@@ -423,6 +472,21 @@ impl Report {
                         conclusive: true,
                     });
                 }
+                if concurrency == 16
+                    && let (Some(ratio), Some(baseline)) =
+                        (c.throughput_vs_baseline, c.baseline.as_ref())
+                {
+                    checks.push(TargetCheck {
+                        what: "governed closed-loop throughput vs the baseline build (c=16)".into(),
+                        target: format!(">= {TARGET_GOVERNED_VS_BASELINE:.1}x"),
+                        measured: format!(
+                            "{ratio:.2}x ({:.0} vs {:.0} rps)",
+                            c.tollgate.rps, baseline.rps
+                        ),
+                        met: ratio >= TARGET_GOVERNED_VS_BASELINE,
+                        conclusive: true,
+                    });
+                }
                 if concurrency == 16 {
                     checks.push(TargetCheck {
                         what: "governed p99 overhead at concurrency 16".into(),
@@ -495,6 +559,14 @@ impl Report {
             },
             self.tollgate_bin
         );
+        if let Some(baseline) = &c.baseline_bin {
+            let _ = writeln!(
+                out,
+                "baseline build: {} (measured in: {})",
+                baseline.display(),
+                c.baseline_scenarios.join(", ")
+            );
+        }
         let _ = writeln!(out);
         let header = [
             "scenario",
@@ -528,6 +600,11 @@ impl Report {
                 .as_ref()
                 .map(|g| mib(g.peak_rss_kb))
                 .unwrap_or_default();
+            let baseline_peak = s
+                .baseline
+                .as_ref()
+                .map(|g| mib(g.peak_rss_kb))
+                .unwrap_or_default();
             for comparison in &s.loads {
                 let mut metrics = Vec::new();
                 if comparison.direct.ttfb.is_some() {
@@ -540,6 +617,9 @@ impl Report {
                         paths.push(("nginx", nginx));
                     }
                     paths.push(("tollgate", &comparison.tollgate));
+                    if let Some(baseline) = &comparison.baseline {
+                        paths.push(("baseline", baseline));
+                    }
                     for (path, r) in paths {
                         let picked = if metric == "ttfb" {
                             r.ttfb.as_ref()
@@ -547,28 +627,30 @@ impl Report {
                             Some(&r.latency)
                         };
                         let Some(sum) = picked else { continue };
-                        let through = path == "tollgate";
-                        let (d50, d99) = match (through, metric) {
-                            (false, _) => (String::new(), String::new()),
-                            (true, "ttfb") => (
-                                comparison
-                                    .overhead
-                                    .ttfb_p50_us
-                                    .map(delta)
-                                    .unwrap_or_default(),
-                                comparison
-                                    .overhead
-                                    .ttfb_p99_us
-                                    .map(delta)
-                                    .unwrap_or_default(),
-                            ),
-                            (true, _) => (
-                                delta(comparison.overhead.p50_us),
-                                delta(comparison.overhead.p99_us),
-                            ),
+                        // A gateway row (tollgate or the baseline build) is compared with
+                        // the direct row of the same metric.
+                        let through = path == "tollgate" || path == "baseline";
+                        let direct_sum = if metric == "ttfb" {
+                            comparison.direct.ttfb.as_ref()
+                        } else {
+                            Some(&comparison.direct.latency)
                         };
-                        let ratio = match (through, comparison.throughput_ratio) {
-                            (true, Some(ratio)) => format!("{:.1}%", ratio * 100.0),
+                        let (d50, d99) = match (through, direct_sum) {
+                            (true, Some(d)) => (
+                                delta(diff(sum.p50_us, d.p50_us)),
+                                delta(diff(sum.p99_us, d.p99_us)),
+                            ),
+                            _ => (String::new(), String::new()),
+                        };
+                        let ratio = match (through, comparison.load) {
+                            (true, Load::Closed { .. }) if comparison.direct.rps > 0.0 => {
+                                format!("{:.1}%", r.rps / comparison.direct.rps * 100.0)
+                            }
+                            _ => String::new(),
+                        };
+                        let rss = match path {
+                            "tollgate" => peak.clone(),
+                            "baseline" => baseline_peak.clone(),
                             _ => String::new(),
                         };
                         rows.push(vec![
@@ -588,7 +670,7 @@ impl Report {
                             r.gateway_cpu_us_per_request
                                 .map(|us| format!("{us:.0} µs"))
                                 .unwrap_or_default(),
-                            if through { peak.clone() } else { String::new() },
+                            rss,
                         ]);
                     }
                 }
@@ -600,7 +682,8 @@ impl Report {
             "\nLatencies in ms (open loop: from each request's due time). Δ = tollgate − direct. \
              thr/direct: closed-loop throughput ratio. CPU/req: the proxy's CPU time per request \
              (user + system; nginx: master + workers). nginx: the same direct request through \
-             nginx proxy_pass, the pure-proxy floor. peak RSS: tollgate's VmHWM."
+             nginx proxy_pass, the pure-proxy floor. baseline: the same requests through the \
+             earlier build given with --baseline-bin. peak RSS: the gateway's VmHWM."
         );
 
         for s in &self.scenarios {
@@ -621,10 +704,21 @@ impl Report {
                 }
             }
             for comparison in &s.loads {
-                for (path, r) in [
-                    ("direct", &comparison.direct),
-                    ("tollgate", &comparison.tollgate),
-                ] {
+                if let (Load::Closed { concurrency }, Some(thr)) =
+                    (comparison.load, comparison.throughput_vs_baseline)
+                {
+                    let _ = writeln!(
+                        out,
+                        "{} closed c={concurrency}: tollgate against the baseline build: {thr:.2}x \
+                         the throughput{}",
+                        s.name,
+                        comparison
+                            .cpu_vs_baseline
+                            .map(|cpu| format!(", {cpu:.2}x the CPU per request"))
+                            .unwrap_or_default()
+                    );
+                }
+                for (path, r) in comparison.measured() {
                     if let Some(lag) = &r.dispatch_lag
                         && lag.p99_us > MAX_DISPATCH_LAG_US
                     {

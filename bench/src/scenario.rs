@@ -59,9 +59,20 @@ pub trait Scenario: Send + Sync {
     /// The policy directory: (relative path, contents) pairs. `gateway.toml` at least.
     fn policy_files(&self, upstream: &Upstream) -> Vec<(String, String)>;
 
+    /// Files copied into the policy directory: (relative path, source). A scenario's plugins
+    /// travel with its policies, as an operator deploys them.
+    fn policy_copies(&self) -> Vec<(String, std::path::PathBuf)> {
+        Vec::new()
+    }
+
     /// The Model Access grant of the bench key (`tollgate keys create --models`).
     fn key_models(&self) -> &'static str {
         "*"
+    }
+
+    /// Whether the bench key needs an MCP Access grant (`tollgate keys create --mcp '*'`).
+    fn key_mcp(&self) -> bool {
+        false
     }
 
     /// The request sent through tollgate (the harness adds `Authorization: Bearer KEY`).
@@ -271,6 +282,10 @@ impl Scenario for Mcp {
         vec![("gateway.toml".into(), toml)]
     }
 
+    fn key_mcp(&self) -> bool {
+        true
+    }
+
     fn gateway_request(&self) -> RequestSpec {
         RequestSpec::json("/v1/mcp/bench", &Self::call(), false)
     }
@@ -424,15 +439,11 @@ scope = "key"
 metric = "requests"
 limit = 1000000000
 window = "minute"
-
-[plugins]
-allowed_dirs = [{dist:?}]
-"#,
-            dist = plugin_dist().display().to_string()
+"#
         );
         let pii = format!(
             r#"description = "pii-guard on the bench group"
-wasm = "{}"
+wasm = "plugins/pii-guard.wasm"
 world = "guardrail"
 phases = ["request"]
 failure_mode = "closed"
@@ -442,8 +453,7 @@ models = ["{MODEL}"]
 
 [config]
 mode = "mask"
-"#,
-            plugin_dist().join("pii-guard.wasm").display()
+"#
         );
         vec![
             ("gateway.toml".into(), gateway),
@@ -478,6 +488,13 @@ mode = "mask"
             ),
             ("plugins/pii-guard.toml".into(), pii),
         ]
+    }
+
+    fn policy_copies(&self) -> Vec<(String, std::path::PathBuf)> {
+        vec![(
+            "plugins/pii-guard.wasm".into(),
+            plugin_dist().join("pii-guard.wasm"),
+        )]
     }
 
     fn gateway_request(&self) -> RequestSpec {

@@ -135,3 +135,103 @@ fn harness_measures_every_runnable_scenario_and_writes_the_report() {
     assert!(passthrough["gateway"]["peak_rss_kb"].as_u64().unwrap_or(0) > 0);
     assert!(report.render().contains("translated-stream"));
 }
+
+#[test]
+fn a_baseline_build_is_measured_in_the_same_run_and_compared() {
+    let out_dir = tempfile::tempdir().expect("temp dir");
+    let bin = tollgate_binary();
+    let config = BenchConfig {
+        duration: Duration::from_millis(500),
+        warmup: Duration::from_millis(100),
+        rate: 100,
+        concurrency: 2,
+        max_requests: 40,
+        scenarios: vec!["governed".into(), "passthrough".into()],
+        out: out_dir.path().join("results.json"),
+        tollgate_bin: Some(bin.clone()),
+        // The same build as its own baseline: the harness, not the figures, is under test.
+        baseline_bin: Some(bin),
+        baseline_scenarios: vec!["governed".into()],
+        progress: false,
+        ..BenchConfig::default()
+    };
+    let report = tollgate_bench::run(&config).expect("the harness runs");
+    assert!(report.all_succeeded(), "failures: {:#?}", report.failures());
+    let json = serde_json::to_value(&report).expect("JSON");
+    let scenario = |name: &str| {
+        json["scenarios"]
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["name"] == name))
+            .cloned()
+            .expect(name)
+    };
+    let governed = scenario("governed");
+    assert!(governed["baseline"]["peak_rss_kb"].as_u64().unwrap_or(0) > 0);
+    let loads = governed["loads"].as_array().expect("loads");
+    assert!(loads.len() >= 2, "{governed}");
+    for load in loads {
+        assert!(load["baseline"]["ok"].as_u64().unwrap_or(0) > 0, "{load}");
+        let closed = load["load"]["mode"] == "closed";
+        assert_eq!(load["throughput_vs_baseline"].is_f64(), closed, "{load}");
+    }
+    // c=16 is one of governed's loads: its throughput target against the baseline is checked.
+    assert!(
+        report
+            .targets
+            .iter()
+            .any(|t| t.what.contains("vs the baseline build (c=16)")),
+        "{:#?}",
+        report.targets
+    );
+    // Passthrough was not asked for: no baseline there.
+    let passthrough = scenario("passthrough");
+    assert!(passthrough["baseline"].is_null());
+    for load in passthrough["loads"].as_array().into_iter().flatten() {
+        assert!(load["baseline"].is_null(), "{load}");
+    }
+    let table = report.render();
+    assert!(table.contains(" baseline "), "{table}");
+    assert!(table.contains("against the baseline build"), "{table}");
+}
+
+#[test]
+fn a_baseline_build_that_cannot_start_is_a_reported_failure() {
+    let out_dir = tempfile::tempdir().expect("temp dir");
+    let not_tollgate = out_dir.path().join("not-tollgate");
+    std::fs::write(
+        &not_tollgate,
+        "#!/bin/sh\necho 'no such command' >&2\nexit 3\n",
+    )
+    .expect("write");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&not_tollgate, std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+    }
+    let config = BenchConfig {
+        duration: Duration::from_millis(300),
+        warmup: Duration::from_millis(100),
+        rate: 100,
+        concurrency: 2,
+        max_requests: 20,
+        scenarios: vec!["passthrough".into()],
+        out: out_dir.path().join("results.json"),
+        tollgate_bin: Some(tollgate_binary()),
+        baseline_bin: Some(not_tollgate),
+        baseline_scenarios: vec!["passthrough".into()],
+        progress: false,
+        ..BenchConfig::default()
+    };
+    let report = tollgate_bench::run(&config).expect("the harness runs");
+    // tollgate itself was measured; the missing comparison is what fails the run.
+    assert_eq!(
+        report.scenarios[0].status,
+        tollgate_bench::report::ScenarioStatus::Measured
+    );
+    assert!(report.scenarios[0].loads.iter().all(|c| c.tollgate.ok > 0));
+    assert!(!report.all_succeeded());
+    let failures = report.failures().join("\n");
+    assert!(failures.contains("the baseline build failed"), "{failures}");
+    assert!(failures.contains("no such command"), "{failures}");
+}
