@@ -158,6 +158,7 @@ impl Pool {
     }
 
     async fn instantiate(&self) -> Result<Warm, Failure> {
+        let _ticking = host::ticking();
         let mut wasi = WasiCtx::builder();
         if self.stderr {
             wasi.inherit_stderr();
@@ -204,6 +205,7 @@ impl Pool {
             .acquire()
             .await
             .map_err(|_| Failure::Instantiate("the adapter is shutting down".into()))?;
+        let _ticking = host::ticking();
         let pooled = self.idle.lock().ok().and_then(|mut idle| idle.pop());
         let Warm { mut store, adapter } = match pooled {
             Some(warm) => warm,

@@ -1,7 +1,8 @@
 //! The wasmtime host: one engine, components compiled once, warm instance pools, limits.
 //!
 //! - One [`Engine`] per process (component model, epoch interruption), with a ticker thread
-//!   advancing the epoch every [`TICK`]; a call that runs past its manifest's `time_ms` traps.
+//!   advancing the epoch every [`TICK`] while guest code may run (parked otherwise,
+//!   [`super::epoch`]); a call that runs past its manifest's `time_ms` traps.
 //! - A plugin's component is compiled once per content hash and reused across reloads.
 //! - Each plugin has an `InstancePre` (imports resolved once) and a small pool of warm
 //!   instances, each already configured: a call takes one, runs, and gives it back. An instance
@@ -90,8 +91,17 @@ macro_rules! guard_call {
     };
 }
 
-/// How often the epoch advances: the granularity of time limits.
-pub const TICK: Duration = Duration::from_millis(1);
+pub use super::epoch::TICK;
+use super::epoch::{Ticker, Ticking};
+
+/// The epoch ticker of the process's engine (set with [`RUNTIME`]).
+static TICKER: OnceLock<Arc<Ticker>> = OnceLock::new();
+
+/// Keeps the engine's epoch advancing while guest code may run: hold it across instantiation,
+/// `configure` and every call. `None` before the runtime exists (no guest can run then).
+pub(super) fn ticking() -> Option<Ticking> {
+    TICKER.get().map(Ticker::ticking)
+}
 
 /// Time allowed for instantiation plus `configure` (guests compile their patterns there).
 const CONFIGURE_TIME: Duration = Duration::from_secs(2);
@@ -259,17 +269,15 @@ pub fn runtime() -> Result<&'static Runtime, String> {
             let mut linker = Linker::new(&engine);
             wasmtime_wasi::p2::add_to_linker_async(&mut linker)
                 .map_err(|e| format!("WASI linker: {e}"))?;
-            let ticker = engine.weak();
-            std::thread::Builder::new()
-                .name("wasm-epoch".into())
-                .spawn(move || {
-                    while let Some(engine) = ticker.upgrade() {
-                        engine.increment_epoch();
-                        drop(engine);
-                        std::thread::sleep(TICK);
-                    }
+            let weak = engine.weak();
+            let ticker = Ticker::start("wasm-epoch", move || {
+                weak.upgrade().is_some_and(|engine| {
+                    engine.increment_epoch();
+                    true
                 })
-                .map_err(|e| format!("epoch ticker: {e}"))?;
+            })
+            .map_err(|e| format!("epoch ticker: {e}"))?;
+            let _ = TICKER.set(ticker);
             Ok(Runtime { engine, linker })
         })
         .as_ref()
@@ -478,6 +486,7 @@ impl Instances {
     }
 
     async fn instantiate(&self) -> Result<Warm, Failure> {
+        let _ticking = ticking();
         let wasi = self.wasi().map_err(Failure::Instantiate)?;
         let mut store = guest_store(self.pre.engine(), wasi, &self.limits);
         let instantiated = match &self.pre {
@@ -539,6 +548,7 @@ impl Instances {
             .acquire()
             .await
             .map_err(|_| Failure::Instantiate("the plugin is shutting down".into()))?;
+        let _ticking = ticking();
         let Warm { mut store, guard } = self.take().await?;
         store.set_epoch_deadline(ticks(Duration::from_millis(self.limits.time_ms)));
         match run(&guard, &mut store).await {

@@ -10,6 +10,7 @@
 //! `family = "adapter"`.
 
 pub mod adapter;
+mod epoch;
 pub mod host;
 pub mod manifest;
 pub mod metrics;

@@ -510,6 +510,55 @@ async fn an_infinite_loop_is_stopped_at_the_time_limit() {
     assert_eq!(chat(&gw, &secret, &say("chat", "fine")).await.status(), 200);
 }
 
+/// Voluntary context switches of the gateway's `wasm-epoch` thread (Linux), or `None`.
+fn epoch_thread_switches(gw: &Gateway) -> Option<u64> {
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", gw.pid())).ok()?;
+    tasks.flatten().find_map(|task| {
+        let comm = std::fs::read_to_string(task.path().join("comm")).ok()?;
+        if comm.trim() != "wasm-epoch" {
+            return None;
+        }
+        let status = std::fs::read_to_string(task.path().join("status")).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .and_then(|n| n.trim().parse().ok())
+    })
+}
+
+/// The epoch ticker runs only while guest code can run: an idle gateway with a plugin does not
+/// wake every millisecond (it did: about 1,000 wake-ups a second, 3% of a core, for nothing),
+/// and a guest that spins after the idle spell is still stopped at its time limit.
+#[tokio::test]
+async fn the_epoch_ticker_sleeps_while_idle_and_still_stops_a_spinning_guest() {
+    let (_mock, gw, secret) = misbehaving("closed", "time_ms = 25").await;
+    assert_eq!(chat(&gw, &secret, &say("chat", "fine")).await.status(), 200);
+    let Some(_) = epoch_thread_switches(&gw) else {
+        eprintln!("SKIPPED the idle-ticker check: no /proc/PID/task/*/status here");
+        return;
+    };
+    // Idle: at most a few wake-ups while the ticker finishes its last tick and parks.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let before = epoch_thread_switches(&gw).expect("the ticker thread");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle = epoch_thread_switches(&gw).expect("the ticker thread") - before;
+    assert!(
+        idle <= 5,
+        "the idle epoch ticker woke {idle} times in 500 ms (1 ms ticks: about 500)"
+    );
+    // After the idle spell a spinning guest still runs out of time (the ticker wakes for it).
+    let started = Instant::now();
+    let response = chat(&gw, &secret, &say("chat", "spin forever")).await;
+    assert_eq!(response.status(), 403);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(failure_of(&gw, response).await["failure"], "timeout");
+    assert_eq!(chat(&gw, &secret, &say("chat", "fine")).await.status(), 200);
+}
+
 #[tokio::test]
 async fn a_memory_hog_is_stopped_and_fails_open_when_the_manifest_says_so() {
     let (mock, gw, secret) = misbehaving("open", "memory_mb = 16\ntime_ms = 2000").await;
