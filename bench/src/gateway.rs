@@ -238,7 +238,14 @@ impl Drop for PgDatabase {
 
 impl Gateway {
     /// Writes the scenario's policy directory, creates a key and starts `tollgate serve`.
-    pub fn start(bin: &Path, scenario: &dyn Scenario, upstream: &Upstream) -> anyhow::Result<Self> {
+    /// `plugins`: where the scenario's plugin components come from instead of
+    /// `plugins/dist/` (a build of another tree needs the plugins built from that tree).
+    pub fn start(
+        bin: &Path,
+        scenario: &dyn Scenario,
+        upstream: &Upstream,
+        plugins: Option<&Path>,
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("tollgate-bench-")
             .tempdir()
@@ -254,6 +261,10 @@ impl Gateway {
                 .with_context(|| format!("cannot write {}", path.display()))?;
         }
         for (relative, source) in scenario.policy_copies() {
+            let source = match (plugins, source.file_name()) {
+                (Some(dir), Some(name)) => dir.join(name),
+                _ => source,
+            };
             let path = policies.join(&relative);
             if let Some(parent) = path.parent() {
                 std::fs::create_dir_all(parent)
@@ -349,8 +360,13 @@ impl Gateway {
         };
         let listening = match rx.recv_timeout(START_TIMEOUT) {
             Ok(addr) => addr,
-            Err(_) => bail!(
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => bail!(
                 "tollgate serve did not report listening within {START_TIMEOUT:?}; its log:\n{}",
+                gateway.log_tail()
+            ),
+            // Its stdout closed first: it exited (a refused policy directory, a bad flag).
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => bail!(
+                "tollgate serve exited before listening; its log:\n{}",
                 gateway.log_tail()
             ),
         };

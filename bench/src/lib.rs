@@ -64,6 +64,9 @@ pub struct BenchConfig {
     pub baseline_bin: Option<PathBuf>,
     /// The scenarios the baseline build is measured in.
     pub baseline_scenarios: Vec<String>,
+    /// Where the baseline build's plugin components are (built from its own tree); `None`:
+    /// the same `plugins/dist/` as tollgate's.
+    pub baseline_plugins: Option<PathBuf>,
     /// Worker threads of the load driver's runtime.
     pub driver_threads: usize,
     /// Worker threads of the in-process mock's runtime.
@@ -90,6 +93,7 @@ impl Default for BenchConfig {
             tollgate_bin: None,
             baseline_bin: None,
             baseline_scenarios: vec!["governed".into()],
+            baseline_plugins: None,
             driver_threads: 1,
             mock_threads: 1,
             progress: true,
@@ -301,8 +305,18 @@ fn run_scenario(
     }
     nginx_results.resize_with(loads.len(), || None);
 
-    let (gateway_results, stats) =
-        measure_gateway(config, bin, scenario, upstream, rt, &loads, "tollgate")?;
+    let (gateway_results, stats) = measure_gateway(
+        config,
+        &Build {
+            bin,
+            label: "tollgate",
+            plugins: None,
+        },
+        scenario,
+        upstream,
+        rt,
+        &loads,
+    )?;
     if !stats.clean_exit {
         config.say(format!(
             "{name}: tollgate did not stop cleanly ({})",
@@ -318,7 +332,12 @@ fn run_scenario(
     if let Some(baseline) = &config.baseline_bin
         && config.baseline_scenarios.iter().any(|s| s == name)
     {
-        match measure_gateway(config, baseline, scenario, upstream, rt, &loads, "baseline") {
+        let build = Build {
+            bin: baseline,
+            label: "baseline",
+            plugins: config.baseline_plugins.as_deref(),
+        };
+        match measure_gateway(config, &build, scenario, upstream, rt, &loads) {
             Ok((results, stats)) => {
                 baseline_results = results.into_iter().map(Some).collect();
                 baseline_stats = Some(stats);
@@ -362,20 +381,30 @@ fn run_scenario(
     })
 }
 
-/// Starts `bin` on the scenario's policies and measures it under `loads`; `label` names the
-/// build in progress lines and errors (`tollgate`, `baseline`).
+/// A gateway build to measure: its binary, its name in progress lines and errors (`tollgate`,
+/// `baseline`), and where its plugin components come from (`None`: `plugins/dist/`).
+struct Build<'a> {
+    bin: &'a Path,
+    label: &'static str,
+    plugins: Option<&'a Path>,
+}
+
+/// Starts `build` on the scenario's policies and measures it under `loads`.
 fn measure_gateway(
     config: &BenchConfig,
-    bin: &Path,
+    build: &Build<'_>,
     scenario: &dyn Scenario,
     upstream: &Upstream,
     rt: &tokio::runtime::Runtime,
     loads: &[Load],
-    label: &str,
 ) -> anyhow::Result<(Vec<PhaseResult>, gateway::GatewayStats)> {
     let name = scenario.name();
-    config.say(format!("{name}: starting {label} ({})", bin.display()));
-    let gateway = Gateway::start(bin, scenario, upstream)?;
+    let label = build.label;
+    config.say(format!(
+        "{name}: starting {label} ({})",
+        build.bin.display()
+    ));
+    let gateway = Gateway::start(build.bin, scenario, upstream, build.plugins)?;
     let through = Arc::new(Target::new(
         gateway.addr,
         scenario.gateway_request(),

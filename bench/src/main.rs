@@ -58,6 +58,10 @@ struct Args {
     /// Comma-separated scenarios the baseline build is measured in (default: governed).
     #[arg(long, value_delimiter = ',', default_value = "governed")]
     baseline_scenarios: Vec<String>,
+    /// A directory with the baseline build's plugin components, named as in `plugins/dist/`
+    /// (its own tree's `plugins/dist/`), when its plugin interface differs from this tree's.
+    #[arg(long)]
+    baseline_plugins: Option<PathBuf>,
     /// Worker threads of the load driver.
     #[arg(long, default_value_t = 1)]
     driver_threads: usize,
@@ -88,6 +92,7 @@ fn config(args: Args) -> Result<BenchConfig, String> {
         tollgate_bin: args.tollgate_bin,
         baseline_bin: args.baseline_bin,
         baseline_scenarios: args.baseline_scenarios,
+        baseline_plugins: args.baseline_plugins,
         driver_threads: args.driver_threads,
         mock_threads: args.mock_threads,
         progress: !args.quiet,

@@ -140,6 +140,12 @@ fn harness_measures_every_runnable_scenario_and_writes_the_report() {
 fn a_baseline_build_is_measured_in_the_same_run_and_compared() {
     let out_dir = tempfile::tempdir().expect("temp dir");
     let bin = tollgate_binary();
+    let baseline_plugins = tempfile::tempdir().expect("temp dir");
+    std::fs::copy(
+        tollgate_bench::scenario::plugin_dist().join("pii-guard.wasm"),
+        baseline_plugins.path().join("pii-guard.wasm"),
+    )
+    .expect("pii-guard.wasm is built (./scripts/build-plugins)");
     let config = BenchConfig {
         duration: Duration::from_millis(500),
         warmup: Duration::from_millis(100),
@@ -152,6 +158,8 @@ fn a_baseline_build_is_measured_in_the_same_run_and_compared() {
         // The same build as its own baseline: the harness, not the figures, is under test.
         baseline_bin: Some(bin),
         baseline_scenarios: vec!["governed".into()],
+        // Its plugins from a directory of their own (here a copy of this tree's).
+        baseline_plugins: Some(baseline_plugins.path().to_path_buf()),
         progress: false,
         ..BenchConfig::default()
     };
