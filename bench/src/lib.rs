@@ -305,7 +305,7 @@ fn run_scenario(
     }
     nginx_results.resize_with(loads.len(), || None);
 
-    let (gateway_results, stats) = measure_gateway(
+    let tollgate = Running::start(
         config,
         &Build {
             bin,
@@ -314,39 +314,52 @@ fn run_scenario(
         },
         scenario,
         upstream,
-        rt,
-        &loads,
     )?;
-    if !stats.clean_exit {
-        config.say(format!(
-            "{name}: tollgate did not stop cleanly ({})",
-            stats.exit_status
-        ));
-    }
-
-    // The earlier build, same loads, same mock, same run. Its failure is reported, not fatal:
-    // an old build may not know what a newer scenario needs.
+    // The earlier build, same loads, same mock, same run, its phases interleaved with
+    // tollgate's (one load through tollgate, then the same load through it) so that both meet
+    // the same moment of a shared, noisy machine. Its failure is reported, not fatal: an old
+    // build may not know what a newer scenario needs.
     let mut baseline_note = None;
-    let mut baseline_results: Vec<Option<PhaseResult>> = Vec::new();
-    let mut baseline_stats = None;
-    if let Some(baseline) = &config.baseline_bin
+    let mut baseline = None;
+    if let Some(baseline_bin) = &config.baseline_bin
         && config.baseline_scenarios.iter().any(|s| s == name)
     {
         let build = Build {
-            bin: baseline,
+            bin: baseline_bin,
             label: "baseline",
             plugins: config.baseline_plugins.as_deref(),
         };
-        match measure_gateway(config, &build, scenario, upstream, rt, &loads) {
-            Ok((results, stats)) => {
-                baseline_results = results.into_iter().map(Some).collect();
-                baseline_stats = Some(stats);
-            }
-            Err(e) => {
-                config.say(format!("{name}: the baseline build failed: {e:#}"));
-                baseline_note = Some(format!("the baseline build failed: {e:#}"));
+        match Running::start(config, &build, scenario, upstream) {
+            Ok(running) => baseline = Some(running),
+            Err(e) => baseline_note = Some(format!("the baseline build failed: {e:#}")),
+        }
+    }
+    let mut gateway_results = Vec::new();
+    let mut baseline_results: Vec<Option<PhaseResult>> = Vec::new();
+    for &load in &loads {
+        gateway_results.push(tollgate.phase(config, rt, load)?);
+        if let Some(running) = &baseline {
+            match running.phase(config, rt, load) {
+                Ok(result) => baseline_results.push(Some(result)),
+                Err(e) => {
+                    baseline_note = Some(format!("the baseline build failed: {e:#}"));
+                    baseline_results.clear();
+                    baseline = None;
+                }
             }
         }
+    }
+    let stats = tollgate.stop(config)?;
+    let baseline_stats = match baseline.map(|b| b.stop(config)).transpose() {
+        Ok(stats) => stats,
+        Err(e) => {
+            baseline_note = Some(format!("the baseline build failed: {e:#}"));
+            baseline_results.clear();
+            None
+        }
+    };
+    if let Some(note) = &baseline_note {
+        config.say(format!("{name}: {note}"));
     }
     baseline_results.resize_with(loads.len(), || None);
 
@@ -389,53 +402,78 @@ struct Build<'a> {
     plugins: Option<&'a Path>,
 }
 
-/// Starts `build` on the scenario's policies and measures it under `loads`.
-fn measure_gateway(
-    config: &BenchConfig,
-    build: &Build<'_>,
-    scenario: &dyn Scenario,
-    upstream: &Upstream,
-    rt: &tokio::runtime::Runtime,
-    loads: &[Load],
-) -> anyhow::Result<(Vec<PhaseResult>, gateway::GatewayStats)> {
-    let name = scenario.name();
-    let label = build.label;
-    config.say(format!(
-        "{name}: starting {label} ({})",
-        build.bin.display()
-    ));
-    let gateway = Gateway::start(build.bin, scenario, upstream, build.plugins)?;
-    let through = Arc::new(Target::new(
-        gateway.addr,
-        scenario.gateway_request(),
-        Some(&gateway.secret),
-    )?);
-    let mut results = Vec::new();
-    for &load in loads {
-        let cpu_before = gateway.cpu_time();
-        match run_phase(config, rt, &through, load, &format!("{name} {label}")) {
+/// A started gateway build and the request it is measured with.
+struct Running {
+    gateway: Gateway,
+    through: Arc<Target>,
+    label: String,
+}
+
+impl Running {
+    /// Starts `build` on the scenario's policies.
+    fn start(
+        config: &BenchConfig,
+        build: &Build<'_>,
+        scenario: &dyn Scenario,
+        upstream: &Upstream,
+    ) -> anyhow::Result<Self> {
+        let name = scenario.name();
+        config.say(format!(
+            "{name}: starting {} ({})",
+            build.label,
+            build.bin.display()
+        ));
+        let gateway = Gateway::start(build.bin, scenario, upstream, build.plugins)?;
+        let through = Arc::new(Target::new(
+            gateway.addr,
+            scenario.gateway_request(),
+            Some(&gateway.secret),
+        )?);
+        Ok(Self {
+            gateway,
+            through,
+            label: format!("{name} {}", build.label),
+        })
+    }
+
+    /// Measures one load, with the gateway's CPU per request.
+    fn phase(
+        &self,
+        config: &BenchConfig,
+        rt: &tokio::runtime::Runtime,
+        load: Load,
+    ) -> anyhow::Result<PhaseResult> {
+        let cpu_before = self.gateway.cpu_time();
+        match run_phase(config, rt, &self.through, load, &self.label) {
             Ok(mut result) => {
                 let sent = result.requests + result.warmup_requests;
-                if let (Some(before), Some(after)) = (cpu_before, gateway.cpu_time())
+                if let (Some(before), Some(after)) = (cpu_before, self.gateway.cpu_time())
                     && sent > 0
                 {
                     let used = after.saturating_sub(before).as_secs_f64() * 1e6;
                     result.gateway_cpu_us_per_request = Some(used / sent as f64);
                 }
-                results.push(result);
+                Ok(result)
             }
             Err(e) => {
-                let log = gateway.log_tail();
-                return Err(e.context(format!("{label}'s log:\n{log}")));
+                let log = self.gateway.log_tail();
+                Err(e.context(format!("{}'s log:\n{log}", self.label)))
             }
         }
     }
-    let log = gateway.log_tail();
-    let stats = gateway.stop()?;
-    if !stats.clean_exit {
-        config.say(format!("{name}: {label}'s log:\n{log}"));
+
+    /// Stops the gateway (SIGTERM, drain) and returns its memory figures.
+    fn stop(self, config: &BenchConfig) -> anyhow::Result<gateway::GatewayStats> {
+        let log = self.gateway.log_tail();
+        let stats = self.gateway.stop()?;
+        if !stats.clean_exit {
+            config.say(format!(
+                "{} did not stop cleanly ({}); its log:\n{log}",
+                self.label, stats.exit_status
+            ));
+        }
+        Ok(stats)
     }
-    Ok((results, stats))
 }
 
 fn write_json(report: &Report, out: &Path) -> anyhow::Result<()> {
