@@ -26,7 +26,8 @@ pub const TICK: Duration = Duration::from_millis(1);
 pub(crate) struct Ticker {
     /// Guards alive.
     busy: AtomicUsize,
-    /// A guard was taken since the ticker last looked.
+    /// A guard was dropped since the ticker last looked (one still held shows in `busy`), so
+    /// a call that came and went within a tick keeps the ticker awake for one more.
     recent: AtomicBool,
     /// The ticker is parked (or about to park): a new guard must unpark it.
     parked: AtomicBool,
@@ -70,7 +71,6 @@ impl Ticker {
     /// A guard: the epoch advances until it is dropped.
     pub(crate) fn ticking(self: &Arc<Self>) -> Ticking {
         self.busy.fetch_add(1, Ordering::SeqCst);
-        self.recent.store(true, Ordering::SeqCst);
         // Sequentially consistent on both sides: either this load sees `parked` (and unparks),
         // or the ticker's load of `busy` after setting `parked` sees this guard (and runs on).
         if self.parked.load(Ordering::SeqCst)
