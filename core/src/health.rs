@@ -195,7 +195,8 @@ impl Health {
 /// Health of every deployment, keyed by model name; survives policy reloads.
 #[derive(Debug, Default)]
 pub struct HealthRegistry {
-    entries: RwLock<HashMap<String, Arc<Health>>>,
+    /// foldhash: the keys are the policy's model names, looked up per attempt.
+    entries: RwLock<HashMap<String, Arc<Health>, foldhash::fast::RandomState>>,
     /// The gateway-wide retry budget: how many attempts after the first requests may make.
     pub retries: crate::upstream::retry::RetryBudget,
 }

@@ -28,7 +28,16 @@ use crate::usage::{Pricing, TokenUsage};
 pub const CLIENT_CLOSED: u16 = 499;
 
 /// The in-flight usage record of one request.
+///
+/// A box: the recorder is moved through every level of the call's future (the pipeline, the
+/// call task, the relay, a streamed body), and inline its 1.3 KB were part of each level's
+/// state, copied with it.
 pub struct Recorder {
+    s: Box<State>,
+}
+
+/// What a [`Recorder`] holds.
+struct State {
     sink: UsageSink,
     metrics: Arc<crate::metrics::Metrics>,
     /// The request's server span (disabled unless traces are exported).
@@ -59,7 +68,7 @@ impl Recorder {
     /// Starts the record of a request entering the pipeline.
     pub fn start(app: &AppState, snapshot: &Snapshot, inbound: &Inbound, endpoint: &str) -> Self {
         let received_at_ms = now_ms();
-        Self {
+        let s = Box::new(State {
             sink: app.usage.clone(),
             metrics: app.metrics.clone(),
             span: crate::telemetry::request_span(
@@ -96,25 +105,26 @@ impl Recorder {
             per_image_nanos: None,
             finished: false,
             streams_end: app.streams_end.clone(),
-        }
+        });
+        Self { s }
     }
 
     /// Resolves when the gateway ends the streams still open at the end of its shutdown grace
     /// period; a streamed body ends itself then (`stream_status = "shutdown"`).
     pub fn streams_end(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
-        self.streams_end.signalled()
+        self.s.streams_end.signalled()
     }
 
     /// Microseconds since the request entered the pipeline.
     pub fn elapsed_us(&self) -> i64 {
-        i64::try_from(self.started.elapsed().as_micros()).unwrap_or(i64::MAX)
+        i64::try_from(self.s.started.elapsed().as_micros()).unwrap_or(i64::MAX)
     }
 
     /// The authenticated key.
     pub fn set_key(&mut self, key: &KeyRecord) {
-        self.record.key_id = Some(key.id.clone());
-        self.record.team = key.team.clone();
-        self.decisions.push(Decision::of(&Outcome {
+        self.s.record.key_id = Some(key.id.clone());
+        self.s.record.team = key.team.clone();
+        self.s.decisions.push(Decision::of(&Outcome {
             stage: "authenticate",
             outcome: "allow",
         }));
@@ -122,37 +132,38 @@ impl Recorder {
 
     /// The model name the client sent.
     pub fn set_requested_model(&mut self, name: &str) {
-        self.record.requested_model = Some(name.to_string());
+        self.s.record.requested_model = Some(name.to_string());
     }
 
     /// The request's server span: stage spans are its children.
     pub fn span(&self) -> &tracing::Span {
-        &self.span
+        &self.s.span
     }
 
     /// The requested model (or group) was found in the policy snapshot.
     pub fn set_model_known(&mut self) {
-        self.model_known = true;
+        self.s.model_known = true;
     }
 
     /// The API family of the endpoint the client called.
     pub fn set_endpoint_family(&mut self, family: &str) {
-        self.record.endpoint_family = Some(family.to_string());
+        self.s.record.endpoint_family = Some(family.to_string());
     }
 
     /// Whether the client asked for a stream.
     pub fn set_stream(&mut self, stream: bool) {
-        self.record.stream = stream;
+        self.s.record.stream = stream;
     }
 
     /// The model that will answer.
     pub fn set_model(&mut self, model: &Model) {
-        self.record.served_model = Some(model.name.clone());
-        self.record.upstream_model = Some(model.upstream_model.clone());
-        self.record.provider = Some(model.provider.name.clone());
-        self.record.upstream_family = Some(model.provider.family.as_str().to_string());
-        self.pricing = Some(model.pricing);
-        self.per_image_nanos = self
+        self.s.record.served_model = Some(model.name.clone());
+        self.s.record.upstream_model = Some(model.upstream_model.clone());
+        self.s.record.provider = Some(model.provider.name.clone());
+        self.s.record.upstream_family = Some(model.provider.family.as_str().to_string());
+        self.s.pricing = Some(model.pricing);
+        self.s.per_image_nanos = self
+            .s
             .image_request
             .as_ref()
             .and_then(|(size, quality)| model.image_pricing.price(size, quality.as_deref()));
@@ -161,19 +172,19 @@ impl Recorder {
     /// The size and quality of an image generation (priced per image when the provider reports
     /// no usage).
     pub fn set_image_request(&mut self, size: String, quality: Option<String>) {
-        self.image_request = Some((size, quality));
+        self.s.image_request = Some((size, quality));
     }
 
     /// Bills an image answer that carried no usage at the served model's per-image price.
     pub fn bill_images(&mut self, answer: &[u8]) {
-        let Some(per_image) = self.per_image_nanos else {
+        let Some(per_image) = self.s.per_image_nanos else {
             return;
         };
         let Some(images) = crate::spend::image::count_in_answer(answer) else {
             return;
         };
-        self.record.cost_nanos = per_image.saturating_mul(images);
-        self.decisions.push(json!({
+        self.s.record.cost_nanos = per_image.saturating_mul(images);
+        self.s.decisions.push(json!({
             "stage": "record", "usage": "per_image", "images": images, "per_image_nanos": per_image,
         }).into());
     }
@@ -181,12 +192,12 @@ impl Recorder {
     /// A flag the server sets when the client goes away before the answer: the call still
     /// finishes (detached), is billed what it used, and is recorded as 499.
     pub fn client_gone_flag(&self) -> Arc<AtomicBool> {
-        self.client_gone.clone()
+        self.s.client_gone.clone()
     }
 
     /// Whether any byte of the answer went to the client.
     pub fn first_byte_sent(&self) -> bool {
-        self.record.ttfb_us.is_some()
+        self.s.record.ttfb_us.is_some()
     }
 
     /// Bills an abandoned upstream call (its usage can no longer be read) the estimate that was
@@ -200,21 +211,23 @@ impl Recorder {
 
     /// Bills the held estimate (without a hold, the counted prompt) and says why in the trail.
     fn bill_held_because(&mut self, usage: &str, reason: &str) {
-        let Some((_, reservation)) = &self.reservation else {
+        let Some((_, reservation)) = &self.s.reservation else {
             self.bill_produced(0);
-            self.decisions
+            self.s
+                .decisions
                 .push(json!({"stage": "record", "usage": usage, "reason": reason}).into());
             return;
         };
-        self.record.tokens = TokenUsage {
+        self.s.record.tokens = TokenUsage {
             input: reservation.estimate.input_tokens,
             output: reservation.estimate.output_tokens,
             cached_input: 0,
             reasoning: 0,
             cache_creation: 0,
         };
-        self.record.cost_nanos = reservation.cost_nanos;
-        self.decisions
+        self.s.record.cost_nanos = reservation.cost_nanos;
+        self.s
+            .decisions
             .push(json!({"stage": "record", "usage": usage, "reason": reason}).into());
     }
 
@@ -224,12 +237,12 @@ impl Recorder {
     /// estimate, with the raw usage kept and the anomaly named in the trail.
     fn price_reported(&mut self, tokens: TokenUsage) {
         if plausible(&tokens) {
-            self.record.tokens = tokens;
-            self.record.cost_nanos = self.pricing.map_or(0, |p| p.cost_nanos(&tokens));
+            self.s.record.tokens = tokens;
+            self.s.record.cost_nanos = self.s.pricing.map_or(0, |p| p.cost_nanos(&tokens));
         } else {
             tracing::warn!(
-                request_id = %self.record.request_id,
-                provider = self.record.provider.as_deref().unwrap_or(""),
+                request_id = %self.s.record.request_id,
+                provider = self.s.record.provider.as_deref().unwrap_or(""),
                 input = tokens.input,
                 output = tokens.output,
                 "implausible usage reported by the provider; billed the held estimate"
@@ -243,37 +256,38 @@ impl Recorder {
 
     /// The request id.
     pub fn request_id(&self) -> &str {
-        &self.record.request_id
+        &self.s.record.request_id
     }
 
     /// Budget and quota holds to settle when the request is recorded.
     pub fn attach_reservation(&mut self, ledger: Arc<Ledger>, reservation: Reservation) {
         if reservation.estimate.counted {
-            self.input_estimate = Some(reservation.estimate.input_tokens);
+            self.s.input_estimate = Some(reservation.estimate.input_tokens);
         }
-        self.reservation = Some((ledger, reservation));
+        self.s.reservation = Some((ledger, reservation));
     }
 
     /// Whether the prompt's token count is known.
     pub fn has_input_estimate(&self) -> bool {
-        self.input_estimate.is_some()
+        self.s.input_estimate.is_some()
     }
 
     /// The prompt's token count (counted before the call).
     pub fn set_input_estimate(&mut self, tokens: i64) {
-        self.input_estimate = Some(tokens);
+        self.s.input_estimate = Some(tokens);
     }
 
     /// The body sent upstream, tokenized only if a stream ends without the provider's usage.
     pub fn keep_prompt(&mut self, body: bytes::Bytes) {
-        self.prompt = Some(body);
+        self.s.prompt = Some(body);
     }
 
     /// Bills a stream that ended without the provider's usage (client disconnect, provider
     /// failure): the counted prompt plus the tokens of the text produced so far.
     pub fn bill_produced(&mut self, output_tokens: i64) {
-        let input = self.input_estimate.unwrap_or_else(|| {
-            self.prompt
+        let input = self.s.input_estimate.unwrap_or_else(|| {
+            self.s
+                .prompt
                 .as_ref()
                 .and_then(|b| serde_json::from_slice::<serde_json::Map<String, Value>>(b).ok())
                 .map_or(0, |body| {
@@ -290,9 +304,9 @@ impl Recorder {
             reasoning: 0,
             cache_creation: 0,
         };
-        self.record.tokens = tokens;
-        self.record.cost_nanos = self.pricing.map_or(0, |p| p.cost_nanos(&tokens));
-        self.decisions.push(json!({
+        self.s.record.tokens = tokens;
+        self.s.record.cost_nanos = self.s.pricing.map_or(0, |p| p.cost_nanos(&tokens));
+        self.s.decisions.push(json!({
             "stage": "record", "usage": "counted",
             "reason": "the stream ended before the provider reported usage; billed the counted prompt and produced text",
         }).into());
@@ -300,7 +314,7 @@ impl Recorder {
 
     /// The provider of the current attempt.
     pub fn provider_name(&self) -> String {
-        self.record.provider.clone().unwrap_or_default()
+        self.s.record.provider.clone().unwrap_or_default()
     }
 
     /// Decisions of a stage (rules, checks).
@@ -308,29 +322,31 @@ impl Recorder {
         &mut self,
         decisions: impl IntoIterator<Item = D>,
     ) {
-        self.decisions.extend(decisions.into_iter().map(Into::into));
+        self.s
+            .decisions
+            .extend(decisions.into_iter().map(Into::into));
     }
 
     /// The routing trace.
     pub fn set_route(&mut self, trace: super::route::Trace) {
-        self.route = Some(trace);
+        self.s.route = Some(trace);
     }
 
     /// One upstream attempt (model, provider, outcome, latency).
     pub fn add_attempt(&mut self, attempt: Value) {
-        self.attempts.push(attempt);
+        self.s.attempts.push(attempt);
     }
 
     /// Upstream response headers arrived after `us` microseconds upstream.
     pub fn set_upstream_latency(&mut self, us: i64, provider_request_id: Option<String>) {
-        self.record.upstream_latency_us = Some(us);
-        self.record.provider_request_id = provider_request_id;
+        self.s.record.upstream_latency_us = Some(us);
+        self.s.record.provider_request_id = provider_request_id;
     }
 
     /// The first byte went to the client now.
     pub fn mark_first_byte(&mut self) {
-        if self.record.ttfb_us.is_none() {
-            self.record.ttfb_us = Some(self.elapsed_us());
+        if self.s.record.ttfb_us.is_none() {
+            self.s.record.ttfb_us = Some(self.elapsed_us());
         }
     }
 
@@ -339,7 +355,7 @@ impl Recorder {
         if let Some(tokens) = TokenUsage::from_api(api, usage) {
             self.price_reported(tokens);
         }
-        self.record.provider_usage = Some(json_text(usage));
+        self.s.record.provider_usage = Some(json_text(usage));
     }
 
     /// [`Recorder::set_usage`] of a usage object's JSON text (read from a whole answer): the
@@ -348,40 +364,41 @@ impl Recorder {
         if let Some(tokens) = TokenUsage::from_api_text(api, usage) {
             self.price_reported(tokens);
         }
-        self.record.provider_usage = Some(usage.to_string());
+        self.s.record.provider_usage = Some(usage.to_string());
     }
 
     /// Normalized tokens (from the translation core) and, when known, the raw usage payload.
     pub fn set_tokens(&mut self, tokens: TokenUsage, raw: Option<Value>) {
         self.price_reported(tokens);
         if let Some(raw) = raw {
-            self.record.provider_usage = Some(json_text(&raw));
+            self.s.record.provider_usage = Some(json_text(&raw));
         }
     }
 
     /// A stream that failed after its usage was reported (an error event after Anthropic's
     /// `message_start`): bill at least the `produced` output tokens.
     pub fn bill_at_least_output(&mut self, produced: i64) {
-        if produced > self.record.tokens.output {
-            self.record.tokens.output = produced;
-            self.record.cost_nanos = self
+        if produced > self.s.record.tokens.output {
+            self.s.record.tokens.output = produced;
+            self.s.record.cost_nanos = self
+                .s
                 .pricing
-                .map_or(0, |p| p.cost_nanos(&self.record.tokens));
+                .map_or(0, |p| p.cost_nanos(&self.s.record.tokens));
         }
     }
 
     /// The MCP side of an MCP request: `provider = mcp`, the server, method, tool and bytes, and
     /// the cost from the server's pricing (what budgets and quotas settle with).
     pub fn set_mcp(&mut self, mcp: McpUsage, cost_nanos: i64) {
-        self.record.provider = Some("mcp".into());
-        self.record.served_model = None;
-        self.record.cost_nanos = cost_nanos;
-        self.record.mcp = Some(mcp);
+        self.s.record.provider = Some("mcp".into());
+        self.s.record.served_model = None;
+        self.s.record.cost_nanos = cost_nanos;
+        self.s.record.mcp = Some(mcp);
     }
 
     /// How a stream ended.
     pub fn set_stream_status(&mut self, status: &str) {
-        self.record.stream_status = Some(status.to_string());
+        self.s.record.stream_status = Some(status.to_string());
     }
 
     /// Finishes the record with the status the client got.
@@ -403,8 +420,8 @@ impl Recorder {
         error: &GatewayError,
         response: Response,
     ) -> Response {
-        self.record.denied_stage = Some(stage.as_str().to_string());
-        self.decisions.push(
+        self.s.record.denied_stage = Some(stage.as_str().to_string());
+        self.s.decisions.push(
             json!({
                 "stage": stage.as_str(), "outcome": "deny", "code": error.code()
             })
@@ -416,14 +433,14 @@ impl Recorder {
     }
 
     fn complete(&mut self, status: u16, error_code: Option<&str>) {
-        if self.finished {
+        if self.s.finished {
             return;
         }
-        self.finished = true;
-        let mut record = std::mem::take(&mut self.record);
-        if self.client_gone.load(Ordering::Acquire) && status != CLIENT_CLOSED {
+        self.s.finished = true;
+        let mut record = std::mem::take(&mut self.s.record);
+        if self.s.client_gone.load(Ordering::Acquire) && status != CLIENT_CLOSED {
             // The answer was ready but nobody was there to take it; what it used is billed.
-            self.decisions.push(
+            self.s.decisions.push(
                 json!({
                     "stage": "record", "client": "closed", "unsent_status": status,
                 })
@@ -437,26 +454,26 @@ impl Recorder {
         }
         record.latency_us = self.elapsed_us();
         record.completed_at_ms = now_ms();
-        record.decisions = json_text(&std::mem::take(&mut self.decisions));
-        if let Some(mut route) = self.route.take() {
-            route.attempts = std::mem::take(&mut self.attempts);
+        record.decisions = json_text(&std::mem::take(&mut self.s.decisions));
+        if let Some(mut route) = self.s.route.take() {
+            route.attempts = std::mem::take(&mut self.s.attempts);
             record.route = Some(json_text(&route));
         }
         // decisions and route are json_text's output, provider_usage too or a usage text
         // serde_json read whole (`set_usage_text`): well-formed, no NUL.
         record.json_serialized = true;
-        let record_span = crate::telemetry::stage_span(&self.span, "record");
+        let record_span = crate::telemetry::stage_span(&self.s.span, "record");
         let _entered = record_span.enter();
-        annotate(&self.span, &record);
+        annotate(&self.s.span, &record);
         // Settle first: an embedded ledger returns the charges, persisted with this record.
-        let charges = match self.reservation.take() {
+        let charges = match self.s.reservation.take() {
             Some((ledger, reservation)) => {
                 ledger.settle(reservation, record.tokens, record.cost_nanos)
             }
             None => Vec::new(),
         };
-        self.metrics.observe(&record, self.model_known);
-        self.sink.record_charged(record, charges);
+        self.s.metrics.observe(&record, self.s.model_known);
+        self.s.sink.record_charged(record, charges);
     }
 }
 
@@ -533,8 +550,8 @@ fn annotate(span: &tracing::Span, record: &UsageRecord) {
 
 impl Drop for Recorder {
     fn drop(&mut self) {
-        if !self.finished {
-            if self.record.stream_status.is_some() {
+        if !self.s.finished {
+            if self.s.record.stream_status.is_some() {
                 // A stream that had started: the client saw a 200 and then went away.
                 self.complete(200, None);
             } else {
