@@ -41,11 +41,11 @@ use super::{Store, StoreError, UsageEntry, UsageRecord};
 
 /// Rows per transaction at most.
 pub const BATCH: usize = 500;
-/// How long the writer waits for more rows before committing a partial batch.
+/// How long the writer waits for more rows before committing a partial batch. It sleeps it out
+/// unless a full batch queues first: the sink that queues the [`BATCH`]th record wakes it (once
+/// per batch; waiting on the channel would wake it once per record, and looking at the queue
+/// every 5 ms, as it did, woke it 200 times a second under any load).
 pub const LINGER: Duration = Duration::from_millis(50);
-/// While lingering, how often the writer looks whether a full batch has queued (it does not
-/// wait on the channel, which would wake it once per record).
-const LINGER_TICK: Duration = Duration::from_millis(5);
 /// Queue capacity; beyond it records go to the journal.
 const QUEUE: usize = 65_536;
 /// First and longest wait between attempts to replay the journal into a store that is away.
@@ -100,6 +100,8 @@ impl WriterStats {
 struct Shared {
     stats: Arc<WriterStats>,
     journal: Journal,
+    /// Raised when the queue reaches a full batch: ends the writer's linger.
+    full: tokio::sync::Notify,
 }
 
 impl Shared {
@@ -155,7 +157,10 @@ impl UsageSink {
         stats.enqueued.fetch_add(1, Ordering::Relaxed);
         match self.tx.try_send(UsageEntry { record, charges }) {
             Ok(()) => {
-                stats.queued.fetch_add(1, Ordering::Relaxed);
+                // Exactly one sender sees the queue reach a full batch.
+                if stats.queued.fetch_add(1, Ordering::Relaxed) + 1 == BATCH as i64 {
+                    self.shared.full.notify_one();
+                }
             }
             // The writer is behind: the journal takes it (no task, no unbounded memory); the
             // writer replays it after the queue.
@@ -184,6 +189,7 @@ pub async fn start(
     let shared = Arc::new(Shared {
         stats: Arc::new(WriterStats::default()),
         journal,
+        full: tokio::sync::Notify::new(),
     });
     if !shared.journal.is_empty() {
         tracing::info!(
@@ -217,13 +223,14 @@ async fn run(store: Store, mut rx: mpsc::Receiver<UsageEntry>, shared: Arc<Share
         };
         if !batch.is_empty() {
             // Linger briefly so a moderate rate still writes many rows per transaction, until a
-            // full batch has queued. Look at the queue every few milliseconds: waiting on the
-            // channel instead would wake this task (and a worker of the main runtime, from the
-            // connection threads) once per record.
+            // full batch has queued ([`LINGER`]). A wake-up left over from a batch that filled
+            // while this one was being written only ends one linger early.
             if batch.len() < BATCH && open {
-                let until = Instant::now() + LINGER;
-                while batch.len() + rx.len() < BATCH && Instant::now() < until {
-                    tokio::time::sleep_until((Instant::now() + LINGER_TICK).min(until)).await;
+                if batch.len() + rx.len() < BATCH {
+                    tokio::select! {
+                        () = tokio::time::sleep(LINGER) => {}
+                        () = shared.full.notified() => {}
+                    }
                 }
                 while batch.len() < BATCH {
                     match rx.try_recv() {
@@ -532,6 +539,47 @@ mod tests {
         }
         let journal = Journal::open(&config.dir, config.max_bytes).unwrap();
         assert!(journal.is_empty());
+    }
+
+    /// The clock is paused and the runtime never idle here, so no timer can fire: a full batch
+    /// must be written because it filled, not because the writer looked again after a tick.
+    #[tokio::test]
+    async fn a_full_batch_is_written_at_once_without_a_timer() {
+        let (_dir, store, config) = setup().await;
+        let (sink, handle) = start(store.clone(), &config).await.unwrap();
+        let stats = sink.stats().clone();
+        // Paused after the pool opened (its acquire timeout would fire at once on a paused,
+        // idle clock) and resumed before it is used again.
+        tokio::time::pause();
+        let started = tokio::time::Instant::now();
+        let e = entry("f0", "chat", 1);
+        sink.record_charged(e.record, e.charges);
+        // The writer takes the first record and starts to linger.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        for i in 1..BATCH {
+            let e = entry(&format!("f{i}"), "chat", 1);
+            sink.record_charged(e.record, e.charges);
+        }
+        // Busy (never idle, so the paused clock stays put) until the batch is written; the
+        // write itself runs on the blocking pool in real time.
+        let mut rounds = 0;
+        while stats.written.load(Ordering::Relaxed) < BATCH as u64 {
+            rounds += 1;
+            assert!(
+                rounds < 5_000,
+                "the full batch was not written without a timer firing ({} rows written)",
+                stats.written.load(Ordering::Relaxed)
+            );
+            std::thread::sleep(Duration::from_millis(1));
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(tokio::time::Instant::now(), started, "no timer fired");
+        tokio::time::resume();
+        drop(sink);
+        handle.await.unwrap();
+        assert_eq!(store.usage_count().await.unwrap(), BATCH as i64);
     }
 
     #[tokio::test]
