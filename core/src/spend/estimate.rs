@@ -219,6 +219,57 @@ mod tests {
         assert_eq!(e.cost_nanos(&pricing), e.input_tokens * 1000 + 1234 * 2000);
     }
 
+    /// The estimate as it was computed before the one-pass read (a lookup per field), kept
+    /// here as the reference the one pass must agree with.
+    fn by_lookups(body: &Map<String, Value>, default_max_output: i64) -> (i64, i64) {
+        let mut input = 0;
+        for field in PROMPT_FIELDS {
+            if let Some(value) = body.get(field) {
+                count_strings(value, &mut input, tokens_of);
+            }
+        }
+        let messages = body
+            .get("messages")
+            .and_then(Value::as_array)
+            .map_or(0, |m| i64::try_from(m.len()).unwrap_or(0));
+        input += 4 * messages + 3;
+        let requested = ["max_tokens", "max_completion_tokens", "max_output_tokens"]
+            .iter()
+            .filter_map(|f| body.get(*f).and_then(Value::as_i64))
+            .filter(|n| *n >= 0)
+            .max();
+        let completions = body.get("n").and_then(Value::as_i64).unwrap_or(1).max(1);
+        let output = requested
+            .unwrap_or(default_max_output)
+            .saturating_mul(completions);
+        (input, output)
+    }
+
+    #[test]
+    fn one_pass_over_the_body_reads_what_the_field_lookups_read() {
+        let bodies = [
+            json!({}),
+            json!({"model": "m", "messages": "not an array", "n": "two"}),
+            json!({"max_tokens": 10, "max_completion_tokens": 30, "max_output_tokens": 20}),
+            json!({"max_tokens": -5, "max_completion_tokens": 7.5, "max_output_tokens": "9"}),
+            json!({"max_tokens": 0, "n": 0}),
+            json!({"n": -3, "max_tokens": 8}),
+            json!({"n": 4, "max_output_tokens": i64::MAX}),
+            json!({"system": "be brief", "tools": [{"name": "t", "description": "does x"}],
+                   "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
+                   "instructions": "and kind", "input": ["a", "b"], "prompt": "p"}),
+        ];
+        for body in bodies {
+            let body = map(body);
+            let e = estimate(&body, 4096);
+            assert_eq!(
+                (e.input_tokens, e.output_tokens),
+                by_lookups(&body, 4096),
+                "{body:?}"
+            );
+        }
+    }
+
     #[test]
     fn n_chat_completions_are_held_as_n_completions() {
         let body = map(
