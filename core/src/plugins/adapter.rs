@@ -17,7 +17,7 @@ use wasmtime::Store;
 use wasmtime::component::Component;
 use wasmtime_wasi::WasiCtx;
 
-use super::host::{self, Failure, GuestState, Runtime, WIT_VERSION, ticks};
+use super::host::{self, Failure, GuestState, Runtime, WIT_VERSION};
 use super::manifest::Limits;
 
 /// The guest bindings of the `provider-adapter` world, generated from the SDK's WIT.
@@ -158,12 +158,12 @@ impl Pool {
     }
 
     async fn instantiate(&self) -> Result<Warm, Failure> {
-        let _ticking = host::ticking();
         let mut wasi = WasiCtx::builder();
         if self.stderr {
             wasi.inherit_stderr();
         }
-        let mut store = host::guest_store(self.pre.engine(), wasi.build(), &self.limits);
+        let (mut store, _ticking) =
+            host::guest_store(self.pre.engine(), wasi.build(), &self.limits);
         let adapter = self
             .pre
             .instantiate_async(&mut store)
@@ -205,13 +205,12 @@ impl Pool {
             .acquire()
             .await
             .map_err(|_| Failure::Instantiate("the adapter is shutting down".into()))?;
-        let _ticking = host::ticking();
         let pooled = self.idle.lock().ok().and_then(|mut idle| idle.pop());
         let Warm { mut store, adapter } = match pooled {
             Some(warm) => warm,
             None => self.instantiate().await?,
         };
-        store.set_epoch_deadline(ticks(Duration::from_millis(self.limits.time_ms)));
+        let _ticking = host::arm(&mut store, Duration::from_millis(self.limits.time_ms));
         match run(&adapter, &mut store).await {
             Ok(result) => {
                 if let Ok(mut idle) = self.idle.lock()

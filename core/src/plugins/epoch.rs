@@ -1,111 +1,189 @@
-//! The epoch ticker: advances the engine's epoch every [`TICK`] while guest code may run, and
-//! sleeps (parked, no timer) while none can.
+//! The epoch ticker: advances the engine's epoch when a guest call in flight reaches its time
+//! limit, and at no other time.
 //!
-//! A plugin's time limit is a number of epoch ticks (`Store::set_epoch_deadline`), so the epoch
-//! must advance whenever a guest runs. It need not advance otherwise: ticking every millisecond
-//! for the gateway's whole life cost an idle governed gateway about 3% of a core (1,000 timer
-//! wake-ups a second, each a VM exit on the machines we measure on; `docs/performance.md`).
+//! A guest call's store traps at the first epoch increment after its wall-clock deadline
+//! (`Store::set_epoch_deadline(1)` with a callback that compares the clock with the deadline,
+//! [`super::host::guest_store`]). So the epoch need not advance at a fixed rate: only when some
+//! call is overdue. Ticking every millisecond while any guest ran (as it did) cost the governed
+//! gateway about 900 wake-ups a second under load, 1.3% of its CPU, each wake-up a chance to
+//! preempt a connection thread; guardrail calls take microseconds against limits of tens of
+//! milliseconds, so almost every one of those ticks found nothing to stop.
 //!
 //! Whoever is about to run guest code (instantiate, `configure`, a phase call) holds a
-//! [`Ticking`] guard for as long as it may run. The ticker parks once a whole tick has passed
-//! with no guard held and none taken; taking a guard while it is parked unparks it. A deadline
-//! set while the ticker was parked counts from the epoch it was left at, so a guest gets its
-//! ticks (give or take one) either way. Under steady load guards are taken every tick, and the
-//! ticker runs as it always did.
+//! [`Ticking`] guard with the call's deadline for as long as it may run. The ticker thread
+//! sleeps until the earliest deadline held, and parks (no timer) while no guard is held. A guard
+//! whose deadline is earlier than the one the ticker sleeps towards wakes it; every other guard
+//! is taken and dropped without a system call. When the earliest deadline has passed, the ticker
+//! advances the epoch, then looks again no sooner than [`TICK`] later (a call that is overdue but
+//! inside a host call does not check the epoch until it returns; the ticker does not spin
+//! meanwhile). A call therefore traps within about [`TICK`] of its limit, as before.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::thread::Thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-/// How often the epoch advances while guests may run: the granularity of time limits.
+/// The least time between two epoch increments: the granularity of time limits once a call is
+/// overdue.
 pub const TICK: Duration = Duration::from_millis(1);
 
+/// "Not sleeping towards any deadline" (parked).
+const NEVER: u64 = u64::MAX;
+
 /// The shared state of one ticker thread and its guards.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Ticker {
-    /// Guards alive.
-    busy: AtomicUsize,
-    /// A guard was dropped since the ticker last looked (one still held shows in `busy`), so
-    /// a call that came and went within a tick keeps the ticker awake for one more.
-    recent: AtomicBool,
-    /// The ticker is parked (or about to park): a new guard must unpark it.
-    parked: AtomicBool,
+    /// The deadlines of the guards alive, by guard id.
+    deadlines: Mutex<Vec<(u64, Instant)>>,
+    /// The next guard id.
+    next_id: AtomicU64,
+    /// What the ticker thread sleeps towards, in nanoseconds after `origin` ([`NEVER`] while
+    /// parked). A guard with an earlier deadline unparks it.
+    wake_at: AtomicU64,
+    /// Epoch increments so far (for tests and metrics).
+    increments: AtomicU64,
+    origin: Instant,
     /// The ticker thread, once started.
     thread: OnceLock<Thread>,
 }
 
-/// Keeps the epoch advancing while it is alive.
+/// Keeps its deadline watched while it is alive.
 #[derive(Debug)]
-#[must_use = "the epoch advances only while the guard is held"]
-pub(crate) struct Ticking(Arc<Ticker>);
+#[must_use = "the deadline is watched only while the guard is held"]
+pub(crate) struct Ticking {
+    ticker: Arc<Ticker>,
+    id: u64,
+}
 
 impl Drop for Ticking {
     fn drop(&mut self) {
-        self.0.recent.store(true, Ordering::SeqCst);
-        self.0.busy.fetch_sub(1, Ordering::SeqCst);
+        let mut deadlines = self
+            .ticker
+            .deadlines
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(at) = deadlines.iter().position(|(id, _)| *id == self.id) {
+            deadlines.swap_remove(at);
+        }
     }
 }
 
 impl Ticker {
-    /// Starts a ticker thread named `name` that calls `tick` every [`TICK`] while a guard is
-    /// held (and for a tick after the last one is dropped), until `tick` returns false.
+    /// Starts a ticker thread named `name` that calls `tick` whenever a guard's deadline has
+    /// passed (at most once per [`TICK`]), until `tick` returns false.
     pub(crate) fn start(
         name: &str,
         mut tick: impl FnMut() -> bool + Send + 'static,
     ) -> std::io::Result<Arc<Ticker>> {
-        let ticker = Arc::new(Ticker::default());
+        let ticker = Arc::new(Ticker {
+            deadlines: Mutex::new(Vec::new()),
+            next_id: AtomicU64::new(0),
+            wake_at: AtomicU64::new(NEVER),
+            increments: AtomicU64::new(0),
+            origin: Instant::now(),
+            thread: OnceLock::new(),
+        });
         let state = ticker.clone();
         let handle = std::thread::Builder::new()
             .name(name.into())
             .spawn(move || {
-                while tick() {
-                    std::thread::sleep(TICK);
-                    state.park_while_idle();
+                loop {
+                    let earliest = state.earliest();
+                    let now = Instant::now();
+                    match earliest {
+                        Some(deadline) if deadline <= now => {
+                            state.increments.fetch_add(1, Ordering::Relaxed);
+                            if !tick() {
+                                return;
+                            }
+                            state.sleep_until(now + TICK);
+                        }
+                        Some(deadline) => state.sleep_until(deadline),
+                        None => state.sleep_until_needed(),
+                    }
                 }
             })?;
         let _ = ticker.thread.set(handle.thread().clone());
         Ok(ticker)
     }
 
-    /// A guard: the epoch advances until it is dropped.
-    pub(crate) fn ticking(self: &Arc<Self>) -> Ticking {
-        self.busy.fetch_add(1, Ordering::SeqCst);
-        // Sequentially consistent on both sides: either this load sees `parked` (and unparks),
-        // or the ticker's load of `busy` after setting `parked` sees this guard (and runs on).
-        if self.parked.load(Ordering::SeqCst)
+    /// A guard for a call that must end by `deadline`: the epoch advances once it has passed
+    /// (while the guard is held).
+    pub(crate) fn ticking(self: &Arc<Self>, deadline: Instant) -> Ticking {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.deadlines
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((id, deadline));
+        // Sequentially consistent on both sides: either this load sees what the ticker sleeps
+        // towards (and wakes it when this deadline is earlier), or the ticker's look at the
+        // deadlines after publishing it sees this one.
+        if self.nanos(deadline) < self.wake_at.load(Ordering::SeqCst)
             && let Some(thread) = self.thread.get()
         {
             thread.unpark();
         }
-        Ticking(self.clone())
+        Ticking {
+            ticker: self.clone(),
+            id,
+        }
     }
 
-    /// Whether the ticker thread is parked now.
+    /// Epoch increments so far.
+    #[cfg(test)]
+    pub(crate) fn increments(&self) -> u64 {
+        self.increments.load(Ordering::Relaxed)
+    }
+
+    /// Whether the ticker thread is parked with no deadline to watch.
     #[cfg(test)]
     fn is_parked(&self) -> bool {
-        self.parked.load(Ordering::SeqCst) && self.busy.load(Ordering::SeqCst) == 0
+        self.wake_at.load(Ordering::SeqCst) == NEVER && self.earliest().is_none()
     }
 
-    /// On the ticker thread, after a tick: parks while no guard is held, once a whole tick has
-    /// passed without one.
-    fn park_while_idle(&self) {
-        if self.recent.swap(false, Ordering::SeqCst) || self.busy.load(Ordering::SeqCst) > 0 {
+    fn earliest(&self) -> Option<Instant> {
+        self.deadlines
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(_, deadline)| *deadline)
+            .min()
+    }
+
+    fn nanos(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.origin).as_nanos()).unwrap_or(NEVER - 1)
+    }
+
+    /// On the ticker thread: sleeps until `until`, or until a guard with an earlier deadline
+    /// wakes it.
+    fn sleep_until(&self, until: Instant) {
+        self.wake_at.store(self.nanos(until), Ordering::SeqCst);
+        // A guard taken before the store above compared its deadline with the older value;
+        // look again so that an earlier one is not slept through.
+        if self.earliest().is_some_and(|earliest| earliest < until) {
             return;
         }
-        self.parked.store(true, Ordering::SeqCst);
-        // `park` may return spuriously, and an unpark that came first returns it at once.
-        while self.busy.load(Ordering::SeqCst) == 0 {
-            std::thread::park();
+        let now = Instant::now();
+        if until > now {
+            // `park_timeout` may return early (spuriously, or unparked); the loop looks again.
+            std::thread::park_timeout(until - now);
         }
-        self.parked.store(false, Ordering::SeqCst);
+    }
+
+    /// On the ticker thread: parks until a guard is taken.
+    fn sleep_until_needed(&self) {
+        self.wake_at.store(NEVER, Ordering::SeqCst);
+        if self.earliest().is_some() {
+            return;
+        }
+        // `park` may return spuriously, and an unpark that came first returns it at once.
+        std::thread::park();
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::AtomicU64;
-    use std::time::Instant;
+    use std::sync::atomic::AtomicBool;
 
     use super::*;
 
@@ -130,39 +208,70 @@ mod tests {
     }
 
     #[test]
-    fn an_idle_ticker_parks_and_a_guard_wakes_it() {
+    fn calls_within_their_limit_never_advance_the_epoch() {
         let (ticker, ticks) = counting();
         eventually("the idle ticker parks", || ticker.is_parked());
-        // Parked: no ticks while nothing runs.
-        let parked_at = ticks.load(Ordering::SeqCst);
-        std::thread::sleep(TICK * 20);
-        assert_eq!(ticks.load(Ordering::SeqCst), parked_at);
-
-        let guard = ticker.ticking();
-        eventually("the guard's ticks arrive", || {
-            ticks.load(Ordering::SeqCst) >= parked_at + 5
-        });
-        assert!(!ticker.is_parked());
-        drop(guard);
-        eventually("the ticker parks again", || ticker.is_parked());
+        for _ in 0..50 {
+            let guard = ticker.ticking(Instant::now() + Duration::from_millis(200));
+            std::thread::sleep(Duration::from_micros(200));
+            drop(guard);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(ticks.load(Ordering::SeqCst), 0, "no call was overdue");
+        assert_eq!(ticker.increments(), 0);
+        assert!(ticker.is_parked());
     }
 
     #[test]
-    fn guards_taken_and_dropped_from_many_threads_never_leave_a_holder_without_ticks() {
+    fn an_overdue_call_gets_increments_from_its_deadline_until_it_ends() {
         let (ticker, ticks) = counting();
-        // Each round waits for the ticker to park, then takes a guard from several threads at
-        // once (racing the ticker's decision to park) and requires ticks while they are held.
+        eventually("the idle ticker parks", || ticker.is_parked());
+        let start = Instant::now();
+        let limit = Duration::from_millis(30);
+        let guard = ticker.ticking(start + limit);
+        eventually("the overdue call's first increment", || {
+            ticks.load(Ordering::SeqCst) >= 1
+        });
+        assert!(start.elapsed() >= limit, "no increment before the deadline");
+        eventually("more increments while it stays overdue", || {
+            ticks.load(Ordering::SeqCst) >= 4
+        });
+        drop(guard);
+        eventually("the ticker parks again", || ticker.is_parked());
+        let parked_at = ticks.load(Ordering::SeqCst);
+        std::thread::sleep(TICK * 20);
+        assert!(ticks.load(Ordering::SeqCst) <= parked_at + 1);
+    }
+
+    #[test]
+    fn an_earlier_deadline_wakes_a_ticker_sleeping_towards_a_later_one() {
+        let (ticker, ticks) = counting();
+        let _late = ticker.ticking(Instant::now() + Duration::from_secs(60));
+        // Let the ticker go to sleep towards the late deadline.
+        std::thread::sleep(Duration::from_millis(20));
+        let _soon = ticker.ticking(Instant::now() + Duration::from_millis(10));
+        eventually("the earlier deadline's increment", || {
+            ticks.load(Ordering::SeqCst) >= 1
+        });
+    }
+
+    #[test]
+    fn guards_taken_from_many_threads_never_leave_an_overdue_call_without_increments() {
+        let (ticker, ticks) = counting();
+        // Each round waits for the ticker to park, then takes guards that are already overdue
+        // from several threads at once (racing the ticker's decision to park) and requires
+        // increments while they are held.
         for _ in 0..20 {
             eventually("the ticker parks", || ticker.is_parked());
             let guards: Vec<_> = (0..4)
                 .map(|_| {
                     let ticker = ticker.clone();
-                    std::thread::spawn(move || ticker.ticking())
+                    std::thread::spawn(move || ticker.ticking(Instant::now()))
                 })
                 .map(|t| t.join().expect("guard thread"))
                 .collect();
             let before = ticks.load(Ordering::SeqCst);
-            eventually("a held guard gets ticks", || {
+            eventually("an overdue guard gets increments", || {
                 ticks.load(Ordering::SeqCst) >= before + 2
             });
             drop(guards);
@@ -175,8 +284,8 @@ mod tests {
         let flag = stop.clone();
         let ticker =
             Ticker::start("test-epoch-stop", move || !flag.load(Ordering::SeqCst)).expect("thread");
-        let _guard = ticker.ticking();
         stop.store(true, Ordering::SeqCst);
+        let _guard = ticker.ticking(Instant::now());
         let thread = ticker.thread.get().expect("started").clone();
         eventually("the thread ends", || {
             // A finished thread's handle is gone; unparking it is harmless either way.

@@ -1,8 +1,8 @@
 //! The wasmtime host: one engine, components compiled once, warm instance pools, limits.
 //!
 //! - One [`Engine`] per process (component model, epoch interruption), with a ticker thread
-//!   advancing the epoch every [`TICK`] while guest code may run (parked otherwise,
-//!   [`super::epoch`]); a call that runs past its manifest's `time_ms` traps.
+//!   that advances the epoch when a call in flight is past its deadline ([`super::epoch`]); a
+//!   call that runs past its manifest's `time_ms` traps within about [`TICK`] of it.
 //! - A plugin's component is compiled once per content hash and reused across reloads.
 //! - Each plugin has an `InstancePre` (imports resolved once) and a small pool of warm
 //!   instances, each already configured: a call takes one, runs, and gives it back. An instance
@@ -97,10 +97,14 @@ use super::epoch::{Ticker, Ticking};
 /// The epoch ticker of the process's engine (set with [`RUNTIME`]).
 static TICKER: OnceLock<Arc<Ticker>> = OnceLock::new();
 
-/// Keeps the engine's epoch advancing while guest code may run: hold it across instantiation,
-/// `configure` and every call. `None` before the runtime exists (no guest can run then).
-pub(super) fn ticking() -> Option<Ticking> {
-    TICKER.get().map(Ticker::ticking)
+/// Arms `store` to trap once `limit` has passed (from now) and has the ticker watch that
+/// deadline: hold the guard across instantiation, `configure` and every call. `None` before the
+/// runtime exists (no guest can run then).
+pub(super) fn arm(store: &mut Store<GuestState>, limit: Duration) -> Option<Ticking> {
+    let deadline = Instant::now() + limit;
+    store.data_mut().deadline = deadline;
+    store.set_epoch_deadline(1);
+    TICKER.get().map(|ticker| ticker.ticking(deadline))
 }
 
 /// Time allowed for instantiation plus `configure` (guests compile their patterns there).
@@ -216,12 +220,22 @@ pub struct GuestState {
     wasi: WasiCtx,
     table: ResourceTable,
     limiter: Limiter,
+    /// When the running call (or instantiation) must have ended.
+    deadline: Instant,
 }
 
 /// A fresh store for one guest instance: `wasi` as its only capabilities, `limits`' memory cap,
-/// and epoch interruption armed with the time allowed to instantiate and configure it. Shared
-/// by the guardrail and adapter hosts.
-pub(super) fn guest_store(engine: &Engine, wasi: WasiCtx, limits: &Limits) -> Store<GuestState> {
+/// and epoch interruption armed with the time allowed to instantiate and configure it; the guard
+/// that has the ticker watch that deadline comes with it. Shared by the guardrail and adapter
+/// hosts.
+///
+/// At every epoch increment the store compares the clock with its deadline ([`arm`]): past it,
+/// the guest traps ([`Trap::Interrupt`]); before it, it runs on until the next increment.
+pub(super) fn guest_store(
+    engine: &Engine,
+    wasi: WasiCtx,
+    limits: &Limits,
+) -> (Store<GuestState>, Option<Ticking>) {
     let state = GuestState {
         wasi,
         table: ResourceTable::new(),
@@ -229,12 +243,19 @@ pub(super) fn guest_store(engine: &Engine, wasi: WasiCtx, limits: &Limits) -> St
             max_memory: limits.memory_bytes(),
             hit: false,
         },
+        deadline: Instant::now(),
     };
     let mut store = Store::new(engine, state);
     store.limiter(|s| &mut s.limiter);
-    store.epoch_deadline_trap();
-    store.set_epoch_deadline(ticks(CONFIGURE_TIME));
-    store
+    store.epoch_deadline_callback(|store| {
+        Ok(if Instant::now() >= store.data().deadline {
+            wasmtime::UpdateDeadline::Interrupt
+        } else {
+            wasmtime::UpdateDeadline::Continue(1)
+        })
+    });
+    let ticking = arm(&mut store, CONFIGURE_TIME);
+    (store, ticking)
 }
 
 impl WasiView for GuestState {
@@ -438,10 +459,6 @@ impl std::fmt::Debug for Instances {
     }
 }
 
-pub(super) fn ticks(d: Duration) -> u64 {
-    (d.as_micros() / TICK.as_micros()).max(1) as u64 + 1
-}
-
 impl Instances {
     /// Prepares the pool; call [`Instances::warm_up`] to create (and validate) the first one.
     pub fn new(
@@ -486,9 +503,8 @@ impl Instances {
     }
 
     async fn instantiate(&self) -> Result<Warm, Failure> {
-        let _ticking = ticking();
         let wasi = self.wasi().map_err(Failure::Instantiate)?;
-        let mut store = guest_store(self.pre.engine(), wasi, &self.limits);
+        let (mut store, _ticking) = guest_store(self.pre.engine(), wasi, &self.limits);
         let instantiated = match &self.pre {
             GuardrailPre::V1(pre) => pre.instantiate_async(&mut store).await.map(Guardrail::V1),
             GuardrailPre::V2(pre) => pre.instantiate_async(&mut store).await.map(Guardrail::V2),
@@ -548,9 +564,8 @@ impl Instances {
             .acquire()
             .await
             .map_err(|_| Failure::Instantiate("the plugin is shutting down".into()))?;
-        let _ticking = ticking();
         let Warm { mut store, guard } = self.take().await?;
-        store.set_epoch_deadline(ticks(Duration::from_millis(self.limits.time_ms)));
+        let _ticking = arm(&mut store, Duration::from_millis(self.limits.time_ms));
         match run(&guard, &mut store).await {
             Ok(result) => {
                 self.give_back(Warm { store, guard });
@@ -679,11 +694,5 @@ mod tests {
         let rt = runtime().expect("runtime");
         let err = rt.compile(b"\0asm\x01\0\0\0").expect_err("refused");
         assert!(err.contains("not a component"), "{err}");
-    }
-
-    #[test]
-    fn ticks_round_up_and_never_reach_zero() {
-        assert_eq!(ticks(Duration::from_millis(0)), 2);
-        assert_eq!(ticks(Duration::from_millis(50)), 51);
     }
 }

@@ -559,6 +559,54 @@ async fn the_epoch_ticker_sleeps_while_idle_and_still_stops_a_spinning_guest() {
     assert_eq!(chat(&gw, &secret, &say("chat", "fine")).await.status(), 200);
 }
 
+/// Calls that end within their limit never advance the epoch, so a steady stream of guardrail
+/// calls barely wakes the ticker: at most about twice per time limit, when it looks for an
+/// overdue call and finds none. It ticked every millisecond while any call ran (about 900
+/// wake-ups a second under load, docs/performance.md).
+#[tokio::test]
+async fn the_epoch_ticker_stays_asleep_while_calls_end_within_their_limit() {
+    let (_mock, gw, secret) = misbehaving("closed", "time_ms = 100").await;
+    assert_eq!(chat(&gw, &secret, &say("chat", "fine")).await.status(), 200);
+    let Some(before) = epoch_thread_switches(&gw) else {
+        eprintln!("SKIPPED the busy-ticker check: no /proc/PID/task/*/status here");
+        return;
+    };
+    // Four clients at once, so that some call is nearly always running.
+    let started = Instant::now();
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (url, secret) = (gw.url("/v1/chat/completions"), secret.clone());
+            tokio::spawn(async move {
+                let mut calls = 0u32;
+                while started.elapsed() < Duration::from_millis(500) && calls < 2_000 {
+                    let response = http()
+                        .post(&url)
+                        .bearer_auth(&secret)
+                        .json(&say("chat", "fine"))
+                        .send()
+                        .await
+                        .expect("send");
+                    assert_eq!(response.status(), 200);
+                    calls += 1;
+                }
+                calls
+            })
+        })
+        .collect();
+    let mut calls = 0;
+    for client in clients {
+        calls += client.await.expect("client");
+    }
+    let woke = epoch_thread_switches(&gw).expect("the ticker thread") - before;
+    eprintln!("the epoch ticker woke {woke} times during {calls} calls");
+    // 500 ms of calls: at most two looks per 100 ms limit, about 10. Ticking every millisecond
+    // while a call ran, it woke 46-69 times here with debug builds, hundreds under load.
+    assert!(
+        woke <= 20,
+        "the epoch ticker woke {woke} times during {calls} calls that ended within their limit"
+    );
+}
+
 #[tokio::test]
 async fn a_memory_hog_is_stopped_and_fails_open_when_the_manifest_says_so() {
     let (mock, gw, secret) = misbehaving("open", "memory_mb = 16\ntime_ms = 2000").await;
