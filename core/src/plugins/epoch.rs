@@ -87,18 +87,23 @@ impl Ticker {
         let handle = std::thread::Builder::new()
             .name(name.into())
             .spawn(move || {
+                // No increment before this (at most one per TICK).
+                let mut next_allowed = Instant::now();
                 loop {
                     let earliest = state.earliest();
                     let now = Instant::now();
                     match earliest {
                         Some(deadline) if deadline <= now => {
-                            state.increments.fetch_add(1, Ordering::Relaxed);
-                            if !tick() {
-                                return;
+                            if now >= next_allowed {
+                                state.increments.fetch_add(1, Ordering::Relaxed);
+                                if !tick() {
+                                    return;
+                                }
+                                next_allowed = now + TICK;
                             }
-                            state.sleep_until(now + TICK);
+                            state.sleep_until(next_allowed, deadline);
                         }
-                        Some(deadline) => state.sleep_until(deadline),
+                        Some(deadline) => state.sleep_until(deadline.max(next_allowed), deadline),
                         None => state.sleep_until_needed(),
                     }
                 }
@@ -155,12 +160,14 @@ impl Ticker {
     }
 
     /// On the ticker thread: sleeps until `until`, or until a guard with an earlier deadline
-    /// wakes it.
-    fn sleep_until(&self, until: Instant) {
+    /// wakes it. `known` is the earliest deadline the ticker saw before deciding to sleep.
+    fn sleep_until(&self, until: Instant, known: Instant) {
         self.wake_at.store(self.nanos(until), Ordering::SeqCst);
         // A guard taken before the store above compared its deadline with the older value;
-        // look again so that an earlier one is not slept through.
-        if self.earliest().is_some_and(|earliest| earliest < until) {
+        // look again so that a deadline earlier than the one planned around is not slept
+        // through. (Comparing with `until` instead would never sleep while a call is overdue:
+        // its deadline is before `until`, and the ticker would spin.)
+        if self.earliest().is_some_and(|earliest| earliest < known) {
             return;
         }
         let now = Instant::now();
@@ -241,6 +248,26 @@ mod tests {
         let parked_at = ticks.load(Ordering::SeqCst);
         std::thread::sleep(TICK * 20);
         assert!(ticks.load(Ordering::SeqCst) <= parked_at + 1);
+    }
+
+    #[test]
+    fn a_call_that_stays_overdue_gets_at_most_one_increment_per_tick() {
+        let (ticker, ticks) = counting();
+        let start = Instant::now();
+        // Overdue from the start, held like a call stuck in a host function.
+        let guard = ticker.ticking(start);
+        std::thread::sleep(Duration::from_millis(100));
+        let counted = ticks.load(Ordering::SeqCst);
+        let elapsed = start.elapsed();
+        drop(guard);
+        assert!(counted >= 1, "the overdue call got no increment");
+        // The ticker sleeps a whole TICK after each increment, so there can be no more than
+        // one per TICK elapsed (plus the first); a ticker that spun counted millions.
+        let most = elapsed.as_micros() / TICK.as_micros() + 1;
+        assert!(
+            u128::from(counted) <= most,
+            "{counted} increments in {elapsed:?} (at most {most})"
+        );
     }
 
     #[test]
