@@ -554,6 +554,47 @@ mod tests {
         let ids: Vec<&str> = back.iter().map(|e| e.record.id.as_str()).collect();
         assert_eq!(ids, ["r1", "r2", "r3"]);
     }
+    async fn page_size(store: &Store) -> i64 {
+        sqlx::query_scalar("PRAGMA page_size")
+            .fetch_one(store.pool())
+            .await
+            .expect("page_size")
+    }
+
+    #[tokio::test]
+    async fn a_new_store_has_16_kib_pages_and_an_existing_one_keeps_its_own() {
+        let (_dir, store, rows) = file_store().await;
+        assert_eq!(page_size(&store).await, 16384);
+        let (_, written) = write_blocking(rows, batch(3)).await;
+        assert_eq!(written.expect("write"), 3);
+        assert_eq!(stored(&store).await, 3);
+        store.close().await;
+
+        // A store created with 4 KiB pages (as every store was before) opens with them, takes
+        // its migrations and rows, and reopens unchanged.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("old.db");
+        rusqlite::Connection::open(&path)
+            .expect("create")
+            .execute_batch(
+                "PRAGMA page_size = 4096; PRAGMA journal_mode = WAL; CREATE TABLE before (x);",
+            )
+            .expect("old store");
+        let url = format!("sqlite://{}", path.display());
+        for round in 1..=2 {
+            let store = Store::open(&url).await.expect("store");
+            assert_eq!(page_size(&store).await, 4096, "open {round}");
+            let rows = store.sqlite_rows().expect("rows connection").clone();
+            let entries = (0..2)
+                .map(|i| entry(&format!("old{round}-{i}"), 1))
+                .collect();
+            let (_, written) = write_blocking(rows, entries).await;
+            assert_eq!(written.expect("write"), 2);
+            assert_eq!(stored(&store).await, 2 * round);
+            store.close().await;
+        }
+    }
+
     async fn file_store() -> (tempfile::TempDir, Store, Arc<SqliteRows>) {
         let dir = tempfile::tempdir().expect("tempdir");
         let url = format!("sqlite://{}", dir.path().join("t.db").display());
