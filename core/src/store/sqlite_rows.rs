@@ -26,13 +26,17 @@
 //! at any time. Rows are idempotent by id, so a batch split this way writes each row and its
 //! charges exactly once, each in the same transaction as its row.
 //!
-//! **A batch on the pool yields between chunks.** At normal priority the kernel lets a running
-//! thread finish its slice (1.5 ms on two CPUs) before a thread woken on the same CPU runs, so a
-//! full batch (a few milliseconds of SQLite work) held the requests of a connection thread
-//! behind it. After every [`CHUNK`] rows the pool's transaction calls `sched_yield`, which lets
-//! whatever is runnable on that CPU go first. The work and the transaction are the same. Bench,
-//! governed at c=16, both orders: Δp99 +2.18 / +1.73 ms against +3.08 / +3.34 ms without it
-//! (`docs/performance.md`, "Thirteenth round").
+//! **A batch on the pool yields between chunks while the writer keeps up.** At normal priority
+//! the kernel lets a running thread finish its slice (0.75 ms × 2 by default on two CPUs) before
+//! a thread woken on the same CPU runs, so a full batch (a few milliseconds of SQLite work) held
+//! the requests of a connection thread behind it. After every [`CHUNK`] rows the pool's
+//! transaction calls `sched_yield`, which lets whatever is runnable on that CPU go first; the
+//! work and the transaction are the same. It does so only while fewer than a full batch of
+//! records wait behind this one: yielding under saturation let the backlog grow (up to 4,908
+//! rows against 781 at passthrough c=32) and cost CPU, so a writer that has fallen behind
+//! writes on without yielding until it has caught up. Bench, governed at c=16, both orders:
+//! Δp99 +2.18 / +1.73 ms against +3.08 / +3.34 ms without yielding (`docs/performance.md`,
+//! "Thirteenth round").
 //!
 //! [`Store::write_usage`]: super::Store::write_usage
 //! [`BATCH`]: super::usage_writer::BATCH
@@ -79,6 +83,9 @@ pub(crate) struct SqliteRows {
     pressed_until: AtomicI64,
     /// How often a transaction on the pool gave up its CPU between chunks.
     yields: AtomicU64,
+    /// The usage writer's queue depth (records waiting behind the batch being written), once a
+    /// writer watches this store.
+    backlog: OnceLock<Arc<AtomicI64>>,
 }
 
 /// How a transaction shares its CPU between chunks of [`CHUNK`] rows.
@@ -87,8 +94,9 @@ enum Pace<'a> {
     /// On the idle-class thread, which any other thread preempts: stops once the batch is
     /// overdue (`hurry` raised), committing the chunks written.
     UntilHurried(&'a AtomicBool),
-    /// On the blocking pool, at normal priority: yields the CPU to whatever else is runnable.
-    Yielding(&'a AtomicU64),
+    /// On the blocking pool, at normal priority: yields the CPU to whatever else is runnable
+    /// (counted in the first), while the backlog (the second, if watched) is under a batch.
+    Yielding(&'a AtomicU64, Option<&'a AtomicI64>),
 }
 
 /// One batch for the background thread.
@@ -122,6 +130,7 @@ impl SqliteRows {
             lane: OnceLock::new(),
             pressed_until: AtomicI64::new(0),
             yields: AtomicU64::new(0),
+            backlog: OnceLock::new(),
         })
     }
 
@@ -134,6 +143,12 @@ impl SqliteRows {
             return None;
         }
         self.lane.get_or_init(start_lane).clone()
+    }
+
+    /// Lets transactions on the pool see the usage writer's queue depth (they stop yielding
+    /// while a full batch waits). The first writer to call this is the one watched.
+    pub(crate) fn watch_backlog(&self, queued: Arc<AtomicI64>) {
+        let _ = self.backlog.set(queued);
     }
 
     /// Sends batches to the blocking pool for the next [`PRESSED_FOR_MS`].
@@ -161,7 +176,7 @@ impl SqliteRows {
     ) -> Result<Written, StoreError> {
         let pace = match hurry {
             Some(hurry) => Pace::UntilHurried(hurry),
-            None => Pace::Yielding(&self.yields),
+            None => Pace::Yielding(&self.yields, self.backlog.get().map(Arc::as_ref)),
         };
         if self.closed.load(Ordering::Acquire) {
             return Err(StoreError::Database(sqlx::Error::PoolClosed));
@@ -385,9 +400,13 @@ fn write_on(
                 match pace {
                     Pace::UntilHurried(hurry) if hurry.load(Ordering::Relaxed) => break,
                     Pace::UntilHurried(_) => {}
-                    Pace::Yielding(yields) => {
-                        std::thread::yield_now();
-                        yields.fetch_add(1, Ordering::Relaxed);
+                    Pace::Yielding(yields, backlog) => {
+                        if backlog.is_none_or(|waiting| {
+                            waiting.load(Ordering::Relaxed) < super::usage_writer::BATCH as i64
+                        }) {
+                            std::thread::yield_now();
+                            yields.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                 }
             }
@@ -611,6 +630,21 @@ mod tests {
         assert_eq!(written.expect("ran").expect("lane").handled, 100);
         assert_eq!(rows.yields.load(Ordering::Relaxed), 6);
         assert_eq!(stored(&store).await, 200);
+
+        // A writer that has fallen behind (a full batch waits) writes on without yielding,
+        // and yields again once it has caught up.
+        let queued = Arc::new(AtomicI64::new(super::super::usage_writer::BATCH as i64));
+        rows.watch_backlog(queued.clone());
+        let entries = (0..100).map(|i| entry(&format!("p{i}"), 1)).collect();
+        let (_, written) = on_pool(rows.clone(), entries).await;
+        assert_eq!(written.expect("behind"), 100);
+        assert_eq!(rows.yields.load(Ordering::Relaxed), 6);
+        queued.store(10, Ordering::Relaxed);
+        let entries = (0..100).map(|i| entry(&format!("q{i}"), 1)).collect();
+        let (_, written) = on_pool(rows.clone(), entries).await;
+        assert_eq!(written.expect("caught up"), 100);
+        assert_eq!(rows.yields.load(Ordering::Relaxed), 12);
+        assert_eq!(stored(&store).await, 400);
     }
 
     async fn page_size(store: &Store) -> i64 {

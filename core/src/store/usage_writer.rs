@@ -70,8 +70,9 @@ pub struct WriterStats {
     pub written: AtomicU64,
     /// Failed write attempts (each retried, isolated or journaled).
     pub failed_flushes: AtomicU64,
-    /// Records in the queue now.
-    pub queued: AtomicI64,
+    /// Records in the queue now (shared with the embedded store's rows connection, which yields
+    /// its CPU only while fewer than a batch wait).
+    pub queued: Arc<AtomicI64>,
     /// Records appended to the journal (store away or queue full).
     pub journaled: AtomicU64,
     /// Journaled records written to the store afterwards.
@@ -200,6 +201,9 @@ pub async fn start(
         if replay(&store, &shared).await.is_err() {
             tracing::warn!("the store is away; the usage journal will be replayed when it answers");
         }
+    }
+    if let Some(rows) = store.sqlite_rows() {
+        rows.watch_backlog(shared.stats.queued.clone());
     }
     let (tx, rx) = mpsc::channel(QUEUE);
     let handle = tokio::spawn(run(store, rx, shared.clone()));
