@@ -607,6 +607,7 @@ mod tests {
         let ids: Vec<&str> = back.iter().map(|e| e.record.id.as_str()).collect();
         assert_eq!(ids, ["r1", "r2", "r3"]);
     }
+
     #[tokio::test]
     async fn a_batch_on_the_pool_yields_between_chunks_and_one_on_the_idle_thread_does_not() {
         let (_dir, store, rows) = file_store().await;
