@@ -10,6 +10,11 @@
 //! - **Closed loop** ([`Load::Closed`]): `concurrency` workers, each with its own connection,
 //!   send the next request as soon as the previous answer ended. Measures throughput.
 //!
+//! A phase runs against one or more [`Target`]s (the replicas of a gateway): closed-loop worker
+//! `i` keeps its connection to target `i % n`, open-loop request `k` goes to target `k % n`. The
+//! latency histograms are merged over all of them; successful answers are also counted per
+//! target.
+//!
 //! Both modes are bounded by a duration **and** a request count, run a warm-up first (same load,
 //! not recorded) and give every request a timeout. A request succeeds when the status is 200 and
 //! the body is complete: a JSON body, or a stream ending with `data: [DONE]`. For streams the
@@ -214,6 +219,19 @@ pub struct PhaseResult {
     /// CPU time (user + system) the gateway process used per request during the phase,
     /// warm-up included (µs); filled in by the harness for gateway phases.
     pub gateway_cpu_us_per_request: Option<f64>,
+    /// With several gateway replicas: each replica's share of `gateway_cpu_us_per_request`
+    /// (its CPU time over the phase / all requests sent), in target order; the sum is
+    /// `gateway_cpu_us_per_request`. Empty with one target.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub replica_cpu_us_per_request: Vec<f64>,
+    /// CPU time (user + system) of the PostgreSQL server (every process named `postgres`)
+    /// during the phase, per request sent (µs); filled in for scenarios on the PostgreSQL store.
+    /// Informational: it includes whatever else the server did meanwhile.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub postgres_cpu_us_per_request: Option<f64>,
+    /// Measured successful answers per target, in target order (with several targets).
+    #[serde(skip_serializing_if = "one_or_none")]
+    pub ok_per_target: Vec<u64>,
     /// Failure messages and their counts (warm-up included).
     pub errors: BTreeMap<String, u64>,
     /// Successful answers per second.
@@ -232,6 +250,10 @@ pub struct PhaseResult {
     /// When the last measured answer ended.
     #[serde(skip)]
     pub measure_end: Option<Instant>,
+}
+
+fn one_or_none(v: &[u64]) -> bool {
+    v.len() < 2
 }
 
 impl PhaseResult {
@@ -371,6 +393,9 @@ impl Tally {
             warmup_requests: self.warmup_requests,
             warmup_failed: self.warmup_failed,
             gateway_cpu_us_per_request: None,
+            replica_cpu_us_per_request: Vec::new(),
+            postgres_cpu_us_per_request: None,
+            ok_per_target: Vec::new(),
             errors: self.errors,
             rps: if elapsed > 0.0 {
                 self.ok as f64 / elapsed
@@ -502,44 +527,59 @@ impl Pool {
     }
 }
 
-/// Runs one phase against `target` on the current runtime.
+/// Runs one phase against `targets` on the current runtime: one target, or the replicas of a
+/// gateway sharing the load (closed loop: worker `i` talks to target `i % n`; open loop: request
+/// `k` goes to target `k % n`).
 pub async fn run_phase(
-    target: Arc<Target>,
+    targets: &[Arc<Target>],
     load: Load,
     options: PhaseOptions,
 ) -> anyhow::Result<PhaseResult> {
+    anyhow::ensure!(!targets.is_empty(), "a phase needs at least one target");
     match load {
-        Load::Open { rate } => open_loop(target, rate, options).await,
-        Load::Closed { concurrency } => closed_loop(target, concurrency, options).await,
+        Load::Open { rate } => open_loop(targets, rate, options).await,
+        Load::Closed { concurrency } => closed_loop(targets, concurrency, options).await,
     }
 }
 
-struct OpenShared {
+/// One target of an open-loop phase with its idle connections and its count of successes.
+struct OpenTarget {
     target: Arc<Target>,
     pool: Pool,
+    ok: AtomicU64,
+}
+
+struct OpenShared {
+    targets: Vec<OpenTarget>,
     in_flight: Semaphore,
     tally: Mutex<Tally>,
     timeout: Duration,
     measure_start: Instant,
 }
 
-async fn open_request(shared: Arc<OpenShared>, due: Instant, measured: bool) {
+/// Request `index` of an open-loop phase, due at `due`, sent to target `index % n`.
+async fn open_request(shared: Arc<OpenShared>, index: u64, due: Instant, measured: bool) {
     let dispatched = Instant::now();
+    let n = shared.targets.len() as u64;
+    let to = &shared.targets[usize::try_from(index % n).unwrap_or(0)];
     let outcome = tokio::time::timeout_at((due + shared.timeout).into(), async {
         let _permit = shared
             .in_flight
             .acquire()
             .await
             .map_err(|e| format!("semaphore: {e}"))?;
-        let mut sender = shared.pool.acquire().await?;
-        let outcome = exchange(&mut sender, &shared.target).await;
+        let mut sender = to.pool.acquire().await?;
+        let outcome = exchange(&mut sender, &to.target).await;
         if outcome.is_ok() {
-            shared.pool.release(sender);
+            to.pool.release(sender);
         }
         outcome
     })
     .await
     .unwrap_or_else(|_| Err(format!("timeout after {:?}", shared.timeout)));
+    if measured && outcome.is_ok() {
+        to.ok.fetch_add(1, Ordering::Relaxed);
+    }
     if let Ok(mut tally) = shared.tally.lock() {
         if measured && let Some(lag) = tally.lag.as_mut() {
             lag.saturating_record(micros(dispatched.saturating_duration_since(due)));
@@ -550,11 +590,12 @@ async fn open_request(shared: Arc<OpenShared>, due: Instant, measured: bool) {
 }
 
 async fn open_loop(
-    target: Arc<Target>,
+    targets: &[Arc<Target>],
     rate: u32,
     options: PhaseOptions,
 ) -> anyhow::Result<PhaseResult> {
     anyhow::ensure!(rate > 0, "the open-loop rate must be positive");
+    let stream = targets.iter().any(|t| t.request.stream);
     let per_sec = u64::from(rate);
     let warmup_n = (options.warmup.as_secs_f64() * per_sec as f64).round() as u64;
     let measured_n = ((options.duration.as_secs_f64() * per_sec as f64).round() as u64)
@@ -563,13 +604,19 @@ async fn open_loop(
     let start = Instant::now() + Duration::from_millis(5);
     let measure_start = start + Duration::from_nanos(warmup_n * 1_000_000_000 / per_sec);
     let shared = Arc::new(OpenShared {
-        pool: Pool {
-            addr: target.addr,
-            idle: Mutex::new(Vec::new()),
-        },
-        target: target.clone(),
+        targets: targets
+            .iter()
+            .map(|target| OpenTarget {
+                pool: Pool {
+                    addr: target.addr,
+                    idle: Mutex::new(Vec::new()),
+                },
+                target: target.clone(),
+                ok: AtomicU64::new(0),
+            })
+            .collect(),
         in_flight: Semaphore::new(MAX_IN_FLIGHT),
-        tally: Mutex::new(Tally::new(target.request.stream, true, options.window)),
+        tally: Mutex::new(Tally::new(stream, true, options.window)),
         timeout: options.timeout,
         measure_start,
     });
@@ -589,7 +636,7 @@ async fn open_loop(
                 } else if now > give_up {
                     break;
                 }
-                tasks.push(handle.spawn(open_request(shared.clone(), due, i >= warmup_n)));
+                tasks.push(handle.spawn(open_request(shared.clone(), i, due, i >= warmup_n)));
             }
             tasks
         })
@@ -598,12 +645,21 @@ async fn open_loop(
     for task in tasks {
         task.await.context("a request task failed")?;
     }
-    let tally = match Arc::try_unwrap(shared) {
-        Ok(shared) => shared.tally.into_inner().ok(),
-        Err(_) => None,
-    }
-    .context("request tasks still hold the tally")?;
+    let shared = Arc::try_unwrap(shared)
+        .ok()
+        .context("request tasks still hold the tally")?;
+    let ok_per_target = shared
+        .targets
+        .iter()
+        .map(|t| t.ok.load(Ordering::Relaxed))
+        .collect();
+    let tally = shared
+        .tally
+        .into_inner()
+        .ok()
+        .context("the tally's lock is poisoned")?;
     let mut result = tally.finish(Load::Open { rate }, measure_start);
+    result.ok_per_target = ok_per_target;
     let unsent = measured_n.saturating_sub(result.requests);
     if unsent > 0 {
         result.failed += unsent;
@@ -617,19 +673,22 @@ async fn open_loop(
 }
 
 async fn closed_loop(
-    target: Arc<Target>,
+    targets: &[Arc<Target>],
     concurrency: usize,
     options: PhaseOptions,
 ) -> anyhow::Result<PhaseResult> {
     anyhow::ensure!(concurrency > 0, "the concurrency must be positive");
+    let stream = targets.iter().any(|t| t.request.stream);
     let start = Instant::now();
     let measure_start = start + options.warmup;
     let end = measure_start + options.duration;
     let sent = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let mut workers = tokio::task::JoinSet::new();
-    for _ in 0..concurrency {
-        let target = target.clone();
+    for worker in 0..concurrency {
+        // Worker i keeps its connection to target i % n.
+        let index = worker % targets.len();
+        let target = targets[index].clone();
         let sent = sent.clone();
         let stop = stop.clone();
         workers.spawn(async move {
@@ -667,14 +726,19 @@ async fn closed_loop(
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             }
-            tally
+            (index, tally)
         });
     }
-    let mut total = Tally::new(target.request.stream, false, Duration::ZERO);
-    while let Some(tally) = workers.join_next().await {
-        total.merge(tally.context("a closed-loop worker failed")?);
+    let mut total = Tally::new(stream, false, Duration::ZERO);
+    let mut ok_per_target = vec![0; targets.len()];
+    while let Some(joined) = workers.join_next().await {
+        let (index, tally) = joined.context("a closed-loop worker failed")?;
+        ok_per_target[index] += tally.ok;
+        total.merge(tally);
     }
-    Ok(total.finish(Load::Closed { concurrency }, measure_start))
+    let mut result = total.finish(Load::Closed { concurrency }, measure_start);
+    result.ok_per_target = ok_per_target;
+    Ok(result)
 }
 
 #[cfg(test)]
@@ -717,5 +781,95 @@ mod tests {
         let result = t.finish(Load::Open { rate: 1 }, now);
         assert_eq!(result.windows.len(), 3);
         assert!(result.windows[2].latency.p50_us > result.windows[0].latency.p50_us);
+    }
+
+    /// Two in-process mocks recording what they receive, and one target for each.
+    async fn two_mocks() -> (Vec<mock_upstream::MockHandle>, Vec<Arc<Target>>) {
+        let mut mocks = Vec::new();
+        let mut targets = Vec::new();
+        for _ in 0..2 {
+            let mock = mock_upstream::start(
+                SocketAddr::from(([127, 0, 0, 1], 0)),
+                mock_upstream::MockConfig::default(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("mock: {e}"));
+            let request = RequestSpec::json(
+                "/v1/chat/completions",
+                &crate::scenario::chat_body(crate::scenario::UPSTREAM_MODEL),
+                false,
+            );
+            targets.push(Arc::new(
+                Target::new(mock.addr, request, None).unwrap_or_else(|e| panic!("target: {e}")),
+            ));
+            mocks.push(mock);
+        }
+        (mocks, targets)
+    }
+
+    fn short(warmup_ms: u64, duration_ms: u64) -> PhaseOptions {
+        PhaseOptions {
+            duration: Duration::from_millis(duration_ms),
+            warmup: Duration::from_millis(warmup_ms),
+            max_requests: 10_000,
+            timeout: Duration::from_secs(5),
+            window: Duration::ZERO,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn closed_loop_workers_each_keep_to_one_replica() {
+        // Three workers on two replicas: workers 0 and 2 on the first, worker 1 on the second.
+        let (mocks, targets) = two_mocks().await;
+        let load = Load::Closed { concurrency: 3 };
+        let result = run_phase(&targets, load, short(0, 300))
+            .await
+            .unwrap_or_else(|e| panic!("phase: {e}"));
+        assert!(result.all_succeeded(), "{result:?}");
+        let received: Vec<u64> = mocks.iter().map(|m| m.count() as u64).collect();
+        assert!(received.iter().all(|&n| n > 0), "{received:?}");
+        // No warm-up: every request either mock received was measured, and counted against it.
+        assert_eq!(result.ok_per_target, received);
+        assert_eq!(result.ok_per_target.iter().sum::<u64>(), result.ok);
+
+        // One worker on two replicas: the second one is never called.
+        let (mocks, targets) = two_mocks().await;
+        let load = Load::Closed { concurrency: 1 };
+        let result = run_phase(&targets, load, short(0, 100))
+            .await
+            .unwrap_or_else(|e| panic!("phase: {e}"));
+        assert!(result.ok > 0, "{result:?}");
+        assert_eq!(result.ok_per_target, vec![result.ok, 0]);
+        assert_eq!(mocks[1].count(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn open_loop_requests_alternate_between_replicas() {
+        let (mocks, targets) = two_mocks().await;
+        // 200/s: 20 warm-up requests (0..20) then 41 measured ones (20..61).
+        let result = run_phase(&targets, Load::Open { rate: 200 }, short(100, 205))
+            .await
+            .unwrap_or_else(|e| panic!("phase: {e}"));
+        assert!(result.all_succeeded(), "{result:?}");
+        assert_eq!((result.warmup_requests, result.requests), (20, 41));
+        // Request k went to replica k % 2: 31 and 30 in all, 21 and 20 of them measured.
+        let received: Vec<usize> = mocks.iter().map(mock_upstream::MockHandle::count).collect();
+        assert_eq!(received, vec![31, 30]);
+        assert_eq!(result.ok_per_target, vec![21, 20]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_target_still_counts_its_answers() {
+        let (mocks, targets) = two_mocks().await;
+        let result = run_phase(&targets[..1], Load::Open { rate: 100 }, short(0, 100))
+            .await
+            .unwrap_or_else(|e| panic!("phase: {e}"));
+        assert_eq!(result.ok_per_target, vec![10]);
+        assert_eq!((mocks[0].count(), mocks[1].count()), (10, 0));
+        assert!(
+            run_phase(&[], Load::Open { rate: 100 }, short(0, 100))
+                .await
+                .is_err()
+        );
     }
 }

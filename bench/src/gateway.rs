@@ -100,6 +100,40 @@ pub fn read_cpu_time(pid: u32) -> Option<Duration> {
     Some(Duration::from_millis((utime + stime) * 10))
 }
 
+/// CPU time (user + system) used so far by every process whose `/proc/PID/comm` is `comm`,
+/// summed; `None` where `/proc` cannot be read or no such process runs. Processes that exit
+/// between two readings drop out of the sum, so a difference of two readings is a lower bound.
+pub fn processes_cpu_time(comm: &str) -> Option<Duration> {
+    let mut total = Duration::ZERO;
+    let mut found = false;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(name) = std::fs::read_to_string(format!("/proc/{pid}/comm")) else {
+            continue;
+        };
+        if name.trim_end() != comm {
+            continue;
+        }
+        if let Some(cpu) = read_cpu_time(pid) {
+            total += cpu;
+            found = true;
+        }
+    }
+    found.then_some(total)
+}
+
+/// CPU time the local PostgreSQL server (postmaster and backends, every process named
+/// `postgres`) has used so far; `None` without `/proc` or without a local server.
+pub fn postgres_cpu_time() -> Option<Duration> {
+    processes_cpu_time("postgres")
+}
+
 /// RSS samples taken every [`SAMPLE_EVERY`] by a background thread.
 struct Sampler {
     samples: Arc<Mutex<Vec<RssSample>>>,
@@ -236,8 +270,64 @@ impl Drop for PgDatabase {
     }
 }
 
+/// A store several gateways (replicas) share: one fresh PostgreSQL database and one key in it,
+/// created once; the database is dropped when this is, after the gateways have stopped.
+pub struct SharedStore {
+    /// The database URL every replica is started with.
+    pub url: String,
+    /// The bench key's secret, valid on every replica (keys live in the shared database).
+    pub secret: String,
+    _postgres: PgDatabase,
+}
+
+impl SharedStore {
+    /// Creates a fresh PostgreSQL database and the scenario's bench key in it.
+    pub fn postgres(bin: &Path, scenario: &dyn Scenario) -> anyhow::Result<Self> {
+        let db = PgDatabase::create()?;
+        let secret = create_key(bin, scenario, &db.url)?;
+        Ok(Self {
+            url: db.url.clone(),
+            secret,
+            _postgres: db,
+        })
+    }
+}
+
+/// `tollgate keys create` with the scenario's grants on `database`; returns the secret.
+fn create_key(bin: &Path, scenario: &dyn Scenario, database: &str) -> anyhow::Result<String> {
+    let mut create = Command::new(bin);
+    create.args(["keys", "create", "--name", "bench"]);
+    if scenario.key_mcp() {
+        create.args(["--mcp", "*"]);
+    }
+    let created = create
+        .arg("--models")
+        .arg(scenario.key_models())
+        .args(["--json", "--database", database])
+        .env("RUST_LOG", "warn")
+        .output()
+        .with_context(|| format!("cannot run {}", bin.display()))?;
+    if !created.status.success() {
+        bail!(
+            "tollgate keys create failed ({}): {}",
+            created.status,
+            String::from_utf8_lossy(&created.stderr)
+        );
+    }
+    let key: serde_json::Value = serde_json::from_slice(&created.stdout)
+        .context("tollgate keys create --json printed no JSON")?;
+    Ok(key
+        .get("secret")
+        .and_then(serde_json::Value::as_str)
+        .context("tollgate keys create --json printed no secret")?
+        .to_string())
+}
+
 impl Gateway {
-    /// Writes the scenario's policy directory, creates a key and starts `tollgate serve`.
+    /// Writes the scenario's policy directory in a temp dir of its own and starts
+    /// `tollgate serve` on it. The store: `shared` when given (a replica: the shared database and
+    /// its key), else the scenario's own (a fresh SQLite file in the temp dir or a fresh
+    /// PostgreSQL database, dropped with the gateway) with a key created in it.
     /// `plugins`: where the scenario's plugin components come from instead of
     /// `plugins/dist/` (a build of another tree needs the plugins built from that tree).
     pub fn start(
@@ -245,6 +335,7 @@ impl Gateway {
         scenario: &dyn Scenario,
         upstream: &Upstream,
         plugins: Option<&Path>,
+        shared: Option<&SharedStore>,
     ) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("tollgate-bench-")
@@ -277,43 +368,19 @@ impl Gateway {
                 )
             })?;
         }
-        let (database, postgres) = match scenario.store() {
-            StoreKind::Sqlite => (
-                format!("sqlite://{}", dir.path().join("tollgate.db").display()),
-                None,
-            ),
-            StoreKind::Postgres => {
+        let (database, secret, postgres) = match (shared, scenario.store()) {
+            (Some(shared), _) => (shared.url.clone(), shared.secret.clone(), None),
+            (None, StoreKind::Sqlite) => {
+                let url = format!("sqlite://{}", dir.path().join("tollgate.db").display());
+                let secret = create_key(bin, scenario, &url)?;
+                (url, secret, None)
+            }
+            (None, StoreKind::Postgres) => {
                 let db = PgDatabase::create()?;
-                (db.url.clone(), Some(db))
+                let secret = create_key(bin, scenario, &db.url)?;
+                (db.url.clone(), secret, Some(db))
             }
         };
-
-        let mut create = Command::new(bin);
-        create.args(["keys", "create", "--name", "bench"]);
-        if scenario.key_mcp() {
-            create.args(["--mcp", "*"]);
-        }
-        let created = create
-            .arg("--models")
-            .arg(scenario.key_models())
-            .args(["--json", "--database", &database])
-            .env("RUST_LOG", "warn")
-            .output()
-            .with_context(|| format!("cannot run {}", bin.display()))?;
-        if !created.status.success() {
-            bail!(
-                "tollgate keys create failed ({}): {}",
-                created.status,
-                String::from_utf8_lossy(&created.stderr)
-            );
-        }
-        let key: serde_json::Value = serde_json::from_slice(&created.stdout)
-            .context("tollgate keys create --json printed no JSON")?;
-        let secret = key
-            .get("secret")
-            .and_then(serde_json::Value::as_str)
-            .context("tollgate keys create --json printed no secret")?
-            .to_string();
 
         let stderr_path = dir.path().join("tollgate.stderr.log");
         let stderr = std::fs::File::create(&stderr_path)
@@ -469,5 +536,41 @@ mod tests {
         }
         std::hint::black_box(x);
         assert!(read_cpu_time(std::process::id()).is_some());
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn cpu_time_of_processes_by_name_sums_this_process() {
+        let mut x = 0u64;
+        for i in 0..20_000_000u64 {
+            x = x.wrapping_mul(31).wrapping_add(i);
+        }
+        std::hint::black_box(x);
+        let comm = std::fs::read_to_string("/proc/self/comm").unwrap_or_default();
+        let own = read_cpu_time(std::process::id()).unwrap_or_default();
+        let all = processes_cpu_time(comm.trim_end());
+        assert!(all.is_some_and(|t| t >= own), "{all:?} vs {own:?}");
+        assert_eq!(processes_cpu_time("no-such-process-name"), None);
+    }
+
+    /// The PostgreSQL server's CPU is read wherever one runs on this machine (the bench's
+    /// PostgreSQL scenarios need one at 127.0.0.1:5432).
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn postgres_cpu_time_is_read_where_postgres_runs() {
+        let reachable = Command::new("psql")
+            .args([PG_ADMIN, "-q", "-c", "SELECT 1"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !reachable {
+            use std::io::Write as _;
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED: PostgreSQL is not reachable at 127.0.0.1:5432"
+            );
+            return;
+        }
+        let cpu = postgres_cpu_time();
+        assert!(cpu.is_some(), "no process named postgres found in /proc");
     }
 }

@@ -23,9 +23,9 @@ use anyhow::Context;
 use serde::Serialize;
 
 use driver::{Load, PhaseOptions, PhaseResult, Target};
-use gateway::Gateway;
+use gateway::{Gateway, GatewayStats, SharedStore};
 use report::{Comparison, Drift, ScenarioReport, ScenarioStatus};
-use scenario::{Entry, Scenario, Upstream};
+use scenario::{Entry, Scenario, StoreKind, Upstream};
 
 pub use report::Report;
 
@@ -188,6 +188,7 @@ pub fn run(config: &BenchConfig) -> anyhow::Result<Report> {
                 note: Some("not available yet (capability not built)".into()),
                 loads: Vec::new(),
                 gateway: None,
+                replicas: Vec::new(),
                 baseline: None,
                 baseline_error: None,
                 drift: Vec::new(),
@@ -210,6 +211,7 @@ pub fn run(config: &BenchConfig) -> anyhow::Result<Report> {
                         note: Some(format!("{e:#}")),
                         loads: Vec::new(),
                         gateway: None,
+                        replicas: Vec::new(),
                         baseline: None,
                         baseline_error: None,
                         drift: Vec::new(),
@@ -226,10 +228,11 @@ pub fn run(config: &BenchConfig) -> anyhow::Result<Report> {
     Ok(report)
 }
 
+/// Runs one phase against `targets` (one, or the replicas of a gateway sharing the load).
 fn run_phase(
     config: &BenchConfig,
     rt: &tokio::runtime::Runtime,
-    target: &Arc<Target>,
+    targets: &[Arc<Target>],
     load: Load,
     label: &str,
 ) -> anyhow::Result<PhaseResult> {
@@ -243,12 +246,17 @@ fn run_phase(
         options.duration,
         options.warmup
     ));
-    let result = rt.block_on(driver::run_phase(target.clone(), load, options))?;
+    let result = rt.block_on(driver::run_phase(targets, load, options))?;
     config.say(format!(
-        "{label} {}: {}/{} ok, {:.0} rps, p50 {:.3} ms, p99 {:.3} ms",
+        "{label} {}: {}/{} ok{}, {:.0} rps, p50 {:.3} ms, p99 {:.3} ms",
         load.label(),
         result.ok,
         result.requests,
+        if result.ok_per_target.len() > 1 {
+            format!(" (per replica: {:?})", result.ok_per_target)
+        } else {
+            String::new()
+        },
         result.rps,
         result.latency.p50_us as f64 / 1000.0,
         result.latency.p99_us as f64 / 1000.0
@@ -272,7 +280,7 @@ fn run_scenario(
         direct_results.push(run_phase(
             config,
             rt,
-            &direct,
+            std::slice::from_ref(&direct),
             load,
             &format!("{name} direct"),
         )?);
@@ -286,8 +294,13 @@ fn run_scenario(
                 let target = Arc::new(Target::new(nginx.addr, scenario.direct_request(), None)?);
                 for &load in &loads {
                     let cpu_before = nginx.cpu_time();
-                    let mut result =
-                        run_phase(config, rt, &target, load, &format!("{name} nginx"))?;
+                    let mut result = run_phase(
+                        config,
+                        rt,
+                        std::slice::from_ref(&target),
+                        load,
+                        &format!("{name} nginx"),
+                    )?;
                     let sent = result.requests + result.warmup_requests;
                     if let (Some(before), Some(after)) = (cpu_before, nginx.cpu_time())
                         && sent > 0
@@ -349,9 +362,9 @@ fn run_scenario(
             }
         }
     }
-    let stats = tollgate.stop(config)?;
+    let (stats, replicas) = by_peak(tollgate.stop(config)?)?;
     let baseline_stats = match baseline.map(|b| b.stop(config)).transpose() {
-        Ok(stats) => stats,
+        Ok(stats) => stats.map(by_peak).transpose()?.map(|(max, _)| max),
         Err(e) => {
             baseline_note = Some(format!("the baseline build failed: {e:#}"));
             baseline_results.clear();
@@ -384,10 +397,14 @@ fn run_scenario(
         name: name.to_string(),
         summary: scenario.summary().to_string(),
         status: ScenarioStatus::Measured,
-        note: (!stats.clean_exit)
-            .then(|| format!("tollgate did not stop cleanly: {}", stats.exit_status)),
+        note: replicas
+            .iter()
+            .chain(replicas.is_empty().then_some(&stats))
+            .find(|s| !s.clean_exit)
+            .map(|s| format!("tollgate did not stop cleanly: {}", s.exit_status)),
         loads: comparisons,
         gateway: Some(stats),
+        replicas,
         baseline: baseline_stats,
         baseline_error: baseline_note,
         drift,
@@ -402,15 +419,36 @@ struct Build<'a> {
     plugins: Option<&'a Path>,
 }
 
-/// A started gateway build and the request it is measured with.
+/// The gateway whose peak RSS is the highest, and with several replicas all of them.
+fn by_peak(mut stats: Vec<GatewayStats>) -> anyhow::Result<(GatewayStats, Vec<GatewayStats>)> {
+    let all = if stats.len() > 1 {
+        stats.clone()
+    } else {
+        Vec::new()
+    };
+    stats.sort_by_key(|s| s.peak_rss_kb);
+    let max = stats.pop().context("no gateway was started")?;
+    Ok((max, all))
+}
+
+/// A started gateway build (one process, or the scenario's replicas on one shared store) and
+/// the request it is measured with.
 struct Running {
-    gateway: Gateway,
-    through: Arc<Target>,
+    /// One per replica; they stop before the shared store is dropped (field order).
+    gateways: Vec<Gateway>,
+    /// The target of each replica, in the same order.
+    through: Vec<Arc<Target>>,
+    /// The database (and key) the replicas share, when there are several.
+    shared: Option<SharedStore>,
+    /// Whether the store is PostgreSQL: its server's CPU per request is measured too.
+    postgres: bool,
     label: String,
 }
 
 impl Running {
-    /// Starts `build` on the scenario's policies.
+    /// Starts `build` on the scenario's policies: one gateway, or with several replicas one
+    /// PostgreSQL database and key created once and every replica started on it, each in a temp
+    /// dir (policy copy, data dir, log) of its own.
     fn start(
         config: &BenchConfig,
         build: &Build<'_>,
@@ -418,61 +456,134 @@ impl Running {
         upstream: &Upstream,
     ) -> anyhow::Result<Self> {
         let name = scenario.name();
+        let replicas = scenario.replicas();
         config.say(format!(
-            "{name}: starting {} ({})",
+            "{name}: starting {}{} ({})",
             build.label,
+            if replicas > 1 {
+                format!(", {replicas} replicas on one PostgreSQL database")
+            } else {
+                String::new()
+            },
             build.bin.display()
         ));
-        let gateway = Gateway::start(build.bin, scenario, upstream, build.plugins)?;
-        let through = Arc::new(Target::new(
-            gateway.addr,
-            scenario.gateway_request(),
-            Some(&gateway.secret),
-        )?);
+        let shared = if replicas > 1 {
+            anyhow::ensure!(
+                scenario.store() == StoreKind::Postgres,
+                "{name}: replicas share a PostgreSQL store only"
+            );
+            Some(SharedStore::postgres(build.bin, scenario)?)
+        } else {
+            None
+        };
+        let mut gateways = Vec::with_capacity(replicas);
+        let mut through = Vec::with_capacity(replicas);
+        for _ in 0..replicas {
+            let gateway = Gateway::start(
+                build.bin,
+                scenario,
+                upstream,
+                build.plugins,
+                shared.as_ref(),
+            )?;
+            through.push(Arc::new(Target::new(
+                gateway.addr,
+                scenario.gateway_request(),
+                Some(&gateway.secret),
+            )?));
+            gateways.push(gateway);
+        }
         Ok(Self {
-            gateway,
+            gateways,
             through,
+            shared,
+            postgres: scenario.store() == StoreKind::Postgres,
             label: format!("{name} {}", build.label),
         })
     }
 
-    /// Measures one load, with the gateway's CPU per request.
+    /// CPU time each gateway has used so far (`None` if any cannot be read).
+    fn cpu_times(&self) -> Option<Vec<Duration>> {
+        self.gateways.iter().map(Gateway::cpu_time).collect()
+    }
+
+    /// Measures one load, with the gateways' CPU per request (summed over the replicas) and,
+    /// on PostgreSQL, the server's.
     fn phase(
         &self,
         config: &BenchConfig,
         rt: &tokio::runtime::Runtime,
         load: Load,
     ) -> anyhow::Result<PhaseResult> {
-        let cpu_before = self.gateway.cpu_time();
+        let pg_before = self.postgres.then(gateway::postgres_cpu_time).flatten();
+        let cpu_before = self.cpu_times();
         match run_phase(config, rt, &self.through, load, &self.label) {
             Ok(mut result) => {
                 let sent = result.requests + result.warmup_requests;
-                if let (Some(before), Some(after)) = (cpu_before, self.gateway.cpu_time())
+                let per_request = |used: Duration| used.as_secs_f64() * 1e6 / sent.max(1) as f64;
+                if let (Some(before), Some(after)) = (cpu_before, self.cpu_times())
                     && sent > 0
                 {
-                    let used = after.saturating_sub(before).as_secs_f64() * 1e6;
-                    result.gateway_cpu_us_per_request = Some(used / sent as f64);
+                    let used: Vec<f64> = after
+                        .iter()
+                        .zip(&before)
+                        .map(|(a, b)| per_request(a.saturating_sub(*b)))
+                        .collect();
+                    result.gateway_cpu_us_per_request = Some(used.iter().sum());
+                    if used.len() > 1 {
+                        result.replica_cpu_us_per_request = used;
+                    }
+                }
+                if let (Some(before), Some(after)) = (
+                    pg_before,
+                    self.postgres.then(gateway::postgres_cpu_time).flatten(),
+                ) && sent > 0
+                {
+                    result.postgres_cpu_us_per_request =
+                        Some(per_request(after.saturating_sub(before)));
                 }
                 Ok(result)
             }
             Err(e) => {
-                let log = self.gateway.log_tail();
-                Err(e.context(format!("{}'s log:\n{log}", self.label)))
+                let logs: Vec<String> = self
+                    .gateways
+                    .iter()
+                    .enumerate()
+                    .map(|(i, g)| self.replica_log(i, g))
+                    .collect();
+                Err(e.context(logs.join("\n")))
             }
         }
     }
 
-    /// Stops the gateway (SIGTERM, drain) and returns its memory figures.
-    fn stop(self, config: &BenchConfig) -> anyhow::Result<gateway::GatewayStats> {
-        let log = self.gateway.log_tail();
-        let stats = self.gateway.stop()?;
-        if !stats.clean_exit {
-            config.say(format!(
-                "{} did not stop cleanly ({}); its log:\n{log}",
-                self.label, stats.exit_status
-            ));
+    /// `<label>'s log:` (or `<label> replica N's log:`) and the last lines of it.
+    fn replica_log(&self, index: usize, gateway: &Gateway) -> String {
+        let who = if self.gateways.len() > 1 {
+            format!("{} replica {}", self.label, index + 1)
+        } else {
+            self.label.clone()
+        };
+        format!("{who}'s log:\n{}", gateway.log_tail())
+    }
+
+    /// Stops the gateways (SIGTERM, drain), then drops the shared store; returns each
+    /// gateway's memory figures.
+    fn stop(mut self, config: &BenchConfig) -> anyhow::Result<Vec<GatewayStats>> {
+        let gateways = std::mem::take(&mut self.gateways);
+        let mut all = Vec::with_capacity(gateways.len());
+        for (i, gateway) in gateways.into_iter().enumerate() {
+            let log = self.replica_log(i, &gateway);
+            let stats = gateway.stop()?;
+            if !stats.clean_exit {
+                config.say(format!(
+                    "{} did not stop cleanly ({}); {log}",
+                    self.label, stats.exit_status
+                ));
+            }
+            all.push(stats);
         }
-        Ok(stats)
+        drop(self.shared.take());
+        Ok(all)
     }
 }
 

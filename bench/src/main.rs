@@ -34,7 +34,8 @@ struct Args {
     #[arg(long, default_value_t = 1_000_000)]
     max_requests: u64,
     /// Comma-separated scenarios (default: all): passthrough, streaming, governed,
-    /// governed-postgres, mcp.
+    /// governed-postgres, governed-replicas, governed-streaming, mcp, anthropic,
+    /// anthropic-stream, translated, translated-stream.
     #[arg(long, value_delimiter = ',')]
     scenarios: Vec<String>,
     /// Where to write the JSON report.

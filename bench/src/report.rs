@@ -37,7 +37,9 @@ pub const TARGET_GOVERNED_C16_P99_OVERHEAD_US: i64 = 3000;
 pub const TARGET_TTFB_P50_OVERHEAD_US: i64 = 300;
 /// Issue 10: the governed stream's added time to first byte, median.
 pub const TARGET_GOVERNED_TTFB_P50_OVERHEAD_US: i64 = 600;
-/// Governed-on-PostgreSQL CPU per request and p99 overhead, as a multiple of governed-on-SQLite.
+/// Governed-on-PostgreSQL CPU per request, as a multiple of governed-on-SQLite; for two replicas
+/// on one PostgreSQL database (`governed-replicas`) also their summed CPU per request, throughput
+/// (at least governed's divided by it), p99 overhead at c=16 and the largest replica's peak RSS.
 pub const TARGET_POSTGRES_VS_SQLITE: f64 = 1.5;
 /// Driver dispatch lag (p99, µs) above which open-loop latencies are reported as unreliable.
 pub const MAX_DISPATCH_LAG_US: u64 = 1000;
@@ -236,8 +238,11 @@ pub struct ScenarioReport {
     pub note: Option<String>,
     /// One entry per load.
     pub loads: Vec<Comparison>,
-    /// The gateway's memory.
+    /// The gateway's memory; with several replicas, the one with the highest peak RSS.
     pub gateway: Option<GatewayStats>,
+    /// With several replicas: each replica's memory, in replica order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<GatewayStats>,
     /// The baseline build's memory, when it was measured.
     pub baseline: Option<GatewayStats>,
     /// Why the baseline build asked for could not be measured.
@@ -419,6 +424,9 @@ impl Report {
             for c in &s.loads {
                 self.issue10_targets(s, c, &mut checks);
             }
+            if s.name == "governed-replicas" {
+                self.replicas_rss_target(s, &mut checks);
+            }
             if let Some(g) = &s.gateway {
                 let limit = if s.name == "passthrough" {
                     TARGET_PASSTHROUGH_RSS_KB
@@ -556,6 +564,9 @@ impl Report {
                     });
                 }
             }
+            ("governed-replicas", Load::Closed { concurrency }) => {
+                self.replicas_targets(c, concurrency, checks);
+            }
             (name @ ("streaming" | "governed-streaming"), Load::Open { rate }) => {
                 let limit = if name == "streaming" {
                     TARGET_TTFB_P50_OVERHEAD_US
@@ -574,6 +585,101 @@ impl Report {
             }
             _ => {}
         }
+    }
+
+    /// `governed` (one gateway on SQLite) at `load`, when it was measured.
+    fn governed_at(&self, load: Load) -> Option<&Comparison> {
+        self.scenarios
+            .iter()
+            .find(|o| o.name == "governed" && o.status == ScenarioStatus::Measured)
+            .and_then(|o| o.loads.iter().find(|l| l.load == load))
+    }
+
+    /// Two replicas on one PostgreSQL database against one gateway on SQLite at the same closed
+    /// load: summed CPU per request, throughput, and (at c=16) p99 overhead, each within
+    /// [`TARGET_POSTGRES_VS_SQLITE`].
+    fn replicas_targets(&self, c: &Comparison, concurrency: usize, checks: &mut Vec<TargetCheck>) {
+        let Some(lite) = self.governed_at(c.load) else {
+            return;
+        };
+        let x = TARGET_POSTGRES_VS_SQLITE;
+        if let (Some(ours), Some(theirs)) = (
+            c.tollgate.gateway_cpu_us_per_request,
+            lite.tollgate.gateway_cpu_us_per_request,
+        ) && theirs > 0.0
+        {
+            checks.push(TargetCheck {
+                what: format!(
+                    "governed-replicas CPU/request (sum of replicas) vs governed (c={concurrency})"
+                ),
+                target: format!("<= {x:.1}x"),
+                measured: format!("{:.2}x ({ours:.0} µs vs {theirs:.0} µs)", ours / theirs),
+                met: ours <= x * theirs,
+                conclusive: true,
+            });
+        }
+        if lite.tollgate.rps > 0.0 {
+            let (ours, theirs) = (c.tollgate.rps, lite.tollgate.rps);
+            checks.push(TargetCheck {
+                what: format!(
+                    "governed-replicas closed-loop throughput vs governed (c={concurrency})"
+                ),
+                target: format!(">= 1/{x:.1} = {:.2}x", 1.0 / x),
+                measured: format!("{:.2}x ({ours:.0} vs {theirs:.0} rps)", ours / theirs),
+                met: ours * x >= theirs,
+                conclusive: true,
+            });
+        }
+        if concurrency == 16 {
+            let (ours, theirs) = (c.overhead.p99_us, lite.overhead.p99_us);
+            let ratio = if theirs > 0 {
+                format!("{:.2}x ", ours as f64 / theirs as f64)
+            } else {
+                String::new()
+            };
+            checks.push(TargetCheck {
+                what: "governed-replicas p99 overhead vs governed at concurrency 16".into(),
+                target: format!("<= {x:.1}x governed's"),
+                measured: format!(
+                    "{ratio}({:+.3} ms vs {:+.3} ms)",
+                    ours as f64 / 1000.0,
+                    theirs as f64 / 1000.0
+                ),
+                met: ours as f64 <= x * theirs as f64,
+                conclusive: true,
+            });
+        }
+    }
+
+    /// The largest replica's peak RSS against one gateway on SQLite.
+    fn replicas_rss_target(&self, s: &ScenarioReport, checks: &mut Vec<TargetCheck>) {
+        let lite = self
+            .scenarios
+            .iter()
+            .find(|o| o.name == "governed" && o.status == ScenarioStatus::Measured)
+            .and_then(|o| o.gateway.as_ref());
+        let (Some(ours), Some(theirs)) = (s.gateway.as_ref(), lite) else {
+            return;
+        };
+        let x = TARGET_POSTGRES_VS_SQLITE;
+        let each = if s.replicas.is_empty() {
+            String::new()
+        } else {
+            let peaks: Vec<String> = s.replicas.iter().map(|r| mib(r.peak_rss_kb)).collect();
+            format!("; replicas {}", peaks.join(" / "))
+        };
+        checks.push(TargetCheck {
+            what: "governed-replicas largest replica peak RSS vs governed".into(),
+            target: format!("<= {x:.1}x"),
+            measured: format!(
+                "{:.2}x ({} vs {}{each})",
+                ours.peak_rss_kb as f64 / theirs.peak_rss_kb.max(1) as f64,
+                mib(ours.peak_rss_kb),
+                mib(theirs.peak_rss_kb)
+            ),
+            met: ours.peak_rss_kb as f64 <= x * theirs.peak_rss_kb as f64,
+            conclusive: true,
+        });
     }
 
     /// The human-readable table.
@@ -617,6 +723,7 @@ impl Report {
             "Δp99",
             "thr/direct",
             "CPU/req",
+            "pg CPU/req",
             "peak RSS",
         ];
         let mut rows: Vec<Vec<String>> = Vec::new();
@@ -629,11 +736,19 @@ impl Report {
                 rows.push(vec![s.name.clone(), note]);
                 continue;
             }
-            let peak = s
+            let mut peak = s
                 .gateway
                 .as_ref()
                 .map(|g| mib(g.peak_rss_kb))
                 .unwrap_or_default();
+            if !s.replicas.is_empty() {
+                let each: Vec<String> = s
+                    .replicas
+                    .iter()
+                    .map(|r| format!("{:.1}", r.peak_rss_kb as f64 / 1024.0))
+                    .collect();
+                let _ = write!(peak, " (max of {})", each.join(", "));
+            }
             let baseline_peak = s
                 .baseline
                 .as_ref()
@@ -704,6 +819,9 @@ impl Report {
                             r.gateway_cpu_us_per_request
                                 .map(|us| format!("{us:.0} µs"))
                                 .unwrap_or_default(),
+                            r.postgres_cpu_us_per_request
+                                .map(|us| format!("{us:.0} µs"))
+                                .unwrap_or_default(),
                             rss,
                         ]);
                     }
@@ -715,19 +833,34 @@ impl Report {
             out,
             "\nLatencies in ms (open loop: from each request's due time). Δ = tollgate − direct. \
              thr/direct: closed-loop throughput ratio. CPU/req: the proxy's CPU time per request \
-             (user + system; nginx: master + workers). nginx: the same direct request through \
+             (user + system; nginx: master + workers; replicas: their sum). pg CPU/req: the \
+             PostgreSQL server's CPU time per request (every `postgres` process, informational: \
+             it includes anything else the server did). nginx: the same direct request through \
              nginx proxy_pass, the pure-proxy floor. baseline: the same requests through the \
-             earlier build given with --baseline-bin. peak RSS: the gateway's VmHWM."
+             earlier build given with --baseline-bin. peak RSS: the gateway's VmHWM (replicas: \
+             the largest, then each)."
         );
 
         for s in &self.scenarios {
-            if let Some(g) = &s.gateway {
+            let gateways: Vec<(String, &GatewayStats)> = if s.replicas.is_empty() {
+                s.gateway
+                    .iter()
+                    .map(|g| ("tollgate".to_string(), g))
+                    .collect()
+            } else {
+                s.replicas
+                    .iter()
+                    .enumerate()
+                    .map(|(i, g)| (format!("tollgate replica {}", i + 1), g))
+                    .collect()
+            };
+            for (who, g) in gateways {
                 let rss: Vec<u64> = g.samples.iter().map(|x| x.rss_kb).collect();
                 if let (Some(min), Some(max)) = (rss.iter().min(), rss.iter().max()) {
                     let mean = rss.iter().sum::<u64>() / rss.len() as u64;
                     let _ = writeln!(
                         out,
-                        "{}: tollgate VmRSS sampled every 200 ms: min {} / mean {} / max {} ({} samples), peak (VmHWM) {}",
+                        "{}: {who} VmRSS sampled every 200 ms: min {} / mean {} / max {} ({} samples), peak (VmHWM) {}",
                         s.name,
                         mib(*min),
                         mib(mean),
@@ -738,6 +871,27 @@ impl Report {
                 }
             }
             for comparison in &s.loads {
+                let r = &comparison.tollgate;
+                if r.ok_per_target.len() > 1 {
+                    let ok: Vec<String> = r.ok_per_target.iter().map(u64::to_string).collect();
+                    let cpu: Vec<String> = r
+                        .replica_cpu_us_per_request
+                        .iter()
+                        .map(|us| format!("{us:.0}"))
+                        .collect();
+                    let _ = writeln!(
+                        out,
+                        "{} {}: per replica: ok {}; CPU per request (of all requests) {} µs",
+                        s.name,
+                        comparison.load.label(),
+                        ok.join(" / "),
+                        if cpu.is_empty() {
+                            "-".to_string()
+                        } else {
+                            cpu.join(" + ")
+                        }
+                    );
+                }
                 if let (Load::Closed { concurrency }, Some(thr)) =
                     (comparison.load, comparison.throughput_vs_baseline)
                 {
@@ -881,6 +1035,9 @@ mod tests {
             warmup_requests: 0,
             warmup_failed: 0,
             gateway_cpu_us_per_request: cpu_us,
+            replica_cpu_us_per_request: Vec::new(),
+            postgres_cpu_us_per_request: None,
+            ok_per_target: Vec::new(),
             errors: BTreeMap::new(),
             rps: 200.0,
             latency: Summary {
@@ -905,6 +1062,7 @@ mod tests {
             note: None,
             loads,
             gateway: None,
+            replicas: Vec::new(),
             baseline: None,
             baseline_error: None,
             drift: Vec::new(),
@@ -958,6 +1116,150 @@ mod tests {
                 .targets
                 .iter()
                 .any(|t| t.what == "governed CPU/request vs nginx proxy_pass (c=16)")
+        );
+    }
+
+    fn stats(peak_mib: u64) -> GatewayStats {
+        GatewayStats {
+            peak_rss_kb: peak_mib * 1024,
+            final_rss_kb: peak_mib * 1024,
+            samples: Vec::new(),
+            clean_exit: true,
+            exit_status: "exit status: 0".into(),
+        }
+    }
+
+    /// `governed` and `governed-replicas` at c=16 and c=32: per replica scenario
+    /// (rps, p99 µs, summed CPU µs) at each load and the replicas' peaks.
+    fn replicas_report(c16: (f64, u64, f64), c32: (f64, u64, f64), peaks_mib: [u64; 2]) -> Report {
+        let c16l = Load::Closed { concurrency: 16 };
+        let c32l = Load::Closed { concurrency: 32 };
+        let with_rps = |load, rps, p99, cpu| {
+            let mut r = phase(load, p99, Some(cpu));
+            r.rps = rps;
+            r
+        };
+        // Direct p99: 1 ms at both loads. governed: 1,000 rps, +2 ms at c=16, 100 µs.
+        let governed = vec![
+            Comparison::new(
+                c16l,
+                phase(c16l, 1_000, None),
+                with_rps(c16l, 1000.0, 3_000, 100.0),
+            ),
+            Comparison::new(
+                c32l,
+                phase(c32l, 1_000, None),
+                with_rps(c32l, 1000.0, 5_000, 100.0),
+            ),
+        ];
+        let replicas = vec![
+            Comparison::new(
+                c16l,
+                phase(c16l, 1_000, None),
+                with_rps(c16l, c16.0, c16.1, c16.2),
+            ),
+            Comparison::new(
+                c32l,
+                phase(c32l, 1_000, None),
+                with_rps(c32l, c32.0, c32.1, c32.2),
+            ),
+        ];
+        let mut governed = scenario("governed", governed);
+        governed.gateway = Some(stats(40));
+        let mut replicated = scenario("governed-replicas", replicas);
+        replicated.replicas = peaks_mib.iter().map(|&p| stats(p)).collect();
+        replicated.gateway = Some(stats(peaks_mib.into_iter().max().unwrap_or_default()));
+        Report::new(
+            &BenchConfig::default(),
+            Path::new("tollgate"),
+            vec![governed, replicated],
+        )
+    }
+
+    #[test]
+    fn replicas_are_held_to_one_and_a_half_times_governed() {
+        // Within 1.5x everywhere (boundaries included): CPU 150 = 1.5 x 100, throughput
+        // 667 >= 1000 / 1.5, Δp99 +3 ms = 1.5 x +2 ms, RSS 60 MiB = 1.5 x 40 MiB.
+        let report = replicas_report((667.0, 4_000, 150.0), (900.0, 9_000, 120.0), [50, 60]);
+        let cpu16 = check(
+            &report,
+            "governed-replicas CPU/request (sum of replicas) vs governed (c=16)",
+        );
+        assert!(cpu16.met && cpu16.conclusive, "{cpu16:?}");
+        assert_eq!(cpu16.measured, "1.50x (150 µs vs 100 µs)");
+        let thr16 = check(
+            &report,
+            "governed-replicas closed-loop throughput vs governed (c=16)",
+        );
+        assert!(thr16.met, "{thr16:?}");
+        assert_eq!(thr16.measured, "0.67x (667 vs 1000 rps)");
+        let p99 = check(
+            &report,
+            "governed-replicas p99 overhead vs governed at concurrency 16",
+        );
+        assert!(p99.met, "{p99:?}");
+        assert_eq!(p99.measured, "1.50x (+3.000 ms vs +2.000 ms)");
+        let rss = check(
+            &report,
+            "governed-replicas largest replica peak RSS vs governed",
+        );
+        assert!(rss.met, "{rss:?}");
+        assert_eq!(
+            rss.measured,
+            "1.50x (60.0 MiB vs 40.0 MiB; replicas 50.0 MiB / 60.0 MiB)"
+        );
+        // c=32 is compared with governed's c=32; the p99 check is at c=16 only.
+        assert!(
+            check(
+                &report,
+                "governed-replicas CPU/request (sum of replicas) vs governed (c=32)"
+            )
+            .met
+        );
+        assert!(
+            check(
+                &report,
+                "governed-replicas closed-loop throughput vs governed (c=32)"
+            )
+            .met
+        );
+        assert_eq!(
+            report
+                .targets
+                .iter()
+                .filter(|t| t.what.starts_with("governed-replicas p99"))
+                .count(),
+            1
+        );
+
+        // Just past 1.5x everywhere: every check missed.
+        let report = replicas_report((660.0, 4_010, 151.0), (600.0, 9_000, 200.0), [40, 61]);
+        for what in [
+            "governed-replicas CPU/request (sum of replicas) vs governed (c=16)",
+            "governed-replicas closed-loop throughput vs governed (c=16)",
+            "governed-replicas p99 overhead vs governed at concurrency 16",
+            "governed-replicas largest replica peak RSS vs governed",
+            "governed-replicas CPU/request (sum of replicas) vs governed (c=32)",
+            "governed-replicas closed-loop throughput vs governed (c=32)",
+        ] {
+            let t = check(&report, what);
+            assert!(!t.met, "{t:?}");
+        }
+        // The table shows both replicas' peaks and the server's CPU column.
+        let table = report.render();
+        assert!(table.contains("61.0 MiB (max of 40.0, 61.0)"), "{table}");
+        assert!(table.contains("pg CPU/req"), "{table}");
+    }
+
+    #[test]
+    fn replicas_without_governed_are_not_checked() {
+        let mut report = replicas_report((667.0, 4_000, 150.0), (900.0, 9_000, 120.0), [50, 60]);
+        report.scenarios.remove(0);
+        assert!(
+            report
+                .check_targets()
+                .iter()
+                .all(|t| !t.what.contains(" vs governed"))
         );
     }
 

@@ -89,6 +89,13 @@ pub trait Scenario: Send + Sync {
         StoreKind::Sqlite
     }
 
+    /// How many gateway processes (replicas) serve the load, side by side on one shared store
+    /// (which must then be PostgreSQL) with one key. Closed loop: worker `i` talks to replica
+    /// `i % n`; open loop: request `k` goes to replica `k % n`.
+    fn replicas(&self) -> usize {
+        1
+    }
+
     /// Whether nginx `proxy_pass` in front of the mock is a meaningful floor for this scenario
     /// (it is for plain proxying; it governs nothing).
     fn nginx_baseline(&self) -> bool {
@@ -134,18 +141,10 @@ pub fn all() -> Vec<Entry> {
     vec![
         Entry::Ready(Box::new(Passthrough)),
         Entry::Ready(Box::new(Streaming)),
-        Entry::Ready(Box::new(Governed {
-            postgres: false,
-            stream: false,
-        })),
-        Entry::Ready(Box::new(Governed {
-            postgres: true,
-            stream: false,
-        })),
-        Entry::Ready(Box::new(Governed {
-            postgres: false,
-            stream: true,
-        })),
+        Entry::Ready(Box::new(Governed::SQLITE)),
+        Entry::Ready(Box::new(Governed::POSTGRES)),
+        Entry::Ready(Box::new(Governed::REPLICAS)),
+        Entry::Ready(Box::new(Governed::STREAMING)),
         Entry::Ready(Box::new(Mcp)),
         Entry::Ready(Box::new(crate::families::Family::ANTHROPIC)),
         Entry::Ready(Box::new(crate::families::Family::ANTHROPIC_STREAM)),
@@ -352,27 +351,62 @@ pub fn plugin_dist() -> std::path::PathBuf {
 /// `governed`: everything on the path at once — key auth, three CEL access rules, a Rhai
 /// routing script over a three-deployment model group, the `pii-guard` WASM guardrail scanning
 /// the ~1 KB prompt, a budget hold + settle, a request quota, and the usage record.
-/// `governed-postgres` is the same with the PostgreSQL store; `governed-streaming` the same
-/// policy on a streamed request (time to first byte through every stage).
+/// `governed-postgres` is the same with the PostgreSQL store; `governed-replicas` the same with
+/// two gateway processes sharing one PostgreSQL database and one key, the load split between
+/// them; `governed-streaming` the same policy on a streamed request (time to first byte through
+/// every stage).
 #[derive(Debug)]
 pub struct Governed {
     /// Run on PostgreSQL instead of SQLite.
     pub postgres: bool,
     /// Stream the answer (SSE, 20 content chunks) instead of one JSON answer.
     pub stream: bool,
+    /// Gateway processes sharing the store (more than one needs `postgres`).
+    pub replicas: usize,
+}
+
+impl Governed {
+    /// `governed`: one gateway on SQLite.
+    pub const SQLITE: Self = Self {
+        postgres: false,
+        stream: false,
+        replicas: 1,
+    };
+    /// `governed-postgres`: one gateway on PostgreSQL.
+    pub const POSTGRES: Self = Self {
+        postgres: true,
+        stream: false,
+        replicas: 1,
+    };
+    /// `governed-replicas`: two gateways on one PostgreSQL database.
+    pub const REPLICAS: Self = Self {
+        postgres: true,
+        stream: false,
+        replicas: 2,
+    };
+    /// `governed-streaming`: one gateway on SQLite, streamed answers.
+    pub const STREAMING: Self = Self {
+        postgres: false,
+        stream: true,
+        replicas: 1,
+    };
 }
 
 impl Scenario for Governed {
     fn name(&self) -> &'static str {
-        match (self.postgres, self.stream) {
-            (true, _) => "governed-postgres",
-            (false, true) => "governed-streaming",
-            (false, false) => "governed",
+        match (self.postgres, self.stream, self.replicas > 1) {
+            (true, _, true) => "governed-replicas",
+            (true, _, false) => "governed-postgres",
+            (false, true, _) => "governed-streaming",
+            (false, false, _) => "governed",
         }
     }
 
     fn summary(&self) -> &'static str {
         match (self.postgres, self.stream) {
+            (true, _) if self.replicas > 1 => {
+                "governed on 2 gateway replicas sharing one PostgreSQL database and key, load split between them"
+            }
             (true, _) => "governed, with budget and quota holds in the PostgreSQL store",
             (false, true) => {
                 "governed, on an SSE chat stream of 20 content chunks (usage read from the stream)"
@@ -528,6 +562,10 @@ mode = "mask"
             StoreKind::Sqlite
         }
     }
+
+    fn replicas(&self) -> usize {
+        self.replicas.max(1)
+    }
 }
 
 #[cfg(test)]
@@ -547,5 +585,23 @@ mod tests {
         sorted.sort_unstable();
         sorted.dedup();
         assert_eq!(sorted.len(), names.len());
+    }
+
+    #[test]
+    fn replicated_scenarios_share_a_postgres_store() {
+        for entry in all() {
+            if let Entry::Ready(scenario) = entry
+                && scenario.replicas() > 1
+            {
+                assert_eq!(scenario.store(), StoreKind::Postgres, "{}", scenario.name());
+            }
+        }
+        assert_eq!(Governed::REPLICAS.name(), "governed-replicas");
+        assert_eq!(Governed::REPLICAS.replicas(), 2);
+        let config = BenchConfig::default();
+        assert_eq!(
+            Governed::REPLICAS.loads(&config),
+            Governed::POSTGRES.loads(&config)
+        );
     }
 }
