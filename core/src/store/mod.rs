@@ -436,25 +436,91 @@ pub(crate) const USAGE_INSERT: &str = "INSERT INTO usage_records (id, request_id
 /// How many columns [`USAGE_INSERT`] names.
 pub(crate) const USAGE_COLUMNS: usize = 43;
 
-/// Rows per usage insert statement, largest first: a batch is written as statements of these
-/// sizes (43 columns; SQLite allows 32,766 bound parameters per statement, PostgreSQL 65,535).
+/// Rows per usage insert statement on SQLite, largest first: a batch is written as statements
+/// of these sizes (43 columns; SQLite allows 32,766 bound parameters per statement).
 const USAGE_INSERT_ROWS: [usize; 5] = [256, 64, 16, 4, 1];
 
-/// The largest usage insert shape that fits `pending` rows, and its SQL: with `returning`, the
-/// statement names the ids it inserted (`RETURNING id`).
-fn usage_insert_sql(pending: usize, backend: Backend, returning: bool) -> (usize, &'static str) {
-    static SHAPES: [OnceLock<Vec<String>>; 4] = [const { OnceLock::new() }; 4];
-    let slot = match (backend, returning) {
-        (Backend::Sqlite, false) => 0,
-        (Backend::Sqlite, true) => 1,
-        (Backend::Postgres, false) => 2,
-        (Backend::Postgres, true) => 3,
-    };
-    let shapes = SHAPES[slot].get_or_init(|| {
+/// One column value of a usage row: [`usage_cells`] lists a record's values in
+/// [`USAGE_INSERT`]'s column order, and every writer binds them from there.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Cell<'a> {
+    /// A text column.
+    Text(Option<&'a str>),
+    /// An integer column.
+    Int(Option<i64>),
+}
+
+/// A record's values in [`USAGE_INSERT`]'s column order (the one list of them).
+pub(crate) fn usage_cells(r: &UsageRecord) -> [Cell<'_>; USAGE_COLUMNS] {
+    use Cell::{Int, Text};
+    let mcp = r.mcp.as_ref();
+    [
+        Text(Some(&r.id)),
+        Text(Some(&r.request_id)),
+        Int(Some(r.received_at_ms)),
+        Int(Some(r.completed_at_ms)),
+        Text(r.key_id.as_deref()),
+        Text(r.team.as_deref()),
+        Text(Some(&r.method)),
+        Text(Some(&r.endpoint)),
+        Int(Some(i64::from(r.stream))),
+        Text(r.requested_model.as_deref()),
+        Text(r.served_model.as_deref()),
+        Text(r.upstream_model.as_deref()),
+        Text(r.provider.as_deref()),
+        Int(Some(i64::from(r.status))),
+        Text(r.error_code.as_deref()),
+        Text(r.denied_stage.as_deref()),
+        Int(Some(r.latency_us)),
+        Int(r.ttfb_us),
+        Int(r.upstream_latency_us),
+        Int(Some(r.tokens.input)),
+        Int(Some(r.tokens.output)),
+        Int(Some(r.tokens.cached_input)),
+        Int(Some(r.tokens.reasoning)),
+        Int(Some(r.tokens.total())),
+        Int(Some(r.cost_nanos)),
+        Text(r.provider_usage.as_deref()),
+        Text(r.provider_request_id.as_deref()),
+        Text(r.stream_status.as_deref()),
+        Text(Some(&r.decisions)),
+        Text(r.route.as_deref()),
+        Text(r.user_agent.as_deref()),
+        Int(Some(r.policy_generation)),
+        Text(r.endpoint_family.as_deref()),
+        Text(r.upstream_family.as_deref()),
+        Int(Some(r.tokens.cache_creation)),
+        Text(mcp.map(|m| m.server.as_str())),
+        Text(mcp.map(|m| m.transport.as_str())),
+        Text(mcp.and_then(|m| m.method.as_deref())),
+        Text(mcp.and_then(|m| m.tool.as_deref())),
+        Int(mcp.map(|m| m.tool_calls)),
+        Int(mcp.map(|m| m.bytes_in)),
+        Int(mcp.map(|m| m.bytes_out)),
+        Text(mcp.and_then(|m| m.pricing.as_deref())),
+    ]
+}
+
+impl rusqlite::ToSql for Cell<'_> {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        use rusqlite::types::{ToSqlOutput, Value, ValueRef};
+        Ok(match *self {
+            Cell::Text(Some(s)) => ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),
+            Cell::Int(Some(i)) => ToSqlOutput::Owned(Value::Integer(i)),
+            Cell::Text(None) | Cell::Int(None) => ToSqlOutput::Owned(Value::Null),
+        })
+    }
+}
+
+/// The largest SQLite usage insert shape that fits `pending` rows, and its SQL: with
+/// `returning`, the statement names the ids it inserted (`RETURNING id`).
+fn usage_insert_sql(pending: usize, returning: bool) -> (usize, &'static str) {
+    static SHAPES: [OnceLock<Vec<String>>; 2] = [const { OnceLock::new() }; 2];
+    let shapes = SHAPES[usize::from(returning)].get_or_init(|| {
         USAGE_INSERT_ROWS
             .iter()
             .map(|rows| {
-                values_sql(USAGE_INSERT, *rows, USAGE_COLUMNS, backend)
+                values_sql(USAGE_INSERT, *rows, USAGE_COLUMNS, Backend::Sqlite)
                     + if returning {
                         " ON CONFLICT (id) DO NOTHING RETURNING id"
                     } else {
@@ -468,6 +534,77 @@ fn usage_insert_sql(pending: usize, backend: Backend, returning: bool) -> (usize
         .position(|rows| *rows <= pending)
         .unwrap_or(USAGE_INSERT_ROWS.len() - 1);
     (USAGE_INSERT_ROWS[i], shapes[i].as_str())
+}
+
+/// PostgreSQL's usage insert: one statement for any number of rows, each column bound as one
+/// array (`INSERT ... SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], ...)`).
+///
+/// A `VALUES` list binds 43 parameters per row. The server then builds and evaluates an
+/// expression per value and the client encodes each one through the `Any` driver; in the
+/// profile of two replicas that was about a third of the PostgreSQL server's CPU per usage row
+/// (`docs/performance.md`, "Fourteenth round"). Arrays are parsed once per column.
+fn usage_unnest_sql(returning: bool) -> &'static str {
+    static SQL: [OnceLock<String>; 2] = [const { OnceLock::new() }; 2];
+    SQL[usize::from(returning)].get_or_init(|| {
+        use std::fmt::Write as _;
+        let mut sql = String::from(USAGE_INSERT);
+        sql.push_str(" SELECT * FROM UNNEST(");
+        for (i, cell) in usage_cells(&UsageRecord::default()).iter().enumerate() {
+            let kind = match cell {
+                Cell::Text(_) => "text",
+                Cell::Int(_) => "int8",
+            };
+            let _ = write!(
+                sql,
+                "{}${}::{kind}[]",
+                if i == 0 { "" } else { ", " },
+                i + 1
+            );
+        }
+        sql.push_str(") ON CONFLICT (id) DO NOTHING");
+        if returning {
+            sql.push_str(" RETURNING id");
+        }
+        sql
+    })
+}
+
+/// `records`' values as one PostgreSQL array literal per column (`{"a",NULL}`, `{1,NULL}`),
+/// for [`usage_unnest_sql`].
+fn usage_arrays(records: &[&UsageRecord]) -> Vec<String> {
+    use std::fmt::Write as _;
+    let mut columns: Vec<String> = (0..USAGE_COLUMNS)
+        .map(|_| String::with_capacity(2 + records.len() * 16))
+        .collect();
+    for (row, record) in records.iter().enumerate() {
+        for (column, cell) in columns.iter_mut().zip(usage_cells(record)) {
+            column.push(if row == 0 { '{' } else { ',' });
+            match cell {
+                Cell::Text(None) | Cell::Int(None) => column.push_str("NULL"),
+                Cell::Int(Some(i)) => {
+                    let _ = write!(column, "{i}");
+                }
+                Cell::Text(Some(s)) => {
+                    // Quoted, with `"` and `\` escaped: every other character (NUL aside,
+                    // which `sanitize` replaced) stands for itself inside quotes.
+                    column.push('"');
+                    let mut rest = s;
+                    while let Some(at) = rest.find(['"', '\\']) {
+                        column.push_str(&rest[..at]);
+                        column.push('\\');
+                        column.push_str(&rest[at..=at]);
+                        rest = &rest[at + 1..];
+                    }
+                    column.push_str(rest);
+                    column.push('"');
+                }
+            }
+        }
+    }
+    for column in &mut columns {
+        column.push_str(if records.is_empty() { "{}" } else { "}" });
+    }
+    columns
 }
 
 /// Inserts usage records on `conn` (an open transaction), skipping ids already stored (a
@@ -488,13 +625,27 @@ pub(crate) async fn insert_usage_on<'r>(
     let mut inserted = std::collections::HashSet::with_capacity(records.len());
     let mut rest = records.as_slice();
     while !rest.is_empty() {
-        // A few fixed statement shapes, each prepared once per connection and then only
-        // bound: preparing a statement of a new size per batch (tens of rows of 43 columns)
-        // cost more than inserting the rows.
-        let (rows, sql) = usage_insert_sql(rest.len(), backend, ask_which);
-        let (chunk, tail) = rest.split_at(rows);
-        rest = tail;
-        let query = bind_usage(sqlx::query(sqlx::AssertSqlSafe(sql)), chunk);
+        let (chunk, query) = match backend {
+            Backend::Postgres => {
+                let query = usage_arrays(rest).into_iter().fold(
+                    sqlx::query(sqlx::AssertSqlSafe(usage_unnest_sql(ask_which))),
+                    |query, column| query.bind(column),
+                );
+                (std::mem::take(&mut rest), query)
+            }
+            Backend::Sqlite => {
+                // A few fixed statement shapes, each prepared once per connection and then
+                // only bound: preparing a statement of a new size per batch (tens of rows of
+                // 43 columns) cost more than inserting the rows.
+                let (rows, sql) = usage_insert_sql(rest.len(), ask_which);
+                let (chunk, tail) = rest.split_at(rows);
+                rest = tail;
+                (
+                    chunk,
+                    bind_usage(sqlx::query(sqlx::AssertSqlSafe(sql)), chunk),
+                )
+            }
+        };
         if ask_which {
             for row in query.fetch_all(&mut *conn).await? {
                 inserted.insert(row.try_get::<String, _>(0)?);
@@ -516,52 +667,12 @@ fn bind_usage<'q>(
     chunk: &[&UsageRecord],
 ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
     for r in chunk {
-        query = query
-            .bind(r.id.clone())
-            .bind(r.request_id.clone())
-            .bind(r.received_at_ms)
-            .bind(r.completed_at_ms)
-            .bind(r.key_id.clone())
-            .bind(r.team.clone())
-            .bind(r.method.clone())
-            .bind(r.endpoint.clone())
-            .bind(i64::from(r.stream))
-            .bind(r.requested_model.clone())
-            .bind(r.served_model.clone())
-            .bind(r.upstream_model.clone())
-            .bind(r.provider.clone())
-            .bind(i64::from(r.status))
-            .bind(r.error_code.clone())
-            .bind(r.denied_stage.clone())
-            .bind(r.latency_us)
-            .bind(r.ttfb_us)
-            .bind(r.upstream_latency_us)
-            .bind(r.tokens.input)
-            .bind(r.tokens.output)
-            .bind(r.tokens.cached_input)
-            .bind(r.tokens.reasoning)
-            .bind(r.tokens.total())
-            .bind(r.cost_nanos)
-            .bind(r.provider_usage.clone())
-            .bind(r.provider_request_id.clone())
-            .bind(r.stream_status.clone())
-            .bind(r.decisions.clone())
-            .bind(r.route.clone())
-            .bind(r.user_agent.clone())
-            .bind(r.policy_generation)
-            .bind(r.endpoint_family.clone())
-            .bind(r.upstream_family.clone())
-            .bind(r.tokens.cache_creation);
-        let mcp = r.mcp.as_ref();
-        query = query
-            .bind(mcp.map(|m| m.server.clone()))
-            .bind(mcp.map(|m| m.transport.clone()))
-            .bind(mcp.and_then(|m| m.method.clone()))
-            .bind(mcp.and_then(|m| m.tool.clone()))
-            .bind(mcp.map(|m| m.tool_calls))
-            .bind(mcp.map(|m| m.bytes_in))
-            .bind(mcp.map(|m| m.bytes_out))
-            .bind(mcp.and_then(|m| m.pricing.clone()));
+        for cell in usage_cells(r) {
+            query = match cell {
+                Cell::Text(text) => query.bind(text.map(str::to_owned)),
+                Cell::Int(int) => query.bind(int),
+            };
+        }
     }
     query
 }
@@ -569,6 +680,44 @@ fn bind_usage<'q>(
 #[cfg(test)]
 mod tests {
     use super::{Backend, values_sql};
+
+    #[test]
+    fn usage_arrays_quote_what_postgres_array_syntax_gives_meaning_to() {
+        use super::{McpUsage, UsageRecord, usage_arrays, usage_unnest_sql};
+        let a = UsageRecord {
+            id: r#"a"b\c"#.into(),
+            key_id: None,
+            decisions: "{x, NULL}".into(),
+            ttfb_us: Some(-5),
+            ..UsageRecord::default()
+        };
+        let b = UsageRecord {
+            id: "NULL".into(),
+            key_id: Some(String::new()),
+            mcp: Some(McpUsage {
+                server: "s".into(),
+                tool_calls: 3,
+                ..McpUsage::default()
+            }),
+            ..UsageRecord::default()
+        };
+        let columns = usage_arrays(&[&a, &b]);
+        assert_eq!(columns.len(), 43);
+        assert_eq!(columns[0], r#"{"a\"b\\c","NULL"}"#);
+        assert_eq!(columns[4], r#"{NULL,""}"#);
+        assert_eq!(columns[17], "{-5,NULL}");
+        assert_eq!(columns[28], r#"{"{x, NULL}",""}"#);
+        assert_eq!(columns[35], r#"{NULL,"s"}"#);
+        assert_eq!(columns[39], "{NULL,3}");
+        assert!(usage_arrays(&[]).iter().all(|c| c == "{}"));
+        let sql = usage_unnest_sql(false);
+        assert!(sql.contains("UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[], $5::text[]"));
+        assert!(
+            sql.ends_with("$43::text[]) ON CONFLICT (id) DO NOTHING"),
+            "{sql}"
+        );
+        assert!(usage_unnest_sql(true).ends_with("RETURNING id"));
+    }
 
     #[test]
     fn values_use_each_backends_placeholders() {

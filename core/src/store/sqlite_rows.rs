@@ -434,52 +434,7 @@ fn write_on(
 /// Binds one record in [`USAGE_INSERT`]'s column order and runs the insert; the rows changed
 /// (0: the id was stored already).
 fn insert_row(insert: &mut rusqlite::Statement<'_>, r: &UsageRecord) -> rusqlite::Result<usize> {
-    let mcp = r.mcp.as_ref();
-    insert.execute(params![
-        r.id,
-        r.request_id,
-        r.received_at_ms,
-        r.completed_at_ms,
-        r.key_id,
-        r.team,
-        r.method,
-        r.endpoint,
-        i64::from(r.stream),
-        r.requested_model,
-        r.served_model,
-        r.upstream_model,
-        r.provider,
-        i64::from(r.status),
-        r.error_code,
-        r.denied_stage,
-        r.latency_us,
-        r.ttfb_us,
-        r.upstream_latency_us,
-        r.tokens.input,
-        r.tokens.output,
-        r.tokens.cached_input,
-        r.tokens.reasoning,
-        r.tokens.total(),
-        r.cost_nanos,
-        r.provider_usage,
-        r.provider_request_id,
-        r.stream_status,
-        r.decisions,
-        r.route,
-        r.user_agent,
-        r.policy_generation,
-        r.endpoint_family,
-        r.upstream_family,
-        r.tokens.cache_creation,
-        mcp.map(|m| m.server.as_str()),
-        mcp.map(|m| m.transport.as_str()),
-        mcp.and_then(|m| m.method.as_deref()),
-        mcp.and_then(|m| m.tool.as_deref()),
-        mcp.map(|m| m.tool_calls),
-        mcp.map(|m| m.bytes_in),
-        mcp.map(|m| m.bytes_out),
-        mcp.and_then(|m| m.pricing.as_deref()),
-    ])
+    insert.execute(rusqlite::params_from_iter(super::usage_cells(r)))
 }
 
 /// [`super::ledger::settle_hold`] on the rows connection.

@@ -566,3 +566,123 @@ async fn a_journal_left_by_a_crash_is_replayed_once_into_sqlite_with_its_charges
     assert_eq!(burst(&gw, &secret, &["chat"]).await, [200]);
     wait_count(&store, rows + 1).await;
 }
+
+/// Usage rows whose text holds what PostgreSQL's array syntax gives meaning to (quotes,
+/// backslashes, braces, commas, `NULL` as a word, newlines) and absent values: PostgreSQL's
+/// usage insert binds each column as one array, so every value must come back as it was sent,
+/// on both stores, and writing the same rows again (a journal replayed) adds nothing.
+async fn usage_values_round_trip(store: &Store, url: &str) {
+    use tollgate::store::{McpUsage, UsageEntry, UsageRecord};
+    let awkward = [
+        r#"say "hi""#,
+        r"back\slash and \\ two",
+        "{braces}, commas, and NULL",
+        "NULL",
+        "",
+        " leading and trailing ",
+        "line\nbreak\ttab é ✓",
+        r#"{"json": "in \"text\"", "n": [1, 2]}"#,
+    ];
+    let records: Vec<UsageRecord> = (0..300)
+        .map(|i| {
+            let text = awkward[i % awkward.len()];
+            let mut r = UsageRecord::default();
+            r.id = format!("row-{i:04}");
+            r.request_id = format!("req-{i}");
+            r.received_at_ms = 1_700_000_000_000 + i as i64;
+            r.completed_at_ms = 1_700_000_000_100 + i as i64;
+            r.key_id = (i % 3 != 0).then(|| text.to_string());
+            r.method = "POST".into();
+            r.endpoint = "/v1/chat/completions".into();
+            r.stream = i % 2 == 0;
+            r.status = 200;
+            r.latency_us = i as i64 * 7;
+            r.ttfb_us = (i % 4 == 0).then_some(-(i as i64));
+            r.cost_nanos = i64::MAX - i as i64;
+            r.provider_usage = Some(text.to_string());
+            r.decisions = text.to_string();
+            r.user_agent = (i % 5 != 0).then(|| format!("{text}\\"));
+            r.mcp = (i % 7 == 0).then(|| McpUsage {
+                server: text.to_string(),
+                transport: "http".into(),
+                method: None,
+                tool: Some(format!("\"{text}\"")),
+                tool_calls: i as i64,
+                bytes_in: 1,
+                bytes_out: 2,
+                pricing: None,
+            });
+            r
+        })
+        .collect();
+    let entries: Vec<UsageEntry> = records
+        .iter()
+        .map(|record| UsageEntry {
+            record: record.clone(),
+            charges: Vec::new(),
+        })
+        .collect();
+    assert_eq!(store.write_usage(&entries).await.unwrap(), 300);
+    assert_eq!(store.write_usage(&entries[..10]).await.unwrap(), 0);
+
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::any::AnyPoolOptions::new()
+        .max_connections(1)
+        .connect(url)
+        .await
+        .expect("connect");
+    let rows = sqlx::query(
+        "SELECT id, key_id, stream, latency_us, ttfb_us, cost_nanos, provider_usage, decisions, \
+         user_agent, mcp_server, mcp_method, mcp_tool, mcp_tool_calls, team \
+         FROM usage_records ORDER BY id",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("read back");
+    pool.close().await;
+    assert_eq!(rows.len(), records.len());
+    for (row, r) in rows.iter().zip(&records) {
+        let mcp = r.mcp.as_ref();
+        assert_eq!(row.get::<String, _>(0), r.id);
+        assert_eq!(row.get::<Option<String>, _>(1), r.key_id, "{}", r.id);
+        assert_eq!(row.get::<i64, _>(2), i64::from(r.stream));
+        assert_eq!(row.get::<i64, _>(3), r.latency_us);
+        assert_eq!(row.get::<Option<i64>, _>(4), r.ttfb_us);
+        assert_eq!(row.get::<i64, _>(5), r.cost_nanos);
+        assert_eq!(row.get::<Option<String>, _>(6), r.provider_usage);
+        assert_eq!(row.get::<String, _>(7), r.decisions);
+        assert_eq!(row.get::<Option<String>, _>(8), r.user_agent);
+        assert_eq!(
+            row.get::<Option<String>, _>(9),
+            mcp.map(|m| m.server.clone())
+        );
+        assert_eq!(row.get::<Option<String>, _>(10), None);
+        assert_eq!(
+            row.get::<Option<String>, _>(11),
+            mcp.and_then(|m| m.tool.clone())
+        );
+        assert_eq!(row.get::<Option<i64>, _>(12), mcp.map(|m| m.tool_calls));
+        assert_eq!(row.get::<Option<String>, _>(13), None);
+    }
+}
+
+#[tokio::test]
+async fn awkward_usage_values_round_trip_through_postgres() {
+    let test = "awkward_usage_values_round_trip_through_postgres";
+    let db = match PgDatabase::create() {
+        Ok(db) => db,
+        Err(why) => return skip(test, &format!("PostgreSQL is not available: {why}")),
+    };
+    let store = Store::open(&db.url).await.unwrap();
+    usage_values_round_trip(&store, &db.url).await;
+    store.close().await;
+}
+
+#[tokio::test]
+async fn awkward_usage_values_round_trip_through_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("t.db").display());
+    let store = Store::open(&url).await.unwrap();
+    usage_values_round_trip(&store, &url).await;
+    store.close().await;
+}
