@@ -569,42 +569,62 @@ fn usage_unnest_sql(returning: bool) -> &'static str {
     })
 }
 
-/// `records`' values as one PostgreSQL array literal per column (`{"a",NULL}`, `{1,NULL}`),
-/// for [`usage_unnest_sql`].
+/// `records`' values as one PostgreSQL array literal per column, for [`usage_unnest_sql`].
 fn usage_arrays(records: &[&UsageRecord]) -> Vec<String> {
-    use std::fmt::Write as _;
     let mut columns: Vec<String> = (0..USAGE_COLUMNS)
         .map(|_| String::with_capacity(2 + records.len() * 16))
         .collect();
-    for (row, record) in records.iter().enumerate() {
+    for record in records {
         for (column, cell) in columns.iter_mut().zip(usage_cells(record)) {
-            column.push(if row == 0 { '{' } else { ',' });
-            match cell {
-                Cell::Text(None) | Cell::Int(None) => column.push_str("NULL"),
-                Cell::Int(Some(i)) => {
-                    let _ = write!(column, "{i}");
-                }
-                Cell::Text(Some(s)) => {
-                    // Quoted, with `"` and `\` escaped: every other character (NUL aside,
-                    // which `sanitize` replaced) stands for itself inside quotes.
-                    column.push('"');
-                    let mut rest = s;
-                    while let Some(at) = rest.find(['"', '\\']) {
-                        column.push_str(&rest[..at]);
-                        column.push('\\');
-                        column.push_str(&rest[at..=at]);
-                        rest = &rest[at + 1..];
-                    }
-                    column.push_str(rest);
-                    column.push('"');
-                }
-            }
+            push_array_element(column, cell);
         }
     }
     for column in &mut columns {
-        column.push_str(if records.is_empty() { "{}" } else { "}" });
+        close_array(column);
     }
     columns
+}
+
+/// `cells` as one PostgreSQL array literal (`{"a",NULL}`, `{1,NULL}`), for a parameter cast to
+/// `text[]` or `int8[]`: how the shared store binds many rows' values to one statement.
+pub(crate) fn pg_array<'a>(cells: impl IntoIterator<Item = Cell<'a>>) -> String {
+    let mut array = String::new();
+    for cell in cells {
+        push_array_element(&mut array, cell);
+    }
+    close_array(&mut array);
+    array
+}
+
+/// Appends one element to an array literal being built (opening it on the first).
+fn push_array_element(array: &mut String, cell: Cell<'_>) {
+    use std::fmt::Write as _;
+    array.push(if array.is_empty() { '{' } else { ',' });
+    match cell {
+        Cell::Text(None) | Cell::Int(None) => array.push_str("NULL"),
+        Cell::Int(Some(i)) => {
+            let _ = write!(array, "{i}");
+        }
+        Cell::Text(Some(s)) => {
+            // Quoted, with `"` and `\` escaped: every other character (NUL aside, which
+            // `sanitize` replaced) stands for itself inside quotes.
+            array.push('"');
+            let mut rest = s;
+            while let Some(at) = rest.find(['"', '\\']) {
+                array.push_str(&rest[..at]);
+                array.push('\\');
+                array.push_str(&rest[at..=at]);
+                rest = &rest[at + 1..];
+            }
+            array.push_str(rest);
+            array.push('"');
+        }
+    }
+}
+
+/// Closes an array literal ([`push_array_element`]); an empty one becomes `{}`.
+fn close_array(array: &mut String) {
+    array.push_str(if array.is_empty() { "{}" } else { "}" });
 }
 
 /// Inserts usage records on `conn` (an open transaction), skipping ids already stored (a

@@ -92,7 +92,7 @@ impl Store {
             }
         }
         let totals = charge_totals(entries, &new, &released, &settled_before);
-        super::ledger::charge_counters(&mut tx, totals, &released).await?;
+        super::ledger::charge_counters(&mut tx, totals, &released, self.backend()).await?;
         tx.commit().await?;
         Ok(inserted.len() as u64)
     }
