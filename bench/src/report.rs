@@ -543,14 +543,10 @@ impl Report {
                 }
             }
             ("governed-postgres", Load::Closed { concurrency }) => {
-                let sqlite = self
-                    .scenarios
-                    .iter()
-                    .find(|o| o.name == "governed")
-                    .and_then(|o| o.loads.iter().find(|l| l.load == c.load));
                 if let (Some(pg), Some(lite)) = (
                     cpu,
-                    sqlite.and_then(|l| l.tollgate.gateway_cpu_us_per_request),
+                    self.governed_at(c.load)
+                        .and_then(|l| l.tollgate.gateway_cpu_us_per_request),
                 ) && lite > 0.0
                 {
                     checks.push(TargetCheck {

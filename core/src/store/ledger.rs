@@ -784,9 +784,10 @@ pub(crate) async fn charge_counters(
 /// they released out of `reserved`. Statement by statement, that was four round trips per
 /// leased counter, and on the shared machines of the benchmark each round trip cost the
 /// server more than its statement (`docs/performance.md`, fourteenth round). The result is
-/// the same: the windows are locked before their leases, as in every lease transaction, a
-/// charge moves at most what its lease still holds, and a window whose row did not exist ends
-/// as the single statement would have left it (it reserved nothing).
+/// the same: the windows are locked before their leases, as in every lease transaction, and a
+/// charge moves at most what its lease still holds. A window row the first statement creates
+/// starts at zero, as the per-counter upsert's insert did; nothing can have reserved in it, so
+/// what the last statement takes out of `reserved` there is zero too.
 async fn charge_counters_at_once(
     conn: &mut sqlx::AnyConnection,
     totals: ChargeTotals<'_>,

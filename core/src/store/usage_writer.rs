@@ -46,12 +46,12 @@ pub const BATCH: usize = 500;
 /// per batch; waiting on the channel would wake it once per record, and looking at the queue
 /// every 5 ms, as it did, woke it 200 times a second under any load).
 pub const LINGER: Duration = Duration::from_millis(50);
-/// [`LINGER`] on the shared store (PostgreSQL): shorter, so each batch is smaller. The server's
-/// CPU per row is the same either way (one statement per batch, its columns bound as arrays),
-/// but where it shares CPUs with the replicas, 50 ms of rows arrived as one burst of server
-/// work (about 15 ms of a core at 6 k rows/s) that the requests in flight waited behind. With
-/// 10 ms, two replicas' p99 fell to about 4.5x their p50 from 5-6x (`docs/performance.md`,
-/// fourteenth round).
+/// [`LINGER`] on the shared store (PostgreSQL): shorter, so each batch is smaller. Where the
+/// server shares CPUs with the replicas, 50 ms of rows arrived as one burst of server work
+/// (about 15 ms of a core at 6 k rows/s) that the requests in flight waited behind. With 10 ms,
+/// two replicas' p99 fell to about 4.5x their p50 from 5-6x (`docs/performance.md`, fourteenth
+/// round). The price is more transactions at low rates (a few rows each), each of them six round
+/// trips; the load's own batches still hold tens of rows.
 pub const LINGER_SHARED: Duration = Duration::from_millis(10);
 
 /// How long the writer lingers for more rows on `backend`.

@@ -12,13 +12,18 @@ use tollgate::store::Store;
 use crate::common::{Gateway, PgDatabase, TcpProxy, chat_body, http, mock, skip, standard_policy};
 
 /// Runs `sql` on the store at `url` (SQLite or PostgreSQL).
-async fn exec(url: &str, sql: &str) {
+/// One connection to the store at `url`, for statements the tests run beside the gateway.
+async fn connect(url: &str) -> sqlx::AnyPool {
     sqlx::any::install_default_drivers();
-    let pool = sqlx::any::AnyPoolOptions::new()
+    sqlx::any::AnyPoolOptions::new()
         .max_connections(1)
         .connect(url)
         .await
-        .expect("connect");
+        .expect("connect")
+}
+
+async fn exec(url: &str, sql: &str) {
+    let pool = connect(url).await;
     sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
         .execute(&pool)
         .await
@@ -28,12 +33,7 @@ async fn exec(url: &str, sql: &str) {
 
 /// One integer from the store at `url`.
 async fn scalar(url: &str, sql: &str) -> i64 {
-    sqlx::any::install_default_drivers();
-    let pool = sqlx::any::AnyPoolOptions::new()
-        .max_connections(1)
-        .connect(url)
-        .await
-        .expect("connect");
+    let pool = connect(url).await;
     let row = sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
         .fetch_one(&pool)
         .await
@@ -625,12 +625,7 @@ async fn usage_values_round_trip(store: &Store, url: &str) {
     assert_eq!(store.write_usage(&entries).await.unwrap(), 300);
     assert_eq!(store.write_usage(&entries[..10]).await.unwrap(), 0);
 
-    sqlx::any::install_default_drivers();
-    let pool = sqlx::any::AnyPoolOptions::new()
-        .max_connections(1)
-        .connect(url)
-        .await
-        .expect("connect");
+    let pool = connect(url).await;
     let rows = sqlx::query(
         "SELECT id, key_id, stream, latency_us, ttfb_us, cost_nanos, provider_usage, decisions, \
          user_agent, mcp_server, mcp_method, mcp_tool, mcp_tool_calls, team \
