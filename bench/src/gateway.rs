@@ -323,6 +323,19 @@ fn create_key(bin: &Path, scenario: &dyn Scenario, database: &str) -> anyhow::Re
         .to_string())
 }
 
+/// Connection threads of each of `replicas` gateways side by side on this machine: its share of
+/// the CPUs (at least one), as a replica given that many CPUs (a container's CPU limit) would
+/// choose by itself. `None` for a single gateway: it takes its default, one per CPU. Two
+/// replicas with a thread per CPU each ran four event loops on two cores, and a request cost
+/// their connection threads about a fifth more CPU (`docs/performance.md`, fifteenth round).
+pub fn replica_threads(replicas: usize) -> Option<usize> {
+    if replicas <= 1 {
+        return None;
+    }
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    Some((cpus / replicas).max(1))
+}
+
 impl Gateway {
     /// Writes the scenario's policy directory in a temp dir of its own and starts
     /// `tollgate serve` on it. The store: `shared` when given (a replica: the shared database and
@@ -386,8 +399,12 @@ impl Gateway {
         let stderr = std::fs::File::create(&stderr_path)
             .with_context(|| format!("cannot create {}", stderr_path.display()))?;
         let origin = Instant::now();
-        let mut child = Command::new(bin)
-            .arg("serve")
+        let mut command = Command::new(bin);
+        command.arg("serve");
+        if let Some(threads) = replica_threads(scenario.replicas()) {
+            command.args(["--connection-threads", &threads.to_string()]);
+        }
+        let mut child = command
             .arg("--policies")
             .arg(&policies)
             .args(["--listen", "127.0.0.1:0", "--database", &database])
@@ -521,6 +538,14 @@ impl Drop for Gateway {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replicas_share_the_cpus_and_a_single_gateway_takes_its_default() {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(replica_threads(1), None);
+        assert_eq!(replica_threads(2), Some((cpus / 2).max(1)));
+        assert_eq!(replica_threads(cpus * 4), Some(1));
+    }
 
     #[test]
     fn rss_of_this_process_is_readable() {

@@ -778,95 +778,21 @@ pub(crate) async fn charge_counters(
     Ok(())
 }
 
-/// [`charge_counters`] on PostgreSQL in three statements, however many counters a batch
-/// charges: lock (creating if needed) every counter window's row, in key order; move the
-/// leased charges out of their leases; add every window's charges to `used` and take what
-/// they released out of `reserved`. Statement by statement, that was four round trips per
-/// leased counter, and on the shared machines of the benchmark each round trip cost the
-/// server more than its statement (`docs/performance.md`, fourteenth round). The result is
-/// the same: the windows are locked before their leases, as in every lease transaction, and a
-/// charge moves at most what its lease still holds. A window row the first statement creates
-/// starts at zero, as the per-counter upsert's insert did; nothing can have reserved in it, so
-/// what the last statement takes out of `reserved` there is zero too.
+/// [`charge_counters`] on PostgreSQL: one call of the charge function
+/// ([`super::pg_batch`]), however many counters a batch charges. Statement by statement that
+/// was four round trips per leased counter, and on the shared machines of the benchmark each
+/// round trip cost the server more than its statement (`docs/performance.md`, fourteenth and
+/// fifteenth rounds). The result is the same: the windows are locked before their leases, as in
+/// every lease transaction, and a charge moves at most what its lease still holds.
 async fn charge_counters_at_once(
     conn: &mut sqlx::AnyConnection,
     totals: ChargeTotals<'_>,
     released: &Released,
 ) -> Result<(), StoreError> {
-    use super::Cell;
-    if totals.is_empty() {
-        return Ok(());
+    match super::pg_batch::charge_arrays(&totals, released) {
+        Some(arrays) => super::pg_batch::charge(conn, arrays).await,
+        None => Ok(()),
     }
-    // (counter, window) -> (used, unreserved), in key order.
-    let mut windows: std::collections::BTreeMap<(&str, i64), (i64, i64)> = Default::default();
-    for (&(counter, window, lease), &used) in &totals {
-        let entry = windows.entry((counter, window)).or_default();
-        entry.0 += used;
-        entry.1 += released_by_holds(released, counter, window, lease);
-    }
-    let counters = super::pg_array(windows.keys().map(|k| Cell::Text(Some(k.0))));
-    let starts = super::pg_array(windows.keys().map(|k| Cell::Int(Some(k.1))));
-    sqlx::query(
-        "INSERT INTO counters (counter_id, window_start_ms, used, reserved) \
-         SELECT c, w, 0, 0 FROM UNNEST($1::text[], $2::int8[]) AS t(c, w) ORDER BY c, w \
-         ON CONFLICT (counter_id, window_start_ms) DO UPDATE SET used = counters.used",
-    )
-    .bind(counters.clone())
-    .bind(starts.clone())
-    .execute(&mut *conn)
-    .await?;
-    let leased: Vec<(&str, i64, &str, i64)> = totals
-        .iter()
-        .filter_map(|(&(c, w, lease), &used)| lease.map(|l| (c, w, l, used)))
-        .collect();
-    if !leased.is_empty() {
-        let rows = sqlx::query(
-            "UPDATE leases AS l SET amount = l.amount - t.charged FROM ( \
-               SELECT x.counter_id, x.window_start_ms, x.lease_id, \
-                 LEAST(GREATEST(u.used, 0), GREATEST(x.amount, 0)) AS charged \
-               FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::int8[]) AS u(c, w, lease, used) \
-               JOIN leases AS x ON x.counter_id = u.c AND x.window_start_ms = u.w \
-                 AND x.lease_id = u.lease) AS t \
-             WHERE l.counter_id = t.counter_id AND l.window_start_ms = t.window_start_ms \
-               AND l.lease_id = t.lease_id \
-             RETURNING l.counter_id, l.window_start_ms, t.charged",
-        )
-        .bind(super::pg_array(
-            leased.iter().map(|l| Cell::Text(Some(l.0))),
-        ))
-        .bind(super::pg_array(leased.iter().map(|l| Cell::Int(Some(l.1)))))
-        .bind(super::pg_array(
-            leased.iter().map(|l| Cell::Text(Some(l.2))),
-        ))
-        .bind(super::pg_array(leased.iter().map(|l| Cell::Int(Some(l.3)))))
-        .fetch_all(&mut *conn)
-        .await?;
-        for row in rows {
-            let counter: String = row.try_get(0)?;
-            let window: i64 = row.try_get(1)?;
-            let charged: i64 = row.try_get(2)?;
-            if let Some((_, entry)) = windows
-                .iter_mut()
-                .find(|((c, w), _)| *c == counter && *w == window)
-            {
-                entry.1 += charged;
-            }
-        }
-    }
-    let used = super::pg_array(windows.values().map(|v| Cell::Int(Some(v.0))));
-    let unreserved = super::pg_array(windows.values().map(|v| Cell::Int(Some(v.1))));
-    sqlx::query(
-        "UPDATE counters AS c SET used = c.used + t.used, reserved = c.reserved - t.unreserved \
-         FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::int8[]) AS t(c, w, used, unreserved) \
-         WHERE c.counter_id = t.c AND c.window_start_ms = t.w",
-    )
-    .bind(counters)
-    .bind(starts)
-    .bind(used)
-    .bind(unreserved)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
 }
 
 /// What a charge total takes out of its counter window's `reserved` before any lease: what the

@@ -12,6 +12,7 @@ pub mod key_cache;
 pub mod keys;
 pub mod ledger;
 pub mod mcp;
+pub(crate) mod pg_batch;
 pub mod redact;
 pub mod sanitize;
 pub(crate) mod sql;
@@ -291,6 +292,7 @@ impl Store {
                 .connect(url)
                 .await?;
             sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+            pg_batch::install(&pool).await?;
             Ok(Self {
                 pool,
                 backend: Backend::Postgres,

@@ -63,6 +63,14 @@ impl Store {
     /// [`Store::write_usage`] through the pool (the shared store, or an embedded store without
     /// a rows connection).
     async fn write_usage_sqlx(&self, entries: &[UsageEntry]) -> Result<u64, StoreError> {
+        if entries.is_empty() {
+            return Ok(0);
+        }
+        if self.backend() == Backend::Postgres
+            && let Some(written) = super::pg_batch::write(self.pool(), entries).await?
+        {
+            return Ok(written);
+        }
         let records = || entries.iter().map(|e| &e.record);
         let mut tx = self.pool().begin().await?;
         let inserted =

@@ -681,3 +681,107 @@ async fn awkward_usage_values_round_trip_through_sqlite() {
     usage_values_round_trip(&store, &url).await;
     store.close().await;
 }
+
+/// A usage batch on PostgreSQL is written by one call of a server-side function (rows and
+/// charges together), and a batch holding rows stored already (a journal replayed) by the
+/// statement path. Both charge the same: each new row's leased charge moves out of its lease
+/// (at most what the lease still holds) into `used`, a plain charge goes to `used`, and a row
+/// stored already charges nothing again.
+#[tokio::test]
+async fn usage_batches_on_postgres_charge_leases_and_counters_once_by_either_path() {
+    use tollgate::store::ledger::Settlement;
+    use tollgate::store::{UsageEntry, UsageRecord};
+    let test = "usage_batches_on_postgres_charge_leases_and_counters_once_by_either_path";
+    let db = match PgDatabase::create() {
+        Ok(db) => db,
+        Err(why) => return skip(test, &format!("PostgreSQL is not available: {why}")),
+    };
+    let store = Store::open(&db.url).await.unwrap();
+    let far = 4_102_444_800_000; // 2100
+    let granted = store
+        .grant_lease("leased", 0, 1_000_000, "r1.1", "r1", 1_000, 1, 1, far)
+        .await
+        .unwrap();
+    assert_eq!(granted, 1_000);
+    let entry = |i: usize, leased: i64| UsageEntry {
+        record: {
+            let mut r = UsageRecord::default();
+            r.id = format!("row-{i:03}");
+            r.request_id = format!("req-{i}");
+            r.method = "POST".into();
+            r.endpoint = "/v1/chat/completions".into();
+            r.status = 200;
+            r
+        },
+        charges: vec![
+            Settlement {
+                counter_id: "leased".into(),
+                window_start_ms: 0,
+                actual: leased,
+                lease: Some("r1.1".into()),
+                hold: None,
+            },
+            Settlement {
+                counter_id: "plain".into(),
+                window_start_ms: 0,
+                actual: 5,
+                lease: None,
+                hold: None,
+            },
+        ],
+    };
+    let pool = connect(&db.url).await;
+    // Opening the store created this version's functions, once.
+    let functions: i64 = sqlx::query(
+        "SELECT COUNT(*) FROM pg_proc WHERE proname LIKE 'tollgate\\_usage\\_batch\\_%' \
+         OR proname LIKE 'tollgate\\_charge\\_%'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap()
+    .get(0);
+    assert_eq!(functions, 2);
+    Store::open(&db.url).await.unwrap().close().await;
+    let lease_amount = || async {
+        sqlx::query("SELECT amount FROM leases WHERE lease_id = 'r1.1'")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+            .get::<i64, _>(0)
+    };
+    let state = |counter: &'static str| {
+        let store = &store;
+        async move {
+            let s = store.counter_state(counter, 0).await.unwrap();
+            (s.used, s.reserved)
+        }
+    };
+
+    // All new: the one-call path.
+    let first: Vec<UsageEntry> = (0..10).map(|i| entry(i, 30)).collect();
+    assert_eq!(store.write_usage(&first).await.unwrap(), 10);
+    assert_eq!(state("leased").await, (300, 700));
+    assert_eq!(lease_amount().await, 700);
+    assert_eq!(state("plain").await, (50, 0));
+
+    // Half stored already: the statement path charges the five new rows only.
+    let overlapping: Vec<UsageEntry> = (5..15).map(|i| entry(i, 30)).collect();
+    assert_eq!(store.write_usage(&overlapping).await.unwrap(), 5);
+    assert_eq!(state("leased").await, (450, 550));
+    assert_eq!(lease_amount().await, 550);
+    assert_eq!(state("plain").await, (75, 0));
+
+    // A charge above what the lease holds moves what it holds; `used` takes the whole charge.
+    assert_eq!(store.write_usage(&[entry(15, 10_000)]).await.unwrap(), 1);
+    assert_eq!(state("leased").await, (10_450, 0));
+    assert_eq!(lease_amount().await, 0);
+    assert_eq!(state("plain").await, (80, 0));
+
+    // The same batch again: nothing is new, nothing is charged.
+    assert_eq!(store.write_usage(&first).await.unwrap(), 0);
+    assert_eq!(state("leased").await, (10_450, 0));
+    assert_eq!(state("plain").await, (80, 0));
+    assert_eq!(store.usage_count().await.unwrap(), 16);
+    pool.close().await;
+    store.close().await;
+}
