@@ -354,6 +354,26 @@ fn render_gateway(app: &AppState, out: &mut String) {
             &[("", value.load(Ordering::Relaxed) as f64)],
         );
     }
+    for (name, help, histogram) in [
+        (
+            "tollgate_usage_batch_seconds",
+            "Time each write of a usage batch to the store took (rows and their charges, one transaction).",
+            &stats.batch_time,
+        ),
+        (
+            "tollgate_lease_keeper_tick_lag_seconds",
+            "How late the lease keeper's ticks started (shared store; every 25 ms).",
+            &ledger.lease_tick_lag,
+        ),
+        (
+            "tollgate_lease_keeper_tick_seconds",
+            "Time each of the lease keeper's ticks took, its store calls included (shared store).",
+            &ledger.lease_tick_time,
+        ),
+    ] {
+        family_header(out, name, "histogram", help);
+        histogram.render(out, name, "");
+    }
 }
 
 /// Every budget's current window (limit, spent, held, remaining) and the holds outstanding.

@@ -119,6 +119,11 @@ impl Reservation {
     }
 }
 
+/// Whole microseconds of `d`, for a histogram.
+fn micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
 /// Ledger counters for `/metrics`.
 #[derive(Debug, Default)]
 pub struct LedgerStats {
@@ -136,6 +141,11 @@ pub struct LedgerStats {
     pub alerts: AtomicU64,
     /// Counter states read from the store to check budget thresholds (shared store).
     pub threshold_reads: AtomicU64,
+    /// How late the lease keeper's ticks started (shared store): a starved keeper lets slices
+    /// run dry, and requests then hold in the store.
+    pub lease_tick_lag: crate::metrics::Histogram,
+    /// How long each of the lease keeper's ticks took (its store calls included).
+    pub lease_tick_time: crate::metrics::Histogram,
 }
 
 /// Where counters and holds live.
@@ -402,10 +412,14 @@ impl Ledger {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_renewal: Option<tokio::time::Instant> = None;
         loop {
-            tokio::select! {
-                _ = ticker.tick() => {}
+            let scheduled = tokio::select! {
+                at = ticker.tick() => at,
                 _ = stop.changed() => break,
-            }
+            };
+            let started = tokio::time::Instant::now();
+            self.stats
+                .lease_tick_lag
+                .observe_us(micros(started.saturating_duration_since(scheduled)));
             let ttl = self.lease_ttl_ms.load(Ordering::Relaxed).max(100);
             if book.leasing() {
                 let due = last_renewal.is_none_or(|at| {
@@ -441,6 +455,9 @@ impl Ledger {
             for action in book.plan() {
                 self.apply_lease(book, action, ttl).await;
             }
+            self.stats
+                .lease_tick_time
+                .observe_us(micros(started.elapsed()));
         }
         for action in book.drain() {
             self.apply_lease(book, action, 0).await;

@@ -102,6 +102,8 @@ pub struct WriterStats {
     pub lost: AtomicU64,
     /// Whether the last write found the store away.
     pub store_down: AtomicBool,
+    /// How long each write of a batch (or of a part of one) to the store took.
+    pub batch_time: crate::metrics::Histogram,
 }
 
 impl WriterStats {
@@ -330,7 +332,11 @@ async fn write_isolating(
     }
     let mut pending = VecDeque::from([entries]);
     while let Some(chunk) = pending.pop_front() {
+        let started = Instant::now();
         let (mut chunk, written) = store.write_usage_owned(chunk).await;
+        stats
+            .batch_time
+            .observe_us(i64::try_from(started.elapsed().as_micros()).unwrap_or(i64::MAX));
         let error = match written {
             Ok(_) => {
                 stats
