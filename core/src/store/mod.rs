@@ -231,6 +231,9 @@ pub struct Store {
     path: Option<std::path::PathBuf>,
     /// The embedded store's connection for usage rows (a file store; not `:memory:`).
     rows: Option<std::sync::Arc<sqlite_rows::SqliteRows>>,
+    /// The shared store's typed pool for usage batches ([`pg_batch`]): it binds each column as
+    /// a binary array, which `sqlx::Any` cannot.
+    batches: Option<sqlx::PgPool>,
 }
 
 impl Store {
@@ -283,6 +286,7 @@ impl Store {
                 backend: Backend::Sqlite,
                 path: Some(file),
                 rows,
+                batches: None,
             })
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let pool = AnyPoolOptions::new()
@@ -293,11 +297,19 @@ impl Store {
                 .await?;
             sqlx::migrate!("./migrations/postgres").run(&pool).await?;
             pg_batch::install(&pool).await?;
+            // Two connections, opened when the writer first needs one: one writer per gateway,
+            // and a second for a batch split to find a refused row.
+            let batches = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(2)
+                .min_connections(0)
+                .acquire_timeout(Duration::from_secs(5))
+                .connect_lazy(url)?;
             Ok(Self {
                 pool,
                 backend: Backend::Postgres,
                 path: None,
                 rows: None,
+                batches: Some(batches),
             })
         } else {
             Err(StoreError::UnsupportedUrl(url.to_string()))
@@ -392,6 +404,11 @@ impl Store {
         &self.pool
     }
 
+    /// The shared store's typed pool for usage batches (`None` on SQLite).
+    pub(crate) fn batch_pool(&self) -> Option<&sqlx::PgPool> {
+        self.batches.as_ref()
+    }
+
     /// A transaction that reads, then writes. On SQLite it takes the write lock up front
     /// (`BEGIN IMMEDIATE`, waiting out `busy_timeout`): a deferred transaction that read first
     /// fails with SQLITE_BUSY_SNAPSHOT (517, "database is locked") when another connection
@@ -422,6 +439,9 @@ impl Store {
     pub async fn close(&self) {
         if let Some(rows) = &self.rows {
             rows.close();
+        }
+        if let Some(batches) = &self.batches {
+            batches.close().await;
         }
         self.pool.close().await;
     }

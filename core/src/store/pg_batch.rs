@@ -32,7 +32,7 @@ use std::sync::OnceLock;
 use sqlx::Row as _;
 
 use super::ledger::{ChargeTotals, Released, released_by_holds};
-use super::{Cell, StoreError, USAGE_INSERT, UsageEntry, usage_arrays, usage_cells};
+use super::{Cell, StoreError, USAGE_INSERT, UsageEntry, usage_cells};
 
 /// What PostgreSQL answers when the batch function meets a row whose id is stored already: a
 /// unique violation (SQLSTATE 23505) of the usage rows' primary key.
@@ -215,11 +215,43 @@ pub(crate) async fn charge(
     Ok(())
 }
 
-/// Writes `entries` and their charges in one round trip, when the batch allows it: `None` when
-/// it settles per-request store holds, or when a row's id was stored already (nothing was
-/// written then); the caller writes it statement by statement.
+/// One usage column of a batch as a binary array ([`write`]).
+enum Column<'a> {
+    Text(Vec<Option<&'a str>>),
+    Int(Vec<Option<i64>>),
+}
+
+/// `records`' values, one array per column, in [`USAGE_INSERT`]'s order: bound as binary
+/// arrays, the server reads each value as it is (no quoting to write or parse: the array
+/// literals' parsing was about 18% of the server's CPU per row, `docs/performance.md`,
+/// fifteenth round).
+fn usage_columns<'a>(records: &[&'a super::UsageRecord]) -> Vec<Column<'a>> {
+    let mut columns: Vec<Column<'a>> = usage_cells(&super::UsageRecord::default())
+        .iter()
+        .map(|cell| match cell {
+            Cell::Text(_) => Column::Text(Vec::with_capacity(records.len())),
+            Cell::Int(_) => Column::Int(Vec::with_capacity(records.len())),
+        })
+        .collect();
+    for record in records {
+        for (column, cell) in columns.iter_mut().zip(usage_cells(record)) {
+            match (column, cell) {
+                (Column::Text(values), Cell::Text(value)) => values.push(value),
+                (Column::Int(values), Cell::Int(value)) => values.push(value),
+                // `usage_cells` gives every record the same kinds, column by column.
+                (Column::Text(values), Cell::Int(_)) => values.push(None),
+                (Column::Int(values), Cell::Text(_)) => values.push(None),
+            }
+        }
+    }
+    columns
+}
+
+/// Writes `entries` and their charges in one round trip on the typed pool `pool`, when the
+/// batch allows it: `None` when it settles per-request store holds, or when a row's id was
+/// stored already (nothing was written then); the caller writes it statement by statement.
 pub(crate) async fn write(
-    pool: &sqlx::AnyPool,
+    pool: &sqlx::PgPool,
     entries: &[UsageEntry],
 ) -> Result<Option<u64>, StoreError> {
     if entries
@@ -245,10 +277,17 @@ pub(crate) async fn write(
         std::array::from_fn(|_| empty())
     });
     let records: Vec<&super::UsageRecord> = entries.iter().map(|e| &e.record).collect();
-    let query = charges.into_iter().chain(usage_arrays(&records)).fold(
+    // The charge arrays are a few elements: bound as text, as on the statement path.
+    let mut query = charges.into_iter().fold(
         sqlx::query(sqlx::AssertSqlSafe(sql.as_str())),
         |query, array| query.bind(array),
     );
+    for column in usage_columns(&records) {
+        query = match column {
+            Column::Text(values) => query.bind(values),
+            Column::Int(values) => query.bind(values),
+        };
+    }
     match query.fetch_one(pool).await {
         Ok(row) => Ok(Some(u64::try_from(row.try_get::<i64, _>(0)?).unwrap_or(0))),
         Err(sqlx::Error::Database(e))
@@ -263,7 +302,39 @@ pub(crate) async fn write(
 
 #[cfg(test)]
 mod tests {
-    use super::{CHARGE_ARGS, batch_sql, call_sql, charge_sql};
+    use super::{CHARGE_ARGS, Column, batch_sql, call_sql, charge_sql, usage_columns};
+
+    #[test]
+    fn usage_columns_hold_each_rows_values_as_they_are_in_column_order() {
+        let a = super::super::UsageRecord {
+            id: r#"a"b\c{,}"#.into(),
+            ttfb_us: Some(-5),
+            ..Default::default()
+        };
+        let b = super::super::UsageRecord {
+            id: "NULL".into(),
+            key_id: Some(String::new()),
+            ..Default::default()
+        };
+        let columns = usage_columns(&[&a, &b]);
+        assert_eq!(columns.len(), super::super::USAGE_COLUMNS);
+        let text = |i: usize| match &columns[i] {
+            Column::Text(values) => values.clone(),
+            Column::Int(_) => panic!("column {i} is not text"),
+        };
+        let int = |i: usize| match &columns[i] {
+            Column::Int(values) => values.clone(),
+            Column::Text(_) => panic!("column {i} is not an integer"),
+        };
+        // No quoting: the values go as they are.
+        assert_eq!(text(0), [Some(r#"a"b\c{,}"#), Some("NULL")]);
+        assert_eq!(text(4), [None, Some("")]);
+        assert_eq!(int(17), [Some(-5), None]);
+        assert!(usage_columns(&[]).iter().all(|c| match c {
+            Column::Text(v) => v.is_empty(),
+            Column::Int(v) => v.is_empty(),
+        }));
+    }
 
     #[test]
     fn the_functions_are_named_after_their_text_and_take_every_usage_column() {

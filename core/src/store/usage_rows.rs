@@ -66,8 +66,8 @@ impl Store {
         if entries.is_empty() {
             return Ok(0);
         }
-        if self.backend() == Backend::Postgres
-            && let Some(written) = super::pg_batch::write(self.pool(), entries).await?
+        if let Some(batches) = self.batch_pool()
+            && let Some(written) = super::pg_batch::write(batches, entries).await?
         {
             return Ok(written);
         }
