@@ -215,6 +215,14 @@ pub(crate) async fn charge(
     Ok(())
 }
 
+/// Whether `error` says a function this gateway calls does not exist (SQLSTATE 42883): someone
+/// dropped it while the gateway serves. The caller creates them again ([`install`]) rather than
+/// taking the batch's rows for refused ones.
+pub(crate) fn is_missing_function(error: &StoreError) -> bool {
+    matches!(error, StoreError::Database(sqlx::Error::Database(e))
+        if e.code().as_deref() == Some("42883"))
+}
+
 /// One usage column of a batch as a binary array ([`write`]).
 enum Column<'a> {
     Text(Vec<Option<&'a str>>),

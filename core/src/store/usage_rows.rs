@@ -66,10 +66,19 @@ impl Store {
         if entries.is_empty() {
             return Ok(0);
         }
-        if let Some(batches) = self.batch_pool()
-            && let Some(written) = super::pg_batch::write(batches, entries).await?
-        {
-            return Ok(written);
+        if let Some(batches) = self.batch_pool() {
+            let written = match super::pg_batch::write(batches, entries).await {
+                Err(e) if super::pg_batch::is_missing_function(&e) => {
+                    // Dropped while this gateway serves: create them again, then write.
+                    tracing::warn!(error = %e, "the usage functions were missing: creating them again");
+                    super::pg_batch::install(self.pool()).await?;
+                    super::pg_batch::write(batches, entries).await?
+                }
+                written => written?,
+            };
+            if let Some(written) = written {
+                return Ok(written);
+            }
         }
         let records = || entries.iter().map(|e| &e.record);
         let mut tx = self.pool().begin().await?;

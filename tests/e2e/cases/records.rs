@@ -764,7 +764,25 @@ async fn usage_batches_on_postgres_charge_leases_and_counters_once_by_either_pat
     assert_eq!(lease_amount().await, 700);
     assert_eq!(state("plain").await, (50, 0));
 
-    // Half stored already: the statement path charges the five new rows only.
+    // Dropped while the gateway serves: the writer creates them again (then, as half the rows
+    // are stored already, the statement path charges the five new rows only).
+    let names: Vec<String> = sqlx::query(
+        "SELECT proname::text FROM pg_proc WHERE proname LIKE 'tollgate\\_usage\\_batch\\_%' \
+         OR proname LIKE 'tollgate\\_charge\\_%' ORDER BY proname DESC",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect();
+    assert_eq!(names.len(), 2);
+    for name in &names {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP FUNCTION {name}")))
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
     let overlapping: Vec<UsageEntry> = (5..15).map(|i| entry(i, 30)).collect();
     assert_eq!(store.write_usage(&overlapping).await.unwrap(), 5);
     assert_eq!(state("leased").await, (450, 550));
