@@ -472,6 +472,16 @@ pub(crate) enum Cell<'a> {
     Int(Option<i64>),
 }
 
+impl Cell<'_> {
+    /// The PostgreSQL array type a column of these cells is bound as.
+    pub(crate) fn pg_array_type(&self) -> &'static str {
+        match self {
+            Cell::Text(_) => "text[]",
+            Cell::Int(_) => "int8[]",
+        }
+    }
+}
+
 /// A record's values in [`USAGE_INSERT`]'s column order (the one list of them).
 pub(crate) fn usage_cells(r: &UsageRecord) -> [Cell<'_>; USAGE_COLUMNS] {
     use Cell::{Int, Text};
@@ -572,15 +582,12 @@ fn usage_unnest_sql(returning: bool) -> &'static str {
         let mut sql = String::from(USAGE_INSERT);
         sql.push_str(" SELECT * FROM UNNEST(");
         for (i, cell) in usage_cells(&UsageRecord::default()).iter().enumerate() {
-            let kind = match cell {
-                Cell::Text(_) => "text",
-                Cell::Int(_) => "int8",
-            };
             let _ = write!(
                 sql,
-                "{}${}::{kind}[]",
+                "{}${}::{}",
                 if i == 0 { "" } else { ", " },
-                i + 1
+                i + 1,
+                cell.pg_array_type()
             );
         }
         sql.push_str(") ON CONFLICT (id) DO NOTHING");

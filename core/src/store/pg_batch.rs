@@ -101,10 +101,7 @@ END",
 fn usage_arg_types() -> Vec<&'static str> {
     usage_cells(&super::UsageRecord::default())
         .iter()
-        .map(|cell| match cell {
-            Cell::Text(_) => "text[]",
-            Cell::Int(_) => "int8[]",
-        })
+        .map(Cell::pg_array_type)
         .collect()
 }
 

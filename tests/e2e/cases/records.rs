@@ -13,6 +13,18 @@ use crate::common::{Gateway, PgDatabase, TcpProxy, chat_body, http, mock, skip, 
 
 /// Runs `sql` on the store at `url` (SQLite or PostgreSQL).
 /// One connection to the store at `url`, for statements the tests run beside the gateway.
+/// A fresh PostgreSQL database for `test`, or `None` (the test printed that it was skipped and
+/// why) when PostgreSQL is not available.
+fn postgres_or_skip(test: &str) -> Option<PgDatabase> {
+    match PgDatabase::create() {
+        Ok(db) => Some(db),
+        Err(why) => {
+            skip(test, &format!("PostgreSQL is not available: {why}"));
+            None
+        }
+    }
+}
+
 async fn connect(url: &str) -> sqlx::AnyPool {
     sqlx::any::install_default_drivers();
     sqlx::any::AnyPoolOptions::new()
@@ -123,9 +135,8 @@ async fn a_row_sqlite_refuses_becomes_a_dead_letter_and_its_batch_is_written() {
 #[tokio::test]
 async fn a_row_postgres_refuses_becomes_a_dead_letter_and_its_batch_is_written() {
     let test = "a_row_postgres_refuses_becomes_a_dead_letter_and_its_batch_is_written";
-    let db = match PgDatabase::create() {
-        Ok(db) => db,
-        Err(why) => return skip(test, &format!("PostgreSQL is not available: {why}")),
+    let Some(db) = postgres_or_skip(test) else {
+        return;
     };
     let mock = mock(MockConfig::default()).await;
     let gw = Gateway::start_db(&standard_policy(&mock), &[], &[], &db.url);
@@ -137,9 +148,8 @@ async fn a_row_postgres_refuses_becomes_a_dead_letter_and_its_batch_is_written()
 #[tokio::test]
 async fn a_nul_in_a_model_name_does_not_stop_postgres_from_storing_rows() {
     let test = "a_nul_in_a_model_name_does_not_stop_postgres_from_storing_rows";
-    let db = match PgDatabase::create() {
-        Ok(db) => db,
-        Err(why) => return skip(test, &format!("PostgreSQL is not available: {why}")),
+    let Some(db) = postgres_or_skip(test) else {
+        return;
     };
     let mock = mock(MockConfig::default()).await;
     let gw = Gateway::start_db(&standard_policy(&mock), &[], &[], &db.url);
@@ -180,9 +190,8 @@ limit_usd = 100
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_made_while_postgres_is_away_reach_it_after_a_restart_exactly_once() {
     let test = "records_made_while_postgres_is_away_reach_it_after_a_restart_exactly_once";
-    let db = match PgDatabase::create() {
-        Ok(db) => db,
-        Err(why) => return skip(test, &format!("PostgreSQL is not available: {why}")),
+    let Some(db) = postgres_or_skip(test) else {
+        return;
     };
     let proxy = TcpProxy::start(crate::common::pg_addr()).await;
     let mock = mock(MockConfig::default()).await;
@@ -281,9 +290,8 @@ async fn records_made_while_postgres_is_away_reach_it_after_a_restart_exactly_on
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_started_while_postgres_is_away_becomes_ready_when_it_answers() {
     let test = "a_gateway_started_while_postgres_is_away_becomes_ready_when_it_answers";
-    let db = match PgDatabase::create() {
-        Ok(db) => db,
-        Err(why) => return skip(test, &format!("PostgreSQL is not available: {why}")),
+    let Some(db) = postgres_or_skip(test) else {
+        return;
     };
     let proxy = TcpProxy::start(crate::common::pg_addr()).await;
     proxy.cut();
@@ -368,9 +376,8 @@ async fn a_gateway_started_while_postgres_is_away_becomes_ready_when_it_answers(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn settlements_made_while_postgres_is_away_are_journaled_and_charged_once() {
     let test = "settlements_made_while_postgres_is_away_are_journaled_and_charged_once";
-    let db = match PgDatabase::create() {
-        Ok(db) => db,
-        Err(why) => return skip(test, &format!("PostgreSQL is not available: {why}")),
+    let Some(db) = postgres_or_skip(test) else {
+        return;
     };
     let proxy = TcpProxy::start(crate::common::pg_addr()).await;
     // Slow answers: the holds are taken while the store is there, settled once it is gone.
@@ -664,9 +671,8 @@ async fn usage_values_round_trip(store: &Store, url: &str) {
 #[tokio::test]
 async fn awkward_usage_values_round_trip_through_postgres() {
     let test = "awkward_usage_values_round_trip_through_postgres";
-    let db = match PgDatabase::create() {
-        Ok(db) => db,
-        Err(why) => return skip(test, &format!("PostgreSQL is not available: {why}")),
+    let Some(db) = postgres_or_skip(test) else {
+        return;
     };
     let store = Store::open(&db.url).await.unwrap();
     usage_values_round_trip(&store, &db.url).await;
@@ -692,9 +698,8 @@ async fn usage_batches_on_postgres_charge_leases_and_counters_once_by_either_pat
     use tollgate::store::ledger::Settlement;
     use tollgate::store::{UsageEntry, UsageRecord};
     let test = "usage_batches_on_postgres_charge_leases_and_counters_once_by_either_path";
-    let db = match PgDatabase::create() {
-        Ok(db) => db,
-        Err(why) => return skip(test, &format!("PostgreSQL is not available: {why}")),
+    let Some(db) = postgres_or_skip(test) else {
+        return;
     };
     let store = Store::open(&db.url).await.unwrap();
     let far = 4_102_444_800_000; // 2100
