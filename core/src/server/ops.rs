@@ -317,6 +317,11 @@ fn render_gateway(app: &AppState, out: &mut String) {
             &ledger.held,
         ),
         (
+            "tollgate_budget_store_holds_total",
+            "Requests whose holds took a store round trip (no leased slice admitted them).",
+            &ledger.store_holds,
+        ),
+        (
             "tollgate_budget_refusals_total",
             "Requests refused by a budget (402).",
             &ledger.budget_refusals,

@@ -129,6 +129,9 @@ fn micros(d: Duration) -> i64 {
 pub struct LedgerStats {
     /// Requests that took holds.
     pub held: AtomicU64,
+    /// Holds that took a store round trip: every hold on a per-request store, and on a shared
+    /// store those no leased slice of this replica could admit.
+    pub store_holds: AtomicU64,
     /// Requests refused for a budget.
     pub budget_refusals: AtomicU64,
     /// Requests refused for a quota.
@@ -730,6 +733,7 @@ impl Ledger {
             Counters::Memory { ledger, .. } => Ok(ledger.hold(request_id, &holds)),
             Counters::Store => {
                 let _turn = self.store_holds.acquire().await;
+                self.stats.store_holds.fetch_add(1, Ordering::Relaxed);
                 self.store.hold(request_id, &holds, expires).await
             }
             Counters::Leased(book) => {
@@ -737,6 +741,7 @@ impl Ledger {
                     local = true;
                     Ok(HoldOutcome::Held)
                 } else {
+                    self.stats.store_holds.fetch_add(1, Ordering::Relaxed);
                     self.hold_in_store(book, request_id, &holds, expires).await
                 }
             }

@@ -205,37 +205,21 @@ async fn two_replicas_serve_from_leases_and_return_them_when_idle() {
     let (_, secret) = a.create_key("*");
     // Bursts on both replicas (a rare counter is not worth a lease) until calls are admitted
     // from leases; the usage trail says where each hold came from.
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .connect(&db.url)
-        .await
-        .unwrap();
     let mut served = 0_i64;
     let mut from_lease = 0;
     for _ in 0..40 {
         let (on_a, on_b) = tokio::join!(burst(&a, &secret, 8), burst(&b, &secret, 8));
         assert_eq!((on_a, on_b), (vec![200; 8], vec![200; 8]));
         served += 16;
-        let rows = sqlx::query("SELECT decisions FROM usage_records")
-            .fetch_all(&pool)
+        from_lease = reserve_froms(&db.url)
             .await
-            .unwrap();
-        from_lease = rows
             .iter()
-            .filter(|r| {
-                let decisions: Value =
-                    serde_json::from_str(&r.get::<String, _>(0)).unwrap_or_default();
-                decisions.as_array().is_some_and(|d| {
-                    d.iter()
-                        .any(|d| d["stage"] == "reserve" && d["from"] == "lease")
-                })
-            })
+            .filter(|f| *f == "lease")
             .count();
         if from_lease > 0 {
             break;
         }
     }
-    pool.close().await;
     assert!(from_lease > 0, "no call was admitted from a lease");
     // Each replica times its lease keeper's ticks (how late, how long) and its usage batches.
     for gw in [&a, &b] {
@@ -262,6 +246,44 @@ async fn two_replicas_serve_from_leases_and_return_them_when_idle() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(store_leased(&db.url).await, 0);
+    // Every row is stored now: the replicas' counts of holds, and of those that took a store
+    // round trip, are the usage trail's.
+    let (mut held, mut in_store) = (0.0, 0.0);
+    for gw in [&a, &b] {
+        let metrics = gw.metrics().await;
+        held += metrics["tollgate_budget_holds_total"];
+        in_store += metrics["tollgate_budget_store_holds_total"];
+    }
+    let froms = reserve_froms(&db.url).await;
+    assert_eq!(held, served as f64);
+    assert_eq!(froms.len() as i64, served);
+    let stored = froms.iter().filter(|f| *f == "store").count();
+    assert_eq!(in_store, stored as f64, "{froms:?}");
+    assert!(stored > 0 && stored < froms.len(), "{froms:?}");
+}
+
+/// Where each stored usage row's hold came from (`lease` or `store`).
+async fn reserve_froms(url: &str) -> Vec<String> {
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(url)
+        .await
+        .unwrap();
+    let rows = sqlx::query("SELECT decisions FROM usage_records")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    rows.iter()
+        .filter_map(|r| {
+            let decisions: Value = serde_json::from_str(&r.get::<String, _>(0)).ok()?;
+            let reserve = decisions
+                .as_array()?
+                .iter()
+                .find(|d| d["stage"] == "reserve")?;
+            reserve["from"].as_str().map(str::to_string)
+        })
+        .collect()
 }
 
 async fn store_leased(url: &str) -> i64 {
