@@ -229,6 +229,11 @@ pub struct PhaseResult {
     /// Informational: it includes whatever else the server did meanwhile.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub postgres_cpu_us_per_request: Option<f64>,
+    /// Requests whose budget and quota holds took a store round trip during the phase (warm-up
+    /// included), summed over the replicas: those no leased slice admitted. Filled in on the
+    /// PostgreSQL store when the build reports it (`tollgate_budget_store_holds_total`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store_holds: Option<u64>,
     /// Measured successful answers per target, in target order (with several targets).
     #[serde(skip_serializing_if = "one_or_none")]
     pub ok_per_target: Vec<u64>,
@@ -395,6 +400,7 @@ impl Tally {
             gateway_cpu_us_per_request: None,
             replica_cpu_us_per_request: Vec::new(),
             postgres_cpu_us_per_request: None,
+            store_holds: None,
             ok_per_target: Vec::new(),
             errors: self.errors,
             rps: if elapsed > 0.0 {

@@ -223,6 +223,13 @@ pub struct Gateway {
     _postgres: Option<PgDatabase>,
 }
 
+/// The value of the unlabelled series `name` in a Prometheus text page.
+fn metric_value(page: &str, name: &str) -> Option<f64> {
+    page.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
 /// A PostgreSQL database created for one scenario and dropped after it.
 pub struct PgDatabase {
     /// Connection URL.
@@ -473,6 +480,28 @@ impl Gateway {
         read_cpu_time(self.pid()?)
     }
 
+    /// The value of the unlabelled series `name` in the gateway's `/metrics` (`None` if the
+    /// page cannot be read or has no such series, e.g. an older build).
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        use std::io::{Read, Write};
+        let mut stream =
+            std::net::TcpStream::connect_timeout(&self.addr, Duration::from_secs(2)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(
+            stream,
+            "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.addr
+        )
+        .ok()?;
+        let mut page = String::new();
+        stream.read_to_string(&mut page).ok()?;
+        let (head, body) = page.split_once("\r\n\r\n")?;
+        if !head.starts_with("HTTP/1.1 200") || head.to_ascii_lowercase().contains("chunked") {
+            return None;
+        }
+        metric_value(body, name)
+    }
+
     /// The last lines of the gateway's stderr.
     pub fn log_tail(&self) -> String {
         let log = std::fs::read_to_string(&self.stderr_path).unwrap_or_default();
@@ -538,6 +567,19 @@ impl Drop for Gateway {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_metric_is_read_from_its_own_unlabelled_line() {
+        let page = "# HELP tollgate_budget_store_holds_total Holds.\n\
+                    tollgate_budget_store_holds_total_extra 9\n\
+                    tollgate_budget_store_holds_total{x=\"y\"} 8\n\
+                    tollgate_budget_store_holds_total 42\n";
+        assert_eq!(
+            metric_value(page, "tollgate_budget_store_holds_total"),
+            Some(42.0)
+        );
+        assert_eq!(metric_value(page, "tollgate_missing"), None);
+    }
 
     #[test]
     fn replicas_share_the_cpus_and_a_single_gateway_takes_its_default() {

@@ -507,6 +507,15 @@ impl Running {
         self.gateways.iter().map(Gateway::cpu_time).collect()
     }
 
+    /// Holds the gateways have taken in the store so far, summed (`None` if any cannot say).
+    fn store_holds(&self) -> Option<u64> {
+        self.gateways
+            .iter()
+            .map(|g| g.metric("tollgate_budget_store_holds_total"))
+            .sum::<Option<f64>>()
+            .map(|n| n as u64)
+    }
+
     /// Measures one load, with the gateways' CPU per request (summed over the replicas) and,
     /// on PostgreSQL, the server's.
     fn phase(
@@ -516,6 +525,7 @@ impl Running {
         load: Load,
     ) -> anyhow::Result<PhaseResult> {
         let pg_before = self.postgres.then(gateway::postgres_cpu_time).flatten();
+        let holds_before = self.postgres.then(|| self.store_holds()).flatten();
         let cpu_before = self.cpu_times();
         match run_phase(config, rt, &self.through, load, &self.label) {
             Ok(mut result) => {
@@ -541,6 +551,9 @@ impl Running {
                 {
                     result.postgres_cpu_us_per_request =
                         Some(per_request(after.saturating_sub(before)));
+                }
+                if let (Some(before), Some(after)) = (holds_before, self.store_holds()) {
+                    result.store_holds = Some(after.saturating_sub(before));
                 }
                 Ok(result)
             }

@@ -888,6 +888,16 @@ impl Report {
                         }
                     );
                 }
+                if let Some(holds) = r.store_holds {
+                    let _ = writeln!(
+                        out,
+                        "{} {}: holds taken in the store rather than from a leased slice \
+                         (warm-up included): {holds} of {} requests",
+                        s.name,
+                        comparison.load.label(),
+                        r.requests + r.warmup_requests
+                    );
+                }
                 if let (Load::Closed { concurrency }, Some(thr)) =
                     (comparison.load, comparison.throughput_vs_baseline)
                 {
@@ -1033,6 +1043,7 @@ mod tests {
             gateway_cpu_us_per_request: cpu_us,
             replica_cpu_us_per_request: Vec::new(),
             postgres_cpu_us_per_request: None,
+            store_holds: None,
             ok_per_target: Vec::new(),
             errors: BTreeMap::new(),
             rps: 200.0,
