@@ -255,12 +255,14 @@ fn budget_hold_settle(c: &mut Criterion) {
                 HoldRequest {
                     counter_id: "budget:org".into(),
                     window_start_ms: 0,
+                    window_end_ms: i64::MAX,
                     amount: 1_000,
                     limit: i64::MAX,
                 },
                 HoldRequest {
                     counter_id: "quota:rpm:key".into(),
                     window_start_ms: 0,
+                    window_end_ms: i64::MAX,
                     amount: 1,
                     limit: i64::MAX,
                 },
@@ -302,12 +304,14 @@ fn budget_hold_settle(c: &mut Criterion) {
                 HoldRequest {
                     counter_id: "budget:org".into(),
                     window_start_ms: 0,
+                    window_end_ms: i64::MAX,
                     amount: 1_000,
                     limit: i64::MAX,
                 },
                 HoldRequest {
                     counter_id: "quota:rpm:key".into(),
                     window_start_ms: 0,
+                    window_end_ms: i64::MAX,
                     amount: 1,
                     limit: i64::MAX,
                 },

@@ -34,6 +34,11 @@ const RECALL_TICKS: u32 = 40;
 const MIN_RATE: u32 = 8;
 /// The ticks the request rate is counted over (two seconds).
 const RATE_TICKS: usize = 80;
+/// How long before a busy slice's window ends the next window's slice is leased, so the
+/// requests of the new window are admitted locally from its first millisecond instead of
+/// holding in the store until a keeper tick has seen them (at every minute of a per-minute
+/// quota, say).
+const NEXT_WINDOW_AHEAD_MS: i64 = 500;
 
 /// One leased counter window.
 #[derive(Debug, Clone)]
@@ -42,6 +47,8 @@ struct Slice {
     lease_id: String,
     /// The limit it was granted under (a lower limit returns it).
     limit: i64,
+    /// Where its window ends and the next one starts (`i64::MAX`: never), as the requests say.
+    window_end_ms: i64,
     /// What the store holds for this lease, as far as this replica has not spent it.
     granted: i64,
     /// Held by local requests in flight.
@@ -170,6 +177,7 @@ impl LeaseBook {
             let slice = book.slices.entry(key.clone()).or_insert_with(|| Slice {
                 lease_id: lease_id.clone(),
                 limit: r.limit,
+                window_end_ms: r.window_end_ms,
                 granted: 0,
                 held: 0,
                 valid_until_ms: 0,
@@ -183,6 +191,7 @@ impl LeaseBook {
                 quiet_ticks: 0,
                 answer_recall: false,
             });
+            slice.window_end_ms = r.window_end_ms;
             slice.demand = slice.demand.saturating_add(r.amount.max(0));
             slice.largest = slice.largest.max(r.amount);
             slice.idle_ticks = 0;
@@ -266,13 +275,16 @@ impl LeaseBook {
         lock(&self.book).holds.len()
     }
 
-    /// One keeper tick: what to grant and return. Returned amounts are taken out of their
-    /// slices now (no request can admit from them while the store is told); report the
-    /// outcome with [`LeaseBook::granted`] and [`LeaseBook::returned`].
-    pub fn plan(&self) -> Vec<LeaseAction> {
+    /// One keeper tick at `now_ms`: what to grant and return. Returned amounts are taken out
+    /// of their slices now (no request can admit from them while the store is told); report
+    /// the outcome with [`LeaseBook::granted`] and [`LeaseBook::returned`]. A busy slice whose
+    /// window ends within [`NEXT_WINDOW_AHEAD_MS`] gets the next window's slice, sized from its
+    /// own demand.
+    pub fn plan(&self, now_ms: i64) -> Vec<LeaseAction> {
         let mut book = lock(&self.book);
         let mut actions = Vec::new();
         let mut forget = Vec::new();
+        let mut next_windows = Vec::new();
         for (key, slice) in &mut book.slices {
             slice.rate = (slice.rate * 3 + slice.demand) / 4;
             let demanded = slice.demand > 0 || slice.calls > 0;
@@ -314,6 +326,13 @@ impl LeaseBook {
                 .saturating_mul(AHEAD_TICKS)
                 .max(largest.saturating_mul(MIN_CALLS));
             let free = slice.free();
+            if per_second >= MIN_RATE
+                && slice.window_end_ms != i64::MAX
+                && slice.window_end_ms > now_ms
+                && slice.window_end_ms - now_ms <= NEXT_WINDOW_AHEAD_MS
+            {
+                next_windows.push(((key.0.clone(), slice.window_end_ms), slice.clone(), target));
+            }
             if per_second >= MIN_RATE && (free < target / 2 || free < largest) {
                 actions.push(LeaseAction::Grant {
                     key: key.clone(),
@@ -326,6 +345,37 @@ impl LeaseBook {
         }
         for key in forget {
             book.slices.remove(&key);
+        }
+        let lease_id = self.lease_id(book.epoch);
+        for (key, current, target) in next_windows {
+            if book.slices.contains_key(&key) {
+                continue;
+            }
+            let largest = current.largest.max(1);
+            actions.push(LeaseAction::Grant {
+                key: key.clone(),
+                lease_id: lease_id.clone(),
+                limit: current.limit,
+                want: target,
+                min: largest,
+            });
+            // Its own end is learnt from its first request; until then it has no next window.
+            book.slices.insert(
+                key,
+                Slice {
+                    lease_id: lease_id.clone(),
+                    window_end_ms: i64::MAX,
+                    granted: 0,
+                    held: 0,
+                    valid_until_ms: 0,
+                    demand: 0,
+                    idle_ticks: 0,
+                    calls: 0,
+                    quiet_ticks: 0,
+                    answer_recall: false,
+                    ..current
+                },
+            );
         }
         actions
     }
@@ -464,6 +514,7 @@ mod tests {
         HoldRequest {
             counter_id: "budget:b".into(),
             window_start_ms: 0,
+            window_end_ms: i64::MAX,
             amount,
             limit,
         }
@@ -478,13 +529,72 @@ mod tests {
         for i in 0..MIN_RATE {
             assert!(!book.hold(&format!("warm{i}"), &[req(10, 1_000)], 0));
         }
-        let actions = book.plan();
+        let actions = book.plan(0);
         let Some(LeaseAction::Grant { lease_id, min, .. }) = actions.first() else {
             panic!("no grant wanted: {actions:?}");
         };
         assert_eq!(*min, 10);
         book.granted(&key(), lease_id, amount, 1_000);
         lease_id.clone()
+    }
+
+    #[test]
+    fn a_busy_slice_leases_the_next_window_before_it_starts() {
+        let book = LeaseBook::new("r");
+        let request = |start: i64, amount: i64| HoldRequest {
+            counter_id: "budget:b".into(),
+            window_start_ms: start,
+            window_end_ms: start + 60_000,
+            amount,
+            limit: 1_000,
+        };
+        for i in 0..MIN_RATE {
+            assert!(!book.hold(&format!("warm{i}"), &[request(0, 10)], 1_000));
+        }
+        // Far from the window's end, only the current window is asked for.
+        let actions = book.plan(1_000);
+        let [LeaseAction::Grant { key, lease_id, .. }] = actions.as_slice() else {
+            panic!("one grant wanted: {actions:?}");
+        };
+        assert_eq!(*key, ("budget:b".to_string(), 0));
+        book.granted(key, lease_id, 100, 120_000);
+        let next = ("budget:b".to_string(), 60_000);
+        let asks_next = |actions: Vec<LeaseAction>| {
+            actions
+                .into_iter()
+                .filter(|a| matches!(a, LeaseAction::Grant { key, .. } if *key == next))
+                .collect::<Vec<_>>()
+        };
+        assert!(asks_next(book.plan(59_000)).is_empty(), "not due yet");
+        // Within NEXT_WINDOW_AHEAD_MS of its end, the next window's slice is asked for, sized
+        // from the current one's demand (at least MIN_CALLS of its largest request).
+        let actions = asks_next(book.plan(60_000 - NEXT_WINDOW_AHEAD_MS));
+        let [
+            LeaseAction::Grant {
+                key,
+                lease_id,
+                limit,
+                want,
+                min,
+            },
+        ] = actions.as_slice()
+        else {
+            panic!("the next window's grant wanted: {actions:?}");
+        };
+        assert_eq!((key, *limit, *min), (&next, 1_000, 10));
+        assert!(*want >= 40, "{want}");
+        // Nothing of it admits before it is granted; once granted, the new window's first
+        // request is admitted locally.
+        assert!(!book.hold("early", &[request(60_000, 10)], 59_600));
+        book.granted(&next, lease_id, 50, 120_000);
+        assert!(book.hold("first", &[request(60_000, 10)], 60_000));
+        assert_eq!(book.unused(&next), 40);
+        // A slice whose window never ends has no next window to lease.
+        let lifetime = LeaseBook::new("r");
+        for i in 0..MIN_RATE {
+            assert!(!lifetime.hold(&format!("w{i}"), &[req(10, 1_000)], 0));
+        }
+        assert_eq!(lifetime.plan(i64::MAX - 1).len(), 1);
     }
 
     #[test]
@@ -544,7 +654,7 @@ mod tests {
             charges[0].lease, None,
             "the old lease is gone: a plain charge"
         );
-        let grant = book.plan().into_iter().find_map(|a| match a {
+        let grant = book.plan(0).into_iter().find_map(|a| match a {
             LeaseAction::Grant { lease_id, .. } => Some(lease_id),
             LeaseAction::Return { .. } => None,
         });
@@ -568,7 +678,7 @@ mod tests {
             !book.hold("b", &[req(1, 1_000)], 5),
             "recalled: no admission"
         );
-        let actions = book.plan();
+        let actions = book.plan(0);
         assert!(
             actions.contains(&LeaseAction::Return {
                 key: key(),
@@ -587,7 +697,7 @@ mod tests {
         leased(&book, 100);
         assert!(!book.hold("a", &[req(10, 500)], 5));
         assert!(
-            book.plan()
+            book.plan(0)
                 .iter()
                 .any(|a| matches!(a, LeaseAction::Return { amount: 100, .. }))
         );
@@ -597,6 +707,6 @@ mod tests {
     fn a_rare_counter_is_not_leased() {
         let book = LeaseBook::new("r");
         assert!(!book.hold("a", &[req(10, 1_000)], 0));
-        assert!(book.plan().is_empty(), "one request is not worth a lease");
+        assert!(book.plan(0).is_empty(), "one request is not worth a lease");
     }
 }

@@ -237,6 +237,7 @@ async fn run_case(seed: u64) -> (usize, usize) {
                     .map(|(c, limit)| HoldRequest {
                         counter_id: (*c).to_string(),
                         window_start_ms: window,
+                        window_end_ms: i64::MAX,
                         amount: if c.starts_with("quota") { 1 } else { amount },
                         limit: *limit,
                     })
@@ -340,7 +341,7 @@ async fn run_case(seed: u64) -> (usize, usize) {
             76..88 => {
                 // A keeper tick.
                 renew(&store, &replicas[r], now).await;
-                for action in replicas[r].book.plan() {
+                for action in replicas[r].book.plan(now) {
                     apply(&store, &replicas[r].book, action, now).await;
                 }
             }

@@ -455,7 +455,7 @@ impl Ledger {
                     Err(e) => tracing::warn!(error = %e, "leases could not be renewed"),
                 }
             }
-            for action in book.plan() {
+            for action in book.plan(now_ms()) {
                 self.apply_lease(book, action, ttl).await;
             }
             self.stats
@@ -679,6 +679,7 @@ impl Ledger {
                 HoldRequest {
                     counter_id: b.counter_id(),
                     window_start_ms: start,
+                    window_end_ms: end,
                     amount: cost_nanos,
                     limit: b.limit_nanos,
                 },
@@ -707,6 +708,7 @@ impl Ledger {
                 HoldRequest {
                     counter_id: counter_id.clone(),
                     window_start_ms: start,
+                    window_end_ms: end,
                     amount,
                     limit: q.limit,
                 },

@@ -229,6 +229,7 @@ mod tests {
         HoldRequest {
             counter_id: counter.into(),
             window_start_ms: 0,
+            window_end_ms: i64::MAX,
             amount,
             limit,
         }

@@ -56,6 +56,7 @@ fn run_case(seed: u64) {
                     .map(|(c, limit)| HoldRequest {
                         counter_id: (*c).to_string(),
                         window_start_ms: window,
+                        window_end_ms: i64::MAX,
                         amount: if c.starts_with("quota") { 1 } else { amount },
                         limit: *limit,
                     })

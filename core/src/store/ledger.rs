@@ -23,6 +23,9 @@ pub struct HoldRequest {
     pub counter_id: String,
     /// Start of the current window.
     pub window_start_ms: i64,
+    /// End of the current window, where the next one starts (`i64::MAX`: no next window). The
+    /// lease keeper leases the next window's slice shortly before it.
+    pub window_end_ms: i64,
     /// What to hold.
     pub amount: i64,
     /// The limit of the counter.
@@ -903,6 +906,7 @@ mod tests {
         HoldRequest {
             counter_id: "budget:b".into(),
             window_start_ms: 0,
+            window_end_ms: i64::MAX,
             amount,
             limit: 1_000,
         }

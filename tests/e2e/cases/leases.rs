@@ -286,6 +286,68 @@ async fn reserve_froms(url: &str) -> Vec<String> {
         .collect()
 }
 
+/// A busy quota's next window is leased shortly before it starts: with a per-second quota, the
+/// first requests of each new second are admitted from a slice already granted, not held in
+/// the store one by one until a keeper tick has seen the new window's demand.
+#[tokio::test]
+async fn a_busy_quota_has_its_next_window_leased_before_it_starts() {
+    let name = "a_busy_quota_has_its_next_window_leased_before_it_starts";
+    let db = match PgDatabase::create() {
+        Ok(db) => db,
+        Err(why) => return skip(name, &why),
+    };
+    let mock = mock(MockConfig {
+        record: false,
+        ..MockConfig::default()
+    })
+    .await;
+    let toml = format!(
+        r#"{}
+[[quotas]]
+name = "per-second"
+scope = "key"
+metric = "requests"
+limit = 1000000
+window = "second"
+"#,
+        policy(&mock, 1_000_000.0)
+    );
+    let gw = Gateway::start_db(&toml, &[], &[], &db.url);
+    let (_, secret) = gw.create_key("*");
+    // Four callers in a loop for `for_ms`; every call must succeed.
+    let load = |for_ms: u64| {
+        let (gw, secret) = (&gw, &secret);
+        async move {
+            let until = Instant::now() + Duration::from_millis(for_ms);
+            let callers = (0..4).map(|_| async move {
+                let mut n = 0_u64;
+                while Instant::now() < until {
+                    assert_eq!(call(gw, secret).await, 200);
+                    n += 1;
+                }
+                n
+            });
+            futures_util::future::join_all(callers)
+                .await
+                .iter()
+                .sum::<u64>()
+        }
+    };
+    // Warm up: the current windows become busy enough to lease.
+    load(1_500).await;
+    let before = gw.metrics().await["tollgate_budget_store_holds_total"];
+    // Four seconds: at least three new windows of the per-second quota.
+    let calls = load(4_000).await;
+    let in_store = gw.metrics().await["tollgate_budget_store_holds_total"] - before;
+    assert!(calls >= 40, "only {calls} calls in 4 s");
+    // Without leasing ahead, each new second's requests held in the store until the keeper
+    // had seen MIN_RATE of them and a grant had come back: tens per window.
+    assert!(
+        in_store < 8.0,
+        "{in_store} of {calls} calls held in the store across 4 windows"
+    );
+}
+
 async fn store_leased(url: &str) -> i64 {
     Store::open(url)
         .await
