@@ -286,7 +286,10 @@ impl LeaseBook {
         let mut forget = Vec::new();
         let mut next_windows = Vec::new();
         for (key, slice) in &mut book.slices {
-            slice.rate = (slice.rate * 3 + slice.demand) / 4;
+            // Rounded up: rounded down, a demand of up to 3 per tick (a request quota below
+            // 160 requests/s) smoothed to 0, and its slices were sized for MIN_CALLS requests,
+            // which ran dry between ticks and sent requests to the store.
+            slice.rate = (slice.rate.saturating_mul(3).saturating_add(slice.demand) + 3) / 4;
             let demanded = slice.demand > 0 || slice.calls > 0;
             slice.demand = 0;
             slice.recent[slice.at] = std::mem::take(&mut slice.calls);
@@ -595,6 +598,29 @@ mod tests {
             assert!(!lifetime.hold(&format!("w{i}"), &[req(10, 1_000)], 0));
         }
         assert_eq!(lifetime.plan(i64::MAX - 1).len(), 1);
+    }
+
+    #[test]
+    fn a_request_a_tick_still_leases_a_second_of_demand() {
+        let book = LeaseBook::new("r");
+        let one = HoldRequest {
+            counter_id: "quota:q:k".into(),
+            window_start_ms: 0,
+            window_end_ms: i64::MAX,
+            amount: 1,
+            limit: 1_000_000,
+        };
+        let mut wanted = 0;
+        for tick in 0..20 {
+            assert!(!book.hold(&format!("h{tick}"), std::slice::from_ref(&one), 0));
+            for action in book.plan(0) {
+                if let LeaseAction::Grant { want, .. } = action {
+                    wanted = want;
+                }
+            }
+        }
+        // AHEAD_TICKS of one request each, not MIN_CALLS.
+        assert_eq!(wanted, AHEAD_TICKS);
     }
 
     #[test]

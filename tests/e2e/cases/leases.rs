@@ -341,9 +341,10 @@ window = "second"
     let in_store = gw.metrics().await["tollgate_budget_store_holds_total"] - before;
     assert!(calls >= 40, "only {calls} calls in 4 s");
     // Without leasing ahead, each new second's requests held in the store until the keeper
-    // had seen MIN_RATE of them and a grant had come back: tens per window.
+    // had seen 8 of them and a grant had come back: about a quarter of the calls (39 of 162).
+    // A loaded machine may still send a few to the store (a late keeper tick), not a tenth.
     assert!(
-        in_store < 8.0,
+        in_store * 10.0 < calls as f64,
         "{in_store} of {calls} calls held in the store across 4 windows"
     );
 }
