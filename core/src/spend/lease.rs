@@ -334,7 +334,7 @@ impl LeaseBook {
                 && slice.window_end_ms > now_ms
                 && slice.window_end_ms - now_ms <= NEXT_WINDOW_AHEAD_MS
             {
-                next_windows.push(((key.0.clone(), slice.window_end_ms), slice.clone(), target));
+                next_windows.push((key.clone(), slice.window_end_ms, target));
             }
             if per_second >= MIN_RATE && (free < target / 2 || free < largest) {
                 actions.push(LeaseAction::Grant {
@@ -350,10 +350,14 @@ impl LeaseBook {
             book.slices.remove(&key);
         }
         let lease_id = self.lease_id(book.epoch);
-        for (key, current, target) in next_windows {
+        for (current_key, start, target) in next_windows {
+            let key = (current_key.0.clone(), start);
             if book.slices.contains_key(&key) {
                 continue;
             }
+            let Some(current) = book.slices.get(&current_key).cloned() else {
+                continue;
+            };
             let largest = current.largest.max(1);
             actions.push(LeaseAction::Grant {
                 key: key.clone(),

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use sqlx::Row;
 use tollgate::store::Store;
 
-use crate::common::{Gateway, PgDatabase, http, mock, sample, skip, webhook_sink};
+use crate::common::{Gateway, http, mock, postgres_or_skip, sample, webhook_sink};
 
 /// One call of `metered`: 7 output tokens at 1000 USD/M, held and charged exactly.
 const CALL_NANOS: i64 = 7_000_000;
@@ -90,14 +90,10 @@ async fn spend_and_costs(url: &str) -> (i64, i64, i64) {
 
 #[tokio::test]
 async fn a_replica_killed_holding_a_lease_leaves_the_rest_to_the_other_after_expiry() {
-    let db = match PgDatabase::create() {
-        Ok(db) => db,
-        Err(why) => {
-            return skip(
-                "a_replica_killed_holding_a_lease_leaves_the_rest_to_the_other_after_expiry",
-                &why,
-            );
-        }
+    let Some(db) = postgres_or_skip(
+        "a_replica_killed_holding_a_lease_leaves_the_rest_to_the_other_after_expiry",
+    ) else {
+        return;
     };
     let mock = mock(MockConfig {
         record: false,
@@ -185,14 +181,9 @@ async fn a_replica_killed_holding_a_lease_leaves_the_rest_to_the_other_after_exp
 
 #[tokio::test]
 async fn two_replicas_serve_from_leases_and_return_them_when_idle() {
-    let db = match PgDatabase::create() {
-        Ok(db) => db,
-        Err(why) => {
-            return skip(
-                "two_replicas_serve_from_leases_and_return_them_when_idle",
-                &why,
-            );
-        }
+    let Some(db) = postgres_or_skip("two_replicas_serve_from_leases_and_return_them_when_idle")
+    else {
+        return;
     };
     let mock = mock(MockConfig {
         record: false,
@@ -292,9 +283,8 @@ async fn reserve_froms(url: &str) -> Vec<String> {
 #[tokio::test]
 async fn a_busy_quota_has_its_next_window_leased_before_it_starts() {
     let name = "a_busy_quota_has_its_next_window_leased_before_it_starts";
-    let db = match PgDatabase::create() {
-        Ok(db) => db,
-        Err(why) => return skip(name, &why),
+    let Some(db) = postgres_or_skip(name) else {
+        return;
     };
     let mock = mock(MockConfig {
         record: false,
@@ -366,9 +356,8 @@ async fn store_leased(url: &str) -> i64 {
 #[tokio::test]
 async fn budget_threshold_checks_on_postgres_are_coalesced_and_notify_once() {
     let name = "budget_threshold_checks_on_postgres_are_coalesced_and_notify_once";
-    let db = match PgDatabase::create() {
-        Ok(db) => db,
-        Err(why) => return skip(name, &why),
+    let Some(db) = postgres_or_skip(name) else {
+        return;
     };
     let (hook, events) = webhook_sink().await;
     let mock = mock(MockConfig {

@@ -9,22 +9,9 @@ use serde_json::{Value, json};
 use sqlx::Row;
 use tollgate::store::Store;
 
-use crate::common::{Gateway, PgDatabase, TcpProxy, chat_body, http, mock, skip, standard_policy};
+use crate::common::{Gateway, TcpProxy, chat_body, http, mock, postgres_or_skip, standard_policy};
 
-/// Runs `sql` on the store at `url` (SQLite or PostgreSQL).
 /// One connection to the store at `url`, for statements the tests run beside the gateway.
-/// A fresh PostgreSQL database for `test`, or `None` (the test printed that it was skipped and
-/// why) when PostgreSQL is not available.
-fn postgres_or_skip(test: &str) -> Option<PgDatabase> {
-    match PgDatabase::create() {
-        Ok(db) => Some(db),
-        Err(why) => {
-            skip(test, &format!("PostgreSQL is not available: {why}"));
-            None
-        }
-    }
-}
-
 async fn connect(url: &str) -> sqlx::AnyPool {
     sqlx::any::install_default_drivers();
     sqlx::any::AnyPoolOptions::new()
@@ -34,6 +21,7 @@ async fn connect(url: &str) -> sqlx::AnyPool {
         .expect("connect")
 }
 
+/// Runs `sql` on the store at `url` (SQLite or PostgreSQL).
 async fn exec(url: &str, sql: &str) {
     let pool = connect(url).await;
     sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))

@@ -625,6 +625,18 @@ pub fn skip(test: &str, reason: &str) {
     let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {reason}");
 }
 
+/// A fresh PostgreSQL database for `test`, or `None` (the test printed that it was skipped and
+/// why) when PostgreSQL is not available.
+pub fn postgres_or_skip(test: &str) -> Option<PgDatabase> {
+    match PgDatabase::create() {
+        Ok(db) => Some(db),
+        Err(why) => {
+            skip(test, &format!("PostgreSQL is not available: {why}"));
+            None
+        }
+    }
+}
+
 /// A PostgreSQL database created for one test and dropped after it.
 pub struct PgDatabase {
     /// Connection URL.
